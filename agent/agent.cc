@@ -1,0 +1,651 @@
+#include "agent/agent.h"
+
+#include <algorithm>
+#include <random>
+#include <thread>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "agent/worker_pool.h"
+#include "common/headers.h"
+#include "common/hmac_auth.h"
+#include "common/log.h"
+#include "common/outbox.h"
+#include "grpcpp/grpcpp.h"
+#include "httplib.h"
+#include "tunnel/v1/tunnel.grpc.pb.h"
+
+namespace tunnel::agent {
+namespace {
+
+using tunnel::v1::ConnectError;
+using tunnel::v1::Envelope;
+using tunnel::v1::TunnelClose;
+
+constexpr char kAgentVersion[] = "0.1.0";
+
+absl::Status FromConnectError(const ConnectError& e) {
+  std::string msg =
+      absl::StrCat("the gateway refused the connection: ", e.message());
+  switch (e.code()) {
+    case ConnectError::UNSUPPORTED_VERSION:
+      return absl::FailedPreconditionError(msg);
+    case ConnectError::INVALID_REQUEST:
+    case ConnectError::INVALID_SLUG:
+      return absl::InvalidArgumentError(msg);
+    case ConnectError::SLUG_TAKEN:
+      return absl::AlreadyExistsError(msg);
+    case ConnectError::AGENT_ID_MISMATCH:
+      return absl::PermissionDeniedError(msg);
+    case ConnectError::REPLACED:
+      return absl::FailedPreconditionError(
+          absl::StrCat("this agent was replaced: ", e.message()));
+    default:
+      return absl::UnavailableError(msg);
+  }
+}
+
+// One stream on the agent side: a request to forward to the local service.
+struct AgentStream {
+  AgentStream(uint64_t stream_id, tunnel::v1::TunnelRequest h,
+              const LocalTarget* t, uint32_t send_window,
+              uint32_t receive_window)
+      : id(stream_id),
+        head(std::move(h)),
+        target(t),
+        channel(send_window, receive_window) {}
+
+  // Stops the local request (from the reader thread).
+  void Cancel(absl::Status why) {
+    channel.Abort(std::move(why));
+    absl::MutexLock lock(&mu);
+    cancelled = true;
+    if (client != nullptr) client->stop();
+  }
+
+  const uint64_t id;
+  const tunnel::v1::TunnelRequest head;
+  const LocalTarget* const target;
+  common::StreamChannel channel;
+  absl::Mutex mu;
+  httplib::Client* client ABSL_GUARDED_BY(mu) = nullptr;
+  bool cancelled ABSL_GUARDED_BY(mu) = false;
+};
+
+// Idle keep-alive connections to one local service. Thread-safe.
+class ClientPool {
+ public:
+  ClientPool(const LocalTarget& target, absl::Duration timeout)
+      : target_(target), timeout_(timeout) {}
+
+  std::unique_ptr<httplib::Client> Acquire() {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!idle_.empty()) {
+        auto c = std::move(idle_.back());
+        idle_.pop_back();
+        return c;
+      }
+    }
+    auto c = std::make_unique<httplib::Client>(
+        absl::StrCat(target_.scheme, "://", target_.host, ":", target_.port));
+    c->set_keep_alive(true);
+    c->set_tcp_nodelay(true);
+    // Bytes pass through untouched: no decompression, no re-encoding of
+    // the path, no following of redirects (the visitor follows them).
+    c->set_decompress(false);
+    c->set_url_encode(false);
+    c->set_follow_location(false);
+    c->set_connection_timeout(std::chrono::seconds(10));
+    auto secs = std::chrono::seconds(absl::ToInt64Seconds(timeout_));
+    c->set_read_timeout(secs);
+    c->set_write_timeout(secs);
+    if (target_.scheme == "https") {
+      // Local services use self-signed certificates as a rule.
+      c->enable_server_certificate_verification(false);
+    }
+    return c;
+  }
+
+  void Release(std::unique_ptr<httplib::Client> c) {
+    absl::MutexLock lock(&mu_);
+    if (idle_.size() < kMaxIdle) idle_.push_back(std::move(c));
+  }
+
+ private:
+  static constexpr size_t kMaxIdle = 64;
+  const LocalTarget target_;
+  const absl::Duration timeout_;
+  absl::Mutex mu_;
+  std::vector<std::unique_ptr<httplib::Client>> idle_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace
+
+// One accepted connection to the gateway. The reader (Run's thread) calls
+// Dispatch; workers call Forward; the writer thread drains the outbox.
+class Agent::Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(const AgentOptions& options, WorkerPool* pool)
+      : options_(options), pool_(pool), outbox_(common::kMaxChunkBytes) {
+    for (const LocalTarget& t : options_.tunnels) {
+      clients_.emplace(t.slug,
+                       std::make_unique<ClientPool>(t, options_.local_timeout));
+    }
+  }
+
+  void Accept(const tunnel::v1::ConnectAccepted& a) {
+    send_window_ = std::max(a.stream_window(), common::kMinStreamWindow);
+    max_chunk_ = a.max_chunk_bytes() == 0
+                     ? common::kMaxChunkBytes
+                     : std::min(a.max_chunk_bytes(), common::kMaxChunkBytes);
+  }
+
+  common::Outbox& outbox() { return outbox_; }
+
+  // Reader thread.
+  void Dispatch(const Envelope& e) {
+    switch (e.message_case()) {
+      case Envelope::kRequest:
+        OnRequest(e.request());
+        return;
+      case Envelope::kData: {
+        auto s = Find(e.data().stream_id());
+        if (s == nullptr) return;
+        if (absl::Status st =
+                s->channel.PushData(e.data().data(), e.data().end_stream());
+            !st.ok()) {
+          s->Cancel(absl::AbortedError(st.message()));
+          SendClose(s->id, TunnelClose::FLOW_CONTROL_ERROR, st.message());
+        }
+        return;
+      }
+      case Envelope::kClose: {
+        auto s = Find(e.close().stream_id());
+        if (s != nullptr) {
+          TUNNEL_LOG(DEBUG)
+              << "stream " << s->id
+              << " cancelled by the gateway: " << e.close().message();
+          s->Cancel(absl::CancelledError(e.close().message()));
+        }
+        return;
+      }
+      case Envelope::kControl: {
+        const auto& c = e.control();
+        if (c.has_ping()) {
+          Envelope pong;
+          pong.mutable_control()->mutable_pong()->set_nonce(c.ping().nonce());
+          outbox_.PushControl(std::move(pong));
+        } else if (c.has_window_update()) {
+          auto s = Find(c.window_update().stream_id());
+          if (s != nullptr) {
+            if (absl::Status st =
+                    s->channel.AddSendCredit(c.window_update().increment());
+                !st.ok()) {
+              s->Cancel(absl::AbortedError(st.message()));
+              SendClose(s->id, TunnelClose::FLOW_CONTROL_ERROR, st.message());
+            }
+          }
+        } else if (c.has_goaway()) {
+          TUNNEL_LOG(INFO) << "gateway is going away: " << c.goaway().reason();
+        }
+        return;
+      }
+      case Envelope::kConnectError:
+        end_status_ = FromConnectError(e.connect_error());
+        return;
+      default:
+        TUNNEL_LOG(WARNING)
+            << "ignoring unexpected message of kind " << e.message_case();
+        return;
+    }
+  }
+
+  // Why the session ended, when the gateway said so in a ConnectError.
+  absl::Status end_status() const { return end_status_; }
+
+  // Fails every stream and stops the writer's queue.
+  void Shutdown() {
+    absl::flat_hash_map<uint64_t, std::shared_ptr<AgentStream>> streams;
+    {
+      absl::MutexLock lock(&mu_);
+      streams.swap(streams_);
+    }
+    for (auto& [id, s] : streams) {
+      s->Cancel(absl::UnavailableError("the tunnel connection was lost"));
+    }
+    outbox_.Clear();
+    outbox_.Close();
+  }
+
+ private:
+  std::shared_ptr<AgentStream> Find(uint64_t id) {
+    absl::MutexLock lock(&mu_);
+    auto it = streams_.find(id);
+    return it == streams_.end() ? nullptr : it->second;
+  }
+
+  void Remove(uint64_t id) {
+    absl::MutexLock lock(&mu_);
+    streams_.erase(id);
+  }
+
+  void SendClose(uint64_t id, TunnelClose::Reason reason,
+                 absl::string_view message) {
+    Envelope e;
+    auto* c = e.mutable_close();
+    c->set_stream_id(id);
+    c->set_reason(reason);
+    c->set_message(std::string(message));
+    outbox_.PushControl(std::move(e));
+  }
+
+  void OnRequest(const tunnel::v1::TunnelRequest& r) {
+    const LocalTarget* target = nullptr;
+    for (const LocalTarget& t : options_.tunnels) {
+      if (t.slug == r.tunnel_slug()) target = &t;
+    }
+    if (target == nullptr) {
+      SendClose(r.stream_id(), TunnelClose::UNKNOWN_TUNNEL,
+                absl::StrCat("this agent serves no tunnel \"", r.tunnel_slug(),
+                             "\""));
+      return;
+    }
+    auto s = std::make_shared<AgentStream>(
+        r.stream_id(), r, target, send_window_, options_.receive_window);
+    if (!r.body().empty() || r.end_stream()) {
+      if (absl::Status st = s->channel.PushData(r.body(), r.end_stream());
+          !st.ok()) {
+        SendClose(r.stream_id(), TunnelClose::FLOW_CONTROL_ERROR, st.message());
+        return;
+      }
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      streams_[r.stream_id()] = s;
+    }
+    pool_->Submit([self = shared_from_this(), s] { self->Forward(s); });
+  }
+
+  // Worker thread: one request to the local service, both bodies streamed.
+  void Forward(const std::shared_ptr<AgentStream>& s) {
+    ClientPool& pool = *clients_.at(s->target->slug);
+    std::unique_ptr<httplib::Client> cli = pool.Acquire();
+    {
+      absl::MutexLock lock(&s->mu);
+      if (s->cancelled) {
+        Remove(s->id);
+        return;
+      }
+      s->client = cli.get();
+    }
+    const tunnel::v1::TunnelRequest& head = s->head;
+    httplib::Request req;
+    req.method = head.method();
+    req.path = s->target->base_path + head.path();
+    tunnel::v1::TunnelRequest filtered;
+    *filtered.mutable_headers() = head.headers();
+    common::StripHopByHop(filtered.mutable_headers());
+    for (const auto& h : filtered.headers()) {
+      req.headers.emplace(h.name(), h.value());
+    }
+    bool has_body = !(head.end_stream() && head.body().empty());
+    if (has_body) {
+      uint64_t length = 0;
+      const std::string* cl =
+          common::FindHeader(head.headers(), "Content-Length");
+      if (cl != nullptr && absl::SimpleAtoi(*cl, &length)) {
+        req.content_length_ = length;
+        req.is_chunked_content_provider_ = false;
+        req.content_provider_ = [this, s](size_t, size_t remaining,
+                                          httplib::DataSink& sink) {
+          return PumpRequestBody(*s, sink, remaining, /*chunked=*/false);
+        };
+      } else {
+        req.is_chunked_content_provider_ = true;
+        req.headers.emplace("Transfer-Encoding", "chunked");
+        req.content_provider_ = [this, s](size_t, size_t,
+                                          httplib::DataSink& sink) {
+          return PumpRequestBody(*s, sink, 0, /*chunked=*/true);
+        };
+      }
+    }
+    bool head_sent = false;
+    req.response_handler = [&](const httplib::Response& res) {
+      SendHead(*s, res, /*end=*/false);
+      head_sent = true;
+      return true;
+    };
+    req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
+      return SendBody(*s, data, n);
+    };
+
+    httplib::Response res;
+    httplib::Error err = httplib::Error::Success;
+    bool ok = cli->send(req, res, err);
+    bool cancelled;
+    {
+      absl::MutexLock lock(&s->mu);
+      s->client = nullptr;
+      cancelled = s->cancelled;
+    }
+    if (cancelled) {
+      // The gateway already knows; the connection was shut down.
+    } else if (ok) {
+      if (head_sent) {
+        outbox_.PushData(s->id, "", true);
+      } else {
+        SendHead(*s, res, /*end=*/true);  // HEAD, 204: no body to stream
+      }
+      if (!absl::EqualsIgnoreCase(res.get_header_value("Connection"),
+                                  "close")) {
+        pool.Release(std::move(cli));
+      }
+    } else if (!head_sent) {
+      bool unreachable = err == httplib::Error::Connection ||
+                         err == httplib::Error::ConnectionTimeout ||
+                         err == httplib::Error::BindIPAddress;
+      std::string msg =
+          unreachable
+              ? absl::StrCat("the agent cannot reach its local service at ",
+                             s->target->url, " (", httplib::to_string(err), ")")
+              : absl::StrCat("the local service at ", s->target->url,
+                             " failed before responding (",
+                             httplib::to_string(err), ")");
+      TUNNEL_LOG(WARNING) << head.method() << " " << head.path() << ": " << msg;
+      SendClose(s->id,
+                unreachable ? TunnelClose::LOCAL_UNREACHABLE
+                            : TunnelClose::LOCAL_ERROR,
+                msg);
+    } else {
+      std::string msg = absl::StrCat("the local service at ", s->target->url,
+                                     " broke off its response (",
+                                     httplib::to_string(err), ")");
+      TUNNEL_LOG(WARNING) << head.method() << " " << head.path() << ": " << msg;
+      SendClose(s->id, TunnelClose::LOCAL_ERROR, msg);
+    }
+    Remove(s->id);
+  }
+
+  // Request body from the gateway to the local service; one chunk per call.
+  bool PumpRequestBody(AgentStream& s, httplib::DataSink& sink,
+                       size_t remaining, bool chunked) {
+    uint32_t ack = 0;
+    absl::StatusOr<common::Chunk> c =
+        s.channel.PopData(absl::Now() + options_.local_timeout, &ack);
+    if (ack > 0) {
+      Envelope e;
+      auto* wu = e.mutable_control()->mutable_window_update();
+      wu->set_stream_id(s.id);
+      wu->set_increment(ack);
+      outbox_.PushControl(std::move(e));
+    }
+    if (!c.ok()) return false;
+    if (!chunked && c->data.size() > remaining) return false;
+    if (!c->data.empty() && !sink.write(c->data.data(), c->data.size())) {
+      return false;
+    }
+    if (c->end) {
+      if (!chunked) return c->data.size() == remaining;
+      sink.done();
+    }
+    return true;
+  }
+
+  void SendHead(AgentStream& s, const httplib::Response& res, bool end) {
+    Envelope e;
+    auto* r = e.mutable_response();
+    r->set_stream_id(s.id);
+    r->set_status(static_cast<uint32_t>(res.status));
+    for (const auto& [name, value] : res.headers) {
+      common::AddHeader(r->mutable_headers(), name, value);
+    }
+    common::StripHopByHop(r->mutable_headers());
+    r->set_end_stream(end);
+    outbox_.Push(std::move(e));
+  }
+
+  // Response body to the gateway, against the stream's credit.
+  bool SendBody(AgentStream& s, const char* data, size_t n) {
+    while (n > 0) {
+      absl::StatusOr<size_t> credit =
+          s.channel.AcquireSendCredit(std::min<size_t>(n, max_chunk_),
+                                      absl::Now() + options_.local_timeout);
+      if (!credit.ok()) return false;
+      outbox_.PushData(s.id, std::string(data, *credit), false);
+      data += *credit;
+      n -= *credit;
+    }
+    return true;
+  }
+
+  const AgentOptions& options_;
+  WorkerPool* const pool_;
+  common::Outbox outbox_;
+  absl::flat_hash_map<std::string, std::unique_ptr<ClientPool>> clients_;
+  uint32_t send_window_ = common::kDefaultStreamWindow;
+  uint32_t max_chunk_ = common::kMaxChunkBytes;
+  absl::Status end_status_;  // reader thread only
+  absl::Mutex mu_;
+  absl::flat_hash_map<uint64_t, std::shared_ptr<AgentStream>> streams_
+      ABSL_GUARDED_BY(mu_);
+};
+
+bool IsPermanent(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kUnauthenticated:
+    case absl::StatusCode::kPermissionDenied:
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kAlreadyExists:
+      return true;
+    default:
+      return false;
+  }
+}
+
+Agent::Agent(AgentOptions options)
+    : options_(std::move(options)),
+      pool_(std::make_unique<WorkerPool>(options_.max_concurrent)) {}
+
+Agent::~Agent() {
+  Stop();
+  // pool_ joins its threads: every stream was cancelled when its session
+  // ended, so they finish promptly.
+}
+
+void Agent::Stop() {
+  absl::MutexLock lock(&mu_);
+  stopping_ = true;
+  if (current_ctx_ != nullptr) current_ctx_->TryCancel();
+}
+
+absl::Status Agent::Run() {
+  std::mt19937_64 rng(std::random_device{}());
+  int attempt = 0;
+  while (true) {
+    size_t before;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return absl::OkStatus();
+      before = sessions_started_;
+    }
+    absl::Status s = RunSession();
+    size_t after;
+    {
+      absl::MutexLock lock(&mu_);
+      connected_ = false;
+      if (stopping_) return absl::OkStatus();
+      after = sessions_started_;
+    }
+    if (IsPermanent(s)) return s;
+    if (after != before) attempt = 0;  // it worked for a while: start over
+    absl::Duration cap =
+        std::min(options_.max_backoff,
+                 options_.initial_backoff *
+                     static_cast<double>(1 << std::min(attempt, 20)));
+    ++attempt;
+    // Full jitter: agents that lost the same gateway do not return in step.
+    std::uniform_real_distribution<double> jitter(0.0, 1.0);
+    absl::Duration wait = cap * jitter(rng);
+    TUNNEL_LOG(WARNING) << s.message() << "; reconnecting in "
+                        << absl::FormatDuration(
+                               absl::Trunc(wait, absl::Milliseconds(1)));
+    absl::MutexLock lock(&mu_);
+    auto stopping = [this]()
+                        ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_; };
+    mu_.AwaitWithTimeout(absl::Condition(&stopping), wait);
+  }
+}
+
+absl::Status Agent::RunSession() {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  std::shared_ptr<grpc::ChannelCredentials> creds =
+      options_.insecure ? grpc::InsecureChannelCredentials()
+                        : grpc::SslCredentials(grpc::SslCredentialsOptions());
+  auto channel = grpc::CreateCustomChannel(options_.gateway, creds, args);
+  auto deadline = std::chrono::system_clock::now() +
+                  absl::ToChronoSeconds(options_.connect_timeout);
+  if (!channel->WaitForConnected(deadline)) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot reach the gateway at ", options_.gateway, " within ",
+        absl::FormatDuration(options_.connect_timeout),
+        options_.insecure ? ""
+                          : " (TLS; if the gateway runs without TLS, pass "
+                            "--insecure)"));
+  }
+  auto stub = tunnel::v1::TunnelService::NewStub(channel);
+
+  grpc::ClientContext ctx;
+  auto metadata = common::SignAuthMetadata(options_.agent_id, options_.token_id,
+                                           options_.secret, absl::Now());
+  if (!metadata.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid --secret: ", metadata.status().message()));
+  }
+  for (const auto& [key, value] : *metadata) ctx.AddMetadata(key, value);
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return absl::OkStatus();
+    current_ctx_ = &ctx;
+  }
+  auto clear_ctx = [this] {
+    absl::MutexLock lock(&mu_);
+    current_ctx_ = nullptr;
+  };
+
+  auto stream = stub->Connect(&ctx);
+  Envelope hello;
+  auto* c = hello.mutable_connect();
+  c->set_protocol_version(tunnel::v1::PROTOCOL_VERSION_1);
+  c->set_agent_id(options_.agent_id);
+  c->set_agent_version(kAgentVersion);
+  c->set_receive_window(options_.receive_window);
+  for (const LocalTarget& t : options_.tunnels) {
+    auto* spec = c->add_tunnels();
+    spec->set_name(t.name);
+    spec->set_slug(t.slug);
+  }
+  stream->Write(hello);
+
+  // The handshake is bounded: a gateway that accepts the call but never
+  // answers is given up on (and retried).
+  Envelope first;
+  bool got;
+  {
+    absl::Notification answered;
+    std::thread watchdog([&] {
+      if (!answered.WaitForNotificationWithTimeout(options_.connect_timeout)) {
+        ctx.TryCancel();
+      }
+    });
+    got = stream->Read(&first);
+    answered.Notify();
+    watchdog.join();
+  }
+  if (!got || !first.has_accepted()) {
+    absl::Status refused;
+    if (got && first.has_connect_error()) {
+      refused = FromConnectError(first.connect_error());
+    }
+    ctx.TryCancel();
+    grpc::Status st = stream->Finish();
+    clear_ctx();
+    if (!refused.ok()) return refused;
+    if (st.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
+      return absl::UnauthenticatedError(absl::StrCat(
+          "the gateway refused the credentials: ", st.error_message()));
+    }
+    if (got) {
+      return absl::UnavailableError(
+          "the gateway answered with an unexpected "
+          "message; is this a tunnel gateway?");
+    }
+    return absl::UnavailableError(absl::StrCat(
+        "the gateway did not accept the connection: ", st.error_message()));
+  }
+
+  auto session = std::make_shared<Session>(options_, pool_.get());
+  session->Accept(first.accepted());
+  {
+    absl::MutexLock lock(&mu_);
+    connected_ = true;
+    ++sessions_started_;
+    tunnels_.assign(first.accepted().tunnels().begin(),
+                    first.accepted().tunnels().end());
+  }
+  TUNNEL_LOG(INFO) << "connected to " << options_.gateway << " (session "
+                   << first.accepted().session_id() << ")";
+  if (options_.on_accepted) options_.on_accepted(first.accepted());
+
+  std::thread writer([&] {
+    Envelope e;
+    while (session->outbox().PopWait(&e, absl::InfiniteFuture())) {
+      grpc::WriteOptions wo;
+      if (!session->outbox().empty()) wo.set_buffer_hint();
+      if (!stream->Write(e, wo)) {
+        ctx.TryCancel();
+        break;
+      }
+    }
+  });
+  Envelope in;
+  while (stream->Read(&in)) session->Dispatch(in);
+  session->Shutdown();
+  ctx.TryCancel();
+  writer.join();
+  grpc::Status st = stream->Finish();
+  clear_ctx();
+  if (absl::Status end = session->end_status(); !end.ok()) return end;
+  return absl::UnavailableError(absl::StrCat(
+      "lost the connection to the gateway",
+      st.ok() ? std::string() : absl::StrCat(": ", st.error_message())));
+}
+
+bool Agent::WaitUntilConnected(absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return connected_ || stopping_;
+  };
+  mu_.AwaitWithTimeout(absl::Condition(&ready), timeout);
+  return connected_;
+}
+
+std::vector<tunnel::v1::AcceptedTunnel> Agent::tunnels() const {
+  absl::MutexLock lock(&mu_);
+  return tunnels_;
+}
+
+size_t Agent::sessions_started() const {
+  absl::MutexLock lock(&mu_);
+  return sessions_started_;
+}
+}  // namespace tunnel::agent

@@ -1,0 +1,90 @@
+// agent-tunnel as a library: keeps one Connect stream to the gateway open
+// (reconnecting with backoff) and forwards every stream to a local service.
+//
+// Threads: Run() blocks its caller; it reads the stream on that thread, writes
+// it from one writer thread, and forwards requests on a WorkerPool. Stop(),
+// WaitUntilConnected() and the accessors are safe from any thread.
+#ifndef TUNNEL_AGENT_AGENT_H_
+#define TUNNEL_AGENT_AGENT_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "agent/local_target.h"
+#include "common/flow_control.h"
+#include "tunnel/v1/tunnel.pb.h"
+
+namespace grpc {
+class ClientContext;
+}
+
+namespace tunnel::agent {
+
+class WorkerPool;
+
+struct AgentOptions {
+  std::string gateway;  // host:port of the gateway's gRPC listener
+  std::string agent_id;
+  std::string token_id;
+  std::string secret;  // base64url, from `tunnelctl token issue`
+  std::vector<LocalTarget> tunnels;
+  bool insecure = false;  // plaintext gRPC (no TLS)
+  // Local requests in flight at once (threads); further ones queue.
+  size_t max_concurrent = 256;
+  // Per-stream window for request bodies coming from the gateway.
+  uint32_t receive_window = common::kDefaultStreamWindow;
+  // Local service silent for this long mid-request: the request fails.
+  absl::Duration local_timeout = absl::Hours(1);
+  absl::Duration connect_timeout = absl::Seconds(10);
+  // Reconnect backoff: full jitter between 0 and min(max, initial * 2^n).
+  absl::Duration initial_backoff = absl::Milliseconds(500);
+  absl::Duration max_backoff = absl::Seconds(30);
+  // Called once per accepted session (e.g. to print the URLs).
+  std::function<void(const tunnel::v1::ConnectAccepted&)> on_accepted;
+};
+
+class Agent {
+ public:
+  explicit Agent(AgentOptions options);
+  ~Agent();
+
+  // Connects and serves until Stop() (returns OK) or a permanent error
+  // (bad credentials, refused slug, ...: returned with a message saying what
+  // to fix). Transient failures reconnect with backoff, the first attempt
+  // included.
+  absl::Status Run();
+  void Stop();
+
+  // True once a session is accepted (false on timeout or Stop()).
+  bool WaitUntilConnected(absl::Duration timeout);
+  std::vector<tunnel::v1::AcceptedTunnel> tunnels() const;
+  size_t sessions_started() const;
+
+ private:
+  class Session;
+  // One connection attempt and its session; returns why it ended.
+  absl::Status RunSession();
+
+  const AgentOptions options_;
+  mutable absl::Mutex mu_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool connected_ ABSL_GUARDED_BY(mu_) = false;
+  size_t sessions_started_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<tunnel::v1::AcceptedTunnel> tunnels_ ABSL_GUARDED_BY(mu_);
+  // The live call, so Stop() can cancel it.
+  grpc::ClientContext* current_ctx_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::unique_ptr<WorkerPool> pool_;
+};
+
+// A permanent failure ends Run(); anything else is retried.
+bool IsPermanent(const absl::Status& status);
+
+}  // namespace tunnel::agent
+
+#endif  // TUNNEL_AGENT_AGENT_H_

@@ -1,0 +1,147 @@
+// agent-tunnel: flags -> AgentOptions, then run until SIGINT/SIGTERM or a
+// permanent error (exit 1 with the reason; 2 for bad usage).
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+#include <thread>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "agent/agent.h"
+#include "agent/local_target.h"
+#include "common/flags.h"
+#include "common/log.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "agent-tunnel: publishes local HTTP services through a tunnel gateway.\n"
+    "\n"
+    "Usage: agent-tunnel connect --gateway HOST:PORT --id AGENT_ID \\\n"
+    "           --token TOKEN_ID --secret SECRET --to http://127.0.0.1:3000\n"
+    "\n"
+    "Prints each public URL on its own line once the gateway accepts the\n"
+    "connection, then forwards requests until stopped. Reconnects by itself\n"
+    "after network failures; exits 1 on errors that retrying cannot fix\n"
+    "(bad credentials, refused slug).\n";
+
+int Fail(const std::string& message, int code) {
+  std::cerr << "agent-tunnel: " << message << "\n";
+  return code;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  tunnel::agent::AgentOptions o;
+  std::vector<std::string> to;
+  std::string slug;
+  std::string log_level = "info";
+  int64_t max_concurrent = static_cast<int64_t>(o.max_concurrent);
+  int64_t receive_window = o.receive_window;
+
+  tunnel::common::FlagSet flags(kUsage);
+  flags.String("gateway", &o.gateway, "gateway gRPC address, HOST:PORT");
+  flags.String("id", &o.agent_id, "agent id the token was issued for");
+  flags.String("token", &o.token_id, "token id from `tunnelctl token issue`");
+  flags.String("secret", &o.secret,
+               "secret from `tunnelctl token issue` (prefer the env var)");
+  flags.Repeated("to", &to,
+                 "local service: URL, or NAME=URL for an extra named tunnel "
+                 "(slug NAME-<slug>)");
+  flags.String("slug", &slug,
+               "public slug of the unnamed tunnel (default: "
+               "the agent id, lowercased)");
+  flags.Bool("insecure", &o.insecure,
+             "connect without TLS (only for a gateway started without TLS)");
+  flags.Int("max-concurrent", &max_concurrent,
+            "local requests in flight at once; further ones queue");
+  flags.Int("stream-window", &receive_window,
+            "per-stream window for request bodies, bytes (>= 65536)");
+  flags.Duration("local-timeout", &o.local_timeout,
+                 "local service silent this long mid-request: it fails");
+  flags.Duration("connect-timeout", &o.connect_timeout,
+                 "give up one connection attempt to the gateway after this");
+  flags.Duration("max-backoff", &o.max_backoff,
+                 "longest wait between reconnection attempts");
+  flags.String("log-level", &log_level, "debug, info, warning or error");
+
+  if (argc < 2 || std::string(argv[1]) == "--help" ||
+      std::string(argv[1]) == "-h" || std::string(argv[1]) == "help") {
+    std::cout << flags.Usage();
+    return argc < 2 ? 2 : 0;
+  }
+  if (std::string(argv[1]) != "connect") {
+    return Fail(absl::StrCat("unknown command \"", argv[1],
+                             "\"; the command is `connect` (see --help)"),
+                2);
+  }
+  absl::StatusOr<std::vector<std::string>> rest = flags.Parse(argc, argv, 2);
+  if (!rest.ok()) return Fail(std::string(rest.status().message()), 2);
+  if (flags.help_requested()) {
+    std::cout << flags.Usage();
+    return 0;
+  }
+  if (!rest->empty()) {
+    return Fail(
+        absl::StrCat("unexpected argument \"", (*rest)[0], "\" (see --help)"),
+        2);
+  }
+  for (const char* name : {"gateway", "id", "token", "secret"}) {
+    if (!flags.WasSet(name)) {
+      return Fail(absl::StrCat("--", name, " is required (or set ",
+                               flags.EnvName(name), ")"),
+                  2);
+    }
+  }
+  tunnel::common::LogLevel level;
+  if (!tunnel::common::ParseLogLevel(log_level, &level)) {
+    return Fail("--log-level must be debug, info, warning or error", 2);
+  }
+  tunnel::common::SetLogLevel(level);
+  if (max_concurrent < 1) return Fail("--max-concurrent must be >= 1", 2);
+  if (receive_window < 65536 || receive_window > (16 << 20)) {
+    return Fail("--stream-window must be between 65536 and 16777216", 2);
+  }
+  o.max_concurrent = static_cast<size_t>(max_concurrent);
+  o.receive_window = static_cast<uint32_t>(receive_window);
+  if (slug.empty()) slug = absl::AsciiStrToLower(o.agent_id);
+  auto targets = tunnel::agent::ParseTargets(to, slug);
+  if (!targets.ok()) return Fail(std::string(targets.status().message()), 2);
+  o.tunnels = *std::move(targets);
+
+  o.on_accepted = [](const tunnel::v1::ConnectAccepted& a) {
+    // One URL per line on stdout so scripts can pick them up; the rest of
+    // the agent's chatter goes to stderr.
+    for (const auto& t : a.tunnels()) {
+      std::printf("%s\n%s\n", t.url().c_str(), t.path_url().c_str());
+    }
+    std::fflush(stdout);
+  };
+
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  tunnel::agent::Agent agent(o);
+  std::atomic<bool> finished{false};
+  std::thread signal_waiter([&agent, &finished, signals] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    if (finished) return;  // woken by main below, not by a user
+    TUNNEL_LOG(INFO) << "received signal " << sig << ", stopping";
+    agent.Stop();
+  });
+  absl::Status result = agent.Run();
+  finished = true;
+  pthread_kill(signal_waiter.native_handle(), SIGTERM);
+  signal_waiter.join();
+  if (!result.ok()) return Fail(std::string(result.message()), 1);
+  return 0;
+}

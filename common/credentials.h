@@ -1,0 +1,58 @@
+// Agent credentials: the file format (tunnel.v1.CredentialsFile in protobuf
+// text format) and the in-memory store the gateway checks tokens against.
+#ifndef TUNNEL_COMMON_CREDENTIALS_H_
+#define TUNNEL_COMMON_CREDENTIALS_H_
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "tunnel/v1/credentials.pb.h"
+
+namespace tunnel::common {
+
+// Reads and validates a credentials file. A missing file is NOT_FOUND; a
+// malformed one is INVALID_ARGUMENT naming the file and the problem (line and
+// column for syntax errors, token id for semantic ones: empty fields, secret
+// not base64url of at least 16 bytes, duplicate token ids, invalid agent id).
+absl::StatusOr<tunnel::v1::CredentialsFile> LoadCredentialsFile(
+    const std::string& path);
+
+// Writes atomically (temp file + rename) with mode 0600.
+absl::Status SaveCredentialsFile(const std::string& path,
+                                 const tunnel::v1::CredentialsFile& file);
+
+// A fresh credential for `agent_id`: token id "tok_" + 16 hex chars, secret
+// 32 random bytes in unpadded base64url. Fails for an invalid agent id.
+absl::StatusOr<tunnel::v1::Credential> IssueCredential(
+    absl::string_view agent_id, absl::Time now);
+
+// Agent ids: 1-64 chars of [A-Za-z0-9._-].
+bool IsValidAgentId(absl::string_view id);
+
+// Thread-safe lookup table of credentials, replaceable as a whole (reload).
+class CredentialStore {
+ public:
+  CredentialStore() = default;
+  explicit CredentialStore(const tunnel::v1::CredentialsFile& file);
+
+  void Replace(const tunnel::v1::CredentialsFile& file);
+  // The credential with this token id, revoked ones included.
+  std::optional<tunnel::v1::Credential> Find(absl::string_view token_id) const;
+  // Agent ids with at least one live token (their default slugs are "known").
+  std::vector<std::string> AgentIds() const;
+
+ private:
+  mutable absl::Mutex mu_;
+  tunnel::v1::CredentialsFile file_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace tunnel::common
+
+#endif  // TUNNEL_COMMON_CREDENTIALS_H_

@@ -1,0 +1,97 @@
+#include "common/headers.h"
+
+#include <array>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
+
+namespace tunnel::common {
+namespace {
+constexpr std::array<absl::string_view, 9> kHopByHop = {"connection",
+                                                        "keep-alive",
+                                                        "proxy-connection",
+                                                        "transfer-encoding",
+                                                        "te",
+                                                        "trailer",
+                                                        "upgrade",
+                                                        "proxy-authenticate",
+                                                        "proxy-authorization"};
+}  // namespace
+
+bool IsHopByHopHeader(absl::string_view name) {
+  for (absl::string_view h : kHopByHop) {
+    if (absl::EqualsIgnoreCase(name, h)) return true;
+  }
+  return false;
+}
+
+void StripHopByHop(HeaderList* headers) {
+  std::vector<std::string> named;
+  for (const auto& h : *headers) {
+    if (!absl::EqualsIgnoreCase(h.name(), "connection")) continue;
+    for (absl::string_view token : absl::StrSplit(h.value(), ',')) {
+      token = absl::StripAsciiWhitespace(token);
+      if (!token.empty()) named.emplace_back(token);
+    }
+  }
+  auto drop = [&](const tunnel::v1::Header& h) {
+    if (IsHopByHopHeader(h.name())) return true;
+    for (const std::string& n : named) {
+      if (absl::EqualsIgnoreCase(h.name(), n)) return true;
+    }
+    return false;
+  };
+  int out = 0;
+  for (int i = 0; i < headers->size(); ++i) {
+    if (drop(headers->Get(i))) continue;
+    if (out != i) headers->SwapElements(out, i);
+    ++out;
+  }
+  headers->DeleteSubrange(out, headers->size() - out);
+}
+
+bool IsValidHeaderName(absl::string_view name) {
+  if (name.empty()) return false;
+  for (unsigned char c : name) {
+    bool ok = absl::ascii_isalnum(c) ||
+              absl::string_view("!#$%&'*+-.^_`|~").find(static_cast<char>(c)) !=
+                  absl::string_view::npos;
+    if (!ok) return false;
+  }
+  return true;
+}
+
+bool IsValidHeaderValue(absl::string_view value) {
+  for (char c : value) {
+    if (c == '\r' || c == '\n' || c == '\0') return false;
+  }
+  return true;
+}
+
+const std::string* FindHeader(const HeaderList& headers,
+                              absl::string_view name) {
+  for (const auto& h : headers) {
+    if (absl::EqualsIgnoreCase(h.name(), name)) return &h.value();
+  }
+  return nullptr;
+}
+
+void RemoveHeader(HeaderList* headers, absl::string_view name) {
+  int out = 0;
+  for (int i = 0; i < headers->size(); ++i) {
+    if (absl::EqualsIgnoreCase(headers->Get(i).name(), name)) continue;
+    if (out != i) headers->SwapElements(out, i);
+    ++out;
+  }
+  headers->DeleteSubrange(out, headers->size() - out);
+}
+
+void AddHeader(HeaderList* headers, absl::string_view name,
+               absl::string_view value) {
+  tunnel::v1::Header* h = headers->Add();
+  h->set_name(std::string(name));
+  h->set_value(std::string(value));
+}
+
+}  // namespace tunnel::common

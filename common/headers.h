@@ -1,0 +1,39 @@
+// HTTP header rules shared by the front door and the agent: which fields are
+// hop-by-hop (never forwarded), and which names/values are safe to emit.
+#ifndef TUNNEL_COMMON_HEADERS_H_
+#define TUNNEL_COMMON_HEADERS_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+#include "google/protobuf/repeated_field.h"
+#include "tunnel/v1/tunnel.pb.h"
+
+namespace tunnel::common {
+
+using HeaderList = google::protobuf::RepeatedPtrField<tunnel::v1::Header>;
+
+// Connection, Keep-Alive, Proxy-Connection, Transfer-Encoding, TE, Trailer,
+// Upgrade, Proxy-Authenticate, Proxy-Authorization (case-insensitive).
+bool IsHopByHopHeader(absl::string_view name);
+
+// Removes hop-by-hop fields and every field named in a Connection header
+// (RFC 9110 section 7.6.1). Keeps the order of the rest.
+void StripHopByHop(HeaderList* headers);
+
+// RFC 9110 token characters; rejects empty names, CR, LF, NUL, ':' etc.
+bool IsValidHeaderName(absl::string_view name);
+// Rejects CR, LF and NUL (the characters that enable header injection).
+bool IsValidHeaderValue(absl::string_view value);
+
+// First value of `name` (case-insensitive), or nullptr.
+const std::string* FindHeader(const HeaderList& headers,
+                              absl::string_view name);
+void RemoveHeader(HeaderList* headers, absl::string_view name);
+void AddHeader(HeaderList* headers, absl::string_view name,
+               absl::string_view value);
+
+}  // namespace tunnel::common
+
+#endif  // TUNNEL_COMMON_HEADERS_H_

@@ -1,0 +1,48 @@
+// Minimal leveled logging to stderr (Abseil 20220623 has no absl/log).
+//
+//   TUNNEL_LOG(INFO) << "agent " << id << " connected";
+//
+// Thread-safe: each statement is written with one write(2). Never log secrets.
+#ifndef TUNNEL_COMMON_LOG_H_
+#define TUNNEL_COMMON_LOG_H_
+
+#include <sstream>
+#include <string>
+
+#include "absl/strings/string_view.h"
+
+namespace tunnel::common {
+
+enum class LogLevel { kDebug = 0, kInfo = 1, kWarning = 2, kError = 3 };
+
+void SetLogLevel(LogLevel level);
+LogLevel GetLogLevel();
+// Parses "debug", "info", "warning", "error"; false if unknown.
+bool ParseLogLevel(absl::string_view text, LogLevel* out);
+
+class LogMessage {
+ public:
+  LogMessage(LogLevel level, const char* file, int line);
+  ~LogMessage();
+  std::ostream& stream() { return stream_; }
+
+ private:
+  LogLevel level_;
+  std::ostringstream stream_;
+};
+
+}  // namespace tunnel::common
+
+#define TUNNEL_LOG_LEVEL_DEBUG ::tunnel::common::LogLevel::kDebug
+#define TUNNEL_LOG_LEVEL_INFO ::tunnel::common::LogLevel::kInfo
+#define TUNNEL_LOG_LEVEL_WARNING ::tunnel::common::LogLevel::kWarning
+#define TUNNEL_LOG_LEVEL_ERROR ::tunnel::common::LogLevel::kError
+
+#define TUNNEL_LOG(level)                                                      \
+  if (TUNNEL_LOG_LEVEL_##level < ::tunnel::common::GetLogLevel())              \
+    ;                                                                          \
+  else                                                                         \
+    ::tunnel::common::LogMessage(TUNNEL_LOG_LEVEL_##level, __FILE__, __LINE__) \
+        .stream()
+
+#endif  // TUNNEL_COMMON_LOG_H_

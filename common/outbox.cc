@@ -1,0 +1,153 @@
+#include "common/outbox.h"
+
+namespace tunnel::common {
+namespace {
+
+using tunnel::v1::Envelope;
+
+// The stream a data-lane message belongs to, and whether more body bytes may
+// be appended to it (it does not already end its direction).
+bool Appendable(const Envelope& e, uint64_t* stream_id) {
+  switch (e.message_case()) {
+    case Envelope::kData:
+      *stream_id = e.data().stream_id();
+      return !e.data().end_stream();
+    case Envelope::kResponse:
+      *stream_id = e.response().stream_id();
+      return !e.response().end_stream();
+    case Envelope::kRequest:
+      *stream_id = e.request().stream_id();
+      return !e.request().end_stream();
+    default:
+      return false;
+  }
+}
+
+size_t BodySize(const Envelope& e) {
+  switch (e.message_case()) {
+    case Envelope::kData:
+      return e.data().data().size();
+    case Envelope::kResponse:
+      return e.response().body().size();
+    case Envelope::kRequest:
+      return e.request().body().size();
+    default:
+      return 0;
+  }
+}
+
+void Append(Envelope* e, const std::string& bytes, bool end) {
+  switch (e->message_case()) {
+    case Envelope::kData:
+      e->mutable_data()->mutable_data()->append(bytes);
+      e->mutable_data()->set_end_stream(end);
+      break;
+    case Envelope::kResponse:
+      e->mutable_response()->mutable_body()->append(bytes);
+      e->mutable_response()->set_end_stream(end);
+      break;
+    case Envelope::kRequest:
+      e->mutable_request()->mutable_body()->append(bytes);
+      e->mutable_request()->set_end_stream(end);
+      break;
+    default:
+      break;
+  }
+}
+
+}  // namespace
+
+Outbox::Outbox(size_t max_chunk) : max_chunk_(max_chunk) {}
+
+void Outbox::PushControl(Envelope e) {
+  absl::MutexLock lock(&mu_);
+  if (closed_) return;
+  control_.push_back(std::move(e));
+}
+
+void Outbox::Push(Envelope e) {
+  absl::MutexLock lock(&mu_);
+  if (closed_) return;
+  uint64_t id = 0;
+  bool appendable = Appendable(e, &id);
+  if (e.message_case() == Envelope::kData) {
+    auto it = open_tail_.find(id);
+    if (it != open_tail_.end() &&
+        BodySize(*it->second) + e.data().data().size() <= max_chunk_) {
+      Append(it->second, e.data().data(), e.data().end_stream());
+      if (e.data().end_stream()) open_tail_.erase(it);
+      return;
+    }
+  }
+  data_.push_back(std::move(e));
+  if (appendable) {
+    open_tail_[id] = &data_.back();
+  } else if (id != 0) {
+    open_tail_.erase(id);
+  }
+}
+
+void Outbox::PushData(uint64_t stream_id, std::string data, bool end) {
+  Envelope e;
+  auto* d = e.mutable_data();
+  d->set_stream_id(stream_id);
+  *d->mutable_data() = std::move(data);
+  d->set_end_stream(end);
+  Push(std::move(e));
+}
+
+bool Outbox::PopLocked(Envelope* out) {
+  if (!control_.empty()) {
+    *out = std::move(control_.front());
+    control_.pop_front();
+    return true;
+  }
+  if (data_.empty()) return false;
+  uint64_t id = 0;
+  Appendable(data_.front(), &id);
+  auto it = open_tail_.find(id);
+  if (it != open_tail_.end() && it->second == &data_.front()) {
+    open_tail_.erase(it);
+  }
+  *out = std::move(data_.front());
+  data_.pop_front();
+  return true;
+}
+
+bool Outbox::TryPop(Envelope* out) {
+  absl::MutexLock lock(&mu_);
+  return PopLocked(out);
+}
+
+bool Outbox::PopWait(Envelope* out, absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return closed_ || !control_.empty() || !data_.empty();
+  };
+  mu_.AwaitWithDeadline(absl::Condition(&ready), deadline);
+  return PopLocked(out);
+}
+
+void Outbox::Close() {
+  absl::MutexLock lock(&mu_);
+  closed_ = true;
+}
+
+void Outbox::Clear() {
+  absl::MutexLock lock(&mu_);
+  control_.clear();
+  data_.clear();
+  open_tail_.clear();
+}
+
+bool Outbox::empty() const {
+  absl::MutexLock lock(&mu_);
+  return control_.empty() && data_.empty();
+}
+
+size_t Outbox::size() const {
+  absl::MutexLock lock(&mu_);
+  return control_.size() + data_.size();
+}
+
+}  // namespace tunnel::common

@@ -1,0 +1,70 @@
+// The send queue of one session: every Envelope either side writes to the
+// tunnel stream goes through one Outbox, drained by exactly one writer.
+//
+// Two lanes: control messages (pings, pongs, window updates, stream closes)
+// jump ahead of heads and data, so flow control never waits behind bulk data.
+// Within the data lane order is FIFO, and body bytes for a stream whose
+// previous message (a TunnelData, or a TunnelResponse/TunnelRequest head) is
+// still queued are appended to that message, up to max_chunk bytes: the
+// writer sends fewer, larger messages exactly when it is the bottleneck, and
+// a lone chunk (an SSE event) leaves at once.
+//
+// Memory is bounded by the callers: data is only enqueued against stream
+// credit, so the data lane never holds more than streams x window.
+//
+// Thread-safe.
+#ifndef TUNNEL_COMMON_OUTBOX_H_
+#define TUNNEL_COMMON_OUTBOX_H_
+
+#include <cstdint>
+#include <deque>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "tunnel/v1/tunnel.pb.h"
+
+namespace tunnel::common {
+
+class Outbox {
+ public:
+  explicit Outbox(size_t max_chunk);
+
+  // Control lane.
+  void PushControl(tunnel::v1::Envelope e);
+  // Data lane; coalesces data as described above.
+  void Push(tunnel::v1::Envelope e);
+  // Convenience: body bytes for `stream_id`.
+  void PushData(uint64_t stream_id, std::string data, bool end);
+
+  // Takes the next message (control first). False if empty.
+  bool TryPop(tunnel::v1::Envelope* out);
+  // Blocks until a message, Close(), or the deadline. False if closed (and
+  // drained) or timed out.
+  bool PopWait(tunnel::v1::Envelope* out, absl::Time deadline);
+  // Wakes PopWait; later pushes are dropped.
+  void Close();
+  // Drops everything queued.
+  void Clear();
+  bool empty() const;
+  size_t size() const;
+
+ private:
+  bool PopLocked(tunnel::v1::Envelope* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const size_t max_chunk_;
+  mutable absl::Mutex mu_;
+  std::deque<tunnel::v1::Envelope> control_ ABSL_GUARDED_BY(mu_);
+  std::deque<tunnel::v1::Envelope> data_ ABSL_GUARDED_BY(mu_);
+  // Last queued data-lane message of each stream that can still take bytes.
+  // Pointers stay valid: std::deque keeps element addresses across
+  // push_back/pop_front, and an entry is erased before its element is popped.
+  absl::flat_hash_map<uint64_t, tunnel::v1::Envelope*> open_tail_
+      ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace tunnel::common
+
+#endif  // TUNNEL_COMMON_OUTBOX_H_

@@ -1,0 +1,446 @@
+#include "httpfront/front_door.h"
+
+#include <algorithm>
+#include <memory>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/time/clock.h"
+#include "common/headers.h"
+#include "common/log.h"
+#include "common/random.h"
+#include "httpfront/routing.h"
+
+namespace tunnel::httpfront {
+namespace {
+
+using server::TunnelStream;
+
+// Names httplib adds to the request itself; never forwarded.
+constexpr absl::string_view kHttplibInternal[] = {"REMOTE_ADDR", "REMOTE_PORT",
+                                                  "LOCAL_ADDR", "LOCAL_PORT"};
+// Headers the setup hook parks under a name httplib does not know, so that it
+// neither compresses our pass-through responses (Accept-Encoding) nor
+// decompresses uploads (Content-Encoding). A ':' can never come off the wire
+// in a header name, so a visitor cannot forge the parked names.
+constexpr std::pair<absl::string_view, absl::string_view> kParked[] = {
+    {"Accept-Encoding", ":Accept-Encoding"},
+    {"Content-Encoding", ":Content-Encoding"}};
+
+// How often a worker waiting on the agent checks that its visitor is still
+// there, so an abandoned request is cancelled at the agent promptly.
+constexpr absl::Duration kLivenessInterval = absl::Milliseconds(500);
+
+std::string HtmlEscape(absl::string_view s) {
+  return absl::StrReplaceAll(
+      s, {{"&", "&amp;"}, {"<", "&lt;"}, {">", "&gt;"}, {"\"", "&quot;"}});
+}
+
+std::string JsonEscape(absl::string_view s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          out += ' ';
+        } else {
+          out += c;
+        }
+    }
+  }
+  return out;
+}
+
+// The gateway's own error answer: a small HTML page for browsers, JSON for
+// everything else. X-Tunnel-Error names the case for scripts and logs.
+void SetError(const httplib::Request& req, httplib::Response& res, int status,
+              absl::string_view code, absl::string_view message) {
+  res.status = status;
+  res.set_header("X-Tunnel-Error", std::string(code));
+  res.set_header("Cache-Control", "no-store");
+  if (absl::StrContains(req.get_header_value("Accept"), "text/html")) {
+    res.set_content(
+        absl::StrCat("<!doctype html><html><head><meta charset=\"utf-8\">"
+                     "<title>",
+                     status, " ", HtmlEscape(code), "</title></head><body><h1>",
+                     status, "</h1><p>", HtmlEscape(message),
+                     "</p><hr><small>tunnel gateway</small></body></html>\n"),
+        "text/html; charset=utf-8");
+  } else {
+    res.set_content(absl::StrCat("{\"error\":\"", JsonEscape(code),
+                                 "\",\"status\":", status, ",\"message\":\"",
+                                 JsonEscape(message), "\"}\n"),
+                    "application/json");
+  }
+}
+
+// Visitor status for a stream error (see server/tunnel_router.h).
+void SetStreamError(const httplib::Request& req, httplib::Response& res,
+                    const absl::Status& s, absl::Duration retry_after) {
+  switch (s.code()) {
+    case absl::StatusCode::kNotFound:
+      SetError(req, res, 404, "tunnel_not_found", s.message());
+      break;
+    case absl::StatusCode::kUnavailable:
+      SetError(req, res, 502, "agent_offline", s.message());
+      res.set_header("Retry-After",
+                     absl::StrCat(absl::ToInt64Seconds(retry_after)));
+      break;
+    case absl::StatusCode::kFailedPrecondition:
+      SetError(req, res, 502, "local_service_unreachable", s.message());
+      break;
+    case absl::StatusCode::kDeadlineExceeded:
+      SetError(req, res, 504, "agent_timeout", s.message());
+      break;
+    case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kCancelled:
+      SetError(req, res, 503, "gateway_busy", s.message());
+      break;
+    default:
+      SetError(req, res, 502, "agent_error", s.message());
+      break;
+  }
+}
+
+bool IsInternalHeader(absl::string_view name) {
+  for (absl::string_view n : kHttplibInternal) {
+    if (name == n) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+class FrontDoor::Handler {
+ public:
+  Handler(const FrontDoorOptions& options, server::TunnelRouter* router)
+      : options_(options), router_(router) {}
+
+  // Setup hook: runs on the parsed request before routing.
+  static void Prepare(httplib::Request& req) {
+    // httplib would slice our streamed response for Range requests; the
+    // service answers Range itself.
+    req.ranges.clear();
+    for (const auto& [name, parked] : kParked) {
+      std::vector<std::string> values;
+      auto range = req.headers.equal_range(std::string(name));
+      for (auto it = range.first; it != range.second; ++it) {
+        values.push_back(it->second);
+      }
+      req.headers.erase(std::string(name));
+      for (std::string& v : values) {
+        req.headers.emplace(std::string(parked), std::move(v));
+      }
+    }
+  }
+
+  void Handle(const httplib::Request& req, httplib::Response& res,
+              const httplib::ContentReader* reader) {
+    std::string host = req.get_header_value("Host");
+    std::optional<Route> route =
+        ResolveRoute(host, req.target, options_.domain);
+    if (!route.has_value()) {
+      SetError(req, res, 404, "tunnel_not_found",
+               absl::StrCat("no tunnel here: use http://<name>.",
+                            options_.domain, "/ or /t/<name>/"));
+      return;
+    }
+
+    tunnel::v1::TunnelRequest head;
+    std::string request_id = common::NewUuid();
+    head.set_request_id(request_id);
+    head.set_tunnel_slug(route->slug);
+    head.set_method(req.method);
+    head.set_path(route->target);
+    auto* headers = head.mutable_headers();
+    std::string prior_xff;
+    for (const auto& [name, value] : req.headers) {
+      if (IsInternalHeader(name)) continue;
+      if (!name.empty() && name[0] == ':') {
+        common::AddHeader(headers, absl::string_view(name).substr(1), value);
+      } else if (absl::EqualsIgnoreCase(name, "X-Forwarded-For")) {
+        prior_xff =
+            prior_xff.empty() ? value : absl::StrCat(prior_xff, ", ", value);
+      } else if (absl::EqualsIgnoreCase(name, "Expect") ||
+                 absl::EqualsIgnoreCase(name, "X-Forwarded-Proto") ||
+                 absl::EqualsIgnoreCase(name, "X-Forwarded-Host") ||
+                 absl::EqualsIgnoreCase(name, "X-Forwarded-Prefix") ||
+                 absl::EqualsIgnoreCase(name, "X-Request-Id")) {
+        // Expect: 100-continue was answered here. The X-Forwarded-* set
+        // below describe this hop and replace what the visitor claimed.
+      } else {
+        common::AddHeader(headers, name, value);
+      }
+    }
+    common::StripHopByHop(headers);
+    const std::string& ip = req.remote_addr;
+    common::AddHeader(
+        headers, "X-Forwarded-For",
+        prior_xff.empty() ? ip : absl::StrCat(prior_xff, ", ", ip));
+    common::AddHeader(headers, "X-Forwarded-Proto", options_.scheme);
+    common::AddHeader(headers, "X-Forwarded-Host", host);
+    std::string for_token =
+        absl::StrContains(ip, ':') ? absl::StrCat("\"[", ip, "]\"") : ip;
+    common::AddHeader(headers, "Forwarded",
+                      absl::StrCat("for=", for_token, ";host=\"", host,
+                                   "\";proto=", options_.scheme));
+    if (!route->prefix.empty()) {
+      common::AddHeader(headers, "X-Forwarded-Prefix", route->prefix);
+    }
+    common::AddHeader(headers, "X-Request-Id", request_id);
+
+    // Is there a request body to stream? httplib has already read it into
+    // req.body for methods it serves without a content reader.
+    bool streamed_body = false;
+    if (reader != nullptr) {
+      uint64_t length = 0;
+      bool chunked = absl::EqualsIgnoreCase(
+          req.get_header_value("Transfer-Encoding"), "chunked");
+      bool has_length =
+          absl::SimpleAtoi(req.get_header_value("Content-Length"), &length) &&
+          length > 0;
+      streamed_body = chunked || has_length;
+    }
+    head.set_end_stream(!streamed_body && req.body.empty());
+
+    absl::StatusOr<std::unique_ptr<TunnelStream>> opened =
+        router_->Open(route->slug, std::move(head));
+    if (!opened.ok()) {
+      SetStreamError(req, res, opened.status(), options_.offline_retry_after);
+      return;
+    }
+    std::shared_ptr<TunnelStream> stream = std::move(*opened);
+    res.set_header("X-Request-Id", request_id);
+
+    // Upload: stream the body to the agent against its credit.
+    absl::Status upload;
+    if (streamed_body) {
+      bool read_ok = (*reader)([&](const char* data, size_t len) {
+        upload = stream->SendBody(absl::string_view(data, len),
+                                  absl::Now() + options_.body_idle_timeout);
+        return upload.ok();
+      });
+      if (upload.ok() && !read_ok) {
+        // The visitor's body broke off: the agent must not see it as whole.
+        stream->Cancel("the visitor's request body was cut off");
+        res.status = 400;
+        return;
+      }
+      if (upload.ok()) upload = stream->FinishBody();
+    } else if (!req.body.empty()) {
+      upload =
+          stream->SendBody(req.body, absl::Now() + options_.body_idle_timeout);
+      if (upload.ok()) upload = stream->FinishBody();
+    }
+    if (!upload.ok()) {
+      stream->Cancel(upload.message());
+      SetStreamError(req, res, upload, options_.offline_retry_after);
+      return;
+    }
+
+    absl::StatusOr<tunnel::v1::TunnelResponse> head_or =
+        AwaitHead(*stream, absl::Now() + options_.response_timeout);
+    if (!head_or.ok()) {
+      stream->Cancel(head_or.status().message());
+      SetStreamError(req, res, head_or.status(), options_.offline_retry_after);
+      return;
+    }
+    const tunnel::v1::TunnelResponse& resp = *head_or;
+    if (resp.status() < 100 || resp.status() > 599) {
+      stream->Cancel("invalid status");
+      SetError(req, res, 502, "agent_error",
+               absl::StrCat("the agent sent invalid status ", resp.status()));
+      return;
+    }
+    res.status = static_cast<int>(resp.status());
+
+    int64_t content_length = -1;
+    for (const auto& h : resp.headers()) {
+      if (!common::IsValidHeaderName(h.name()) ||
+          !common::IsValidHeaderValue(h.value()) ||
+          common::IsHopByHopHeader(h.name())) {
+        continue;  // never let an agent inject or smuggle header lines
+      }
+      if (absl::EqualsIgnoreCase(h.name(), "Content-Length")) {
+        if (!absl::SimpleAtoi(h.value(), &content_length)) content_length = -1;
+        if (req.method != "HEAD") continue;  // httplib writes its own
+      }
+      res.headers.emplace(h.name(), h.value());
+    }
+
+    if (req.method == "HEAD" || resp.end_stream()) {
+      // Whole body (if any) already arrived with the head.
+      if (resp.end_stream() && req.method != "HEAD") {
+        absl::StatusOr<common::Chunk> c =
+            stream->ReadBody(absl::Now() + options_.body_idle_timeout);
+        if (c.ok()) res.body = std::move(c->data);
+      }
+      return;
+    }
+
+    // Streamed body: each chunk goes to the visitor as it arrives.
+    auto state = std::make_shared<BodyState>();
+    state->stream = stream;
+    state->idle = options_.body_idle_timeout;
+    if (content_length >= 0) {
+      res.content_length_ = static_cast<size_t>(content_length);
+      res.content_provider_ = [state](size_t, size_t length,
+                                      httplib::DataSink& sink) {
+        return state->Pump(sink, length, /*chunked=*/false);
+      };
+      res.is_chunked_content_provider_ = false;
+      if (content_length == 0) {
+        res.content_provider_ = nullptr;
+        res.set_header("Content-Length", "0");
+      }
+    } else {
+      res.content_provider_ = [state](size_t, size_t, httplib::DataSink& sink) {
+        return state->Pump(sink, 0, /*chunked=*/true);
+      };
+      res.is_chunked_content_provider_ = true;
+    }
+  }
+
+ private:
+  struct BodyState {
+    std::shared_ptr<TunnelStream> stream;
+    absl::Duration idle;
+
+    // One provider call: delivers at least one chunk or fails. Returning
+    // false makes httplib drop the connection without a final chunk, so a
+    // cut-off body never looks complete.
+    bool Pump(httplib::DataSink& sink, size_t length, bool chunked) {
+      absl::Time deadline = absl::Now() + idle;
+      while (true) {
+        absl::StatusOr<common::Chunk> c = stream->ReadBody(
+            std::min(deadline, absl::Now() + kLivenessInterval));
+        if (!c.ok()) {
+          if (absl::IsDeadlineExceeded(c.status()) && absl::Now() < deadline &&
+              FrontServer::CurrentVisitorConnected()) {
+            continue;
+          }
+          stream->Cancel(c.status().message());
+          return false;
+        }
+        if (!chunked && c->data.size() > length) {
+          stream->Cancel("the service sent more than its Content-Length");
+          return false;
+        }
+        if (!c->data.empty() && !sink.write(c->data.data(), c->data.size())) {
+          stream->Cancel("the visitor went away");
+          return false;
+        }
+        if (!chunked && !c->end && c->data.size() == length) {
+          // httplib stops calling once Content-Length bytes are out; take
+          // the end marker now so the stream ends cleanly at the agent.
+          absl::StatusOr<common::Chunk> tail = stream->ReadBody(deadline);
+          if (!tail.ok() || !tail->end || !tail->data.empty()) {
+            stream->Cancel("the service sent more than its Content-Length");
+            return false;
+          }
+          return true;
+        }
+        if (c->end) {
+          if (!chunked && c->data.size() != length) {
+            stream->Cancel("the service sent less than its Content-Length");
+            return false;
+          }
+          if (chunked) sink.done();
+          return true;
+        }
+        if (!c->data.empty()) return true;
+      }
+    }
+  };
+
+  // Waits for the head while checking that the visitor is still there.
+  absl::StatusOr<tunnel::v1::TunnelResponse> AwaitHead(TunnelStream& stream,
+                                                       absl::Time deadline) {
+    while (true) {
+      auto head = stream.AwaitResponseHead(
+          std::min(deadline, absl::Now() + kLivenessInterval));
+      if (head.ok() || !absl::IsDeadlineExceeded(head.status())) return head;
+      if (absl::Now() >= deadline) {
+        return absl::DeadlineExceededError(
+            absl::StrCat("the agent sent no response within ",
+                         absl::FormatDuration(options_.response_timeout)));
+      }
+      if (!FrontServer::CurrentVisitorConnected()) {
+        return absl::CancelledError("the visitor went away");
+      }
+    }
+  }
+
+  const FrontDoorOptions& options_;
+  server::TunnelRouter* const router_;
+};
+
+FrontDoor::FrontDoor(FrontDoorOptions options, server::TunnelRouter* router)
+    : options_(std::move(options)),
+      router_(router),
+      server_(std::make_unique<FrontServer>(options_.connection)),
+      handler_(std::make_unique<Handler>(options_, router_)) {
+  int workers = std::max(1, options_.workers);
+  server_->new_task_queue = [workers] {
+    return new httplib::ThreadPool(static_cast<size_t>(workers));
+  };
+  server_->set_setup_request(&Handler::Prepare);
+  Handler* h = handler_.get();
+  auto plain = [h](const httplib::Request& req, httplib::Response& res) {
+    h->Handle(req, res, nullptr);
+  };
+  auto with_body = [h](const httplib::Request& req, httplib::Response& res,
+                       const httplib::ContentReader& reader) {
+    h->Handle(req, res, &reader);
+  };
+  const std::string all = ".*";
+  server_->Get(all, plain);  // GET and HEAD
+  server_->Options(all, plain);
+  server_->Post(all, with_body);
+  server_->Put(all, with_body);
+  server_->Patch(all, with_body);
+  server_->Delete(all, with_body);
+}
+
+FrontDoor::~FrontDoor() { Stop(); }
+
+absl::StatusOr<int> FrontDoor::Listen(const std::string& host, int port) {
+  int bound = port == 0 ? server_->bind_to_any_port(host)
+                        : (server_->bind_to_port(host, port) ? port : -1);
+  if (bound < 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen for HTTP on ", host, ":", port,
+                     " (address in use or not available)"));
+  }
+  listener_ = std::thread([this] { server_->listen_after_bind(); });
+  // stop() is a no-op until the loop runs; wait (bounded) so that a Stop()
+  // right after Listen() cannot be lost.
+  absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (!server_->is_running() && absl::Now() < give_up) {
+    std::this_thread::yield();
+  }
+  return bound;
+}
+
+void FrontDoor::StopAccepting() { server_->stop(); }
+
+void FrontDoor::Stop() {
+  server_->stop();
+  server_->ShutdownConnections();
+  if (listener_.joinable()) listener_.join();
+}
+
+}  // namespace tunnel::httpfront

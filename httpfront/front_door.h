@@ -1,0 +1,62 @@
+// The public HTTP front door: routes each visitor request to a tunnel, turns
+// it into a stream on the agent's session, and streams the answer back.
+//
+// Threads: one httplib worker per visitor connection (pool size `workers`);
+// every wait in a worker has a deadline. Listen/Stop from one owner thread.
+#ifndef TUNNEL_HTTPFRONT_FRONT_DOOR_H_
+#define TUNNEL_HTTPFRONT_FRONT_DOOR_H_
+
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "httpfront/front_server.h"
+#include "server/tunnel_router.h"
+
+namespace tunnel::httpfront {
+
+struct FrontDoorOptions {
+  // Base domain for subdomain routing: <slug>.<domain>.
+  std::string domain = "localhost";
+  // Scheme visitors used (X-Forwarded-Proto).
+  std::string scheme = "http";
+  // No response head from the agent within this: 504.
+  absl::Duration response_timeout = absl::Seconds(30);
+  // A body (either way) that moves no byte for this long is aborted.
+  absl::Duration body_idle_timeout = absl::Minutes(5);
+  // Retry-After on 502 "agent offline".
+  absl::Duration offline_retry_after = absl::Seconds(5);
+  // Visitor connections served at once (each holds a worker thread).
+  int workers = 512;
+  ConnectionOptions connection;
+};
+
+class FrontDoor {
+ public:
+  // `router` must outlive the front door.
+  FrontDoor(FrontDoorOptions options, server::TunnelRouter* router);
+  ~FrontDoor();
+
+  // Binds host:port (port 0 = any) and starts serving. Returns the port.
+  absl::StatusOr<int> Listen(const std::string& host, int port);
+  // Stops accepting, shuts visitor connections, joins the workers. Streams
+  // blocked on agents must be failed by the caller (closing the sessions)
+  // for this to return promptly.
+  void Stop();
+  // Stops accepting new connections only (first step of Stop).
+  void StopAccepting();
+
+ private:
+  class Handler;
+  const FrontDoorOptions options_;
+  server::TunnelRouter* const router_;
+  std::unique_ptr<FrontServer> server_;
+  std::unique_ptr<Handler> handler_;
+  std::thread listener_;
+};
+
+}  // namespace tunnel::httpfront
+
+#endif  // TUNNEL_HTTPFRONT_FRONT_DOOR_H_

@@ -1,0 +1,64 @@
+// cpp-httplib's Server with our own connection loop.
+//
+// cpp-httplib 0.11.4 (Debian's build) would otherwise: gzip our streamed
+// responses when the visitor accepts it (double-encoding what the service
+// already encoded), slice responses itself for Range requests the service
+// already answered, close keep-alive connections after 5 requests, and poll
+// idle connections every 10 ms. Overriding the (private, virtual)
+// process_and_close_socket lets us run the protected process_request with a
+// setup hook that gets the mutable Request before routing, own the socket
+// (timeouts via poll, one read buffer per connection, shutdown of live
+// connections on Stop), and let handlers ask whether their visitor is still
+// connected.
+//
+// Threads: process_and_close_socket runs on the task-queue workers; the
+// static helpers refer to the calling worker's connection.
+#ifndef TUNNEL_HTTPFRONT_FRONT_SERVER_H_
+#define TUNNEL_HTTPFRONT_FRONT_SERVER_H_
+
+#include <functional>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "httplib.h"
+
+namespace tunnel::httpfront {
+
+struct ConnectionOptions {
+  absl::Duration read_timeout =
+      absl::Seconds(60);  // visitor silent mid-request
+  absl::Duration write_timeout = absl::Seconds(60);  // visitor not reading
+  absl::Duration keep_alive_timeout = absl::Seconds(30);
+  size_t keep_alive_max_requests = 10000;
+};
+
+class FrontServer : public httplib::Server {
+ public:
+  explicit FrontServer(ConnectionOptions options);
+
+  // Runs for every request after its head is parsed, before routing.
+  void set_setup_request(std::function<void(httplib::Request&)> fn) {
+    setup_request_ = std::move(fn);
+  }
+
+  // Shuts down every open visitor connection (wakes blocked workers).
+  void ShutdownConnections();
+
+  // For handlers: false once the visitor of the calling worker's connection
+  // has closed it (EOF or error). Never blocks.
+  static bool CurrentVisitorConnected();
+
+ private:
+  bool process_and_close_socket(socket_t sock) override;
+
+  const ConnectionOptions options_;
+  std::function<void(httplib::Request&)> setup_request_;
+  absl::Mutex mu_;
+  absl::flat_hash_set<int> open_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace tunnel::httpfront
+
+#endif  // TUNNEL_HTTPFRONT_FRONT_SERVER_H_

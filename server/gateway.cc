@@ -1,0 +1,104 @@
+#include "server/gateway.h"
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "grpcpp/grpcpp.h"
+
+namespace tunnel::server {
+
+absl::Status SplitHostPort(absl::string_view addr, std::string* host,
+                           int* port) {
+  size_t colon = addr.rfind(':');
+  if (colon == absl::string_view::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("address \"", addr, "\" needs the form host:port"));
+  }
+  absl::string_view h = addr.substr(0, colon);
+  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') {
+    h = h.substr(1, h.size() - 2);
+  }
+  int p;
+  if (!absl::SimpleAtoi(addr.substr(colon + 1), &p) || p < 0 || p > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("address \"", addr, "\" has an invalid port"));
+  }
+  *host = h.empty() ? "0.0.0.0" : std::string(h);
+  *port = p;
+  return absl::OkStatus();
+}
+
+Gateway::Gateway(GatewayOptions options) : options_(std::move(options)) {}
+
+Gateway::~Gateway() { Shutdown(); }
+
+absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
+    GatewayOptions options) {
+  std::unique_ptr<Gateway> gw(new Gateway(std::move(options)));
+  GatewayOptions& o = gw->options_;
+
+  tunnel::v1::CredentialsFile creds;
+  if (o.credentials.has_value()) {
+    creds = *o.credentials;
+  } else {
+    absl::StatusOr<tunnel::v1::CredentialsFile> loaded =
+        common::LoadCredentialsFile(o.credentials_path);
+    if (!loaded.ok()) return loaded.status();
+    creds = *std::move(loaded);
+  }
+  gw->credentials_.Replace(creds);
+  gw->registry_.ReserveAgentSlugs(gw->credentials_.AgentIds());
+  gw->verifier_ =
+      std::make_unique<common::AuthVerifier>(&gw->credentials_, o.auth_skew);
+
+  std::string http_host;
+  int http_port;
+  if (absl::Status s = SplitHostPort(o.http_addr, &http_host, &http_port);
+      !s.ok()) {
+    return s;
+  }
+  o.front.domain = o.service.domain;
+  gw->front_ = std::make_unique<httpfront::FrontDoor>(o.front, &gw->registry_);
+  absl::StatusOr<int> bound = gw->front_->Listen(http_host, http_port);
+  if (!bound.ok()) return bound.status();
+  gw->http_port_ = *bound;
+  o.service.public_port = o.public_port < 0 ? gw->http_port_ : o.public_port;
+
+  gw->service_ = std::make_unique<TunnelServiceImpl>(o.service, &gw->registry_,
+                                                     gw->verifier_.get());
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(o.grpc_addr, grpc::InsecureServerCredentials(),
+                           &gw->grpc_port_);
+  builder.RegisterService(gw->service_.get());
+  // Agents ping through NATs that drop idle flows; allow it and answer.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(
+      GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  gw->grpc_server_ = builder.BuildAndStart();
+  if (gw->grpc_server_ == nullptr || gw->grpc_port_ == 0) {
+    gw->front_->Stop();
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen for gRPC on ", o.grpc_addr,
+                     " (address in use or not available)"));
+  }
+  return gw;
+}
+
+void Gateway::Shutdown() {
+  if (shut_down_) return;
+  shut_down_ = true;
+  if (front_ != nullptr) front_->StopAccepting();
+  if (grpc_server_ != nullptr) {
+    // Cancels agent calls; their OnDone fails every stream, which releases
+    // front-door workers waiting on agents.
+    grpc_server_->Shutdown(std::chrono::system_clock::now() +
+                           std::chrono::seconds(1));
+  }
+  if (front_ != nullptr) front_->Stop();
+  if (grpc_server_ != nullptr) grpc_server_->Wait();
+}
+
+}  // namespace tunnel::server

@@ -1,0 +1,76 @@
+// gateway-tunnel as a library: the gRPC TunnelService, the session registry
+// and the HTTP front door wired together. main() and the tests both start it.
+//
+// Threads: Start/Shutdown from one owner thread; everything else runs on
+// gRPC's and httplib's pools.
+#ifndef TUNNEL_SERVER_GATEWAY_H_
+#define TUNNEL_SERVER_GATEWAY_H_
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/credentials.h"
+#include "common/hmac_auth.h"
+#include "httpfront/front_door.h"
+#include "server/session_registry.h"
+#include "server/tunnel_service.h"
+#include "tunnel/v1/credentials.pb.h"
+
+namespace grpc {
+class Server;
+}
+
+namespace tunnel::server {
+
+struct GatewayOptions {
+  std::string grpc_addr = "0.0.0.0:8080";
+  std::string http_addr = "0.0.0.0:8082";
+  // Credentials: read from `credentials_path`, or given directly (tests).
+  std::string credentials_path;
+  std::optional<tunnel::v1::CredentialsFile> credentials;
+  absl::Duration auth_skew = absl::Minutes(5);
+  // Port in the public URLs; -1: the bound HTTP port; 0: none (port 80/443
+  // in front of us).
+  int public_port = -1;
+  TunnelServiceOptions service;
+  httpfront::FrontDoorOptions front;
+};
+
+class Gateway {
+ public:
+  // Binds both listeners (port 0 picks a free port) and starts serving.
+  static absl::StatusOr<std::unique_ptr<Gateway>> Start(GatewayOptions options);
+  ~Gateway();
+
+  int grpc_port() const { return grpc_port_; }
+  int http_port() const { return http_port_; }
+  SessionRegistry& registry() { return registry_; }
+
+  // Stops both listeners, ends agent sessions and fails streams in flight.
+  void Shutdown();
+
+ private:
+  explicit Gateway(GatewayOptions options);
+
+  GatewayOptions options_;
+  common::CredentialStore credentials_;
+  std::unique_ptr<common::AuthVerifier> verifier_;
+  SessionRegistry registry_;
+  std::unique_ptr<TunnelServiceImpl> service_;
+  std::unique_ptr<grpc::Server> grpc_server_;
+  std::unique_ptr<httpfront::FrontDoor> front_;
+  int grpc_port_ = 0;
+  int http_port_ = 0;
+  bool shut_down_ = false;
+};
+
+// "host:port" -> parts. Accepts "[v6]:port" and ":port" (all interfaces).
+absl::Status SplitHostPort(absl::string_view addr, std::string* host,
+                           int* port);
+
+}  // namespace tunnel::server
+
+#endif  // TUNNEL_SERVER_GATEWAY_H_

@@ -1,0 +1,136 @@
+// gateway-tunnel: flags -> GatewayOptions, then serve until SIGINT/SIGTERM.
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+
+#include "absl/strings/str_cat.h"
+#include "common/flags.h"
+#include "common/flow_control.h"
+#include "common/log.h"
+#include "server/gateway.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "gateway-tunnel: the public side of the tunnel.\n"
+    "\n"
+    "Agents connect over gRPC to --grpc-addr; visitors reach their tunnels\n"
+    "over HTTP on --http-addr, as http://<slug>.<domain>:<port>/ or\n"
+    "http://<host>:<port>/t/<slug>/. On start it prints the bound addresses,\n"
+    "one per line (\"grpc HOST:PORT\", \"http HOST:PORT\").\n"
+    "\n"
+    "Usage: gateway-tunnel [flags]\n";
+
+int Fail(const std::string& message, int code) {
+  std::cerr << "gateway-tunnel: " << message << "\n";
+  return code;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using tunnel::server::GatewayOptions;
+  GatewayOptions o;
+  o.credentials_path = "tunnel-credentials.txtpb";
+  int64_t stream_window = o.service.limits.gateway_receive_window;
+  int64_t max_streams = static_cast<int64_t>(o.service.limits.max_streams);
+  int64_t max_tunnels = static_cast<int64_t>(o.service.max_tunnels_per_agent);
+  int64_t workers = o.front.workers;
+  int64_t public_port = o.public_port;
+  std::string log_level = "info";
+
+  tunnel::common::FlagSet flags(kUsage);
+  flags.String("grpc-addr", &o.grpc_addr, "address agents connect to");
+  flags.String("http-addr", &o.http_addr, "address visitors connect to");
+  flags.String("domain", &o.service.domain,
+               "base domain for subdomain routing (<slug>.<domain>)");
+  flags.String("credentials", &o.credentials_path,
+               "credentials file written by `tunnelctl token issue`");
+  flags.Duration("response-timeout", &o.front.response_timeout,
+                 "504 when the agent sends no response head within this");
+  flags.Duration("body-idle-timeout", &o.front.body_idle_timeout,
+                 "abort a request or response body that stalls this long");
+  flags.Duration("auth-skew", &o.auth_skew,
+                 "accepted clock difference between agent and gateway");
+  flags.Int("stream-window", &stream_window,
+            "per-stream flow-control window in bytes (>= 65536)");
+  flags.Int("max-streams-per-agent", &max_streams,
+            "requests in flight per agent before visitors get 503");
+  flags.Int("max-tunnels-per-agent", &max_tunnels,
+            "tunnels one agent may open");
+  flags.Int("http-workers", &workers,
+            "visitor connections served at once (one thread each)");
+  flags.String("public-scheme", &o.service.public_scheme,
+               "scheme in the public URLs told to agents");
+  flags.Int("public-port", &public_port,
+            "port in the public URLs (-1: the bound HTTP port, 0: none)");
+  flags.Duration("read-timeout", &o.front.connection.read_timeout,
+                 "visitor silent this long mid-request: connection closed");
+  flags.Duration("write-timeout", &o.front.connection.write_timeout,
+                 "visitor not reading this long: connection closed");
+  flags.Duration("keep-alive-timeout", &o.front.connection.keep_alive_timeout,
+                 "idle visitor connections are closed after this");
+  flags.String("log-level", &log_level, "debug, info, warning or error");
+
+  absl::StatusOr<std::vector<std::string>> rest = flags.Parse(argc, argv);
+  if (!rest.ok()) return Fail(std::string(rest.status().message()), 2);
+  if (flags.help_requested()) {
+    std::cout << flags.Usage();
+    return 0;
+  }
+  if (!rest->empty()) {
+    return Fail(
+        absl::StrCat("unexpected argument \"", (*rest)[0], "\" (see --help)"),
+        2);
+  }
+  tunnel::common::LogLevel level;
+  if (!tunnel::common::ParseLogLevel(log_level, &level)) {
+    return Fail("--log-level must be debug, info, warning or error", 2);
+  }
+  tunnel::common::SetLogLevel(level);
+  if (stream_window < tunnel::common::kMinStreamWindow ||
+      stream_window > (16 << 20)) {
+    return Fail("--stream-window must be between 65536 and 16777216", 2);
+  }
+  if (max_streams < 1 || max_tunnels < 1 || workers < 1) {
+    return Fail(
+        "--max-streams-per-agent, --max-tunnels-per-agent and --http-workers "
+        "must be at least 1",
+        2);
+  }
+  o.service.limits.gateway_receive_window =
+      static_cast<uint32_t>(stream_window);
+  o.service.limits.max_streams = static_cast<size_t>(max_streams);
+  o.service.max_tunnels_per_agent = static_cast<size_t>(max_tunnels);
+  o.front.workers = static_cast<int>(workers);
+  o.front.scheme = o.service.public_scheme;
+  o.public_port = static_cast<int>(public_port);
+
+  // Signals are taken synchronously by sigwait below; block them before any
+  // thread starts so every thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  absl::StatusOr<std::unique_ptr<tunnel::server::Gateway>> gw =
+      tunnel::server::Gateway::Start(o);
+  if (!gw.ok()) return Fail(std::string(gw.status().message()), 1);
+
+  std::string grpc_host, http_host;
+  int ignored;
+  (void)tunnel::server::SplitHostPort(o.grpc_addr, &grpc_host, &ignored);
+  (void)tunnel::server::SplitHostPort(o.http_addr, &http_host, &ignored);
+  std::printf("grpc %s:%d\nhttp %s:%d\n", grpc_host.c_str(), (*gw)->grpc_port(),
+              http_host.c_str(), (*gw)->http_port());
+  std::fflush(stdout);
+  TUNNEL_LOG(INFO) << "serving tunnels for *." << o.service.domain;
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  TUNNEL_LOG(INFO) << "received signal " << sig << ", shutting down";
+  (*gw)->Shutdown();
+  return 0;
+}

@@ -1,0 +1,368 @@
+#include "server/session.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+
+namespace tunnel::server {
+namespace {
+
+using tunnel::v1::Envelope;
+using tunnel::v1::TunnelClose;
+
+// What a TunnelClose from the agent means to the visitor (see
+// tunnel_router.h for the mapping to HTTP statuses).
+absl::Status StatusFromClose(const TunnelClose& c) {
+  std::string msg =
+      c.message().empty() ? "the agent closed the stream" : c.message();
+  switch (c.reason()) {
+    case TunnelClose::LOCAL_UNREACHABLE:
+    case TunnelClose::UNKNOWN_TUNNEL:
+      return absl::FailedPreconditionError(msg);
+    case TunnelClose::TIMEOUT:
+      return absl::DeadlineExceededError(msg);
+    default:
+      return absl::AbortedError(msg);
+  }
+}
+
+}  // namespace
+
+// The front door's handle on one stream.
+class GatewayStream : public TunnelStream {
+ public:
+  GatewayStream(std::shared_ptr<Session> session, uint64_t id,
+                std::shared_ptr<common::StreamChannel> channel)
+      : session_(std::move(session)), id_(id), channel_(std::move(channel)) {}
+
+  ~GatewayStream() override {
+    // An exchange abandoned before its response completed is cancelled at
+    // the agent, which aborts its local request.
+    if (!cancelled_ && channel_->status().ok() &&
+        !channel_->receive_finished()) {
+      session_->SendClose(id_, TunnelClose::CANCELLED, "the visitor went away");
+    }
+    channel_->Abort(absl::CancelledError("stream released"));
+    session_->RemoveStream(id_);
+  }
+
+  uint64_t id() const override { return id_; }
+
+  absl::Status SendBody(absl::string_view data, absl::Time deadline) override {
+    while (!data.empty()) {
+      size_t want = std::min<size_t>(data.size(), session_->limits_.max_chunk);
+      absl::StatusOr<size_t> n = channel_->AcquireSendCredit(want, deadline);
+      if (!n.ok()) return n.status();
+      session_->SendData(id_, std::string(data.substr(0, *n)), false);
+      data.remove_prefix(*n);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status FinishBody() override {
+    if (absl::Status s = channel_->status(); !s.ok()) return s;
+    session_->SendData(id_, "", true);
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<tunnel::v1::TunnelResponse> AwaitResponseHead(
+      absl::Time deadline) override {
+    return channel_->AwaitHead(deadline);
+  }
+
+  absl::StatusOr<common::Chunk> ReadBody(absl::Time deadline) override {
+    uint32_t ack = 0;
+    absl::StatusOr<common::Chunk> chunk = channel_->PopData(deadline, &ack);
+    if (ack > 0) {
+      Envelope e;
+      auto* wu = e.mutable_control()->mutable_window_update();
+      wu->set_stream_id(id_);
+      wu->set_increment(ack);
+      session_->SendControl(std::move(e));
+    }
+    return chunk;
+  }
+
+  void Cancel(absl::string_view why) override {
+    if (cancelled_) return;
+    cancelled_ = true;
+    if (channel_->status().ok()) {
+      session_->SendClose(id_, TunnelClose::CANCELLED, why);
+    }
+    channel_->Abort(absl::CancelledError(why));
+  }
+
+ private:
+  const std::shared_ptr<Session> session_;
+  const uint64_t id_;
+  const std::shared_ptr<common::StreamChannel> channel_;
+  bool cancelled_ = false;
+};
+
+Session::Session(std::string session_id, std::string agent_id, std::string peer,
+                 SessionLimits limits, EnvelopeWriter* writer)
+    : session_id_(std::move(session_id)),
+      agent_id_(std::move(agent_id)),
+      peer_(std::move(peer)),
+      limits_(limits),
+      writer_(writer),
+      outbox_(limits.max_chunk) {}
+
+Session::~Session() = default;
+
+void Session::SetAgentReceiveWindow(uint32_t window) {
+  if (window == 0) return;
+  limits_.agent_receive_window =
+      std::clamp<uint32_t>(window, common::kMinStreamWindow, 16u << 20);
+}
+
+void Session::Enqueue(Envelope e, bool control) {
+  const Envelope* to_write = nullptr;
+  bool more = false;
+  {
+    absl::MutexLock lock(&mu_);
+    if (finish_requested_ || done_) return;
+    if (control) {
+      outbox_.PushControl(std::move(e));
+    } else {
+      outbox_.Push(std::move(e));
+    }
+    if (!writing_ && outbox_.TryPop(&current_)) {
+      writing_ = true;
+      to_write = &current_;
+      more = !outbox_.empty();
+    }
+  }
+  // No lock across StartWrite. The reactor cannot finish meanwhile: Finish
+  // waits for writing_ to drop, which only OnWriteDone does.
+  if (to_write != nullptr) writer_->Write(to_write, more);
+}
+
+void Session::Send(Envelope e) { Enqueue(std::move(e), false); }
+void Session::SendControl(Envelope e) { Enqueue(std::move(e), true); }
+
+void Session::SendData(uint64_t stream_id, std::string data, bool end) {
+  Envelope e;
+  auto* d = e.mutable_data();
+  d->set_stream_id(stream_id);
+  *d->mutable_data() = std::move(data);
+  d->set_end_stream(end);
+  Enqueue(std::move(e), false);
+}
+
+void Session::SendClose(uint64_t stream_id, TunnelClose::Reason reason,
+                        absl::string_view message) {
+  Envelope e;
+  auto* c = e.mutable_close();
+  c->set_stream_id(stream_id);
+  c->set_reason(reason);
+  c->set_message(std::string(message));
+  Enqueue(std::move(e), true);
+}
+
+void Session::OnWriteDone(bool ok) {
+  const Envelope* to_write = nullptr;
+  bool more = false;
+  bool finish = false;
+  grpc::Status status;
+  {
+    absl::MutexLock lock(&mu_);
+    writing_ = false;
+    if (!ok) {
+      // The call is broken; nothing more can be written.
+      outbox_.Clear();
+      if (!finish_requested_) {
+        finish_requested_ = true;
+        finish_status_ = grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                      "write to agent failed");
+      }
+    }
+    if (ok && outbox_.TryPop(&current_)) {
+      writing_ = true;
+      to_write = &current_;
+      more = !outbox_.empty();
+    } else if (finish_requested_ && !finished_) {
+      finished_ = true;
+      finish = true;
+      status = finish_status_;
+    }
+  }
+  if (to_write != nullptr) {
+    writer_->Write(to_write, more);
+  } else if (finish) {
+    writer_->End(status);
+  }
+}
+
+void Session::Close(grpc::Status status, bool drain) {
+  bool finish = false;
+  const Envelope* to_write = nullptr;
+  bool more = false;
+  {
+    absl::MutexLock lock(&mu_);
+    if (finish_requested_ || done_) return;
+    finish_requested_ = true;
+    finish_status_ = status;
+    if (!drain) outbox_.Clear();
+    if (!writing_) {
+      if (outbox_.TryPop(&current_)) {
+        // Deliver what is queued first; OnWriteDone finishes after it.
+        writing_ = true;
+        to_write = &current_;
+        more = !outbox_.empty();
+      } else {
+        finished_ = true;
+        finish = true;
+      }
+    }
+  }
+  if (to_write != nullptr) {
+    writer_->Write(to_write, more);
+  } else if (finish) {
+    writer_->End(status);
+  }
+}
+
+bool Session::closing() const {
+  absl::MutexLock lock(&mu_);
+  return finish_requested_ || done_;
+}
+
+absl::StatusOr<std::unique_ptr<TunnelStream>> Session::OpenStream(
+    tunnel::v1::TunnelRequest head) {
+  auto channel = std::make_shared<common::StreamChannel>(
+      limits_.agent_receive_window, limits_.gateway_receive_window);
+  uint64_t id;
+  {
+    absl::MutexLock lock(&mu_);
+    if (finish_requested_ || done_) {
+      return absl::UnavailableError("the agent is disconnecting");
+    }
+    if (streams_.size() >= limits_.max_streams) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the agent has ", streams_.size(), " requests in flight (limit ",
+          limits_.max_streams, ")"));
+    }
+    id = next_stream_id_++;
+    streams_[id] = channel;
+  }
+  head.set_stream_id(id);
+  Envelope e;
+  *e.mutable_request() = std::move(head);
+  Send(std::move(e));
+  return std::unique_ptr<TunnelStream>(
+      new GatewayStream(shared_from_this(), id, std::move(channel)));
+}
+
+size_t Session::stream_count() const {
+  absl::MutexLock lock(&mu_);
+  return streams_.size();
+}
+
+std::shared_ptr<common::StreamChannel> Session::FindStream(uint64_t id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = streams_.find(id);
+  return it == streams_.end() ? nullptr : it->second;
+}
+
+void Session::RemoveStream(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  streams_.erase(id);
+}
+
+void Session::FailStream(uint64_t id,
+                         const std::shared_ptr<common::StreamChannel>& ch,
+                         TunnelClose::Reason reason, const absl::Status& why) {
+  TUNNEL_LOG(WARNING) << "agent " << agent_id_ << " stream " << id << ": "
+                      << why.message();
+  ch->Abort(absl::AbortedError(
+      absl::StrCat("the agent broke the protocol: ", why.message())));
+  SendClose(id, reason, why.message());
+}
+
+void Session::OnEnvelope(const Envelope& e) {
+  switch (e.message_case()) {
+    case Envelope::kResponse: {
+      const auto& r = e.response();
+      auto ch = FindStream(r.stream_id());
+      if (ch == nullptr) break;
+      tunnel::v1::TunnelResponse head = r;
+      head.clear_body();
+      if (absl::Status s = ch->SetHead(std::move(head)); !s.ok()) {
+        FailStream(r.stream_id(), ch, TunnelClose::PROTOCOL_ERROR, s);
+        return;
+      }
+      if (!r.body().empty() || r.end_stream()) {
+        if (absl::Status s = ch->PushData(r.body(), r.end_stream()); !s.ok()) {
+          FailStream(r.stream_id(), ch, TunnelClose::FLOW_CONTROL_ERROR, s);
+        }
+      }
+      return;
+    }
+    case Envelope::kData: {
+      const auto& d = e.data();
+      auto ch = FindStream(d.stream_id());
+      if (ch == nullptr) break;
+      if (d.data().size() > limits_.max_chunk) {
+        FailStream(d.stream_id(), ch, TunnelClose::PROTOCOL_ERROR,
+                   absl::InvalidArgumentError("data chunk over the limit"));
+        return;
+      }
+      if (absl::Status s = ch->PushData(d.data(), d.end_stream()); !s.ok()) {
+        FailStream(d.stream_id(), ch, TunnelClose::FLOW_CONTROL_ERROR, s);
+      }
+      return;
+    }
+    case Envelope::kClose: {
+      auto ch = FindStream(e.close().stream_id());
+      if (ch == nullptr) break;
+      ch->Abort(StatusFromClose(e.close()));
+      return;
+    }
+    case Envelope::kControl: {
+      const auto& c = e.control();
+      if (c.has_ping()) {
+        Envelope pong;
+        pong.mutable_control()->mutable_pong()->set_nonce(c.ping().nonce());
+        SendControl(std::move(pong));
+      } else if (c.has_window_update()) {
+        const auto& wu = c.window_update();
+        auto ch = FindStream(wu.stream_id());
+        if (ch == nullptr) break;
+        if (absl::Status s = ch->AddSendCredit(wu.increment()); !s.ok()) {
+          FailStream(wu.stream_id(), ch, TunnelClose::FLOW_CONTROL_ERROR, s);
+        }
+      }
+      return;
+    }
+    default:
+      TUNNEL_LOG(WARNING) << "agent " << agent_id_
+                          << " sent an envelope of kind " << e.message_case()
+                          << " after the handshake";
+      Close(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                         "unexpected message after the handshake"),
+            false);
+      return;
+  }
+  // Messages for streams that already ended are expected in races (the
+  // visitor left while data was in flight); count them, drop them.
+  ++unknown_stream_messages_;
+}
+
+void Session::OnDone() {
+  absl::flat_hash_map<uint64_t, std::shared_ptr<common::StreamChannel>> streams;
+  {
+    absl::MutexLock lock(&mu_);
+    done_ = true;
+    finish_requested_ = true;
+    outbox_.Clear();
+    streams.swap(streams_);
+  }
+  for (auto& [id, ch] : streams) {
+    ch->Abort(absl::UnavailableError("the agent disconnected"));
+  }
+}
+
+}  // namespace tunnel::server

@@ -1,0 +1,126 @@
+// One connected agent: the state its Connect call shares with the front door.
+//
+// A Session owns the agent's send queue and the table of streams in flight.
+// Front-door worker threads open streams and enqueue envelopes from any
+// thread; the gRPC reactor feeds received envelopes in (OnEnvelope) and
+// drives the single outstanding write (OnWriteDone). The reactor may be gone
+// while workers still hold the Session (shared_ptr): after OnDone every call
+// fails fast and nothing touches the reactor again.
+#ifndef TUNNEL_SERVER_SESSION_H_
+#define TUNNEL_SERVER_SESSION_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/flow_control.h"
+#include "common/outbox.h"
+#include "grpcpp/support/status.h"
+#include "server/tunnel_router.h"
+#include "tunnel/v1/tunnel.pb.h"
+
+namespace tunnel::server {
+
+struct SessionLimits {
+  // Credit each side starts with per stream and direction.
+  uint32_t gateway_receive_window = common::kDefaultStreamWindow;
+  uint32_t agent_receive_window = common::kDefaultStreamWindow;
+  uint32_t max_chunk = common::kMaxChunkBytes;
+  size_t max_streams = 4096;
+};
+
+// The reactor side of a session: the one place that talks to gRPC. Calls come
+// from Session only, never two writes at once, and never after End().
+class EnvelopeWriter {
+ public:
+  virtual ~EnvelopeWriter() = default;
+  // Starts the single outstanding write; `more` hints that more is queued.
+  virtual void Write(const tunnel::v1::Envelope* e, bool more) = 0;
+  // Finishes the RPC.
+  virtual void End(grpc::Status status) = 0;
+};
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(std::string session_id, std::string agent_id, std::string peer,
+          SessionLimits limits, EnvelopeWriter* writer);
+  ~Session();
+
+  const std::string& id() const { return session_id_; }
+  const std::string& agent_id() const { return agent_id_; }
+  const std::string& peer() const { return peer_; }
+
+  // Handshake only, before the session is registered (no stream exists yet):
+  // the agent's own receive window, clamped to [64 KiB, 16 MiB]; 0 keeps the
+  // default.
+  void SetAgentReceiveWindow(uint32_t window);
+
+  // --- any thread ---
+  // Queues a head or data message (data lane).
+  void Send(tunnel::v1::Envelope e);
+  // Queues a control message or stream close (control lane).
+  void SendControl(tunnel::v1::Envelope e);
+  // Queues body bytes for a stream.
+  void SendData(uint64_t stream_id, std::string data, bool end);
+  void SendClose(uint64_t stream_id, tunnel::v1::TunnelClose::Reason reason,
+                 absl::string_view message);
+  // Ends the session. With `drain`, what is queued is still written first
+  // (used to deliver a ConnectError or GoAway); otherwise it is dropped.
+  void Close(grpc::Status status, bool drain);
+  bool closing() const;
+  // Opens a stream and sends its request head. Fails UNAVAILABLE once the
+  // session is closing, RESOURCE_EXHAUSTED at max_streams.
+  absl::StatusOr<std::unique_ptr<TunnelStream>> OpenStream(
+      tunnel::v1::TunnelRequest head);
+  size_t stream_count() const;
+
+  // --- reactor thread ---
+  // Handles one envelope from the agent after the handshake.
+  void OnEnvelope(const tunnel::v1::Envelope& e);
+  void OnWriteDone(bool ok);
+  // The RPC is over: fails every stream; no further writes.
+  void OnDone();
+
+ private:
+  friend class GatewayStream;
+  void Enqueue(tunnel::v1::Envelope e, bool control);
+  std::shared_ptr<common::StreamChannel> FindStream(uint64_t id) const;
+  void RemoveStream(uint64_t id);
+  // The agent broke a rule on one stream: fail it locally, tell the agent.
+  void FailStream(uint64_t id, const std::shared_ptr<common::StreamChannel>& ch,
+                  tunnel::v1::TunnelClose::Reason reason,
+                  const absl::Status& why);
+
+  const std::string session_id_;
+  const std::string agent_id_;
+  const std::string peer_;
+  SessionLimits limits_;  // fixed once the session is registered
+  EnvelopeWriter* const writer_;
+  common::Outbox outbox_;
+
+  mutable absl::Mutex mu_;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool finish_requested_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status finish_status_ ABSL_GUARDED_BY(mu_);
+  // The message gRPC is writing; only the writer path touches it, and only
+  // while writing_ is true.
+  tunnel::v1::Envelope current_;
+  uint64_t next_stream_id_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::flat_hash_map<uint64_t, std::shared_ptr<common::StreamChannel>> streams_
+      ABSL_GUARDED_BY(mu_);
+  std::atomic<uint64_t> unknown_stream_messages_{0};
+};
+
+}  // namespace tunnel::server
+
+#endif  // TUNNEL_SERVER_SESSION_H_

@@ -1,0 +1,63 @@
+// Which agent session serves which slug. Implements TunnelRouter for the
+// front door. Thread-safe: reactors register and unregister, front-door
+// workers look up.
+//
+// A slug belongs to the first agent id that claims it for the gateway's
+// lifetime (and an agent id named in the credentials owns the slug equal to
+// its id from the start), so a slug never silently moves to another agent.
+// While its agent is offline the slug is "known": visitors get 502, not 404.
+#ifndef TUNNEL_SERVER_SESSION_REGISTRY_H_
+#define TUNNEL_SERVER_SESSION_REGISTRY_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "server/session.h"
+#include "server/tunnel_router.h"
+
+namespace tunnel::server {
+
+class SessionRegistry : public TunnelRouter {
+ public:
+  SessionRegistry() = default;
+
+  // Reserves slug == agent id for each of these agents.
+  void ReserveAgentSlugs(const std::vector<std::string>& agent_ids);
+
+  // Makes `session` the live session of its agent for `slugs`. Fails
+  // ALREADY_EXISTS naming the slug if another agent owns one of them. If the
+  // agent already had a live session, it is returned in `*replaced` (the
+  // caller tells it why and closes it) and its slugs pass to the new one.
+  absl::Status Register(const std::shared_ptr<Session>& session,
+                        const std::vector<std::string>& slugs,
+                        std::shared_ptr<Session>* replaced);
+  // Removes `session` if it is still the live one of its agent.
+  void Unregister(const Session* session);
+
+  absl::StatusOr<std::unique_ptr<TunnelStream>> Open(
+      absl::string_view slug, tunnel::v1::TunnelRequest head) override;
+
+  size_t session_count() const;
+  std::shared_ptr<Session> FindByAgent(absl::string_view agent_id) const;
+
+ private:
+  mutable absl::Mutex mu_;
+  // slug -> owning agent id.
+  absl::flat_hash_map<std::string, std::string> slug_owner_
+      ABSL_GUARDED_BY(mu_);
+  // agent id -> live session.
+  absl::flat_hash_map<std::string, std::shared_ptr<Session>> live_
+      ABSL_GUARDED_BY(mu_);
+  // live slug -> session (only slugs of live sessions).
+  absl::flat_hash_map<std::string, std::shared_ptr<Session>> routes_
+      ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace tunnel::server
+
+#endif  // TUNNEL_SERVER_SESSION_REGISTRY_H_

@@ -1,0 +1,219 @@
+#include "server/tunnel_service.h"
+
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/log.h"
+#include "common/random.h"
+#include "common/slug.h"
+
+namespace tunnel::server {
+
+using tunnel::v1::ConnectError;
+using tunnel::v1::Envelope;
+
+// One agent's Connect call. gRPC owns it: it deletes itself in OnDone. The
+// Session (shared with front-door workers) outlives it when needed; all
+// writes go through the Session so there is one outstanding write at most.
+class AgentConnection final
+    : public grpc::ServerBidiReactor<Envelope, Envelope>,
+      public EnvelopeWriter {
+ public:
+  AgentConnection(TunnelServiceImpl* service,
+                  grpc::CallbackServerContext* context)
+      : service_(service), peer_(context->peer()) {
+    std::map<std::string, std::string> metadata;
+    for (const auto& [key, value] : context->client_metadata()) {
+      metadata.emplace(std::string(key.data(), key.size()),
+                       std::string(value.data(), value.size()));
+    }
+    common::AuthResult auth =
+        service_->verifier_->Verify(metadata, absl::Now());
+    if (!auth.ok) {
+      ++service_->auth_failures_;
+      TUNNEL_LOG(WARNING) << "refused agent from " << peer_ << ": "
+                          << common::AuthFailureName(auth.failure) << ": "
+                          << auth.message;
+      Finish(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, auth.message));
+      return;
+    }
+    session_ =
+        std::make_shared<Session>(common::RandomHex(8), auth.agent_id, peer_,
+                                  service_->options_.limits, this);
+    StartRead(&in_);
+  }
+
+  // EnvelopeWriter, called by Session only.
+  void Write(const Envelope* e, bool more) override {
+    if (more) {
+      StartWrite(e, grpc::WriteOptions().set_buffer_hint());
+    } else {
+      StartWrite(e);
+    }
+  }
+  void End(grpc::Status status) override { Finish(std::move(status)); }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      // The agent half-closed or the call broke.
+      session_->Close(grpc::Status::OK, false);
+      return;
+    }
+    if (!registered_) {
+      HandleConnect();
+    } else {
+      session_->OnEnvelope(in_);
+    }
+    if (!session_->closing()) StartRead(&in_);
+  }
+
+  void OnWriteDone(bool ok) override { session_->OnWriteDone(ok); }
+
+  void OnCancel() override {
+    if (session_ != nullptr) {
+      session_->Close(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"),
+                      false);
+    }
+  }
+
+  void OnDone() override {
+    if (session_ != nullptr) {
+      if (registered_) {
+        service_->registry_->Unregister(session_.get());
+        TUNNEL_LOG(INFO) << "agent " << session_->agent_id()
+                         << " disconnected (session " << session_->id() << ")";
+      }
+      session_->OnDone();
+    }
+    delete this;
+  }
+
+ private:
+  void Refuse(ConnectError::Code code, const std::string& message,
+              grpc::StatusCode status) {
+    TUNNEL_LOG(WARNING) << "refused agent " << session_->agent_id() << " from "
+                        << peer_ << ": " << message;
+    Envelope e;
+    auto* err = e.mutable_connect_error();
+    err->set_code(code);
+    err->set_message(message);
+    session_->Send(std::move(e));
+    session_->Close(grpc::Status(status, message), /*drain=*/true);
+  }
+
+  void HandleConnect() {
+    const TunnelServiceOptions& opts = service_->options_;
+    if (!in_.has_connect()) {
+      Refuse(ConnectError::INVALID_REQUEST,
+             "the first message must be a connect request",
+             grpc::StatusCode::INVALID_ARGUMENT);
+      return;
+    }
+    const auto& req = in_.connect();
+    if (req.protocol_version() != tunnel::v1::PROTOCOL_VERSION_1) {
+      Refuse(ConnectError::UNSUPPORTED_VERSION,
+             absl::StrCat("protocol version ", req.protocol_version(),
+                          " is not supported; this gateway speaks 1"),
+             grpc::StatusCode::FAILED_PRECONDITION);
+      return;
+    }
+    if (req.agent_id() != session_->agent_id()) {
+      Refuse(ConnectError::AGENT_ID_MISMATCH,
+             "connect.agent_id differs from the authenticated agent id",
+             grpc::StatusCode::PERMISSION_DENIED);
+      return;
+    }
+    if (req.tunnels().empty() ||
+        static_cast<size_t>(req.tunnels_size()) > opts.max_tunnels_per_agent) {
+      Refuse(ConnectError::INVALID_REQUEST,
+             absl::StrCat("an agent must ask for 1 to ",
+                          opts.max_tunnels_per_agent, " tunnels, not ",
+                          req.tunnels_size()),
+             grpc::StatusCode::INVALID_ARGUMENT);
+      return;
+    }
+    std::vector<std::string> slugs;
+    absl::flat_hash_set<std::string> seen;
+    for (const auto& t : req.tunnels()) {
+      if (absl::Status s = common::CheckSlug(t.slug()); !s.ok()) {
+        Refuse(ConnectError::INVALID_SLUG, std::string(s.message()),
+               grpc::StatusCode::INVALID_ARGUMENT);
+        return;
+      }
+      if (!seen.insert(t.slug()).second) {
+        Refuse(ConnectError::INVALID_SLUG,
+               absl::StrCat("slug \"", t.slug(), "\" is asked for twice"),
+               grpc::StatusCode::INVALID_ARGUMENT);
+        return;
+      }
+      slugs.push_back(t.slug());
+    }
+    session_->SetAgentReceiveWindow(req.receive_window());
+    std::shared_ptr<Session> replaced;
+    if (absl::Status s =
+            service_->registry_->Register(session_, slugs, &replaced);
+        !s.ok()) {
+      Refuse(ConnectError::SLUG_TAKEN, std::string(s.message()),
+             grpc::StatusCode::ALREADY_EXISTS);
+      return;
+    }
+    registered_ = true;
+    if (replaced != nullptr) {
+      TUNNEL_LOG(INFO) << "agent " << session_->agent_id()
+                       << " reconnected; closing its previous session "
+                       << replaced->id();
+      Envelope bye;
+      auto* err = bye.mutable_connect_error();
+      err->set_code(ConnectError::REPLACED);
+      err->set_message(
+          "another connection with the same agent id replaced this one");
+      replaced->Send(std::move(bye));
+      replaced->Close(grpc::Status(grpc::StatusCode::ABORTED,
+                                   "replaced by a newer connection"),
+                      /*drain=*/true);
+    }
+
+    Envelope e;
+    auto* acc = e.mutable_accepted();
+    acc->set_session_id(session_->id());
+    acc->set_stream_window(opts.limits.gateway_receive_window);
+    acc->set_max_chunk_bytes(opts.limits.max_chunk);
+    std::string port =
+        opts.public_port > 0 ? absl::StrCat(":", opts.public_port) : "";
+    for (const auto& t : req.tunnels()) {
+      auto* at = acc->add_tunnels();
+      at->set_name(t.name());
+      at->set_slug(t.slug());
+      at->set_url(absl::StrCat(opts.public_scheme, "://", t.slug(), ".",
+                               opts.domain, port, "/"));
+      at->set_path_url(absl::StrCat(opts.public_scheme, "://", opts.domain,
+                                    port, "/t/", t.slug(), "/"));
+    }
+    session_->Send(std::move(e));
+    TUNNEL_LOG(INFO) << "agent " << session_->agent_id() << " connected from "
+                     << peer_ << " (session " << session_->id() << ", "
+                     << slugs.size() << " tunnel(s))";
+  }
+
+  TunnelServiceImpl* const service_;
+  const std::string peer_;
+  std::shared_ptr<Session> session_;
+  Envelope in_;
+  bool registered_ = false;
+};
+
+TunnelServiceImpl::TunnelServiceImpl(TunnelServiceOptions options,
+                                     SessionRegistry* registry,
+                                     common::AuthVerifier* verifier)
+    : options_(std::move(options)), registry_(registry), verifier_(verifier) {}
+
+grpc::ServerBidiReactor<Envelope, Envelope>* TunnelServiceImpl::Connect(
+    grpc::CallbackServerContext* context) {
+  return new AgentConnection(this, context);
+}
+
+}  // namespace tunnel::server

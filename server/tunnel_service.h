@@ -1,0 +1,54 @@
+// The gRPC TunnelService: authenticates each agent's Connect call, runs the
+// handshake, and hands the stream to a Session. Callback API; one reactor per
+// call (AgentConnection in the .cc).
+#ifndef TUNNEL_SERVER_TUNNEL_SERVICE_H_
+#define TUNNEL_SERVER_TUNNEL_SERVICE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "common/hmac_auth.h"
+#include "server/session.h"
+#include "server/session_registry.h"
+#include "tunnel/v1/tunnel.grpc.pb.h"
+
+namespace tunnel::server {
+
+struct TunnelServiceOptions {
+  SessionLimits limits;
+  size_t max_tunnels_per_agent = 16;
+  // Public URL parts: scheme://slug.domain[:port]/ and
+  // scheme://domain[:port]/t/slug/. port 0 = leave out.
+  std::string public_scheme = "http";
+  std::string domain = "localhost";
+  int public_port = 0;
+};
+
+class TunnelServiceImpl final
+    : public tunnel::v1::TunnelService::CallbackService {
+ public:
+  // `registry` and `verifier` must outlive the service.
+  TunnelServiceImpl(TunnelServiceOptions options, SessionRegistry* registry,
+                    common::AuthVerifier* verifier);
+
+  grpc::ServerBidiReactor<tunnel::v1::Envelope, tunnel::v1::Envelope>* Connect(
+      grpc::CallbackServerContext* context) override;
+
+  // Set once the front door knows its port (before agents connect).
+  void set_public_port(int port) { options_.public_port = port; }
+  const TunnelServiceOptions& options() const { return options_; }
+
+  uint64_t auth_failures() const { return auth_failures_; }
+
+ private:
+  friend class AgentConnection;
+  TunnelServiceOptions options_;
+  SessionRegistry* const registry_;
+  common::AuthVerifier* const verifier_;
+  std::atomic<uint64_t> auth_failures_{0};
+};
+
+}  // namespace tunnel::server
+
+#endif  // TUNNEL_SERVER_TUNNEL_SERVICE_H_

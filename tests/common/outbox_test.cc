@@ -1,0 +1,95 @@
+#include "common/outbox.h"
+
+#include <thread>
+
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+
+namespace tunnel::common {
+namespace {
+
+using tunnel::v1::Envelope;
+
+Envelope Ping(uint64_t n) {
+  Envelope e;
+  e.mutable_control()->mutable_ping()->set_nonce(n);
+  return e;
+}
+
+Envelope Head(uint64_t id, bool end) {
+  Envelope e;
+  e.mutable_response()->set_stream_id(id);
+  e.mutable_response()->set_status(200);
+  e.mutable_response()->set_end_stream(end);
+  return e;
+}
+
+TEST(OutboxTest, ControlJumpsAheadOfData) {
+  Outbox box(64);
+  box.PushData(1, "a", false);
+  box.PushControl(Ping(7));
+  Envelope e;
+  ASSERT_TRUE(box.TryPop(&e));
+  EXPECT_TRUE(e.has_control());
+  ASSERT_TRUE(box.TryPop(&e));
+  EXPECT_EQ(e.data().data(), "a");
+  EXPECT_FALSE(box.TryPop(&e));
+}
+
+TEST(OutboxTest, CoalescesQueuedDataPerStreamUpToTheChunkLimit) {
+  Outbox box(8);
+  box.PushData(1, "abc", false);
+  box.PushData(2, "xy", false);
+  box.PushData(1, "def", false);
+  box.PushData(1, "ghi", false);  // would exceed 8: new message
+  box.PushData(2, "", true);
+  EXPECT_EQ(box.size(), 3u);
+  Envelope e;
+  ASSERT_TRUE(box.TryPop(&e));
+  EXPECT_EQ(e.data().stream_id(), 1u);
+  EXPECT_EQ(e.data().data(), "abcdef");
+  ASSERT_TRUE(box.TryPop(&e));
+  EXPECT_EQ(e.data().stream_id(), 2u);
+  EXPECT_EQ(e.data().data(), "xy");
+  EXPECT_TRUE(e.data().end_stream());
+  ASSERT_TRUE(box.TryPop(&e));
+  EXPECT_EQ(e.data().data(), "ghi");
+}
+
+TEST(OutboxTest, DataJoinsAQueuedHeadAndEndsIt) {
+  Outbox box(64);
+  box.Push(Head(3, false));
+  box.PushData(3, "hello", false);
+  box.PushData(3, "", true);
+  ASSERT_EQ(box.size(), 1u);
+  Envelope e;
+  ASSERT_TRUE(box.TryPop(&e));
+  EXPECT_EQ(e.response().body(), "hello");
+  EXPECT_TRUE(e.response().end_stream());
+}
+
+TEST(OutboxTest, NothingIsAppendedToAMessageAlreadyTaken) {
+  Outbox box(64);
+  box.PushData(1, "a", false);
+  Envelope e;
+  ASSERT_TRUE(box.TryPop(&e));
+  box.PushData(1, "b", false);
+  ASSERT_TRUE(box.TryPop(&e));
+  EXPECT_EQ(e.data().data(), "b");
+}
+
+TEST(OutboxTest, PopWaitWakesOnPushAndOnClose) {
+  Outbox box(64);
+  std::thread t([&] { box.PushControl(Ping(1)); });
+  Envelope e;
+  EXPECT_TRUE(box.PopWait(&e, absl::Now() + absl::Seconds(10)));
+  t.join();
+  std::thread c([&] { box.Close(); });
+  EXPECT_FALSE(box.PopWait(&e, absl::Now() + absl::Seconds(10)));
+  c.join();
+  box.PushControl(Ping(2));  // dropped after close
+  EXPECT_TRUE(box.empty());
+}
+
+}  // namespace
+}  // namespace tunnel::common
