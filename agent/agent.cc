@@ -576,7 +576,9 @@ absl::Status Agent::RunSession() {
     if (got && first.has_connect_error()) {
       refused = FromConnectError(first.connect_error());
     }
-    ctx.TryCancel();
+    // A stream that already ended carries the gateway's status; cancelling
+    // it would replace that with CANCELLED.
+    if (got) ctx.TryCancel();
     grpc::Status st = stream->Finish();
     clear_ctx();
     if (!refused.ok()) return refused;

@@ -425,6 +425,7 @@ absl::StatusOr<int> FrontDoor::Listen(const std::string& host, int port) {
         absl::StrCat("cannot listen for HTTP on ", host, ":", port,
                      " (address in use or not available)"));
   }
+  server_->SetListenBacklog(options_.connection.listen_backlog);
   listener_ = std::thread([this] { server_->listen_after_bind(); });
   // stop() is a no-op until the loop runs; wait (bounded) so that a Stop()
   // right after Listen() cannot be lost.

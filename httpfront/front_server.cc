@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -122,6 +123,10 @@ class VisitorStream : public httplib::Stream {
 
 FrontServer::FrontServer(ConnectionOptions options) : options_(options) {
   set_tcp_nodelay(true);
+  // Our loop enforces these; httplib only announces them in Keep-Alive.
+  set_keep_alive_timeout(
+      std::max<time_t>(1, absl::ToInt64Seconds(options_.keep_alive_timeout)));
+  set_keep_alive_max_count(options_.keep_alive_max_requests);
 }
 
 bool FrontServer::CurrentVisitorConnected() {
@@ -131,6 +136,12 @@ bool FrontServer::CurrentVisitorConnected() {
   if (n > 0) return true;  // pipelined bytes: still there
   if (n == 0) return false;
   return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+}
+
+void FrontServer::SetListenBacklog(int backlog) {
+  socket_t fd = svr_sock_;
+  // listen() on a listening socket only updates its backlog (Linux).
+  if (fd != INVALID_SOCKET) ::listen(fd, backlog);
 }
 
 void FrontServer::ShutdownConnections() {

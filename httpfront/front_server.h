@@ -27,6 +27,7 @@
 namespace tunnel::httpfront {
 
 struct ConnectionOptions {
+  int listen_backlog = 4096;
   absl::Duration read_timeout =
       absl::Seconds(60);  // visitor silent mid-request
   absl::Duration write_timeout = absl::Seconds(60);  // visitor not reading
@@ -42,6 +43,10 @@ class FrontServer : public httplib::Server {
   void set_setup_request(std::function<void(httplib::Request&)> fn) {
     setup_request_ = std::move(fn);
   }
+
+  // After binding: raises the accept backlog (httplib's build listens with a
+  // backlog of 5, which drops connections in any burst).
+  void SetListenBacklog(int backlog);
 
   // Shuts down every open visitor connection (wakes blocked workers).
   void ShutdownConnections();

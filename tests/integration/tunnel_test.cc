@@ -1,0 +1,539 @@
+// End-to-end through real parts on loopback: visitor (httplib client) ->
+// gateway front door -> gRPC stream -> agent -> local httplib service.
+#include <atomic>
+#include <map>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/tunnel_harness.h"
+
+namespace tunnel::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr uint64_t kMiB = 1024 * 1024;
+
+// What the /info endpoint saw, parsed back.
+struct Seen {
+  std::string method, target, body;
+  std::multimap<std::string, std::string> headers;  // lowercase names
+};
+
+Seen ParseInfo(const std::string& text) {
+  Seen s;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (absl::ConsumePrefix(&line, "METHOD "))
+      s.method = std::string(line);
+    else if (absl::ConsumePrefix(&line, "TARGET "))
+      s.target = std::string(line);
+    else if (absl::ConsumePrefix(&line, "BODY "))
+      s.body = std::string(line);
+    else if (absl::ConsumePrefix(&line, "H ")) {
+      size_t colon = line.find(": ");
+      s.headers.emplace(absl::AsciiStrToLower(line.substr(0, colon)),
+                        std::string(line.substr(colon + 2)));
+    }
+  }
+  return s;
+}
+
+class TunnelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto info = [](const httplib::Request& req, httplib::Response& res) {
+      std::string out = absl::StrCat("METHOD ", req.method, "\nTARGET ",
+                                     req.target, "\nBODY ", req.body, "\n");
+      for (const auto& [k, v] : req.headers) {
+        if (k == "REMOTE_ADDR" || k == "REMOTE_PORT" || k == "LOCAL_ADDR" ||
+            k == "LOCAL_PORT") {
+          continue;
+        }
+        absl::StrAppend(&out, "H ", k, ": ", v, "\n");
+      }
+      res.set_content(out, "text/plain");
+    };
+    auto& s = svc_.server();
+    s.Get("/", info);
+    s.Get("/info.*", info);
+    s.Post("/info.*", info);
+    s.Put("/info.*", info);
+    s.Patch("/info.*", info);
+    s.Delete("/info.*", info);
+    s.Options("/info.*", info);
+    s.Post("/echo", [](const httplib::Request& req, httplib::Response& res) {
+      res.set_content(req.body, "application/octet-stream");
+    });
+    s.Get("/download", [](const httplib::Request& req, httplib::Response& res) {
+      uint64_t size = std::stoull(req.get_param_value("size"));
+      uint64_t seed = std::stoull(req.get_param_value("seed"));
+      res.set_content_provider(
+          size, "application/octet-stream",
+          [seed](size_t offset, size_t length, httplib::DataSink& sink) {
+            std::string buf(std::min<size_t>(length, 256 * 1024), '\0');
+            FillPattern(seed, offset, buf.data(), buf.size());
+            return sink.write(buf.data(), buf.size());
+          });
+    });
+    s.Get("/download-chunked", [](const httplib::Request& req,
+                                  httplib::Response& res) {
+      uint64_t size = std::stoull(req.get_param_value("size"));
+      res.set_chunked_content_provider(
+          "application/octet-stream",
+          [size](size_t offset, httplib::DataSink& sink) {
+            if (offset >= size) {
+              sink.done();
+              return true;
+            }
+            std::string buf(std::min<size_t>(size - offset, 100000), '\0');
+            FillPattern(9, offset, buf.data(), buf.size());
+            return sink.write(buf.data(), buf.size());
+          });
+    });
+    auto upload = [](const httplib::Request&, httplib::Response& res,
+                     const httplib::ContentReader& reader) {
+      Sha256 h;
+      uint64_t n = 0;
+      reader([&](const char* d, size_t len) {
+        h.Update(d, len);
+        n += len;
+        return true;
+      });
+      res.set_content(absl::StrCat(h.HexDigest(), " ", n), "text/plain");
+    };
+    s.Post("/upload", upload);
+    s.Put("/upload", upload);
+    s.Get("/stream", [this](const httplib::Request&, httplib::Response& res) {
+      res.set_chunked_content_provider(
+          "text/event-stream", [this](size_t offset, httplib::DataSink& sink) {
+            if (offset == 0) {
+              std::string first = "data: first\n\n";
+              return sink.write(first.data(), first.size());
+            }
+            // Hold the rest until the visitor confirms the first event.
+            release_.WaitForNotificationWithTimeout(absl::Seconds(20));
+            std::string rest = "data: rest\n\n";
+            sink.write(rest.data(), rest.size());
+            sink.done();
+            return true;
+          });
+    });
+    s.Get("/cookies", [](const httplib::Request&, httplib::Response& res) {
+      res.headers.emplace("Set-Cookie", "a=1; Path=/");
+      res.headers.emplace("Set-Cookie", "b=2; HttpOnly");
+      res.headers.emplace("Set-Cookie", "c=3; Secure");
+      res.set_content("ok", "text/plain");
+    });
+    s.Get("/slow", [this](const httplib::Request&, httplib::Response& res) {
+      slow_release_.WaitForNotificationWithTimeout(absl::Seconds(30));
+      res.set_content("late", "text/plain");
+    });
+    svc_.Start();
+  }
+
+  void TearDown() override {
+    if (!release_.HasBeenNotified()) release_.Notify();
+    if (!slow_release_.HasBeenNotified()) slow_release_.Notify();
+  }
+
+  LocalService svc_;
+  absl::Notification release_;
+  absl::Notification slow_release_;
+};
+
+TEST_F(TunnelTest, EveryMethodReachesTheServiceWithItsBody) {
+  TunnelHarness h;
+  h.StartGateway();
+  h.StartAgent("cam-01", {svc_.url()});
+  auto v = h.Visitor();
+  std::string p = TunnelHarness::Path("cam-01", "/info");
+
+  auto get = v->Get(p);
+  ASSERT_TRUE(get) << httplib::to_string(get.error());
+  EXPECT_EQ(get->status, 200);
+  EXPECT_EQ(ParseInfo(get->body).method, "GET");
+
+  auto head = v->Head(p);
+  ASSERT_TRUE(head);
+  EXPECT_EQ(head->status, 200);
+  EXPECT_TRUE(head->body.empty());
+  EXPECT_GT(std::stoi(head->get_header_value("Content-Length")), 0);
+
+  auto post = v->Post(p, "posted", "text/plain");
+  ASSERT_TRUE(post);
+  EXPECT_EQ(ParseInfo(post->body).method, "POST");
+  EXPECT_EQ(ParseInfo(post->body).body, "posted");
+
+  auto put = v->Put(p, "put-body", "text/plain");
+  ASSERT_TRUE(put);
+  EXPECT_EQ(ParseInfo(put->body).method, "PUT");
+  EXPECT_EQ(ParseInfo(put->body).body, "put-body");
+
+  auto patch = v->Patch(p, "patch-body", "text/plain");
+  ASSERT_TRUE(patch);
+  EXPECT_EQ(ParseInfo(patch->body).method, "PATCH");
+  EXPECT_EQ(ParseInfo(patch->body).body, "patch-body");
+
+  auto del = v->Delete(p, "del-body", "text/plain");
+  ASSERT_TRUE(del);
+  EXPECT_EQ(ParseInfo(del->body).method, "DELETE");
+  EXPECT_EQ(ParseInfo(del->body).body, "del-body");
+
+  auto opt = v->Options(p);
+  ASSERT_TRUE(opt);
+  EXPECT_EQ(ParseInfo(opt->body).method, "OPTIONS");
+}
+
+TEST_F(TunnelTest, SubdomainRoutingKeepsThePathAndHost) {
+  TunnelHarness h;
+  h.StartGateway(
+      [](server::GatewayOptions& o) { o.service.domain = "tunnel.test"; });
+  h.StartAgent("cam-01", {svc_.url()});
+  auto v = h.Visitor();
+  httplib::Headers hdrs = {{"Host", "cam-01.tunnel.test:8082"}};
+  auto r = v->Get("/info/x?y=1", hdrs);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  Seen s = ParseInfo(r->body);
+  EXPECT_EQ(s.target, "/info/x?y=1");
+  EXPECT_EQ(s.headers.find("host")->second, "cam-01.tunnel.test:8082");
+  EXPECT_EQ(s.headers.find("x-forwarded-host")->second,
+            "cam-01.tunnel.test:8082");
+  EXPECT_EQ(s.headers.count("x-forwarded-prefix"), 0u);
+  // A host of the base domain itself is not a tunnel.
+  auto bare = v->Get("/info", httplib::Headers{{"Host", "tunnel.test"}});
+  ASSERT_TRUE(bare);
+  EXPECT_EQ(bare->status, 404);
+}
+
+TEST_F(TunnelTest, ForwardingHeadersAreAddedAndHopByHopRemoved) {
+  TunnelHarness h;
+  h.StartGateway();
+  h.StartAgent("cam-01", {svc_.url()});
+  auto v = h.Visitor();
+  httplib::Headers hdrs = {{"Connection", "keep-alive, X-Hop"},
+                           {"X-Hop", "secret"},
+                           {"Keep-Alive", "timeout=9"},
+                           {"Proxy-Authorization", "Basic eA=="},
+                           {"X-Forwarded-For", "203.0.113.9"},
+                           {"X-Forwarded-Proto", "gopher"},
+                           {"X-Custom", "kept"}};
+  auto r = v->Get(TunnelHarness::Path("cam-01", "/info"), hdrs);
+  ASSERT_TRUE(r);
+  Seen s = ParseInfo(r->body);
+  EXPECT_EQ(s.headers.count("x-hop"), 0u);
+  EXPECT_EQ(s.headers.count("keep-alive"), 0u);
+  EXPECT_EQ(s.headers.count("proxy-authorization"), 0u);
+  EXPECT_EQ(s.headers.find("x-custom")->second, "kept");
+  EXPECT_EQ(s.headers.find("x-forwarded-for")->second,
+            "203.0.113.9, 127.0.0.1");
+  EXPECT_EQ(s.headers.find("x-forwarded-proto")->second, "http");
+  EXPECT_EQ(s.headers.find("x-forwarded-prefix")->second, "/t/cam-01");
+  EXPECT_THAT(s.headers.find("forwarded")->second, HasSubstr("for=127.0.0.1"));
+  ASSERT_EQ(s.headers.count("x-request-id"), 1u);
+  std::string id = s.headers.find("x-request-id")->second;
+  EXPECT_EQ(id.size(), 36u);
+  EXPECT_EQ(r->get_header_value("X-Request-Id"), id);
+}
+
+TEST_F(TunnelTest, OddQueryStringsAndEncodedPathsArriveByteForByte) {
+  TunnelHarness h;
+  h.StartGateway();
+  h.StartAgent("cam-01", {svc_.url()});
+  auto v = h.Visitor();
+  for (std::string rest :
+       {std::string("/info/a%20b/c%2Fd?x=1&x=2&sp=a+b%20c&empty=&=odd&"
+                    "u=%E2%9C%93&semi=a;b"),
+        std::string("/info?"), std::string("/info?%%zz")}) {
+    auto r = v->Get(TunnelHarness::Path("cam-01", rest));
+    ASSERT_TRUE(r) << rest;
+    EXPECT_EQ(ParseInfo(r->body).target, rest);
+  }
+  // "/t/<slug>" alone and with a bare query map to "/".
+  auto root = v->Get("/t/cam-01?q=1");
+  ASSERT_TRUE(root);
+  EXPECT_EQ(ParseInfo(root->body).target, "/?q=1");
+  auto bare = v->Get("/t/cam-01");
+  ASSERT_TRUE(bare);
+  EXPECT_EQ(ParseInfo(bare->body).target, "/");
+}
+
+TEST_F(TunnelTest, SeveralSetCookieHeadersSurviveInOrder) {
+  TunnelHarness h;
+  h.StartGateway();
+  h.StartAgent("cam-01", {svc_.url()});
+  auto r = h.Visitor()->Get(TunnelHarness::Path("cam-01", "/cookies"));
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->get_header_value_count("Set-Cookie"), 3u);
+  EXPECT_EQ(r->get_header_value("Set-Cookie", 0), "a=1; Path=/");
+  EXPECT_EQ(r->get_header_value("Set-Cookie", 1), "b=2; HttpOnly");
+  EXPECT_EQ(r->get_header_value("Set-Cookie", 2), "c=3; Secure");
+}
+
+TEST_F(TunnelTest, Download64MiBStreamsWithMatchingSha256) {
+  TunnelHarness h;
+  h.StartGateway();
+  h.StartAgent("cam-01", {svc_.url()});
+  const uint64_t size = 64 * kMiB;
+  Sha256 got;
+  uint64_t n = 0;
+  auto r = h.Visitor()->Get(
+      TunnelHarness::Path("cam-01",
+                          absl::StrCat("/download?size=", size, "&seed=7")),
+      [&](const char* d, size_t len) {
+        got.Update(d, len);
+        n += len;
+        return true;
+      });
+  ASSERT_TRUE(r) << httplib::to_string(r.error());
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->get_header_value("Content-Length"), absl::StrCat(size));
+  EXPECT_EQ(n, size);
+  EXPECT_EQ(got.HexDigest(), PatternSha256(7, size));
+}
+
+TEST_F(TunnelTest, ChunkedDownloadIsComplete) {
+  TunnelHarness h;
+  h.StartGateway();
+  h.StartAgent("cam-01", {svc_.url()});
+  const uint64_t size = 5 * kMiB + 123;
+  Sha256 got;
+  auto r = h.Visitor()->Get(
+      TunnelHarness::Path("cam-01",
+                          absl::StrCat("/download-chunked?size=", size)),
+      [&](const char* d, size_t len) {
+        got.Update(d, len);
+        return true;
+      });
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->get_header_value("Transfer-Encoding"), "chunked");
+  EXPECT_EQ(got.HexDigest(), PatternSha256(9, size));
+}
+
+TEST_F(TunnelTest, Upload64MiBStreamsWithMatchingSha256) {
+  TunnelHarness h;
+  h.StartGateway();
+  h.StartAgent("cam-01", {svc_.url()});
+  const uint64_t size = 64 * kMiB;
+  auto r = h.Visitor()->Post(
+      TunnelHarness::Path("cam-01", "/upload"), size,
+      [](size_t offset, size_t length, httplib::DataSink& sink) {
+        std::string buf(std::min<size_t>(length, 200000), '\0');
+        FillPattern(11, offset, buf.data(), buf.size());
+        return sink.write(buf.data(), buf.size());
+      },
+      "application/octet-stream");
+  ASSERT_TRUE(r) << httplib::to_string(r.error());
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->body, absl::StrCat(PatternSha256(11, size), " ", size));
+}
+
+TEST_F(TunnelTest, ChunkedUploadStreamsToo) {
+  TunnelHarness h;
+  h.StartGateway();
+  h.StartAgent("cam-01", {svc_.url()});
+  const uint64_t size = 3 * kMiB + 7;
+  auto r = h.Visitor()->Put(
+      TunnelHarness::Path("cam-01", "/upload"),
+      [size](size_t offset, httplib::DataSink& sink) {
+        if (offset >= size) {
+          sink.done();
+          return true;
+        }
+        std::string buf(std::min<size_t>(size - offset, 70000), '\0');
+        FillPattern(13, offset, buf.data(), buf.size());
+        return sink.write(buf.data(), buf.size());
+      },
+      "application/octet-stream");
+  ASSERT_TRUE(r) << httplib::to_string(r.error());
+  EXPECT_EQ(r->body, absl::StrCat(PatternSha256(13, size), " ", size));
+}
+
+TEST_F(TunnelTest, TwoHundredConcurrentRequestsEachGetTheirOwnBody) {
+  TunnelHarness h;
+  h.StartGateway();
+  h.StartAgent("cam-01", {svc_.url()});
+  constexpr int kRequests = 200;
+  std::atomic<int> ok{0};
+  std::vector<std::string> failures(kRequests);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kRequests; ++i) {
+    threads.emplace_back([&, i] {
+      std::string body(1000 + i * 311, '\0');
+      FillPattern(1000 + i, 0, body.data(), body.size());
+      auto r = h.Visitor()->Post(TunnelHarness::Path("cam-01", "/echo"), body,
+                                 "application/octet-stream");
+      if (!r) {
+        failures[i] = httplib::to_string(r.error());
+      } else if (r->status != 200 || r->body != body) {
+        failures[i] = absl::StrCat("status ", r->status, ", body of ",
+                                   r->body.size(), " bytes differs");
+      } else {
+        ++ok;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kRequests; ++i) {
+    EXPECT_EQ(failures[i], "") << "request " << i;
+  }
+  EXPECT_EQ(ok, kRequests);
+}
+
+TEST_F(TunnelTest, FirstChunkArrivesWhileTheServiceHoldsTheRest) {
+  TunnelHarness h;
+  h.StartGateway();
+  h.StartAgent("cam-01", {svc_.url()});
+  std::string received;
+  bool first_before_release = false;
+  auto r = h.Visitor()->Get(
+      TunnelHarness::Path("cam-01", "/stream"), [&](const char* d, size_t len) {
+        received.append(d, len);
+        if (received == "data: first\n\n" && !release_.HasBeenNotified()) {
+          first_before_release = true;
+          release_.Notify();
+        }
+        return true;
+      });
+  ASSERT_TRUE(r);
+  EXPECT_TRUE(first_before_release)
+      << "the first event only arrived after the service was released";
+  EXPECT_EQ(received, "data: first\n\ndata: rest\n\n");
+  EXPECT_EQ(r->get_header_value("Content-Type"), "text/event-stream");
+}
+
+TEST_F(TunnelTest, TwoTunnelsOnOneAgentReachTheirOwnServices) {
+  LocalService other;
+  other.server().Get("/who",
+                     [](const httplib::Request&, httplib::Response& res) {
+                       res.set_content("other", "text/plain");
+                     });
+  other.Start();
+  svc_.server().Get("/who",
+                    [](const httplib::Request&, httplib::Response& res) {
+                      res.set_content("main", "text/plain");
+                    });
+  TunnelHarness h;
+  h.StartGateway();
+  RunningAgent* a = h.StartAgent("cam-01", {svc_.url(), "api=" + other.url()});
+  auto tunnels = a->agent().tunnels();
+  ASSERT_EQ(tunnels.size(), 2u);
+  EXPECT_EQ(tunnels[0].slug(), "cam-01");
+  EXPECT_EQ(tunnels[1].slug(), "api-cam-01");
+  EXPECT_EQ(tunnels[1].path_url(),
+            absl::StrCat("http://localhost:", h.gateway().http_port(),
+                         "/t/api-cam-01/"));
+  auto v = h.Visitor();
+  EXPECT_EQ(v->Get(TunnelHarness::Path("cam-01", "/who"))->body, "main");
+  EXPECT_EQ(v->Get(TunnelHarness::Path("api-cam-01", "/who"))->body, "other");
+}
+
+TEST_F(TunnelTest, UnknownTunnelIs404) {
+  TunnelHarness h;
+  h.StartGateway();
+  auto v = h.Visitor();
+  auto r = v->Get(TunnelHarness::Path("nosuch", "/"));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 404);
+  EXPECT_EQ(r->get_header_value("X-Tunnel-Error"), "tunnel_not_found");
+  EXPECT_THAT(r->body, HasSubstr("does not exist"));
+  auto html = v->Get("/nothing", httplib::Headers{{"Accept", "text/html"}});
+  ASSERT_TRUE(html);
+  EXPECT_EQ(html->status, 404);
+  EXPECT_THAT(html->get_header_value("Content-Type"), HasSubstr("text/html"));
+}
+
+TEST_F(TunnelTest, KnownTunnelWithAgentOfflineIs502WithRetryAfter) {
+  TunnelHarness h({"cam-01", "cam-02"});
+  h.StartGateway();
+  auto r = h.Visitor()->Get(TunnelHarness::Path("cam-02", "/"));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 502);
+  EXPECT_EQ(r->get_header_value("X-Tunnel-Error"), "agent_offline");
+  EXPECT_FALSE(r->get_header_value("Retry-After").empty());
+}
+
+TEST_F(TunnelTest, AgentThatLeftMakesItsTunnel502) {
+  TunnelHarness h;
+  h.StartGateway();
+  RunningAgent* a = h.StartAgent("cam-01", {svc_.url()});
+  auto v = h.Visitor();
+  EXPECT_EQ(v->Get(TunnelHarness::Path("cam-01", "/info"))->status, 200);
+  a->Stop();
+  // The gateway notices the closed stream; poll the visible behaviour with a
+  // bound instead of sleeping a fixed time.
+  absl::Time give_up = absl::Now() + absl::Seconds(10);
+  int status = 0;
+  while (absl::Now() < give_up) {
+    status = v->Get(TunnelHarness::Path("cam-01", "/info"))->status;
+    if (status == 502) break;
+  }
+  EXPECT_EQ(status, 502);
+}
+
+TEST_F(TunnelTest, UnreachableLocalServiceIs502SayingSo) {
+  LocalService gone;
+  gone.Start();
+  std::string url = gone.url();
+  gone.Stop();
+  TunnelHarness h;
+  h.StartGateway();
+  h.StartAgent("cam-01", {url});
+  auto r = h.Visitor()->Get(TunnelHarness::Path("cam-01", "/"));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 502);
+  EXPECT_EQ(r->get_header_value("X-Tunnel-Error"), "local_service_unreachable");
+  EXPECT_THAT(r->body, HasSubstr("cannot reach its local service"));
+}
+
+TEST_F(TunnelTest, NoResponseHeadInTimeIs504) {
+  TunnelHarness h;
+  h.StartGateway([](server::GatewayOptions& o) {
+    o.front.response_timeout = absl::Milliseconds(300);
+  });
+  h.StartAgent("cam-01", {svc_.url()});
+  auto r = h.Visitor()->Get(TunnelHarness::Path("cam-01", "/slow"));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 504);
+  EXPECT_EQ(r->get_header_value("X-Tunnel-Error"), "agent_timeout");
+  slow_release_.Notify();
+}
+
+TEST_F(TunnelTest, BadCredentialsAreRefusedAndEndTheAgent) {
+  TunnelHarness h;
+  h.StartGateway();
+  agent::AgentOptions o = h.AgentOptionsFor("cam-01", {svc_.url()});
+  o.secret = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";  // wrong key
+  RunningAgent wrong_secret(o);
+  absl::Status s = wrong_secret.WaitForExit(absl::Seconds(20));
+  EXPECT_TRUE(absl::IsUnauthenticated(s)) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("refused the credentials"));
+
+  o = h.AgentOptionsFor("cam-01", {svc_.url()});
+  o.token_id = "tok_0000000000000000";
+  RunningAgent unknown_token(o);
+  s = unknown_token.WaitForExit(absl::Seconds(20));
+  EXPECT_TRUE(absl::IsUnauthenticated(s)) << s;
+  EXPECT_EQ(h.gateway().registry().session_count(), 0u);
+  EXPECT_EQ(h.Visitor()->Get(TunnelHarness::Path("cam-01", "/"))->status, 502);
+}
+
+TEST_F(TunnelTest, SlugOfAnotherAgentIsRefused) {
+  TunnelHarness h({"cam-01", "cam-02"});
+  h.StartGateway();
+  agent::AgentOptions o = h.AgentOptionsFor("cam-02", {svc_.url()});
+  o.tunnels[0].slug = "cam-01";
+  RunningAgent thief(o);
+  absl::Status s = thief.WaitForExit(absl::Seconds(20));
+  EXPECT_TRUE(absl::IsAlreadyExists(s)) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("another agent"));
+}
+
+}  // namespace
+}  // namespace tunnel::testing

@@ -1,0 +1,187 @@
+#include "tests/testing/tunnel_harness.h"
+
+#include <openssl/evp.h>
+#include <sys/socket.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "agent/local_target.h"
+#include "common/credentials.h"
+#include "gtest/gtest.h"
+
+namespace tunnel::testing {
+
+TestHttpServer::TestHttpServer() {
+  new_task_queue = [] { return new httplib::ThreadPool(256); };
+}
+
+void TestHttpServer::RaiseBacklog() { ::listen(svr_sock_, 1024); }
+
+LocalService::LocalService() = default;
+
+LocalService::~LocalService() { Stop(); }
+
+void LocalService::Start() {
+  port_ = server_.bind_to_any_port("127.0.0.1");
+  ASSERT_GT(port_, 0);
+  server_.RaiseBacklog();
+  thread_ = std::thread([this] { server_.listen_after_bind(); });
+  absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (!server_.is_running() && absl::Now() < give_up) {
+    std::this_thread::yield();
+  }
+}
+
+void LocalService::Stop() {
+  server_.stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+std::string LocalService::url() const {
+  return absl::StrCat("http://127.0.0.1:", port_);
+}
+
+RunningAgent::RunningAgent(agent::AgentOptions options)
+    : agent_(std::make_unique<agent::Agent>(std::move(options))) {
+  thread_ = std::thread([this] {
+    result_ = agent_->Run();
+    exited_.Notify();
+  });
+}
+
+RunningAgent::~RunningAgent() { Stop(); }
+
+void RunningAgent::Stop() {
+  agent_->Stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+absl::Status RunningAgent::WaitForExit(absl::Duration timeout) {
+  if (!exited_.WaitForNotificationWithTimeout(timeout)) {
+    return absl::DeadlineExceededError("agent still running");
+  }
+  return result_;
+}
+
+TunnelHarness::TunnelHarness(std::vector<std::string> agent_ids) {
+  for (const std::string& id : agent_ids) {
+    auto cred = common::IssueCredential(id, absl::Now());
+    EXPECT_TRUE(cred.ok()) << cred.status();
+    *creds_.add_credentials() = *cred;
+  }
+}
+
+TunnelHarness::~TunnelHarness() {
+  for (auto& a : agents_) a->Stop();
+  agents_.clear();
+  if (gateway_ != nullptr) gateway_->Shutdown();
+}
+
+void TunnelHarness::StartGateway(
+    std::function<void(server::GatewayOptions&)> tweak) {
+  server::GatewayOptions o;
+  o.grpc_addr = "127.0.0.1:0";
+  o.http_addr = "127.0.0.1:0";
+  o.credentials = creds_;
+  if (tweak) tweak(o);
+  auto gw = server::Gateway::Start(o);
+  ASSERT_TRUE(gw.ok()) << gw.status();
+  gateway_ = *std::move(gw);
+}
+
+agent::AgentOptions TunnelHarness::AgentOptionsFor(
+    const std::string& agent_id, const std::vector<std::string>& to) {
+  agent::AgentOptions o;
+  o.gateway = absl::StrCat("127.0.0.1:", gateway_->grpc_port());
+  o.agent_id = agent_id;
+  for (const auto& c : creds_.credentials()) {
+    if (c.agent_id() == agent_id) {
+      o.token_id = c.token_id();
+      o.secret = c.secret();
+    }
+  }
+  o.insecure = true;
+  auto targets = agent::ParseTargets(to, agent_id);
+  EXPECT_TRUE(targets.ok()) << targets.status();
+  if (targets.ok()) o.tunnels = *targets;
+  o.initial_backoff = absl::Milliseconds(50);
+  o.max_backoff = absl::Milliseconds(500);
+  return o;
+}
+
+RunningAgent* TunnelHarness::StartAgent(const std::string& agent_id,
+                                        const std::vector<std::string>& to) {
+  return StartAgent(AgentOptionsFor(agent_id, to));
+}
+
+RunningAgent* TunnelHarness::StartAgent(agent::AgentOptions options) {
+  agents_.push_back(std::make_unique<RunningAgent>(std::move(options)));
+  RunningAgent* a = agents_.back().get();
+  EXPECT_TRUE(a->agent().WaitUntilConnected(absl::Seconds(20)))
+      << "agent did not connect";
+  return a;
+}
+
+std::unique_ptr<httplib::Client> TunnelHarness::Visitor() const {
+  auto c =
+      std::make_unique<httplib::Client>("127.0.0.1", gateway_->http_port());
+  c->set_url_encode(false);
+  c->set_decompress(false);
+  c->set_read_timeout(std::chrono::seconds(60));
+  c->set_write_timeout(std::chrono::seconds(60));
+  return c;
+}
+
+std::string TunnelHarness::Path(const std::string& slug,
+                                const std::string& rest) {
+  return absl::StrCat("/t/", slug, rest);
+}
+
+Sha256::Sha256() : ctx_(EVP_MD_CTX_new()) {
+  EVP_DigestInit_ex(static_cast<EVP_MD_CTX*>(ctx_), EVP_sha256(), nullptr);
+}
+
+Sha256::~Sha256() { EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(ctx_)); }
+
+void Sha256::Update(const char* data, size_t n) {
+  EVP_DigestUpdate(static_cast<EVP_MD_CTX*>(ctx_), data, n);
+}
+
+std::string Sha256::HexDigest() {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(static_cast<EVP_MD_CTX*>(ctx_), md, &len);
+  static const char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < len; ++i) {
+    out.push_back(kHex[md[i] >> 4]);
+    out.push_back(kHex[md[i] & 15]);
+  }
+  return out;
+}
+
+void FillPattern(uint64_t seed, uint64_t offset, char* out, size_t n) {
+  // splitmix64 of (seed, 8-byte block index): any offset, any split.
+  for (size_t i = 0; i < n; ++i) {
+    uint64_t pos = offset + i;
+    uint64_t z = seed * 0x9E3779B97F4A7C15ULL + (pos >> 3) + 1;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    out[i] = static_cast<char>(z >> ((pos & 7) * 8));
+  }
+}
+
+std::string PatternSha256(uint64_t seed, uint64_t length) {
+  Sha256 h;
+  std::string buf(1 << 16, '\0');
+  for (uint64_t off = 0; off < length; off += buf.size()) {
+    size_t n =
+        static_cast<size_t>(std::min<uint64_t>(buf.size(), length - off));
+    FillPattern(seed, off, buf.data(), n);
+    h.Update(buf.data(), n);
+  }
+  return h.HexDigest();
+}
+
+}  // namespace tunnel::testing

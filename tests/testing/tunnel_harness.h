@@ -1,0 +1,115 @@
+// Real parts on loopback for integration tests: a gateway (gRPC + front door
+// on port 0), agents running in threads, local HTTP services, and visitors.
+#ifndef TUNNEL_TESTS_TESTING_TUNNEL_HARNESS_H_
+#define TUNNEL_TESTS_TESTING_TUNNEL_HARNESS_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/notification.h"
+#include "agent/agent.h"
+#include "httplib.h"
+#include "server/gateway.h"
+#include "tunnel/v1/credentials.pb.h"
+
+namespace tunnel::testing {
+
+// httplib::Server with room for bursts: 256 workers and a real backlog
+// (the library's defaults, 8 threads and a backlog of 5, are not what the
+// services behind a tunnel look like).
+class TestHttpServer : public httplib::Server {
+ public:
+  TestHttpServer();
+  void RaiseBacklog();
+};
+
+// A real cpp-httplib server on 127.0.0.1:<free port>, serving in a thread.
+class LocalService {
+ public:
+  LocalService();
+  ~LocalService();
+  TestHttpServer& server() { return server_; }
+  // Binds and starts; call after registering handlers.
+  void Start();
+  void Stop();
+  int port() const { return port_; }
+  std::string url() const;
+
+ private:
+  TestHttpServer server_;
+  int port_ = 0;
+  std::thread thread_;
+};
+
+// An agent running Run() on its own thread.
+class RunningAgent {
+ public:
+  explicit RunningAgent(agent::AgentOptions options);
+  ~RunningAgent();
+  agent::Agent& agent() { return *agent_; }
+  // Waits for Run() to return (bounded) and gives its status.
+  absl::Status WaitForExit(absl::Duration timeout);
+  void Stop();
+
+ private:
+  std::unique_ptr<agent::Agent> agent_;
+  absl::Status result_;
+  absl::Notification exited_;
+  std::thread thread_;
+};
+
+class TunnelHarness {
+ public:
+  // Credentials for `agent_ids` (one token each).
+  explicit TunnelHarness(std::vector<std::string> agent_ids = {"cam-01"});
+  ~TunnelHarness();
+
+  // Starts the gateway; `tweak` may change options first.
+  void StartGateway(
+      std::function<void(server::GatewayOptions&)> tweak = nullptr);
+  server::Gateway& gateway() { return *gateway_; }
+
+  // Options for an agent with valid credentials for `agent_id`.
+  agent::AgentOptions AgentOptionsFor(const std::string& agent_id,
+                                      const std::vector<std::string>& to);
+  // Starts an agent and waits until the gateway accepted it.
+  RunningAgent* StartAgent(const std::string& agent_id,
+                           const std::vector<std::string>& to);
+  RunningAgent* StartAgent(agent::AgentOptions options);
+
+  // A visitor client for the front door (no re-encoding, no decompression).
+  std::unique_ptr<httplib::Client> Visitor() const;
+  // Path-routed target for a slug.
+  static std::string Path(const std::string& slug, const std::string& rest);
+
+  const tunnel::v1::CredentialsFile& credentials() const { return creds_; }
+
+ private:
+  tunnel::v1::CredentialsFile creds_;
+  std::unique_ptr<server::Gateway> gateway_;
+  std::vector<std::unique_ptr<RunningAgent>> agents_;
+};
+
+// Lowercase hex SHA-256, incrementally.
+class Sha256 {
+ public:
+  Sha256();
+  ~Sha256();
+  void Update(const char* data, size_t n);
+  std::string HexDigest();
+
+ private:
+  void* ctx_;
+};
+
+// Deterministic bytes for offset `offset` of a test body with `seed`.
+void FillPattern(uint64_t seed, uint64_t offset, char* out, size_t n);
+std::string PatternSha256(uint64_t seed, uint64_t length);
+
+}  // namespace tunnel::testing
+
+#endif  // TUNNEL_TESTS_TESTING_TUNNEL_HARNESS_H_
