@@ -9,28 +9,14 @@ if [[ $# -ne 1 || ! -x "$1" ]]; then
 fi
 TUNNELCTL="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
 
+# shellcheck source=lib.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
+
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/tunnelctl_test.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
 # The environment must not leak into the flags under test.
 unset TUNNEL_CREDENTIALS TUNNEL_ID || true
-
-passed=0
-failed=0
-
-pass() {
-  passed=$((passed + 1))
-  echo "ok: $1"
-}
-fail() {
-  failed=$((failed + 1))
-  echo "FAIL: $1" >&2
-}
-check() {  # check "description" command...
-  local what="$1"
-  shift
-  if "$@"; then pass "$what"; else fail "$what"; fi
-}
 
 # run CODE_VAR OUT_FILE ERR_FILE args...: runs tunnelctl without tripping
 # `set -e`, leaving the exit code in the named variable.

@@ -130,6 +130,18 @@ class TunnelTest : public ::testing::Test {
       res.headers.emplace("Set-Cookie", "c=3; Secure");
       res.set_content("ok", "text/plain");
     });
+    s.Get("/endless", [this](const httplib::Request&, httplib::Response& res) {
+      res.set_chunked_content_provider(
+          "application/octet-stream",
+          [](size_t, httplib::DataSink& sink) {
+            std::string chunk(64 * 1024, 'e');
+            return sink.write(chunk.data(), chunk.size());
+          },
+          [this](bool success) {
+            endless_success_ = success;
+            endless_done_.Notify();
+          });
+    });
     s.Get("/slow", [this](const httplib::Request&, httplib::Response& res) {
       slow_release_.WaitForNotificationWithTimeout(absl::Seconds(30));
       res.set_content("late", "text/plain");
@@ -145,6 +157,8 @@ class TunnelTest : public ::testing::Test {
   LocalService svc_;
   absl::Notification release_;
   absl::Notification slow_release_;
+  absl::Notification endless_done_;
+  bool endless_success_ = true;
 };
 
 TEST_F(TunnelTest, EveryMethodReachesTheServiceWithItsBody) {
@@ -406,6 +420,26 @@ TEST_F(TunnelTest, FirstChunkArrivesWhileTheServiceHoldsTheRest) {
       << "the first event only arrived after the service was released";
   EXPECT_EQ(received, "data: first\n\ndata: rest\n\n");
   EXPECT_EQ(r->get_header_value("Content-Type"), "text/event-stream");
+}
+
+TEST_F(TunnelTest, VisitorLeavingMidDownloadCancelsTheLocalRequest) {
+  TunnelHarness h;
+  h.StartGateway();
+  h.StartAgent("cam-01", {svc_.url()});
+  uint64_t got = 0;
+  auto r = h.Visitor()->Get(TunnelHarness::Path("cam-01", "/endless"),
+                            [&](const char*, size_t len) {
+                              got += len;
+                              return got < kMiB;  // then hang up
+                            });
+  EXPECT_FALSE(r);
+  EXPECT_GE(got, kMiB);
+  // The service sees its response aborted: the gateway noticed the visitor
+  // left and the agent shut the local connection — promptly, long before
+  // the service's own 60 s write timeout could end it.
+  ASSERT_TRUE(endless_done_.WaitForNotificationWithTimeout(absl::Seconds(4)))
+      << "the local request was not cancelled";
+  EXPECT_FALSE(endless_success_);
 }
 
 TEST_F(TunnelTest, TwoTunnelsOnOneAgentReachTheirOwnServices) {

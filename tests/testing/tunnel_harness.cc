@@ -13,6 +13,10 @@ namespace tunnel::testing {
 
 TestHttpServer::TestHttpServer() {
   new_task_queue = [] { return new httplib::ThreadPool(256); };
+  // Long enough that a test never sees a request end by these timeouts
+  // instead of by the behaviour under test.
+  set_read_timeout(60);
+  set_write_timeout(60);
 }
 
 void TestHttpServer::RaiseBacklog() { ::listen(svr_sock_, 1024); }

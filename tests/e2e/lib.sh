@@ -1,0 +1,49 @@
+# Shared helpers for the process-level tests (sourced, not run).
+
+passed=0
+failed=0
+pass() {
+  passed=$((passed + 1))
+  echo "ok: $1"
+}
+fail() {
+  failed=$((failed + 1))
+  echo "FAIL: $1" >&2
+}
+check() {  # check "description" command...
+  local what="$1"
+  shift
+  if "$@"; then pass "$what"; else fail "$what"; fi
+}
+
+# wait_for_line FILE REGEX SECONDS: waits (bounded) until FILE has a line
+# matching REGEX and prints the first such line.
+wait_for_line() {
+  local file="$1" re="$2" deadline=$((SECONDS + $3))
+  while ((SECONDS < deadline)); do
+    if grep -Eq "$re" "$file" 2>/dev/null; then
+      grep -Em1 "$re" "$file"
+      return 0
+    fi
+    sleep 0.05
+  done
+  return 1
+}
+
+# wait_for_exit PID SECONDS: waits (bounded) for a child of this shell to
+# exit and sets exit_code ("running" if it did not). Not for use inside $(...):
+# a subshell cannot wait for its parent's children.
+exit_code=""
+wait_for_exit() {
+  local pid="$1" deadline=$((SECONDS + $2))
+  exit_code="running"
+  while ((SECONDS < deadline)); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      wait "$pid"
+      exit_code=$?
+      return 0
+    fi
+    sleep 0.05
+  done
+  return 1
+}

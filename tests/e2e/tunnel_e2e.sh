@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Process-level test of the three binaries exactly as the README uses them:
+# tunnelctl issues a credential, gateway-tunnel binds port 0 and prints its
+# addresses, agent-tunnel takes its secret from the environment and prints
+# the public URLs, curl reaches a real local service by path and subdomain.
+# Usage: tunnel_e2e.sh BUILD_DIR
+set -uo pipefail
+BUILD="$(cd "$1" && pwd)"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/tunnel_e2e.XXXXXX")"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+cd "$WORK"
+unset TUNNEL_GATEWAY TUNNEL_ID TUNNEL_TOKEN TUNNEL_SECRET TUNNEL_TO || true
+
+"$BUILD/tools/tunnelctl" token issue --id cam-01 --credentials creds.txtpb \
+  >issued.txt 2>/dev/null
+TOKEN=$(awk '/^token:/{print $2}' issued.txt)
+SECRET=$(awk '/^secret:/{print $2}' issued.txt)
+check "tunnelctl issued a token" test -n "$TOKEN" -a -n "$SECRET"
+
+mkdir site && echo "hello from the device" >site/index.html
+python3 -u -m http.server 0 --bind 127.0.0.1 --directory site \
+  >svc.out 2>svc.err &
+pids+=($!)
+SVC_PORT=$(wait_for_line svc.out 'port [0-9]+' 10 | sed -E 's/.*port ([0-9]+).*/\1/')
+check "local service started" test -n "$SVC_PORT"
+
+"$BUILD/server/gateway-tunnel" --grpc-addr 127.0.0.1:0 \
+  --http-addr 127.0.0.1:0 --credentials creds.txtpb >gw.out 2>gw.err &
+GW=$!
+pids+=($GW)
+GRPC=$(wait_for_line gw.out '^grpc ' 10 | awk '{print $2}')
+HTTP=$(wait_for_line gw.out '^http ' 10 | awk '{print $2}')
+check "gateway printed its grpc address" test -n "$GRPC"
+check "gateway printed its http address" test -n "$HTTP"
+HTTP_PORT=${HTTP##*:}
+
+TUNNEL_SECRET="$SECRET" TUNNEL_TOKEN="$TOKEN" "$BUILD/agent/agent-tunnel" \
+  connect --gateway "$GRPC" --id cam-01 --insecure \
+  --to "http://127.0.0.1:$SVC_PORT" >agent.out 2>agent.err &
+AGENT=$!
+pids+=($AGENT)
+URL=$(wait_for_line agent.out '^http://cam-01\.' 20)
+PATH_URL=$(wait_for_line agent.out '/t/cam-01/$' 20)
+check "agent printed the subdomain URL" \
+  test "$URL" = "http://cam-01.localhost:$HTTP_PORT/"
+check "agent printed the path URL" \
+  test "$PATH_URL" = "http://localhost:$HTTP_PORT/t/cam-01/"
+check "the secret is not on the agent's command line" \
+  bash -c "! tr '\0' ' ' </proc/$AGENT/cmdline | grep -q -- '$SECRET'"
+
+body=$(curl -sS --max-time 10 "http://127.0.0.1:$HTTP_PORT/t/cam-01/")
+check "curl by path answers through the tunnel" \
+  test "$body" = "hello from the device"
+body=$(curl -sS --max-time 10 --resolve "cam-01.localhost:$HTTP_PORT:127.0.0.1" \
+  "$URL")
+check "curl by subdomain answers through the tunnel" \
+  test "$body" = "hello from the device"
+code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 \
+  "http://127.0.0.1:$HTTP_PORT/t/nobody/")
+check "unknown tunnel is 404" test "$code" = 404
+
+# A wrong secret is permanent: the agent says so and exits 1.
+"$BUILD/agent/agent-tunnel" connect --gateway "$GRPC" --id cam-01 \
+  --token "$TOKEN" --secret AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA \
+  --insecure --to "http://127.0.0.1:$SVC_PORT" >bad.out 2>bad.err &
+BAD=$!
+wait_for_exit $BAD 20
+check "agent with a wrong secret exits 1" test "$exit_code" = 1
+check "and says the credentials were refused" \
+  grep -q "refused the credentials" bad.err
+check "the gateway never logs the secret" \
+  bash -c "! grep -q -- '$SECRET' gw.err"
+
+"$BUILD/agent/agent-tunnel" connect --gateway "$GRPC" >usage.out 2>usage.err
+check "missing flags exit 2" test $? = 2
+check "and name the missing flag" grep -q -- "--id is required" usage.err
+"$BUILD/agent/agent-tunnel" connect --help >help.out 2>&1
+check "--help exits 0 and lists --to" grep -q -- "--to" help.out
+"$BUILD/server/gateway-tunnel" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
+  --credentials missing.txtpb >/dev/null 2>missing.err
+check "gateway with a missing credentials file exits 1" test $? = 1
+check "and names the file" grep -q "missing.txtpb" missing.err
+
+kill -TERM "$AGENT"
+wait_for_exit "$AGENT" 10
+check "agent exits 0 on SIGTERM" test "$exit_code" = 0
+kill -TERM "$GW"
+wait_for_exit "$GW" 10
+check "gateway exits 0 on SIGTERM" test "$exit_code" = 0
+
+echo "tunnel_e2e: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
