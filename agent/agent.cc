@@ -1,6 +1,7 @@
 #include "agent/agent.h"
 
 #include <algorithm>
+#include <atomic>
 #include <random>
 #include <thread>
 
@@ -192,11 +193,13 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
           }
         } else if (c.has_goaway()) {
           TUNNEL_LOG(INFO) << "gateway is going away: " << c.goaway().reason();
+          retry_after_ms_ = c.goaway().retry_after_ms();
         }
         return;
       }
       case Envelope::kConnectError:
         end_status_ = FromConnectError(e.connect_error());
+        retry_after_ms_ = e.connect_error().retry_after_ms();
         return;
       default:
         TUNNEL_LOG(WARNING)
@@ -207,6 +210,31 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
 
   // Why the session ended, when the gateway said so in a ConnectError.
   absl::Status end_status() const { return end_status_; }
+  // The least wait before reconnecting the gateway asked for (GoAway or
+  // ConnectError).
+  absl::Duration retry_after() const {
+    return absl::Milliseconds(retry_after_ms_.load());
+  }
+
+  // Heartbeats: the reader touches on every message.
+  void Touch() { last_seen_ns_ = absl::ToUnixNanos(absl::Now()); }
+  absl::Time last_seen() const {
+    return absl::FromUnixNanos(last_seen_ns_.load());
+  }
+
+  // Asks the gateway for no new streams, then waits (bounded) until the
+  // streams in flight are done.
+  bool DrainStreams(absl::Time deadline) {
+    Envelope e;
+    e.mutable_control()->mutable_goaway()->set_reason(
+        "the agent is shutting down");
+    outbox_.PushControl(std::move(e));
+    absl::MutexLock lock(&mu_);
+    auto idle = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+      return streams_.empty();
+    };
+    return mu_.AwaitWithDeadline(absl::Condition(&idle), deadline);
+  }
 
   // Fails every stream and stops the writer's queue.
   void Shutdown() {
@@ -416,6 +444,10 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
           s.channel.AcquireSendCredit(std::min<size_t>(n, max_chunk_),
                                       absl::Now() + options_.local_timeout);
       if (!credit.ok()) return false;
+      if (!outbox_.WaitForRoom(options_.max_queued_bytes,
+                               absl::Now() + options_.local_timeout)) {
+        return false;
+      }
       outbox_.PushData(s.id, std::string(data, *credit), false);
       data += *credit;
       n -= *credit;
@@ -430,6 +462,8 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
   uint32_t send_window_ = common::kDefaultStreamWindow;
   uint32_t max_chunk_ = common::kMaxChunkBytes;
   absl::Status end_status_;  // reader thread only
+  std::atomic<uint32_t> retry_after_ms_{0};
+  std::atomic<int64_t> last_seen_ns_{absl::ToUnixNanos(absl::Now())};
   absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<AgentStream>> streams_
       ABSL_GUARDED_BY(mu_);
@@ -474,7 +508,9 @@ absl::Status Agent::Run() {
       if (stopping_) return absl::OkStatus();
       before = sessions_started_;
     }
-    absl::Status s = RunSession();
+    absl::Time started = absl::Now();
+    absl::Duration retry_after = absl::ZeroDuration();
+    absl::Status s = RunSession(&retry_after);
     size_t after;
     {
       absl::MutexLock lock(&mu_);
@@ -483,7 +519,9 @@ absl::Status Agent::Run() {
       after = sessions_started_;
     }
     if (IsPermanent(s)) return s;
-    if (after != before) attempt = 0;  // it worked for a while: start over
+    if (after != before && absl::Now() - started >= options_.healthy_after) {
+      attempt = 0;  // it was healthy for a while: start over
+    }
     absl::Duration cap =
         std::min(options_.max_backoff,
                  options_.initial_backoff *
@@ -491,7 +529,7 @@ absl::Status Agent::Run() {
     ++attempt;
     // Full jitter: agents that lost the same gateway do not return in step.
     std::uniform_real_distribution<double> jitter(0.0, 1.0);
-    absl::Duration wait = cap * jitter(rng);
+    absl::Duration wait = std::max(cap * jitter(rng), retry_after);
     TUNNEL_LOG(WARNING) << s.message() << "; reconnecting in "
                         << absl::FormatDuration(
                                absl::Trunc(wait, absl::Milliseconds(1)));
@@ -502,7 +540,32 @@ absl::Status Agent::Run() {
   }
 }
 
-absl::Status Agent::RunSession() {
+void Agent::Drain(absl::Duration timeout) {
+  absl::Time deadline = absl::Now() + timeout;
+  std::shared_ptr<Session> session;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;  // no reconnect after this session
+    session = current_session_;
+  }
+  if (session != nullptr) {
+    if (!session->DrainStreams(deadline)) {
+      TUNNEL_LOG(WARNING) << "drain timeout: requests still in flight are cut";
+    }
+    // The writer sends what is queued, then half-closes; the gateway then
+    // ends the call. Wait (bounded) for that before cancelling.
+    session->outbox().Close();
+    absl::MutexLock lock(&mu_);
+    auto ended = [this, &session]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+      return current_session_ != session;
+    };
+    mu_.AwaitWithDeadline(absl::Condition(&ended),
+                          std::min(deadline, absl::Now() + absl::Seconds(5)));
+  }
+  Stop();
+}
+
+absl::Status Agent::RunSession(absl::Duration* retry_after) {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
@@ -581,6 +644,9 @@ absl::Status Agent::RunSession() {
     if (got) ctx.TryCancel();
     grpc::Status st = stream->Finish();
     clear_ctx();
+    if (got && first.has_connect_error()) {
+      *retry_after = absl::Milliseconds(first.connect_error().retry_after_ms());
+    }
     if (!refused.ok()) return refused;
     if (st.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
       return absl::UnauthenticatedError(absl::StrCat(
@@ -600,6 +666,7 @@ absl::Status Agent::RunSession() {
   {
     absl::MutexLock lock(&mu_);
     connected_ = true;
+    current_session_ = session;
     ++sessions_started_;
     tunnels_.assign(first.accepted().tunnels().begin(),
                     first.accepted().tunnels().end());
@@ -615,18 +682,56 @@ absl::Status Agent::RunSession() {
       if (!session->outbox().empty()) wo.set_buffer_hint();
       if (!stream->Write(e, wo)) {
         ctx.TryCancel();
-        break;
+        return;
+      }
+    }
+    // The outbox was closed (drain, or the session is over): everything
+    // queued is written; half-close so the gateway ends the call cleanly.
+    stream->WritesDone();
+  });
+  // Heartbeats: the gateway pings every heartbeat_interval_ms; a gateway
+  // (or path) that goes silent is given up on and the agent reconnects.
+  absl::Notification session_over;
+  std::atomic<bool> silent{false};
+  absl::Duration check_every = options_.heartbeat_timeout / 4;
+  if (first.accepted().heartbeat_interval_ms() > 0) {
+    check_every =
+        std::min(check_every,
+                 absl::Milliseconds(first.accepted().heartbeat_interval_ms()));
+  }
+  std::thread watchdog([&] {
+    while (!session_over.WaitForNotificationWithTimeout(check_every)) {
+      if (absl::Now() - session->last_seen() > options_.heartbeat_timeout) {
+        silent = true;
+        ctx.TryCancel();
+        return;
       }
     }
   });
   Envelope in;
-  while (stream->Read(&in)) session->Dispatch(in);
+  while (stream->Read(&in)) {
+    session->Touch();
+    session->Dispatch(in);
+  }
+  session_over.Notify();
+  watchdog.join();
   session->Shutdown();
   ctx.TryCancel();
   writer.join();
   grpc::Status st = stream->Finish();
   clear_ctx();
+  {
+    absl::MutexLock lock(&mu_);
+    current_session_ = nullptr;
+  }
+  *retry_after = session->retry_after();
   if (absl::Status end = session->end_status(); !end.ok()) return end;
+  if (silent) {
+    return absl::UnavailableError(
+        absl::StrCat("the gateway sent nothing for ",
+                     absl::FormatDuration(options_.heartbeat_timeout),
+                     "; the connection is presumed dead"));
+  }
   return absl::UnavailableError(absl::StrCat(
       "lost the connection to the gateway",
       st.ok() ? std::string() : absl::StrCat(": ", st.error_message())));

@@ -45,6 +45,13 @@ struct AgentOptions {
   // Reconnect backoff: full jitter between 0 and min(max, initial * 2^n).
   absl::Duration initial_backoff = absl::Milliseconds(500);
   absl::Duration max_backoff = absl::Seconds(30);
+  // A session that lasted this long counts as healthy: the backoff starts
+  // over after it.
+  absl::Duration healthy_after = absl::Seconds(30);
+  // Gateway silent this long (no ping, no data): reconnect.
+  absl::Duration heartbeat_timeout = absl::Seconds(30);
+  // Body bytes queued towards the gateway before workers wait.
+  size_t max_queued_bytes = 16 << 20;
   // Called once per accepted session (e.g. to print the URLs).
   std::function<void(const tunnel::v1::ConnectAccepted&)> on_accepted;
 };
@@ -60,6 +67,9 @@ class Agent {
   // included.
   absl::Status Run();
   void Stop();
+  // Graceful stop: tells the gateway to send no new requests, lets those in
+  // flight finish (up to `timeout`), then stops. Run() then returns OK.
+  void Drain(absl::Duration timeout);
 
   // True once a session is accepted (false on timeout or Stop()).
   bool WaitUntilConnected(absl::Duration timeout);
@@ -68,8 +78,9 @@ class Agent {
 
  private:
   class Session;
-  // One connection attempt and its session; returns why it ended.
-  absl::Status RunSession();
+  // One connection attempt and its session; returns why it ended, and in
+  // `*retry_after` the least wait the gateway asked for before reconnecting.
+  absl::Status RunSession(absl::Duration* retry_after);
 
   const AgentOptions options_;
   mutable absl::Mutex mu_;
@@ -79,6 +90,7 @@ class Agent {
   std::vector<tunnel::v1::AcceptedTunnel> tunnels_ ABSL_GUARDED_BY(mu_);
   // The live call, so Stop() can cancel it.
   grpc::ClientContext* current_ctx_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::shared_ptr<Session> current_session_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<WorkerPool> pool_;
 };
 

@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> to;
   std::string slug;
   std::string log_level = "info";
+  absl::Duration drain_timeout = absl::Seconds(30);
   int64_t max_concurrent = static_cast<int64_t>(o.max_concurrent);
   int64_t receive_window = o.receive_window;
 
@@ -67,6 +68,10 @@ int main(int argc, char** argv) {
                  "give up one connection attempt to the gateway after this");
   flags.Duration("max-backoff", &o.max_backoff,
                  "longest wait between reconnection attempts");
+  flags.Duration("heartbeat-timeout", &o.heartbeat_timeout,
+                 "gateway silent this long: reconnect");
+  flags.Duration("drain-timeout", &drain_timeout,
+                 "on SIGTERM/SIGINT, how long requests in flight may finish");
   flags.String("log-level", &log_level, "debug, info, warning or error");
 
   if (argc < 2 || std::string(argv[1]) == "--help" ||
@@ -131,17 +136,25 @@ int main(int argc, char** argv) {
 
   tunnel::agent::Agent agent(o);
   std::atomic<bool> finished{false};
-  std::thread signal_waiter([&agent, &finished, signals] {
+  std::thread drainer;
+  std::thread signal_waiter([&] {
     int sig = 0;
     sigwait(&signals, &sig);
     if (finished) return;  // woken by main below, not by a user
-    TUNNEL_LOG(INFO) << "received signal " << sig << ", stopping";
+    TUNNEL_LOG(INFO) << "received signal " << sig
+                     << ": taking no new requests, finishing those in "
+                        "flight (signal again to stop at once)";
+    drainer = std::thread([&] { agent.Drain(drain_timeout); });
+    sigwait(&signals, &sig);
+    if (finished) return;
+    TUNNEL_LOG(WARNING) << "second signal: stopping now";
     agent.Stop();
   });
   absl::Status result = agent.Run();
   finished = true;
   pthread_kill(signal_waiter.native_handle(), SIGTERM);
   signal_waiter.join();
+  if (drainer.joinable()) drainer.join();
   if (!result.ok()) return Fail(std::string(result.message()), 1);
   return 0;
 }

@@ -107,6 +107,14 @@ void StreamChannel::Abort(absl::Status why) {
   inbound_.clear();
 }
 
+void StreamChannel::AbortIfIncomplete(absl::Status why) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (end_received_) return;
+  }
+  Abort(std::move(why));
+}
+
 absl::Status StreamChannel::status() const {
   absl::MutexLock lock(&mu_);
   return abort_;

@@ -66,6 +66,10 @@ class StreamChannel {
   // yet popped is discarded: an aborted stream is never read as complete.
   // Only the first abort counts.
   void Abort(absl::Status why);
+  // Like Abort, unless the peer already delivered its whole body (end
+  // received): a connection that closes after a complete response does not
+  // take that response away from its reader.
+  void AbortIfIncomplete(absl::Status why);
   // The abort status, or OK while the stream is alive.
   absl::Status status() const;
   // True once PopData has returned the chunk with end = true.

@@ -74,11 +74,13 @@ void Outbox::Push(Envelope e) {
     auto it = open_tail_.find(id);
     if (it != open_tail_.end() &&
         BodySize(*it->second) + e.data().data().size() <= max_chunk_) {
+      bytes_ += e.data().data().size();
       Append(it->second, e.data().data(), e.data().end_stream());
       if (e.data().end_stream()) open_tail_.erase(it);
       return;
     }
   }
+  bytes_ += BodySize(e);
   data_.push_back(std::move(e));
   if (appendable) {
     open_tail_[id] = &data_.back();
@@ -109,6 +111,7 @@ bool Outbox::PopLocked(Envelope* out) {
   if (it != open_tail_.end() && it->second == &data_.front()) {
     open_tail_.erase(it);
   }
+  bytes_ -= BodySize(data_.front());
   *out = std::move(data_.front());
   data_.pop_front();
   return true;
@@ -128,6 +131,20 @@ bool Outbox::PopWait(Envelope* out, absl::Time deadline) {
   return PopLocked(out);
 }
 
+bool Outbox::WaitForRoom(size_t max_bytes, absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  auto room = [this, max_bytes]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return closed_ || bytes_ <= max_bytes;
+  };
+  mu_.AwaitWithDeadline(absl::Condition(&room), deadline);
+  return !closed_ && bytes_ <= max_bytes;
+}
+
+size_t Outbox::queued_bytes() const {
+  absl::MutexLock lock(&mu_);
+  return bytes_;
+}
+
 void Outbox::Close() {
   absl::MutexLock lock(&mu_);
   closed_ = true;
@@ -138,6 +155,7 @@ void Outbox::Clear() {
   control_.clear();
   data_.clear();
   open_tail_.clear();
+  bytes_ = 0;
 }
 
 bool Outbox::empty() const {

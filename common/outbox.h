@@ -9,8 +9,10 @@
 // writer sends fewer, larger messages exactly when it is the bottleneck, and
 // a lone chunk (an SSE event) leaves at once.
 //
-// Memory is bounded by the callers: data is only enqueued against stream
-// credit, so the data lane never holds more than streams x window.
+// Memory is bounded twice: data is only enqueued against stream credit (so
+// the data lane never holds more than streams x window), and producers of
+// body bytes call WaitForRoom first, which holds them while the queued body
+// bytes exceed the session's limit (control messages are never held).
 //
 // Thread-safe.
 #ifndef TUNNEL_COMMON_OUTBOX_H_
@@ -43,7 +45,13 @@ class Outbox {
   // Blocks until a message, Close(), or the deadline. False if closed (and
   // drained) or timed out.
   bool PopWait(tunnel::v1::Envelope* out, absl::Time deadline);
-  // Wakes PopWait; later pushes are dropped.
+  // Blocks while more than `max_bytes` of body bytes are queued. False on
+  // deadline or Close().
+  bool WaitForRoom(size_t max_bytes, absl::Time deadline);
+  // Body bytes currently queued.
+  size_t queued_bytes() const;
+
+  // Wakes PopWait and WaitForRoom; later pushes are dropped.
   void Close();
   // Drops everything queued.
   void Clear();
@@ -63,6 +71,7 @@ class Outbox {
   absl::flat_hash_map<uint64_t, tunnel::v1::Envelope*> open_tail_
       ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace tunnel::common

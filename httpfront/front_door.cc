@@ -1,6 +1,7 @@
 #include "httpfront/front_door.h"
 
 #include <algorithm>
+#include <atomic>
 #include <memory>
 #include <utility>
 
@@ -147,8 +148,20 @@ class FrontDoor::Handler {
     }
   }
 
+  void SetDraining(absl::Duration retry_after) {
+    drain_retry_after_s_ =
+        std::max<int64_t>(1, absl::ToInt64Seconds(retry_after));
+  }
+
   void Handle(const httplib::Request& req, httplib::Response& res,
               const httplib::ContentReader* reader) {
+    if (int64_t retry = drain_retry_after_s_.load(); retry > 0) {
+      SetError(req, res, 503, "gateway_draining",
+               "the gateway is restarting; try again shortly");
+      res.set_header("Retry-After", absl::StrCat(retry));
+      res.set_header("Connection", "close");
+      return;
+    }
     std::string host = req.get_header_value("Host");
     std::optional<Route> route =
         ResolveRoute(host, req.target, options_.domain);
@@ -386,6 +399,8 @@ class FrontDoor::Handler {
 
   const FrontDoorOptions& options_;
   server::TunnelRouter* const router_;
+  // > 0 while draining: the Retry-After to send, in seconds.
+  std::atomic<int64_t> drain_retry_after_s_{0};
 };
 
 FrontDoor::FrontDoor(FrontDoorOptions options, server::TunnelRouter* router)
@@ -437,6 +452,10 @@ absl::StatusOr<int> FrontDoor::Listen(const std::string& host, int port) {
 }
 
 void FrontDoor::StopAccepting() { server_->stop(); }
+
+void FrontDoor::SetDraining(absl::Duration retry_after) {
+  handler_->SetDraining(retry_after);
+}
 
 void FrontDoor::Stop() {
   server_->stop();

@@ -47,6 +47,9 @@ class FrontDoor {
   void Stop();
   // Stops accepting new connections only (first step of Stop).
   void StopAccepting();
+  // While draining, new requests get 503 with Retry-After; requests already
+  // in flight continue.
+  void SetDraining(absl::Duration retry_after);
 
  private:
   class Handler;

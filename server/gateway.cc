@@ -2,6 +2,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/log.h"
 #include "grpcpp/grpcpp.h"
 
@@ -84,12 +85,54 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
         absl::StrCat("cannot listen for gRPC on ", o.grpc_addr,
                      " (address in use or not available)"));
   }
+  gw->heartbeats_ = std::thread([g = gw.get()] { g->HeartbeatLoop(); });
   return gw;
+}
+
+void Gateway::HeartbeatLoop() {
+  const absl::Duration interval = options_.service.heartbeat_interval;
+  uint64_t nonce = 0;
+  while (!stop_heartbeats_.WaitForNotificationWithTimeout(interval)) {
+    absl::Time now = absl::Now();
+    for (const auto& s : registry_.Sessions()) {
+      if (now - s->last_seen() > options_.heartbeat_timeout) {
+        TUNNEL_LOG(WARNING) << "agent " << s->agent_id() << " silent for "
+                            << absl::FormatDuration(absl::Trunc(
+                                   now - s->last_seen(), absl::Seconds(1)))
+                            << "; closing its session";
+        s->Close(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                              "no heartbeat from the agent"),
+                 false);
+      } else {
+        s->SendPing(++nonce);
+      }
+    }
+  }
+}
+
+bool Gateway::Drain(absl::Duration timeout) {
+  front_->SetDraining(options_.drain_retry_after);
+  for (const auto& s : registry_.Sessions()) {
+    s->SendGoAway("the gateway is shutting down", options_.drain_retry_after);
+  }
+  absl::Time deadline = absl::Now() + timeout;
+  // Requests in flight finish on their own threads; look every 20 ms.
+  while (registry_.stream_count() > 0) {
+    if (absl::Now() >= deadline) {
+      TUNNEL_LOG(WARNING) << "drain timeout: " << registry_.stream_count()
+                          << " request(s) still in flight are cut";
+      return false;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return true;
 }
 
 void Gateway::Shutdown() {
   if (shut_down_) return;
   shut_down_ = true;
+  stop_heartbeats_.Notify();
+  if (heartbeats_.joinable()) heartbeats_.join();
   if (front_ != nullptr) front_->StopAccepting();
   if (grpc_server_ != nullptr) {
     // Cancels agent calls; their OnDone fails every stream, which releases

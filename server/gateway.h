@@ -9,8 +9,10 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "common/credentials.h"
 #include "common/hmac_auth.h"
@@ -35,6 +37,10 @@ struct GatewayOptions {
   // Port in the public URLs; -1: the bound HTTP port; 0: none (port 80/443
   // in front of us).
   int public_port = -1;
+  // A session silent this long (no message, not even a pong) is dead.
+  absl::Duration heartbeat_timeout = absl::Seconds(30);
+  // Told to agents (GoAway) and visitors (Retry-After) while draining.
+  absl::Duration drain_retry_after = absl::Seconds(5);
   TunnelServiceOptions service;
   httpfront::FrontDoorOptions front;
 };
@@ -49,6 +55,11 @@ class Gateway {
   int http_port() const { return http_port_; }
   SessionRegistry& registry() { return registry_; }
 
+  // Graceful stop, first half: new visitor requests get 503 + Retry-After,
+  // agents get GoAway, and requests in flight may finish. Returns when none
+  // is left or at `timeout`; true if all finished. Call Shutdown() after.
+  bool Drain(absl::Duration timeout);
+
   // Stops both listeners, ends agent sessions and fails streams in flight.
   void Shutdown();
 
@@ -62,6 +73,10 @@ class Gateway {
   std::unique_ptr<TunnelServiceImpl> service_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<httpfront::FrontDoor> front_;
+  void HeartbeatLoop();
+
+  absl::Notification stop_heartbeats_;
+  std::thread heartbeats_;
   int grpc_port_ = 0;
   int http_port_ = 0;
   bool shut_down_ = false;

@@ -1,7 +1,9 @@
 // gateway-tunnel: flags -> GatewayOptions, then serve until SIGINT/SIGTERM.
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <iostream>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "common/flags.h"
@@ -38,6 +40,7 @@ int main(int argc, char** argv) {
   int64_t workers = o.front.workers;
   int64_t public_port = o.public_port;
   std::string log_level = "info";
+  absl::Duration drain_timeout = absl::Seconds(30);
 
   tunnel::common::FlagSet flags(kUsage);
   flags.String("grpc-addr", &o.grpc_addr, "address agents connect to");
@@ -70,6 +73,16 @@ int main(int argc, char** argv) {
                  "visitor not reading this long: connection closed");
   flags.Duration("keep-alive-timeout", &o.front.connection.keep_alive_timeout,
                  "idle visitor connections are closed after this");
+  flags.Duration("heartbeat-interval", &o.service.heartbeat_interval,
+                 "how often each agent is pinged");
+  flags.Duration("heartbeat-timeout", &o.heartbeat_timeout,
+                 "an agent silent this long is disconnected and its "
+                 "requests fail");
+  flags.Duration("drain-timeout", &drain_timeout,
+                 "on SIGTERM/SIGINT, how long requests in flight may finish");
+  flags.Duration("drain-retry-after", &o.drain_retry_after,
+                 "Retry-After for visitors and reconnect hint for agents "
+                 "while draining");
   flags.String("log-level", &log_level, "debug, info, warning or error");
 
   absl::StatusOr<std::vector<std::string>> rest = flags.Parse(argc, argv);
@@ -130,7 +143,24 @@ int main(int argc, char** argv) {
 
   int sig = 0;
   sigwait(&signals, &sig);
-  TUNNEL_LOG(INFO) << "received signal " << sig << ", shutting down";
+  TUNNEL_LOG(INFO) << "received signal " << sig << ", draining for up to "
+                   << absl::FormatDuration(drain_timeout)
+                   << " (signal again to stop at once)";
+  std::atomic<bool> drained{false};
+  std::thread drainer([&] {
+    (*gw)->Drain(drain_timeout);
+    drained = true;
+  });
+  // A second signal cuts the drain short.
+  timespec tick{0, 50 * 1000 * 1000};
+  while (!drained) {
+    if (sigtimedwait(&signals, nullptr, &tick) > 0) {
+      TUNNEL_LOG(WARNING) << "second signal: stopping now";
+      break;
+    }
+  }
   (*gw)->Shutdown();
+  drainer.join();
+  TUNNEL_LOG(INFO) << "stopped";
   return 0;
 }

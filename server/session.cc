@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/log.h"
 
 namespace tunnel::server {
@@ -55,6 +56,11 @@ class GatewayStream : public TunnelStream {
       size_t want = std::min<size_t>(data.size(), session_->limits_.max_chunk);
       absl::StatusOr<size_t> n = channel_->AcquireSendCredit(want, deadline);
       if (!n.ok()) return n.status();
+      if (!session_->outbox_.WaitForRoom(session_->limits_.max_queued_bytes,
+                                         deadline)) {
+        return absl::DeadlineExceededError(
+            "the agent's connection is not draining its send queue");
+      }
       session_->SendData(id_, std::string(data.substr(0, *n)), false);
       data.remove_prefix(*n);
     }
@@ -108,7 +114,31 @@ Session::Session(std::string session_id, std::string agent_id, std::string peer,
       peer_(std::move(peer)),
       limits_(limits),
       writer_(writer),
-      outbox_(limits.max_chunk) {}
+      outbox_(limits.max_chunk),
+      last_seen_ns_(absl::ToUnixNanos(absl::Now())) {}
+
+void Session::Touch() { last_seen_ns_ = absl::ToUnixNanos(absl::Now()); }
+
+absl::Time Session::last_seen() const {
+  return absl::FromUnixNanos(last_seen_ns_.load());
+}
+
+void Session::SendPing(uint64_t nonce) {
+  Envelope e;
+  e.mutable_control()->mutable_ping()->set_nonce(nonce);
+  SendControl(std::move(e));
+}
+
+void Session::SendGoAway(absl::string_view reason, absl::Duration retry_after) {
+  Envelope e;
+  auto* g = e.mutable_control()->mutable_goaway();
+  g->set_reason(std::string(reason));
+  g->set_retry_after_ms(
+      static_cast<uint32_t>(absl::ToInt64Milliseconds(retry_after)));
+  SendControl(std::move(e));
+}
+
+bool Session::draining() const { return draining_; }
 
 Session::~Session() = default;
 
@@ -240,6 +270,10 @@ absl::StatusOr<std::unique_ptr<TunnelStream>> Session::OpenStream(
     if (finish_requested_ || done_) {
       return absl::UnavailableError("the agent is disconnecting");
     }
+    if (draining_) {
+      return absl::UnavailableError(
+          "the agent is shutting down; it should be back shortly");
+    }
     if (streams_.size() >= limits_.max_streams) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "the agent has ", streams_.size(), " requests in flight (limit ",
@@ -327,6 +361,10 @@ void Session::OnEnvelope(const Envelope& e) {
         Envelope pong;
         pong.mutable_control()->mutable_pong()->set_nonce(c.ping().nonce());
         SendControl(std::move(pong));
+      } else if (c.has_goaway()) {
+        TUNNEL_LOG(INFO) << "agent " << agent_id_
+                         << " is shutting down: " << c.goaway().reason();
+        draining_ = true;
       } else if (c.has_window_update()) {
         const auto& wu = c.window_update();
         auto ch = FindStream(wu.stream_id());
@@ -361,7 +399,8 @@ void Session::OnDone() {
     streams.swap(streams_);
   }
   for (auto& [id, ch] : streams) {
-    ch->Abort(absl::UnavailableError("the agent disconnected"));
+    // Responses that arrived whole before the call ended are still served.
+    ch->AbortIfIncomplete(absl::UnavailableError("the agent disconnected"));
   }
 }
 

@@ -35,6 +35,8 @@ struct SessionLimits {
   uint32_t agent_receive_window = common::kDefaultStreamWindow;
   uint32_t max_chunk = common::kMaxChunkBytes;
   size_t max_streams = 4096;
+  // Body bytes queued towards the agent before producers wait.
+  size_t max_queued_bytes = 16 << 20;
 };
 
 // The reactor side of a session: the one place that talks to gRPC. Calls come
@@ -76,6 +78,15 @@ class Session : public std::enable_shared_from_this<Session> {
   // (used to deliver a ConnectError or GoAway); otherwise it is dropped.
   void Close(grpc::Status status, bool drain);
   bool closing() const;
+  // Heartbeats: the reactor touches the session on every message; the
+  // gateway's heartbeat thread pings and reaps silent sessions.
+  void Touch();
+  absl::Time last_seen() const;
+  void SendPing(uint64_t nonce);
+  // Tells the agent this gateway takes no new streams and when to come back.
+  void SendGoAway(absl::string_view reason, absl::Duration retry_after);
+  // The agent said it is shutting down: no new streams for it.
+  bool draining() const;
   // Opens a stream and sends its request head. Fails UNAVAILABLE once the
   // session is closing, RESOURCE_EXHAUSTED at max_streams.
   absl::StatusOr<std::unique_ptr<TunnelStream>> OpenStream(
@@ -119,6 +130,8 @@ class Session : public std::enable_shared_from_this<Session> {
   absl::flat_hash_map<uint64_t, std::shared_ptr<common::StreamChannel>> streams_
       ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> unknown_stream_messages_{0};
+  std::atomic<int64_t> last_seen_ns_;
+  std::atomic<bool> draining_{false};
 };
 
 }  // namespace tunnel::server

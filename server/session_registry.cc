@@ -84,4 +84,18 @@ std::shared_ptr<Session> SessionRegistry::FindByAgent(
   return it == live_.end() ? nullptr : it->second;
 }
 
+std::vector<std::shared_ptr<Session>> SessionRegistry::Sessions() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::shared_ptr<Session>> out;
+  out.reserve(live_.size());
+  for (const auto& [id, s] : live_) out.push_back(s);
+  return out;
+}
+
+size_t SessionRegistry::stream_count() const {
+  size_t n = 0;
+  for (const auto& s : Sessions()) n += s->stream_count();
+  return n;
+}
+
 }  // namespace tunnel::server

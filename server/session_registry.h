@@ -43,6 +43,10 @@ class SessionRegistry : public TunnelRouter {
       absl::string_view slug, tunnel::v1::TunnelRequest head) override;
 
   size_t session_count() const;
+  // Snapshot of the live sessions.
+  std::vector<std::shared_ptr<Session>> Sessions() const;
+  // Streams in flight across live sessions.
+  size_t stream_count() const;
   std::shared_ptr<Session> FindByAgent(absl::string_view agent_id) const;
 
  private:

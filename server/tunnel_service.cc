@@ -63,6 +63,7 @@ class AgentConnection final
       session_->Close(grpc::Status::OK, false);
       return;
     }
+    session_->Touch();
     if (!registered_) {
       HandleConnect();
     } else {
@@ -182,6 +183,8 @@ class AgentConnection final
     acc->set_session_id(session_->id());
     acc->set_stream_window(opts.limits.gateway_receive_window);
     acc->set_max_chunk_bytes(opts.limits.max_chunk);
+    acc->set_heartbeat_interval_ms(static_cast<uint32_t>(
+        absl::ToInt64Milliseconds(opts.heartbeat_interval)));
     std::string port =
         opts.public_port > 0 ? absl::StrCat(":", opts.public_port) : "";
     for (const auto& t : req.tunnels()) {

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 
+#include "absl/time/time.h"
 #include "common/hmac_auth.h"
 #include "server/session.h"
 #include "server/session_registry.h"
@@ -23,6 +24,8 @@ struct TunnelServiceOptions {
   std::string public_scheme = "http";
   std::string domain = "localhost";
   int public_port = 0;
+  // How often the gateway pings each agent (told to agents at connect).
+  absl::Duration heartbeat_interval = absl::Seconds(10);
 };
 
 class TunnelServiceImpl final

@@ -79,6 +79,19 @@ TEST(StreamChannelTest, AbortWakesWaitersAndDiscardsUnreadData) {
   EXPECT_TRUE(absl::IsAborted(ch.status()));
 }
 
+TEST(StreamChannelTest, AbortIfIncompleteKeepsAWholeBody) {
+  StreamChannel whole(100, 100), partial(100, 100);
+  ASSERT_TRUE(whole.PushData("all of it", true).ok());
+  ASSERT_TRUE(partial.PushData("some of it", false).ok());
+  whole.AbortIfIncomplete(absl::UnavailableError("gone"));
+  partial.AbortIfIncomplete(absl::UnavailableError("gone"));
+  uint32_t ack;
+  auto c = whole.PopData(Past(), &ack);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->data, "all of it");
+  EXPECT_TRUE(absl::IsUnavailable(partial.PopData(Past(), &ack).status()));
+}
+
 TEST(StreamChannelTest, HeadArrivesOnceAndTimesOut) {
   StreamChannel ch(100, 100);
   EXPECT_TRUE(absl::IsDeadlineExceeded(ch.AwaitHead(Past()).status()));

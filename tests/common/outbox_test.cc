@@ -91,5 +91,23 @@ TEST(OutboxTest, PopWaitWakesOnPushAndOnClose) {
   EXPECT_TRUE(box.empty());
 }
 
+TEST(OutboxTest, WaitForRoomHoldsProducersUntilTheWriterDrains) {
+  Outbox box(64);
+  box.PushData(1, std::string(60, 'a'), false);
+  box.PushData(2, std::string(60, 'b'), false);
+  EXPECT_EQ(box.queued_bytes(), 120u);
+  // Over a 100-byte limit: a producer would wait, and times out here.
+  EXPECT_FALSE(box.WaitForRoom(100, absl::Now() - absl::Seconds(1)));
+  std::thread writer([&] {
+    Envelope e;
+    ASSERT_TRUE(box.TryPop(&e));
+  });
+  EXPECT_TRUE(box.WaitForRoom(100, absl::Now() + absl::Seconds(10)));
+  writer.join();
+  EXPECT_EQ(box.queued_bytes(), 60u);
+  box.Clear();
+  EXPECT_EQ(box.queued_bytes(), 0u);
+}
+
 }  // namespace
 }  // namespace tunnel::common

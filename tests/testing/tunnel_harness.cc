@@ -1,7 +1,15 @@
 #include "tests/testing/tunnel_harness.h"
 
+#include <fcntl.h>
 #include <openssl/evp.h>
+#include <signal.h>
+#include <spawn.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -17,6 +25,8 @@ TestHttpServer::TestHttpServer() {
   // instead of by the behaviour under test.
   set_read_timeout(60);
   set_write_timeout(60);
+  // Stop() waits for idle keep-alive connections to time out.
+  set_keep_alive_timeout(1);
 }
 
 void TestHttpServer::RaiseBacklog() { ::listen(svr_sock_, 1024); }
@@ -83,14 +93,112 @@ TunnelHarness::~TunnelHarness() {
 
 void TunnelHarness::StartGateway(
     std::function<void(server::GatewayOptions&)> tweak) {
+  tweak_ = std::move(tweak);
   server::GatewayOptions o;
   o.grpc_addr = "127.0.0.1:0";
   o.http_addr = "127.0.0.1:0";
   o.credentials = creds_;
-  if (tweak) tweak(o);
+  if (tweak_) tweak_(o);
   auto gw = server::Gateway::Start(o);
   ASSERT_TRUE(gw.ok()) << gw.status();
   gateway_ = *std::move(gw);
+  http_port_ = gateway_->http_port();
+}
+
+void TunnelHarness::RestartGateway() {
+  int grpc_port = gateway_->grpc_port();
+  int http_port = gateway_->http_port();
+  gateway_->Shutdown();
+  gateway_.reset();
+  server::GatewayOptions o;
+  o.grpc_addr = absl::StrCat("127.0.0.1:", grpc_port);
+  o.http_addr = absl::StrCat("127.0.0.1:", http_port);
+  o.credentials = creds_;
+  if (tweak_) tweak_(o);
+  auto gw = server::Gateway::Start(o);
+  ASSERT_TRUE(gw.ok()) << gw.status();
+  gateway_ = *std::move(gw);
+  http_port_ = gateway_->http_port();
+}
+
+std::vector<std::string> TunnelHarness::AgentArgs(
+    const std::string& agent_id, const std::vector<std::string>& to,
+    std::string* env) {
+  agent::AgentOptions o = AgentOptionsFor(agent_id, to);
+  std::vector<std::string> args = {"connect",  "--gateway", o.gateway,
+                                   "--id",     agent_id,    "--token",
+                                   o.token_id, "--insecure"};
+  for (const std::string& t : to) {
+    args.push_back("--to");
+    args.push_back(t);
+  }
+  *env = "TUNNEL_SECRET=" + o.secret;
+  return args;
+}
+
+ChildProcess::ChildProcess(const std::string& binary,
+                           const std::vector<std::string>& args,
+                           const std::vector<std::string>& env) {
+  char tmpl[] = "/tmp/tunnel-child-XXXXXX";
+  int fd = mkstemp(tmpl);
+  stderr_path_ = tmpl;
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, fd, STDERR_FILENO);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null",
+                                   O_WRONLY, 0);
+  std::vector<std::string> argv_s = {binary};
+  argv_s.insert(argv_s.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : argv_s) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::vector<std::string> env_s = env;
+  env_s.push_back("PATH=/usr/bin:/bin");
+  std::vector<char*> envp;
+  for (auto& e : env_s) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  // Signals blocked in the test process (none by default) stay blocked in
+  // the child; the agent blocks and sigwaits its own.
+  int rc = posix_spawn(&pid_, binary.c_str(), &actions, nullptr, argv.data(),
+                       envp.data());
+  posix_spawn_file_actions_destroy(&actions);
+  close(fd);
+  EXPECT_EQ(rc, 0) << "cannot start " << binary;
+  if (rc != 0) pid_ = -1;
+}
+
+ChildProcess::~ChildProcess() {
+  if (pid_ > 0 && !reaped_) {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, &status_, 0);
+  }
+  unlink(stderr_path_.c_str());
+}
+
+void ChildProcess::Signal(int sig) {
+  if (pid_ > 0 && !reaped_) kill(pid_, sig);
+}
+
+int ChildProcess::WaitForExit(absl::Duration timeout) {
+  absl::Time give_up = absl::Now() + timeout;
+  while (!reaped_) {
+    int r = waitpid(pid_, &status_, WNOHANG);
+    if (r == pid_) {
+      reaped_ = true;
+      break;
+    }
+    if (absl::Now() >= give_up) return -1;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  if (WIFSIGNALED(status_)) return 128 + WTERMSIG(status_);
+  return WEXITSTATUS(status_);
+}
+
+std::string ChildProcess::Stderr() const {
+  std::ifstream in(stderr_path_);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
 }
 
 agent::AgentOptions TunnelHarness::AgentOptionsFor(
@@ -127,8 +235,7 @@ RunningAgent* TunnelHarness::StartAgent(agent::AgentOptions options) {
 }
 
 std::unique_ptr<httplib::Client> TunnelHarness::Visitor() const {
-  auto c =
-      std::make_unique<httplib::Client>("127.0.0.1", gateway_->http_port());
+  auto c = std::make_unique<httplib::Client>("127.0.0.1", http_port_.load());
   c->set_url_encode(false);
   c->set_decompress(false);
   c->set_read_timeout(std::chrono::seconds(60));

@@ -3,6 +3,7 @@
 #ifndef TUNNEL_TESTS_TESTING_TUNNEL_HARNESS_H_
 #define TUNNEL_TESTS_TESTING_TUNNEL_HARNESS_H_
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -62,6 +63,27 @@ class RunningAgent {
   std::thread thread_;
 };
 
+// A child process (e.g. the real agent-tunnel binary), so tests can
+// kill -9 or SIGSTOP it. stderr goes to a file the test can read.
+class ChildProcess {
+ public:
+  ChildProcess(const std::string& binary, const std::vector<std::string>& args,
+               const std::vector<std::string>& env = {});
+  ~ChildProcess();  // SIGKILLs and reaps if still running
+  int pid() const { return pid_; }
+  void Signal(int sig);
+  // Waits (bounded) for exit; the exit code, or -1 if still running, or
+  // 128+signal if killed.
+  int WaitForExit(absl::Duration timeout);
+  std::string Stderr() const;
+
+ private:
+  int pid_ = -1;
+  bool reaped_ = false;
+  int status_ = 0;
+  std::string stderr_path_;
+};
+
 class TunnelHarness {
  public:
   // Credentials for `agent_ids` (one token each).
@@ -80,6 +102,13 @@ class TunnelHarness {
   RunningAgent* StartAgent(const std::string& agent_id,
                            const std::vector<std::string>& to);
   RunningAgent* StartAgent(agent::AgentOptions options);
+  // Command-line arguments for the agent-tunnel binary with the same
+  // credentials (the secret goes in the environment entry `*env`).
+  std::vector<std::string> AgentArgs(const std::string& agent_id,
+                                     const std::vector<std::string>& to,
+                                     std::string* env);
+  // Stops the gateway and starts a new one on the same ports.
+  void RestartGateway();
 
   // A visitor client for the front door (no re-encoding, no decompression).
   std::unique_ptr<httplib::Client> Visitor() const;
@@ -91,6 +120,10 @@ class TunnelHarness {
  private:
   tunnel::v1::CredentialsFile creds_;
   std::unique_ptr<server::Gateway> gateway_;
+  std::function<void(server::GatewayOptions&)> tweak_;
+  // Kept apart from gateway_ so visitors on other threads can connect while
+  // RestartGateway swaps the gateway (the port stays the same).
+  std::atomic<int> http_port_{0};
   std::vector<std::unique_ptr<RunningAgent>> agents_;
 };
 
