@@ -71,7 +71,10 @@ class VisitorStream : public httplib::Stream {
 
   ssize_t read(char* ptr, size_t size) override {
     if (buffered() == 0) {
-      if (PollFor(fd_, POLLIN, read_timeout_ms_) <= 0) return -1;
+      if (PollFor(fd_, POLLIN, read_timeout_ms_) <= 0) {
+        broken_ = true;
+        return -1;
+      }
       ssize_t n;
       do {
         n = ::recv(fd_, buf_, sizeof(buf_), 0);
@@ -87,7 +90,10 @@ class VisitorStream : public httplib::Stream {
   }
 
   ssize_t write(const char* ptr, size_t size) override {
-    if (!is_writable()) return -1;
+    if (!is_writable()) {
+      broken_ = true;
+      return -1;
+    }
     ssize_t n;
     do {
       n = ::send(fd_, ptr, size, MSG_NOSIGNAL);
@@ -103,6 +109,10 @@ class VisitorStream : public httplib::Stream {
   }
   socket_t socket() const override { return fd_; }
 
+  // A read or write timed out: the connection cannot carry another request
+  // (httplib may still have answered 400 on it).
+  bool broken() const { return broken_; }
+
   // Waits for the next request to start: buffered bytes or socket input.
   bool WaitForRequest(int timeout_ms) const {
     return buffered() > 0 || PollFor(fd_, POLLIN, timeout_ms) > 0;
@@ -117,6 +127,7 @@ class VisitorStream : public httplib::Stream {
   char buf_[16 * 1024];
   size_t begin_ = 0;
   size_t end_ = 0;
+  bool broken_ = false;
 };
 
 }  // namespace
@@ -166,7 +177,7 @@ bool FrontServer::process_and_close_socket(socket_t sock) {
     bool connection_closed = false;
     ret = process_request(strm, /*close_connection=*/remaining == 1,
                           connection_closed, setup_request_);
-    if (!ret || connection_closed) break;
+    if (!ret || connection_closed || strm.broken()) break;
     --remaining;
   }
   tl_current_socket = -1;

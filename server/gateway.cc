@@ -134,6 +134,13 @@ void Gateway::Shutdown() {
   stop_heartbeats_.Notify();
   if (heartbeats_.joinable()) heartbeats_.join();
   if (front_ != nullptr) front_->StopAccepting();
+  // End every session cleanly first: what is queued (a GoAway, the end of a
+  // response) is still written, then the call finishes.
+  for (const auto& s : registry_.Sessions()) {
+    s->Close(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                          "the gateway is shutting down"),
+             /*drain=*/true);
+  }
   if (grpc_server_ != nullptr) {
     // Cancels agent calls; their OnDone fails every stream, which releases
     // front-door workers waiting on agents.

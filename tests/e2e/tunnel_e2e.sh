@@ -98,5 +98,59 @@ kill -TERM "$GW"
 wait_for_exit "$GW" 10
 check "gateway exits 0 on SIGTERM" test "$exit_code" = 0
 
+# --- Drain and heartbeats, with a service that can hold a request. ---
+python3 -u "$HERE/gated_service.py" --release "$WORK/release" \
+  >gated.out 2>gated.err &
+pids+=($!)
+GATED_PORT=$(wait_for_line gated.out '^port ' 10 | awk '{print $2}')
+"$BUILD/server/gateway-tunnel" --grpc-addr 127.0.0.1:0 \
+  --http-addr 127.0.0.1:0 --credentials creds.txtpb \
+  --heartbeat-interval 200ms --drain-timeout 20s >gw2.out 2>gw2.err &
+GW2=$!
+pids+=($GW2)
+GRPC2=$(wait_for_line gw2.out '^grpc ' 10 | awk '{print $2}')
+HTTP2=$(wait_for_line gw2.out '^http ' 10 | awk '{print $2}')
+TUNNEL_SECRET="$SECRET" "$BUILD/agent/agent-tunnel" connect \
+  --gateway "$GRPC2" --id cam-01 --token "$TOKEN" --insecure \
+  --heartbeat-timeout 1s --max-backoff 300ms \
+  --to "http://127.0.0.1:$GATED_PORT" >agent2.out 2>agent2.err &
+AGENT2=$!
+pids+=($AGENT2)
+wait_for_line agent2.out '/t/cam-01/$' 20 >/dev/null
+
+# The gateway goes silent (SIGSTOP): the agent notices within its
+# heartbeat timeout and reconnects once the gateway is back.
+kill -STOP "$GW2"
+if wait_for_line agent2.err 'sent nothing for 1s' 10 >/dev/null; then
+  pass "agent notices a silent gateway"
+else
+  fail "agent notices a silent gateway"
+fi
+kill -CONT "$GW2"
+reconnected() { [ "$(grep -c 'connected to' agent2.err)" -ge 2 ]; }
+deadline=$((SECONDS + 20))
+until reconnected || ((SECONDS >= deadline)); do sleep 0.05; done
+check "agent has a second session" reconnected
+
+# SIGTERM drain: a request in flight before the signal completes with 200;
+# one arriving during the drain gets 503 with Retry-After.
+curl -sS --max-time 30 -o inflight.body -w '%{http_code}' \
+  "http://$HTTP2/t/cam-01/gated" >inflight.code 2>inflight.err &
+CURL=$!
+wait_for_line gated.out '^held' 10 >/dev/null
+kill -TERM "$GW2"
+wait_for_line gw2.err 'draining for up to' 10 >/dev/null
+code=$(curl -s -D during.headers -o /dev/null -w '%{http_code}' \
+  --max-time 10 "http://$HTTP2/t/cam-01/")
+check "a request during the drain gets 503" test "$code" = 503
+check "with Retry-After" grep -qi '^retry-after:' during.headers
+touch "$WORK/release"
+wait "$CURL"
+check "the request in flight completed with 200" \
+  test "$(cat inflight.code)" = 200
+check "and its whole body" test "$(cat inflight.body)" = released
+wait_for_exit "$GW2" 20
+check "the draining gateway exits 0" test "$exit_code" = 0
+
 echo "tunnel_e2e: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

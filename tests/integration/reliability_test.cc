@@ -213,6 +213,24 @@ TEST_F(ReliabilityTest, GatewayRestartUnderLoadAgentComesBack) {
   EXPECT_LT(back_after, absl::Seconds(10));
 }
 
+TEST_F(ReliabilityTest, AgentWaitsTheRetryAfterOfAGoAway) {
+  const absl::Duration retry_after = absl::Seconds(3);
+  TunnelHarness h;
+  h.StartGateway(
+      [&](server::GatewayOptions& o) { o.drain_retry_after = retry_after; });
+  RunningAgent* a = h.StartAgent("cam-01", {svc_.url()});
+  absl::Time t0 = absl::Now();
+  ASSERT_TRUE(h.gateway().Drain(absl::ZeroDuration()));  // sends GoAway
+  h.RestartGateway();
+  absl::Time give_up = absl::Now() + absl::Seconds(20);
+  while (a->agent().sessions_started() < 2 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_EQ(a->agent().sessions_started(), 2u);
+  // Its own backoff is capped at 500 ms here; the gateway asked for 3 s.
+  EXPECT_GE(absl::Now() - t0, retry_after);
+}
+
 TEST_F(ReliabilityTest, ServiceDyingMidBodyAbortsTheVisitor) {
   TunnelHarness h;
   h.StartGateway();

@@ -1,5 +1,10 @@
 // End-to-end through real parts on loopback: visitor (httplib client) ->
 // gateway front door -> gRPC stream -> agent -> local httplib service.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <map>
 #include <thread>
@@ -537,6 +542,40 @@ TEST_F(TunnelTest, NoResponseHeadInTimeIs504) {
   EXPECT_EQ(r->status, 504);
   EXPECT_EQ(r->get_header_value("X-Tunnel-Error"), "agent_timeout");
   slow_release_.Notify();
+}
+
+TEST_F(TunnelTest, SlowlorisVisitorIsCutAtTheReadTimeout) {
+  TunnelHarness h;
+  h.StartGateway([](server::GatewayOptions& o) {
+    o.front.connection.read_timeout = absl::Milliseconds(300);
+  });
+  h.StartAgent("cam-01", {svc_.url()});
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(h.gateway().http_port()));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  timeval tv{10, 0};  // a bound for this test, far above the 300 ms
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  std::string partial = "GET /t/cam-01/info HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+  ASSERT_EQ(send(fd, partial.data(), partial.size(), 0),
+            static_cast<ssize_t>(partial.size()));
+  absl::Time start = absl::Now();
+  char buf[4096];
+  std::string got;
+  ssize_t n;
+  while ((n = recv(fd, buf, sizeof(buf), 0)) > 0) got.append(buf, n);
+  absl::Duration took = absl::Now() - start;
+  close(fd);
+  EXPECT_EQ(n, 0) << "connection not closed by the gateway";
+  EXPECT_LT(took, absl::Seconds(5));
+  // Whatever it said, it never forwarded the half request.
+  EXPECT_EQ(got.find("200 OK"), std::string::npos) << got;
+  // Other visitors are unaffected.
+  EXPECT_EQ(h.Visitor()->Get(TunnelHarness::Path("cam-01", "/info"))->status,
+            200);
 }
 
 TEST_F(TunnelTest, BadCredentialsAreRefusedAndEndTheAgent) {
