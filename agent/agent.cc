@@ -12,6 +12,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "agent/worker_pool.h"
+#include "common/envelopes.h"
 #include "common/headers.h"
 #include "common/hmac_auth.h"
 #include "common/log.h"
@@ -178,9 +179,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
       case Envelope::kControl: {
         const auto& c = e.control();
         if (c.has_ping()) {
-          Envelope pong;
-          pong.mutable_control()->mutable_pong()->set_nonce(c.ping().nonce());
-          outbox_.PushControl(std::move(pong));
+          outbox_.PushControl(common::MakePong(c.ping().nonce()));
         } else if (c.has_window_update()) {
           auto s = Find(c.window_update().stream_id());
           if (s != nullptr) {
@@ -225,10 +224,8 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
   // Asks the gateway for no new streams, then waits (bounded) until the
   // streams in flight are done.
   bool DrainStreams(absl::Time deadline) {
-    Envelope e;
-    e.mutable_control()->mutable_goaway()->set_reason(
-        "the agent is shutting down");
-    outbox_.PushControl(std::move(e));
+    outbox_.PushControl(
+        common::MakeGoAway("the agent is shutting down", absl::ZeroDuration()));
     absl::MutexLock lock(&mu_);
     auto idle = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
       return streams_.empty();
@@ -264,12 +261,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
 
   void SendClose(uint64_t id, TunnelClose::Reason reason,
                  absl::string_view message) {
-    Envelope e;
-    auto* c = e.mutable_close();
-    c->set_stream_id(id);
-    c->set_reason(reason);
-    c->set_message(std::string(message));
-    outbox_.PushControl(std::move(e));
+    outbox_.PushControl(common::MakeClose(id, reason, message));
   }
 
   void OnRequest(const tunnel::v1::TunnelRequest& r) {
@@ -405,13 +397,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     uint32_t ack = 0;
     absl::StatusOr<common::Chunk> c =
         s.channel.PopData(absl::Now() + options_.local_timeout, &ack);
-    if (ack > 0) {
-      Envelope e;
-      auto* wu = e.mutable_control()->mutable_window_update();
-      wu->set_stream_id(s.id);
-      wu->set_increment(ack);
-      outbox_.PushControl(std::move(e));
-    }
+    if (ack > 0) outbox_.PushControl(common::MakeWindowUpdate(s.id, ack));
     if (!c.ok()) return false;
     if (!chunked && c->data.size() > remaining) return false;
     if (!c->data.empty() && !sink.write(c->data.data(), c->data.size())) {

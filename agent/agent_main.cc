@@ -102,11 +102,9 @@ int main(int argc, char** argv) {
                   2);
     }
   }
-  tunnel::common::LogLevel level;
-  if (!tunnel::common::ParseLogLevel(log_level, &level)) {
+  if (!tunnel::common::SetLogLevelByName(log_level)) {
     return Fail("--log-level must be debug, info, warning or error", 2);
   }
-  tunnel::common::SetLogLevel(level);
   if (max_concurrent < 1) return Fail("--max-concurrent must be >= 1", 2);
   if (receive_window < 65536 || receive_window > (16 << 20)) {
     return Fail("--stream-window must be between 65536 and 16777216", 2);
@@ -127,12 +125,7 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
   };
 
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  std::signal(SIGPIPE, SIG_IGN);
+  sigset_t signals = tunnel::common::BlockTerminationSignals();
 
   tunnel::agent::Agent agent(o);
   std::atomic<bool> finished{false};

@@ -46,6 +46,23 @@ bool ParseLogLevel(absl::string_view text, LogLevel* out) {
   return true;
 }
 
+bool SetLogLevelByName(absl::string_view text) {
+  LogLevel level;
+  if (!ParseLogLevel(text, &level)) return false;
+  SetLogLevel(level);
+  return true;
+}
+
+sigset_t BlockTerminationSignals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+  return signals;
+}
+
 LogMessage::LogMessage(LogLevel level, const char* file, int line)
     : level_(level) {
   const char* base = std::strrchr(file, '/');

@@ -6,6 +6,8 @@
 #ifndef TUNNEL_COMMON_LOG_H_
 #define TUNNEL_COMMON_LOG_H_
 
+#include <signal.h>
+
 #include <sstream>
 #include <string>
 
@@ -19,6 +21,13 @@ void SetLogLevel(LogLevel level);
 LogLevel GetLogLevel();
 // Parses "debug", "info", "warning", "error"; false if unknown.
 bool ParseLogLevel(absl::string_view text, LogLevel* out);
+// ParseLogLevel + SetLogLevel for a --log-level flag; false if unknown.
+bool SetLogLevelByName(absl::string_view text);
+
+// For main(), before any thread starts: blocks SIGINT and SIGTERM in every
+// thread (the caller takes them with sigwait on the returned set) and
+// ignores SIGPIPE (a peer that hangs up is an error return, not a crash).
+sigset_t BlockTerminationSignals();
 
 class LogMessage {
  public:

@@ -1,5 +1,7 @@
 #include "common/outbox.h"
 
+#include "common/envelopes.h"
+
 namespace tunnel::common {
 namespace {
 
@@ -90,12 +92,7 @@ void Outbox::Push(Envelope e) {
 }
 
 void Outbox::PushData(uint64_t stream_id, std::string data, bool end) {
-  Envelope e;
-  auto* d = e.mutable_data();
-  d->set_stream_id(stream_id);
-  *d->mutable_data() = std::move(data);
-  d->set_end_stream(end);
-  Push(std::move(e));
+  Push(MakeData(stream_id, std::move(data), end));
 }
 
 bool Outbox::PopLocked(Envelope* out) {

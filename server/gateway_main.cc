@@ -96,11 +96,9 @@ int main(int argc, char** argv) {
         absl::StrCat("unexpected argument \"", (*rest)[0], "\" (see --help)"),
         2);
   }
-  tunnel::common::LogLevel level;
-  if (!tunnel::common::ParseLogLevel(log_level, &level)) {
+  if (!tunnel::common::SetLogLevelByName(log_level)) {
     return Fail("--log-level must be debug, info, warning or error", 2);
   }
-  tunnel::common::SetLogLevel(level);
   if (stream_window < tunnel::common::kMinStreamWindow ||
       stream_window > (16 << 20)) {
     return Fail("--stream-window must be between 65536 and 16777216", 2);
@@ -121,12 +119,7 @@ int main(int argc, char** argv) {
 
   // Signals are taken synchronously by sigwait below; block them before any
   // thread starts so every thread inherits the mask.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  std::signal(SIGPIPE, SIG_IGN);
+  sigset_t signals = tunnel::common::BlockTerminationSignals();
 
   absl::StatusOr<std::unique_ptr<tunnel::server::Gateway>> gw =
       tunnel::server::Gateway::Start(o);

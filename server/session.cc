@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/envelopes.h"
 #include "common/log.h"
 
 namespace tunnel::server {
@@ -81,13 +82,7 @@ class GatewayStream : public TunnelStream {
   absl::StatusOr<common::Chunk> ReadBody(absl::Time deadline) override {
     uint32_t ack = 0;
     absl::StatusOr<common::Chunk> chunk = channel_->PopData(deadline, &ack);
-    if (ack > 0) {
-      Envelope e;
-      auto* wu = e.mutable_control()->mutable_window_update();
-      wu->set_stream_id(id_);
-      wu->set_increment(ack);
-      session_->SendControl(std::move(e));
-    }
+    if (ack > 0) session_->SendControl(common::MakeWindowUpdate(id_, ack));
     return chunk;
   }
 
@@ -123,19 +118,10 @@ absl::Time Session::last_seen() const {
   return absl::FromUnixNanos(last_seen_ns_.load());
 }
 
-void Session::SendPing(uint64_t nonce) {
-  Envelope e;
-  e.mutable_control()->mutable_ping()->set_nonce(nonce);
-  SendControl(std::move(e));
-}
+void Session::SendPing(uint64_t nonce) { SendControl(common::MakePing(nonce)); }
 
 void Session::SendGoAway(absl::string_view reason, absl::Duration retry_after) {
-  Envelope e;
-  auto* g = e.mutable_control()->mutable_goaway();
-  g->set_reason(std::string(reason));
-  g->set_retry_after_ms(
-      static_cast<uint32_t>(absl::ToInt64Milliseconds(retry_after)));
-  SendControl(std::move(e));
+  SendControl(common::MakeGoAway(reason, retry_after));
 }
 
 bool Session::draining() const { return draining_; }
@@ -174,22 +160,12 @@ void Session::Send(Envelope e) { Enqueue(std::move(e), false); }
 void Session::SendControl(Envelope e) { Enqueue(std::move(e), true); }
 
 void Session::SendData(uint64_t stream_id, std::string data, bool end) {
-  Envelope e;
-  auto* d = e.mutable_data();
-  d->set_stream_id(stream_id);
-  *d->mutable_data() = std::move(data);
-  d->set_end_stream(end);
-  Enqueue(std::move(e), false);
+  Enqueue(common::MakeData(stream_id, std::move(data), end), false);
 }
 
 void Session::SendClose(uint64_t stream_id, TunnelClose::Reason reason,
                         absl::string_view message) {
-  Envelope e;
-  auto* c = e.mutable_close();
-  c->set_stream_id(stream_id);
-  c->set_reason(reason);
-  c->set_message(std::string(message));
-  Enqueue(std::move(e), true);
+  Enqueue(common::MakeClose(stream_id, reason, message), true);
 }
 
 void Session::OnWriteDone(bool ok) {
@@ -358,9 +334,7 @@ void Session::OnEnvelope(const Envelope& e) {
     case Envelope::kControl: {
       const auto& c = e.control();
       if (c.has_ping()) {
-        Envelope pong;
-        pong.mutable_control()->mutable_pong()->set_nonce(c.ping().nonce());
-        SendControl(std::move(pong));
+        SendControl(common::MakePong(c.ping().nonce()));
       } else if (c.has_goaway()) {
         TUNNEL_LOG(INFO) << "agent " << agent_id_
                          << " is shutting down: " << c.goaway().reason();

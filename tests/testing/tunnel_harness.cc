@@ -121,6 +121,15 @@ void TunnelHarness::RestartGateway() {
   http_port_ = gateway_->http_port();
 }
 
+bool TunnelHarness::WaitForSessions(size_t n, absl::Duration timeout) {
+  absl::Time give_up = absl::Now() + timeout;
+  while (gateway_->registry().session_count() != n) {
+    if (absl::Now() >= give_up) return false;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return true;
+}
+
 std::vector<std::string> TunnelHarness::AgentArgs(
     const std::string& agent_id, const std::vector<std::string>& to,
     std::string* env) {

@@ -109,6 +109,8 @@ class TunnelHarness {
                                      std::string* env);
   // Stops the gateway and starts a new one on the same ports.
   void RestartGateway();
+  // Waits (bounded) until the gateway has `n` live agent sessions.
+  bool WaitForSessions(size_t n, absl::Duration timeout = absl::Seconds(20));
 
   // A visitor client for the front door (no re-encoding, no decompression).
   std::unique_ptr<httplib::Client> Visitor() const;

@@ -1,0 +1,300 @@
+#!/usr/bin/env bash
+# The benchmark: the same workloads (a) directly against an nginx origin,
+# (b) through an nginx reverse proxy (one hop, the floor for any proxy) and
+# (c) through gateway-tunnel + agent-tunnel — in one run, on this machine,
+# everything on 127.0.0.1, each load bounded in time.
+#
+# Usage: tools/bench/run.sh [--quick]   (--quick: 2 s per load, 1k agents)
+# Output: results/bench-<time>/{results.md,chart.png,raw/} and the table on
+# stdout.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$(pwd)
+DUR=5
+AGENT_COUNTS="1000 10000"
+if [[ "${1:-}" == "--quick" ]]; then DUR=2; AGENT_COUNTS="1000"; fi
+
+# --- setup -----------------------------------------------------------------
+need=()
+for p in wrk nginx-light gnuplot-nox curl; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need[@]}"
+fi
+bash tools/install-deps.sh >/dev/null
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build -j2 --target gateway-tunnel agent-tunnel tunnelctl bench_sink bench_agents >/dev/null
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+OUT="$ROOT/results/bench-$(date -u +%Y%m%dT%H%M%SZ)"
+RAW="$OUT/raw"
+mkdir -p "$RAW"
+W=$(mktemp -d "${TMPDIR:-/tmp}/tunnel-bench.XXXXXX")
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_line() {  # FILE REGEX SECONDS
+  local deadline=$((SECONDS + $3))
+  until grep -Eq "$2" "$1" 2>/dev/null; do
+    ((SECONDS < deadline)) || { echo "bench: timeout waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1; }
+    sleep 0.05
+  done
+  grep -Em1 "$2" "$1"
+}
+rss_kb() { awk '/^VmRSS/{print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK=$(getconf CLK_TCK)
+
+# Files the origin serves.
+mkdir -p "$W/www"
+head -c 100 /dev/urandom >"$W/www/100b"
+head -c 1048576 /dev/urandom >"$W/www/1m"
+truncate -s 1G "$W/www/1g"
+
+ORIGIN=$(free_port); PROXY=$(free_port); SINK=$(free_port)
+cat >"$W/nginx.conf" <<NGINX
+worker_processes 1;
+pid $W/nginx.pid;
+error_log $W/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nodelay on;
+  keepalive_requests 1000000;
+  upstream origin { server 127.0.0.1:$ORIGIN; keepalive 256; }
+  server {
+    listen 127.0.0.1:$ORIGIN;
+    root $W/www;
+  }
+  server {
+    listen 127.0.0.1:$PROXY;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+NGINX
+nginx -c "$W/nginx.conf" -p "$W" -g 'daemon off;' 2>"$RAW/nginx.err" &
+pids+=($!)
+build/tools/bench_sink --port "$SINK" >"$W/sink.out" 2>&1 &
+pids+=($!)
+wait_line "$W/sink.out" '^port' 10 >/dev/null
+
+build/tools/tunnelctl token issue --id bench --credentials "$W/creds.txtpb" >"$W/issued" 2>/dev/null
+TOKEN=$(awk '/^token:/{print $2}' "$W/issued"); SECRET=$(awk '/^secret:/{print $2}' "$W/issued")
+build/server/gateway-tunnel --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
+  --credentials "$W/creds.txtpb" --http-workers 1400 --log-level warning \
+  >"$W/gw.out" 2>"$RAW/gateway.err" &
+GW=$!; pids+=($GW)
+GRPC=$(wait_line "$W/gw.out" '^grpc ' 10 | awk '{print $2}')
+GWHTTP=$(wait_line "$W/gw.out" '^http ' 10 | awk '{print $2}')
+TUNNEL_SECRET="$SECRET" build/agent/agent-tunnel connect --gateway "$GRPC" \
+  --id bench --token "$TOKEN" --insecure --max-concurrent 1200 \
+  --to "http://127.0.0.1:$ORIGIN" --to "sink=http://127.0.0.1:$SINK" \
+  --log-level warning >"$W/agent.out" 2>"$RAW/agent.err" &
+AG=$!; pids+=($AG)
+wait_line "$W/agent.out" '/t/sink-bench/' 20 >/dev/null
+# Wait for nginx too.
+for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$ORIGIN/100b" && break; sleep 0.05; done
+AGENT_IDLE_RSS=$(rss_kb "$AG")
+
+declare -A BASE=(
+  [direct]="http://127.0.0.1:$ORIGIN"
+  [nginx]="http://127.0.0.1:$PROXY"
+  [tunnel]="http://$GWHTTP/t/bench"
+)
+
+# run_wrk NAME CONC URL -> "rps p50_ms p99_ms MiBps errors requests"
+to_ms() { awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v); print v+0} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000} else print v }'; }
+to_mib() { awk -v v="$1" 'BEGIN{ if (v ~ /GB$/) {sub(/GB/,"",v); print v*1024} else if (v ~ /MB$/) {sub(/MB/,"",v); print v+0} else if (v ~ /KB$/) {sub(/KB/,"",v); print v/1024} else {sub(/B/,"",v); print v/1048576} }'; }
+run_wrk() {
+  local name=$1 conc=$2 url=$3 dur=${4:-$DUR} threads=2
+  [ "$conc" -lt 2 ] && threads=1
+  wrk -t"$threads" -c"$conc" -d"${dur}s" --timeout 10s --latency "$url" >"$RAW/$name.txt" 2>&1 || true
+  local f="$RAW/$name.txt"
+  local rps p50 p99 tr errs reqs
+  rps=$(awk '/^Requests\/sec/{print $2}' "$f")
+  p50=$(to_ms "$(awk '$1=="50%"{print $2}' "$f")")
+  p99=$(to_ms "$(awk '$1=="99%"{print $2}' "$f")")
+  tr=$(to_mib "$(awk '/^Transfer\/sec/{print $2}' "$f")")
+  errs=$(awk '/Socket errors/{gsub(",","");s=$4+$6+$8+$10} /Non-2xx/{n=$5} END{print s+n+0}' "$f")
+  reqs=$(awk '/requests in/{print $1}' "$f")
+  echo "$rps $p50 $p99 $tr $errs $reqs"
+}
+
+echo "bench: small responses" >&2
+declare -A R
+for c in 1 16 64 256; do
+  for t in direct nginx tunnel; do
+    if [ "$t" = tunnel ] && [ "$c" = 64 ]; then
+      g0=$(cpu_ticks "$GW"); a0=$(cpu_ticks "$AG")
+    fi
+    R[small_${t}_$c]=$(run_wrk "small_${t}_c$c" "$c" "${BASE[$t]}/100b")
+    if [ "$t" = tunnel ] && [ "$c" = 64 ]; then
+      g1=$(cpu_ticks "$GW"); a1=$(cpu_ticks "$AG")
+      reqs=$(echo "${R[small_tunnel_64]}" | awk '{print $6}')
+      CPU_GW=$(awk -v d=$((g1-g0)) -v t="$TICK" -v r="$reqs" 'BEGIN{printf "%.2f", d/t/r*10000}')
+      CPU_AG=$(awk -v d=$((a1-a0)) -v t="$TICK" -v r="$reqs" 'BEGIN{printf "%.2f", d/t/r*10000}')
+    fi
+  done
+done
+echo "bench: 1 MiB responses" >&2
+for c in 1 16 64; do
+  for t in direct nginx tunnel; do
+    R[big_${t}_$c]=$(run_wrk "big_${t}_c$c" "$c" "${BASE[$t]}/1m")
+  done
+done
+
+# Peak RSS of a process while a command runs (sampled every 20 ms), in KiB.
+peak_during() {  # PIDFILE_VAR_PID OUTVAR command...
+  local pid=$1; shift
+  local peak_file="$W/peak.$pid"
+  echo 0 >"$peak_file"
+  ( while :; do r=$(rss_kb "$pid" 2>/dev/null || echo 0); p=$(cat "$peak_file"); [ "$r" -gt "$p" ] && echo "$r" >"$peak_file"; sleep 0.02; done ) &
+  local sampler=$!
+  "$@"
+  kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true
+  cat "$peak_file"
+}
+echo "bench: 1 GiB transfers" >&2
+GW_BEFORE=$(rss_kb "$GW"); AG_BEFORE=$(rss_kb "$AG")
+gb_speed() { curl -s -o /dev/null -w '%{speed_download}' "$1"; }
+up_speed() { curl -s -o /dev/null -w '%{speed_upload}' -T "$W/www/1g" "$1"; }
+DL_DIRECT=$(gb_speed "http://127.0.0.1:$ORIGIN/1g")
+# Sample both processes during the tunnel transfer.
+( peak_during "$AG" sleep 600 >"$W/ag_peak_dl" ) & AGS=$!
+GW_PEAK_DL=$(peak_during "$GW" bash -c "curl -s -o /dev/null -w '%{speed_download}' http://$GWHTTP/t/bench/1g >$W/dl_speed")
+kill "$AGS" 2>/dev/null; wait "$AGS" 2>/dev/null || true
+AG_PEAK_DL=$(cat "$W/peak.$AG")
+DL_TUNNEL=$(cat "$W/dl_speed")
+UP_DIRECT=$(up_speed "http://127.0.0.1:$SINK/upload")
+( peak_during "$AG" sleep 600 >/dev/null ) & AGS=$!
+GW_PEAK_UP=$(peak_during "$GW" bash -c "curl -s -o /dev/null -w '%{speed_upload}' -T $W/www/1g http://$GWHTTP/t/sink-bench/upload >$W/up_speed")
+kill "$AGS" 2>/dev/null; wait "$AGS" 2>/dev/null || true
+AG_PEAK_UP=$(cat "$W/peak.$AG")
+UP_TUNNEL=$(cat "$W/up_speed")
+
+echo "bench: 1000 slow requests in flight on one agent" >&2
+SLOW=$(run_wrk slow_1000 1000 "http://$GWHTTP/t/sink-bench/slow?ms=1000" 10)
+SLOW_DIRECT=$(run_wrk slow_1000_direct 1000 "http://127.0.0.1:$SINK/slow?ms=1000" 10)
+
+echo "bench: a slow visitor beside 64 fast ones" >&2
+FAST_ALONE=$(run_wrk fast_alone 64 "${BASE[tunnel]}/100b")
+curl -s -o /dev/null --limit-rate 10k "http://$GWHTTP/t/bench/1g" &
+SLOWV=$!
+FAST_WITH=$(run_wrk fast_with_slow 64 "${BASE[tunnel]}/100b")
+kill "$SLOWV" 2>/dev/null; wait "$SLOWV" 2>/dev/null || true
+
+# Stop the load set-up before the idle-agent runs.
+kill "$AG" "$GW" 2>/dev/null || true
+wait "$AG" "$GW" 2>/dev/null || true
+
+echo "bench: idle agents" >&2
+declare -A IDLE
+for n in $AGENT_COUNTS; do
+  build/tools/bench_agents --write-credentials "$W/idle.txtpb" --count "$n"
+  GP=$(free_port); HP=$(free_port)
+  start_gw() {
+    build/server/gateway-tunnel --grpc-addr "127.0.0.1:$GP" --http-addr "127.0.0.1:$HP" \
+      --credentials "$W/idle.txtpb" --log-level error >"$W/igw.out" 2>>"$RAW/idle-gateway.err" &
+    IGW=$!
+    wait_line "$W/igw.out" '^http ' 20 >/dev/null
+  }
+  start_gw
+  base=$(rss_kb "$IGW")
+  build/tools/bench_agents --gateway "127.0.0.1:$GP" --credentials "$W/idle.txtpb" \
+    --count "$n" >"$W/fleet.out" 2>"$RAW/fleet-$n.err" &
+  FLEET=$!
+  conn_s=$(wait_line "$W/fleet.out" '^connected ' 180 | awk '{print $4}')
+  full=$(rss_kb "$IGW")
+  per=$(awk -v a="$full" -v b="$base" -v n="$n" 'BEGIN{printf "%.1f", (a-b)/n}')
+  kill -9 "$IGW"; wait "$IGW" 2>/dev/null || true
+  start_gw
+  back_s=$(wait_line "$W/fleet.out" '^reconnected ' 180 | awk '{print $4}')
+  IDLE[$n]="$per $conn_s $back_s $base $full"
+  kill "$FLEET" "$IGW" 2>/dev/null || true
+  wait "$FLEET" "$IGW" 2>/dev/null || true
+done
+
+# --- report ----------------------------------------------------------------
+f() { echo "$1" | awk -v i="$2" '{print $i}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "n/a" }'; }
+fmt() { awk -v v="$1" -v p="${2:-0}" 'BEGIN{printf "%.*f", p, v}'; }
+{
+  echo "## Benchmark results"
+  echo
+  echo "Command: \`tools/bench/run.sh\` — $(date -u +%F), $(nproc) cores ($(awk -F: '/model name/{print $2; exit}' /proc/cpuinfo | sed 's/^ //')), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, Debian $(cat /etc/debian_version); loads from wrk on the same machine (all on 127.0.0.1), ${DUR} s each."
+  echo
+  echo "### 100-byte responses, keep-alive"
+  echo
+  echo "| concurrency | direct req/s | nginx proxy req/s | tunnel req/s | tunnel ÷ direct | p50 direct / nginx / tunnel (ms) | p99 direct / nginx / tunnel (ms) |"
+  echo "|---|---|---|---|---|---|---|"
+  for c in 1 16 64 256; do
+    d=${R[small_direct_$c]}; n=${R[small_nginx_$c]}; t=${R[small_tunnel_$c]}
+    echo "| $c | $(fmt "$(f "$d" 1)") | $(fmt "$(f "$n" 1)") | $(fmt "$(f "$t" 1)") | $(ratio "$(f "$t" 1)" "$(f "$d" 1)") | $(f "$d" 2) / $(f "$n" 2) / $(f "$t" 2) | $(f "$d" 3) / $(f "$n" 3) / $(f "$t" 3) |"
+  done
+  echo
+  echo "### 1 MiB responses"
+  echo
+  echo "| concurrency | direct MiB/s | nginx proxy MiB/s | tunnel MiB/s | tunnel ÷ direct | p50 direct / nginx / tunnel (ms) | p99 direct / nginx / tunnel (ms) |"
+  echo "|---|---|---|---|---|---|---|"
+  for c in 1 16 64; do
+    d=${R[big_direct_$c]}; n=${R[big_nginx_$c]}; t=${R[big_tunnel_$c]}
+    echo "| $c | $(fmt "$(f "$d" 4)") | $(fmt "$(f "$n" 4)") | $(fmt "$(f "$t" 4)") | $(ratio "$(f "$t" 4)" "$(f "$d" 4)") | $(f "$d" 2) / $(f "$n" 2) / $(f "$t" 2) | $(f "$d" 3) / $(f "$n" 3) / $(f "$t" 3) |"
+  done
+  echo
+  echo "### 1 GiB through one stream"
+  echo
+  echo "| transfer | direct MB/s | tunnel MB/s | gateway RSS before → peak (MiB) | agent RSS before → peak (MiB) |"
+  echo "|---|---|---|---|---|"
+  mb() { awk -v v="$1" 'BEGIN{printf "%.0f", v/1e6}'; }
+  mib() { awk -v v="$1" 'BEGIN{printf "%.1f", v/1024}'; }
+  echo "| download | $(mb "$DL_DIRECT") | $(mb "$DL_TUNNEL") | $(mib "$GW_BEFORE") → $(mib "$GW_PEAK_DL") | $(mib "$AG_BEFORE") → $(mib "$AG_PEAK_DL") |"
+  echo "| upload | $(mb "$UP_DIRECT") | $(mb "$UP_TUNNEL") | $(mib "$GW_BEFORE") → $(mib "$GW_PEAK_UP") | $(mib "$AG_BEFORE") → $(mib "$AG_PEAK_UP") |"
+  echo
+  echo "### Other workloads"
+  echo
+  echo "| workload | result |"
+  echo "|---|---|"
+  echo "| 1,000 concurrent 1 s requests on one agent stream (10 s) | tunnel: $(f "$SLOW" 6) requests, $(f "$SLOW" 5) errors, p50 $(f "$SLOW" 2) ms, p99 $(f "$SLOW" 3) ms; direct: $(f "$SLOW_DIRECT" 5) errors, p99 $(f "$SLOW_DIRECT" 3) ms |"
+  echo "| 64 fast visitors (100 B) alone / beside a 10 KB/s visitor | p99 $(f "$FAST_ALONE" 3) ms / $(f "$FAST_WITH" 3) ms ($(ratio "$(f "$FAST_WITH" 3)" "$(f "$FAST_ALONE" 3)")×), req/s $(fmt "$(f "$FAST_ALONE" 1)") / $(fmt "$(f "$FAST_WITH" 1)") |"
+  echo "| CPU seconds per 10k requests (100 B, c=64) | gateway $CPU_GW s, agent $CPU_AG s |"
+  echo "| agent idle RSS | $(mib "$AGENT_IDLE_RSS") MiB |"
+  for n in $AGENT_COUNTS; do
+    v=${IDLE[$n]}
+    echo "| $n idle agents | gateway $(f "$v" 1) KiB RSS per agent ($(mib "$(f "$v" 4)") → $(mib "$(f "$v" 5)") MiB); all connected in $(f "$v" 2) s; after a gateway kill -9 and restart, all back in $(f "$v" 3) s |"
+  done
+} >"$OUT/results.md"
+
+# Chart: requests/s for 100-byte responses by concurrency.
+for c in 1 16 64 256; do
+  echo "$c $(f "${R[small_direct_$c]}" 1) $(f "${R[small_nginx_$c]}" 1) $(f "${R[small_tunnel_$c]}" 1)"
+done >"$RAW/small.dat"
+gnuplot <<GP 2>"$RAW/gnuplot.err" || true
+set terminal pngcairo size 900,500
+set output "$OUT/chart.png"
+set title "100-byte responses, keep-alive (requests/s, higher is better)"
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.8 border -1
+set xlabel "concurrent connections"
+set ylabel "requests/s"
+set key top left
+set grid ytics
+plot "$RAW/small.dat" using 2:xtic(1) title "direct", '' using 3 title "nginx proxy", '' using 4 title "tunnel"
+GP
+cat "$OUT/results.md"
+echo
+echo "bench: results in $OUT" >&2
