@@ -126,6 +126,7 @@ int main(int argc, char** argv) {
   };
 
   sigset_t signals = tunnel::common::BlockTerminationSignals();
+  tunnel::common::DisableMutexDeadlockDetection();
 
   tunnel::agent::Agent agent(o);
   std::atomic<bool> finished{false};

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "absl/strings/ascii.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 
@@ -51,6 +52,10 @@ bool SetLogLevelByName(absl::string_view text) {
   if (!ParseLogLevel(text, &level)) return false;
   SetLogLevel(level);
   return true;
+}
+
+void DisableMutexDeadlockDetection() {
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 }
 
 sigset_t BlockTerminationSignals() {

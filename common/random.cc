@@ -1,5 +1,7 @@
 #include "common/random.h"
 
+#include "absl/random/random.h"
+
 #include <openssl/rand.h>
 
 #include <cstdlib>
@@ -50,7 +52,15 @@ uint64_t RandomU64() {
 }
 
 std::string NewUuid() {
-  std::string b = RandomBytes(16);
+  // Request ids need uniqueness, not secrecy: a per-thread generator seeded
+  // from the OS (absl::BitGen) instead of a locked OpenSSL DRBG call on
+  // every request.
+  thread_local absl::BitGen gen;
+  std::string b(16, '\0');
+  for (size_t i = 0; i < 16; i += 8) {
+    uint64_t r = absl::Uniform<uint64_t>(gen);
+    std::memcpy(&b[i], &r, 8);
+  }
   b[6] = static_cast<char>((b[6] & 0x0f) | 0x40);  // version 4
   b[8] = static_cast<char>((b[8] & 0x3f) | 0x80);  // RFC 4122 variant
   std::string hex = HexEncode(b);

@@ -16,7 +16,8 @@ std::string RandomBytes(size_t n);
 // 2*n lowercase hex chars.
 std::string RandomHex(size_t n_bytes);
 uint64_t RandomU64();
-// RFC 4122 version-4 UUID, lowercase, 36 chars.
+// RFC 4122 version-4 UUID, lowercase, 36 chars. Unique, not secret (not
+// for keys or nonces).
 std::string NewUuid();
 // Unpadded base64url (RFC 4648 section 5).
 std::string Base64UrlEncode(absl::string_view bytes);

@@ -120,6 +120,7 @@ int main(int argc, char** argv) {
   // Signals are taken synchronously by sigwait below; block them before any
   // thread starts so every thread inherits the mask.
   sigset_t signals = tunnel::common::BlockTerminationSignals();
+  tunnel::common::DisableMutexDeadlockDetection();
 
   absl::StatusOr<std::unique_ptr<tunnel::server::Gateway>> gw =
       tunnel::server::Gateway::Start(o);

@@ -141,7 +141,15 @@ class Fleet {
     new IdleAgent(this, index);
   }
   int attempt(int index) const { return attempts_[index]; }
-  void Init() { attempts_.assign(count(), 0); }
+  // One channel (one TCP connection) per agent, kept across reconnects as a
+  // real agent process would, and never destroyed inside a gRPC callback.
+  void Init() {
+    attempts_ = std::vector<std::atomic<int>>(count());
+    for (int i = 0; i < count(); ++i) channels_.push_back(NewChannel());
+  }
+  const std::shared_ptr<grpc::Channel>& channel(int i) const {
+    return channels_[i];
+  }
 
  private:
   struct Timer {
@@ -160,7 +168,8 @@ class Fleet {
   absl::Time wave_start_ ABSL_GUARDED_BY(mu_);
   std::priority_queue<Timer> timers_ ABSL_GUARDED_BY(mu_);
   std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_){42};
-  std::vector<int> attempts_;
+  std::vector<std::atomic<int>> attempts_;
+  std::vector<std::shared_ptr<grpc::Channel>> channels_;
 };
 
 IdleAgent::IdleAgent(Fleet* fleet, int index) : fleet_(fleet), index_(index) {
@@ -168,7 +177,7 @@ IdleAgent::IdleAgent(Fleet* fleet, int index) : fleet_(fleet), index_(index) {
   auto md = tunnel::common::SignAuthMetadata(c.agent_id(), c.token_id(),
                                              c.secret(), absl::Now());
   for (const auto& [k, v] : *md) ctx_.AddMetadata(k, v);
-  stub_ = tunnel::v1::TunnelService::NewStub(fleet_->NewChannel());
+  stub_ = tunnel::v1::TunnelService::NewStub(fleet_->channel(index));
   stub_->async()->Connect(&ctx_, this);
   Envelope hello;
   auto* r = hello.mutable_connect();

@@ -58,6 +58,7 @@ mkdir -p "$W/www"
 head -c 100 /dev/urandom >"$W/www/100b"
 head -c 1048576 /dev/urandom >"$W/www/1m"
 truncate -s 1G "$W/www/1g"
+chmod -R a+rX "$W"  # nginx workers run as www-data
 
 ORIGIN=$(free_port); PROXY=$(free_port); SINK=$(free_port)
 cat >"$W/nginx.conf" <<NGINX
@@ -88,7 +89,7 @@ http {
 NGINX
 nginx -c "$W/nginx.conf" -p "$W" -g 'daemon off;' 2>"$RAW/nginx.err" &
 pids+=($!)
-build/tools/bench_sink --port "$SINK" >"$W/sink.out" 2>&1 &
+build/tools/bench/bench_sink --port "$SINK" >"$W/sink.out" 2>&1 &
 pids+=($!)
 wait_line "$W/sink.out" '^port' 10 >/dev/null
 
@@ -157,34 +158,20 @@ for c in 1 16 64; do
   done
 done
 
-# Peak RSS of a process while a command runs (sampled every 20 ms), in KiB.
-peak_during() {  # PIDFILE_VAR_PID OUTVAR command...
-  local pid=$1; shift
-  local peak_file="$W/peak.$pid"
-  echo 0 >"$peak_file"
-  ( while :; do r=$(rss_kb "$pid" 2>/dev/null || echo 0); p=$(cat "$peak_file"); [ "$r" -gt "$p" ] && echo "$r" >"$peak_file"; sleep 0.02; done ) &
-  local sampler=$!
-  "$@"
-  kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true
-  cat "$peak_file"
-}
+# Peak RSS during a transfer: reset the kernel's high-water mark
+# (clear_refs 5), run it, read VmHWM. Exact, no sampling.
+reset_peak() { echo 5 >"/proc/$1/clear_refs"; }
+peak_kb() { awk '/^VmHWM/{print $2}' "/proc/$1/status"; }
 echo "bench: 1 GiB transfers" >&2
 GW_BEFORE=$(rss_kb "$GW"); AG_BEFORE=$(rss_kb "$AG")
-gb_speed() { curl -s -o /dev/null -w '%{speed_download}' "$1"; }
-up_speed() { curl -s -o /dev/null -w '%{speed_upload}' -T "$W/www/1g" "$1"; }
-DL_DIRECT=$(gb_speed "http://127.0.0.1:$ORIGIN/1g")
-# Sample both processes during the tunnel transfer.
-( peak_during "$AG" sleep 600 >"$W/ag_peak_dl" ) & AGS=$!
-GW_PEAK_DL=$(peak_during "$GW" bash -c "curl -s -o /dev/null -w '%{speed_download}' http://$GWHTTP/t/bench/1g >$W/dl_speed")
-kill "$AGS" 2>/dev/null; wait "$AGS" 2>/dev/null || true
-AG_PEAK_DL=$(cat "$W/peak.$AG")
-DL_TUNNEL=$(cat "$W/dl_speed")
-UP_DIRECT=$(up_speed "http://127.0.0.1:$SINK/upload")
-( peak_during "$AG" sleep 600 >/dev/null ) & AGS=$!
-GW_PEAK_UP=$(peak_during "$GW" bash -c "curl -s -o /dev/null -w '%{speed_upload}' -T $W/www/1g http://$GWHTTP/t/sink-bench/upload >$W/up_speed")
-kill "$AGS" 2>/dev/null; wait "$AGS" 2>/dev/null || true
-AG_PEAK_UP=$(cat "$W/peak.$AG")
-UP_TUNNEL=$(cat "$W/up_speed")
+DL_DIRECT=$(curl -s -o /dev/null -w '%{speed_download}' "http://127.0.0.1:$ORIGIN/1g")
+reset_peak "$GW"; reset_peak "$AG"
+DL_TUNNEL=$(curl -s -o /dev/null -w '%{speed_download}' "http://$GWHTTP/t/bench/1g")
+GW_PEAK_DL=$(peak_kb "$GW"); AG_PEAK_DL=$(peak_kb "$AG")
+UP_DIRECT=$(curl -s -o /dev/null -w '%{speed_upload}' -T "$W/www/1g" "http://127.0.0.1:$SINK/upload")
+reset_peak "$GW"; reset_peak "$AG"
+UP_TUNNEL=$(curl -s -o /dev/null -w '%{speed_upload}' -T "$W/www/1g" "http://$GWHTTP/t/sink-bench/upload")
+GW_PEAK_UP=$(peak_kb "$GW"); AG_PEAK_UP=$(peak_kb "$AG")
 
 echo "bench: 1000 slow requests in flight on one agent" >&2
 SLOW=$(run_wrk slow_1000 1000 "http://$GWHTTP/t/sink-bench/slow?ms=1000" 10)
@@ -204,7 +191,7 @@ wait "$AG" "$GW" 2>/dev/null || true
 echo "bench: idle agents" >&2
 declare -A IDLE
 for n in $AGENT_COUNTS; do
-  build/tools/bench_agents --write-credentials "$W/idle.txtpb" --count "$n"
+  build/tools/bench/bench_agents --write-credentials "$W/idle.txtpb" --count "$n"
   GP=$(free_port); HP=$(free_port)
   start_gw() {
     build/server/gateway-tunnel --grpc-addr "127.0.0.1:$GP" --http-addr "127.0.0.1:$HP" \
@@ -214,7 +201,7 @@ for n in $AGENT_COUNTS; do
   }
   start_gw
   base=$(rss_kb "$IGW")
-  build/tools/bench_agents --gateway "127.0.0.1:$GP" --credentials "$W/idle.txtpb" \
+  build/tools/bench/bench_agents --gateway "127.0.0.1:$GP" --credentials "$W/idle.txtpb" \
     --count "$n" >"$W/fleet.out" 2>"$RAW/fleet-$n.err" &
   FLEET=$!
   conn_s=$(wait_line "$W/fleet.out" '^connected ' 180 | awk '{print $4}')
