@@ -1,11 +1,11 @@
 #include "common/random.h"
 
-#include "absl/random/random.h"
-
 #include <openssl/rand.h>
 
 #include <cstdlib>
 #include <cstring>
+
+#include "absl/random/random.h"
 
 namespace tunnel::common {
 namespace {

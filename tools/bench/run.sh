@@ -110,6 +110,8 @@ wait_line "$W/agent.out" '/t/sink-bench/' 20 >/dev/null
 # Wait for nginx too.
 for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$ORIGIN/100b" && break; sleep 0.05; done
 AGENT_IDLE_RSS=$(rss_kb "$AG")
+# Most of that RSS is shared library text; what the agent itself holds:
+AGENT_IDLE_PRIVATE=$(awk '/^Private_(Clean|Dirty)/{s+=$2} END{print s}' "/proc/$AG/smaps_rollup")
 
 declare -A BASE=(
   [direct]="http://127.0.0.1:$ORIGIN"
@@ -258,7 +260,7 @@ fmt() { awk -v v="$1" -v p="${2:-0}" 'BEGIN{printf "%.*f", p, v}'; }
   echo "| 1,000 concurrent 1 s requests on one agent stream (10 s) | tunnel: $(f "$SLOW" 6) requests, $(f "$SLOW" 5) errors, p50 $(f "$SLOW" 2) ms, p99 $(f "$SLOW" 3) ms; direct: $(f "$SLOW_DIRECT" 5) errors, p99 $(f "$SLOW_DIRECT" 3) ms |"
   echo "| 64 fast visitors (100 B) alone / beside a 10 KB/s visitor | p99 $(f "$FAST_ALONE" 3) ms / $(f "$FAST_WITH" 3) ms ($(ratio "$(f "$FAST_WITH" 3)" "$(f "$FAST_ALONE" 3)")×), req/s $(fmt "$(f "$FAST_ALONE" 1)") / $(fmt "$(f "$FAST_WITH" 1)") |"
   echo "| CPU seconds per 10k requests (100 B, c=64) | gateway $CPU_GW s, agent $CPU_AG s |"
-  echo "| agent idle RSS | $(mib "$AGENT_IDLE_RSS") MiB |"
+  echo "| agent idle RSS | $(mib "$AGENT_IDLE_RSS") MiB, of which $(mib "$AGENT_IDLE_PRIVATE") MiB private (the rest is shared library pages) |"
   for n in $AGENT_COUNTS; do
     v=${IDLE[$n]}
     echo "| $n idle agents | gateway $(f "$v" 1) KiB RSS per agent ($(mib "$(f "$v" 4)") → $(mib "$(f "$v" 5)") MiB); all connected in $(f "$v" 2) s; after a gateway kill -9 and restart, all back in $(f "$v" 3) s |"
