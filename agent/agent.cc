@@ -307,13 +307,18 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     httplib::Request req;
     req.method = head.method();
     req.path = s->target->base_path + head.path();
+    bool has_body = !(head.end_stream() && head.body().empty());
     tunnel::v1::TunnelRequest filtered;
     *filtered.mutable_headers() = head.headers();
     common::StripHopByHop(filtered.mutable_headers());
+    // Without a body httplib writes its own "Content-Length: 0" for POST,
+    // PUT and PATCH; a second copy makes servers such as nginx answer 400.
+    if (!has_body) {
+      common::RemoveHeader(filtered.mutable_headers(), "Content-Length");
+    }
     for (const auto& h : filtered.headers()) {
       req.headers.emplace(h.name(), h.value());
     }
-    bool has_body = !(head.end_stream() && head.body().empty());
     if (has_body) {
       uint64_t length = 0;
       const std::string* cl =

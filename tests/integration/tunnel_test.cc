@@ -189,6 +189,11 @@ TEST_F(TunnelTest, EveryMethodReachesTheServiceWithItsBody) {
   EXPECT_EQ(ParseInfo(post->body).method, "POST");
   EXPECT_EQ(ParseInfo(post->body).body, "posted");
 
+  // An empty POST reaches the service with exactly one Content-Length.
+  auto empty = v->Post(p, "", "text/plain");
+  ASSERT_TRUE(empty);
+  EXPECT_EQ(ParseInfo(empty->body).headers.count("content-length"), 1u);
+
   auto put = v->Put(p, "put-body", "text/plain");
   ASSERT_TRUE(put);
   EXPECT_EQ(ParseInfo(put->body).method, "PUT");

@@ -94,9 +94,13 @@ TunnelHarness::~TunnelHarness() {
 void TunnelHarness::StartGateway(
     std::function<void(server::GatewayOptions&)> tweak) {
   tweak_ = std::move(tweak);
+  StartGatewayOn(0, 0);
+}
+
+void TunnelHarness::StartGatewayOn(int grpc_port, int http_port) {
   server::GatewayOptions o;
-  o.grpc_addr = "127.0.0.1:0";
-  o.http_addr = "127.0.0.1:0";
+  o.grpc_addr = absl::StrCat("127.0.0.1:", grpc_port);
+  o.http_addr = absl::StrCat("127.0.0.1:", http_port);
   o.credentials = creds_;
   if (tweak_) tweak_(o);
   auto gw = server::Gateway::Start(o);
@@ -110,15 +114,7 @@ void TunnelHarness::RestartGateway() {
   int http_port = gateway_->http_port();
   gateway_->Shutdown();
   gateway_.reset();
-  server::GatewayOptions o;
-  o.grpc_addr = absl::StrCat("127.0.0.1:", grpc_port);
-  o.http_addr = absl::StrCat("127.0.0.1:", http_port);
-  o.credentials = creds_;
-  if (tweak_) tweak_(o);
-  auto gw = server::Gateway::Start(o);
-  ASSERT_TRUE(gw.ok()) << gw.status();
-  gateway_ = *std::move(gw);
-  http_port_ = gateway_->http_port();
+  StartGatewayOn(grpc_port, http_port);
 }
 
 bool TunnelHarness::WaitForSessions(size_t n, absl::Duration timeout) {

@@ -122,6 +122,8 @@ class TunnelHarness {
  private:
   tunnel::v1::CredentialsFile creds_;
   std::unique_ptr<server::Gateway> gateway_;
+  void StartGatewayOn(int grpc_port, int http_port);
+
   std::function<void(server::GatewayOptions&)> tweak_;
   // Kept apart from gateway_ so visitors on other threads can connect while
   // RestartGateway swaps the gateway (the port stays the same).
