@@ -340,10 +340,15 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
       }
     }
     bool head_sent = false;
+    // A 304 or 1xx has no body by definition, but httplib 0.11.4 would read
+    // one until the connection closes (nginx sends 304 without
+    // Content-Length): answer at once and let httplib drop the connection.
+    bool bodyless = false;
     req.response_handler = [&](const httplib::Response& res) {
-      SendHead(*s, res, /*end=*/false);
+      bodyless = res.status == 304 || (res.status >= 100 && res.status < 200);
+      SendHead(*s, res, /*end=*/bodyless);
       head_sent = true;
-      return true;
+      return !bodyless;
     };
     req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
       return SendBody(*s, data, n);
@@ -360,6 +365,8 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     }
     if (cancelled) {
       // The gateway already knows; the connection was shut down.
+    } else if (bodyless) {
+      // Complete already; the client's connection is not reusable.
     } else if (ok) {
       if (head_sent) {
         outbox_.PushData(s->id, "", true);

@@ -1,7 +1,8 @@
 """A local HTTP service for process-level tests.
 
 GET /gated parks the request until the file named by --release exists (so a
-test can hold a request in flight across a signal); anything else answers
+test can hold a request in flight across a signal); GET /not-modified
+answers 304 without Content-Length, as nginx does; anything else answers
 "ok" at once. Prints "port N" when listening and "held" for every parked
 request.
 """
@@ -21,6 +22,12 @@ def main():
         protocol_version = "HTTP/1.1"
 
         def do_GET(self):
+            if self.path.startswith("/not-modified"):
+                # As nginx does: a 304 with no Content-Length and no body.
+                self.send_response(304)
+                self.send_header("ETag", '"v1"')
+                self.end_headers()
+                return
             body = b"ok"
             if self.path.startswith("/gated"):
                 print("held", flush=True)

@@ -118,6 +118,16 @@ AGENT2=$!
 pids+=($AGENT2)
 wait_for_line agent2.out '/t/cam-01/$' 20 >/dev/null
 
+# A 304 without Content-Length (nginx's way) comes back at once, and the
+# next request on the tunnel still works.
+# Both requests go over one visitor connection: a 304 left half-open would
+# hold it.
+codes=$(curl -s -o /dev/null -o /dev/null -w '%{http_code} ' --max-time 5 \
+  -H 'If-None-Match: "v1"' "http://$HTTP2/t/cam-01/not-modified" \
+  "http://$HTTP2/t/cam-01/")
+check "a 304 without Content-Length passes through at once" \
+  test "$codes" = "304 200 "
+
 # The gateway goes silent (SIGSTOP): the agent notices within its
 # heartbeat timeout and reconnects once the gateway is back.
 kill -STOP "$GW2"
