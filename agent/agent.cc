@@ -1,14 +1,25 @@
 #include "agent/agent.h"
 
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <random>
 #include <thread>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "agent/worker_pool.h"
@@ -67,6 +78,7 @@ struct AgentStream {
     absl::MutexLock lock(&mu);
     cancelled = true;
     if (client != nullptr) client->stop();
+    if (raw_fd >= 0) ::shutdown(raw_fd, SHUT_RDWR);
   }
 
   const uint64_t id;
@@ -76,6 +88,7 @@ struct AgentStream {
   absl::Mutex mu;
   httplib::Client* client ABSL_GUARDED_BY(mu) = nullptr;
   bool cancelled ABSL_GUARDED_BY(mu) = false;
+  int raw_fd ABSL_GUARDED_BY(mu) = -1;  // upgrade streams: the raw socket
 };
 
 // Idle keep-alive connections to one local service. Thread-safe.
@@ -293,6 +306,11 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
 
   // Worker thread: one request to the local service, both bodies streamed.
   void Forward(const std::shared_ptr<AgentStream>& s) {
+    if (s->head.upgrade()) {
+      ForwardUpgrade(s);
+      Remove(s->id);
+      return;
+    }
     ClientPool& pool = *clients_.at(s->target->slug);
     std::unique_ptr<httplib::Client> cli = pool.Acquire();
     {
@@ -403,6 +421,172 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     Remove(s->id);
   }
 
+  // An upgrade request: httplib has no upgrade support, so the agent speaks
+  // HTTP/1.1 itself on a raw connection: it sends the head, reads the
+  // response head, and after a 101 relays raw bytes both ways (half-close
+  // carried). Any other answer is relayed as an ordinary response.
+  void ForwardUpgrade(const std::shared_ptr<AgentStream>& s) {
+    const LocalTarget& t = *s->target;
+    const absl::Duration timeout = options_.local_timeout;
+    auto unreachable = [&](absl::string_view why) {
+      SendClose(s->id, TunnelClose::LOCAL_UNREACHABLE,
+                absl::StrCat("the agent cannot reach its local service at ",
+                             t.url, " (", why, ")"));
+    };
+    if (t.scheme != "http") {
+      SendClose(s->id, TunnelClose::LOCAL_ERROR,
+                "upgrades are relayed to http:// services only");
+      return;
+    }
+    absl::StatusOr<int> fd = ConnectTcp(t.host, t.port, absl::Seconds(10));
+    if (!fd.ok()) {
+      unreachable(fd.status().message());
+      return;
+    }
+    {
+      absl::MutexLock lock(&s->mu);
+      if (s->cancelled) {
+        ::close(*fd);
+        return;
+      }
+      s->raw_fd = *fd;
+    }
+    auto finish = [&] {
+      absl::MutexLock lock(&s->mu);
+      s->raw_fd = -1;
+      ::close(*fd);
+    };
+    const tunnel::v1::TunnelRequest& head = s->head;
+    std::string out = absl::StrCat(head.method(), " ", t.base_path, head.path(),
+                                   " HTTP/1.1\r\n");
+    for (const auto& h : head.headers()) {
+      absl::StrAppend(&out, h.name(), ": ", h.value(), "\r\n");
+    }
+    out += "\r\n";
+    if (!WriteAll(*fd, out, timeout)) {
+      unreachable("writing the request failed");
+      finish();
+      return;
+    }
+    // Response head, up to 64 KiB.
+    std::string in;
+    size_t head_end = std::string::npos;
+    char buf[64 * 1024];
+    while ((head_end = in.find("\r\n\r\n")) == std::string::npos) {
+      ssize_t n = ReadSome(*fd, buf, sizeof(buf), timeout);
+      if (n <= 0 || in.size() + n > sizeof(buf)) {
+        SendClose(s->id, TunnelClose::LOCAL_ERROR,
+                  absl::StrCat("the local service at ", t.url,
+                               " sent no valid response to the upgrade"));
+        finish();
+        return;
+      }
+      in.append(buf, static_cast<size_t>(n));
+    }
+    Envelope e;
+    auto* r = e.mutable_response();
+    r->set_stream_id(s->id);
+    int64_t content_length = -1;
+    std::vector<absl::string_view> lines =
+        absl::StrSplit(absl::string_view(in).substr(0, head_end), "\r\n");
+    std::vector<absl::string_view> status_line =
+        absl::StrSplit(lines[0], absl::MaxSplits(' ', 2));
+    int status = 0;
+    if (status_line.size() < 2 || !absl::SimpleAtoi(status_line[1], &status) ||
+        status < 100 || status > 599) {
+      SendClose(s->id, TunnelClose::LOCAL_ERROR,
+                "the local service sent an invalid status line");
+      finish();
+      return;
+    }
+    r->set_status(static_cast<uint32_t>(status));
+    for (size_t i = 1; i < lines.size(); ++i) {
+      size_t colon = lines[i].find(':');
+      if (colon == absl::string_view::npos) continue;
+      absl::string_view name = lines[i].substr(0, colon);
+      absl::string_view value =
+          absl::StripAsciiWhitespace(lines[i].substr(colon + 1));
+      if (absl::EqualsIgnoreCase(name, "Content-Length")) {
+        (void)absl::SimpleAtoi(value, &content_length);
+      }
+      common::AddHeader(r->mutable_headers(), name, value);
+    }
+    std::string rest = in.substr(head_end + 4);
+    if (status != 101) {
+      // Refused: an ordinary response, its body read by length or to EOF.
+      common::StripHopByHop(r->mutable_headers());
+      outbox_.Push(std::move(e));
+      uint64_t left = content_length >= 0
+                          ? static_cast<uint64_t>(content_length)
+                          : UINT64_MAX;
+      bool ok = true;
+      if (!rest.empty()) {
+        rest.resize(std::min<uint64_t>(rest.size(), left));
+        left -= rest.size();
+        ok = SendBody(*s, rest.data(), rest.size());
+      }
+      while (ok && left > 0) {
+        ssize_t n =
+            ReadSome(*fd, buf, std::min<uint64_t>(sizeof(buf), left), timeout);
+        if (n <= 0) {
+          ok = content_length < 0 && n == 0;  // EOF ends an unsized body
+          break;
+        }
+        left -= static_cast<uint64_t>(n);
+        ok = SendBody(*s, buf, static_cast<size_t>(n));
+      }
+      if (ok) {
+        outbox_.PushData(s->id, "", true);
+      } else {
+        SendClose(s->id, TunnelClose::LOCAL_ERROR,
+                  "the local service broke off its response");
+      }
+      finish();
+      return;
+    }
+    outbox_.Push(std::move(e));
+    if (!rest.empty() && !SendBody(*s, rest.data(), rest.size())) {
+      finish();
+      return;
+    }
+    // Gateway -> service on a second thread; service -> gateway here.
+    int raw = *fd;
+    std::thread up([this, s, raw, timeout] {
+      while (true) {
+        uint32_t ack = 0;
+        absl::StatusOr<common::Chunk> c =
+            s->channel.PopData(absl::Now() + timeout, &ack);
+        if (ack > 0) outbox_.PushControl(common::MakeWindowUpdate(s->id, ack));
+        if (!c.ok() || !WriteAll(raw, c->data, timeout)) {
+          ::shutdown(raw, SHUT_RDWR);
+          return;
+        }
+        if (c->end) {
+          ::shutdown(raw, SHUT_WR);  // the visitor half-closed
+          return;
+        }
+      }
+    });
+    while (true) {
+      ssize_t n = ReadSome(raw, buf, sizeof(buf), timeout);
+      if (n == 0) {
+        outbox_.PushData(s->id, "", true);  // the service half-closed
+        break;
+      }
+      if (n < 0 || !SendBody(*s, buf, static_cast<size_t>(n))) {
+        if (s->channel.status().ok()) {
+          SendClose(s->id, TunnelClose::LOCAL_ERROR,
+                    "the upgraded connection to the local service failed");
+        }
+        s->channel.Abort(absl::AbortedError("upgraded connection ended"));
+        ::shutdown(raw, SHUT_RDWR);
+        break;
+      }
+    }
+    up.join();
+    finish();
+  }
+
   // Request body from the gateway to the local service; one chunk per call.
   bool PumpRequestBody(AgentStream& s, httplib::DataSink& sink,
                        size_t remaining, bool chunked) {
@@ -418,6 +602,66 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     if (c->end) {
       if (!chunked) return c->data.size() == remaining;
       sink.done();
+    }
+    return true;
+  }
+
+  static absl::StatusOr<int> ConnectTcp(const std::string& host, int port,
+                                        absl::Duration timeout) {
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* res = nullptr;
+    if (int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(),
+                               &hints, &res);
+        rc != 0) {
+      return absl::UnavailableError(gai_strerror(rc));
+    }
+    std::string last = "no address";
+    for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
+      int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
+                        ai->ai_protocol);
+      if (fd < 0) continue;
+      timeval tv{static_cast<time_t>(absl::ToInt64Seconds(timeout)), 0};
+      ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+      if (::connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+        int one = 1;
+        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        ::freeaddrinfo(res);
+        return fd;
+      }
+      last = std::strerror(errno);
+      ::close(fd);
+    }
+    ::freeaddrinfo(res);
+    return absl::UnavailableError(last);
+  }
+
+  // recv with a timeout: >0 bytes, 0 EOF, <0 error or timeout.
+  static ssize_t ReadSome(int fd, char* buf, size_t n, absl::Duration timeout) {
+    while (true) {
+      pollfd p{fd, POLLIN, 0};
+      int ready =
+          ::poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(timeout)));
+      if (ready < 0 && errno == EINTR) continue;
+      if (ready <= 0) return -1;
+      ssize_t r = ::recv(fd, buf, n, 0);
+      if (r < 0 && errno == EINTR) continue;
+      return r;
+    }
+  }
+
+  static bool WriteAll(int fd, absl::string_view data, absl::Duration timeout) {
+    while (!data.empty()) {
+      pollfd p{fd, POLLOUT, 0};
+      if (::poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(timeout))) <=
+          0) {
+        return false;
+      }
+      ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return false;
+      data.remove_prefix(static_cast<size_t>(n));
     }
     return true;
   }

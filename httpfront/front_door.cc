@@ -1,5 +1,9 @@
 #include "httpfront/front_door.h"
 
+#include <errno.h>
+#include <poll.h>
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <atomic>
 #include <memory>
@@ -10,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/headers.h"
 #include "common/log.h"
@@ -116,6 +121,36 @@ void SetStreamError(const httplib::Request& req, httplib::Response& res,
   }
 }
 
+// An HTTP/1.1 upgrade request: "Connection: upgrade" (a token of it) and an
+// Upgrade header.
+bool IsUpgradeRequest(const httplib::Request& req) {
+  if (!req.has_header("Upgrade")) return false;
+  for (absl::string_view token :
+       absl::StrSplit(req.get_header_value("Connection"), ',')) {
+    if (absl::EqualsIgnoreCase(absl::StripAsciiWhitespace(token), "upgrade")) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// Writes all of `data` to a blocking socket, waiting at most `timeout` for
+// room each time. False on error or timeout.
+bool SendAll(int fd, absl::string_view data, absl::Duration timeout) {
+  while (!data.empty()) {
+    pollfd p{fd, POLLOUT, 0};
+    if (::poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(timeout))) <=
+        0) {
+      return false;
+    }
+    ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+  return true;
+}
+
 bool IsInternalHeader(absl::string_view name) {
   for (absl::string_view n : kHttplibInternal) {
     if (name == n) return true;
@@ -162,6 +197,7 @@ class FrontDoor::Handler {
       res.set_header("Connection", "close");
       return;
     }
+    const bool upgrade = IsUpgradeRequest(req);
     std::string host = req.get_header_value("Host");
     std::optional<Route> route =
         ResolveRoute(host, req.target, options_.domain);
@@ -199,6 +235,12 @@ class FrontDoor::Handler {
       }
     }
     common::StripHopByHop(headers);
+    if (upgrade) {
+      // The one hop-by-hop pair that must reach the service.
+      common::AddHeader(headers, "Connection", "Upgrade");
+      common::AddHeader(headers, "Upgrade", req.get_header_value("Upgrade"));
+      head.set_upgrade(true);
+    }
     const std::string& ip = req.remote_addr;
     common::AddHeader(
         headers, "X-Forwarded-For",
@@ -227,7 +269,9 @@ class FrontDoor::Handler {
           length > 0;
       streamed_body = chunked || has_length;
     }
-    head.set_end_stream(!streamed_body && req.body.empty());
+    // An upgrade keeps the visitor's direction open for the raw bytes that
+    // follow a 101.
+    head.set_end_stream(!upgrade && !streamed_body && req.body.empty());
 
     absl::StatusOr<std::unique_ptr<TunnelStream>> opened =
         router_->Open(route->slug, std::move(head));
@@ -276,6 +320,10 @@ class FrontDoor::Handler {
       stream->Cancel("invalid status");
       SetError(req, res, 502, "agent_error",
                absl::StrCat("the agent sent invalid status ", resp.status()));
+      return;
+    }
+    if (upgrade && resp.status() == 101) {
+      ServeUpgraded(*stream, resp);
       return;
     }
     res.status = static_cast<int>(resp.status());
@@ -378,6 +426,69 @@ class FrontDoor::Handler {
       }
     }
   };
+
+  // After a 101: writes it to the visitor ourselves, then relays raw bytes
+  // both ways until both directions end (half-close is carried) or either
+  // fails or idles past upgrade_idle_timeout. httplib never sees the
+  // connection again.
+  void ServeUpgraded(TunnelStream& stream,
+                     const tunnel::v1::TunnelResponse& resp) {
+    FrontServer::Hijacked conn = FrontServer::HijackCurrentConnection();
+    if (conn.fd < 0) {
+      stream.Cancel("no connection to upgrade");
+      return;
+    }
+    const absl::Duration idle = options_.upgrade_idle_timeout;
+    std::string head = "HTTP/1.1 101 Switching Protocols\r\n";
+    for (const auto& h : resp.headers()) {
+      if (!common::IsValidHeaderName(h.name()) ||
+          !common::IsValidHeaderValue(h.value())) {
+        continue;
+      }
+      absl::StrAppend(&head, h.name(), ": ", h.value(), "\r\n");
+    }
+    head += "\r\n";
+    if (!SendAll(conn.fd, head, options_.connection.write_timeout) ||
+        (!conn.buffered.empty() &&
+         !stream.SendBody(conn.buffered, absl::Now() + idle).ok())) {
+      stream.Cancel("the visitor's upgraded connection failed");
+      return;
+    }
+    // Service -> visitor on a second thread; visitor -> service here.
+    std::thread down([&stream, fd = conn.fd, idle] {
+      while (true) {
+        absl::StatusOr<common::Chunk> c = stream.ReadBody(absl::Now() + idle);
+        if (!c.ok() || (!c->data.empty() && !SendAll(fd, c->data, idle))) {
+          ::shutdown(fd, SHUT_RDWR);  // ends the other direction too
+          return;
+        }
+        if (c->end) {
+          ::shutdown(fd, SHUT_WR);  // the service half-closed
+          return;
+        }
+      }
+    });
+    char buf[64 * 1024];
+    while (true) {
+      pollfd p{conn.fd, POLLIN, 0};
+      int ready =
+          ::poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(idle)));
+      ssize_t n = ready > 0 ? ::recv(conn.fd, buf, sizeof(buf), 0) : -1;
+      if (n < 0 && errno == EINTR) continue;
+      if (n == 0) {
+        (void)stream.FinishBody();  // the visitor half-closed
+        break;
+      }
+      if (n < 0 ||
+          !stream.SendBody(absl::string_view(buf, n), absl::Now() + idle)
+               .ok()) {
+        stream.Cancel("the upgraded connection closed or went idle");
+        ::shutdown(conn.fd, SHUT_RDWR);
+        break;
+      }
+    }
+    down.join();
+  }
 
   // Waits for the head while checking that the visitor is still there.
   absl::StatusOr<tunnel::v1::TunnelResponse> AwaitHead(TunnelStream& stream,

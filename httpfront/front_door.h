@@ -28,6 +28,9 @@ struct FrontDoorOptions {
   absl::Duration body_idle_timeout = absl::Minutes(5);
   // Retry-After on 502 "agent offline".
   absl::Duration offline_retry_after = absl::Seconds(5);
+  // An upgraded connection (WebSocket) is closed after this long without a
+  // byte in one of its directions.
+  absl::Duration upgrade_idle_timeout = absl::Hours(1);
   // Visitor connections served at once (each holds a worker thread).
   int workers = 512;
   ConnectionOptions connection;

@@ -16,6 +16,8 @@ namespace tunnel::httpfront {
 namespace {
 
 thread_local int tl_current_socket = -1;
+class VisitorStream;
+thread_local VisitorStream* tl_current_stream = nullptr;
 
 int ToMillis(absl::Duration d) {
   int64_t ms = absl::ToInt64Milliseconds(d);
@@ -70,6 +72,7 @@ class VisitorStream : public httplib::Stream {
   }
 
   ssize_t read(char* ptr, size_t size) override {
+    if (hijacked_) return -1;
     if (buffered() == 0) {
       if (PollFor(fd_, POLLIN, read_timeout_ms_) <= 0) {
         broken_ = true;
@@ -90,6 +93,7 @@ class VisitorStream : public httplib::Stream {
   }
 
   ssize_t write(const char* ptr, size_t size) override {
+    if (hijacked_) return static_cast<ssize_t>(size);  // the handler owns it
     if (!is_writable()) {
       broken_ = true;
       return -1;
@@ -111,7 +115,15 @@ class VisitorStream : public httplib::Stream {
 
   // A read or write timed out: the connection cannot carry another request
   // (httplib may still have answered 400 on it).
-  bool broken() const { return broken_; }
+  bool broken() const { return broken_ || hijacked_; }
+
+  // Hands the connection to an upgrade handler (see HijackCurrentConnection).
+  std::string Hijack() {
+    hijacked_ = true;
+    std::string rest(buf_ + begin_, buffered());
+    begin_ = end_;
+    return rest;
+  }
 
   // Waits for the next request to start: buffered bytes or socket input.
   bool WaitForRequest(int timeout_ms) const {
@@ -128,6 +140,7 @@ class VisitorStream : public httplib::Stream {
   size_t begin_ = 0;
   size_t end_ = 0;
   bool broken_ = false;
+  bool hijacked_ = false;
 };
 
 }  // namespace
@@ -155,6 +168,14 @@ void FrontServer::SetListenBacklog(int backlog) {
   if (fd != INVALID_SOCKET) ::listen(fd, backlog);
 }
 
+FrontServer::Hijacked FrontServer::HijackCurrentConnection() {
+  Hijacked h;
+  if (tl_current_stream == nullptr) return h;
+  h.fd = tl_current_socket;
+  h.buffered = tl_current_stream->Hijack();
+  return h;
+}
+
 void FrontServer::ShutdownConnections() {
   absl::MutexLock lock(&mu_);
   for (int fd : open_) ::shutdown(fd, SHUT_RDWR);
@@ -169,6 +190,7 @@ bool FrontServer::process_and_close_socket(socket_t sock) {
   int one = 1;
   ::setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   VisitorStream strm(sock, options_);
+  tl_current_stream = &strm;
   const int keep_alive_ms = ToMillis(options_.keep_alive_timeout);
   bool ret = false;
   size_t remaining = options_.keep_alive_max_requests;
@@ -181,6 +203,7 @@ bool FrontServer::process_and_close_socket(socket_t sock) {
     --remaining;
   }
   tl_current_socket = -1;
+  tl_current_stream = nullptr;
   {
     absl::MutexLock lock(&mu_);
     open_.erase(sock);

@@ -17,6 +17,7 @@
 #define TUNNEL_HTTPFRONT_FRONT_SERVER_H_
 
 #include <functional>
+#include <string>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_set.h"
@@ -54,6 +55,17 @@ class FrontServer : public httplib::Server {
   // For handlers: false once the visitor of the calling worker's connection
   // has closed it (EOF or error). Never blocks.
   static bool CurrentVisitorConnected();
+
+  // For an upgrade handler: takes the calling worker's connection over.
+  // Returns its socket and the bytes already read past the request head;
+  // from now on httplib's own writes on this connection are discarded, and
+  // the connection is closed when the handler returns. -1 if there is no
+  // current connection.
+  struct Hijacked {
+    int fd = -1;
+    std::string buffered;
+  };
+  static Hijacked HijackCurrentConnection();
 
  private:
   bool process_and_close_socket(socket_t sock) override;

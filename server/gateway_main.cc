@@ -73,6 +73,9 @@ int main(int argc, char** argv) {
                  "visitor not reading this long: connection closed");
   flags.Duration("keep-alive-timeout", &o.front.connection.keep_alive_timeout,
                  "idle visitor connections are closed after this");
+  flags.Duration("upgrade-idle-timeout", &o.front.upgrade_idle_timeout,
+                 "an upgraded connection (WebSocket) idle this long in one "
+                 "direction is closed");
   flags.Duration("heartbeat-interval", &o.service.heartbeat_interval,
                  "how often each agent is pinged");
   flags.Duration("heartbeat-timeout", &o.heartbeat_timeout,

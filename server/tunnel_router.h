@@ -26,9 +26,10 @@
 
 namespace tunnel::server {
 
-// One HTTP exchange in flight on an agent session. Owned and used by exactly
-// one front-door worker thread. Destroying it before the response finished
-// cancels the stream at the agent (TunnelClose CANCELLED).
+// One HTTP exchange in flight on an agent session. Owned by one front-door
+// worker thread; for an upgraded connection, one thread sends (SendBody,
+// FinishBody) while another reads (ReadBody). Destroying it before the response
+// finished cancels the stream at the agent (TunnelClose CANCELLED).
 class TunnelStream {
  public:
   virtual ~TunnelStream() = default;

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# WebSocket (HTTP/1.1 upgrade) passthrough with real parts: a python3-
+# websockets echo service behind agent-tunnel, gateway-tunnel, and a real
+# WebSocket client. Usage: websocket_e2e.sh BUILD_DIR
+set -uo pipefail
+BUILD="$(cd "$1" && pwd)"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
+PY=/usr/bin/python3  # Debian's python3-websockets imports only here
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/websocket_e2e.XXXXXX")"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+cd "$WORK"
+
+"$BUILD/tools/tunnelctl" token issue --id cam-01 --credentials creds.txtpb \
+  >issued.txt 2>/dev/null
+TOKEN=$(awk '/^token:/{print $2}' issued.txt)
+SECRET=$(awk '/^secret:/{print $2}' issued.txt)
+$PY -u "$HERE/ws_echo.py" >ws.out 2>ws.err &
+pids+=($!)
+WS_PORT=$(wait_for_line ws.out '^port ' 10 | awk '{print $2}')
+"$BUILD/server/gateway-tunnel" --grpc-addr 127.0.0.1:0 \
+  --http-addr 127.0.0.1:0 --credentials creds.txtpb >gw.out 2>gw.err &
+pids+=($!)
+GRPC=$(wait_for_line gw.out '^grpc ' 10 | awk '{print $2}')
+HTTP=$(wait_for_line gw.out '^http ' 10 | awk '{print $2}')
+TUNNEL_SECRET="$SECRET" "$BUILD/agent/agent-tunnel" connect \
+  --gateway "$GRPC" --id cam-01 --token "$TOKEN" --insecure \
+  --to "http://127.0.0.1:$WS_PORT" >agent.out 2>agent.err &
+pids+=($!)
+wait_for_line agent.out '/t/cam-01/$' 20 >/dev/null
+
+if timeout 120 $PY "$HERE/ws_client_check.py" "ws://$HTTP/t/cam-01" >client.out 2>&1; then
+  pass "websocket checks (path routing)"
+else
+  fail "websocket checks (path routing)"
+fi
+cat client.out
+echo "websocket_e2e: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,84 @@
+"""Drives real WebSocket traffic through the tunnel and checks what comes back.
+Usage: ws_client_check.py BASE   (e.g. ws://127.0.0.1:8082/t/cam-01)
+Prints ok:/FAIL: lines and "websocket: N passed, M failed"; exit 1 on failure.
+"""
+import asyncio
+import os
+import sys
+import urllib.request
+
+import websockets
+
+BASE = sys.argv[1]
+HTTP_BASE = BASE.replace("ws://", "http://", 1)
+results = []
+
+
+def check(what, cond):
+    results.append(bool(cond))
+    print(("ok: " if cond else "FAIL: ") + what, flush=True)
+
+
+async def main():
+    async with websockets.connect(BASE + "/echo", max_size=None) as ws:
+        await ws.send("hello through the tunnel")
+        check("text message echoed", await ws.recv() == "hello through the tunnel")
+        blob = os.urandom(4096)
+        await ws.send(blob)
+        check("binary message echoed", await ws.recv() == blob)
+        big = os.urandom(10 * 1024 * 1024)
+        await ws.send(big)
+        check("10 MiB message echoed intact", await ws.recv() == big)
+        for i in range(1000):
+            await ws.send(f"m{i}")
+        got = [await ws.recv() for _ in range(1000)]
+        check("1000 messages round-trip in order",
+              got == [f"m{i}" for i in range(1000)])
+        pong = await ws.ping(b"are-you-there")
+        await asyncio.wait_for(pong, 5)
+        check("ping answered with pong", True)
+        await ws.close(code=4001, reason="client-bye")
+        # The service echoes the close frame: it got our code.
+        check("client close code reaches the service", ws.close_code == 4001)
+
+    async with websockets.connect(BASE + "/close-me") as ws:
+        try:
+            await asyncio.wait_for(ws.recv(), 5)
+        except websockets.ConnectionClosed:
+            pass
+        check("server close code reaches the visitor",
+              ws.close_code == 4002 and ws.close_reason == "server-bye")
+
+    try:
+        async with websockets.connect(BASE + "/refuse"):
+            check("refused upgrade is refused", False)
+    except websockets.InvalidStatusCode as e:
+        check("refused upgrade reaches the visitor as 400", e.status_code == 400)
+
+    async def one_socket(i):
+        async with websockets.connect(BASE + "/echo") as ws:
+            for j in range(20):
+                msg = f"s{i}-{j}"
+                await ws.send(msg)
+                if await ws.recv() != msg:
+                    return False
+        return True
+
+    def http_get():
+        with urllib.request.urlopen(HTTP_BASE + "/http", timeout=10) as r:
+            return r.status == 200 and r.read() == b"plain http\n"
+
+    loop = asyncio.get_running_loop()
+    sockets = [one_socket(i) for i in range(50)]
+    plain = [loop.run_in_executor(None, http_get) for _ in range(50)]
+    outcomes = await asyncio.wait_for(asyncio.gather(*sockets, *plain), 60)
+    check("50 concurrent websockets echo correctly",
+          all(outcomes[:50]))
+    check("50 plain HTTP requests beside them succeed", all(outcomes[50:]))
+
+
+asyncio.run(main())
+passed = sum(results)
+failed = len(results) - passed
+print(f"websocket: {passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
