@@ -1,16 +1,10 @@
 #include "agent/agent.h"
 
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
-#include <cerrno>
-#include <cstring>
 #include <random>
 #include <thread>
 
@@ -28,6 +22,7 @@
 #include "common/hmac_auth.h"
 #include "common/log.h"
 #include "common/outbox.h"
+#include "common/socket_io.h"
 #include "grpcpp/grpcpp.h"
 #include "httplib.h"
 #include "tunnel/v1/tunnel.grpc.pb.h"
@@ -438,7 +433,8 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
                 "upgrades are relayed to http:// services only");
       return;
     }
-    absl::StatusOr<int> fd = ConnectTcp(t.host, t.port, absl::Seconds(10));
+    absl::StatusOr<int> fd =
+        common::ConnectTcp(t.host, t.port, absl::Seconds(10));
     if (!fd.ok()) {
       unreachable(fd.status().message());
       return;
@@ -463,7 +459,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
       absl::StrAppend(&out, h.name(), ": ", h.value(), "\r\n");
     }
     out += "\r\n";
-    if (!WriteAll(*fd, out, timeout)) {
+    if (!common::WriteAll(*fd, out, timeout)) {
       unreachable("writing the request failed");
       finish();
       return;
@@ -473,7 +469,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     size_t head_end = std::string::npos;
     char buf[64 * 1024];
     while ((head_end = in.find("\r\n\r\n")) == std::string::npos) {
-      ssize_t n = ReadSome(*fd, buf, sizeof(buf), timeout);
+      ssize_t n = common::ReadSome(*fd, buf, sizeof(buf), timeout);
       if (n <= 0 || in.size() + n > sizeof(buf)) {
         SendClose(s->id, TunnelClose::LOCAL_ERROR,
                   absl::StrCat("the local service at ", t.url,
@@ -526,8 +522,8 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
         ok = SendBody(*s, rest.data(), rest.size());
       }
       while (ok && left > 0) {
-        ssize_t n =
-            ReadSome(*fd, buf, std::min<uint64_t>(sizeof(buf), left), timeout);
+        ssize_t n = common::ReadSome(
+            *fd, buf, std::min<uint64_t>(sizeof(buf), left), timeout);
         if (n <= 0) {
           ok = content_length < 0 && n == 0;  // EOF ends an unsized body
           break;
@@ -557,7 +553,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
         absl::StatusOr<common::Chunk> c =
             s->channel.PopData(absl::Now() + timeout, &ack);
         if (ack > 0) outbox_.PushControl(common::MakeWindowUpdate(s->id, ack));
-        if (!c.ok() || !WriteAll(raw, c->data, timeout)) {
+        if (!c.ok() || !common::WriteAll(raw, c->data, timeout)) {
           ::shutdown(raw, SHUT_RDWR);
           return;
         }
@@ -568,7 +564,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
       }
     });
     while (true) {
-      ssize_t n = ReadSome(raw, buf, sizeof(buf), timeout);
+      ssize_t n = common::ReadSome(raw, buf, sizeof(buf), timeout);
       if (n == 0) {
         outbox_.PushData(s->id, "", true);  // the service half-closed
         break;
@@ -602,66 +598,6 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     if (c->end) {
       if (!chunked) return c->data.size() == remaining;
       sink.done();
-    }
-    return true;
-  }
-
-  static absl::StatusOr<int> ConnectTcp(const std::string& host, int port,
-                                        absl::Duration timeout) {
-    addrinfo hints{};
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    addrinfo* res = nullptr;
-    if (int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(),
-                               &hints, &res);
-        rc != 0) {
-      return absl::UnavailableError(gai_strerror(rc));
-    }
-    std::string last = "no address";
-    for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
-      int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
-                        ai->ai_protocol);
-      if (fd < 0) continue;
-      timeval tv{static_cast<time_t>(absl::ToInt64Seconds(timeout)), 0};
-      ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-      if (::connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
-        int one = 1;
-        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        ::freeaddrinfo(res);
-        return fd;
-      }
-      last = std::strerror(errno);
-      ::close(fd);
-    }
-    ::freeaddrinfo(res);
-    return absl::UnavailableError(last);
-  }
-
-  // recv with a timeout: >0 bytes, 0 EOF, <0 error or timeout.
-  static ssize_t ReadSome(int fd, char* buf, size_t n, absl::Duration timeout) {
-    while (true) {
-      pollfd p{fd, POLLIN, 0};
-      int ready =
-          ::poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(timeout)));
-      if (ready < 0 && errno == EINTR) continue;
-      if (ready <= 0) return -1;
-      ssize_t r = ::recv(fd, buf, n, 0);
-      if (r < 0 && errno == EINTR) continue;
-      return r;
-    }
-  }
-
-  static bool WriteAll(int fd, absl::string_view data, absl::Duration timeout) {
-    while (!data.empty()) {
-      pollfd p{fd, POLLOUT, 0};
-      if (::poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(timeout))) <=
-          0) {
-        return false;
-      }
-      ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return false;
-      data.remove_prefix(static_cast<size_t>(n));
     }
     return true;
   }

@@ -1,7 +1,5 @@
 #include "httpfront/front_door.h"
 
-#include <errno.h>
-#include <poll.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -19,6 +17,7 @@
 #include "common/headers.h"
 #include "common/log.h"
 #include "common/random.h"
+#include "common/socket_io.h"
 #include "httpfront/routing.h"
 
 namespace tunnel::httpfront {
@@ -132,23 +131,6 @@ bool IsUpgradeRequest(const httplib::Request& req) {
     }
   }
   return false;
-}
-
-// Writes all of `data` to a blocking socket, waiting at most `timeout` for
-// room each time. False on error or timeout.
-bool SendAll(int fd, absl::string_view data, absl::Duration timeout) {
-  while (!data.empty()) {
-    pollfd p{fd, POLLOUT, 0};
-    if (::poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(timeout))) <=
-        0) {
-      return false;
-    }
-    ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    data.remove_prefix(static_cast<size_t>(n));
-  }
-  return true;
 }
 
 bool IsInternalHeader(absl::string_view name) {
@@ -448,7 +430,7 @@ class FrontDoor::Handler {
       absl::StrAppend(&head, h.name(), ": ", h.value(), "\r\n");
     }
     head += "\r\n";
-    if (!SendAll(conn.fd, head, options_.connection.write_timeout) ||
+    if (!common::WriteAll(conn.fd, head, options_.connection.write_timeout) ||
         (!conn.buffered.empty() &&
          !stream.SendBody(conn.buffered, absl::Now() + idle).ok())) {
       stream.Cancel("the visitor's upgraded connection failed");
@@ -458,7 +440,8 @@ class FrontDoor::Handler {
     std::thread down([&stream, fd = conn.fd, idle] {
       while (true) {
         absl::StatusOr<common::Chunk> c = stream.ReadBody(absl::Now() + idle);
-        if (!c.ok() || (!c->data.empty() && !SendAll(fd, c->data, idle))) {
+        if (!c.ok() ||
+            (!c->data.empty() && !common::WriteAll(fd, c->data, idle))) {
           ::shutdown(fd, SHUT_RDWR);  // ends the other direction too
           return;
         }
@@ -470,11 +453,7 @@ class FrontDoor::Handler {
     });
     char buf[64 * 1024];
     while (true) {
-      pollfd p{conn.fd, POLLIN, 0};
-      int ready =
-          ::poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(idle)));
-      ssize_t n = ready > 0 ? ::recv(conn.fd, buf, sizeof(buf), 0) : -1;
-      if (n < 0 && errno == EINTR) continue;
+      ssize_t n = common::ReadSome(conn.fd, buf, sizeof(buf), idle);
       if (n == 0) {
         (void)stream.FinishBody();  // the visitor half-closed
         break;

@@ -1,0 +1,26 @@
+// Blocking socket I/O with deadlines, for the raw (upgraded) connections
+// both sides relay. Thread-safe (stateless).
+#ifndef TUNNEL_COMMON_SOCKET_IO_H_
+#define TUNNEL_COMMON_SOCKET_IO_H_
+
+#include <sys/types.h>
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+namespace tunnel::common {
+
+// A connected TCP socket (TCP_NODELAY) to host:port, trying each address.
+absl::StatusOr<int> ConnectTcp(const std::string& host, int port,
+                               absl::Duration timeout);
+// recv with a timeout: > 0 bytes, 0 at EOF, < 0 on error or timeout.
+ssize_t ReadSome(int fd, char* buf, size_t n, absl::Duration timeout);
+// Sends all of `data`, waiting at most `timeout` for room each time.
+bool WriteAll(int fd, absl::string_view data, absl::Duration timeout);
+
+}  // namespace tunnel::common
+
+#endif  // TUNNEL_COMMON_SOCKET_IO_H_
