@@ -41,6 +41,15 @@ async def main():
         # The service echoes the close frame: it got our code.
         check("client close code reaches the service", ws.close_code == 4001)
 
+    # A long idle period (here 3 s, with the gateway's heartbeat timeout at
+    # 1 s and WebSocket pings off): heartbeats keep the agent session up
+    # and the upgraded connection survives.
+    async with websockets.connect(BASE + "/echo", ping_interval=None) as ws:
+        await asyncio.sleep(3)
+        await ws.send("after idle")
+        check("upgraded connection survives an idle period",
+              await asyncio.wait_for(ws.recv(), 5) == "after idle")
+
     async with websockets.connect(BASE + "/close-me") as ws:
         try:
             await asyncio.wait_for(ws.recv(), 5)

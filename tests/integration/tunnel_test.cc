@@ -129,6 +129,26 @@ class TunnelTest : public ::testing::Test {
             return true;
           });
     });
+    // Server-Sent Events, one at a time: event i+1 is produced only after
+    // the visitor confirmed event i (so nothing can be buffered and
+    // delivered in a batch without the test noticing).
+    s.Get("/events", [this](const httplib::Request&, httplib::Response& res) {
+      res.set_chunked_content_provider(
+          "text/event-stream", [this](size_t, httplib::DataSink& sink) {
+            int i = events_sent_++;
+            if (i > 0 && !event_seen_[i - 1].WaitForNotificationWithTimeout(
+                             absl::Seconds(10))) {
+              ++events_produced_unseen_;
+            }
+            if (i == kEvents) {
+              sink.done();
+              return true;
+            }
+            std::string ev =
+                absl::StrCat("id: ", i, "\ndata: event ", i, "\n\n");
+            return sink.write(ev.data(), ev.size());
+          });
+    });
     s.Get("/cookies", [](const httplib::Request&, httplib::Response& res) {
       res.headers.emplace("Set-Cookie", "a=1; Path=/");
       res.headers.emplace("Set-Cookie", "b=2; HttpOnly");
@@ -157,12 +177,19 @@ class TunnelTest : public ::testing::Test {
   void TearDown() override {
     if (!release_.HasBeenNotified()) release_.Notify();
     if (!slow_release_.HasBeenNotified()) slow_release_.Notify();
+    for (auto& n : event_seen_) {
+      if (!n.HasBeenNotified()) n.Notify();
+    }
   }
 
   LocalService svc_;
   absl::Notification release_;
   absl::Notification slow_release_;
   absl::Notification endless_done_;
+  static constexpr int kEvents = 5;
+  std::atomic<int> events_sent_{0};
+  std::atomic<int> events_produced_unseen_{0};
+  absl::Notification event_seen_[kEvents];
   bool endless_success_ = true;
 };
 
@@ -430,6 +457,29 @@ TEST_F(TunnelTest, FirstChunkArrivesWhileTheServiceHoldsTheRest) {
       << "the first event only arrived after the service was released";
   EXPECT_EQ(received, "data: first\n\ndata: rest\n\n");
   EXPECT_EQ(r->get_header_value("Content-Type"), "text/event-stream");
+}
+
+TEST_F(TunnelTest, ServerSentEventsArriveOneByOne) {
+  TunnelHarness h;
+  h.StartGateway();
+  h.StartAgent("cam-01", {svc_.url()});
+  std::string received;
+  int seen = 0;
+  auto r = h.Visitor()->Get(
+      TunnelHarness::Path("cam-01", "/events"), [&](const char* d, size_t len) {
+        received.append(d, len);
+        // Confirm every complete event as it arrives.
+        while (seen < kEvents &&
+               received.find(absl::StrCat("data: event ", seen, "\n\n")) !=
+                   std::string::npos) {
+          event_seen_[seen++].Notify();
+        }
+        return true;
+      });
+  ASSERT_TRUE(r);
+  EXPECT_EQ(seen, kEvents);
+  EXPECT_EQ(events_produced_unseen_, 0)
+      << "an event was produced before the previous one reached the visitor";
 }
 
 TEST_F(TunnelTest, VisitorLeavingMidDownloadCancelsTheLocalRequest) {
