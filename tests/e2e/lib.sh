@@ -16,6 +16,24 @@ check() {  # check "description" command...
   if "$@"; then pass "$what"; else fail "$what"; fi
 }
 
+# enter_workdir NAME: a fresh temp dir as the working directory; on exit the
+# processes listed in `pids` are stopped and the dir removed.
+pids=()
+enter_workdir() {
+  WORK="$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")"
+  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+  cd "$WORK" || exit 1
+}
+
+# issue_token BUILD AGENT_ID: a credential in ./creds.txtpb; sets TOKEN and
+# SECRET from tunnelctl's output.
+issue_token() {
+  "$1/tools/tunnelctl" token issue --id "$2" --credentials creds.txtpb \
+    >issued.txt 2>/dev/null
+  TOKEN=$(awk '/^token:/{print $2}' issued.txt)
+  SECRET=$(awk '/^secret:/{print $2}' issued.txt)
+}
+
 # wait_for_line FILE REGEX SECONDS: waits (bounded) until FILE has a line
 # matching REGEX and prints the first such line.
 wait_for_line() {

@@ -10,21 +10,10 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=lib.sh
 source "$HERE/lib.sh"
 
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/tunnel_e2e.XXXXXX")"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-  wait 2>/dev/null
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-cd "$WORK"
+enter_workdir tunnel_e2e
 unset TUNNEL_GATEWAY TUNNEL_ID TUNNEL_TOKEN TUNNEL_SECRET TUNNEL_TO || true
 
-"$BUILD/tools/tunnelctl" token issue --id cam-01 --credentials creds.txtpb \
-  >issued.txt 2>/dev/null
-TOKEN=$(awk '/^token:/{print $2}' issued.txt)
-SECRET=$(awk '/^secret:/{print $2}' issued.txt)
+issue_token "$BUILD" cam-01
 check "tunnelctl issued a token" test -n "$TOKEN" -a -n "$SECRET"
 
 mkdir site && echo "hello from the device" >site/index.html

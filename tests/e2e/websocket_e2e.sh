@@ -8,20 +8,9 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=lib.sh
 source "$HERE/lib.sh"
 PY=/usr/bin/python3  # Debian's python3-websockets imports only here
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/websocket_e2e.XXXXXX")"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-  wait 2>/dev/null
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-cd "$WORK"
+enter_workdir websocket_e2e
 
-"$BUILD/tools/tunnelctl" token issue --id cam-01 --credentials creds.txtpb \
-  >issued.txt 2>/dev/null
-TOKEN=$(awk '/^token:/{print $2}' issued.txt)
-SECRET=$(awk '/^secret:/{print $2}' issued.txt)
+issue_token "$BUILD" cam-01
 $PY -u "$HERE/ws_echo.py" >ws.out 2>ws.err &
 pids+=($!)
 WS_PORT=$(wait_for_line ws.out '^port ' 10 | awk '{print $2}')
