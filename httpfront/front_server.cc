@@ -62,7 +62,10 @@ class VisitorStream : public httplib::Stream {
   VisitorStream(int fd, const ConnectionOptions& o)
       : fd_(fd),
         read_timeout_ms_(ToMillis(o.read_timeout)),
-        write_timeout_ms_(ToMillis(o.write_timeout)) {}
+        write_timeout_ms_(ToMillis(o.write_timeout)) {
+    SetTimeout(SO_RCVTIMEO, o.read_timeout);
+    SetTimeout(SO_SNDTIMEO, o.write_timeout);
+  }
 
   bool is_readable() const override {
     return buffered() > 0 || PollFor(fd_, POLLIN, read_timeout_ms_) > 0;
@@ -74,14 +77,12 @@ class VisitorStream : public httplib::Stream {
   ssize_t read(char* ptr, size_t size) override {
     if (hijacked_) return -1;
     if (buffered() == 0) {
-      if (PollFor(fd_, POLLIN, read_timeout_ms_) <= 0) {
-        broken_ = true;
-        return -1;
-      }
+      // The socket's SO_RCVTIMEO bounds the wait (no poll per read).
       ssize_t n;
       do {
         n = ::recv(fd_, buf_, sizeof(buf_), 0);
       } while (n < 0 && errno == EINTR);
+      if (n < 0) broken_ = true;  // timed out (EAGAIN) or failed
       if (n <= 0) return n;
       begin_ = 0;
       end_ = static_cast<size_t>(n);
@@ -94,14 +95,12 @@ class VisitorStream : public httplib::Stream {
 
   ssize_t write(const char* ptr, size_t size) override {
     if (hijacked_) return static_cast<ssize_t>(size);  // the handler owns it
-    if (!is_writable()) {
-      broken_ = true;
-      return -1;
-    }
+    // The socket's SO_SNDTIMEO bounds the wait (no poll per write).
     ssize_t n;
     do {
       n = ::send(fd_, ptr, size, MSG_NOSIGNAL);
     } while (n < 0 && errno == EINTR);
+    if (n < 0) broken_ = true;
     return n;
   }
 
@@ -132,6 +131,11 @@ class VisitorStream : public httplib::Stream {
 
  private:
   size_t buffered() const { return end_ - begin_; }
+
+  void SetTimeout(int option, absl::Duration d) {
+    timeval tv = absl::ToTimeval(std::max(d, absl::Milliseconds(1)));
+    ::setsockopt(fd_, SOL_SOCKET, option, &tv, sizeof(tv));
+  }
 
   const int fd_;
   const int read_timeout_ms_;
