@@ -37,6 +37,7 @@ int main(int argc, char** argv) {
   int64_t stream_window = o.service.limits.gateway_receive_window;
   int64_t max_streams = static_cast<int64_t>(o.service.limits.max_streams);
   int64_t max_tunnels = static_cast<int64_t>(o.service.max_tunnels_per_agent);
+  int64_t max_agents = static_cast<int64_t>(o.service.max_agents);
   int64_t workers = o.front.workers;
   int64_t public_port = o.public_port;
   std::string log_level = "info";
@@ -61,6 +62,10 @@ int main(int argc, char** argv) {
             "requests in flight per agent before visitors get 503");
   flags.Int("max-tunnels-per-agent", &max_tunnels,
             "tunnels one agent may open");
+  flags.Int("max-agents", &max_agents,
+            "agents connected at once; more are told to retry later");
+  flags.Duration("busy-retry-after", &o.service.busy_retry_after,
+                 "retry hint for agents refused at --max-agents");
   flags.Int("http-workers", &workers,
             "visitor connections served at once (one thread each)");
   flags.String("public-scheme", &o.service.public_scheme,
@@ -106,16 +111,17 @@ int main(int argc, char** argv) {
       stream_window > (16 << 20)) {
     return Fail("--stream-window must be between 65536 and 16777216", 2);
   }
-  if (max_streams < 1 || max_tunnels < 1 || workers < 1) {
+  if (max_streams < 1 || max_tunnels < 1 || workers < 1 || max_agents < 1) {
     return Fail(
-        "--max-streams-per-agent, --max-tunnels-per-agent and --http-workers "
-        "must be at least 1",
+        "--max-streams-per-agent, --max-tunnels-per-agent, --max-agents and "
+        "--http-workers must be at least 1",
         2);
   }
   o.service.limits.gateway_receive_window =
       static_cast<uint32_t>(stream_window);
   o.service.limits.max_streams = static_cast<size_t>(max_streams);
   o.service.max_tunnels_per_agent = static_cast<size_t>(max_tunnels);
+  o.service.max_agents = static_cast<size_t>(max_agents);
   o.front.workers = static_cast<int>(workers);
   o.front.scheme = o.service.public_scheme;
   o.public_port = static_cast<int>(public_port);

@@ -95,13 +95,16 @@ class AgentConnection final
 
  private:
   void Refuse(ConnectError::Code code, const std::string& message,
-              grpc::StatusCode status) {
+              grpc::StatusCode status,
+              absl::Duration retry_after = absl::ZeroDuration()) {
     TUNNEL_LOG(WARNING) << "refused agent " << session_->agent_id() << " from "
                         << peer_ << ": " << message;
     Envelope e;
     auto* err = e.mutable_connect_error();
     err->set_code(code);
     err->set_message(message);
+    err->set_retry_after_ms(
+        static_cast<uint32_t>(absl::ToInt64Milliseconds(retry_after)));
     session_->Send(std::move(e));
     session_->Close(grpc::Status(status, message), /*drain=*/true);
   }
@@ -154,6 +157,16 @@ class AgentConnection final
       slugs.push_back(t.slug());
     }
     session_->SetAgentReceiveWindow(req.receive_window());
+    // At capacity: a new agent is told to come back later (an agent that
+    // replaces its own session does not add one).
+    if (service_->registry_->session_count() >= opts.max_agents &&
+        service_->registry_->FindByAgent(session_->agent_id()) == nullptr) {
+      Refuse(ConnectError::UNAVAILABLE,
+             absl::StrCat("the gateway is at its limit of ", opts.max_agents,
+                          " connected agents; retrying later"),
+             grpc::StatusCode::UNAVAILABLE, opts.busy_retry_after);
+      return;
+    }
     std::shared_ptr<Session> replaced;
     if (absl::Status s =
             service_->registry_->Register(session_, slugs, &replaced);

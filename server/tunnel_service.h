@@ -24,6 +24,9 @@ struct TunnelServiceOptions {
   std::string public_scheme = "http";
   std::string domain = "localhost";
   int public_port = 0;
+  // Agents connected at once; more are refused with a retry hint.
+  size_t max_agents = 100000;
+  absl::Duration busy_retry_after = absl::Seconds(5);
   // How often the gateway pings each agent (told to agents at connect).
   absl::Duration heartbeat_interval = absl::Seconds(10);
 };

@@ -227,6 +227,25 @@ TEST_F(ReliabilityTest, AgentWaitsTheRetryAfterOfAGoAway) {
   EXPECT_GE(absl::Now() - t0, retry_after);
 }
 
+TEST_F(ReliabilityTest, AgentOverCapacityWaitsAndComesInWhenThereIsRoom) {
+  TunnelHarness h({"cam-01", "cam-02"});
+  h.StartGateway([](server::GatewayOptions& o) {
+    o.service.max_agents = 1;
+    o.service.busy_retry_after = absl::Milliseconds(300);
+  });
+  RunningAgent* first = h.StartAgent("cam-01", {svc_.url()});
+  RunningAgent second(h.AgentOptionsFor("cam-02", {svc_.url()}));
+  // Refused while the gateway is full, and it keeps trying (no exit).
+  EXPECT_FALSE(second.agent().WaitUntilConnected(absl::Seconds(1)));
+  EXPECT_TRUE(
+      absl::IsDeadlineExceeded(second.WaitForExit(absl::ZeroDuration())));
+  EXPECT_EQ(h.Visitor()->Get(TunnelHarness::Path("cam-02", "/gated"))->status,
+            502);
+  first->Stop();
+  EXPECT_TRUE(second.agent().WaitUntilConnected(absl::Seconds(20)));
+  EXPECT_EQ(h.gateway().registry().session_count(), 1u);
+}
+
 TEST_F(ReliabilityTest, ServiceDyingMidBodyAbortsTheVisitor) {
   TunnelHarness h;
   h.StartGateway();
