@@ -86,21 +86,12 @@ class TunnelTest : public ::testing::Test {
             return sink.write(buf.data(), buf.size());
           });
     });
-    s.Get("/download-chunked", [](const httplib::Request& req,
-                                  httplib::Response& res) {
-      uint64_t size = std::stoull(req.get_param_value("size"));
-      res.set_chunked_content_provider(
-          "application/octet-stream",
-          [size](size_t offset, httplib::DataSink& sink) {
-            if (offset >= size) {
-              sink.done();
-              return true;
-            }
-            std::string buf(std::min<size_t>(size - offset, 100000), '\0');
-            FillPattern(9, offset, buf.data(), buf.size());
-            return sink.write(buf.data(), buf.size());
+    s.Get("/download-chunked",
+          [](const httplib::Request& req, httplib::Response& res) {
+            uint64_t size = std::stoull(req.get_param_value("size"));
+            res.set_chunked_content_provider("application/octet-stream",
+                                             PatternProvider(9, size, 100000));
           });
-    });
     auto upload = [](const httplib::Request&, httplib::Response& res,
                      const httplib::ContentReader& reader) {
       Sha256 h;
@@ -390,18 +381,9 @@ TEST_F(TunnelTest, ChunkedUploadStreamsToo) {
   h.StartGateway();
   h.StartAgent("cam-01", {svc_.url()});
   const uint64_t size = 3 * kMiB + 7;
-  auto r = h.Visitor()->Put(
-      TunnelHarness::Path("cam-01", "/upload"),
-      [size](size_t offset, httplib::DataSink& sink) {
-        if (offset >= size) {
-          sink.done();
-          return true;
-        }
-        std::string buf(std::min<size_t>(size - offset, 70000), '\0');
-        FillPattern(13, offset, buf.data(), buf.size());
-        return sink.write(buf.data(), buf.size());
-      },
-      "application/octet-stream");
+  auto r = h.Visitor()->Put(TunnelHarness::Path("cam-01", "/upload"),
+                            PatternProvider(13, size, 70000),
+                            "application/octet-stream");
   ASSERT_TRUE(r) << httplib::to_string(r.error());
   EXPECT_EQ(r->body, absl::StrCat(PatternSha256(13, size), " ", size));
 }

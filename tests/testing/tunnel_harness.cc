@@ -288,6 +288,20 @@ void FillPattern(uint64_t seed, uint64_t offset, char* out, size_t n) {
   }
 }
 
+httplib::ContentProviderWithoutLength PatternProvider(uint64_t seed,
+                                                      uint64_t size,
+                                                      size_t piece) {
+  return [seed, size, piece](size_t offset, httplib::DataSink& sink) {
+    if (offset >= size) {
+      sink.done();
+      return true;
+    }
+    std::string buf(std::min<uint64_t>(size - offset, piece), '\0');
+    FillPattern(seed, offset, buf.data(), buf.size());
+    return sink.write(buf.data(), buf.size());
+  };
+}
+
 std::string PatternSha256(uint64_t seed, uint64_t length) {
   Sha256 h;
   std::string buf(1 << 16, '\0');

@@ -146,6 +146,11 @@ class Sha256 {
 // Deterministic bytes for offset `offset` of a test body with `seed`.
 void FillPattern(uint64_t seed, uint64_t offset, char* out, size_t n);
 std::string PatternSha256(uint64_t seed, uint64_t length);
+// A chunked body of `size` pattern bytes in pieces of at most `piece` bytes,
+// for httplib's set_chunked_content_provider and chunked client uploads.
+httplib::ContentProviderWithoutLength PatternProvider(uint64_t seed,
+                                                      uint64_t size,
+                                                      size_t piece);
 
 }  // namespace tunnel::testing
 
