@@ -664,6 +664,8 @@ Agent::Agent(AgentOptions options)
     : options_(std::move(options)),
       pool_(std::make_unique<WorkerPool>(options_.max_concurrent)) {}
 
+size_t Agent::local_requests_queued() const { return pool_->queued(); }
+
 Agent::~Agent() {
   Stop();
   // pool_ joins its threads: every stream was cancelled when its session

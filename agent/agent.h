@@ -75,6 +75,8 @@ class Agent {
   bool WaitUntilConnected(absl::Duration timeout);
   std::vector<tunnel::v1::AcceptedTunnel> tunnels() const;
   size_t sessions_started() const;
+  // Local requests waiting because --max-concurrent are already running.
+  size_t local_requests_queued() const;
 
  private:
   class Session;

@@ -39,6 +39,11 @@ size_t WorkerPool::threads() const {
   return threads_;
 }
 
+size_t WorkerPool::queued() const {
+  absl::MutexLock lock(&mu_);
+  return tasks_.size();
+}
+
 void WorkerPool::Loop() {
   absl::MutexLock lock(&mu_);
   while (true) {

@@ -27,6 +27,8 @@ class WorkerPool {
 
   void Submit(std::function<void()> task);
   size_t threads() const;
+  // Tasks waiting for a thread (all max_threads are busy).
+  size_t queued() const;
 
  private:
   void Loop();

@@ -5,13 +5,16 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
@@ -158,6 +161,19 @@ class TunnelTest : public ::testing::Test {
             endless_done_.Notify();
           });
     });
+    s.Get("/held", [this](const httplib::Request&, httplib::Response& res) {
+      {
+        absl::MutexLock lock(&held_mu_);
+        ++held_now_;
+        held_max_ = std::max(held_max_, held_now_);
+      }
+      held_release_.WaitForNotificationWithTimeout(absl::Seconds(30));
+      {
+        absl::MutexLock lock(&held_mu_);
+        --held_now_;
+      }
+      res.set_content("held", "text/plain");
+    });
     s.Get("/slow", [this](const httplib::Request&, httplib::Response& res) {
       slow_release_.WaitForNotificationWithTimeout(absl::Seconds(30));
       res.set_content("late", "text/plain");
@@ -168,6 +184,7 @@ class TunnelTest : public ::testing::Test {
   void TearDown() override {
     if (!release_.HasBeenNotified()) release_.Notify();
     if (!slow_release_.HasBeenNotified()) slow_release_.Notify();
+    if (!held_release_.HasBeenNotified()) held_release_.Notify();
     for (auto& n : event_seen_) {
       if (!n.HasBeenNotified()) n.Notify();
     }
@@ -176,6 +193,11 @@ class TunnelTest : public ::testing::Test {
   LocalService svc_;
   absl::Notification release_;
   absl::Notification slow_release_;
+  // /held: requests in the service right now and at most, until released.
+  absl::Mutex held_mu_;
+  int held_now_ ABSL_GUARDED_BY(held_mu_) = 0;
+  int held_max_ ABSL_GUARDED_BY(held_mu_) = 0;
+  absl::Notification held_release_;
   absl::Notification endless_done_;
   static constexpr int kEvents = 5;
   std::atomic<int> events_sent_{0};
@@ -417,6 +439,51 @@ TEST_F(TunnelTest, TwoHundredConcurrentRequestsEachGetTheirOwnBody) {
     EXPECT_EQ(failures[i], "") << "request " << i;
   }
   EXPECT_EQ(ok, kRequests);
+}
+
+// --max-concurrent bounds the local requests a (small) device runs at once;
+// the rest wait in the agent, in order, and all complete.
+TEST_F(TunnelTest, MaxConcurrentBoundsLocalRequestsOnTheDevice) {
+  TunnelHarness h;
+  h.StartGateway();
+  agent::AgentOptions o = h.AgentOptionsFor("cam-01", {svc_.url()});
+  o.max_concurrent = 2;
+  RunningAgent* a = h.StartAgent(std::move(o));
+
+  constexpr int kRequests = 6;
+  std::atomic<int> ok{0};
+  std::vector<std::thread> visitors;
+  for (int i = 0; i < kRequests; ++i) {
+    visitors.emplace_back([&] {
+      auto r = h.Visitor()->Get(TunnelHarness::Path("cam-01", "/held"));
+      if (r && r->status == 200 && r->body == "held") ++ok;
+    });
+  }
+  // Two run in the service; the other four are queued in the agent.
+  bool bounded = false;
+  absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (absl::Now() < deadline) {
+    int now;
+    {
+      absl::MutexLock lock(&held_mu_);
+      auto changed = [this]() ABSL_SHARED_LOCKS_REQUIRED(held_mu_) {
+        return held_now_ >= 2;
+      };
+      held_mu_.AwaitWithTimeout(absl::Condition(&changed),
+                                absl::Milliseconds(20));
+      now = held_now_;
+    }
+    if (now == 2 && a->agent().local_requests_queued() == kRequests - 2) {
+      bounded = true;
+      break;
+    }
+  }
+  EXPECT_TRUE(bounded) << "never saw 2 running and 4 queued";
+  held_release_.Notify();
+  for (auto& t : visitors) t.join();
+  EXPECT_EQ(ok.load(), kRequests);
+  absl::MutexLock lock(&held_mu_);
+  EXPECT_EQ(held_max_, 2);
 }
 
 TEST_F(TunnelTest, FirstChunkArrivesWhileTheServiceHoldsTheRest) {
