@@ -2,8 +2,11 @@
 
 GET /blob?size=N&seed=S   N bytes (Content-Length), random.Random(S).randbytes
 GET /stream?size=N&seed=S the same bytes, chunked, in 64 KiB pieces
+POST /sha256              the hex SHA-256 of the request body (Content-Length
+                          or chunked), read in pieces, never whole
 Prints "port N" once listening.
 """
+import hashlib
 import http.server
 import random
 import sys
@@ -32,6 +35,34 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+    def do_POST(self):
+        digest = hashlib.sha256()
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                self._hash(digest, size)
+                self.rfile.readline()
+        else:
+            self._hash(digest, int(self.headers.get("Content-Length", "0")))
+        body = digest.hexdigest().encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _hash(self, digest, size):
+        while size > 0:
+            piece = self.rfile.read(min(size, 65536))
+            if not piece:
+                raise ConnectionError("body cut short")
+            digest.update(piece)
+            size -= len(piece)
 
     def log_message(self, *unused):
         pass

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # End-to-end test of the tunnelctl binary: issue, list, revoke, exit codes and
-# the credentials file's mode. Usage: tunnelctl_test.sh /path/to/tunnelctl
+# the credentials file's mode.
+# Usage: tunnelctl_test.sh /path/to/tunnelctl [EMULATOR ARGS...]
+# (a cross build passes its emulator, e.g. qemu-aarch64-static -L /)
 set -euo pipefail
 
-if [[ $# -ne 1 || ! -x "$1" ]]; then
-  echo "usage: $0 /path/to/tunnelctl" >&2
+if [[ $# -lt 1 || ! -x "$1" ]]; then
+  echo "usage: $0 /path/to/tunnelctl [EMULATOR ARGS...]" >&2
   exit 2
 fi
-TUNNELCTL="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
+TUNNELCTL=("${@:2}" "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")")
 
 # shellcheck source=lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
@@ -26,7 +28,7 @@ run() {
   local out="$2" err="$3"
   shift 3
   code_ref=0
-  "$TUNNELCTL" "$@" >"$out" 2>"$err" || code_ref=$?
+  "${TUNNELCTL[@]}" "$@" >"$out" 2>"$err" || code_ref=$?
 }
 
 file_mode() {
@@ -58,7 +60,7 @@ run code def.out def.err token issue --id web-3
 check "issue with default --credentials exits 0" test "$code" -eq 0
 check "default file is tunnel-credentials.txtpb" test -f tunnel-credentials.txtpb
 code=0
-TUNNEL_CREDENTIALS=creds.txtpb "$TUNNELCTL" token list >env.out 2>env.err ||
+TUNNEL_CREDENTIALS=creds.txtpb "${TUNNELCTL[@]}" token list >env.out 2>env.err ||
   code=$?
 check "list via TUNNEL_CREDENTIALS exits 0" test "$code" -eq 0
 check "TUNNEL_CREDENTIALS is honoured" grep -q "$token2" env.out
