@@ -17,6 +17,7 @@ import http.server
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -128,7 +129,21 @@ def value(samples, name, **labels):
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def check_logs(secret, svc_port):
+def check_agent_log():
+    with open("agent.err") as f:
+        lines = f.read().splitlines()
+    try:
+        parsed = [json.loads(l) for l in lines]
+    except ValueError as e:
+        parsed = None
+        check("every agent log line is JSON", False, repr(e))
+    if parsed is not None:
+        check("every agent log line is JSON with a message",
+              len(parsed) > 0 and all("msg" in p for p in parsed),
+              repr(lines[:2]))
+
+
+def check_logs(secret):
     with open("gw.err") as f:
         text = f.read()
     check("the gateway never logs the secret", secret not in text)
@@ -210,7 +225,8 @@ def main():
         env = dict(os.environ, TUNNEL_SECRET=secret)
         agent = subprocess.Popen(
             [AGENT, "connect", "--gateway", grpc, "--id", "cam-01", "--token",
-             token, "--insecure", "--to", f"http://127.0.0.1:{svc_port}"],
+             token, "--insecure", "--to", f"http://127.0.0.1:{svc_port}",
+             "--log-format", "json"],
             env=env, stdout=open("agent.out", "w"),
             stderr=open("agent.err", "w"))
         procs.append(agent)
@@ -370,7 +386,8 @@ def main():
               held.get("answer", (0,))[0] == 200)
         gw.wait(20)
         check("the gateway exits 0 after the drain", gw.returncode == 0)
-        check_logs(secret, svc_port)
+        check_logs(secret)
+        check_agent_log()
     finally:
         release.set()
         for p in procs:
@@ -378,6 +395,10 @@ def main():
                 p.kill()
                 p.wait(10)
         server.shutdown()
+    if not failures:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"logs and outputs kept in {work}", file=sys.stderr)
     print(f"ops_e2e: {len(failures)} failed")
     return 1 if failures else 0
 

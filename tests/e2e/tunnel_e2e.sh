@@ -57,6 +57,10 @@ check "curl by subdomain answers through the tunnel" \
 code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 \
   "http://127.0.0.1:$HTTP_PORT/t/nobody/")
 check "unknown tunnel is 404" test "$code" = 404
+check "the gateway wrote an access line per request" \
+  test "$(grep -c ' INFO access ' gw.err)" -ge 3
+check "the 404's access line names the tunnel, status and error" \
+  grep -Eq ' INFO access .*tunnel=nobody method=GET path=/t/nobody/ status=404 .*error=tunnel_not_found$' gw.err
 
 # A wrong secret is permanent: the agent says so and exits 1.
 "$BUILD/agent/agent-tunnel" connect --gateway "$GRPC" --id cam-01 \
