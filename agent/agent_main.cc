@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> to;
   std::string slug;
   std::string log_level = "info";
+  std::string log_format = "text";
   absl::Duration drain_timeout = absl::Seconds(30);
   int64_t max_concurrent = static_cast<int64_t>(o.max_concurrent);
   int64_t receive_window = o.receive_window;
@@ -73,6 +74,8 @@ int main(int argc, char** argv) {
   flags.Duration("drain-timeout", &drain_timeout,
                  "on SIGTERM/SIGINT, how long requests in flight may finish");
   flags.String("log-level", &log_level, "debug, info, warning or error");
+  flags.String("log-format", &log_format,
+               "text (lines for people) or json (one object per line)");
 
   if (argc < 2 || std::string(argv[1]) == "--help" ||
       std::string(argv[1]) == "-h" || std::string(argv[1]) == "help") {
@@ -104,6 +107,9 @@ int main(int argc, char** argv) {
   }
   if (!tunnel::common::SetLogLevelByName(log_level)) {
     return Fail("--log-level must be debug, info, warning or error", 2);
+  }
+  if (!tunnel::common::SetLogFormatByName(log_format)) {
+    return Fail("--log-format must be text or json", 2);
   }
   if (max_concurrent < 1) return Fail("--max-concurrent must be >= 1", 2);
   if (receive_window < 65536 || receive_window > (16 << 20)) {

@@ -15,7 +15,10 @@ absl::StatusOr<size_t> StreamChannel::AcquireSendCredit(size_t want,
   auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
     return send_credit_ > 0 || !abort_.ok();
   };
-  if (!mu_.AwaitWithDeadline(absl::Condition(&ready), deadline)) {
+  ++credit_waiters_;
+  bool ok = mu_.AwaitWithDeadline(absl::Condition(&ready), deadline);
+  --credit_waiters_;
+  if (!ok) {
     return absl::DeadlineExceededError(
         "timed out waiting for the peer to accept more data");
   }
@@ -123,6 +126,16 @@ absl::Status StreamChannel::status() const {
 bool StreamChannel::receive_finished() const {
   absl::MutexLock lock(&mu_);
   return end_popped_;
+}
+
+bool StreamChannel::send_stalled() const {
+  absl::MutexLock lock(&mu_);
+  return credit_waiters_ > 0 && send_credit_ <= 0 && abort_.ok();
+}
+
+bool StreamChannel::receive_window_full() const {
+  absl::MutexLock lock(&mu_);
+  return unacked_ >= receive_window_ && abort_.ok();
 }
 
 }  // namespace tunnel::common

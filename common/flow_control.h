@@ -75,9 +75,16 @@ class StreamChannel {
   // True once PopData has returned the chunk with end = true.
   bool receive_finished() const;
 
+  // Flow-control stalls, for metrics (read at scrape time): a producer is
+  // waiting in AcquireSendCredit with no credit; the peer has no credit left
+  // because our consumer has not drained what it sent.
+  bool send_stalled() const;
+  bool receive_window_full() const;
+
  private:
   mutable absl::Mutex mu_;
   int64_t send_credit_ ABSL_GUARDED_BY(mu_);
+  int credit_waiters_ ABSL_GUARDED_BY(mu_) = 0;
   const uint32_t receive_window_;
   std::deque<Chunk> inbound_ ABSL_GUARDED_BY(mu_);
   // Bytes the peer sent that we have not yet acknowledged (buffered + popped

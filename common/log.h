@@ -1,6 +1,11 @@
 // Minimal leveled logging to stderr (Abseil 20220623 has no absl/log).
 //
 //   TUNNEL_LOG(INFO) << "agent " << id << " connected";
+//   LogEvent(LogLevel::kInfo, "access").Str("path", p).Int("status", 200);
+//
+// Two formats (SetLogFormat): text lines for people, or JSON lines (one
+// object per line: "time", "level", then "src" and "msg" for TUNNEL_LOG, or
+// "event" and the event's fields for LogEvent) for log shippers.
 //
 // Thread-safe: each statement is written with one write(2). Never log secrets.
 #ifndef TUNNEL_COMMON_LOG_H_
@@ -8,6 +13,7 @@
 
 #include <signal.h>
 
+#include <cstdint>
 #include <sstream>
 #include <string>
 
@@ -23,6 +29,17 @@ LogLevel GetLogLevel();
 bool ParseLogLevel(absl::string_view text, LogLevel* out);
 // ParseLogLevel + SetLogLevel for a --log-level flag; false if unknown.
 bool SetLogLevelByName(absl::string_view text);
+
+enum class LogFormat { kText = 0, kJson = 1 };
+void SetLogFormat(LogFormat format);
+LogFormat GetLogFormat();
+// "text" or "json" for a --log-format flag; false if unknown.
+bool SetLogFormatByName(absl::string_view text);
+
+// JSON string body for `s` (no quotes): ", \, control characters and bytes
+// >= 0x80 are escaped as \uXXXX, so the output is valid JSON even for
+// bytes that are not UTF-8.
+std::string JsonEscape(absl::string_view s);
 
 // For main(), before any thread starts: blocks SIGINT and SIGTERM in every
 // thread (the caller takes them with sigwait on the returned set) and
@@ -42,7 +59,34 @@ class LogMessage {
 
  private:
   LogLevel level_;
+  const char* file_;
+  int line_;
   std::ostringstream stream_;
+};
+
+// One structured event, written when the object is destroyed (use it as a
+// temporary). Text: `<time> INFO <event> key=value ...`, values quoted when
+// they contain spaces, quotes, '=' or control characters. Nothing is written
+// below the current log level. Keys are ours; values may come from the
+// network and are escaped.
+class LogEvent {
+ public:
+  LogEvent(LogLevel level, absl::string_view event);
+  ~LogEvent();
+  LogEvent(const LogEvent&) = delete;
+  LogEvent& operator=(const LogEvent&) = delete;
+
+  LogEvent& Str(absl::string_view key, absl::string_view value);
+  LogEvent& Int(absl::string_view key, int64_t value);
+  // Fixed-point with `decimals` places (durations in ms, say).
+  LogEvent& Num(absl::string_view key, double value, int decimals = 3);
+
+ private:
+  void Raw(absl::string_view key, absl::string_view json_value,
+           absl::string_view text_value);
+  const bool enabled_;
+  const LogLevel level_;
+  std::string line_;
 };
 
 }  // namespace tunnel::common

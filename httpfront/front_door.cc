@@ -40,6 +40,118 @@ constexpr std::pair<absl::string_view, absl::string_view> kParked[] = {
 // there, so an abandoned request is cancelled at the agent promptly.
 constexpr absl::Duration kLivenessInterval = absl::Milliseconds(500);
 
+// Values of the `direction` label of tunnel_body_bytes_total.
+constexpr absl::string_view kVisitorToAgent = "visitor_to_agent";
+constexpr absl::string_view kAgentToVisitor = "agent_to_visitor";
+
+// The visitor-side metrics. Labels stay bounded: `tunnel` is the slug of a
+// known tunnel (claimed by an authenticated agent or reserved for an agent
+// id in the credentials) or "" — never a slug a visitor merely asked for;
+// `error` is one of our X-Tunnel-Error codes, "response_cut", or "".
+struct FrontMetrics {
+  explicit FrontMetrics(common::MetricsRegistry* r)
+      : requests(r->AddCounter(
+            "tunnel_http_requests_total",
+            "Visitor requests answered, by tunnel, status class and gateway "
+            "error (X-Tunnel-Error code; \"response_cut\" when a body broke "
+            "off; empty for the service's own answers).",
+            {"tunnel", "code", "error"})),
+        bytes(r->AddCounter("tunnel_body_bytes_total",
+                            "Body bytes relayed, by tunnel and direction "
+                            "(visitor_to_agent, agent_to_visitor).",
+                            {"tunnel", "direction"})),
+        duration(r->AddHistogram(
+                      "tunnel_http_request_duration_seconds",
+                      "Visitor request time from its parsed head to the "
+                      "last byte of the response (upgrades: until closed).",
+                      {}, common::DefaultLatencyBuckets())
+                     ->WithLabels({})) {}
+
+  common::CounterFamily* const requests;
+  common::CounterFamily* const bytes;
+  common::Histogram* const duration;
+};
+
+// One visitor request as the metrics and the access log see it. Each worker
+// serves one request at a time, so it lives in a thread_local: the setup
+// hook starts it, the handler fills it in, httplib's logger adds the status
+// it wrote, and FrontServer's request-done hook finishes it (even when
+// httplib answered on its own, e.g. 400 for a malformed request).
+struct RequestRecord {
+  bool started = false;  // setup hook ran (the head parsed)
+  bool logged = false;   // httplib wrote a response
+  absl::Time start;
+  std::string request_id;
+  std::string method;
+  std::string remote;  // visitor IP
+  std::string path;    // raw target without the query (it may carry secrets)
+  std::string slug;    // the tunnel asked for (the access log only)
+  std::string tunnel;  // metrics label, see FrontMetrics
+  std::string error;
+  int status = 0;          // set by the handler for upgrades (101)
+  int handled_status = 0;  // res.status when the handler returned
+  int logged_status = 0;   // what httplib wrote
+  bool cut = false;        // the response body broke off
+  // Per-tunnel byte counters, set once the stream is open; the upgrade
+  // relay's second thread adds to them too.
+  common::Counter* bytes_in = nullptr;
+  common::Counter* bytes_out = nullptr;
+  std::atomic<uint64_t> in{0};
+  std::atomic<uint64_t> out{0};
+
+  void AddIn(size_t n) {
+    in.fetch_add(n, std::memory_order_relaxed);
+    if (bytes_in != nullptr) bytes_in->Increment(n);
+  }
+  void AddOut(size_t n) {
+    out.fetch_add(n, std::memory_order_relaxed);
+    if (bytes_out != nullptr) bytes_out->Increment(n);
+  }
+  void Reset() {
+    started = logged = cut = false;
+    request_id.clear();
+    method.clear();
+    remote.clear();
+    path.clear();
+    slug.clear();
+    tunnel.clear();
+    error.clear();
+    status = handled_status = logged_status = 0;
+    bytes_in = bytes_out = nullptr;
+    in = 0;
+    out = 0;
+  }
+};
+thread_local RequestRecord tl_request;
+
+// The request target without its query string, capped: what the access log
+// shows of a path.
+std::string PathOf(absl::string_view target) {
+  absl::string_view path = target.substr(0, target.find('?'));
+  constexpr size_t kMaxLogged = 1024;
+  if (path.size() > kMaxLogged) {
+    return absl::StrCat(path.substr(0, kMaxLogged), "...");
+  }
+  return std::string(path);
+}
+
+absl::string_view StatusClass(int status) {
+  switch (status / 100) {
+    case 1:
+      return "1xx";
+    case 2:
+      return "2xx";
+    case 3:
+      return "3xx";
+    case 4:
+      return "4xx";
+    case 5:
+      return "5xx";
+    default:
+      return "other";
+  }
+}
+
 std::string HtmlEscape(absl::string_view s) {
   return absl::StrReplaceAll(
       s, {{"&", "&amp;"}, {"<", "&lt;"}, {">", "&gt;"}, {"\"", "&quot;"}});
@@ -73,6 +185,7 @@ std::string JsonEscape(absl::string_view s) {
 // everything else. X-Tunnel-Error names the case for scripts and logs.
 void SetError(const httplib::Request& req, httplib::Response& res, int status,
               absl::string_view code, absl::string_view message) {
+  tl_request.error = std::string(code);
   res.status = status;
   res.set_header("X-Tunnel-Error", std::string(code));
   res.set_header("Cache-Control", "no-store");
@@ -144,11 +257,63 @@ bool IsInternalHeader(absl::string_view name) {
 
 class FrontDoor::Handler {
  public:
-  Handler(const FrontDoorOptions& options, server::TunnelRouter* router)
-      : options_(options), router_(router) {}
+  Handler(const FrontDoorOptions& options, server::TunnelRouter* router,
+          common::MetricsRegistry* metrics)
+      : options_(options), router_(router), metrics_(metrics) {}
+
+  // httplib's logger: runs after it wrote a response (ours or its own).
+  static void Logged(const httplib::Request& req,
+                     const httplib::Response& res) {
+    RequestRecord& r = tl_request;
+    r.logged = true;
+    r.logged_status = res.status;
+    if (!r.started) {  // httplib refused the request before the setup hook
+      r.method = req.method;
+      r.remote = req.remote_addr;
+      r.path = PathOf(req.target);
+    }
+  }
+
+  // FrontServer's request-done hook: counts the request and logs it.
+  void Done() {
+    RequestRecord& r = tl_request;
+    if (!r.started && !r.logged) return;  // the connection just ended
+    const absl::Duration took =
+        r.started ? absl::Now() - r.start : absl::ZeroDuration();
+    int status = r.status != 0 ? r.status
+                 : r.logged    ? r.logged_status
+                               : r.handled_status;
+    // httplib skips its logger only when writing the head failed: the
+    // visitor got nothing.
+    if (!r.logged && r.status == 0) r.cut = true;
+    std::string error = r.cut && r.error.empty() ? "response_cut" : r.error;
+    metrics_.requests
+        ->WithLabels({r.tunnel, std::string(StatusClass(status)), error})
+        ->Increment();
+    metrics_.duration->Observe(absl::ToDoubleSeconds(took));
+    common::LogEvent(common::LogLevel::kInfo, "access")
+        .Str("request_id", r.request_id)
+        .Str("remote", r.remote)
+        .Str("tunnel", r.slug)
+        .Str("method", r.method)
+        .Str("path", r.path)
+        .Int("status", status)
+        .Int("bytes_in", static_cast<int64_t>(r.in.load()))
+        .Int("bytes_out", static_cast<int64_t>(r.out.load()))
+        .Num("duration_ms", absl::ToDoubleMilliseconds(took))
+        .Str("error", error);
+    r.Reset();
+  }
 
   // Setup hook: runs on the parsed request before routing.
   static void Prepare(httplib::Request& req) {
+    RequestRecord& r = tl_request;
+    r.Reset();
+    r.started = true;
+    r.start = absl::Now();
+    r.method = req.method;
+    r.remote = req.remote_addr;
+    r.path = PathOf(req.target);
     // httplib would slice our streamed response for Range requests; the
     // service answers Range itself.
     req.ranges.clear();
@@ -192,6 +357,8 @@ class FrontDoor::Handler {
 
     tunnel::v1::TunnelRequest head;
     std::string request_id = common::NewUuid();
+    tl_request.request_id = request_id;
+    tl_request.slug = route->slug;
     head.set_request_id(request_id);
     head.set_tunnel_slug(route->slug);
     head.set_method(req.method);
@@ -257,12 +424,21 @@ class FrontDoor::Handler {
 
     absl::StatusOr<std::unique_ptr<TunnelStream>> opened =
         router_->Open(route->slug, std::move(head));
+    // Only a tunnel the router knows becomes a label value.
+    if (opened.ok() || !absl::IsNotFound(opened.status())) {
+      tl_request.tunnel = route->slug;
+    }
     if (!opened.ok()) {
       SetStreamError(req, res, opened.status(), options_.offline_retry_after);
       return;
     }
     std::shared_ptr<TunnelStream> stream = std::move(*opened);
     res.set_header("X-Request-Id", request_id);
+    RequestRecord* record = &tl_request;
+    record->bytes_in = metrics_.bytes->WithLabels(
+        {record->tunnel, std::string(kVisitorToAgent)});
+    record->bytes_out = metrics_.bytes->WithLabels(
+        {record->tunnel, std::string(kAgentToVisitor)});
 
     // Upload: stream the body to the agent against its credit.
     absl::Status upload;
@@ -270,11 +446,13 @@ class FrontDoor::Handler {
       bool read_ok = (*reader)([&](const char* data, size_t len) {
         upload = stream->SendBody(absl::string_view(data, len),
                                   absl::Now() + options_.body_idle_timeout);
+        if (upload.ok()) record->AddIn(len);
         return upload.ok();
       });
       if (upload.ok() && !read_ok) {
         // The visitor's body broke off: the agent must not see it as whole.
         stream->Cancel("the visitor's request body was cut off");
+        record->error = "request_cut";
         res.status = 400;
         return;
       }
@@ -282,7 +460,10 @@ class FrontDoor::Handler {
     } else if (!req.body.empty()) {
       upload =
           stream->SendBody(req.body, absl::Now() + options_.body_idle_timeout);
-      if (upload.ok()) upload = stream->FinishBody();
+      if (upload.ok()) {
+        record->AddIn(req.body.size());
+        upload = stream->FinishBody();
+      }
     }
     if (!upload.ok()) {
       stream->Cancel(upload.message());
@@ -305,7 +486,8 @@ class FrontDoor::Handler {
       return;
     }
     if (upgrade && resp.status() == 101) {
-      ServeUpgraded(*stream, resp);
+      record->status = 101;
+      ServeUpgraded(*stream, resp, record);
       return;
     }
     res.status = static_cast<int>(resp.status());
@@ -329,7 +511,10 @@ class FrontDoor::Handler {
       if (resp.end_stream() && req.method != "HEAD") {
         absl::StatusOr<common::Chunk> c =
             stream->ReadBody(absl::Now() + options_.body_idle_timeout);
-        if (c.ok()) res.body = std::move(c->data);
+        if (c.ok()) {
+          record->AddOut(c->data.size());
+          res.body = std::move(c->data);
+        }
       }
       return;
     }
@@ -337,6 +522,7 @@ class FrontDoor::Handler {
     // Streamed body: each chunk goes to the visitor as it arrives.
     auto state = std::make_shared<BodyState>();
     state->stream = stream;
+    state->record = record;
     state->idle = options_.body_idle_timeout;
     if (content_length >= 0) {
       res.content_length_ = static_cast<size_t>(content_length);
@@ -360,12 +546,21 @@ class FrontDoor::Handler {
  private:
   struct BodyState {
     std::shared_ptr<TunnelStream> stream;
+    // The worker's record; Pump runs on that worker (inside httplib's
+    // response writing, before the request-done hook).
+    RequestRecord* record = nullptr;
     absl::Duration idle;
+
+    bool Pump(httplib::DataSink& sink, size_t length, bool chunked) {
+      bool ok = PumpOnce(sink, length, chunked);
+      if (!ok) record->cut = true;
+      return ok;
+    }
 
     // One provider call: delivers at least one chunk or fails. Returning
     // false makes httplib drop the connection without a final chunk, so a
     // cut-off body never looks complete.
-    bool Pump(httplib::DataSink& sink, size_t length, bool chunked) {
+    bool PumpOnce(httplib::DataSink& sink, size_t length, bool chunked) {
       absl::Time deadline = absl::Now() + idle;
       while (true) {
         absl::StatusOr<common::Chunk> c = stream->ReadBody(
@@ -386,6 +581,7 @@ class FrontDoor::Handler {
           stream->Cancel("the visitor went away");
           return false;
         }
+        record->AddOut(c->data.size());
         if (!chunked && !c->end && c->data.size() == length) {
           // httplib stops calling once Content-Length bytes are out; take
           // the end marker now so the stream ends cleanly at the agent.
@@ -414,7 +610,8 @@ class FrontDoor::Handler {
   // fails or idles past upgrade_idle_timeout. httplib never sees the
   // connection again.
   void ServeUpgraded(TunnelStream& stream,
-                     const tunnel::v1::TunnelResponse& resp) {
+                     const tunnel::v1::TunnelResponse& resp,
+                     RequestRecord* record) {
     FrontServer::Hijacked conn = FrontServer::HijackCurrentConnection();
     if (conn.fd < 0) {
       stream.Cancel("no connection to upgrade");
@@ -434,10 +631,12 @@ class FrontDoor::Handler {
         (!conn.buffered.empty() &&
          !stream.SendBody(conn.buffered, absl::Now() + idle).ok())) {
       stream.Cancel("the visitor's upgraded connection failed");
+      record->cut = true;
       return;
     }
+    record->AddIn(conn.buffered.size());
     // Service -> visitor on a second thread; visitor -> service here.
-    std::thread down([&stream, fd = conn.fd, idle] {
+    std::thread down([&stream, fd = conn.fd, idle, record] {
       while (true) {
         absl::StatusOr<common::Chunk> c = stream.ReadBody(absl::Now() + idle);
         if (!c.ok() ||
@@ -445,6 +644,7 @@ class FrontDoor::Handler {
           ::shutdown(fd, SHUT_RDWR);  // ends the other direction too
           return;
         }
+        record->AddOut(c->data.size());
         if (c->end) {
           ::shutdown(fd, SHUT_WR);  // the service half-closed
           return;
@@ -465,6 +665,7 @@ class FrontDoor::Handler {
         ::shutdown(conn.fd, SHUT_RDWR);
         break;
       }
+      record->AddIn(static_cast<size_t>(n));
     }
     down.join();
   }
@@ -489,27 +690,33 @@ class FrontDoor::Handler {
 
   const FrontDoorOptions& options_;
   server::TunnelRouter* const router_;
+  FrontMetrics metrics_;
   // > 0 while draining: the Retry-After to send, in seconds.
   std::atomic<int64_t> drain_retry_after_s_{0};
 };
 
-FrontDoor::FrontDoor(FrontDoorOptions options, server::TunnelRouter* router)
+FrontDoor::FrontDoor(FrontDoorOptions options, server::TunnelRouter* router,
+                     common::MetricsRegistry* metrics)
     : options_(std::move(options)),
       router_(router),
       server_(std::make_unique<FrontServer>(options_.connection)),
-      handler_(std::make_unique<Handler>(options_, router_)) {
+      handler_(std::make_unique<Handler>(options_, router_, metrics)) {
   int workers = std::max(1, options_.workers);
   server_->new_task_queue = [workers] {
     return new httplib::ThreadPool(static_cast<size_t>(workers));
   };
   server_->set_setup_request(&Handler::Prepare);
+  server_->set_logger(&Handler::Logged);
   Handler* h = handler_.get();
+  server_->set_request_done([h] { h->Done(); });
   auto plain = [h](const httplib::Request& req, httplib::Response& res) {
     h->Handle(req, res, nullptr);
+    tl_request.handled_status = res.status;
   };
   auto with_body = [h](const httplib::Request& req, httplib::Response& res,
                        const httplib::ContentReader& reader) {
     h->Handle(req, res, &reader);
+    tl_request.handled_status = res.status;
   };
   const std::string all = ".*";
   server_->Get(all, plain);  // GET and HEAD

@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/metrics.h"
 #include "httpfront/front_server.h"
 #include "server/tunnel_router.h"
 
@@ -38,8 +39,10 @@ struct FrontDoorOptions {
 
 class FrontDoor {
  public:
-  // `router` must outlive the front door.
-  FrontDoor(FrontDoorOptions options, server::TunnelRouter* router);
+  // `router` and `metrics` must outlive the front door. Registers the
+  // visitor-side metrics (requests, bytes, durations) in `metrics`.
+  FrontDoor(FrontDoorOptions options, server::TunnelRouter* router,
+            common::MetricsRegistry* metrics);
   ~FrontDoor();
 
   // Binds host:port (port 0 = any) and starts serving. Returns the port.

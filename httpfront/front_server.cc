@@ -203,6 +203,7 @@ bool FrontServer::process_and_close_socket(socket_t sock) {
     bool connection_closed = false;
     ret = process_request(strm, /*close_connection=*/remaining == 1,
                           connection_closed, setup_request_);
+    if (request_done_) request_done_();
     if (!ret || connection_closed || strm.broken()) break;
     --remaining;
   }

@@ -45,6 +45,12 @@ class FrontServer : public httplib::Server {
     setup_request_ = std::move(fn);
   }
 
+  // Runs on the worker after each request on a connection is over (its
+  // response written, or the attempt failed), whether or not a handler ran.
+  void set_request_done(std::function<void()> fn) {
+    request_done_ = std::move(fn);
+  }
+
   // After binding: raises the accept backlog (httplib's build listens with a
   // backlog of 5, which drops connections in any burst).
   void SetListenBacklog(int backlog);
@@ -72,6 +78,7 @@ class FrontServer : public httplib::Server {
 
   const ConnectionOptions options_;
   std::function<void(httplib::Request&)> setup_request_;
+  std::function<void()> request_done_;
   absl::Mutex mu_;
   absl::flat_hash_set<int> open_ ABSL_GUARDED_BY(mu_);
 };

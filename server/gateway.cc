@@ -7,6 +7,14 @@
 #include "grpcpp/grpcpp.h"
 
 namespace tunnel::server {
+namespace {
+
+#ifndef TUNNEL_VERSION
+#define TUNNEL_VERSION "unknown"
+#endif
+constexpr char kVersion[] = TUNNEL_VERSION;
+
+}  // namespace
 
 absl::Status SplitHostPort(absl::string_view addr, std::string* host,
                            int* port) {
@@ -59,14 +67,21 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
     return s;
   }
   o.front.domain = o.service.domain;
-  gw->front_ = std::make_unique<httpfront::FrontDoor>(o.front, &gw->registry_);
+  gw->metrics_
+      .AddGauge("tunnel_build_info", "Always 1; labelled with the version.",
+                {"version"})
+      ->WithLabels({kVersion})
+      ->Set(1);
+  gw->core_metrics_.ObserveSessions(&gw->metrics_, &gw->registry_);
+  gw->front_ = std::make_unique<httpfront::FrontDoor>(o.front, &gw->registry_,
+                                                      &gw->metrics_);
   absl::StatusOr<int> bound = gw->front_->Listen(http_host, http_port);
   if (!bound.ok()) return bound.status();
   gw->http_port_ = *bound;
   o.service.public_port = o.public_port < 0 ? gw->http_port_ : o.public_port;
 
-  gw->service_ = std::make_unique<TunnelServiceImpl>(o.service, &gw->registry_,
-                                                     gw->verifier_.get());
+  gw->service_ = std::make_unique<TunnelServiceImpl>(
+      o.service, &gw->registry_, gw->verifier_.get(), &gw->core_metrics_);
   grpc::ServerBuilder builder;
   builder.AddListeningPort(o.grpc_addr, grpc::InsecureServerCredentials(),
                            &gw->grpc_port_);
@@ -84,6 +99,32 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
     return absl::UnavailableError(
         absl::StrCat("cannot listen for gRPC on ", o.grpc_addr,
                      " (address in use or not available)"));
+  }
+  if (!o.ops_addr.empty()) {
+    std::string ops_host;
+    int ops_port;
+    if (absl::Status s = SplitHostPort(o.ops_addr, &ops_host, &ops_port);
+        !s.ok()) {
+      gw->Shutdown();
+      return s;
+    }
+    Gateway* g = gw.get();
+    gw->ops_ = std::make_unique<httpfront::OpsServer>(
+        &gw->metrics_,
+        [g] {
+          httpfront::Health h;
+          h.draining = g->draining_;
+          h.sessions = g->registry_.session_count();
+          h.streams = g->registry_.stream_count();
+          return h;
+        },
+        kVersion);
+    absl::StatusOr<int> ops_bound = gw->ops_->Listen(ops_host, ops_port);
+    if (!ops_bound.ok()) {
+      gw->Shutdown();
+      return ops_bound.status();
+    }
+    gw->ops_port_ = *ops_bound;
   }
   gw->heartbeats_ = std::thread([g = gw.get()] { g->HeartbeatLoop(); });
   return gw;
@@ -111,6 +152,7 @@ void Gateway::HeartbeatLoop() {
 }
 
 bool Gateway::Drain(absl::Duration timeout) {
+  draining_ = true;
   front_->SetDraining(options_.drain_retry_after);
   for (const auto& s : registry_.Sessions()) {
     s->SendGoAway("the gateway is shutting down", options_.drain_retry_after);
@@ -149,6 +191,8 @@ void Gateway::Shutdown() {
   }
   if (front_ != nullptr) front_->Stop();
   if (grpc_server_ != nullptr) grpc_server_->Wait();
+  // Last: /healthz answers "draining" until the very end.
+  if (ops_ != nullptr) ops_->Stop();
 }
 
 }  // namespace tunnel::server

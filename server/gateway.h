@@ -6,6 +6,7 @@
 #ifndef TUNNEL_SERVER_GATEWAY_H_
 #define TUNNEL_SERVER_GATEWAY_H_
 
+#include <atomic>
 #include <memory>
 #include <optional>
 #include <string>
@@ -16,7 +17,10 @@
 #include "absl/time/time.h"
 #include "common/credentials.h"
 #include "common/hmac_auth.h"
+#include "common/metrics.h"
 #include "httpfront/front_door.h"
+#include "httpfront/ops_server.h"
+#include "server/core_metrics.h"
 #include "server/session_registry.h"
 #include "server/tunnel_service.h"
 #include "tunnel/v1/credentials.pb.h"
@@ -30,6 +34,9 @@ namespace tunnel::server {
 struct GatewayOptions {
   std::string grpc_addr = "0.0.0.0:8080";
   std::string http_addr = "0.0.0.0:8082";
+  // /healthz and /metrics; empty: no ops listener. (gateway-tunnel's flag
+  // defaults to 127.0.0.1:8083.)
+  std::string ops_addr;
   // Credentials: read from `credentials_path`, or given directly (tests).
   std::string credentials_path;
   std::optional<tunnel::v1::CredentialsFile> credentials;
@@ -53,7 +60,10 @@ class Gateway {
 
   int grpc_port() const { return grpc_port_; }
   int http_port() const { return http_port_; }
+  // 0 when there is no ops listener.
+  int ops_port() const { return ops_port_; }
   SessionRegistry& registry() { return registry_; }
+  common::MetricsRegistry& metrics() { return metrics_; }
 
   // Graceful stop, first half: new visitor requests get 503 + Retry-After,
   // agents get GoAway, and requests in flight may finish. Returns when none
@@ -67,18 +77,24 @@ class Gateway {
   explicit Gateway(GatewayOptions options);
 
   GatewayOptions options_;
+  // First member: everything below registers into it and is gone before it.
+  common::MetricsRegistry metrics_;
+  CoreMetrics core_metrics_{&metrics_};
   common::CredentialStore credentials_;
   std::unique_ptr<common::AuthVerifier> verifier_;
   SessionRegistry registry_;
   std::unique_ptr<TunnelServiceImpl> service_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<httpfront::FrontDoor> front_;
+  std::unique_ptr<httpfront::OpsServer> ops_;
+  std::atomic<bool> draining_{false};
   void HeartbeatLoop();
 
   absl::Notification stop_heartbeats_;
   std::thread heartbeats_;
   int grpc_port_ = 0;
   int http_port_ = 0;
+  int ops_port_ = 0;
   bool shut_down_ = false;
 };
 

@@ -18,8 +18,10 @@ constexpr char kUsage[] =
     "\n"
     "Agents connect over gRPC to --grpc-addr; visitors reach their tunnels\n"
     "over HTTP on --http-addr, as http://<slug>.<domain>:<port>/ or\n"
-    "http://<host>:<port>/t/<slug>/. On start it prints the bound addresses,\n"
-    "one per line (\"grpc HOST:PORT\", \"http HOST:PORT\").\n"
+    "http://<host>:<port>/t/<slug>/. /healthz and /metrics are served on\n"
+    "--ops-addr (loopback by default). On start it prints the bound\n"
+    "addresses, one per line (\"grpc HOST:PORT\", \"http HOST:PORT\", then\n"
+    "\"ops HOST:PORT\" unless --ops-addr is empty).\n"
     "\n"
     "Usage: gateway-tunnel [flags]\n";
 
@@ -34,6 +36,7 @@ int main(int argc, char** argv) {
   using tunnel::server::GatewayOptions;
   GatewayOptions o;
   o.credentials_path = "tunnel-credentials.txtpb";
+  o.ops_addr = "127.0.0.1:8083";
   int64_t stream_window = o.service.limits.gateway_receive_window;
   int64_t max_streams = static_cast<int64_t>(o.service.limits.max_streams);
   int64_t max_tunnels = static_cast<int64_t>(o.service.max_tunnels_per_agent);
@@ -41,11 +44,15 @@ int main(int argc, char** argv) {
   int64_t workers = o.front.workers;
   int64_t public_port = o.public_port;
   std::string log_level = "info";
+  std::string log_format = "text";
   absl::Duration drain_timeout = absl::Seconds(30);
 
   tunnel::common::FlagSet flags(kUsage);
   flags.String("grpc-addr", &o.grpc_addr, "address agents connect to");
   flags.String("http-addr", &o.http_addr, "address visitors connect to");
+  flags.String("ops-addr", &o.ops_addr,
+               "address of /healthz and /metrics (empty: none); keep it "
+               "private");
   flags.String("domain", &o.service.domain,
                "base domain for subdomain routing (<slug>.<domain>)");
   flags.String("credentials", &o.credentials_path,
@@ -92,6 +99,8 @@ int main(int argc, char** argv) {
                  "Retry-After for visitors and reconnect hint for agents "
                  "while draining");
   flags.String("log-level", &log_level, "debug, info, warning or error");
+  flags.String("log-format", &log_format,
+               "text (lines for people) or json (one object per line)");
 
   absl::StatusOr<std::vector<std::string>> rest = flags.Parse(argc, argv);
   if (!rest.ok()) return Fail(std::string(rest.status().message()), 2);
@@ -106,6 +115,9 @@ int main(int argc, char** argv) {
   }
   if (!tunnel::common::SetLogLevelByName(log_level)) {
     return Fail("--log-level must be debug, info, warning or error", 2);
+  }
+  if (!tunnel::common::SetLogFormatByName(log_format)) {
+    return Fail("--log-format must be text or json", 2);
   }
   if (stream_window < tunnel::common::kMinStreamWindow ||
       stream_window > (16 << 20)) {
@@ -135,12 +147,16 @@ int main(int argc, char** argv) {
       tunnel::server::Gateway::Start(o);
   if (!gw.ok()) return Fail(std::string(gw.status().message()), 1);
 
-  std::string grpc_host, http_host;
+  std::string grpc_host, http_host, ops_host;
   int ignored;
   (void)tunnel::server::SplitHostPort(o.grpc_addr, &grpc_host, &ignored);
   (void)tunnel::server::SplitHostPort(o.http_addr, &http_host, &ignored);
   std::printf("grpc %s:%d\nhttp %s:%d\n", grpc_host.c_str(), (*gw)->grpc_port(),
               http_host.c_str(), (*gw)->http_port());
+  if (!o.ops_addr.empty()) {
+    (void)tunnel::server::SplitHostPort(o.ops_addr, &ops_host, &ignored);
+    std::printf("ops %s:%d\n", ops_host.c_str(), (*gw)->ops_port());
+  }
   std::fflush(stdout);
   TUNNEL_LOG(INFO) << "serving tunnels for *." << o.service.domain;
 

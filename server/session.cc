@@ -103,12 +103,14 @@ class GatewayStream : public TunnelStream {
 };
 
 Session::Session(std::string session_id, std::string agent_id, std::string peer,
-                 SessionLimits limits, EnvelopeWriter* writer)
+                 SessionLimits limits, EnvelopeWriter* writer,
+                 const CoreMetrics* metrics)
     : session_id_(std::move(session_id)),
       agent_id_(std::move(agent_id)),
       peer_(std::move(peer)),
       limits_(limits),
       writer_(writer),
+      metrics_(metrics),
       outbox_(limits.max_chunk),
       last_seen_ns_(absl::ToUnixNanos(absl::Now())) {}
 
@@ -165,6 +167,7 @@ void Session::SendData(uint64_t stream_id, std::string data, bool end) {
 
 void Session::SendClose(uint64_t stream_id, TunnelClose::Reason reason,
                         absl::string_view message) {
+  metrics_->stream_close(/*from_agent=*/false, reason)->Increment();
   Enqueue(common::MakeClose(stream_id, reason, message), true);
 }
 
@@ -251,6 +254,7 @@ absl::StatusOr<std::unique_ptr<TunnelStream>> Session::OpenStream(
           "the agent is shutting down; it should be back shortly");
     }
     if (streams_.size() >= limits_.max_streams) {
+      metrics_->max_streams_rejections->Increment();
       return absl::ResourceExhaustedError(absl::StrCat(
           "the agent has ", streams_.size(), " requests in flight (limit ",
           limits_.max_streams, ")"));
@@ -269,6 +273,29 @@ absl::StatusOr<std::unique_ptr<TunnelStream>> Session::OpenStream(
 size_t Session::stream_count() const {
   absl::MutexLock lock(&mu_);
   return streams_.size();
+}
+
+SessionStats Session::Stats() const {
+  std::vector<std::shared_ptr<common::StreamChannel>> channels;
+  {
+    absl::MutexLock lock(&mu_);
+    channels.reserve(streams_.size());
+    for (const auto& [id, ch] : streams_) channels.push_back(ch);
+  }
+  SessionStats s;
+  s.streams = channels.size();
+  s.queued_bytes = outbox_.queued_bytes();
+  s.queued_messages = outbox_.size();
+  for (const auto& ch : channels) {
+    if (ch->send_stalled()) ++s.stalled_to_agent;
+    if (ch->receive_window_full()) ++s.stalled_to_visitor;
+  }
+  return s;
+}
+
+grpc::Status Session::end_status() const {
+  absl::MutexLock lock(&mu_);
+  return finish_requested_ ? finish_status_ : grpc::Status::OK;
 }
 
 std::shared_ptr<common::StreamChannel> Session::FindStream(uint64_t id) const {
@@ -326,6 +353,8 @@ void Session::OnEnvelope(const Envelope& e) {
       return;
     }
     case Envelope::kClose: {
+      metrics_->stream_close(/*from_agent=*/true, e.close().reason())
+          ->Increment();
       auto ch = FindStream(e.close().stream_id());
       if (ch == nullptr) break;
       ch->Abort(StatusFromClose(e.close()));

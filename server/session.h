@@ -24,6 +24,7 @@
 #include "common/flow_control.h"
 #include "common/outbox.h"
 #include "grpcpp/support/status.h"
+#include "server/core_metrics.h"
 #include "server/tunnel_router.h"
 #include "tunnel/v1/tunnel.pb.h"
 
@@ -50,10 +51,23 @@ class EnvelopeWriter {
   virtual void End(grpc::Status status) = 0;
 };
 
+// A point-in-time view of a session for metrics.
+struct SessionStats {
+  size_t streams = 0;
+  size_t queued_bytes = 0;     // body bytes in the send queue
+  size_t queued_messages = 0;  // messages in the send queue (both lanes)
+  // Streams whose visitor upload waits for the agent's credit.
+  size_t stalled_to_agent = 0;
+  // Streams whose agent is out of credit (the visitor reads slowly).
+  size_t stalled_to_visitor = 0;
+};
+
 class Session : public std::enable_shared_from_this<Session> {
  public:
+  // `metrics` must outlive the session.
   Session(std::string session_id, std::string agent_id, std::string peer,
-          SessionLimits limits, EnvelopeWriter* writer);
+          SessionLimits limits, EnvelopeWriter* writer,
+          const CoreMetrics* metrics);
   ~Session();
 
   const std::string& id() const { return session_id_; }
@@ -92,6 +106,12 @@ class Session : public std::enable_shared_from_this<Session> {
   absl::StatusOr<std::unique_ptr<TunnelStream>> OpenStream(
       tunnel::v1::TunnelRequest head);
   size_t stream_count() const;
+  // Takes the session's and each stream's lock briefly: for scrapes, not
+  // for the data path.
+  SessionStats Stats() const;
+  // Why the session ended (the status its call finished with); OK while it
+  // is open.
+  grpc::Status end_status() const;
 
   // --- reactor thread ---
   // Handles one envelope from the agent after the handshake.
@@ -115,6 +135,7 @@ class Session : public std::enable_shared_from_this<Session> {
   const std::string peer_;
   SessionLimits limits_;  // fixed once the session is registered
   EnvelopeWriter* const writer_;
+  const CoreMetrics* const metrics_;
   common::Outbox outbox_;
 
   mutable absl::Mutex mu_;

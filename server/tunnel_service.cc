@@ -5,7 +5,9 @@
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
 #include "common/random.h"
@@ -35,15 +37,18 @@ class AgentConnection final
         service_->verifier_->Verify(metadata, absl::Now());
     if (!auth.ok) {
       ++service_->auth_failures_;
-      TUNNEL_LOG(WARNING) << "refused agent from " << peer_ << ": "
-                          << common::AuthFailureName(auth.failure) << ": "
-                          << auth.message;
+      service_->metrics_->auth_failure(auth.failure)->Increment();
+      // auth.message never contains a secret (hmac_auth.h).
+      common::LogEvent(common::LogLevel::kWarning, "agent_auth_failed")
+          .Str("peer", peer_)
+          .Str("reason", common::AuthFailureName(auth.failure))
+          .Str("detail", auth.message);
       Finish(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, auth.message));
       return;
     }
-    session_ =
-        std::make_shared<Session>(common::RandomHex(8), auth.agent_id, peer_,
-                                  service_->options_.limits, this);
+    session_ = std::make_shared<Session>(common::RandomHex(8), auth.agent_id,
+                                         peer_, service_->options_.limits, this,
+                                         service_->metrics_);
     StartRead(&in_);
   }
 
@@ -85,8 +90,17 @@ class AgentConnection final
     if (session_ != nullptr) {
       if (registered_) {
         service_->registry_->Unregister(session_.get());
-        TUNNEL_LOG(INFO) << "agent " << session_->agent_id()
-                         << " disconnected (session " << session_->id() << ")";
+        service_->metrics_->agent_disconnects->Increment();
+        grpc::Status why = session_->end_status();
+        common::LogEvent(common::LogLevel::kInfo, "agent_disconnected")
+            .Str("agent_id", session_->agent_id())
+            .Str("session", session_->id())
+            .Str("peer", peer_)
+            .Str("reason", why.error_message().empty()
+                               ? "the agent closed the stream"
+                               : why.error_message())
+            .Num("connected_s",
+                 absl::ToDoubleSeconds(absl::Now() - connected_at_), 1);
       }
       session_->OnDone();
     }
@@ -97,8 +111,12 @@ class AgentConnection final
   void Refuse(ConnectError::Code code, const std::string& message,
               grpc::StatusCode status,
               absl::Duration retry_after = absl::ZeroDuration()) {
-    TUNNEL_LOG(WARNING) << "refused agent " << session_->agent_id() << " from "
-                        << peer_ << ": " << message;
+    common::LogEvent(common::LogLevel::kWarning, "agent_refused")
+        .Str("agent_id", session_->agent_id())
+        .Str("peer", peer_)
+        .Str("code", absl::AsciiStrToLower(ConnectError::Code_Name(code)))
+        .Str("reason", message);
+    service_->metrics_->connect_refusal(code)->Increment();
     Envelope e;
     auto* err = e.mutable_connect_error();
     err->set_code(code);
@@ -161,6 +179,7 @@ class AgentConnection final
     // replaces its own session does not add one).
     if (service_->registry_->session_count() >= opts.max_agents &&
         service_->registry_->FindByAgent(session_->agent_id()) == nullptr) {
+      service_->metrics_->max_agents_rejections->Increment();
       Refuse(ConnectError::UNAVAILABLE,
              absl::StrCat("the gateway is at its limit of ", opts.max_agents,
                           " connected agents; retrying later"),
@@ -176,6 +195,7 @@ class AgentConnection final
       return;
     }
     registered_ = true;
+    service_->metrics_->agent_connects->Increment();
     if (replaced != nullptr) {
       TUNNEL_LOG(INFO) << "agent " << session_->agent_id()
                        << " reconnected; closing its previous session "
@@ -210,9 +230,12 @@ class AgentConnection final
                                     port, "/t/", t.slug(), "/"));
     }
     session_->Send(std::move(e));
-    TUNNEL_LOG(INFO) << "agent " << session_->agent_id() << " connected from "
-                     << peer_ << " (session " << session_->id() << ", "
-                     << slugs.size() << " tunnel(s))";
+    connected_at_ = absl::Now();
+    common::LogEvent(common::LogLevel::kInfo, "agent_connected")
+        .Str("agent_id", session_->agent_id())
+        .Str("session", session_->id())
+        .Str("peer", peer_)
+        .Str("tunnels", absl::StrJoin(slugs, ","));
   }
 
   TunnelServiceImpl* const service_;
@@ -220,12 +243,17 @@ class AgentConnection final
   std::shared_ptr<Session> session_;
   Envelope in_;
   bool registered_ = false;
+  absl::Time connected_at_;
 };
 
 TunnelServiceImpl::TunnelServiceImpl(TunnelServiceOptions options,
                                      SessionRegistry* registry,
-                                     common::AuthVerifier* verifier)
-    : options_(std::move(options)), registry_(registry), verifier_(verifier) {}
+                                     common::AuthVerifier* verifier,
+                                     const CoreMetrics* metrics)
+    : options_(std::move(options)),
+      registry_(registry),
+      verifier_(verifier),
+      metrics_(metrics) {}
 
 grpc::ServerBidiReactor<Envelope, Envelope>* TunnelServiceImpl::Connect(
     grpc::CallbackServerContext* context) {

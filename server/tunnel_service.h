@@ -10,6 +10,7 @@
 
 #include "absl/time/time.h"
 #include "common/hmac_auth.h"
+#include "server/core_metrics.h"
 #include "server/session.h"
 #include "server/session_registry.h"
 #include "tunnel/v1/tunnel.grpc.pb.h"
@@ -34,9 +35,9 @@ struct TunnelServiceOptions {
 class TunnelServiceImpl final
     : public tunnel::v1::TunnelService::CallbackService {
  public:
-  // `registry` and `verifier` must outlive the service.
+  // `registry`, `verifier` and `metrics` must outlive the service.
   TunnelServiceImpl(TunnelServiceOptions options, SessionRegistry* registry,
-                    common::AuthVerifier* verifier);
+                    common::AuthVerifier* verifier, const CoreMetrics* metrics);
 
   grpc::ServerBidiReactor<tunnel::v1::Envelope, tunnel::v1::Envelope>* Connect(
       grpc::CallbackServerContext* context) override;
@@ -52,6 +53,7 @@ class TunnelServiceImpl final
   TunnelServiceOptions options_;
   SessionRegistry* const registry_;
   common::AuthVerifier* const verifier_;
+  const CoreMetrics* const metrics_;
   std::atomic<uint64_t> auth_failures_{0};
 };
 

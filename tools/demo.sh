@@ -7,7 +7,8 @@
 # Usage: tools/demo.sh [--check]
 #   --check   verify the tunnel answers, then stop everything and exit
 #             (what CI runs); without it the demo runs until Ctrl-C.
-# Ports: DEMO_GRPC_PORT (8080), DEMO_HTTP_PORT (8082), DEMO_SERVICE_PORT (3000)
+# Ports: DEMO_GRPC_PORT (8080), DEMO_HTTP_PORT (8082), DEMO_OPS_PORT (8083),
+# DEMO_SERVICE_PORT (3000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -16,6 +17,7 @@ CHECK_ONLY=0
 
 GRPC_PORT=${DEMO_GRPC_PORT:-8080}
 HTTP_PORT=${DEMO_HTTP_PORT:-8082}
+OPS_PORT=${DEMO_OPS_PORT:-8083}
 SERVICE_PORT=${DEMO_SERVICE_PORT:-3000}
 
 bash tools/install-deps.sh
@@ -60,7 +62,8 @@ SECRET=$(awk '/^secret:/{print $2}' "$WORK/issued.txt")
 
 # 3. The gateway (on a public host this would listen on 0.0.0.0).
 build/server/gateway-tunnel --grpc-addr "127.0.0.1:$GRPC_PORT" \
-  --http-addr "127.0.0.1:$HTTP_PORT" --domain localhost \
+  --http-addr "127.0.0.1:$HTTP_PORT" --ops-addr "127.0.0.1:$OPS_PORT" \
+  --domain localhost \
   --credentials "$WORK/credentials.txtpb" \
   >"$WORK/gateway.out" 2>"$WORK/gateway.err" &
 pids+=($!)
@@ -87,6 +90,7 @@ echo
 echo "Try:"
 echo "  curl http://localhost:$HTTP_PORT/t/demo/"
 echo "  curl http://demo.localhost:$HTTP_PORT/"
+echo "  curl http://127.0.0.1:$OPS_PORT/healthz      # and /metrics"
 echo
 echo "It answers: $answer"
 if ((CHECK_ONLY)); then

@@ -7,7 +7,7 @@ packages=(
   build-essential cmake pkg-config ninja-build ccache git ca-certificates
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libssl-dev libcpp-httplib-dev libgtest-dev libgmock-dev
-  curl python3 python3-websockets clang-format
+  curl python3 python3-websockets python3-prometheus-client clang-format
 )
 
 missing=()

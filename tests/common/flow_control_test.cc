@@ -29,6 +29,33 @@ TEST(StreamChannelTest, BlockedSenderWakesOnUpdateFromAnotherThread) {
   t.join();
 }
 
+TEST(StreamChannelTest, SendStalledOnlyWhileAProducerWaitsWithoutCredit) {
+  StreamChannel ch(10, 10);
+  EXPECT_FALSE(ch.send_stalled());
+  ASSERT_EQ(*ch.AcquireSendCredit(10, Past()), 10u);
+  EXPECT_FALSE(ch.send_stalled());  // out of credit, but nobody waits
+  std::thread waiter([&] { EXPECT_EQ(*ch.AcquireSendCredit(4, Soon()), 4u); });
+  // Poll (bounded) until the waiter is parked.
+  absl::Time give_up = Soon();
+  while (!ch.send_stalled() && absl::Now() < give_up) std::this_thread::yield();
+  EXPECT_TRUE(ch.send_stalled());
+  ASSERT_TRUE(ch.AddSendCredit(4).ok());
+  waiter.join();
+  EXPECT_FALSE(ch.send_stalled());
+}
+
+TEST(StreamChannelTest, ReceiveWindowFullUntilTheConsumerAcks) {
+  StreamChannel ch(100, 100);
+  ASSERT_TRUE(ch.PushData(std::string(60, 'a'), false).ok());
+  EXPECT_FALSE(ch.receive_window_full());
+  ASSERT_TRUE(ch.PushData(std::string(40, 'b'), false).ok());
+  EXPECT_TRUE(ch.receive_window_full());
+  uint32_t ack = 0;
+  ASSERT_TRUE(ch.PopData(Past(), &ack).ok());
+  EXPECT_GT(ack, 0u);  // 60 >= a quarter window: the credit goes back
+  EXPECT_FALSE(ch.receive_window_full());
+}
+
 TEST(StreamChannelTest, ReceiverRejectsDataBeyondTheWindow) {
   StreamChannel ch(100, 100);
   EXPECT_TRUE(ch.PushData(std::string(100, 'x'), false).ok());

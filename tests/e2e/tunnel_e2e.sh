@@ -24,7 +24,7 @@ SVC_PORT=$(wait_for_line svc.out 'port [0-9]+' 10 | sed -E 's/.*port ([0-9]+).*/
 check "local service started" test -n "$SVC_PORT"
 
 "$BUILD/server/gateway-tunnel" --grpc-addr 127.0.0.1:0 \
-  --http-addr 127.0.0.1:0 --credentials creds.txtpb >gw.out 2>gw.err &
+  --http-addr 127.0.0.1:0 --ops-addr 127.0.0.1:0 --credentials creds.txtpb >gw.out 2>gw.err &
 GW=$!
 pids+=($GW)
 GRPC=$(wait_for_line gw.out '^grpc ' 10 | awk '{print $2}')
@@ -57,6 +57,10 @@ check "curl by subdomain answers through the tunnel" \
 code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 \
   "http://127.0.0.1:$HTTP_PORT/t/nobody/")
 check "unknown tunnel is 404" test "$code" = 404
+check "the gateway wrote an access line per request" \
+  test "$(grep -c ' INFO access ' gw.err)" -ge 3
+check "the 404's access line names the tunnel, status and error" \
+  grep -Eq ' INFO access .*tunnel=nobody method=GET path=/t/nobody/ status=404 .*error=tunnel_not_found$' gw.err
 
 # A wrong secret is permanent: the agent says so and exits 1.
 "$BUILD/agent/agent-tunnel" connect --gateway "$GRPC" --id cam-01 \
@@ -76,7 +80,7 @@ check "and name the missing flag" grep -q -- "--id is required" usage.err
 "$BUILD/agent/agent-tunnel" connect --help >help.out 2>&1
 check "--help exits 0 and lists --to" grep -q -- "--to" help.out
 "$BUILD/server/gateway-tunnel" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
-  --credentials missing.txtpb >/dev/null 2>missing.err
+  --ops-addr "" --credentials missing.txtpb >/dev/null 2>missing.err
 check "gateway with a missing credentials file exits 1" test $? = 1
 check "and names the file" grep -q "missing.txtpb" missing.err
 
@@ -93,7 +97,7 @@ python3 -u "$HERE/gated_service.py" --release "$WORK/release" \
 pids+=($!)
 GATED_PORT=$(wait_for_line gated.out '^port ' 10 | awk '{print $2}')
 "$BUILD/server/gateway-tunnel" --grpc-addr 127.0.0.1:0 \
-  --http-addr 127.0.0.1:0 --credentials creds.txtpb \
+  --http-addr 127.0.0.1:0 --ops-addr 127.0.0.1:0 --credentials creds.txtpb \
   --heartbeat-interval 200ms --drain-timeout 20s >gw2.out 2>gw2.err &
 GW2=$!
 pids+=($GW2)

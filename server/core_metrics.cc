@@ -1,0 +1,126 @@
+#include "server/core_metrics.h"
+
+#include <string>
+
+#include "absl/strings/ascii.h"
+#include "server/session_registry.h"
+
+namespace tunnel::server {
+namespace {
+
+using tunnel::v1::ConnectError;
+using tunnel::v1::TunnelClose;
+
+}  // namespace
+
+CoreMetrics::CoreMetrics(common::MetricsRegistry* registry) {
+  common::CounterFamily* auth = registry->AddCounter(
+      "tunnel_agent_auth_failures_total",
+      "Agent connections refused before a session existed, by reason.",
+      {"reason"});
+  for (int i = 0; i < kAuthFailures; ++i) {
+    auth_failures_[i] = auth->WithLabels({std::string(
+        common::AuthFailureName(static_cast<common::AuthFailure>(i)))});
+  }
+  common::CounterFamily* refusals = registry->AddCounter(
+      "tunnel_agent_connect_refusals_total",
+      "Authenticated agents refused at the handshake, by ConnectError code.",
+      {"code"});
+  for (int i = 0; i < ConnectError::Code_ARRAYSIZE; ++i) {
+    refusals_[i] = refusals->WithLabels({absl::AsciiStrToLower(
+        ConnectError::Code_Name(static_cast<ConnectError::Code>(i)))});
+  }
+  common::CounterFamily* capacity = registry->AddCounter(
+      "tunnel_capacity_rejections_total",
+      "Work refused at a configured limit: agents at --max-agents, visitor "
+      "requests (503 gateway_busy) at --max-streams-per-agent.",
+      {"limit"});
+  max_agents_rejections = capacity->WithLabels({"max_agents"});
+  max_streams_rejections = capacity->WithLabels({"max_streams_per_agent"});
+  common::CounterFamily* closes = registry->AddCounter(
+      "tunnel_stream_closes_total",
+      "Streams closed before their normal end (TunnelClose), by sender and "
+      "reason.",
+      {"sender", "reason"});
+  for (int from_agent = 0; from_agent < 2; ++from_agent) {
+    for (int i = 0; i < TunnelClose::Reason_ARRAYSIZE; ++i) {
+      closes_[from_agent][i] =
+          closes->WithLabels({from_agent ? "agent" : "gateway",
+                              absl::AsciiStrToLower(TunnelClose::Reason_Name(
+                                  static_cast<TunnelClose::Reason>(i)))});
+    }
+  }
+  agent_connects =
+      registry
+          ->AddCounter("tunnel_agent_connects_total",
+                       "Agent sessions accepted (handshake completed).")
+          ->WithLabels({});
+  agent_disconnects = registry
+                          ->AddCounter("tunnel_agent_disconnects_total",
+                                       "Accepted agent sessions that ended.")
+                          ->WithLabels({});
+}
+
+common::Counter* CoreMetrics::auth_failure(common::AuthFailure why) const {
+  int i = static_cast<int>(why);
+  return auth_failures_[i >= 0 && i < kAuthFailures ? i : 0];
+}
+
+common::Counter* CoreMetrics::connect_refusal(int code) const {
+  return refusals_[ConnectError::Code_IsValid(code) ? code : 0];
+}
+
+common::Counter* CoreMetrics::stream_close(bool from_agent, int reason) const {
+  return closes_[from_agent ? 1 : 0]
+                [TunnelClose::Reason_IsValid(reason) ? reason : 0];
+}
+
+void CoreMetrics::ObserveSessions(common::MetricsRegistry* registry,
+                                  const SessionRegistry* sessions) {
+  common::Gauge* connected =
+      registry->AddGauge("tunnel_sessions", "Agent sessions connected.")
+          ->WithLabels({});
+  common::Gauge* streams =
+      registry
+          ->AddGauge("tunnel_streams_in_flight",
+                     "Visitor requests in flight on agent sessions.")
+          ->WithLabels({});
+  common::Gauge* queued_bytes =
+      registry
+          ->AddGauge("tunnel_send_queue_bytes",
+                     "Body bytes queued towards agents, across sessions.")
+          ->WithLabels({});
+  common::Gauge* queued_messages =
+      registry
+          ->AddGauge("tunnel_send_queue_messages",
+                     "Messages queued towards agents, across sessions.")
+          ->WithLabels({});
+  common::GaugeFamily* stalled = registry->AddGauge(
+      "tunnel_streams_stalled",
+      "Streams waiting on flow-control credit: to_agent, a visitor upload "
+      "waits for the agent's window; to_visitor, the agent is out of credit "
+      "because the visitor reads slowly.",
+      {"direction"});
+  common::Gauge* stalled_to_agent = stalled->WithLabels({"to_agent"});
+  common::Gauge* stalled_to_visitor = stalled->WithLabels({"to_visitor"});
+  registry->AddCollectHook([=] {
+    SessionStats total;
+    std::vector<std::shared_ptr<Session>> live = sessions->Sessions();
+    for (const auto& s : live) {
+      SessionStats one = s->Stats();
+      total.streams += one.streams;
+      total.queued_bytes += one.queued_bytes;
+      total.queued_messages += one.queued_messages;
+      total.stalled_to_agent += one.stalled_to_agent;
+      total.stalled_to_visitor += one.stalled_to_visitor;
+    }
+    connected->Set(static_cast<int64_t>(live.size()));
+    streams->Set(static_cast<int64_t>(total.streams));
+    queued_bytes->Set(static_cast<int64_t>(total.queued_bytes));
+    queued_messages->Set(static_cast<int64_t>(total.queued_messages));
+    stalled_to_agent->Set(static_cast<int64_t>(total.stalled_to_agent));
+    stalled_to_visitor->Set(static_cast<int64_t>(total.stalled_to_visitor));
+  });
+}
+
+}  // namespace tunnel::server

@@ -1,0 +1,49 @@
+// The gateway core's metrics (agent sessions, authentication, streams), all
+// in one registry that the ops server renders. Families whose labels come
+// from a fixed enum get every child at creation, so a scrape shows 0 before
+// the first event.
+//
+// Threads: built once at start; the pointers are then used from any thread.
+#ifndef TUNNEL_SERVER_CORE_METRICS_H_
+#define TUNNEL_SERVER_CORE_METRICS_H_
+
+#include "common/hmac_auth.h"
+#include "common/metrics.h"
+#include "tunnel/v1/tunnel.pb.h"
+
+namespace tunnel::server {
+
+class SessionRegistry;
+
+struct CoreMetrics {
+  // Registers the families in `registry`, which must outlive this.
+  explicit CoreMetrics(common::MetricsRegistry* registry);
+
+  // Scrape-time gauges (sessions, streams, send queues, stalled streams)
+  // read from `sessions`, which must outlive the registry's last Render.
+  void ObserveSessions(common::MetricsRegistry* registry,
+                       const SessionRegistry* sessions);
+
+  // Lock-free lookups (children are resolved at construction). Values out
+  // of the enum's range (an agent may send any number) count as
+  // unspecified.
+  common::Counter* auth_failure(common::AuthFailure why) const;
+  common::Counter* connect_refusal(int code) const;
+  common::Counter* stream_close(bool from_agent, int reason) const;
+
+  common::Counter* max_agents_rejections;
+  common::Counter* max_streams_rejections;
+  common::Counter* agent_connects;
+  common::Counter* agent_disconnects;
+
+ private:
+  static constexpr int kAuthFailures =
+      static_cast<int>(common::AuthFailure::kReplay) + 1;
+  common::Counter* auth_failures_[kAuthFailures];
+  common::Counter* refusals_[tunnel::v1::ConnectError::Code_ARRAYSIZE];
+  common::Counter* closes_[2][tunnel::v1::TunnelClose::Reason_ARRAYSIZE];
+};
+
+}  // namespace tunnel::server
+
+#endif  // TUNNEL_SERVER_CORE_METRICS_H_
