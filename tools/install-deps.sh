@@ -8,6 +8,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libssl-dev libcpp-httplib-dev libgtest-dev libgmock-dev
   curl python3 python3-websockets clang-format
+  python3-grpcio python3-protobuf grpc-proto
 )
 
 missing=()
