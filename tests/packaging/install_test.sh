@@ -124,6 +124,22 @@ runtime_ok() {
   return $ok
 }
 check "runtime-packages.txt covers every linked library" runtime_ok
+packages_exist() {  # one apt-cache call: without a binary cache each is slow
+  local ok=0 pkg
+  # shellcheck disable=SC2046
+  apt-cache policy $(grep -v '^#' "$SRC/packaging/runtime-packages.txt") \
+    >policy.txt 2>/dev/null
+  for pkg in $(grep -v '^#' "$SRC/packaging/runtime-packages.txt"); do
+    if ! awk -v p="$pkg:" '$1==p{f=1; next} /^[^ ]/{f=0}
+        f && $1=="Candidate:" && $2!="(none)"{found=1} END{exit !found}' \
+        policy.txt; then
+      echo "runtime-packages.txt: no Debian package $pkg" >&2
+      ok=1
+    fi
+  done
+  return $ok
+}
+check "every package in runtime-packages.txt exists" packages_exist
 
 echo "install_test: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
