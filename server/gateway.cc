@@ -4,7 +4,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
 
 namespace tunnel::server {
 namespace {
@@ -82,6 +84,12 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
 
   gw->service_ = std::make_unique<TunnelServiceImpl>(
       o.service, &gw->registry_, gw->verifier_.get(), &gw->core_metrics_);
+  // Operators' tools on the agent port: server reflection (`grpcurl list`,
+  // `describe`) and grpc.health.v1.Health. Both are process-wide switches
+  // read when a builder is made and built. Neither service asks for
+  // credentials: HMAC auth is checked inside Connect, not by an interceptor.
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.AddListeningPort(o.grpc_addr, grpc::InsecureServerCredentials(),
                            &gw->grpc_port_);
@@ -99,6 +107,14 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
     return absl::UnavailableError(
         absl::StrCat("cannot listen for gRPC on ", o.grpc_addr,
                      " (address in use or not available)"));
+  }
+  // "" (the whole server) starts SERVING; the tunnel service is named too,
+  // so a probe can ask for either. Drain() turns both to NOT_SERVING.
+  if (grpc::HealthCheckServiceInterface* health =
+          gw->grpc_server_->GetHealthCheckService();
+      health != nullptr) {
+    health->SetServingStatus(tunnel::v1::TunnelService::service_full_name(),
+                             true);
   }
   if (!o.ops_addr.empty()) {
     std::string ops_host;
@@ -152,6 +168,13 @@ void Gateway::HeartbeatLoop() {
 }
 
 bool Gateway::Drain(absl::Duration timeout) {
+  // First, so health checkers stop sending agents here before anything else
+  // changes; watchers (Health.Watch) hear it at once.
+  if (grpc::HealthCheckServiceInterface* health =
+          grpc_server_->GetHealthCheckService();
+      health != nullptr) {
+    health->SetServingStatus(false);
+  }
   draining_ = true;
   front_->SetDraining(options_.drain_retry_after);
   for (const auto& s : registry_.Sessions()) {

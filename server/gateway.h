@@ -55,6 +55,8 @@ struct GatewayOptions {
 class Gateway {
  public:
   // Binds both listeners (port 0 picks a free port) and starts serving.
+  // The gRPC port also serves server reflection and grpc.health.v1.Health
+  // (SERVING for "" and "tunnel.v1.TunnelService").
   static absl::StatusOr<std::unique_ptr<Gateway>> Start(GatewayOptions options);
   ~Gateway();
 
@@ -65,9 +67,10 @@ class Gateway {
   SessionRegistry& registry() { return registry_; }
   common::MetricsRegistry& metrics() { return metrics_; }
 
-  // Graceful stop, first half: new visitor requests get 503 + Retry-After,
-  // agents get GoAway, and requests in flight may finish. Returns when none
-  // is left or at `timeout`; true if all finished. Call Shutdown() after.
+  // Graceful stop, first half: gRPC health turns NOT_SERVING, new visitor
+  // requests get 503 + Retry-After, agents get GoAway, and requests in flight
+  // may finish. Returns when none is left or at `timeout`; true if all
+  // finished. Call Shutdown() after.
   bool Drain(absl::Duration timeout);
 
   // Stops both listeners, ends agent sessions and fails streams in flight.

@@ -1,14 +1,32 @@
 #!/usr/bin/env bash
 # Installs everything needed to build and test the tunnel on Debian bookworm.
-# Idempotent: packages already present are left alone. Run as root (or with sudo).
+# Idempotent: packages already present are left alone. Run as root (or with
+# sudo). Usage: tools/install-deps.sh [--build-only]
+#   --build-only  just what building needs (the container's build stage),
+#                 without the tools the tests use.
 set -euo pipefail
 
-packages=(
+build_packages=(
   build-essential cmake pkg-config ninja-build ccache git ca-certificates
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev libssl-dev libcpp-httplib-dev libgtest-dev libgmock-dev
-  curl python3 python3-websockets python3-prometheus-client clang-format
+  libabsl-dev libssl-dev libcpp-httplib-dev
 )
+# GoogleTest: the unit and integration tests; curl, python3-*: process-level
+# tests; grpc-proto: the reflection and
+# health protos for grpc_ops_e2e; systemd: systemd-analyze for install_tree.
+test_packages=(
+  libgtest-dev libgmock-dev curl python3 python3-websockets clang-format
+  python3-grpcio python3-protobuf grpc-proto systemd python3-prometheus-client
+)
+
+case "${1:-}" in
+  "") packages=("${build_packages[@]}" "${test_packages[@]}") ;;
+  --build-only) packages=("${build_packages[@]}") ;;
+  *)
+    echo "usage: $0 [--build-only]" >&2
+    exit 2
+    ;;
+esac
 
 missing=()
 for p in "${packages[@]}"; do
