@@ -17,17 +17,7 @@ SMALL=8
 if [[ "${1:-}" == "--max-concurrent" && -n "${2:-}" ]]; then SMALL=$2; fi
 
 bench_setup
-OUT="$ROOT/results/footprint-$(date -u +%Y%m%dT%H%M%SZ)"
-RAW="$OUT/raw"
-mkdir -p "$RAW"
-W=$(mktemp -d "${TMPDIR:-/tmp}/tunnel-footprint.XXXXXX")
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
+bench_workdir footprint
 
 # --- sizes -------------------------------------------------------------------
 strip -o "$W/agent-native" build/agent/agent-tunnel

@@ -54,3 +54,21 @@ bench_setup() {
   cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
   cmake --build build -j2 --target gateway-tunnel agent-tunnel tunnelctl "$@" >/dev/null
 }
+
+# bench_workdir NAME: results in $OUT (raw outputs in $RAW) under
+# results/NAME-<time>/, scratch files in $W; on exit the processes listed in
+# `pids` are stopped and $W removed.
+bench_workdir() {
+  OUT="$ROOT/results/$1-$(date -u +%Y%m%dT%H%M%SZ)"
+  RAW="$OUT/raw"
+  mkdir -p "$RAW"
+  W=$(mktemp -d "${TMPDIR:-/tmp}/tunnel-$1.XXXXXX")
+  pids=()
+  trap bench_cleanup EXIT
+}
+bench_cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$W"
+}

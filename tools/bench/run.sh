@@ -20,17 +20,7 @@ if [[ "${1:-}" == "--quick" ]]; then DUR=2; AGENT_COUNTS="1000"; fi
 bench_setup bench_sink bench_agents
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-OUT="$ROOT/results/bench-$(date -u +%Y%m%dT%H%M%SZ)"
-RAW="$OUT/raw"
-mkdir -p "$RAW"
-W=$(mktemp -d "${TMPDIR:-/tmp}/tunnel-bench.XXXXXX")
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
+bench_workdir bench
 
 
 # Files the origin serves.
