@@ -217,8 +217,9 @@ def main():
                                    r"^port ").split()[1]
         gw = start("gw", [
             os.path.join(build, "server/gateway-tunnel"), "--grpc-addr",
-            "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--credentials",
-            "creds.txtpb", "--drain-timeout", "30s"
+            "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--ops-addr",
+            "127.0.0.1:0", "--credentials", "creds.txtpb", "--drain-timeout",
+            "30s"
         ])
         grpc_addr = wait_for_line(os.path.join(work, "gw.out"),
                                   r"^grpc ").split()[1]
