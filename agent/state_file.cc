@@ -102,7 +102,19 @@ absl::StatusOr<tunnel::v1::AgentState> ReadStateFile(const std::string& path) {
 
 bool ProcessAlive(int64_t pid) {
   if (pid <= 0) return false;
-  return kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM;
+  if (kill(static_cast<pid_t>(pid), 0) != 0 && errno != EPERM) return false;
+  // A zombie (exited, not yet reaped) still answers signal 0. Its state is
+  // the field after the parenthesised command name in /proc/PID/stat.
+  std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
+  std::string line;
+  if (std::getline(stat, line)) {
+    size_t close = line.rfind(')');
+    if (close != std::string::npos && close + 2 < line.size() &&
+        line[close + 2] == 'Z') {
+      return false;
+    }
+  }
+  return true;
 }
 
 }  // namespace tunnel::agent

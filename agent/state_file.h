@@ -25,7 +25,8 @@ absl::Status WriteStateFile(const std::string& path,
 // NOT_FOUND if there is no file; INVALID_ARGUMENT if it does not parse.
 absl::StatusOr<tunnel::v1::AgentState> ReadStateFile(const std::string& path);
 
-// True if a process with this pid exists (signal 0 reaches it or EPERM).
+// True if a process with this pid exists (signal 0 reaches it or EPERM) and
+// is not a zombie. A reused pid reads as running.
 bool ProcessAlive(int64_t pid);
 
 }  // namespace tunnel::agent
