@@ -698,6 +698,7 @@ absl::Status Agent::Run() {
       if (stopping_) return absl::OkStatus();
       after = sessions_started_;
     }
+    if (options_.on_session_ended) options_.on_session_ended(s);
     if (IsPermanent(s)) return s;
     if (after != before && absl::Now() - started >= options_.healthy_after) {
       attempt = 0;  // it was healthy for a while: start over

@@ -54,6 +54,9 @@ struct AgentOptions {
   size_t max_queued_bytes = 16 << 20;
   // Called once per accepted session (e.g. to print the URLs).
   std::function<void(const tunnel::v1::ConnectAccepted&)> on_accepted;
+  // Called on Run()'s thread when a connection attempt fails or a session
+  // ends (not when Stop() or Drain() ended it), with the reason.
+  std::function<void(const absl::Status&)> on_session_ended;
 };
 
 class Agent {

@@ -1,5 +1,7 @@
-// agent-tunnel: flags -> AgentOptions, then run until SIGINT/SIGTERM or a
-// permanent error (exit 1 with the reason; 2 for bad usage).
+// agent-tunnel connect: flags/config -> AgentOptions, then run until
+// SIGINT/SIGTERM or a permanent error (exit 1 with the reason; 2 for bad
+// usage). agent-tunnel status: prints what a running agent wrote to its state
+// file.
 #include <unistd.h>
 
 #include <atomic>
@@ -8,12 +10,17 @@
 #include <iostream>
 #include <thread>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "agent/agent.h"
-#include "agent/local_target.h"
+#include "agent/agent_flags.h"
+#include "agent/qr.h"
+#include "agent/state_file.h"
 #include "common/flags.h"
 #include "common/log.h"
+#include "google/protobuf/util/json_util.h"
+#include "tunnel/v1/agent_state.pb.h"
 
 namespace {
 
@@ -22,11 +29,27 @@ constexpr char kUsage[] =
     "\n"
     "Usage: agent-tunnel connect --gateway HOST:PORT --id AGENT_ID \\\n"
     "           --token TOKEN_ID --secret SECRET --to http://127.0.0.1:3000\n"
+    "       agent-tunnel connect --config agent.txtpb\n"
+    "       agent-tunnel status [--json] [--state-file FILE]\n"
     "\n"
-    "Prints each public URL on its own line once the gateway accepts the\n"
-    "connection, then forwards requests until stopped. Reconnects by itself\n"
-    "after network failures; exits 1 on errors that retrying cannot fix\n"
-    "(bad credentials, refused slug).\n";
+    "connect prints each public URL on its own line once the gateway accepts\n"
+    "the connection (and, when stdout is a terminal and --quiet is not\n"
+    "given, a QR code of the first URL after them), then forwards requests\n"
+    "until stopped. Reconnects by itself after network failures; exits 1 on\n"
+    "errors that retrying cannot fix (bad credentials, refused slug).\n"
+    "--config FILE reads the flags from a tunnel.v1.AgentConfig in the\n"
+    "protobuf text format or JSON (.json); see README \"Config files\".\n"
+    "\n"
+    "status reads the state file of a running agent and prints it; exit 0\n"
+    "when that agent is connected, 1 when it is not or no agent runs.\n";
+
+constexpr char kStatusUsage[] =
+    "Usage: agent-tunnel status [--json] [--state-file FILE]\n"
+    "\n"
+    "Prints the state of the agent that writes FILE (connected or not,\n"
+    "gateway, session, URLs, since when, last error, pid). Exit 0 when it\n"
+    "is running and connected, 1 when it is not connected, not running\n"
+    "(stale file) or there is no file, 2 for bad usage.\n";
 
 int Fail(const std::string& message, int code) {
   std::cerr << "agent-tunnel: " << message << "\n";
@@ -35,58 +58,66 @@ int Fail(const std::string& message, int code) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  tunnel::agent::AgentOptions o;
-  std::vector<std::string> to;
-  std::string slug;
-  std::string log_level = "info";
-  std::string log_format = "text";
-  absl::Duration drain_timeout = absl::Seconds(30);
-  int64_t max_concurrent = static_cast<int64_t>(o.max_concurrent);
-  int64_t receive_window = o.receive_window;
+std::string Now() {
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::Now(),
+                          absl::UTCTimeZone());
+}
 
-  tunnel::common::FlagSet flags(kUsage);
-  flags.String("gateway", &o.gateway, "gateway gRPC address, HOST:PORT");
-  flags.String("id", &o.agent_id, "agent id the token was issued for");
-  flags.String("token", &o.token_id, "token id from `tunnelctl token issue`");
-  flags.String("secret", &o.secret,
-               "secret from `tunnelctl token issue` (prefer the env var)");
-  flags.Repeated("to", &to,
-                 "local service: URL, or NAME=URL for an extra named tunnel "
-                 "(slug NAME-<slug>)");
-  flags.String("slug", &slug,
-               "public slug of the unnamed tunnel (default: "
-               "the agent id, lowercased)");
-  flags.Bool("insecure", &o.insecure,
-             "connect without TLS (only for a gateway started without TLS)");
-  flags.Int("max-concurrent", &max_concurrent,
-            "local requests in flight at once; further ones queue");
-  flags.Int("stream-window", &receive_window,
-            "per-stream window for request bodies, bytes (>= 65536)");
-  flags.Duration("local-timeout", &o.local_timeout,
-                 "local service silent this long mid-request: it fails");
-  flags.Duration("connect-timeout", &o.connect_timeout,
-                 "give up one connection attempt to the gateway after this");
-  flags.Duration("max-backoff", &o.max_backoff,
-                 "longest wait between reconnection attempts");
-  flags.Duration("heartbeat-timeout", &o.heartbeat_timeout,
-                 "gateway silent this long: reconnect");
-  flags.Duration("drain-timeout", &drain_timeout,
-                 "on SIGTERM/SIGINT, how long requests in flight may finish");
-  flags.String("log-level", &log_level, "debug, info, warning or error");
-  flags.String("log-format", &log_format,
-               "text (lines for people) or json (one object per line)");
+// Keeps --state-file current. Called from main's thread and from Run()'s
+// (never at once: the callbacks run inside Run(), main writes before and
+// after it).
+class StateWriter {
+ public:
+  StateWriter(std::string path, const tunnel::agent::AgentOptions& o)
+      : path_(std::move(path)) {
+    state_.set_gateway(o.gateway);
+    state_.set_agent_id(o.agent_id);
+    state_.set_pid(getpid());
+    state_.set_since(Now());
+  }
+  void Accepted(const tunnel::v1::ConnectAccepted& a) {
+    state_.set_connected(true);
+    state_.set_session_id(a.session_id());
+    state_.clear_urls();
+    for (const auto& t : a.tunnels()) {
+      state_.add_urls(t.url());
+      state_.add_urls(t.path_url());
+    }
+    state_.set_since(Now());
+    Write();
+  }
+  void Ended(const absl::Status& why) {
+    if (state_.connected()) state_.set_since(Now());
+    state_.set_connected(false);
+    state_.clear_session_id();
+    state_.clear_urls();
+    if (!why.ok()) state_.set_last_error(std::string(why.message()));
+    Write();
+  }
+  void Write() {
+    if (path_.empty()) return;
+    if (absl::Status s = tunnel::agent::WriteStateFile(path_, state_);
+        !s.ok() && !warned_) {
+      warned_ = true;  // once: the agent works without it
+      TUNNEL_LOG(WARNING) << "state file not written (`agent-tunnel status` "
+                             "will not see this agent): "
+                          << s.message();
+    }
+  }
 
-  if (argc < 2 || std::string(argv[1]) == "--help" ||
-      std::string(argv[1]) == "-h" || std::string(argv[1]) == "help") {
-    std::cout << flags.Usage();
-    return argc < 2 ? 2 : 0;
-  }
-  if (std::string(argv[1]) != "connect") {
-    return Fail(absl::StrCat("unknown command \"", argv[1],
-                             "\"; the command is `connect` (see --help)"),
-                2);
-  }
+ private:
+  std::string path_;
+  tunnel::v1::AgentState state_;
+  bool warned_ = false;
+};
+
+int Status(int argc, char** argv) {
+  std::string state_file = tunnel::agent::DefaultStateFilePath();
+  bool json = false;
+  tunnel::common::FlagSet flags(kStatusUsage);
+  flags.String("state-file", &state_file,
+               "the state file the agent writes (its --state-file)");
+  flags.Bool("json", &json, "print the state as one JSON object");
   absl::StatusOr<std::vector<std::string>> rest = flags.Parse(argc, argv, 2);
   if (!rest.ok()) return Fail(std::string(rest.status().message()), 2);
   if (flags.help_requested()) {
@@ -98,38 +129,110 @@ int main(int argc, char** argv) {
         absl::StrCat("unexpected argument \"", (*rest)[0], "\" (see --help)"),
         2);
   }
-  for (const char* name : {"gateway", "id", "token", "secret"}) {
-    if (!flags.WasSet(name)) {
-      return Fail(absl::StrCat("--", name, " is required (or set ",
-                               flags.EnvName(name), ")"),
-                  2);
+  absl::StatusOr<tunnel::v1::AgentState> state =
+      tunnel::agent::ReadStateFile(state_file);
+  if (!state.ok()) {
+    if (json) {
+      std::printf("{\"running\": false, \"connected\": false}\n");
+    } else {
+      std::printf("no agent running (%s)\n",
+                  std::string(state.status().message()).c_str());
     }
+    return 1;
   }
-  if (!tunnel::common::SetLogLevelByName(log_level)) {
-    return Fail("--log-level must be debug, info, warning or error", 2);
+  const bool running = tunnel::agent::ProcessAlive(state->pid());
+  if (!running) state->set_connected(false);
+  const bool connected = running && state->connected();
+  if (json) {
+    std::string out;
+    google::protobuf::util::JsonPrintOptions options;
+    options.preserve_proto_field_names = true;
+    options.always_print_primitive_fields = true;
+    (void)google::protobuf::util::MessageToJsonString(*state, &out, options);
+    // {"running":...,<the state's fields>}
+    std::printf("{\"running\":%s,%s\n", running ? "true" : "false",
+                out.substr(1).c_str());
+    return connected ? 0 : 1;
   }
-  if (!tunnel::common::SetLogFormatByName(log_format)) {
-    return Fail("--log-format must be text or json", 2);
+  if (!running) {
+    std::printf("not running: agent %s (pid %lld) is gone; state from %s\n",
+                state->agent_id().c_str(), static_cast<long long>(state->pid()),
+                state_file.c_str());
+  } else if (connected) {
+    std::printf("connected: agent %s to %s since %s\n",
+                state->agent_id().c_str(), state->gateway().c_str(),
+                state->since().c_str());
+    std::printf("  session     %s\n", state->session_id().c_str());
+    for (const std::string& url : state->urls()) {
+      std::printf("  url         %s\n", url.c_str());
+    }
+  } else {
+    std::printf("not connected: agent %s to %s since %s (retrying)\n",
+                state->agent_id().c_str(), state->gateway().c_str(),
+                state->since().c_str());
   }
-  if (max_concurrent < 1) return Fail("--max-concurrent must be >= 1", 2);
-  if (receive_window < 65536 || receive_window > (16 << 20)) {
-    return Fail("--stream-window must be between 65536 and 16777216", 2);
+  if (!state->last_error().empty()) {
+    std::printf("  last error  %s\n", state->last_error().c_str());
   }
-  o.max_concurrent = static_cast<size_t>(max_concurrent);
-  o.receive_window = static_cast<uint32_t>(receive_window);
-  if (slug.empty()) slug = absl::AsciiStrToLower(o.agent_id);
-  auto targets = tunnel::agent::ParseTargets(to, slug);
-  if (!targets.ok()) return Fail(std::string(targets.status().message()), 2);
-  o.tunnels = *std::move(targets);
+  std::printf("  pid         %lld%s\n", static_cast<long long>(state->pid()),
+              running ? "" : " (not running)");
+  return connected ? 0 : 1;
+}
 
-  o.on_accepted = [](const tunnel::v1::ConnectAccepted& a) {
+int main(int argc, char** argv) {
+  tunnel::agent::AgentFlags values;
+  tunnel::common::FlagSet flags(kUsage);
+  tunnel::agent::RegisterConnectFlags(&flags, &values);
+
+  if (argc < 2 || std::string(argv[1]) == "--help" ||
+      std::string(argv[1]) == "-h" || std::string(argv[1]) == "help") {
+    std::cout << flags.Usage();
+    return argc < 2 ? 2 : 0;
+  }
+  if (std::string(argv[1]) == "status") return Status(argc, argv);
+  if (std::string(argv[1]) != "connect") {
+    return Fail(absl::StrCat("unknown command \"", argv[1],
+                             "\"; the commands are `connect` and `status` "
+                             "(see --help)"),
+                2);
+  }
+  if (absl::Status s =
+          tunnel::agent::ParseConnectFlags(argc, argv, 2, &flags, &values);
+      !s.ok()) {
+    return Fail(std::string(s.message()), 2);
+  }
+  if (flags.help_requested()) {
+    std::cout << flags.Usage();
+    return 0;
+  }
+  tunnel::agent::AgentOptions& o = values.options;
+  const absl::Duration drain_timeout = values.drain_timeout;
+  const bool show_qr = !values.quiet && isatty(STDOUT_FILENO) == 1;
+
+  StateWriter state(values.state_file, o);
+  state.Write();
+  std::string last_qr;
+  o.on_accepted = [&](const tunnel::v1::ConnectAccepted& a) {
     // One URL per line on stdout so scripts can pick them up; the rest of
-    // the agent's chatter goes to stderr.
+    // the agent's chatter goes to stderr. On a terminal, a QR code of the
+    // first URL follows (again only if that URL changed).
     for (const auto& t : a.tunnels()) {
       std::printf("%s\n%s\n", t.url().c_str(), t.path_url().c_str());
     }
+    if (show_qr && a.tunnels_size() > 0 && a.tunnels(0).url() != last_qr) {
+      last_qr = a.tunnels(0).url();
+      auto modules = tunnel::agent::QrModules(last_qr);
+      if (modules.ok()) {
+        std::printf("\n%s\n",
+                    tunnel::agent::RenderQrHalfBlocks(*modules).c_str());
+      } else {
+        TUNNEL_LOG(WARNING) << "no QR code: " << modules.status().message();
+      }
+    }
     std::fflush(stdout);
+    state.Accepted(a);
   };
+  o.on_session_ended = [&](const absl::Status& why) { state.Ended(why); };
 
   sigset_t signals = tunnel::common::BlockTerminationSignals();
   tunnel::common::DisableMutexDeadlockDetection();
@@ -155,6 +258,7 @@ int main(int argc, char** argv) {
   pthread_kill(signal_waiter.native_handle(), SIGTERM);
   signal_waiter.join();
   if (drainer.joinable()) drainer.join();
+  state.Ended(result);
   if (!result.ok()) return Fail(std::string(result.message()), 1);
   return 0;
 }

@@ -23,6 +23,7 @@ _LIBS = {
     "gtest_main": ["gmock", "gtest_main", "gtest"],
     "httplib": ["cpp-httplib"],
     "openssl": ["openssl"],
+    "qrencode": ["libqrencode"],
 }
 
 def _pkg_config(ctx, args):

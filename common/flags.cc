@@ -26,16 +26,16 @@ FlagSet::Flag* FlagSet::Find(absl::string_view name) {
 }
 
 void FlagSet::String(std::string name, std::string* out, std::string help) {
-  Add({std::move(name), std::move(help), *out, false, false, false,
-       [out](absl::string_view v) {
+  Add({std::move(name), std::move(help), *out, Kind::kString, false, false,
+       false, [out](absl::string_view v) {
          *out = std::string(v);
          return std::string();
        }});
 }
 
 void FlagSet::Int(std::string name, int64_t* out, std::string help) {
-  Add({std::move(name), std::move(help), absl::StrCat(*out), false, false,
-       false, [out](absl::string_view v) {
+  Add({std::move(name), std::move(help), absl::StrCat(*out), Kind::kInt, false,
+       false, false, [out](absl::string_view v) {
          int64_t n;
          if (!absl::SimpleAtoi(v, &n)) return std::string("not an integer");
          *out = n;
@@ -44,8 +44,8 @@ void FlagSet::Int(std::string name, int64_t* out, std::string help) {
 }
 
 void FlagSet::Bool(std::string name, bool* out, std::string help) {
-  Add({std::move(name), std::move(help), *out ? "true" : "false", true, false,
-       false, [out](absl::string_view v) {
+  Add({std::move(name), std::move(help), *out ? "true" : "false", Kind::kBool,
+       true, false, false, [out](absl::string_view v) {
          bool b;
          if (!absl::SimpleAtob(v, &b)) return std::string("not a boolean");
          *out = b;
@@ -55,8 +55,8 @@ void FlagSet::Bool(std::string name, bool* out, std::string help) {
 
 void FlagSet::Duration(std::string name, absl::Duration* out,
                        std::string help) {
-  Add({std::move(name), std::move(help), absl::FormatDuration(*out), false,
-       false, false, [out](absl::string_view v) {
+  Add({std::move(name), std::move(help), absl::FormatDuration(*out),
+       Kind::kDuration, false, false, false, [out](absl::string_view v) {
          absl::Duration d;
          if (!absl::ParseDuration(v, &d) || d < absl::ZeroDuration()) {
            return std::string(
@@ -71,8 +71,8 @@ void FlagSet::Repeated(std::string name, std::vector<std::string>* out,
                        std::string help) {
   // The first explicit value replaces the defaults; later ones append.
   auto fresh = std::make_shared<bool>(true);
-  Add({std::move(name), std::move(help), absl::StrJoin(*out, ","), false, true,
-       false, [out, fresh](absl::string_view v) {
+  Add({std::move(name), std::move(help), absl::StrJoin(*out, ","),
+       Kind::kRepeated, false, true, false, [out, fresh](absl::string_view v) {
          if (*fresh) out->clear();
          *fresh = false;
          out->emplace_back(v);
@@ -90,6 +90,37 @@ bool FlagSet::WasSet(absl::string_view name) const {
     if (f.name == name) return f.set;
   }
   return false;
+}
+
+std::vector<FlagSet::Info> FlagSet::Flags() const {
+  std::vector<Info> out;
+  for (const Flag& f : flags_) out.push_back({f.name, f.kind});
+  return out;
+}
+
+absl::Status FlagSet::ApplyConfig(const std::vector<ConfigValue>& values,
+                                  absl::string_view source) {
+  for (const ConfigValue& v : values) {
+    Flag* flag = Find(v.name);
+    if (flag == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          source, ": field ", v.field, " is not a flag of this command"));
+    }
+    if (flag->set) continue;  // the command line or environment wins
+    if (!flag->is_repeated && v.values.size() != 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          source, ": field ", v.field, " takes exactly one value"));
+    }
+    for (const std::string& value : v.values) {
+      if (std::string err = flag->parse(value); !err.empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(source, ": field ", v.field, " (flag --", flag->name,
+                         "): invalid value \"", value, "\": ", err));
+      }
+    }
+    flag->set = true;
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<std::string>> FlagSet::Parse(int argc, char** argv,
@@ -174,7 +205,10 @@ absl::StatusOr<std::vector<std::string>> FlagSet::Parse(
 
 std::string FlagSet::Usage() const {
   std::string out = usage_;
-  absl::StrAppend(&out, "\nFlags (each also read from the environment):\n");
+  bool has_config = false;
+  for (const Flag& f : flags_) has_config = has_config || f.name == "config";
+  absl::StrAppend(&out, "\nFlags (each also read from the environment",
+                  has_config ? ", then from the --config file" : "", "):\n");
   for (const Flag& f : flags_) {
     std::string head = absl::StrCat("  --", f.name);
     if (!f.is_bool) absl::StrAppend(&head, " VALUE");

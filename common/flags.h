@@ -2,7 +2,9 @@
 //
 // Every flag --some-name can also come from the environment variable
 // <prefix>SOME_NAME (prefix "TUNNEL_" in our binaries), so secrets need not
-// appear in `ps`. Precedence: command line, then environment, then default.
+// appear in `ps`. A config file (ApplyConfig, fed by common/config_file)
+// sits between the environment and the defaults. Precedence: command line,
+// then environment, then config file, then default.
 // Repeated flags (--to a --to b) collect every value; their environment
 // variable holds a comma-separated list. Durations take Abseil syntax
 // ("30s", "5m", "1h30m"). Both "--name value" and "--name=value" work.
@@ -16,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
@@ -24,6 +27,19 @@ namespace tunnel::common {
 
 class FlagSet {
  public:
+  enum class Kind { kString, kInt, kBool, kDuration, kRepeated };
+  struct Info {
+    std::string name;
+    Kind kind;
+  };
+  // One flag's values from a config file: `name` is the flag's name (with
+  // '-'), `field` what the file calls it (for errors).
+  struct ConfigValue {
+    std::string name;
+    std::string field;
+    std::vector<std::string> values;
+  };
+
   // `usage` is printed above the flag list by Usage().
   FlagSet(std::string usage, std::string env_prefix = "TUNNEL_");
 
@@ -45,9 +61,19 @@ class FlagSet {
   absl::StatusOr<std::vector<std::string>> Parse(int argc, char** argv,
                                                  int first = 1);
 
+  // Fills the flags that Parse() left unset (neither command line nor
+  // environment) from a config file named `source`. A value for no
+  // registered flag, or one that does not parse, fails with INVALID_ARGUMENT
+  // naming `source` and the field. Call after Parse().
+  absl::Status ApplyConfig(const std::vector<ConfigValue>& values,
+                           absl::string_view source);
+
   bool help_requested() const { return help_requested_; }
-  // True if the flag was given on the command line or in the environment.
+  // True if the flag was given on the command line, in the environment or in
+  // the config file.
   bool WasSet(absl::string_view name) const;
+  // The registered flags, in registration order.
+  std::vector<Info> Flags() const;
   std::string EnvName(absl::string_view name) const;
   std::string Usage() const;
 
@@ -56,6 +82,7 @@ class FlagSet {
     std::string name;
     std::string help;
     std::string default_text;
+    Kind kind = Kind::kString;
     bool is_bool = false;
     bool is_repeated = false;
     bool set = false;

@@ -1,4 +1,5 @@
-// gateway-tunnel: flags -> GatewayOptions, then serve until SIGINT/SIGTERM.
+// gateway-tunnel: flags/config -> GatewayOptions, then serve until
+// SIGINT/SIGTERM.
 #include <atomic>
 #include <csignal>
 #include <cstdio>
@@ -7,9 +8,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/flags.h"
-#include "common/flow_control.h"
 #include "common/log.h"
 #include "server/gateway.h"
+#include "server/gateway_flags.h"
 
 namespace {
 
@@ -23,6 +24,9 @@ constexpr char kUsage[] =
     "addresses, one per line (\"grpc HOST:PORT\", \"http HOST:PORT\", then\n"
     "\"ops HOST:PORT\" unless --ops-addr is empty).\n"
     "\n"
+    "--config FILE reads the flags from a tunnel.v1.GatewayConfig in the\n"
+    "protobuf text format or JSON (.json); see README \"Config files\".\n"
+    "\n"
     "Usage: gateway-tunnel [flags]\n";
 
 int Fail(const std::string& message, int code) {
@@ -33,110 +37,20 @@ int Fail(const std::string& message, int code) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  using tunnel::server::GatewayOptions;
-  GatewayOptions o;
-  o.credentials_path = "tunnel-credentials.txtpb";
-  o.ops_addr = "127.0.0.1:8083";
-  int64_t stream_window = o.service.limits.gateway_receive_window;
-  int64_t max_streams = static_cast<int64_t>(o.service.limits.max_streams);
-  int64_t max_tunnels = static_cast<int64_t>(o.service.max_tunnels_per_agent);
-  int64_t max_agents = static_cast<int64_t>(o.service.max_agents);
-  int64_t workers = o.front.workers;
-  int64_t public_port = o.public_port;
-  std::string log_level = "info";
-  std::string log_format = "text";
-  absl::Duration drain_timeout = absl::Seconds(30);
-
+  tunnel::server::GatewayFlags values;
   tunnel::common::FlagSet flags(kUsage);
-  flags.String("grpc-addr", &o.grpc_addr, "address agents connect to");
-  flags.String("http-addr", &o.http_addr, "address visitors connect to");
-  flags.String("ops-addr", &o.ops_addr,
-               "address of /healthz and /metrics (empty: none); keep it "
-               "private");
-  flags.String("domain", &o.service.domain,
-               "base domain for subdomain routing (<slug>.<domain>)");
-  flags.String("credentials", &o.credentials_path,
-               "credentials file written by `tunnelctl token issue`");
-  flags.Duration("response-timeout", &o.front.response_timeout,
-                 "504 when the agent sends no response head within this");
-  flags.Duration("body-idle-timeout", &o.front.body_idle_timeout,
-                 "abort a request or response body that stalls this long");
-  flags.Duration("auth-skew", &o.auth_skew,
-                 "accepted clock difference between agent and gateway");
-  flags.Int("stream-window", &stream_window,
-            "per-stream flow-control window in bytes (>= 65536)");
-  flags.Int("max-streams-per-agent", &max_streams,
-            "requests in flight per agent before visitors get 503");
-  flags.Int("max-tunnels-per-agent", &max_tunnels,
-            "tunnels one agent may open");
-  flags.Int("max-agents", &max_agents,
-            "agents connected at once; more are told to retry later");
-  flags.Duration("busy-retry-after", &o.service.busy_retry_after,
-                 "retry hint for agents refused at --max-agents");
-  flags.Int("http-workers", &workers,
-            "visitor connections served at once (one thread each)");
-  flags.String("public-scheme", &o.service.public_scheme,
-               "scheme in the public URLs told to agents");
-  flags.Int("public-port", &public_port,
-            "port in the public URLs (-1: the bound HTTP port, 0: none)");
-  flags.Duration("read-timeout", &o.front.connection.read_timeout,
-                 "visitor silent this long mid-request: connection closed");
-  flags.Duration("write-timeout", &o.front.connection.write_timeout,
-                 "visitor not reading this long: connection closed");
-  flags.Duration("keep-alive-timeout", &o.front.connection.keep_alive_timeout,
-                 "idle visitor connections are closed after this");
-  flags.Duration("upgrade-idle-timeout", &o.front.upgrade_idle_timeout,
-                 "an upgraded connection (WebSocket) idle this long in one "
-                 "direction is closed");
-  flags.Duration("heartbeat-interval", &o.service.heartbeat_interval,
-                 "how often each agent is pinged");
-  flags.Duration("heartbeat-timeout", &o.heartbeat_timeout,
-                 "an agent silent this long is disconnected and its "
-                 "requests fail");
-  flags.Duration("drain-timeout", &drain_timeout,
-                 "on SIGTERM/SIGINT, how long requests in flight may finish");
-  flags.Duration("drain-retry-after", &o.drain_retry_after,
-                 "Retry-After for visitors and reconnect hint for agents "
-                 "while draining");
-  flags.String("log-level", &log_level, "debug, info, warning or error");
-  flags.String("log-format", &log_format,
-               "text (lines for people) or json (one object per line)");
-
-  absl::StatusOr<std::vector<std::string>> rest = flags.Parse(argc, argv);
-  if (!rest.ok()) return Fail(std::string(rest.status().message()), 2);
+  tunnel::server::RegisterGatewayFlags(&flags, &values);
+  if (absl::Status s =
+          tunnel::server::ParseGatewayFlags(argc, argv, &flags, &values);
+      !s.ok()) {
+    return Fail(std::string(s.message()), 2);
+  }
   if (flags.help_requested()) {
     std::cout << flags.Usage();
     return 0;
   }
-  if (!rest->empty()) {
-    return Fail(
-        absl::StrCat("unexpected argument \"", (*rest)[0], "\" (see --help)"),
-        2);
-  }
-  if (!tunnel::common::SetLogLevelByName(log_level)) {
-    return Fail("--log-level must be debug, info, warning or error", 2);
-  }
-  if (!tunnel::common::SetLogFormatByName(log_format)) {
-    return Fail("--log-format must be text or json", 2);
-  }
-  if (stream_window < tunnel::common::kMinStreamWindow ||
-      stream_window > (16 << 20)) {
-    return Fail("--stream-window must be between 65536 and 16777216", 2);
-  }
-  if (max_streams < 1 || max_tunnels < 1 || workers < 1 || max_agents < 1) {
-    return Fail(
-        "--max-streams-per-agent, --max-tunnels-per-agent, --max-agents and "
-        "--http-workers must be at least 1",
-        2);
-  }
-  o.service.limits.gateway_receive_window =
-      static_cast<uint32_t>(stream_window);
-  o.service.limits.max_streams = static_cast<size_t>(max_streams);
-  o.service.max_tunnels_per_agent = static_cast<size_t>(max_tunnels);
-  o.service.max_agents = static_cast<size_t>(max_agents);
-  o.front.workers = static_cast<int>(workers);
-  o.front.scheme = o.service.public_scheme;
-  o.public_port = static_cast<int>(public_port);
+  tunnel::server::GatewayOptions& o = values.options;
+  const absl::Duration drain_timeout = values.drain_timeout;
 
   // Signals are taken synchronously by sigwait below; block them before any
   // thread starts so every thread inherits the mask.

@@ -26,11 +26,11 @@ check "cmake --install succeeds" test $? = 0
 
 binaries=(agent-tunnel tunnelctl)
 units=(agent-tunnel.service)
-envs=(agent.env)
+envs=(agent.env agent.txtpb)
 if [ "$WITH_GATEWAY" = ON ]; then
   binaries+=(gateway-tunnel)
   units+=(gateway-tunnel.service)
-  envs+=(gateway.env)
+  envs+=(gateway.env gateway.txtpb)
 fi
 
 for b in "${binaries[@]}"; do
@@ -75,6 +75,27 @@ if [ "$WITH_GATEWAY" = ON ]; then
   check "gateway.env sets only flags gateway-tunnel has" \
     env_names_known "$PREFIX/share/doc/tunnel/examples/gateway.env" \
     gateway.help
+fi
+
+# The example config files parse and every field is a flag: the binaries
+# read --config before they check --log-level, so with a bad --log-level
+# (which beats the file) they stop at exactly that check, having started
+# nothing.
+config_parses() {  # config_parses PROGRAM [ARGS...]: exit 2 at --log-level
+  local out
+  out=$("${EMULATOR[@]}" "$@" --log-level not-a-level 2>&1 >/dev/null)
+  [ $? = 2 ] && grep -q -- "--log-level must be" <<<"$out" || {
+    echo "$out" >&2
+    return 1
+  }
+}
+check "examples/agent.txtpb is a valid agent config" \
+  config_parses "$PREFIX/bin/agent-tunnel" connect \
+  --config "$PREFIX/share/doc/tunnel/examples/agent.txtpb"
+if [ "$WITH_GATEWAY" = ON ]; then
+  check "examples/gateway.txtpb is a valid gateway config" \
+    config_parses "$PREFIX/bin/gateway-tunnel" \
+    --config "$PREFIX/share/doc/tunnel/examples/gateway.txtpb"
 fi
 
 # The units start the binaries at the configured prefix. To verify them

@@ -43,7 +43,7 @@ if [ "$install" = 1 ]; then
   packages=(
     "g++-$TRIPLET" qemu-user-static
     "libgrpc++-dev:$ARCH" "libprotobuf-dev:$ARCH" "libabsl-dev:$ARCH"
-    "libssl-dev:$ARCH" "libcpp-httplib-dev:$ARCH"
+    "libssl-dev:$ARCH" "libcpp-httplib-dev:$ARCH" "libqrencode-dev:$ARCH"
     "libgtest-dev:$ARCH" "libgmock-dev:$ARCH"
   )
   missing=()

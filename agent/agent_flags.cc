@@ -1,0 +1,123 @@
+#include "agent/agent_flags.h"
+
+#include <sys/stat.h>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "agent/local_target.h"
+#include "agent/state_file.h"
+#include "common/config_file.h"
+#include "common/log.h"
+#include "tunnel/v1/config.pb.h"
+
+namespace tunnel::agent {
+
+void RegisterConnectFlags(common::FlagSet* flags, AgentFlags* v) {
+  AgentOptions& o = v->options;
+  v->max_concurrent = static_cast<int64_t>(o.max_concurrent);
+  v->receive_window = o.receive_window;
+  v->state_file = DefaultStateFilePath();
+
+  flags->String("config", &v->config,
+                "config file (tunnel.v1.AgentConfig, text format or .json); "
+                "flags and environment override it");
+  flags->String("gateway", &o.gateway, "gateway gRPC address, HOST:PORT");
+  flags->String("id", &o.agent_id, "agent id the token was issued for");
+  flags->String("token", &o.token_id, "token id from `tunnelctl token issue`");
+  flags->String("secret", &o.secret,
+                "secret from `tunnelctl token issue` (prefer the env var)");
+  flags->Repeated("to", &v->to,
+                  "local service: URL, or NAME=URL for an extra named tunnel "
+                  "(slug NAME-<slug>)");
+  flags->String("slug", &v->slug,
+                "public slug of the unnamed tunnel (default: "
+                "the agent id, lowercased)");
+  flags->Bool("insecure", &o.insecure,
+              "connect without TLS (only for a gateway started without TLS)");
+  flags->Int("max-concurrent", &v->max_concurrent,
+             "local requests in flight at once; further ones queue");
+  flags->Int("stream-window", &v->receive_window,
+             "per-stream window for request bodies, bytes (>= 65536)");
+  flags->Duration("local-timeout", &o.local_timeout,
+                  "local service silent this long mid-request: it fails");
+  flags->Duration("connect-timeout", &o.connect_timeout,
+                  "give up one connection attempt to the gateway after this");
+  flags->Duration("max-backoff", &o.max_backoff,
+                  "longest wait between reconnection attempts");
+  flags->Duration("heartbeat-timeout", &o.heartbeat_timeout,
+                  "gateway silent this long: reconnect");
+  flags->Duration("drain-timeout", &v->drain_timeout,
+                  "on SIGTERM/SIGINT, how long requests in flight may finish");
+  flags->String("log-level", &v->log_level,
+                "debug, info, warning or error (default warning with "
+                "--quiet)");
+  flags->String("log-format", &v->log_format,
+                "text (lines for people) or json (one object per line)");
+  flags->Bool("quiet", &v->quiet,
+              "stdout gets only the URL lines (no QR code), stderr only "
+              "warnings and errors unless --log-level is given");
+  flags->String("state-file", &v->state_file,
+                "where the agent keeps its state for `agent-tunnel status` "
+                "(empty: none)");
+}
+
+absl::Status ParseConnectFlags(int argc, char** argv, int first,
+                               common::FlagSet* flags, AgentFlags* v) {
+  absl::StatusOr<std::vector<std::string>> rest =
+      flags->Parse(argc, argv, first);
+  if (!rest.ok()) return rest.status();
+  if (flags->help_requested()) return absl::OkStatus();
+  if (!rest->empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unexpected argument \"", (*rest)[0], "\" (see --help)"));
+  }
+  bool exposed_secret = false;
+  if (!v->config.empty()) {
+    tunnel::v1::AgentConfig config;
+    if (absl::Status s = common::ApplyConfigFile(v->config, &config, flags);
+        !s.ok()) {
+      return s;
+    }
+    struct stat st;
+    exposed_secret = config.has_secret() && stat(v->config.c_str(), &st) == 0 &&
+                     (st.st_mode & (S_IRWXG | S_IRWXO)) != 0;
+  }
+  for (const char* name : {"gateway", "id", "token", "secret"}) {
+    if (!flags->WasSet(name)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--", name, " is required (or set ", flags->EnvName(name), ", or `",
+          name, "` in the --config file)"));
+    }
+  }
+  if (v->quiet && !flags->WasSet("log-level")) v->log_level = "warning";
+  if (!common::SetLogLevelByName(v->log_level)) {
+    return absl::InvalidArgumentError(
+        "--log-level must be debug, info, warning or error");
+  }
+  if (!common::SetLogFormatByName(v->log_format)) {
+    return absl::InvalidArgumentError("--log-format must be text or json");
+  }
+  if (exposed_secret) {
+    TUNNEL_LOG(WARNING) << v->config
+                        << " holds a secret and is readable by group or "
+                           "others; chmod 600 it";
+  }
+  if (v->max_concurrent < 1) {
+    return absl::InvalidArgumentError("--max-concurrent must be >= 1");
+  }
+  if (v->receive_window < 65536 || v->receive_window > (16 << 20)) {
+    return absl::InvalidArgumentError(
+        "--stream-window must be between 65536 and 16777216");
+  }
+  AgentOptions& o = v->options;
+  o.max_concurrent = static_cast<size_t>(v->max_concurrent);
+  o.receive_window = static_cast<uint32_t>(v->receive_window);
+  std::string slug = v->slug;
+  if (slug.empty()) slug = absl::AsciiStrToLower(o.agent_id);
+  auto targets = ParseTargets(v->to, slug);
+  if (!targets.ok()) return targets.status();
+  o.tunnels = *std::move(targets);
+  return absl::OkStatus();
+}
+
+}  // namespace tunnel::agent

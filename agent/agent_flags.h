@@ -1,0 +1,44 @@
+// `agent-tunnel connect` flags, bound to AgentOptions, in a library so tests
+// can check them against tunnel.v1.AgentConfig (the --config file's schema).
+#ifndef TUNNEL_AGENT_AGENT_FLAGS_H_
+#define TUNNEL_AGENT_AGENT_FLAGS_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "agent/agent.h"
+#include "common/flags.h"
+
+namespace tunnel::agent {
+
+struct AgentFlags {
+  AgentOptions options;
+  std::string config;  // --config: a tunnel.v1.AgentConfig file
+  std::vector<std::string> to;
+  std::string slug;
+  std::string log_level = "info";
+  std::string log_format = "text";
+  absl::Duration drain_timeout = absl::Seconds(30);
+  int64_t max_concurrent = 0;
+  int64_t receive_window = 0;
+  bool quiet = false;
+  std::string state_file;  // "" after parsing: write none
+};
+
+// Sets `*values` to the defaults and registers every `connect` flag on
+// `flags` (both must outlive flags->Parse()).
+void RegisterConnectFlags(common::FlagSet* flags, AgentFlags* values);
+
+// Parses args (after "connect"), the environment and the --config file (in
+// that precedence), then validates and fills values->options. Errors are
+// INVALID_ARGUMENT with the message to print (exit 2). Warns (log) when the
+// config file holds a secret and is readable by group or others.
+absl::Status ParseConnectFlags(int argc, char** argv, int first,
+                               common::FlagSet* flags, AgentFlags* values);
+
+}  // namespace tunnel::agent
+
+#endif  // TUNNEL_AGENT_AGENT_FLAGS_H_

@@ -1,0 +1,126 @@
+#include "server/gateway_flags.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/config_file.h"
+#include "common/flow_control.h"
+#include "common/log.h"
+#include "tunnel/v1/config.pb.h"
+
+namespace tunnel::server {
+
+void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
+  GatewayOptions& o = v->options;
+  o.credentials_path = "tunnel-credentials.txtpb";
+  o.ops_addr = "127.0.0.1:8083";
+  v->stream_window = o.service.limits.gateway_receive_window;
+  v->max_streams = static_cast<int64_t>(o.service.limits.max_streams);
+  v->max_tunnels = static_cast<int64_t>(o.service.max_tunnels_per_agent);
+  v->max_agents = static_cast<int64_t>(o.service.max_agents);
+  v->workers = o.front.workers;
+  v->public_port = o.public_port;
+
+  flags->String("config", &v->config,
+                "config file (tunnel.v1.GatewayConfig, text format or .json); "
+                "flags and environment override it");
+  flags->String("grpc-addr", &o.grpc_addr, "address agents connect to");
+  flags->String("http-addr", &o.http_addr, "address visitors connect to");
+  flags->String("ops-addr", &o.ops_addr,
+                "address of /healthz and /metrics (empty: none); keep it "
+                "private");
+  flags->String("domain", &o.service.domain,
+                "base domain for subdomain routing (<slug>.<domain>)");
+  flags->String("credentials", &o.credentials_path,
+                "credentials file written by `tunnelctl token issue`");
+  flags->Duration("response-timeout", &o.front.response_timeout,
+                  "504 when the agent sends no response head within this");
+  flags->Duration("body-idle-timeout", &o.front.body_idle_timeout,
+                  "abort a request or response body that stalls this long");
+  flags->Duration("auth-skew", &o.auth_skew,
+                  "accepted clock difference between agent and gateway");
+  flags->Int("stream-window", &v->stream_window,
+             "per-stream flow-control window in bytes (>= 65536)");
+  flags->Int("max-streams-per-agent", &v->max_streams,
+             "requests in flight per agent before visitors get 503");
+  flags->Int("max-tunnels-per-agent", &v->max_tunnels,
+             "tunnels one agent may open");
+  flags->Int("max-agents", &v->max_agents,
+             "agents connected at once; more are told to retry later");
+  flags->Duration("busy-retry-after", &o.service.busy_retry_after,
+                  "retry hint for agents refused at --max-agents");
+  flags->Int("http-workers", &v->workers,
+             "visitor connections served at once (one thread each)");
+  flags->String("public-scheme", &o.service.public_scheme,
+                "scheme in the public URLs told to agents");
+  flags->Int("public-port", &v->public_port,
+             "port in the public URLs (-1: the bound HTTP port, 0: none)");
+  flags->Duration("read-timeout", &o.front.connection.read_timeout,
+                  "visitor silent this long mid-request: connection closed");
+  flags->Duration("write-timeout", &o.front.connection.write_timeout,
+                  "visitor not reading this long: connection closed");
+  flags->Duration("keep-alive-timeout", &o.front.connection.keep_alive_timeout,
+                  "idle visitor connections are closed after this");
+  flags->Duration("upgrade-idle-timeout", &o.front.upgrade_idle_timeout,
+                  "an upgraded connection (WebSocket) idle this long in one "
+                  "direction is closed");
+  flags->Duration("heartbeat-interval", &o.service.heartbeat_interval,
+                  "how often each agent is pinged");
+  flags->Duration("heartbeat-timeout", &o.heartbeat_timeout,
+                  "an agent silent this long is disconnected and its "
+                  "requests fail");
+  flags->Duration("drain-timeout", &v->drain_timeout,
+                  "on SIGTERM/SIGINT, how long requests in flight may finish");
+  flags->Duration("drain-retry-after", &o.drain_retry_after,
+                  "Retry-After for visitors and reconnect hint for agents "
+                  "while draining");
+  flags->String("log-level", &v->log_level, "debug, info, warning or error");
+  flags->String("log-format", &v->log_format,
+                "text (lines for people) or json (one object per line)");
+}
+
+absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
+                               GatewayFlags* v) {
+  absl::StatusOr<std::vector<std::string>> rest = flags->Parse(argc, argv);
+  if (!rest.ok()) return rest.status();
+  if (flags->help_requested()) return absl::OkStatus();
+  if (!rest->empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unexpected argument \"", (*rest)[0], "\" (see --help)"));
+  }
+  if (!v->config.empty()) {
+    tunnel::v1::GatewayConfig config;
+    if (absl::Status s = common::ApplyConfigFile(v->config, &config, flags);
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (!common::SetLogLevelByName(v->log_level)) {
+    return absl::InvalidArgumentError(
+        "--log-level must be debug, info, warning or error");
+  }
+  if (!common::SetLogFormatByName(v->log_format)) {
+    return absl::InvalidArgumentError("--log-format must be text or json");
+  }
+  if (v->stream_window < common::kMinStreamWindow ||
+      v->stream_window > (16 << 20)) {
+    return absl::InvalidArgumentError(
+        "--stream-window must be between 65536 and 16777216");
+  }
+  if (v->max_streams < 1 || v->max_tunnels < 1 || v->workers < 1 ||
+      v->max_agents < 1) {
+    return absl::InvalidArgumentError(
+        "--max-streams-per-agent, --max-tunnels-per-agent, --max-agents and "
+        "--http-workers must be at least 1");
+  }
+  GatewayOptions& o = v->options;
+  o.service.limits.gateway_receive_window =
+      static_cast<uint32_t>(v->stream_window);
+  o.service.limits.max_streams = static_cast<size_t>(v->max_streams);
+  o.service.max_tunnels_per_agent = static_cast<size_t>(v->max_tunnels);
+  o.service.max_agents = static_cast<size_t>(v->max_agents);
+  o.front.workers = static_cast<int>(v->workers);
+  o.front.scheme = o.service.public_scheme;
+  o.public_port = static_cast<int>(v->public_port);
+  return absl::OkStatus();
+}
+
+}  // namespace tunnel::server

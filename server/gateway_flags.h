@@ -1,0 +1,44 @@
+// gateway-tunnel's flags, bound to GatewayOptions, in a library so tests can
+// check them against tunnel.v1.GatewayConfig (the --config file's schema).
+#ifndef TUNNEL_SERVER_GATEWAY_FLAGS_H_
+#define TUNNEL_SERVER_GATEWAY_FLAGS_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "common/flags.h"
+#include "server/gateway.h"
+
+namespace tunnel::server {
+
+// What the flags fill in: the options plus the values main() checks and
+// converts itself.
+struct GatewayFlags {
+  GatewayOptions options;
+  std::string config;  // --config: a tunnel.v1.GatewayConfig file
+  int64_t stream_window = 0;
+  int64_t max_streams = 0;
+  int64_t max_tunnels = 0;
+  int64_t max_agents = 0;
+  int64_t workers = 0;
+  int64_t public_port = 0;
+  std::string log_level = "info";
+  std::string log_format = "text";
+  absl::Duration drain_timeout = absl::Seconds(30);
+};
+
+// Sets `*values` to the defaults and registers every flag on `flags`
+// (both must outlive flags->Parse()).
+void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* values);
+
+// Parses the command line, the environment and the --config file (in that
+// precedence), then validates and converts into values->options. Errors are
+// INVALID_ARGUMENT with the message to print (exit 2).
+absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
+                               GatewayFlags* values);
+
+}  // namespace tunnel::server
+
+#endif  // TUNNEL_SERVER_GATEWAY_FLAGS_H_

@@ -1,0 +1,84 @@
+#include "agent/agent_flags.h"
+
+#include "agent/qr.h"
+#include "common/config_file.h"
+#include "gtest/gtest.h"
+#include "tunnel/v1/config.pb.h"
+
+namespace tunnel::agent {
+namespace {
+
+// Adding a connect flag without its AgentConfig field (or the reverse) fails
+// here.
+TEST(AgentFlagsTest, ConfigMessageMatchesTheFlagsOneToOne) {
+  AgentFlags values;
+  common::FlagSet flags("usage");
+  RegisterConnectFlags(&flags, &values);
+  absl::Status s = common::CheckSchemaMatchesFlags(
+      *tunnel::v1::AgentConfig::descriptor(), flags);
+  EXPECT_TRUE(s.ok()) << s;
+}
+
+TEST(AgentFlagsTest, TheCheckCatchesAFlagWithoutAField) {
+  AgentFlags values;
+  common::FlagSet flags("usage");
+  RegisterConnectFlags(&flags, &values);
+  std::string extra;
+  flags.String("not-in-the-schema", &extra, "");
+  absl::Status s = common::CheckSchemaMatchesFlags(
+      *tunnel::v1::AgentConfig::descriptor(), flags);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("--not-in-the-schema"), std::string::npos) << s;
+}
+
+// The half-block rendering decodes back to libqrencode's matrix with a
+// 4-module light quiet zone (light = drawn).
+TEST(QrTest, HalfBlocksRoundTripToTheModules) {
+  auto modules = QrModules("http://cam-01.localhost:8082/");
+  ASSERT_TRUE(modules.ok()) << modules.status();
+  const size_t n = modules->size();
+  EXPECT_EQ(n, 29u);  // version 3: level M holds 42 bytes, version 2 26
+  std::string text = RenderQrHalfBlocks(*modules);
+  const size_t size = n + 8;
+  std::vector<std::vector<int>> light(size + 1, std::vector<int>(size, -1));
+  size_t y = 0, x = 0;
+  for (size_t i = 0; i < text.size();) {
+    if (text[i] == '\n') {
+      EXPECT_EQ(x, size);
+      y += 2;
+      x = 0;
+      ++i;
+      continue;
+    }
+    int top, bottom;
+    if (text[i] == ' ') {
+      top = 0, bottom = 0;
+      i += 1;
+    } else {
+      std::string glyph = text.substr(i, 3);
+      i += 3;
+      if (glyph == "\u2588") {
+        top = 1, bottom = 1;
+      } else if (glyph == "\u2580") {
+        top = 1, bottom = 0;
+      } else {
+        ASSERT_EQ(glyph, "\u2584");
+        top = 0, bottom = 1;
+      }
+    }
+    light[y][x] = top;
+    light[y + 1][x] = bottom;
+    ++x;
+  }
+  EXPECT_EQ(y, size + 1);  // odd size: the last line holds one row
+  for (size_t r = 0; r < size; ++r) {
+    for (size_t c = 0; c < size; ++c) {
+      bool in_code = r >= 4 && c >= 4 && r < n + 4 && c < n + 4;
+      bool want_light = !in_code || !(*modules)[r - 4][c - 4];
+      ASSERT_EQ(light[r][c], want_light ? 1 : 0) << r << "," << c;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace tunnel::agent

@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# Process-level test of the config files and the agent's terminal UX: the
+# gateway and the agent read --config files (text format and JSON) with
+# flag > environment > file > default; bad files exit 2 naming the file and
+# the field; on a terminal (a pty from `script`) the agent draws a QR code
+# that zbarimg decodes to its first URL; --quiet leaves only the URL lines;
+# `agent-tunnel status` reports a running agent as connected and a killed
+# one as not running.
+# Usage: agent_ux_e2e.sh BUILD_DIR
+set -uo pipefail
+BUILD="$(cd "$1" && pwd)"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
+
+enter_workdir agent_ux_e2e
+unset TUNNEL_GATEWAY TUNNEL_ID TUNNEL_TOKEN TUNNEL_SECRET TUNNEL_TO \
+  TUNNEL_CONFIG TUNNEL_STATE_FILE TUNNEL_QUIET TUNNEL_PUBLIC_PORT || true
+AGENT_BIN="$BUILD/agent/agent-tunnel"
+
+# wait_until SECONDS command...: polls (bounded) until the command succeeds.
+wait_until() {
+  local deadline=$((SECONDS + $1))
+  shift
+  while ((SECONDS < deadline)); do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
+# has_line FILE REGEX SECONDS: wait_for_line without printing the line.
+has_line() { wait_for_line "$@" >/dev/null; }
+
+issue_token "$BUILD" cam-01
+check "tunnelctl issued a token" test -n "$TOKEN" -a -n "$SECRET"
+
+# --- gateway from a text-format file ---
+cat >gw.txtpb <<EOT
+# tunnel.v1.GatewayConfig
+grpc_addr: "127.0.0.1:0"
+http_addr: "127.0.0.1:0"
+ops_addr: ""              # overridden by --ops-addr below
+credentials: "creds.txtpb"
+domain: "cfg.test"        # only here: the file beats the default
+public_port: 8443         # overridden by TUNNEL_PUBLIC_PORT below
+response_timeout: "20s"
+EOT
+TUNNEL_PUBLIC_PORT=9999 "$BUILD/server/gateway-tunnel" --config gw.txtpb \
+  --ops-addr 127.0.0.1:0 >gw.out 2>gw.err &
+pids+=($!)
+GRPC=$(wait_for_line gw.out '^grpc ' 10 | awk '{print $2}')
+check "gateway from a config file printed its grpc address" test -n "$GRPC"
+check "the --ops-addr flag beat the file's empty ops_addr" \
+  has_line gw.out '^ops 127\.0\.0\.1:[0-9]+$' 10
+
+# --- agent from a JSON file, on a terminal ---
+cat >agent.json <<EOT
+{
+  "gateway": "$GRPC",
+  "id": "cam-01",
+  "token": "$TOKEN",
+  "secret": "$SECRET",
+  "to": ["http://127.0.0.1:9"],
+  "insecure": true,
+  "state_file": "$WORK/state/agent.json"
+}
+EOT
+chmod 600 agent.json
+script -qec "'$AGENT_BIN' connect --config agent.json 2>tty.err" /dev/null \
+  >tty.out </dev/null &
+pids+=($!)
+URL=$(wait_for_line tty.out '^https?://cam-01\.' 20 | tr -d '\r')
+check "env TUNNEL_PUBLIC_PORT beat the file, the file's domain the default" \
+  test "$URL" = "http://cam-01.cfg.test:9999/"
+check "status of a connected agent exits 0" \
+  wait_until 10 "$AGENT_BIN" status --state-file state/agent.json
+"$AGENT_BIN" status --state-file state/agent.json >status.txt
+check "status says connected" grep -q '^connected: agent cam-01' status.txt
+check "status lists the URL" grep -q "url  *http://cam-01.cfg.test:9999/" \
+  status.txt
+"$AGENT_BIN" status --json --state-file state/agent.json >status.json
+check "status --json has running, connected and the URLs" python3 -c '
+import json, sys
+s = json.load(open("status.json"))
+assert s["running"] and s["connected"], s
+assert s["urls"][0] == "http://cam-01.cfg.test:9999/", s
+assert s["session_id"] and s["agent_id"] == "cam-01", s
+'
+AGENT_PID=$(python3 -c 'import json; print(json.load(open("status.json"))["pid"])')
+check "the state names the agent's pid" test -n "$AGENT_PID"
+
+# The QR code follows the URL lines once drawn; poll until it is complete.
+qr_decodes() {
+  python3 "$HERE/qr_text_to_pgm.py" tty.out qr.pgm 2>/dev/null &&
+    test "$(zbarimg -q --raw qr.pgm 2>/dev/null)" = "$URL"
+}
+check "the QR code on the terminal decodes (zbarimg) to the first URL" \
+  wait_until 10 qr_decodes
+check "a 0600 config file with a secret is not warned about" \
+  bash -c "! grep -q 'readable by group or others' tty.err"
+
+kill -KILL "$AGENT_PID"
+check "status of a killed agent exits 1" \
+  wait_until 10 bash -c "! '$AGENT_BIN' status --state-file state/agent.json"
+"$AGENT_BIN" status --state-file state/agent.json >dead.txt
+check "and says it is not running" grep -q '^not running: agent cam-01' dead.txt
+"$AGENT_BIN" status --state-file nowhere.json >none.txt
+check "status without a state file exits 1" test $? = 1
+check "and says no agent runs" grep -q '^no agent running' none.txt
+
+# --- --quiet on a terminal, from a text file readable by others ---
+cat >agent.txtpb <<EOT
+gateway: "$GRPC"
+id: "cam-01"
+token: "$TOKEN"
+secret: "$SECRET"
+to: "http://127.0.0.1:9"
+insecure: true
+quiet: true
+state_file: "$WORK/state/quiet.json"
+EOT
+chmod 644 agent.txtpb
+script -qec "'$AGENT_BIN' connect --config agent.txtpb 2>quiet.err" /dev/null \
+  >quiet.out </dev/null &
+pids+=($!)
+check "--quiet still prints the URL lines" \
+  has_line quiet.out '^http://cfg\.test:9999/t/cam-01/' 20
+check "--quiet: connected per status" \
+  wait_until 10 "$AGENT_BIN" status --state-file state/quiet.json
+check "--quiet: no QR code" bash -c "! grep -q $'\u2588' quiet.out"
+check "--quiet: stdout has only the two URL lines" \
+  test "$(tr -d '\r' <quiet.out | grep -c .)" = 2
+check "--quiet: no INFO lines on stderr" bash -c "! grep -q ' INFO ' quiet.err"
+check "a config file with a secret readable by others is warned about" \
+  grep -q 'agent.txtpb holds a secret and is readable by group or others' \
+  quiet.err
+QUIET_PID=$("$AGENT_BIN" status --json --state-file state/quiet.json |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["pid"])')
+kill -TERM "$QUIET_PID"
+check "status after SIGTERM: not running" \
+  wait_until 20 bash -c "'$AGENT_BIN' status --state-file state/quiet.json | grep -q '^not running'"
+
+# --- not a terminal: exactly the URL lines, no QR code ---
+rm -f state/agent.json
+"$AGENT_BIN" connect --config agent.json --state-file "" >pipe.out \
+  2>pipe.err &
+PIPE=$!
+pids+=($PIPE)
+check "on a pipe the agent prints the URL lines" \
+  has_line pipe.out '/t/cam-01/$' 20
+check "on a pipe: no QR code" bash -c "! grep -q $'\u2588' pipe.out"
+check "on a pipe: stdout has only the two URL lines" \
+  test "$(grep -c . pipe.out)" = 2
+check "--state-file \"\" (flag over file) writes no state" \
+  test ! -e state/agent.json
+kill "$PIPE"
+
+# --- bad files exit 2 naming the file and the field ---
+printf 'gateway: "g"\nmax_concurrent: many\n' >bad.txtpb
+"$AGENT_BIN" connect --config bad.txtpb >/dev/null 2>bad.err
+check "a text syntax error exits 2" test $? = 2
+check "and names file:line:col" grep -q '^agent-tunnel: bad.txtpb:2:17: ' bad.err
+printf '{"gateway": "g", "secrett": "x"}' >unknown.json
+"$AGENT_BIN" connect --config unknown.json >/dev/null 2>unknown.err
+check "an unknown JSON field exits 2" test $? = 2
+check "and names the file and the field" \
+  grep -q 'unknown.json: .*secrett' unknown.err
+printf 'grpc_addr: "127.0.0.1:0"\nheartbeat_timeout: "soon"\n' >badval.txtpb
+"$BUILD/server/gateway-tunnel" --config badval.txtpb >/dev/null 2>badval.err
+check "a bad duration in the gateway's file exits 2" test $? = 2
+check "and names the file and the field" \
+  grep -q '^gateway-tunnel: badval.txtpb: field heartbeat_timeout ' badval.err
+"$BUILD/server/gateway-tunnel" --config missing.txtpb >/dev/null 2>missing.err
+check "a missing config file exits 2" test $? = 2
+
+echo "agent_ux_e2e: $passed passed, $failed failed"
+test "$failed" = 0
