@@ -19,9 +19,13 @@ constexpr char kUsage[] =
     "Agents connect over gRPC to --grpc-addr; visitors reach their tunnels\n"
     "over HTTP on --http-addr, as http://<slug>.<domain>:<port>/ or\n"
     "http://<host>:<port>/t/<slug>/. /healthz and /metrics are served on\n"
-    "--ops-addr (loopback by default). On start it prints the bound\n"
-    "addresses, one per line (\"grpc HOST:PORT\", \"http HOST:PORT\", then\n"
-    "\"ops HOST:PORT\" unless --ops-addr is empty).\n"
+    "--ops-addr (loopback by default); the admin API (tunnelctl list,\n"
+    "status, disconnect) on --admin-addr, protected by --admin-token-file.\n"
+    "On start it prints the bound addresses, one per line (\"grpc "
+    "HOST:PORT\",\n"
+    "\"http HOST:PORT\", then \"ops HOST:PORT\" and \"admin HOST:PORT\" "
+    "unless\n"
+    "their flag is empty).\n"
     "\n"
     "Usage: gateway-tunnel [flags]\n";
 
@@ -37,6 +41,7 @@ int main(int argc, char** argv) {
   GatewayOptions o;
   o.credentials_path = "tunnel-credentials.txtpb";
   o.ops_addr = "127.0.0.1:8083";
+  o.admin_addr = "127.0.0.1:8081";
   int64_t stream_window = o.service.limits.gateway_receive_window;
   int64_t max_streams = static_cast<int64_t>(o.service.limits.max_streams);
   int64_t max_tunnels = static_cast<int64_t>(o.service.max_tunnels_per_agent);
@@ -53,6 +58,13 @@ int main(int argc, char** argv) {
   flags.String("ops-addr", &o.ops_addr,
                "address of /healthz and /metrics (empty: none); keep it "
                "private");
+  flags.String("admin-addr", &o.admin_addr,
+               "address of the admin API, tunnel.v1.AdminService (empty: "
+               "none); keep it private");
+  flags.String("admin-token-file", &o.admin_token_file,
+               "file holding the admin API's bearer token, mode 0600 (make "
+               "one with `tunnelctl admin-token issue --file FILE`); without "
+               "it the admin API refuses every call");
   flags.String("domain", &o.service.domain,
                "base domain for subdomain routing (<slug>.<domain>)");
   flags.String("credentials", &o.credentials_path,
@@ -147,7 +159,7 @@ int main(int argc, char** argv) {
       tunnel::server::Gateway::Start(o);
   if (!gw.ok()) return Fail(std::string(gw.status().message()), 1);
 
-  std::string grpc_host, http_host, ops_host;
+  std::string grpc_host, http_host, ops_host, admin_host;
   int ignored;
   (void)tunnel::server::SplitHostPort(o.grpc_addr, &grpc_host, &ignored);
   (void)tunnel::server::SplitHostPort(o.http_addr, &http_host, &ignored);
@@ -157,8 +169,16 @@ int main(int argc, char** argv) {
     (void)tunnel::server::SplitHostPort(o.ops_addr, &ops_host, &ignored);
     std::printf("ops %s:%d\n", ops_host.c_str(), (*gw)->ops_port());
   }
+  if (!o.admin_addr.empty()) {
+    (void)tunnel::server::SplitHostPort(o.admin_addr, &admin_host, &ignored);
+    std::printf("admin %s:%d\n", admin_host.c_str(), (*gw)->admin_port());
+  }
   std::fflush(stdout);
   TUNNEL_LOG(INFO) << "serving tunnels for *." << o.service.domain;
+  if (!o.admin_addr.empty() && o.admin_token_file.empty()) {
+    TUNNEL_LOG(WARNING) << "the admin API on " << o.admin_addr
+                        << " refuses every call: no --admin-token-file";
+  }
 
   int sig = 0;
   sigwait(&signals, &sig);
