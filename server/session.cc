@@ -62,8 +62,10 @@ class GatewayStream : public TunnelStream {
         return absl::DeadlineExceededError(
             "the agent's connection is not draining its send queue");
       }
-      session_->SendData(id_, std::string(data.substr(0, *n)), false);
+      // Counted before it can reach the agent, so a reader who saw the
+      // answer sees the bytes counted.
       session_->bytes_in_.fetch_add(*n, std::memory_order_relaxed);
+      session_->SendData(id_, std::string(data.substr(0, *n)), false);
       data.remove_prefix(*n);
     }
     return absl::OkStatus();
@@ -347,11 +349,11 @@ void Session::OnEnvelope(const Envelope& e) {
         return;
       }
       if (!r.body().empty() || r.end_stream()) {
+        // Counted before the visitor can see them (bytes the agent sent).
+        bytes_out_.fetch_add(r.body().size(), std::memory_order_relaxed);
         if (absl::Status s = ch->PushData(r.body(), r.end_stream()); !s.ok()) {
           FailStream(r.stream_id(), ch, TunnelClose::FLOW_CONTROL_ERROR, s);
-          return;
         }
-        bytes_out_.fetch_add(r.body().size(), std::memory_order_relaxed);
       }
       return;
     }
@@ -364,11 +366,10 @@ void Session::OnEnvelope(const Envelope& e) {
                    absl::InvalidArgumentError("data chunk over the limit"));
         return;
       }
+      bytes_out_.fetch_add(d.data().size(), std::memory_order_relaxed);
       if (absl::Status s = ch->PushData(d.data(), d.end_stream()); !s.ok()) {
         FailStream(d.stream_id(), ch, TunnelClose::FLOW_CONTROL_ERROR, s);
-        return;
       }
-      bytes_out_.fetch_add(d.data().size(), std::memory_order_relaxed);
       return;
     }
     case Envelope::kClose: {
