@@ -182,10 +182,14 @@ AdminServiceImpl::Disconnect(absl::string_view agent_id) const {
     return absl::NotFoundError(
         absl::StrCat("agent \"", agent_id, "\" is not connected"));
   }
-  // The agent sees this status as the end of its call, logs the message and
-  // reconnects with backoff like after any lost connection.
+  // The agent learns why from a GoAway it logs ("gateway is going away:
+  // disconnected by an administrator"); the call's status carries the same
+  // text for the gateway's own agent_disconnected line. Draining the queue
+  // delivers the GoAway before the call ends. No retry hint: the agent comes
+  // back after its usual backoff, as after any lost connection.
+  s->SendGoAway(kDisconnectedByAdmin, absl::ZeroDuration());
   s->Close(grpc::Status(grpc::StatusCode::UNAVAILABLE, kDisconnectedByAdmin),
-           /*drain=*/false);
+           /*drain=*/true);
   tunnel::v1::DisconnectAgentResponse out;
   out.set_session_id(s->id());
   return out;
