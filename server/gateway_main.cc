@@ -125,6 +125,10 @@ int main(int argc, char** argv) {
         absl::StrCat("unexpected argument \"", (*rest)[0], "\" (see --help)"),
         2);
   }
+  if (o.admin_addr.empty() && !o.admin_token_file.empty()) {
+    return Fail("--admin-token-file needs the admin API: --admin-addr is empty",
+                2);
+  }
   if (!tunnel::common::SetLogLevelByName(log_level)) {
     return Fail("--log-level must be debug, info, warning or error", 2);
   }

@@ -72,7 +72,7 @@ constexpr char kTopUsage[] =
     "\n"
     "Run 'tunnelctl <command> --help' for a command's flags.\n";
 
-constexpr char kListUsage2[] =
+constexpr char kAgentsUsage[] =
     "Usage: tunnelctl list [--admin ADDR] [--admin-token-file FILE] [--json]\n"
     "\n"
     "Prints the agents connected to the gateway: session, remote address,\n"
@@ -409,11 +409,14 @@ std::optional<int> ParseAdmin(tunnel::common::FlagSet& flags,
 int AdminList(const std::vector<std::string>& args) {
   constexpr char kCommand[] = "tunnelctl list";
   AdminFlags f;
-  tunnel::common::FlagSet flags(kListUsage2);
+  tunnel::common::FlagSet flags(kAgentsUsage);
   f.Register(flags);
   std::vector<std::string> positional;
   if (auto done = ParseAdmin(flags, args, kCommand, 0, "", &positional)) {
     return *done;
+  }
+  if (f.timeout <= absl::ZeroDuration()) {
+    return UsageError("--timeout must be positive", kCommand);
   }
   grpc::ClientContext ctx;
   if (absl::Status s = PrepareContext(f, &ctx); !s.ok()) {
@@ -489,6 +492,9 @@ int AdminStatus(const std::vector<std::string>& args) {
   if (auto done = ParseAdmin(flags, args, kCommand, 1, "SLUG", &positional)) {
     return *done;
   }
+  if (f.timeout <= absl::ZeroDuration()) {
+    return UsageError("--timeout must be positive", kCommand);
+  }
   grpc::ClientContext ctx;
   if (absl::Status s = PrepareContext(f, &ctx); !s.ok()) {
     return RuntimeError(s);
@@ -539,6 +545,9 @@ int AdminDisconnect(const std::vector<std::string>& args) {
   if (auto done =
           ParseAdmin(flags, args, kCommand, 1, "AGENT_ID", &positional)) {
     return *done;
+  }
+  if (f.timeout <= absl::ZeroDuration()) {
+    return UsageError("--timeout must be positive", kCommand);
   }
   grpc::ClientContext ctx;
   if (absl::Status s = PrepareContext(f, &ctx); !s.ok()) {

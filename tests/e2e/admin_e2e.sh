@@ -44,6 +44,10 @@ check "gateway refuses a group/other-readable token file (exit 1)" \
   test "$exit_code" = 1
 check "and says chmod 600" grep -q "chmod 600" loose.err
 
+"$BUILD/server/gateway-tunnel" --admin-addr "" --admin-token-file admin.token \
+  --credentials creds.txtpb >/dev/null 2>noaddr.err
+check "a token file without an admin listener is usage (exit 2)" test $? = 2
+
 mkdir site && echo "hello from the device" >site/index.html
 "$PY" -u -m http.server 0 --bind 127.0.0.1 --directory site \
   >svc.out 2>svc.err &
@@ -134,6 +138,8 @@ check "refusals are counted on /metrics" \
 check "status without a slug exits 2" test $? = 2
 "$CTL" list --bogus >/dev/null 2>&1
 check "an unknown flag exits 2" test $? = 2
+"$CTL" list "${A[@]}" --timeout 0s >/dev/null 2>&1
+check "a zero --timeout exits 2" test $? = 2
 "$CTL" list --admin 127.0.0.1:1 --admin-token-file admin.token --timeout 3s \
   >/dev/null 2>unreach.err
 check "an unreachable gateway exits 1" test $? = 1
