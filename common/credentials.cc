@@ -198,8 +198,11 @@ absl::Status SaveCredentialsFile(const std::string& path,
     return absl::InternalError(
         absl::StrCat(path, ": cannot serialize credentials"));
   }
-  std::string contents = absl::StrCat(kFileHeader, text);
+  return WriteFileAtomically(path, absl::StrCat(kFileHeader, text));
+}
 
+absl::Status WriteFileAtomically(const std::string& path,
+                                 absl::string_view contents) {
   // Same directory as the target, so rename() is atomic (same filesystem).
   // mkstemp creates the file 0600 before any secret is written to it.
   std::string tmp =

@@ -28,6 +28,11 @@ absl::StatusOr<tunnel::v1::CredentialsFile> LoadCredentialsFile(
 absl::Status SaveCredentialsFile(const std::string& path,
                                  const tunnel::v1::CredentialsFile& file);
 
+// Writes `contents` to `path` atomically (temp file in the same directory,
+// fsync, rename) with mode 0600, for files that hold secrets.
+absl::Status WriteFileAtomically(const std::string& path,
+                                 absl::string_view contents);
+
 // A fresh credential for `agent_id`: token id "tok_" + 16 hex chars, secret
 // 32 random bytes in unpadded base64url. Fails for an invalid agent id.
 absl::StatusOr<tunnel::v1::Credential> IssueCredential(

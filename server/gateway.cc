@@ -3,6 +3,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/admin_token.h"
 #include "common/log.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
@@ -56,6 +57,12 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
         common::LoadCredentialsFile(o.credentials_path);
     if (!loaded.ok()) return loaded.status();
     creds = *std::move(loaded);
+  }
+  std::optional<std::string> admin_token = o.admin_token;
+  if (!admin_token.has_value() && !o.admin_token_file.empty()) {
+    absl::StatusOr<std::string> t = common::LoadAdminToken(o.admin_token_file);
+    if (!t.ok()) return t.status();
+    admin_token = *std::move(t);
   }
   gw->credentials_.Replace(creds);
   gw->registry_.ReserveAgentSlugs(gw->credentials_.AgentIds());
@@ -142,6 +149,25 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
     }
     gw->ops_port_ = *ops_bound;
   }
+  if (!o.admin_addr.empty()) {
+    // Its own server and port: the admin API never shares a listener with
+    // agents, and a sync service keeps its calls off the tunnel's pool.
+    // Reflection and health come with it (the process-wide switches above).
+    gw->admin_service_ = std::make_unique<AdminServiceImpl>(
+        std::move(admin_token), &gw->registry_, gw->service_.get(),
+        &gw->metrics_);
+    grpc::ServerBuilder admin;
+    admin.AddListeningPort(o.admin_addr, grpc::InsecureServerCredentials(),
+                           &gw->admin_port_);
+    admin.RegisterService(gw->admin_service_.get());
+    gw->admin_server_ = admin.BuildAndStart();
+    if (gw->admin_server_ == nullptr || gw->admin_port_ == 0) {
+      gw->Shutdown();
+      return absl::UnavailableError(
+          absl::StrCat("cannot listen for the admin API on ", o.admin_addr,
+                       " (address in use or not available; --admin-addr)"));
+    }
+  }
   gw->heartbeats_ = std::thread([g = gw.get()] { g->HeartbeatLoop(); });
   return gw;
 }
@@ -214,6 +240,11 @@ void Gateway::Shutdown() {
   }
   if (front_ != nullptr) front_->Stop();
   if (grpc_server_ != nullptr) grpc_server_->Wait();
+  if (admin_server_ != nullptr) {
+    admin_server_->Shutdown(std::chrono::system_clock::now() +
+                            std::chrono::seconds(1));
+    admin_server_->Wait();
+  }
   // Last: /healthz answers "draining" until the very end.
   if (ops_ != nullptr) ops_->Stop();
 }

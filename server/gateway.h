@@ -20,6 +20,7 @@
 #include "common/metrics.h"
 #include "httpfront/front_door.h"
 #include "httpfront/ops_server.h"
+#include "server/admin_service.h"
 #include "server/core_metrics.h"
 #include "server/session_registry.h"
 #include "server/tunnel_service.h"
@@ -37,6 +38,14 @@ struct GatewayOptions {
   // /healthz and /metrics; empty: no ops listener. (gateway-tunnel's flag
   // defaults to 127.0.0.1:8083.)
   std::string ops_addr;
+  // The admin API (tunnel.v1.AdminService); empty: no admin listener.
+  // (gateway-tunnel's flag defaults to 127.0.0.1:8081.)
+  std::string admin_addr;
+  // Bearer token the admin API requires: read from `admin_token_file`
+  // (refused if group or others may access it), or given directly (tests).
+  // Neither: the admin listener answers every call FAILED_PRECONDITION.
+  std::string admin_token_file;
+  std::optional<std::string> admin_token;
   // Credentials: read from `credentials_path`, or given directly (tests).
   std::string credentials_path;
   std::optional<tunnel::v1::CredentialsFile> credentials;
@@ -64,6 +73,8 @@ class Gateway {
   int http_port() const { return http_port_; }
   // 0 when there is no ops listener.
   int ops_port() const { return ops_port_; }
+  // 0 when there is no admin listener.
+  int admin_port() const { return admin_port_; }
   SessionRegistry& registry() { return registry_; }
   common::MetricsRegistry& metrics() { return metrics_; }
 
@@ -90,6 +101,8 @@ class Gateway {
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<httpfront::FrontDoor> front_;
   std::unique_ptr<httpfront::OpsServer> ops_;
+  std::unique_ptr<AdminServiceImpl> admin_service_;
+  std::unique_ptr<grpc::Server> admin_server_;
   std::atomic<bool> draining_{false};
   void HeartbeatLoop();
 
@@ -98,6 +111,7 @@ class Gateway {
   int grpc_port_ = 0;
   int http_port_ = 0;
   int ops_port_ = 0;
+  int admin_port_ = 0;
   bool shut_down_ = false;
 };
 

@@ -12,6 +12,7 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
   GatewayOptions& o = v->options;
   o.credentials_path = "tunnel-credentials.txtpb";
   o.ops_addr = "127.0.0.1:8083";
+  o.admin_addr = "127.0.0.1:8081";
   v->stream_window = o.service.limits.gateway_receive_window;
   v->max_streams = static_cast<int64_t>(o.service.limits.max_streams);
   v->max_tunnels = static_cast<int64_t>(o.service.max_tunnels_per_agent);
@@ -27,6 +28,13 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
   flags->String("ops-addr", &o.ops_addr,
                 "address of /healthz and /metrics (empty: none); keep it "
                 "private");
+  flags->String("admin-addr", &o.admin_addr,
+                "address of the admin API, tunnel.v1.AdminService (empty: "
+                "none); keep it private");
+  flags->String("admin-token-file", &o.admin_token_file,
+                "file holding the admin API's bearer token, mode 0600 (make "
+                "one with `tunnelctl admin-token issue --file FILE`); without "
+                "it the admin API refuses every call");
   flags->String("domain", &o.service.domain,
                 "base domain for subdomain routing (<slug>.<domain>)");
   flags->String("credentials", &o.credentials_path,
@@ -92,6 +100,10 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
         !s.ok()) {
       return s;
     }
+  }
+  if (v->options.admin_addr.empty() && !v->options.admin_token_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--admin-token-file needs the admin API: --admin-addr is empty");
   }
   if (!common::SetLogLevelByName(v->log_level)) {
     return absl::InvalidArgumentError(

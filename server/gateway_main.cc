@@ -20,9 +20,13 @@ constexpr char kUsage[] =
     "Agents connect over gRPC to --grpc-addr; visitors reach their tunnels\n"
     "over HTTP on --http-addr, as http://<slug>.<domain>:<port>/ or\n"
     "http://<host>:<port>/t/<slug>/. /healthz and /metrics are served on\n"
-    "--ops-addr (loopback by default). On start it prints the bound\n"
-    "addresses, one per line (\"grpc HOST:PORT\", \"http HOST:PORT\", then\n"
-    "\"ops HOST:PORT\" unless --ops-addr is empty).\n"
+    "--ops-addr (loopback by default); the admin API (tunnelctl list,\n"
+    "status, disconnect) on --admin-addr, protected by --admin-token-file.\n"
+    "On start it prints the bound addresses, one per line (\"grpc "
+    "HOST:PORT\",\n"
+    "\"http HOST:PORT\", then \"ops HOST:PORT\" and \"admin HOST:PORT\" "
+    "unless\n"
+    "their flag is empty).\n"
     "\n"
     "--config FILE reads the flags from a tunnel.v1.GatewayConfig in the\n"
     "protobuf text format or JSON (.json); see README \"Config files\".\n"
@@ -61,7 +65,7 @@ int main(int argc, char** argv) {
       tunnel::server::Gateway::Start(o);
   if (!gw.ok()) return Fail(std::string(gw.status().message()), 1);
 
-  std::string grpc_host, http_host, ops_host;
+  std::string grpc_host, http_host, ops_host, admin_host;
   int ignored;
   (void)tunnel::server::SplitHostPort(o.grpc_addr, &grpc_host, &ignored);
   (void)tunnel::server::SplitHostPort(o.http_addr, &http_host, &ignored);
@@ -71,8 +75,16 @@ int main(int argc, char** argv) {
     (void)tunnel::server::SplitHostPort(o.ops_addr, &ops_host, &ignored);
     std::printf("ops %s:%d\n", ops_host.c_str(), (*gw)->ops_port());
   }
+  if (!o.admin_addr.empty()) {
+    (void)tunnel::server::SplitHostPort(o.admin_addr, &admin_host, &ignored);
+    std::printf("admin %s:%d\n", admin_host.c_str(), (*gw)->admin_port());
+  }
   std::fflush(stdout);
   TUNNEL_LOG(INFO) << "serving tunnels for *." << o.service.domain;
+  if (!o.admin_addr.empty() && o.admin_token_file.empty()) {
+    TUNNEL_LOG(WARNING) << "the admin API on " << o.admin_addr
+                        << " refuses every call: no --admin-token-file";
+  }
 
   int sig = 0;
   sigwait(&signals, &sig);

@@ -62,6 +62,9 @@ class GatewayStream : public TunnelStream {
         return absl::DeadlineExceededError(
             "the agent's connection is not draining its send queue");
       }
+      // Counted before it can reach the agent, so a reader who saw the
+      // answer sees the bytes counted.
+      session_->bytes_in_.fetch_add(*n, std::memory_order_relaxed);
       session_->SendData(id_, std::string(data.substr(0, *n)), false);
       data.remove_prefix(*n);
     }
@@ -129,6 +132,19 @@ void Session::SendGoAway(absl::string_view reason, absl::Duration retry_after) {
 bool Session::draining() const { return draining_; }
 
 Session::~Session() = default;
+
+void Session::SetTunnels(std::vector<SessionTunnel> tunnels, absl::Time now) {
+  tunnels_ = std::move(tunnels);
+  connected_at_ = now;
+}
+
+SessionCounters Session::counters() const {
+  SessionCounters c;
+  c.requests = requests_.load(std::memory_order_relaxed);
+  c.bytes_in = bytes_in_.load(std::memory_order_relaxed);
+  c.bytes_out = bytes_out_.load(std::memory_order_relaxed);
+  return c;
+}
 
 void Session::SetAgentReceiveWindow(uint32_t window) {
   if (window == 0) return;
@@ -262,6 +278,7 @@ absl::StatusOr<std::unique_ptr<TunnelStream>> Session::OpenStream(
     id = next_stream_id_++;
     streams_[id] = channel;
   }
+  requests_.fetch_add(1, std::memory_order_relaxed);
   head.set_stream_id(id);
   Envelope e;
   *e.mutable_request() = std::move(head);
@@ -332,6 +349,8 @@ void Session::OnEnvelope(const Envelope& e) {
         return;
       }
       if (!r.body().empty() || r.end_stream()) {
+        // Counted before the visitor can see them (bytes the agent sent).
+        bytes_out_.fetch_add(r.body().size(), std::memory_order_relaxed);
         if (absl::Status s = ch->PushData(r.body(), r.end_stream()); !s.ok()) {
           FailStream(r.stream_id(), ch, TunnelClose::FLOW_CONTROL_ERROR, s);
         }
@@ -347,6 +366,7 @@ void Session::OnEnvelope(const Envelope& e) {
                    absl::InvalidArgumentError("data chunk over the limit"));
         return;
       }
+      bytes_out_.fetch_add(d.data().size(), std::memory_order_relaxed);
       if (absl::Status s = ch->PushData(d.data(), d.end_stream()); !s.ok()) {
         FailStream(d.stream_id(), ch, TunnelClose::FLOW_CONTROL_ERROR, s);
       }

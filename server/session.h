@@ -51,6 +51,22 @@ class EnvelopeWriter {
   virtual void End(grpc::Status status) = 0;
 };
 
+// One tunnel a session serves, as accepted at the handshake.
+struct SessionTunnel {
+  std::string name;
+  std::string slug;
+  std::string url;       // scheme://slug.domain[:port]/
+  std::string path_url;  // scheme://domain[:port]/t/slug/
+};
+
+// What the admin API reports of a session's traffic (relaxed atomics: a
+// snapshot, not a transaction).
+struct SessionCounters {
+  uint64_t requests = 0;   // streams opened
+  uint64_t bytes_in = 0;   // body bytes visitor -> agent
+  uint64_t bytes_out = 0;  // body bytes agent -> visitor
+};
+
 // A point-in-time view of a session for metrics.
 struct SessionStats {
   size_t streams = 0;
@@ -78,6 +94,13 @@ class Session : public std::enable_shared_from_this<Session> {
   // the agent's own receive window, clamped to [64 KiB, 16 MiB]; 0 keeps the
   // default.
   void SetAgentReceiveWindow(uint32_t window);
+  // Handshake only, before the session is registered: the tunnels it serves;
+  // also marks the moment it connected. Registration publishes both to
+  // other threads, which only read them after finding the session there.
+  void SetTunnels(std::vector<SessionTunnel> tunnels, absl::Time now);
+  const std::vector<SessionTunnel>& tunnels() const { return tunnels_; }
+  absl::Time connected_at() const { return connected_at_; }
+  SessionCounters counters() const;
 
   // --- any thread ---
   // Queues a head or data message (data lane).
@@ -150,6 +173,12 @@ class Session : public std::enable_shared_from_this<Session> {
   uint64_t next_stream_id_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<uint64_t, std::shared_ptr<common::StreamChannel>> streams_
       ABSL_GUARDED_BY(mu_);
+  std::vector<SessionTunnel> tunnels_;  // set before registration only
+  absl::Time connected_at_;             // likewise
+  // The admin API's counters; relaxed increments on the data path.
+  std::atomic<uint64_t> requests_{0};
+  std::atomic<uint64_t> bytes_in_{0};
+  std::atomic<uint64_t> bytes_out_{0};
   std::atomic<uint64_t> unknown_stream_messages_{0};
   std::atomic<int64_t> last_seen_ns_;
   std::atomic<bool> draining_{false};

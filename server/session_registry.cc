@@ -1,13 +1,23 @@
 #include "server/session_registry.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 
 namespace tunnel::server {
 
 void SessionRegistry::ReserveAgentSlugs(
     const std::vector<std::string>& agent_ids) {
   absl::MutexLock lock(&mu_);
-  for (const std::string& id : agent_ids) slug_owner_.emplace(id, id);
+  for (const std::string& id : agent_ids) {
+    slug_owner_.emplace(id, id);
+    ActivityLocked(id);
+  }
+}
+
+TunnelActivity* SessionRegistry::ActivityLocked(const std::string& slug) {
+  std::unique_ptr<TunnelActivity>& a = activity_[slug];
+  if (a == nullptr) a = std::make_unique<TunnelActivity>();
+  return a.get();
 }
 
 absl::Status SessionRegistry::Register(const std::shared_ptr<Session>& session,
@@ -36,6 +46,7 @@ absl::Status SessionRegistry::Register(const std::shared_ptr<Session>& session,
   for (const std::string& slug : slugs) {
     slug_owner_[slug] = agent;
     routes_[slug] = session;
+    ActivityLocked(slug);
   }
   return absl::OkStatus();
 }
@@ -57,10 +68,14 @@ void SessionRegistry::Unregister(const Session* session) {
 absl::StatusOr<std::unique_ptr<TunnelStream>> SessionRegistry::Open(
     absl::string_view slug, tunnel::v1::TunnelRequest head) {
   std::shared_ptr<Session> session;
+  TunnelActivity* activity = nullptr;
   {
     absl::MutexLock lock(&mu_);
     if (auto it = routes_.find(slug); it != routes_.end()) {
       session = it->second;
+      if (auto a = activity_.find(slug); a != activity_.end()) {
+        activity = a->second.get();
+      }
     } else if (slug_owner_.contains(slug)) {
       return absl::UnavailableError(absl::StrCat(
           "tunnel \"", slug, "\" is offline: its agent is not connected"));
@@ -69,7 +84,28 @@ absl::StatusOr<std::unique_ptr<TunnelStream>> SessionRegistry::Open(
           absl::StrCat("tunnel \"", slug, "\" does not exist"));
     }
   }
-  return session->OpenStream(std::move(head));
+  absl::StatusOr<std::unique_ptr<TunnelStream>> stream =
+      session->OpenStream(std::move(head));
+  if (stream.ok() && activity != nullptr) activity->Record(absl::Now());
+  return stream;
+}
+
+absl::StatusOr<TunnelEntry> SessionRegistry::FindTunnel(
+    absl::string_view slug) const {
+  absl::MutexLock lock(&mu_);
+  auto owner = slug_owner_.find(slug);
+  if (owner == slug_owner_.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("tunnel \"", slug, "\" does not exist"));
+  }
+  TunnelEntry e;
+  e.slug = std::string(slug);
+  e.owner = owner->second;
+  if (auto r = routes_.find(slug); r != routes_.end()) e.session = r->second;
+  if (auto a = activity_.find(slug); a != activity_.end()) {
+    e.activity = a->second.get();
+  }
+  return e;
 }
 
 size_t SessionRegistry::session_count() const {

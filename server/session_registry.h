@@ -18,9 +18,18 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "server/session.h"
+#include "server/tunnel_activity.h"
 #include "server/tunnel_router.h"
 
 namespace tunnel::server {
+
+// A known slug as the admin API sees it.
+struct TunnelEntry {
+  std::string slug;
+  std::string owner;                         // agent id that owns the slug
+  std::shared_ptr<Session> session;          // null while the agent is offline
+  const TunnelActivity* activity = nullptr;  // lives as long as the registry
+};
 
 class SessionRegistry : public TunnelRouter {
  public:
@@ -48,6 +57,8 @@ class SessionRegistry : public TunnelRouter {
   // Streams in flight across live sessions.
   size_t stream_count() const;
   std::shared_ptr<Session> FindByAgent(absl::string_view agent_id) const;
+  // NOT_FOUND for a slug no agent owns.
+  absl::StatusOr<TunnelEntry> FindTunnel(absl::string_view slug) const;
 
  private:
   mutable absl::Mutex mu_;
@@ -60,6 +71,13 @@ class SessionRegistry : public TunnelRouter {
   // live slug -> session (only slugs of live sessions).
   absl::flat_hash_map<std::string, std::shared_ptr<Session>> routes_
       ABSL_GUARDED_BY(mu_);
+  // Owned slug -> its request counters. Entries are never removed (slugs
+  // keep their owner for the gateway's lifetime), so the pointers stay valid
+  // and the map grows only with the set of owned slugs.
+  absl::flat_hash_map<std::string, std::unique_ptr<TunnelActivity>> activity_
+      ABSL_GUARDED_BY(mu_);
+  TunnelActivity* ActivityLocked(const std::string& slug)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 };
 
 }  // namespace tunnel::server

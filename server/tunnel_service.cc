@@ -175,6 +175,11 @@ class AgentConnection final
       slugs.push_back(t.slug());
     }
     session_->SetAgentReceiveWindow(req.receive_window());
+    std::vector<SessionTunnel> tunnels;
+    for (const auto& t : req.tunnels()) {
+      tunnels.push_back(PublicTunnel(opts, t.name(), t.slug()));
+    }
+    session_->SetTunnels(tunnels, absl::Now());
     // At capacity: a new agent is told to come back later (an agent that
     // replaces its own session does not add one).
     if (service_->registry_->session_count() >= opts.max_agents &&
@@ -218,16 +223,12 @@ class AgentConnection final
     acc->set_max_chunk_bytes(opts.limits.max_chunk);
     acc->set_heartbeat_interval_ms(static_cast<uint32_t>(
         absl::ToInt64Milliseconds(opts.heartbeat_interval)));
-    std::string port =
-        opts.public_port > 0 ? absl::StrCat(":", opts.public_port) : "";
-    for (const auto& t : req.tunnels()) {
+    for (const SessionTunnel& t : tunnels) {
       auto* at = acc->add_tunnels();
-      at->set_name(t.name());
-      at->set_slug(t.slug());
-      at->set_url(absl::StrCat(opts.public_scheme, "://", t.slug(), ".",
-                               opts.domain, port, "/"));
-      at->set_path_url(absl::StrCat(opts.public_scheme, "://", opts.domain,
-                                    port, "/t/", t.slug(), "/"));
+      at->set_name(t.name);
+      at->set_slug(t.slug);
+      at->set_url(t.url);
+      at->set_path_url(t.path_url);
     }
     session_->Send(std::move(e));
     connected_at_ = absl::Now();
@@ -245,6 +246,20 @@ class AgentConnection final
   bool registered_ = false;
   absl::Time connected_at_;
 };
+
+SessionTunnel PublicTunnel(const TunnelServiceOptions& options,
+                           absl::string_view name, absl::string_view slug) {
+  std::string port =
+      options.public_port > 0 ? absl::StrCat(":", options.public_port) : "";
+  SessionTunnel t;
+  t.name = std::string(name);
+  t.slug = std::string(slug);
+  t.url = absl::StrCat(options.public_scheme, "://", slug, ".", options.domain,
+                       port, "/");
+  t.path_url = absl::StrCat(options.public_scheme, "://", options.domain, port,
+                            "/t/", slug, "/");
+  return t;
+}
 
 TunnelServiceImpl::TunnelServiceImpl(TunnelServiceOptions options,
                                      SessionRegistry* registry,

@@ -32,6 +32,10 @@ struct TunnelServiceOptions {
   absl::Duration heartbeat_interval = absl::Seconds(10);
 };
 
+// The public URLs of a tunnel under these options.
+SessionTunnel PublicTunnel(const TunnelServiceOptions& options,
+                           absl::string_view name, absl::string_view slug);
+
 class TunnelServiceImpl final
     : public tunnel::v1::TunnelService::CallbackService {
  public:

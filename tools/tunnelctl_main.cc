@@ -1,14 +1,24 @@
-// tunnelctl: manages the gateway's credentials file.
+// tunnelctl: manages the gateway's credentials file and talks to a running
+// gateway's admin API.
 //
 //   tunnelctl token issue --id AGENT_ID [--credentials FILE]
 //   tunnelctl token list [--credentials FILE]
 //   tunnelctl token revoke TOKEN_ID [--credentials FILE]
+//   tunnelctl list [--json]                  (admin API)
+//   tunnelctl status SLUG [--json]           (admin API)
+//   tunnelctl disconnect AGENT_ID [--json]   (admin API)
+//   tunnelctl admin-token issue --file FILE [--force]
 //
 // Exit codes: 0 success (and --help), 1 runtime error (file unreadable or
-// invalid, unknown token), 2 bad usage. `token issue` prints machine-readable
-// "key: value" lines on stdout; everything meant for humans goes to stderr.
+// invalid, unknown token; gateway unreachable, token refused, not found),
+// 2 bad usage. `token issue` prints machine-readable "key: value" lines on
+// stdout; everything meant for humans goes to stderr.
+#include <unistd.h>
+
 #include <algorithm>
+#include <chrono>
 #include <iostream>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -17,10 +27,15 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/admin_token.h"
 #include "common/credentials.h"
 #include "common/flags.h"
+#include "common/log.h"
+#include "grpcpp/grpcpp.h"
+#include "tunnel/v1/admin.grpc.pb.h"
 #include "tunnel/v1/credentials.pb.h"
 
 namespace {
@@ -31,18 +46,63 @@ constexpr int kExitUsage = 2;
 
 constexpr char kDefaultCredentials[] = "tunnel-credentials.txtpb";
 
+constexpr char kDefaultAdmin[] = "127.0.0.1:8081";
+
 constexpr char kTopUsage[] =
-    "Usage: tunnelctl token <command> [flags]\n"
+    "Usage: tunnelctl <command> [flags]\n"
     "\n"
-    "Manages the gateway's agent credentials file.\n"
+    "Manages the gateway's agent credentials file, and asks a running\n"
+    "gateway's admin API (--admin, --admin-token-file) about its agents.\n"
     "\n"
     "Commands:\n"
     "  token issue --id AGENT_ID   issue a token for an agent; prints its "
     "secret once\n"
     "  token list                  list tokens (never shows secrets)\n"
     "  token revoke TOKEN_ID       revoke a token\n"
+    "  list                        connected agents, their tunnels and "
+    "counters\n"
+    "  status SLUG                 one tunnel: URL, online/offline, access, "
+    "uptime,\n"
+    "                              requests in the last hour\n"
+    "  disconnect AGENT_ID         close an agent's session (it reconnects "
+    "with\n"
+    "                              backoff; revoke its token to keep it out)\n"
+    "  admin-token issue --file F  write a new random admin token to F "
+    "(0600)\n"
     "\n"
-    "Run 'tunnelctl token <command> --help' for a command's flags.\n";
+    "Run 'tunnelctl <command> --help' for a command's flags.\n";
+
+constexpr char kAgentsUsage[] =
+    "Usage: tunnelctl list [--admin ADDR] [--admin-token-file FILE] [--json]\n"
+    "\n"
+    "Prints the agents connected to the gateway: session, remote address,\n"
+    "when it connected (UTC), visitor requests, body bytes in (visitor to\n"
+    "agent) and out, streams in flight, and one row per tunnel with its\n"
+    "access mode and URL.\n";
+
+constexpr char kStatusUsage[] =
+    "Usage: tunnelctl status SLUG [--admin ADDR] [--admin-token-file FILE] "
+    "[--json]\n"
+    "\n"
+    "Prints one tunnel: URLs, status (online, or offline when its agent is\n"
+    "not connected), owning agent, access mode, uptime and visitor requests\n"
+    "in the last hour. An unknown slug is an error (exit 1).\n";
+
+constexpr char kDisconnectUsage[] =
+    "Usage: tunnelctl disconnect AGENT_ID [--admin ADDR] "
+    "[--admin-token-file FILE] [--json]\n"
+    "\n"
+    "Closes the agent's session; the agent logs \"disconnected by an\n"
+    "administrator\" and reconnects with backoff (stop it on the device, or\n"
+    "revoke its token and restart the gateway, to keep it away).\n";
+
+constexpr char kAdminTokenUsage[] =
+    "Usage: tunnelctl admin-token issue --file FILE [--force]\n"
+    "\n"
+    "Writes a new random admin token (32 bytes from OpenSSL) to FILE,\n"
+    "atomically with mode 0600. Give the same file to gateway-tunnel\n"
+    "--admin-token-file and to tunnelctl --admin-token-file. Refuses to\n"
+    "replace an existing file unless --force.\n";
 
 constexpr char kIssueUsage[] =
     "Usage: tunnelctl token issue --id AGENT_ID [--credentials FILE]\n"
@@ -236,6 +296,309 @@ int TokenRevoke(const std::vector<std::string>& args) {
   return kExitOk;
 }
 
+// --- admin API client ---
+
+// Flags every admin command takes.
+struct AdminFlags {
+  std::string admin = kDefaultAdmin;
+  std::string token_file;
+  bool json = false;
+  absl::Duration timeout = absl::Seconds(10);
+
+  void Register(tunnel::common::FlagSet& flags) {
+    flags.String("admin", &admin, "gateway admin API address HOST:PORT");
+    flags.String("admin-token-file", &token_file,
+                 "file with the admin token (mode 0600)");
+    flags.Bool("json", &json, "print JSON instead of a table");
+    flags.Duration("timeout", &timeout, "give up on the gateway after this");
+  }
+};
+
+// A call's context: deadline and bearer token.
+absl::Status PrepareContext(const AdminFlags& f, grpc::ClientContext* ctx) {
+  ctx->set_deadline(std::chrono::system_clock::now() +
+                    absl::ToChronoMilliseconds(f.timeout));
+  if (f.token_file.empty()) return absl::OkStatus();
+  absl::StatusOr<std::string> token =
+      tunnel::common::LoadAdminToken(f.token_file);
+  if (!token.ok()) return token.status();
+  ctx->AddMetadata("authorization", absl::StrCat("Bearer ", *token));
+  return absl::OkStatus();
+}
+
+std::unique_ptr<tunnel::v1::AdminService::Stub> AdminStub(const AdminFlags& f) {
+  return tunnel::v1::AdminService::NewStub(
+      grpc::CreateChannel(f.admin, grpc::InsecureChannelCredentials()));
+}
+
+// The gateway's answer as a message for people; always exit code 1.
+int RpcError(const AdminFlags& f, const grpc::Status& st) {
+  std::string why;
+  switch (st.error_code()) {
+    case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      why = absl::StrCat("cannot reach the gateway's admin API at ", f.admin,
+                         " (", st.error_message(), ")");
+      break;
+    case grpc::StatusCode::UNAUTHENTICATED:
+      why = absl::StrCat(
+          st.error_message(),
+          f.token_file.empty()
+              ? " (no --admin-token-file / TUNNEL_ADMIN_TOKEN_FILE given)"
+              : absl::StrCat(" (token from ", f.token_file, ")"));
+      break;
+    default:
+      why = st.error_message();
+  }
+  std::cerr << "tunnelctl: " << why << "\n";
+  return kExitRuntime;
+}
+
+std::string Quote(absl::string_view s) {
+  return absl::StrCat("\"", tunnel::common::JsonEscape(s), "\"");
+}
+
+std::string FormatMillis(int64_t unix_ms) {
+  if (unix_ms <= 0) return "-";
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::FromUnixMillis(unix_ms),
+                          absl::UTCTimeZone());
+}
+
+std::string FormatUptime(int64_t seconds) {
+  if (seconds <= 0) return "0s";
+  return absl::FormatDuration(absl::Seconds(seconds));
+}
+
+void PrintTable(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> widths(rows[0].size(), 0);
+  for (const auto& row : rows) {
+    for (size_t i = 0; i < row.size(); ++i) {
+      widths[i] = std::max(widths[i], row[i].size());
+    }
+  }
+  for (const auto& row : rows) {
+    std::string line;
+    for (size_t i = 0; i < row.size(); ++i) {
+      absl::StrAppend(&line, row[i]);
+      if (i + 1 < row.size()) line.append(widths[i] - row[i].size() + 2, ' ');
+    }
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    std::cout << line << "\n";
+  }
+}
+
+// Parses an admin command's flags and its positional arguments (exactly
+// `want` of them, named `what`).
+std::optional<int> ParseAdmin(tunnel::common::FlagSet& flags,
+                              const std::vector<std::string>& args,
+                              absl::string_view command, size_t want,
+                              absl::string_view what,
+                              std::vector<std::string>* positional) {
+  if (auto done = ParseFlags(flags, args, command, positional)) return done;
+  if (positional->size() < want) {
+    return UsageError(absl::StrCat("missing ", what), command);
+  }
+  if (positional->size() > want) {
+    return UsageError(absl::StrCat("unexpected argument \"",
+                                   Printable((*positional)[want]), "\""),
+                      command);
+  }
+  return std::nullopt;
+}
+
+int AdminList(const std::vector<std::string>& args) {
+  constexpr char kCommand[] = "tunnelctl list";
+  AdminFlags f;
+  tunnel::common::FlagSet flags(kAgentsUsage);
+  f.Register(flags);
+  std::vector<std::string> positional;
+  if (auto done = ParseAdmin(flags, args, kCommand, 0, "", &positional)) {
+    return *done;
+  }
+  if (f.timeout <= absl::ZeroDuration()) {
+    return UsageError("--timeout must be positive", kCommand);
+  }
+  grpc::ClientContext ctx;
+  if (absl::Status s = PrepareContext(f, &ctx); !s.ok()) {
+    return RuntimeError(s);
+  }
+  tunnel::v1::ListAgentsResponse resp;
+  grpc::Status st =
+      AdminStub(f)->ListAgents(&ctx, tunnel::v1::ListAgentsRequest(), &resp);
+  if (!st.ok()) return RpcError(f, st);
+
+  if (f.json) {
+    std::vector<std::string> agents;
+    for (const tunnel::v1::Agent& a : resp.agents()) {
+      std::vector<std::string> tunnels;
+      for (const tunnel::v1::AgentTunnel& t : a.tunnels()) {
+        tunnels.push_back(absl::StrCat(
+            "{\"slug\":", Quote(t.slug()), ",\"name\":", Quote(t.name()),
+            ",\"url\":", Quote(t.url()), ",\"path_url\":", Quote(t.path_url()),
+            ",\"access\":", Quote(t.access()), "}"));
+      }
+      agents.push_back(absl::StrCat(
+          "{\"agent_id\":", Quote(a.agent_id()),
+          ",\"session_id\":", Quote(a.session_id()), ",\"remote_address\":",
+          Quote(a.remote_address()), ",\"connected_since\":",
+          Quote(FormatMillis(a.connected_since_unix_ms())),
+          ",\"connected_since_unix_ms\":", a.connected_since_unix_ms(),
+          ",\"requests\":", a.requests(), ",\"bytes_in\":", a.bytes_in(),
+          ",\"bytes_out\":", a.bytes_out(),
+          ",\"streams_in_flight\":", a.streams_in_flight(), ",\"tunnels\":[",
+          absl::StrJoin(tunnels, ","), "]}"));
+    }
+    std::cout << "{\"agents\":[" << absl::StrJoin(agents, ",") << "]}\n";
+    return kExitOk;
+  }
+  std::vector<std::vector<std::string>> rows = {
+      {"AGENT", "SESSION", "REMOTE", "CONNECTED (UTC)", "REQUESTS", "BYTES IN",
+       "BYTES OUT", "STREAMS", "TUNNEL", "ACCESS", "URL"}};
+  for (const tunnel::v1::Agent& a : resp.agents()) {
+    std::vector<std::string> first = {Printable(a.agent_id()),
+                                      Printable(a.session_id()),
+                                      Printable(a.remote_address()),
+                                      FormatMillis(a.connected_since_unix_ms()),
+                                      absl::StrCat(a.requests()),
+                                      absl::StrCat(a.bytes_in()),
+                                      absl::StrCat(a.bytes_out()),
+                                      absl::StrCat(a.streams_in_flight())};
+    if (a.tunnels().empty()) {
+      first.insert(first.end(), {"-", "-", "-"});
+      rows.push_back(first);
+    }
+    for (int i = 0; i < a.tunnels_size(); ++i) {
+      const tunnel::v1::AgentTunnel& t = a.tunnels(i);
+      std::vector<std::string> row =
+          i == 0 ? first : std::vector<std::string>(first.size(), "");
+      row.insert(row.end(), {Printable(t.slug()), Printable(t.access()),
+                             Printable(t.url())});
+      rows.push_back(std::move(row));
+    }
+  }
+  PrintTable(rows);
+  if (resp.agents().empty()) {
+    std::cerr << "tunnelctl: no agents connected\n";
+  }
+  return kExitOk;
+}
+
+int AdminStatus(const std::vector<std::string>& args) {
+  constexpr char kCommand[] = "tunnelctl status";
+  AdminFlags f;
+  tunnel::common::FlagSet flags(kStatusUsage);
+  f.Register(flags);
+  std::vector<std::string> positional;
+  if (auto done = ParseAdmin(flags, args, kCommand, 1, "SLUG", &positional)) {
+    return *done;
+  }
+  if (f.timeout <= absl::ZeroDuration()) {
+    return UsageError("--timeout must be positive", kCommand);
+  }
+  grpc::ClientContext ctx;
+  if (absl::Status s = PrepareContext(f, &ctx); !s.ok()) {
+    return RuntimeError(s);
+  }
+  tunnel::v1::GetTunnelRequest req;
+  req.set_slug(positional[0]);
+  tunnel::v1::TunnelStatus t;
+  grpc::Status st = AdminStub(f)->GetTunnel(&ctx, req, &t);
+  if (!st.ok()) return RpcError(f, st);
+  const bool online = t.status() == "online";
+  if (f.json) {
+    std::cout << "{\"slug\":" << Quote(t.slug())
+              << ",\"url\":" << Quote(t.url())
+              << ",\"path_url\":" << Quote(t.path_url())
+              << ",\"status\":" << Quote(t.status())
+              << ",\"agent_id\":" << Quote(t.agent_id())
+              << ",\"access\":" << Quote(t.access())
+              << ",\"session_id\":" << Quote(t.session_id())
+              << ",\"connected_since\":"
+              << Quote(online ? FormatMillis(t.connected_since_unix_ms()) : "")
+              << ",\"connected_since_unix_ms\":" << t.connected_since_unix_ms()
+              << ",\"uptime_seconds\":" << t.uptime_seconds()
+              << ",\"requests_last_hour\":" << t.requests_last_hour() << "}\n";
+    return kExitOk;
+  }
+  std::vector<std::vector<std::string>> rows = {
+      {"slug:", Printable(t.slug())},
+      {"url:", Printable(t.url())},
+      {"path url:", Printable(t.path_url())},
+      {"status:", Printable(t.status())},
+      {"agent:", Printable(t.agent_id())},
+      {"access:", Printable(t.access())},
+      {"uptime:",
+       online ? absl::StrCat(FormatUptime(t.uptime_seconds()), " (since ",
+                             FormatMillis(t.connected_since_unix_ms()), ")")
+              : "-"},
+      {"requests (last hour):", absl::StrCat(t.requests_last_hour())}};
+  PrintTable(rows);
+  return kExitOk;
+}
+
+int AdminDisconnect(const std::vector<std::string>& args) {
+  constexpr char kCommand[] = "tunnelctl disconnect";
+  AdminFlags f;
+  tunnel::common::FlagSet flags(kDisconnectUsage);
+  f.Register(flags);
+  std::vector<std::string> positional;
+  if (auto done =
+          ParseAdmin(flags, args, kCommand, 1, "AGENT_ID", &positional)) {
+    return *done;
+  }
+  if (f.timeout <= absl::ZeroDuration()) {
+    return UsageError("--timeout must be positive", kCommand);
+  }
+  grpc::ClientContext ctx;
+  if (absl::Status s = PrepareContext(f, &ctx); !s.ok()) {
+    return RuntimeError(s);
+  }
+  tunnel::v1::DisconnectAgentRequest req;
+  req.set_agent_id(positional[0]);
+  tunnel::v1::DisconnectAgentResponse resp;
+  grpc::Status st = AdminStub(f)->DisconnectAgent(&ctx, req, &resp);
+  if (!st.ok()) return RpcError(f, st);
+  if (f.json) {
+    std::cout << "{\"agent_id\":" << Quote(req.agent_id())
+              << ",\"session_id\":" << Quote(resp.session_id()) << "}\n";
+  } else {
+    std::cout << "disconnected agent " << Printable(req.agent_id())
+              << " (session " << Printable(resp.session_id()) << ")\n";
+    std::cerr << "tunnelctl: the agent reconnects with backoff unless it is "
+                 "stopped or its token revoked\n";
+  }
+  return kExitOk;
+}
+
+int AdminTokenIssue(const std::vector<std::string>& args) {
+  constexpr char kCommand[] = "tunnelctl admin-token issue";
+  std::string file;
+  bool force = false;
+  tunnel::common::FlagSet flags(kAdminTokenUsage);
+  flags.String("file", &file, "where to write the token (required)");
+  flags.Bool("force", &force, "replace an existing file");
+  std::vector<std::string> positional;
+  if (auto done = ParseAdmin(flags, args, kCommand, 0, "", &positional)) {
+    return *done;
+  }
+  if (file.empty()) return UsageError("--file is required", kCommand);
+  if (!force && access(file.c_str(), F_OK) == 0) {
+    return RuntimeError(absl::AlreadyExistsError(absl::StrCat(
+        file,
+        " exists; pass --force to replace it (the gateway keeps the "
+        "old token until it restarts)")));
+  }
+  if (absl::Status s = tunnel::common::SaveAdminToken(
+          file, tunnel::common::GenerateAdminToken());
+      !s.ok()) {
+    return RuntimeError(s);
+  }
+  std::cerr << "tunnelctl: wrote a new admin token to " << file
+            << " (mode 0600); start the gateway with --admin-token-file "
+            << file << " and give tunnelctl the same file\n";
+  return kExitOk;
+}
+
 bool IsHelp(absl::string_view arg) { return arg == "--help" || arg == "-h"; }
 
 }  // namespace
@@ -249,6 +612,26 @@ int main(int argc, char** argv) {
   if (IsHelp(args[0]) || args[0] == "help") {
     std::cout << kTopUsage;
     return kExitOk;
+  }
+  std::vector<std::string> after(args.begin() + 1, args.end());
+  if (args[0] == "list") return AdminList(after);
+  if (args[0] == "status") return AdminStatus(after);
+  if (args[0] == "disconnect") return AdminDisconnect(after);
+  if (args[0] == "admin-token") {
+    if (after.empty()) {
+      return UsageError("missing admin-token command (issue)", "tunnelctl");
+    }
+    if (IsHelp(after[0])) {
+      std::cout << kAdminTokenUsage;
+      return kExitOk;
+    }
+    if (after[0] != "issue") {
+      return UsageError(absl::StrCat("unknown admin-token command \"",
+                                     Printable(after[0]), "\" (want issue)"),
+                        "tunnelctl");
+    }
+    return AdminTokenIssue(
+        std::vector<std::string>(after.begin() + 1, after.end()));
   }
   if (args[0] != "token") {
     return UsageError(

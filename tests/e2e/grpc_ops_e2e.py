@@ -8,7 +8,8 @@ protoc into a temp dir):
 
 - reflection lists tunnel.v1.TunnelService, grpc.health.v1.Health and the
   reflection service, and describes tunnel.v1.Envelope (its oneof) and
-  TunnelService.Connect (bidi streaming), as `grpcurl describe` would;
+  TunnelService.Connect (bidi streaming), as `grpcurl describe` would; the
+  admin listener (--admin-addr) serves reflection of tunnel.v1.AdminService;
 - Health.Check answers SERVING for "" and "tunnel.v1.TunnelService" (and
   NOT_FOUND for an unknown name), while Connect without credentials is still
   refused with UNAUTHENTICATED;
@@ -41,6 +42,7 @@ REFLECTION_PROTO = "grpc/reflection/v1alpha/reflection.proto"
 REFLECTION_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
 HEALTH_SERVICE = "grpc.health.v1.Health"
 TUNNEL_SERVICE = "tunnel.v1.TunnelService"
+ADMIN_SERVICE = "tunnel.v1.AdminService"
 TIMEOUT = 20  # seconds; every wait below is bounded by it
 
 passed = 0
@@ -142,6 +144,24 @@ class Clients:
         return reply[0]
 
 
+def check_admin_reflection(c):
+    """The admin listener serves reflection for its own service only."""
+    listed = c.reflection(list_services="")
+    names = {s.name for s in listed.list_services_response.service}
+    check("admin port reflection lists " + ADMIN_SERVICE,
+          ADMIN_SERVICE in names, sorted(names))
+    check("admin port does not serve " + TUNNEL_SERVICE,
+          TUNNEL_SERVICE not in names, sorted(names))
+    files = c.reflection(file_containing_symbol=ADMIN_SERVICE)
+    fds = []
+    for raw in files.file_descriptor_response.file_descriptor_proto:
+        fd = descriptor_pb2.FileDescriptorProto()
+        fd.ParseFromString(raw)
+        fds.append(fd.name)
+    check("admin port describes tunnel/v1/admin.proto",
+          "tunnel/v1/admin.proto" in fds, fds)
+
+
 def check_reflection(c):
     listed = c.reflection(list_services="")
     names = {s.name for s in listed.list_services_response.service}
@@ -216,15 +236,17 @@ def main():
         gated_port = wait_for_line(os.path.join(work, "gated.out"),
                                    r"^port ").split()[1]
         gw = start("gw", [
-            os.path.join(build, "server/gateway-tunnel"), "--grpc-addr",
-            "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--ops-addr",
-            "127.0.0.1:0", "--credentials", "creds.txtpb", "--drain-timeout",
-            "30s"
+            os.path.join(build, "server/gateway-tunnel"), "--admin-addr",
+            "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--http-addr",
+            "127.0.0.1:0", "--ops-addr", "127.0.0.1:0", "--credentials",
+            "creds.txtpb", "--drain-timeout", "30s"
         ])
         grpc_addr = wait_for_line(os.path.join(work, "gw.out"),
                                   r"^grpc ").split()[1]
         http_addr = wait_for_line(os.path.join(work, "gw.out"),
                                   r"^http ").split()[1]
+        admin_addr = wait_for_line(os.path.join(work, "gw.out"),
+                                   r"^admin ").split()[1]
         start("agent", [
             os.path.join(build, "agent/agent-tunnel"), "connect", "--gateway",
             grpc_addr, "--id", "cam-01", "--token", token, "--insecure",
@@ -236,6 +258,7 @@ def main():
         channel = grpc.insecure_channel(grpc_addr)
         c = Clients(channel)
         check_reflection(c)
+        check_admin_reflection(Clients(grpc.insecure_channel(admin_addr)))
         check('Health.Check("") is SERVING', c.status("") == "SERVING")
         check("Health.Check(tunnel.v1.TunnelService) is SERVING",
               c.status(TUNNEL_SERVICE) == "SERVING")

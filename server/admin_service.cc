@@ -1,0 +1,198 @@
+#include "server/admin_service.h"
+
+#include <algorithm>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/admin_token.h"
+#include "common/log.h"
+
+namespace tunnel::server {
+namespace {
+
+constexpr absl::string_view kBearer = "Bearer ";
+
+int64_t UnixMillis(absl::Time t) { return absl::ToUnixMillis(t); }
+
+}  // namespace
+
+std::string AccessModeOf(absl::string_view /*slug*/) { return "public"; }
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      std::string(status.message()));
+}
+
+AdminServiceImpl::AdminServiceImpl(std::optional<std::string> token,
+                                   SessionRegistry* registry,
+                                   const TunnelServiceImpl* tunnels,
+                                   common::MetricsRegistry* metrics,
+                                   std::function<absl::Time()> clock)
+    : token_(std::move(token)),
+      registry_(registry),
+      tunnels_(tunnels),
+      clock_(std::move(clock)),
+      auth_failures_(metrics->AddCounter(
+          "tunnel_admin_auth_failures_total",
+          "Admin API calls refused for a missing or wrong bearer token.",
+          {"reason"})),
+      missing_token_(auth_failures_->WithLabels({"missing_token"})),
+      wrong_token_(auth_failures_->WithLabels({"wrong_token"})) {}
+
+absl::Status AdminServiceImpl::Authorize(
+    const grpc::ServerContext& context) const {
+  if (!token_.has_value()) {
+    return absl::FailedPreconditionError(
+        "the admin API is not configured: start gateway-tunnel with "
+        "--admin-token-file FILE (make one with `tunnelctl admin-token issue "
+        "--file FILE`)");
+  }
+  const auto& md = context.client_metadata();
+  auto it = md.find("authorization");
+  if (it == md.end()) {
+    missing_token_->Increment();
+    common::LogEvent(common::LogLevel::kWarning, "admin_auth_failed")
+        .Str("peer", context.peer())
+        .Str("reason", "missing_token");
+    return absl::UnauthenticatedError(
+        "missing admin token (metadata \"authorization: Bearer <token>\")");
+  }
+  absl::string_view value(it->second.data(), it->second.size());
+  absl::string_view presented;
+  bool bearer = absl::StartsWithIgnoreCase(value, kBearer);
+  if (bearer) presented = value.substr(kBearer.size());
+  if (!bearer || !common::AdminTokenMatches(*token_, presented)) {
+    wrong_token_->Increment();
+    common::LogEvent(common::LogLevel::kWarning, "admin_auth_failed")
+        .Str("peer", context.peer())
+        .Str("reason", "wrong_token");
+    return absl::UnauthenticatedError("the admin token was refused");
+  }
+  return absl::OkStatus();
+}
+
+grpc::Status AdminServiceImpl::ListAgents(
+    grpc::ServerContext* context, const tunnel::v1::ListAgentsRequest*,
+    tunnel::v1::ListAgentsResponse* response) {
+  if (absl::Status s = Authorize(*context); !s.ok()) return ToGrpcStatus(s);
+  absl::StatusOr<tunnel::v1::ListAgentsResponse> r = List();
+  if (!r.ok()) return ToGrpcStatus(r.status());
+  *response = *std::move(r);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminServiceImpl::GetTunnel(
+    grpc::ServerContext* context, const tunnel::v1::GetTunnelRequest* request,
+    tunnel::v1::TunnelStatus* response) {
+  if (absl::Status s = Authorize(*context); !s.ok()) return ToGrpcStatus(s);
+  absl::StatusOr<tunnel::v1::TunnelStatus> r = Tunnel(request->slug());
+  if (!r.ok()) return ToGrpcStatus(r.status());
+  *response = *std::move(r);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminServiceImpl::DisconnectAgent(
+    grpc::ServerContext* context,
+    const tunnel::v1::DisconnectAgentRequest* request,
+    tunnel::v1::DisconnectAgentResponse* response) {
+  if (absl::Status s = Authorize(*context); !s.ok()) return ToGrpcStatus(s);
+  absl::StatusOr<tunnel::v1::DisconnectAgentResponse> r =
+      Disconnect(request->agent_id());
+  if (!r.ok()) return ToGrpcStatus(r.status());
+  common::LogEvent(common::LogLevel::kInfo, "admin_disconnect")
+      .Str("agent_id", request->agent_id())
+      .Str("session", r->session_id())
+      .Str("peer", context->peer());
+  *response = *std::move(r);
+  return grpc::Status::OK;
+}
+
+absl::StatusOr<tunnel::v1::ListAgentsResponse> AdminServiceImpl::List() const {
+  std::vector<std::shared_ptr<Session>> sessions = registry_->Sessions();
+  std::sort(sessions.begin(), sessions.end(), [](const auto& a, const auto& b) {
+    return a->agent_id() < b->agent_id();
+  });
+  tunnel::v1::ListAgentsResponse out;
+  for (const auto& s : sessions) {
+    tunnel::v1::Agent* a = out.add_agents();
+    a->set_agent_id(s->agent_id());
+    a->set_session_id(s->id());
+    a->set_remote_address(s->peer());
+    a->set_connected_since_unix_ms(UnixMillis(s->connected_at()));
+    for (const SessionTunnel& t : s->tunnels()) {
+      tunnel::v1::AgentTunnel* at = a->add_tunnels();
+      at->set_slug(t.slug);
+      at->set_name(t.name);
+      at->set_url(t.url);
+      at->set_path_url(t.path_url);
+      at->set_access(AccessModeOf(t.slug));
+    }
+    SessionCounters c = s->counters();
+    a->set_requests(c.requests);
+    a->set_bytes_in(c.bytes_in);
+    a->set_bytes_out(c.bytes_out);
+    a->set_streams_in_flight(s->stream_count());
+  }
+  return out;
+}
+
+absl::StatusOr<tunnel::v1::TunnelStatus> AdminServiceImpl::Tunnel(
+    absl::string_view slug) const {
+  if (slug.empty()) return absl::InvalidArgumentError("slug is required");
+  absl::StatusOr<TunnelEntry> entry = registry_->FindTunnel(slug);
+  if (!entry.ok()) return entry.status();
+  const absl::Time now = clock_();
+  tunnel::v1::TunnelStatus out;
+  out.set_slug(entry->slug);
+  out.set_agent_id(entry->owner);
+  out.set_access(AccessModeOf(entry->slug));
+  // URLs of a live tunnel are what its agent was told; an offline one gets
+  // the same form from the current options.
+  SessionTunnel urls = PublicTunnel(tunnels_->options(), "", entry->slug);
+  if (entry->session != nullptr) {
+    for (const SessionTunnel& t : entry->session->tunnels()) {
+      if (t.slug == entry->slug) urls = t;
+    }
+    out.set_status("online");
+    out.set_session_id(entry->session->id());
+    out.set_connected_since_unix_ms(UnixMillis(entry->session->connected_at()));
+    out.set_uptime_seconds(std::max<int64_t>(
+        0, absl::ToInt64Seconds(now - entry->session->connected_at())));
+  } else {
+    out.set_status("offline");
+  }
+  out.set_url(urls.url);
+  out.set_path_url(urls.path_url);
+  if (entry->activity != nullptr) {
+    out.set_requests_last_hour(entry->activity->RequestsInLastHour(now));
+  }
+  return out;
+}
+
+absl::StatusOr<tunnel::v1::DisconnectAgentResponse>
+AdminServiceImpl::Disconnect(absl::string_view agent_id) const {
+  if (agent_id.empty())
+    return absl::InvalidArgumentError("agent_id is required");
+  std::shared_ptr<Session> s = registry_->FindByAgent(agent_id);
+  if (s == nullptr) {
+    return absl::NotFoundError(
+        absl::StrCat("agent \"", agent_id, "\" is not connected"));
+  }
+  // The agent learns why from a GoAway it logs ("gateway is going away:
+  // disconnected by an administrator"); the call's status carries the same
+  // text for the gateway's own agent_disconnected line. Draining the queue
+  // delivers the GoAway before the call ends. No retry hint: the agent comes
+  // back after its usual backoff, as after any lost connection.
+  s->SendGoAway(kDisconnectedByAdmin, absl::ZeroDuration());
+  s->Close(grpc::Status(grpc::StatusCode::UNAVAILABLE, kDisconnectedByAdmin),
+           /*drain=*/true);
+  tunnel::v1::DisconnectAgentResponse out;
+  out.set_session_id(s->id());
+  return out;
+}
+
+}  // namespace tunnel::server

@@ -1,0 +1,81 @@
+// tunnel.v1.AdminService: what operators ask a running gateway (agents,
+// tunnels) and the one thing they may do to it (disconnect an agent).
+//
+// Every call must carry `authorization: Bearer <token>` with the token of
+// --admin-token-file, compared in constant time; a missing or wrong token is
+// UNAUTHENTICATED and counted (tunnel_admin_auth_failures_total). Without a
+// configured token every call is FAILED_PRECONDITION saying how to set one.
+//
+// Threads: a synchronous gRPC service on its own server (its own pool). Calls
+// take the registry's and sessions' locks briefly, as a /metrics scrape does,
+// and never wait on the data path.
+#ifndef TUNNEL_SERVER_ADMIN_SERVICE_H_
+#define TUNNEL_SERVER_ADMIN_SERVICE_H_
+
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "common/metrics.h"
+#include "server/session_registry.h"
+#include "server/tunnel_service.h"
+#include "tunnel/v1/admin.grpc.pb.h"
+
+namespace tunnel::server {
+
+// The message an agent's session ends with after DisconnectAgent.
+inline constexpr char kDisconnectedByAdmin[] =
+    "disconnected by an administrator";
+
+// The visitor access mode of a tunnel. Access codes do not exist yet, so
+// every tunnel is "public"; this is the one place that will change.
+std::string AccessModeOf(absl::string_view slug);
+
+// absl::Status -> grpc::Status at the admin RPC boundary (same codes).
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+class AdminServiceImpl final : public tunnel::v1::AdminService::Service {
+ public:
+  // `token`: nullopt when the gateway has no --admin-token-file. `registry`,
+  // `tunnels` (for public URLs) and `metrics` must outlive the service.
+  AdminServiceImpl(std::optional<std::string> token, SessionRegistry* registry,
+                   const TunnelServiceImpl* tunnels,
+                   common::MetricsRegistry* metrics,
+                   std::function<absl::Time()> clock = absl::Now);
+
+  grpc::Status ListAgents(grpc::ServerContext* context,
+                          const tunnel::v1::ListAgentsRequest* request,
+                          tunnel::v1::ListAgentsResponse* response) override;
+  grpc::Status GetTunnel(grpc::ServerContext* context,
+                         const tunnel::v1::GetTunnelRequest* request,
+                         tunnel::v1::TunnelStatus* response) override;
+  grpc::Status DisconnectAgent(
+      grpc::ServerContext* context,
+      const tunnel::v1::DisconnectAgentRequest* request,
+      tunnel::v1::DisconnectAgentResponse* response) override;
+
+ private:
+  // OK, or the status the call is refused with (counted if it is a missing or
+  // wrong token).
+  absl::Status Authorize(const grpc::ServerContext& context) const;
+  absl::StatusOr<tunnel::v1::ListAgentsResponse> List() const;
+  absl::StatusOr<tunnel::v1::TunnelStatus> Tunnel(absl::string_view slug) const;
+  absl::StatusOr<tunnel::v1::DisconnectAgentResponse> Disconnect(
+      absl::string_view agent_id) const;
+
+  const std::optional<std::string> token_;
+  SessionRegistry* const registry_;
+  const TunnelServiceImpl* const tunnels_;
+  const std::function<absl::Time()> clock_;
+  common::CounterFamily* const auth_failures_;
+  common::Counter* const missing_token_;
+  common::Counter* const wrong_token_;
+};
+
+}  // namespace tunnel::server
+
+#endif  // TUNNEL_SERVER_ADMIN_SERVICE_H_
