@@ -14,6 +14,7 @@
 #include "agent/local_target.h"
 #include "common/flags.h"
 #include "common/log.h"
+#include "common/tls.h"
 
 namespace {
 
@@ -26,7 +27,11 @@ constexpr char kUsage[] =
     "Prints each public URL on its own line once the gateway accepts the\n"
     "connection, then forwards requests until stopped. Reconnects by itself\n"
     "after network failures; exits 1 on errors that retrying cannot fix\n"
-    "(bad credentials, refused slug).\n";
+    "(bad credentials, refused slug, a gateway certificate that --ca does\n"
+    "not trust, a client certificate the gateway refuses).\n"
+    "\n"
+    "TLS is on unless --insecure: the gateway is verified with the system's\n"
+    "roots, or --ca FILE for a private CA.\n";
 
 int Fail(const std::string& message, int code) {
   std::cerr << "agent-tunnel: " << message << "\n";
@@ -58,7 +63,20 @@ int main(int argc, char** argv) {
                "public slug of the unnamed tunnel (default: "
                "the agent id, lowercased)");
   flags.Bool("insecure", &o.insecure,
-             "connect without TLS (only for a gateway started without TLS)");
+             "connect without TLS (only for a gateway started with "
+             "--insecure)");
+  std::string ca_file, client_cert_file, client_key_file;
+  flags.String("ca", &ca_file,
+               "PEM CA certificate(s) to verify the gateway with instead of "
+               "the system's roots (a private CA)");
+  flags.String("client-cert", &client_cert_file,
+               "PEM client certificate to present (gateway with "
+               "--client-ca)");
+  flags.String("client-key", &client_key_file,
+               "PEM private key of --client-cert (unencrypted)");
+  flags.String("tls-server-name", &o.tls_server_name,
+               "name the gateway's certificate must have (default: the host "
+               "of --gateway)");
   flags.Int("max-concurrent", &max_concurrent,
             "local requests in flight at once; further ones queue");
   flags.Int("stream-window", &receive_window,
@@ -114,6 +132,35 @@ int main(int argc, char** argv) {
   if (max_concurrent < 1) return Fail("--max-concurrent must be >= 1", 2);
   if (receive_window < 65536 || receive_window > (16 << 20)) {
     return Fail("--stream-window must be between 65536 and 16777216", 2);
+  }
+  if (o.insecure && (!ca_file.empty() || !client_cert_file.empty() ||
+                     !client_key_file.empty() || !o.tls_server_name.empty())) {
+    return Fail(
+        "--insecure turns TLS off; --ca, --client-cert, --client-key and "
+        "--tls-server-name need TLS",
+        2);
+  }
+  if (client_cert_file.empty() != client_key_file.empty()) {
+    return Fail("--client-cert and --client-key go together", 2);
+  }
+  if (!ca_file.empty()) {
+    absl::StatusOr<std::string> ca =
+        tunnel::common::ReadPemFile("--ca", ca_file);
+    if (!ca.ok()) return Fail(std::string(ca.status().message()), 2);
+    if (absl::Status s =
+            tunnel::common::CheckCertificates("--ca", ca_file, *ca);
+        !s.ok()) {
+      return Fail(std::string(s.message()), 2);
+    }
+    o.ca_pem = *std::move(ca);
+  }
+  if (!client_cert_file.empty()) {
+    absl::StatusOr<tunnel::common::CertAndKey> pair =
+        tunnel::common::LoadCertAndKey("--client-cert", client_cert_file,
+                                       "--client-key", client_key_file);
+    if (!pair.ok()) return Fail(std::string(pair.status().message()), 2);
+    o.client_cert_pem = std::move(pair->cert_pem);
+    o.client_key_pem = std::move(pair->key_pem);
   }
   o.max_concurrent = static_cast<size_t>(max_concurrent);
   o.receive_window = static_cast<uint32_t>(receive_window);

@@ -17,8 +17,10 @@ constexpr char kUsage[] =
     "gateway-tunnel: the public side of the tunnel.\n"
     "\n"
     "Agents connect over gRPC to --grpc-addr; visitors reach their tunnels\n"
-    "over HTTP on --http-addr, as http://<slug>.<domain>:<port>/ or\n"
-    "http://<host>:<port>/t/<slug>/. /healthz and /metrics are served on\n"
+    "over HTTPS on --http-addr, as https://<slug>.<domain>:<port>/ or\n"
+    "https://<host>:<port>/t/<slug>/. Both listeners use TLS with\n"
+    "--tls-cert/--tls-key (--client-ca also requires agent certificates);\n"
+    "plaintext on both needs --insecure. /healthz and /metrics are served on\n"
     "--ops-addr (loopback by default). On start it prints the bound\n"
     "addresses, one per line (\"grpc HOST:PORT\", \"http HOST:PORT\", then\n"
     "\"ops HOST:PORT\" unless --ops-addr is empty).\n"
@@ -75,8 +77,20 @@ int main(int argc, char** argv) {
                  "retry hint for agents refused at --max-agents");
   flags.Int("http-workers", &workers,
             "visitor connections served at once (one thread each)");
-  flags.String("public-scheme", &o.service.public_scheme,
-               "scheme in the public URLs told to agents");
+  flags.String("tls-cert", &o.tls.cert_file,
+               "PEM certificate chain for both listeners (gRPC and HTTPS)");
+  flags.String("tls-key", &o.tls.key_file,
+               "PEM private key of --tls-cert (unencrypted)");
+  flags.String("client-ca", &o.tls.client_ca_file,
+               "PEM CA certificate(s); agents must present a certificate "
+               "signed by one (mTLS)");
+  bool insecure = false;
+  flags.Bool("insecure", &insecure,
+             "serve both listeners without TLS (plaintext; only behind a "
+             "TLS-terminating proxy or for local tests)");
+  flags.String("public-scheme", &o.public_scheme,
+               "scheme in the public URLs told to agents (default: https "
+               "with TLS, http with --insecure)");
   flags.Int("public-port", &public_port,
             "port in the public URLs (-1: the bound HTTP port, 0: none)");
   flags.Duration("read-timeout", &o.front.connection.read_timeout,
@@ -129,13 +143,27 @@ int main(int argc, char** argv) {
         "--http-workers must be at least 1",
         2);
   }
+  if (o.tls.enabled() && insecure) {
+    return Fail("--insecure and --tls-cert/--tls-key exclude each other", 2);
+  }
+  if (!o.tls.enabled() && !insecure) {
+    return Fail(
+        "no TLS: pass --tls-cert FILE --tls-key FILE (PEM), or --insecure "
+        "to serve plaintext on both listeners (TUNNEL_INSECURE=true)",
+        2);
+  }
+  if (o.tls.enabled() && (o.tls.cert_file.empty() || o.tls.key_file.empty())) {
+    return Fail("--tls-cert and --tls-key go together", 2);
+  }
+  if (!o.tls.enabled() && !o.tls.client_ca_file.empty()) {
+    return Fail("--client-ca needs --tls-cert and --tls-key", 2);
+  }
   o.service.limits.gateway_receive_window =
       static_cast<uint32_t>(stream_window);
   o.service.limits.max_streams = static_cast<size_t>(max_streams);
   o.service.max_tunnels_per_agent = static_cast<size_t>(max_tunnels);
   o.service.max_agents = static_cast<size_t>(max_agents);
   o.front.workers = static_cast<int>(workers);
-  o.front.scheme = o.service.public_scheme;
   o.public_port = static_cast<int>(public_port);
 
   // Signals are taken synchronously by sigwait below; block them before any

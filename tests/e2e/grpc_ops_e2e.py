@@ -216,7 +216,8 @@ def main():
         gated_port = wait_for_line(os.path.join(work, "gated.out"),
                                    r"^port ").split()[1]
         gw = start("gw", [
-            os.path.join(build, "server/gateway-tunnel"), "--grpc-addr",
+            os.path.join(build, "server/gateway-tunnel"), "--insecure",
+            "--grpc-addr",
             "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--credentials",
             "creds.txtpb", "--drain-timeout", "30s"
         ])
