@@ -82,6 +82,17 @@ absl::Status ProbeTls(const TlsProbeOptions& o) {
   SSL_set_fd(ssl.get(), *fd);
   static const unsigned char kAlpn[] = {2, 'h', '2'};
   SSL_set_alpn_protos(ssl.get(), kAlpn, sizeof(kAlpn));
+  // Whether the gateway asked for a client certificate (CertificateRequest).
+  // gRPC's server closes without an alert when it refuses one, so this is
+  // how a refusal is told from other failures.
+  bool cert_requested = false;
+  SSL_set_cert_cb(
+      ssl.get(),
+      [](SSL*, void* arg) {
+        *static_cast<bool*>(arg) = true;
+        return 1;
+      },
+      &cert_requested);
   if (IsIpAddress(name)) {
     X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl.get()), name.c_str());
   } else {
@@ -116,7 +127,8 @@ absl::Status ProbeTls(const TlsProbeOptions& o) {
                            "; use --ca FILE to trust the CA that signed it)"));
       }
     }
-    if (ERR_GET_LIB(e) == ERR_LIB_SSL && IsClientCertAlert(reason)) {
+    if ((ERR_GET_LIB(e) == ERR_LIB_SSL && IsClientCertAlert(reason)) ||
+        cert_requested) {
       if (o.client.cert_pem.empty()) {
         return absl::PermissionDeniedError(
             absl::StrCat(prefix,
@@ -124,10 +136,9 @@ absl::Status ProbeTls(const TlsProbeOptions& o) {
                          "--client-cert FILE --client-key FILE)"));
       }
       return absl::PermissionDeniedError(absl::StrCat(
-          prefix, "the gateway refused our client certificate (",
-          ERR_reason_error_string(e) != nullptr ? ERR_reason_error_string(e)
-                                                : "alert",
-          "; is it signed by a CA the gateway trusts with --client-ca?)"));
+          prefix,
+          "the gateway refused our client certificate (is it signed by a "
+          "CA the gateway trusts with --client-ca, and valid now?)"));
     }
     if (err == SSL_ERROR_SYSCALL || err == SSL_ERROR_ZERO_RETURN ||
         reason == SSL_R_WRONG_VERSION_NUMBER ||
@@ -149,8 +160,9 @@ absl::Status ProbeTls(const TlsProbeOptions& o) {
     result = diagnose(r);
   } else {
     // TLS 1.3: the gateway checks our certificate after the client side
-    // finished; a refusal arrives as an alert on the first read. A gateway
-    // that accepts sends its HTTP/2 settings first.
+    // finished; a refusal arrives on the first read (an alert, or from gRPC
+    // just the end of the connection). A gateway that accepts sends its
+    // HTTP/2 settings first.
     char c;
     size_t got = 0;
     ERR_clear_error();
@@ -158,8 +170,9 @@ absl::Status ProbeTls(const TlsProbeOptions& o) {
     if (r != 1) {
       int err = SSL_get_error(ssl.get(), r);
       unsigned long e = ERR_peek_last_error();
-      if (err == SSL_ERROR_SSL && ERR_GET_LIB(e) == ERR_LIB_SSL &&
-          IsClientCertAlert(ERR_GET_REASON(e))) {
+      if (cert_requested ||
+          (err == SSL_ERROR_SSL && ERR_GET_LIB(e) == ERR_LIB_SSL &&
+           IsClientCertAlert(ERR_GET_REASON(e)))) {
         result = diagnose(r);
       }
     }
