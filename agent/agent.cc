@@ -775,23 +775,33 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
   // says only "failed to connect": with TLS, stop at the first failure and
   // find out why.
   bool connected = false;
+  bool failed = false;  // a connection attempt failed before the deadline
   while (true) {
     grpc_connectivity_state state = channel->GetState(/*try_to_connect=*/true);
     if (state == GRPC_CHANNEL_READY) {
       connected = true;
       break;
     }
-    if (state == GRPC_CHANNEL_TRANSIENT_FAILURE && !options_.insecure) break;
+    if (state == GRPC_CHANNEL_TRANSIENT_FAILURE && !options_.insecure) {
+      failed = true;
+      break;
+    }
     if (!channel->WaitForStateChange(state, deadline)) break;
   }
   if (!connected) {
-    if (absl::Status why = DiagnoseTls(); !why.ok()) return why;
+    // The probe reconnects: only after a failure, not after a silent
+    // deadline (which would double an unreachable gateway's wait).
+    if (failed) {
+      if (absl::Status why = DiagnoseTls(); !why.ok()) return why;
+    }
     return absl::UnavailableError(absl::StrCat(
-        "cannot reach the gateway at ", options_.gateway, " within ",
-        absl::FormatDuration(options_.connect_timeout),
-        options_.insecure ? ""
-                          : " (TLS; if the gateway runs without TLS, pass "
-                            "--insecure)"));
+        "cannot reach the gateway at ", options_.gateway,
+        failed ? "" : " within ",
+        failed ? "" : absl::FormatDuration(options_.connect_timeout),
+        options_.insecure
+            ? " (plaintext; if the gateway runs TLS, drop --insecure)"
+            : " (TLS; if the gateway runs with --insecure, pass --insecure "
+              "too)"));
   }
   auto stub = tunnel::v1::TunnelService::NewStub(channel);
 
@@ -959,12 +969,7 @@ absl::Status Agent::DiagnoseTls() const {
   probe.client.cert_pem = options_.client_cert_pem;
   probe.client.key_pem = options_.client_key_pem;
   probe.timeout = options_.connect_timeout;
-  absl::Status s = ProbeTls(probe);
-  // Not reachable at all: the caller's own message says that.
-  if (absl::IsUnavailable(s) && absl::StartsWith(s.message(), "cannot reach")) {
-    return absl::OkStatus();
-  }
-  return s;
+  return ProbeTls(probe);
 }
 
 bool Agent::WaitUntilConnected(absl::Duration timeout) {

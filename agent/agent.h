@@ -93,8 +93,9 @@ class Agent {
   // One connection attempt and its session; returns why it ended, and in
   // `*retry_after` the least wait the gateway asked for before reconnecting.
   absl::Status RunSession(absl::Duration* retry_after);
-  // After a failed TLS connection attempt: why it failed, if TLS was the
-  // cause (see agent/tls_probe.h); OK otherwise.
+  // After a failed TLS connection attempt: why it failed (a fresh TCP
+  // connection and handshake, see agent/tls_probe.h); OK if TLS comes up,
+  // and always with --insecure.
   absl::Status DiagnoseTls() const;
 
   const AgentOptions options_;
