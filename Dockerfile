@@ -6,6 +6,11 @@
 #     -p 8080:8080 -p 8082:8082 -v /srv/tunnel:/etc/tunnel \
 #     -e TUNNEL_DOMAIN=example.com tunnel-gateway
 #
+# TLS on both listeners uses /etc/tunnel/tls-cert.pem and tls-key.pem (in
+# the mounted directory, readable by uid 10001). Behind a TLS-terminating
+# proxy instead, run with -e TUNNEL_TLS_CERT= -e TUNNEL_TLS_KEY=
+# -e TUNNEL_INSECURE=true (plaintext on both listeners).
+#
 # The build stage runs tools/build-release.sh, the script CI runs with the
 # same arguments (.ci/run), so the build steps are tested without a Docker
 # engine. The runtime stage has only the runtime libraries (the list in
@@ -36,7 +41,9 @@ COPY --from=build /stage/opt/tunnel/bin/gateway-tunnel \
 # HEALTHCHECK below runs inside the container.
 ENV TUNNEL_GRPC_ADDR=0.0.0.0:8080 \
     TUNNEL_HTTP_ADDR=0.0.0.0:8082 \
-    TUNNEL_CREDENTIALS=/etc/tunnel/credentials.txtpb
+    TUNNEL_CREDENTIALS=/etc/tunnel/credentials.txtpb \
+    TUNNEL_TLS_CERT=/etc/tunnel/tls-cert.pem \
+    TUNNEL_TLS_KEY=/etc/tunnel/tls-key.pem
 EXPOSE 8080 8082
 USER tunnel:tunnel
 # SIGTERM drains for up to --drain-timeout (30 s): run with --stop-timeout 40

@@ -16,6 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "agent/tls_probe.h"
 #include "agent/worker_pool.h"
 #include "common/envelopes.h"
 #include "common/headers.h"
@@ -23,6 +24,7 @@
 #include "common/log.h"
 #include "common/outbox.h"
 #include "common/socket_io.h"
+#include "common/tls.h"
 #include "grpcpp/grpcpp.h"
 #include "httplib.h"
 #include "tunnel/v1/tunnel.grpc.pb.h"
@@ -662,6 +664,8 @@ bool IsPermanent(const absl::Status& status) {
 
 Agent::Agent(AgentOptions options)
     : options_(std::move(options)),
+      roots_pem_(options_.ca_pem.empty() ? common::SystemRootsPem()
+                                         : options_.ca_pem),
       pool_(std::make_unique<WorkerPool>(options_.max_concurrent)) {}
 
 size_t Agent::local_requests_queued() const { return pool_->queued(); }
@@ -752,19 +756,53 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
-  std::shared_ptr<grpc::ChannelCredentials> creds =
-      options_.insecure ? grpc::InsecureChannelCredentials()
-                        : grpc::SslCredentials(grpc::SslCredentialsOptions());
+  std::shared_ptr<grpc::ChannelCredentials> creds;
+  if (options_.insecure) {
+    creds = grpc::InsecureChannelCredentials();
+  } else {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = roots_pem_;
+    ssl.pem_cert_chain = options_.client_cert_pem;
+    ssl.pem_private_key = options_.client_key_pem;
+    creds = grpc::SslCredentials(ssl);
+    if (!options_.tls_server_name.empty()) {
+      args.SetSslTargetNameOverride(options_.tls_server_name);
+    }
+  }
   auto channel = grpc::CreateCustomChannel(options_.gateway, creds, args);
   auto deadline = std::chrono::system_clock::now() +
-                  absl::ToChronoSeconds(options_.connect_timeout);
-  if (!channel->WaitForConnected(deadline)) {
+                  absl::ToChronoMilliseconds(options_.connect_timeout);
+  // gRPC retries a failed TLS handshake by itself until the deadline and
+  // says only "failed to connect": with TLS, stop at the first failure and
+  // find out why.
+  bool connected = false;
+  bool failed = false;  // a connection attempt failed before the deadline
+  while (true) {
+    grpc_connectivity_state state = channel->GetState(/*try_to_connect=*/true);
+    if (state == GRPC_CHANNEL_READY) {
+      connected = true;
+      break;
+    }
+    if (state == GRPC_CHANNEL_TRANSIENT_FAILURE && !options_.insecure) {
+      failed = true;
+      break;
+    }
+    if (!channel->WaitForStateChange(state, deadline)) break;
+  }
+  if (!connected) {
+    // The probe reconnects: only after a failure, not after a silent
+    // deadline (which would double an unreachable gateway's wait).
+    if (failed) {
+      if (absl::Status why = DiagnoseTls(); !why.ok()) return why;
+    }
     return absl::UnavailableError(absl::StrCat(
-        "cannot reach the gateway at ", options_.gateway, " within ",
-        absl::FormatDuration(options_.connect_timeout),
-        options_.insecure ? ""
-                          : " (TLS; if the gateway runs without TLS, pass "
-                            "--insecure)"));
+        "cannot reach the gateway at ", options_.gateway,
+        failed ? "" : " within ",
+        failed ? "" : absl::FormatDuration(options_.connect_timeout),
+        options_.insecure
+            ? " (plaintext; if the gateway runs TLS, drop --insecure)"
+            : " (TLS; if the gateway runs with --insecure, pass --insecure "
+              "too)"));
   }
   auto stub = tunnel::v1::TunnelService::NewStub(channel);
 
@@ -837,6 +875,11 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
       return absl::UnavailableError(
           "the gateway answered with an unexpected "
           "message; is this a tunnel gateway?");
+    }
+    // TLS 1.3: a refused client certificate ends the connection only after
+    // our side of the handshake finished.
+    if (st.error_code() == grpc::StatusCode::UNAVAILABLE) {
+      if (absl::Status why = DiagnoseTls(); !why.ok()) return why;
     }
     return absl::UnavailableError(absl::StrCat(
         "the gateway did not accept the connection: ", st.error_message()));
@@ -916,6 +959,18 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
   return absl::UnavailableError(absl::StrCat(
       "lost the connection to the gateway",
       st.ok() ? std::string() : absl::StrCat(": ", st.error_message())));
+}
+
+absl::Status Agent::DiagnoseTls() const {
+  if (options_.insecure) return absl::OkStatus();
+  TlsProbeOptions probe;
+  probe.gateway = options_.gateway;
+  probe.server_name = options_.tls_server_name;
+  probe.roots_pem = roots_pem_;
+  probe.client.cert_pem = options_.client_cert_pem;
+  probe.client.key_pem = options_.client_key_pem;
+  probe.timeout = options_.connect_timeout;
+  return ProbeTls(probe);
 }
 
 bool Agent::WaitUntilConnected(absl::Duration timeout) {

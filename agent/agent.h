@@ -35,6 +35,15 @@ struct AgentOptions {
   std::string secret;  // base64url, from `tunnelctl token issue`
   std::vector<LocalTarget> tunnels;
   bool insecure = false;  // plaintext gRPC (no TLS)
+  // TLS (unless insecure). Roots that verify the gateway, PEM; empty: the
+  // system's roots.
+  std::string ca_pem;
+  // A client certificate chain and key to present (mTLS), PEM; empty: none.
+  std::string client_cert_pem;
+  std::string client_key_pem;
+  // The name the gateway's certificate must have; empty: the host part of
+  // `gateway` (a DNS name or an IP address).
+  std::string tls_server_name;
   // Local requests in flight at once (threads); further ones queue.
   size_t max_concurrent = 256;
   // Per-stream window for request bodies coming from the gateway.
@@ -65,9 +74,10 @@ class Agent {
   ~Agent();
 
   // Connects and serves until Stop() (returns OK) or a permanent error
-  // (bad credentials, refused slug, ...: returned with a message saying what
-  // to fix). Transient failures reconnect with backoff, the first attempt
-  // included.
+  // (bad credentials, refused slug, a gateway certificate we do not trust, a
+  // client certificate the gateway refuses, ...: returned with a message
+  // saying what to fix). Transient failures reconnect with backoff, the
+  // first attempt included.
   absl::Status Run();
   void Stop();
   // Graceful stop: tells the gateway to send no new requests, lets those in
@@ -86,8 +96,14 @@ class Agent {
   // One connection attempt and its session; returns why it ended, and in
   // `*retry_after` the least wait the gateway asked for before reconnecting.
   absl::Status RunSession(absl::Duration* retry_after);
+  // After a failed TLS connection attempt: why it failed (a fresh TCP
+  // connection and handshake, see agent/tls_probe.h); OK if TLS comes up,
+  // and always with --insecure.
+  absl::Status DiagnoseTls() const;
 
   const AgentOptions options_;
+  // options_.ca_pem, or the system's roots.
+  const std::string roots_pem_;
   mutable absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool connected_ ABSL_GUARDED_BY(mu_) = false;

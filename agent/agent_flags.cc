@@ -8,6 +8,7 @@
 #include "agent/state_file.h"
 #include "common/config_file.h"
 #include "common/log.h"
+#include "common/tls.h"
 #include "tunnel/v1/config.pb.h"
 
 namespace tunnel::agent {
@@ -33,7 +34,19 @@ void RegisterConnectFlags(common::FlagSet* flags, AgentFlags* v) {
                 "public slug of the unnamed tunnel (default: "
                 "the agent id, lowercased)");
   flags->Bool("insecure", &o.insecure,
-              "connect without TLS (only for a gateway started without TLS)");
+              "connect without TLS (only for a gateway started with "
+              "--insecure)");
+  flags->String("ca", &v->ca_file,
+                "PEM CA certificate(s) to verify the gateway with instead of "
+                "the system's roots (a private CA)");
+  flags->String("client-cert", &v->client_cert_file,
+                "PEM client certificate to present (gateway with "
+                "--client-ca)");
+  flags->String("client-key", &v->client_key_file,
+                "PEM private key of --client-cert (unencrypted)");
+  flags->String("tls-server-name", &o.tls_server_name,
+                "name the gateway's certificate must have (default: the host "
+                "of --gateway)");
   flags->Int("max-concurrent", &v->max_concurrent,
              "local requests in flight at once; further ones queue");
   flags->Int("stream-window", &v->receive_window,
@@ -110,6 +123,34 @@ absl::Status ParseConnectFlags(int argc, char** argv, int first,
         "--stream-window must be between 65536 and 16777216");
   }
   AgentOptions& o = v->options;
+  if (o.insecure &&
+      (!v->ca_file.empty() || !v->client_cert_file.empty() ||
+       !v->client_key_file.empty() || !o.tls_server_name.empty())) {
+    return absl::InvalidArgumentError(
+        "--insecure turns TLS off; --ca, --client-cert, --client-key and "
+        "--tls-server-name need TLS");
+  }
+  if (v->client_cert_file.empty() != v->client_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--client-cert and --client-key go together");
+  }
+  if (!v->ca_file.empty()) {
+    absl::StatusOr<std::string> ca = common::ReadPemFile("--ca", v->ca_file);
+    if (!ca.ok()) return ca.status();
+    if (absl::Status s = common::CheckCertificates("--ca", v->ca_file, *ca);
+        !s.ok()) {
+      return s;
+    }
+    o.ca_pem = *std::move(ca);
+  }
+  if (!v->client_cert_file.empty()) {
+    absl::StatusOr<common::CertAndKey> pair =
+        common::LoadCertAndKey("--client-cert", v->client_cert_file,
+                               "--client-key", v->client_key_file);
+    if (!pair.ok()) return pair.status();
+    o.client_cert_pem = std::move(pair->cert_pem);
+    o.client_key_pem = std::move(pair->key_pem);
+  }
   o.max_concurrent = static_cast<size_t>(v->max_concurrent);
   o.receive_window = static_cast<uint32_t>(v->receive_window);
   std::string slug = v->slug;

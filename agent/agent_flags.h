@@ -24,6 +24,9 @@ struct AgentFlags {
   absl::Duration drain_timeout = absl::Seconds(30);
   int64_t max_concurrent = 0;
   int64_t receive_window = 0;
+  std::string ca_file;           // --ca
+  std::string client_cert_file;  // --client-cert
+  std::string client_key_file;   // --client-key
   bool quiet = false;
   std::string state_file;  // "" after parsing: write none
 };

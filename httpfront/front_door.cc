@@ -17,7 +17,6 @@
 #include "common/headers.h"
 #include "common/log.h"
 #include "common/random.h"
-#include "common/socket_io.h"
 #include "httpfront/routing.h"
 
 namespace tunnel::httpfront {
@@ -612,8 +611,9 @@ class FrontDoor::Handler {
   void ServeUpgraded(TunnelStream& stream,
                      const tunnel::v1::TunnelResponse& resp,
                      RequestRecord* record) {
-    FrontServer::Hijacked conn = FrontServer::HijackCurrentConnection();
-    if (conn.fd < 0) {
+    FrontServer::Hijacked hijacked = FrontServer::HijackCurrentConnection();
+    Connection* conn = hijacked.conn;
+    if (conn == nullptr) {
       stream.Cancel("no connection to upgrade");
       return;
     }
@@ -627,33 +627,32 @@ class FrontDoor::Handler {
       absl::StrAppend(&head, h.name(), ": ", h.value(), "\r\n");
     }
     head += "\r\n";
-    if (!common::WriteAll(conn.fd, head, options_.connection.write_timeout) ||
-        (!conn.buffered.empty() &&
-         !stream.SendBody(conn.buffered, absl::Now() + idle).ok())) {
+    if (!conn->WriteAll(head, options_.connection.write_timeout) ||
+        (!hijacked.buffered.empty() &&
+         !stream.SendBody(hijacked.buffered, absl::Now() + idle).ok())) {
       stream.Cancel("the visitor's upgraded connection failed");
       record->cut = true;
       return;
     }
-    record->AddIn(conn.buffered.size());
+    record->AddIn(hijacked.buffered.size());
     // Service -> visitor on a second thread; visitor -> service here.
-    std::thread down([&stream, fd = conn.fd, idle, record] {
+    std::thread down([&stream, conn, idle, record] {
       while (true) {
         absl::StatusOr<common::Chunk> c = stream.ReadBody(absl::Now() + idle);
-        if (!c.ok() ||
-            (!c->data.empty() && !common::WriteAll(fd, c->data, idle))) {
-          ::shutdown(fd, SHUT_RDWR);  // ends the other direction too
+        if (!c.ok() || (!c->data.empty() && !conn->WriteAll(c->data, idle))) {
+          conn->ShutdownBoth();  // ends the other direction too
           return;
         }
         record->AddOut(c->data.size());
         if (c->end) {
-          ::shutdown(fd, SHUT_WR);  // the service half-closed
+          conn->ShutdownWrite();  // the service half-closed
           return;
         }
       }
     });
     char buf[64 * 1024];
     while (true) {
-      ssize_t n = common::ReadSome(conn.fd, buf, sizeof(buf), idle);
+      ssize_t n = conn->Read(buf, sizeof(buf), idle);
       if (n == 0) {
         (void)stream.FinishBody();  // the visitor half-closed
         break;
@@ -662,7 +661,7 @@ class FrontDoor::Handler {
           !stream.SendBody(absl::string_view(buf, n), absl::Now() + idle)
                .ok()) {
         stream.Cancel("the upgraded connection closed or went idle");
-        ::shutdown(conn.fd, SHUT_RDWR);
+        conn->ShutdownBoth();
         break;
       }
       record->AddIn(static_cast<size_t>(n));
@@ -730,6 +729,12 @@ FrontDoor::FrontDoor(FrontDoorOptions options, server::TunnelRouter* router,
 FrontDoor::~FrontDoor() { Stop(); }
 
 absl::StatusOr<int> FrontDoor::Listen(const std::string& host, int port) {
+  if (!options_.tls.cert_pem.empty()) {
+    absl::StatusOr<common::SslCtxPtr> ctx =
+        common::NewServerContext(options_.tls);
+    if (!ctx.ok()) return ctx.status();
+    server_->EnableTls(*std::move(ctx));
+  }
   int bound = port == 0 ? server_->bind_to_any_port(host)
                         : (server_->bind_to_port(host, port) ? port : -1);
   if (bound < 0) {

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/metrics.h"
+#include "common/tls.h"
 #include "httpfront/front_server.h"
 #include "server/tunnel_router.h"
 
@@ -21,8 +22,10 @@ namespace tunnel::httpfront {
 struct FrontDoorOptions {
   // Base domain for subdomain routing: <slug>.<domain>.
   std::string domain = "localhost";
-  // Scheme visitors used (X-Forwarded-Proto).
+  // Scheme visitors used (X-Forwarded-Proto); "https" whenever `tls` is set.
   std::string scheme = "http";
+  // Serve TLS with this certificate chain and key (PEM); empty: plain HTTP.
+  common::CertAndKey tls;
   // No response head from the agent within this: 504.
   absl::Duration response_timeout = absl::Seconds(30);
   // A body (either way) that moves no byte for this long is aborted.
@@ -46,6 +49,7 @@ class FrontDoor {
   ~FrontDoor();
 
   // Binds host:port (port 0 = any) and starts serving. Returns the port.
+  // Fails with INVALID_ARGUMENT if `tls` cannot be used.
   absl::StatusOr<int> Listen(const std::string& host, int port);
   // Stops accepting, shuts visitor connections, joins the workers. Streams
   // blocked on agents must be failed by the caller (closing the sessions)

@@ -1,6 +1,7 @@
 #include "httpfront/front_server.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -10,14 +11,23 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <memory>
 #include <string>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "common/socket_io.h"
+#include "openssl/err.h"
+#include "openssl/ssl.h"
 
 namespace tunnel::httpfront {
 namespace {
 
-thread_local int tl_current_socket = -1;
 class VisitorStream;
+class TlsConnection;
+thread_local int tl_current_socket = -1;
 thread_local VisitorStream* tl_current_stream = nullptr;
+thread_local TlsConnection* tl_current_tls = nullptr;
 
 int ToMillis(absl::Duration d) {
   int64_t ms = absl::ToInt64Milliseconds(d);
@@ -34,6 +44,168 @@ int PollFor(int fd, short events, int timeout_ms) {
   if (r > 0 && (p.revents & (POLLERR | POLLNVAL))) return -1;
   return r;
 }
+
+int MillisUntil(absl::Time deadline) {
+  return std::max(0, ToMillis(deadline - absl::Now()));
+}
+
+// A plain TCP connection handed to an upgrade handler.
+class PlainConnection : public Connection {
+ public:
+  explicit PlainConnection(int fd) : fd_(fd) {}
+  ssize_t Read(char* buf, size_t n, absl::Duration timeout) override {
+    return common::ReadSome(fd_, buf, n, timeout);
+  }
+  bool WriteAll(absl::string_view data, absl::Duration timeout) override {
+    return common::WriteAll(fd_, data, timeout);
+  }
+  void ShutdownWrite() override { ::shutdown(fd_, SHUT_WR); }
+  void ShutdownBoth() override { ::shutdown(fd_, SHUT_RDWR); }
+
+ private:
+  const int fd_;
+};
+
+// A server-side TLS connection on a non-blocking socket. OpenSSL's SSL
+// object must not be used by two threads at once, but an upgraded
+// connection is read on one thread and written on another: each SSL call
+// runs under mu_, and waiting for the socket (poll) happens outside it.
+class TlsConnection : public Connection {
+ public:
+  TlsConnection(int fd, SSL_CTX* ctx) : fd_(fd), ssl_(SSL_new(ctx)) {
+    int flags = ::fcntl(fd_, F_GETFL, 0);
+    ::fcntl(fd_, F_SETFL, flags | O_NONBLOCK);
+    if (ssl_ != nullptr) SSL_set_fd(ssl_, fd_);
+  }
+  ~TlsConnection() override { SSL_free(ssl_); }
+
+  // The TLS handshake, bounded by `timeout`.
+  bool Handshake(absl::Duration timeout) {
+    if (ssl_ == nullptr) return false;
+    absl::Time deadline = absl::Now() + timeout;
+    while (true) {
+      int r, err;
+      {
+        absl::MutexLock lock(&mu_);
+        ERR_clear_error();
+        r = SSL_accept(ssl_);
+        err = r == 1 ? SSL_ERROR_NONE : SSL_get_error(ssl_, r);
+      }
+      if (r == 1) return true;
+      if (!WaitFor(err, deadline)) {
+        ERR_clear_error();
+        return false;
+      }
+    }
+  }
+
+  ssize_t Read(char* buf, size_t n, absl::Duration timeout) override {
+    absl::Time deadline = absl::Now() + timeout;
+    while (true) {
+      size_t got = 0;
+      int r, err;
+      {
+        absl::MutexLock lock(&mu_);
+        ERR_clear_error();
+        r = SSL_read_ex(ssl_, buf, n, &got);
+        err = r == 1 ? SSL_ERROR_NONE : SSL_get_error(ssl_, r);
+      }
+      if (r == 1) return static_cast<ssize_t>(got);
+      // close_notify, or (SSL_OP_IGNORE_UNEXPECTED_EOF) a bare FIN.
+      if (err == SSL_ERROR_ZERO_RETURN) return 0;
+      if (!WaitFor(err, deadline)) {
+        ERR_clear_error();
+        return -1;
+      }
+    }
+  }
+
+  bool WriteAll(absl::string_view data, absl::Duration timeout) override {
+    while (!data.empty()) {
+      size_t written = 0;
+      int r, err;
+      {
+        absl::MutexLock lock(&mu_);
+        ERR_clear_error();
+        r = SSL_write_ex(ssl_, data.data(), data.size(), &written);
+        err = r == 1 ? SSL_ERROR_NONE : SSL_get_error(ssl_, r);
+      }
+      if (r == 1) {
+        data.remove_prefix(written);
+        continue;
+      }
+      if (!WaitFor(err, absl::Now() + timeout)) {
+        ERR_clear_error();
+        return false;
+      }
+    }
+    return true;
+  }
+
+  void ShutdownWrite() override {
+    {
+      absl::MutexLock lock(&mu_);
+      SendCloseNotify();
+    }
+    ::shutdown(fd_, SHUT_WR);
+  }
+  void ShutdownBoth() override { ::shutdown(fd_, SHUT_RDWR); }
+
+  // Decrypted bytes wait inside OpenSSL (polling the socket would miss them).
+  bool HasPending() {
+    absl::MutexLock lock(&mu_);
+    return SSL_has_pending(ssl_) == 1;
+  }
+
+  // Never blocks: false once the visitor sent close_notify or FIN, or the
+  // connection failed. Bytes it looks at stay readable.
+  bool PeerConnected() {
+    absl::MutexLock lock(&mu_);
+    ERR_clear_error();
+    char c;
+    size_t got = 0;
+    if (SSL_peek_ex(ssl_, &c, 1, &got) == 1) return true;
+    int err = SSL_get_error(ssl_, 0);
+    ERR_clear_error();
+    return err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE;
+  }
+
+  // Orderly end of a connection that is still healthy: close_notify (once,
+  // without waiting for room or for the visitor's answer).
+  void Close() {
+    absl::MutexLock lock(&mu_);
+    SendCloseNotify();
+  }
+
+ private:
+  void SendCloseNotify() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if ((SSL_get_shutdown(ssl_) & SSL_SENT_SHUTDOWN) != 0 ||
+        !SSL_is_init_finished(ssl_)) {
+      return;
+    }
+    ERR_clear_error();
+    SSL_shutdown(ssl_);
+    ERR_clear_error();
+  }
+
+  // After a failed SSL call: waits for what it wants; false on a real
+  // error or at the deadline.
+  bool WaitFor(int err, absl::Time deadline) {
+    short events;
+    if (err == SSL_ERROR_WANT_READ) {
+      events = POLLIN;
+    } else if (err == SSL_ERROR_WANT_WRITE) {
+      events = POLLOUT;
+    } else {
+      return false;
+    }
+    return PollFor(fd_, events, MillisUntil(deadline)) > 0;
+  }
+
+  const int fd_;
+  absl::Mutex mu_;
+  SSL* const ssl_;
+};
 
 void AddressOf(int fd, bool peer, std::string& ip, int& port) {
   sockaddr_storage addr{};
@@ -59,8 +231,12 @@ void AddressOf(int fd, bool peer, std::string& ip, int& port) {
 // requests.
 class VisitorStream : public httplib::Stream {
  public:
-  VisitorStream(int fd, const ConnectionOptions& o)
+  // `tls` (may be null: plain TCP) must outlive the stream.
+  VisitorStream(int fd, TlsConnection* tls, const ConnectionOptions& o)
       : fd_(fd),
+        tls_(tls),
+        read_timeout_(o.read_timeout),
+        write_timeout_(o.write_timeout),
         read_timeout_ms_(ToMillis(o.read_timeout)),
         write_timeout_ms_(ToMillis(o.write_timeout)) {
     SetTimeout(SO_RCVTIMEO, o.read_timeout);
@@ -68,7 +244,8 @@ class VisitorStream : public httplib::Stream {
   }
 
   bool is_readable() const override {
-    return buffered() > 0 || PollFor(fd_, POLLIN, read_timeout_ms_) > 0;
+    return buffered() > 0 || (tls_ != nullptr && tls_->HasPending()) ||
+           PollFor(fd_, POLLIN, read_timeout_ms_) > 0;
   }
   bool is_writable() const override {
     return PollFor(fd_, POLLOUT, write_timeout_ms_) > 0;
@@ -77,11 +254,15 @@ class VisitorStream : public httplib::Stream {
   ssize_t read(char* ptr, size_t size) override {
     if (hijacked_) return -1;
     if (buffered() == 0) {
-      // The socket's SO_RCVTIMEO bounds the wait (no poll per read).
       ssize_t n;
-      do {
-        n = ::recv(fd_, buf_, sizeof(buf_), 0);
-      } while (n < 0 && errno == EINTR);
+      if (tls_ != nullptr) {
+        n = tls_->Read(buf_, sizeof(buf_), read_timeout_);
+      } else {
+        // The socket's SO_RCVTIMEO bounds the wait (no poll per read).
+        do {
+          n = ::recv(fd_, buf_, sizeof(buf_), 0);
+        } while (n < 0 && errno == EINTR);
+      }
       if (n < 0) broken_ = true;  // timed out (EAGAIN) or failed
       if (n <= 0) return n;
       begin_ = 0;
@@ -95,6 +276,13 @@ class VisitorStream : public httplib::Stream {
 
   ssize_t write(const char* ptr, size_t size) override {
     if (hijacked_) return static_cast<ssize_t>(size);  // the handler owns it
+    if (tls_ != nullptr) {
+      if (tls_->WriteAll(absl::string_view(ptr, size), write_timeout_)) {
+        return static_cast<ssize_t>(size);
+      }
+      broken_ = true;
+      return -1;
+    }
     // The socket's SO_SNDTIMEO bounds the wait (no poll per write).
     ssize_t n;
     do {
@@ -124,9 +312,16 @@ class VisitorStream : public httplib::Stream {
     return rest;
   }
 
+  // What an upgrade handler reads and writes.
+  Connection* connection() {
+    if (tls_ != nullptr) return tls_;
+    return &plain_;
+  }
+
   // Waits for the next request to start: buffered bytes or socket input.
   bool WaitForRequest(int timeout_ms) const {
-    return buffered() > 0 || PollFor(fd_, POLLIN, timeout_ms) > 0;
+    return buffered() > 0 || (tls_ != nullptr && tls_->HasPending()) ||
+           PollFor(fd_, POLLIN, timeout_ms) > 0;
   }
 
  private:
@@ -138,6 +333,9 @@ class VisitorStream : public httplib::Stream {
   }
 
   const int fd_;
+  TlsConnection* const tls_;
+  const absl::Duration read_timeout_;
+  const absl::Duration write_timeout_;
   const int read_timeout_ms_;
   const int write_timeout_ms_;
   char buf_[16 * 1024];
@@ -145,6 +343,7 @@ class VisitorStream : public httplib::Stream {
   size_t end_ = 0;
   bool broken_ = false;
   bool hijacked_ = false;
+  PlainConnection plain_{fd_};
 };
 
 }  // namespace
@@ -159,6 +358,8 @@ FrontServer::FrontServer(ConnectionOptions options) : options_(options) {
 
 bool FrontServer::CurrentVisitorConnected() {
   if (tl_current_socket < 0) return true;
+  // A TLS visitor's close_notify is bytes on the socket: ask OpenSSL.
+  if (tl_current_tls != nullptr) return tl_current_tls->PeerConnected();
   char c;
   ssize_t n = ::recv(tl_current_socket, &c, 1, MSG_PEEK | MSG_DONTWAIT);
   if (n > 0) return true;  // pipelined bytes: still there
@@ -175,7 +376,7 @@ void FrontServer::SetListenBacklog(int backlog) {
 FrontServer::Hijacked FrontServer::HijackCurrentConnection() {
   Hijacked h;
   if (tl_current_stream == nullptr) return h;
-  h.fd = tl_current_socket;
+  h.conn = tl_current_stream->connection();
   h.buffered = tl_current_stream->Hijack();
   return h;
 }
@@ -193,12 +394,19 @@ bool FrontServer::process_and_close_socket(socket_t sock) {
   tl_current_socket = sock;
   int one = 1;
   ::setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  VisitorStream strm(sock, options_);
+  std::unique_ptr<TlsConnection> tls;
+  bool handshake_ok = true;
+  if (tls_ != nullptr) {
+    tls = std::make_unique<TlsConnection>(sock, tls_.get());
+    handshake_ok = tls->Handshake(options_.read_timeout);
+    tl_current_tls = tls.get();
+  }
+  VisitorStream strm(sock, tls.get(), options_);
   tl_current_stream = &strm;
   const int keep_alive_ms = ToMillis(options_.keep_alive_timeout);
   bool ret = false;
   size_t remaining = options_.keep_alive_max_requests;
-  while (svr_sock_ != INVALID_SOCKET && remaining > 0 &&
+  while (handshake_ok && svr_sock_ != INVALID_SOCKET && remaining > 0 &&
          strm.WaitForRequest(keep_alive_ms)) {
     bool connection_closed = false;
     ret = process_request(strm, /*close_connection=*/remaining == 1,
@@ -209,10 +417,12 @@ bool FrontServer::process_and_close_socket(socket_t sock) {
   }
   tl_current_socket = -1;
   tl_current_stream = nullptr;
+  tl_current_tls = nullptr;
   {
     absl::MutexLock lock(&mu_);
     open_.erase(sock);
   }
+  if (tls != nullptr && handshake_ok && !strm.broken()) tls->Close();
   ::shutdown(sock, SHUT_RDWR);
   ::close(sock);
   return ret;

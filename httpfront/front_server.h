@@ -9,7 +9,9 @@
 // setup hook that gets the mutable Request before routing, own the socket
 // (timeouts via poll, one read buffer per connection, shutdown of live
 // connections on Stop), and let handlers ask whether their visitor is still
-// connected.
+// connected. With EnableTls every connection is TLS: the handshake runs on
+// the worker under the read timeout, and the same timeouts bound every TLS
+// read and write (the socket is non-blocking; waits are polls).
 //
 // Threads: process_and_close_socket runs on the task-queue workers; the
 // static helpers refer to the calling worker's connection.
@@ -21,8 +23,10 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/tls.h"
 #include "httplib.h"
 
 namespace tunnel::httpfront {
@@ -36,9 +40,29 @@ struct ConnectionOptions {
   size_t keep_alive_max_requests = 10000;
 };
 
+// A visitor's connection as an upgrade handler sees it: plain TCP or TLS.
+// One thread may read while another writes; neither call is made from two
+// threads at once.
+class Connection {
+ public:
+  virtual ~Connection() = default;
+  // > 0 bytes, 0 once the visitor ended its direction, < 0 on error or when
+  // nothing arrived within `timeout`.
+  virtual ssize_t Read(char* buf, size_t n, absl::Duration timeout) = 0;
+  // Writes all of `data`, waiting at most `timeout` for room each time.
+  virtual bool WriteAll(absl::string_view data, absl::Duration timeout) = 0;
+  // Ends our direction (TLS: close_notify, then FIN); reading goes on.
+  virtual void ShutdownWrite() = 0;
+  // Ends both directions; wakes a thread blocked in Read or WriteAll.
+  virtual void ShutdownBoth() = 0;
+};
+
 class FrontServer : public httplib::Server {
  public:
   explicit FrontServer(ConnectionOptions options);
+
+  // Serves TLS with `ctx` on every connection. Call before listening.
+  void EnableTls(common::SslCtxPtr ctx) { tls_ = std::move(ctx); }
 
   // Runs for every request after its head is parsed, before routing.
   void set_setup_request(std::function<void(httplib::Request&)> fn) {
@@ -63,12 +87,12 @@ class FrontServer : public httplib::Server {
   static bool CurrentVisitorConnected();
 
   // For an upgrade handler: takes the calling worker's connection over.
-  // Returns its socket and the bytes already read past the request head;
-  // from now on httplib's own writes on this connection are discarded, and
-  // the connection is closed when the handler returns. -1 if there is no
-  // current connection.
+  // Returns the connection (valid until the handler returns; it is closed
+  // then) and the bytes already read past the request head; from now on
+  // httplib's own writes on this connection are discarded. `conn` is null if
+  // there is no current connection.
   struct Hijacked {
-    int fd = -1;
+    Connection* conn = nullptr;
     std::string buffered;
   };
   static Hijacked HijackCurrentConnection();
@@ -79,6 +103,7 @@ class FrontServer : public httplib::Server {
   const ConnectionOptions options_;
   std::function<void(httplib::Request&)> setup_request_;
   std::function<void()> request_done_;
+  common::SslCtxPtr tls_;
   absl::Mutex mu_;
   absl::flat_hash_set<int> open_ ABSL_GUARDED_BY(mu_);
 };

@@ -5,9 +5,11 @@
 #include "absl/time/clock.h"
 #include "common/admin_token.h"
 #include "common/log.h"
+#include "common/tls.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
 
 namespace tunnel::server {
 namespace {
@@ -69,6 +71,44 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
   gw->verifier_ =
       std::make_unique<common::AuthVerifier>(&gw->credentials_, o.auth_skew);
 
+  // TLS material first: a wrong file is reported before anything listens.
+  std::shared_ptr<grpc::ServerCredentials> grpc_creds =
+      grpc::InsecureServerCredentials();
+  if (o.tls.enabled()) {
+    if (o.tls.cert_file.empty() || o.tls.key_file.empty()) {
+      return absl::InvalidArgumentError(
+          "TLS needs both --tls-cert and --tls-key");
+    }
+    absl::StatusOr<common::CertAndKey> pair = common::LoadCertAndKey(
+        "--tls-cert", o.tls.cert_file, "--tls-key", o.tls.key_file);
+    if (!pair.ok()) return pair.status();
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({pair->key_pem, pair->cert_pem});
+    if (!o.tls.client_ca_file.empty()) {
+      absl::StatusOr<std::string> ca =
+          common::ReadPemFile("--client-ca", o.tls.client_ca_file);
+      if (!ca.ok()) return ca.status();
+      if (absl::Status s = common::CheckCertificates("--client-ca",
+                                                     o.tls.client_ca_file, *ca);
+          !s.ok()) {
+        return s;
+      }
+      ssl.pem_root_certs = *ca;
+      ssl.client_certificate_request =
+          GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    }
+    grpc_creds = grpc::SslServerCredentials(ssl);
+    o.front.tls = *std::move(pair);
+  } else if (!o.tls.client_ca_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--client-ca needs TLS (--tls-cert and --tls-key)");
+  }
+  if (o.public_scheme.empty()) {
+    o.public_scheme = o.tls.enabled() ? "https" : "http";
+  }
+  o.service.public_scheme = o.public_scheme;
+  o.front.scheme = o.tls.enabled() ? "https" : o.public_scheme;
+
   std::string http_host;
   int http_port;
   if (absl::Status s = SplitHostPort(o.http_addr, &http_host, &http_port);
@@ -98,8 +138,7 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(o.grpc_addr, grpc::InsecureServerCredentials(),
-                           &gw->grpc_port_);
+  builder.AddListeningPort(o.grpc_addr, grpc_creds, &gw->grpc_port_);
   builder.RegisterService(gw->service_.get());
   // Agents ping through NATs that drop idle flows; allow it and answer.
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);

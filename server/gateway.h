@@ -32,6 +32,20 @@ class Server;
 
 namespace tunnel::server {
 
+// TLS on both listeners. The in-process default is plaintext (no files);
+// gateway-tunnel itself refuses to run without TLS unless --insecure.
+struct GatewayTlsOptions {
+  // PEM certificate chain and its private key, for the gRPC listener and the
+  // front door. Both empty: plaintext.
+  std::string cert_file;
+  std::string key_file;
+  // PEM CA certificate(s): when set, agents must present a client
+  // certificate signed by one of them (mTLS), on top of HMAC auth.
+  std::string client_ca_file;
+
+  bool enabled() const { return !cert_file.empty() || !key_file.empty(); }
+};
+
 struct GatewayOptions {
   std::string grpc_addr = "0.0.0.0:8080";
   std::string http_addr = "0.0.0.0:8082";
@@ -50,6 +64,10 @@ struct GatewayOptions {
   std::string credentials_path;
   std::optional<tunnel::v1::CredentialsFile> credentials;
   absl::Duration auth_skew = absl::Minutes(5);
+  GatewayTlsOptions tls;
+  // Scheme in the public URLs told to agents; empty: "https" with TLS, else
+  // "http". Visitors' X-Forwarded-Proto is "https" with TLS, else this.
+  std::string public_scheme;
   // Port in the public URLs; -1: the bound HTTP port; 0: none (port 80/443
   // in front of us).
   int public_port = -1;
@@ -64,6 +82,8 @@ struct GatewayOptions {
 class Gateway {
  public:
   // Binds both listeners (port 0 picks a free port) and starts serving.
+  // Unreadable or mismatched TLS files fail with INVALID_ARGUMENT naming
+  // the file.
   // The gRPC port also serves server reflection and grpc.health.v1.Health
   // (SERVING for "" and "tunnel.v1.TunnelService").
   static absl::StatusOr<std::unique_ptr<Gateway>> Start(GatewayOptions options);

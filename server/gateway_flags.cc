@@ -57,8 +57,19 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
                   "retry hint for agents refused at --max-agents");
   flags->Int("http-workers", &v->workers,
              "visitor connections served at once (one thread each)");
-  flags->String("public-scheme", &o.service.public_scheme,
-                "scheme in the public URLs told to agents");
+  flags->String("tls-cert", &o.tls.cert_file,
+                "PEM certificate chain for both listeners (gRPC and HTTPS)");
+  flags->String("tls-key", &o.tls.key_file,
+                "PEM private key of --tls-cert (unencrypted)");
+  flags->String("client-ca", &o.tls.client_ca_file,
+                "PEM CA certificate(s); agents must present a certificate "
+                "signed by one (mTLS)");
+  flags->Bool("insecure", &v->insecure,
+              "serve both listeners without TLS (plaintext; only behind a "
+              "TLS-terminating proxy or for local tests)");
+  flags->String("public-scheme", &o.public_scheme,
+                "scheme in the public URLs told to agents (default: https "
+                "with TLS, http with --insecure)");
   flags->Int("public-port", &v->public_port,
              "port in the public URLs (-1: the bound HTTP port, 0: none)");
   flags->Duration("read-timeout", &o.front.connection.read_timeout,
@@ -124,13 +135,28 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
         "--http-workers must be at least 1");
   }
   GatewayOptions& o = v->options;
+  if (o.tls.enabled() && v->insecure) {
+    return absl::InvalidArgumentError(
+        "--insecure and --tls-cert/--tls-key exclude each other");
+  }
+  if (!o.tls.enabled() && !v->insecure) {
+    return absl::InvalidArgumentError(
+        "no TLS: pass --tls-cert FILE --tls-key FILE (PEM), or --insecure "
+        "to serve plaintext on both listeners (TUNNEL_INSECURE=true)");
+  }
+  if (o.tls.enabled() && (o.tls.cert_file.empty() || o.tls.key_file.empty())) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
+  }
+  if (!o.tls.enabled() && !o.tls.client_ca_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--client-ca needs --tls-cert and --tls-key");
+  }
   o.service.limits.gateway_receive_window =
       static_cast<uint32_t>(v->stream_window);
   o.service.limits.max_streams = static_cast<size_t>(v->max_streams);
   o.service.max_tunnels_per_agent = static_cast<size_t>(v->max_tunnels);
   o.service.max_agents = static_cast<size_t>(v->max_agents);
   o.front.workers = static_cast<int>(v->workers);
-  o.front.scheme = o.service.public_scheme;
   o.public_port = static_cast<int>(v->public_port);
   return absl::OkStatus();
 }

@@ -61,7 +61,7 @@ TOKEN=$(awk '/^token:/{print $2}' "$WORK/issued.txt")
 SECRET=$(awk '/^secret:/{print $2}' "$WORK/issued.txt")
 
 # 3. The gateway (on a public host this would listen on 0.0.0.0).
-build/server/gateway-tunnel --admin-addr "" --grpc-addr "127.0.0.1:$GRPC_PORT" \
+build/server/gateway-tunnel --insecure --admin-addr "" --grpc-addr "127.0.0.1:$GRPC_PORT" \
   --http-addr "127.0.0.1:$HTTP_PORT" --ops-addr "127.0.0.1:$OPS_PORT" \
   --domain localhost \
   --credentials "$WORK/credentials.txtpb" \

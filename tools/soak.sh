@@ -54,7 +54,7 @@ python3 -u tools/soak_service.py >"$WORK/svc.out" 2>"$WORK/svc.err" &
 pids+=($!)
 SVC_PORT=$(wait_line "$WORK/svc.out" '^port ' 10 | awk '{print $2}')
 
-"$BUILD/server/gateway-tunnel" --admin-addr "" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --ops-addr 127.0.0.1:0 \
+"$BUILD/server/gateway-tunnel" --insecure --admin-addr "" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --ops-addr 127.0.0.1:0 \
   --credentials "$WORK/creds.txtpb" --log-level warning \
   >"$WORK/gw.out" 2>"$WORK/gw.err" &
 GW=$!

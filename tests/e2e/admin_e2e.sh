@@ -35,7 +35,7 @@ check "admin-token issue without --file is usage (exit 2)" test $? = 2
 
 # A token file others may read is refused at start.
 cp admin.token loose.token && chmod 0644 loose.token
-"$BUILD/server/gateway-tunnel" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
+"$BUILD/server/gateway-tunnel" --insecure --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
   --ops-addr "" --admin-addr 127.0.0.1:0 --admin-token-file loose.token \
   --credentials creds.txtpb >loose.out 2>loose.err &
 LOOSE=$!
@@ -44,7 +44,7 @@ check "gateway refuses a group/other-readable token file (exit 1)" \
   test "$exit_code" = 1
 check "and says chmod 600" grep -q "chmod 600" loose.err
 
-"$BUILD/server/gateway-tunnel" --admin-addr "" --admin-token-file admin.token \
+"$BUILD/server/gateway-tunnel" --insecure --admin-addr "" --admin-token-file admin.token \
   --credentials creds.txtpb >/dev/null 2>noaddr.err
 check "a token file without an admin listener is usage (exit 2)" test $? = 2
 
@@ -55,7 +55,7 @@ pids+=($!)
 SVC_PORT=$(wait_for_line svc.out 'port [0-9]+' 10 | sed -E 's/.*port ([0-9]+).*/\1/')
 check "local service started" test -n "$SVC_PORT"
 
-"$BUILD/server/gateway-tunnel" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
+"$BUILD/server/gateway-tunnel" --insecure --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
   --ops-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 \
   --admin-token-file admin.token --credentials creds.txtpb >gw.out 2>gw.err &
 pids+=($!)
@@ -169,7 +169,7 @@ check "disconnecting an agent that is not connected exits 1" test $? = 1
 check "and says it is not connected" grep -q "not connected" nc.err
 
 # A gateway without --admin-token-file: the listener says how to set it up.
-"$BUILD/server/gateway-tunnel" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
+"$BUILD/server/gateway-tunnel" --insecure --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
   --ops-addr "" --admin-addr 127.0.0.1:0 --credentials creds.txtpb \
   >gw2.out 2>gw2.err &
 pids+=($!)

@@ -45,6 +45,8 @@ credentials: "creds.txtpb"
 domain: "cfg.test"        # only here: the file beats the default
 public_port: 8443         # overridden by TUNNEL_PUBLIC_PORT below
 response_timeout: "20s"
+insecure: true           # plaintext, as in every test here
+admin_addr: ""
 EOT
 TUNNEL_PUBLIC_PORT=9999 "$BUILD/server/gateway-tunnel" --config gw.txtpb \
   --ops-addr 127.0.0.1:0 >gw.out 2>gw.err &

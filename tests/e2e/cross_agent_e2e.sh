@@ -44,7 +44,7 @@ issue_token "$BUILD" dev-01
 python3 -u "$ROOT/tools/soak_service.py" >svc.out 2>svc.err &
 pids+=($!)
 SVC_PORT=$(wait_for_line svc.out '^port ' 10 | awk '{print $2}')
-"$BUILD/server/gateway-tunnel" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
+"$BUILD/server/gateway-tunnel" --insecure --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
   --ops-addr 127.0.0.1:0 --admin-addr "" --credentials creds.txtpb >gw.out 2>gw.err &
 pids+=($!)
 GRPC=$(wait_for_line gw.out '^grpc ' 10 | awk '{print $2}')

@@ -236,7 +236,8 @@ def main():
         gated_port = wait_for_line(os.path.join(work, "gated.out"),
                                    r"^port ").split()[1]
         gw = start("gw", [
-            os.path.join(build, "server/gateway-tunnel"), "--admin-addr",
+            os.path.join(build, "server/gateway-tunnel"), "--insecure",
+            "--admin-addr",
             "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--http-addr",
             "127.0.0.1:0", "--ops-addr", "127.0.0.1:0", "--credentials",
             "creds.txtpb", "--drain-timeout", "30s"

@@ -204,7 +204,7 @@ def main():
         secret = re.search(r"^secret: (\S+)", issued, re.M).group(1)
 
         gw = subprocess.Popen(
-            [GATEWAY, "--admin-addr", "", "--grpc-addr", "127.0.0.1:0", "--http-addr",
+            [GATEWAY, "--insecure", "--admin-addr", "", "--grpc-addr", "127.0.0.1:0", "--http-addr",
              "127.0.0.1:0", "--ops-addr", "127.0.0.1:0", "--credentials",
              "creds.txtpb", "--drain-timeout", "20s", "--log-format", "json"],
             stdout=open("gw.out", "w"), stderr=open("gw.err", "w"))

@@ -23,7 +23,7 @@ pids+=($!)
 SVC_PORT=$(wait_for_line svc.out 'port [0-9]+' 10 | sed -E 's/.*port ([0-9]+).*/\1/')
 check "local service started" test -n "$SVC_PORT"
 
-"$BUILD/server/gateway-tunnel" --admin-addr "" --grpc-addr 127.0.0.1:0 \
+"$BUILD/server/gateway-tunnel" --insecure --admin-addr "" --grpc-addr 127.0.0.1:0 \
   --http-addr 127.0.0.1:0 --ops-addr 127.0.0.1:0 --credentials creds.txtpb >gw.out 2>gw.err &
 GW=$!
 pids+=($GW)
@@ -79,7 +79,7 @@ check "missing flags exit 2" test $? = 2
 check "and name the missing flag" grep -q -- "--id is required" usage.err
 "$BUILD/agent/agent-tunnel" connect --help >help.out 2>&1
 check "--help exits 0 and lists --to" grep -q -- "--to" help.out
-"$BUILD/server/gateway-tunnel" --admin-addr "" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
+"$BUILD/server/gateway-tunnel" --insecure --admin-addr "" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
   --ops-addr "" --credentials missing.txtpb >/dev/null 2>missing.err
 check "gateway with a missing credentials file exits 1" test $? = 1
 check "and names the file" grep -q "missing.txtpb" missing.err
@@ -96,7 +96,7 @@ python3 -u "$HERE/gated_service.py" --release "$WORK/release" \
   >gated.out 2>gated.err &
 pids+=($!)
 GATED_PORT=$(wait_for_line gated.out '^port ' 10 | awk '{print $2}')
-"$BUILD/server/gateway-tunnel" --admin-addr "" --grpc-addr 127.0.0.1:0 \
+"$BUILD/server/gateway-tunnel" --insecure --admin-addr "" --grpc-addr 127.0.0.1:0 \
   --http-addr 127.0.0.1:0 --ops-addr 127.0.0.1:0 --credentials creds.txtpb \
   --heartbeat-interval 200ms --drain-timeout 20s >gw2.out 2>gw2.err &
 GW2=$!

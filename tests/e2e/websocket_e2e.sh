@@ -14,7 +14,7 @@ issue_token "$BUILD" cam-01
 $PY -u "$HERE/ws_echo.py" >ws.out 2>ws.err &
 pids+=($!)
 WS_PORT=$(wait_for_line ws.out '^port ' 10 | awk '{print $2}')
-"$BUILD/server/gateway-tunnel" --admin-addr "" --grpc-addr 127.0.0.1:0 \
+"$BUILD/server/gateway-tunnel" --insecure --admin-addr "" --grpc-addr 127.0.0.1:0 \
   --http-addr 127.0.0.1:0 --ops-addr 127.0.0.1:0 --credentials creds.txtpb \
   --heartbeat-interval 200ms --heartbeat-timeout 1s >gw.out 2>gw.err &
 pids+=($!)

@@ -1,16 +1,27 @@
 """Drives real WebSocket traffic through the tunnel and checks what comes back.
-Usage: ws_client_check.py BASE   (e.g. ws://127.0.0.1:8082/t/cam-01)
+Usage: ws_client_check.py BASE [CA_FILE]   (e.g. ws://127.0.0.1:8082/t/cam-01,
+or wss://localhost:8443/t/cam-01 with the CA that signed the gateway's
+certificate)
 Prints ok:/FAIL: lines and "websocket: N passed, M failed"; exit 1 on failure.
 """
 import asyncio
+import functools
 import os
+import ssl
 import sys
 import urllib.request
 
 import websockets
 
 BASE = sys.argv[1]
-HTTP_BASE = BASE.replace("ws://", "http://", 1)
+TLS = BASE.startswith("wss://")
+HTTP_BASE = BASE.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
+SSL_CONTEXT = None
+if TLS:
+    SSL_CONTEXT = ssl.create_default_context(
+        cafile=sys.argv[2] if len(sys.argv) > 2 else None)
+    # Every connection below verifies the gateway's certificate.
+    websockets.connect = functools.partial(websockets.connect, ssl=SSL_CONTEXT)
 results = []
 
 
@@ -74,7 +85,8 @@ async def main():
         return True
 
     def http_get():
-        with urllib.request.urlopen(HTTP_BASE + "/http", timeout=10) as r:
+        with urllib.request.urlopen(HTTP_BASE + "/http", timeout=10,
+                                    context=SSL_CONTEXT) as r:
             return r.status == 200 and r.read() == b"plain http\n"
 
     loop = asyncio.get_running_loop()

@@ -48,7 +48,7 @@ nginx -c "$W/nginx.conf" -p "$W" -g 'daemon off;' 2>"$RAW/nginx.err" &
 pids+=($!)
 build/tools/tunnelctl token issue --id dev --credentials "$W/creds.txtpb" >"$W/issued" 2>/dev/null
 TOKEN=$(awk '/^token:/{print $2}' "$W/issued"); SECRET=$(awk '/^secret:/{print $2}' "$W/issued")
-build/server/gateway-tunnel --admin-addr "" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --ops-addr "" \
+build/server/gateway-tunnel --insecure --admin-addr "" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --ops-addr "" \
   --credentials "$W/creds.txtpb" --log-level warning >"$W/gw.out" 2>"$RAW/gateway.err" &
 pids+=($!)
 GRPC=$(wait_line "$W/gw.out" '^grpc ' 10 | awk '{print $2}')

@@ -65,7 +65,7 @@ wait_line "$W/sink.out" '^port' 10 >/dev/null
 
 build/tools/tunnelctl token issue --id bench --credentials "$W/creds.txtpb" >"$W/issued" 2>/dev/null
 TOKEN=$(awk '/^token:/{print $2}' "$W/issued"); SECRET=$(awk '/^secret:/{print $2}' "$W/issued")
-build/server/gateway-tunnel --admin-addr "" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --ops-addr 127.0.0.1:0 \
+build/server/gateway-tunnel --insecure --admin-addr "" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --ops-addr 127.0.0.1:0 \
   --credentials "$W/creds.txtpb" --http-workers 1400 --log-level warning \
   >"$W/gw.out" 2>"$RAW/gateway.err" &
 GW=$!; pids+=($GW)
@@ -144,7 +144,7 @@ for n in $AGENT_COUNTS; do
   build/tools/bench/bench_agents --write-credentials "$W/idle.txtpb" --count "$n"
   GP=$(free_port); HP=$(free_port)
   start_gw() {
-    build/server/gateway-tunnel --admin-addr "" --grpc-addr "127.0.0.1:$GP" --http-addr "127.0.0.1:$HP" --ops-addr "" \
+    build/server/gateway-tunnel --insecure --admin-addr "" --grpc-addr "127.0.0.1:$GP" --http-addr "127.0.0.1:$HP" --ops-addr "" \
       --credentials "$W/idle.txtpb" --log-level error >"$W/igw.out" 2>>"$RAW/idle-gateway.err" &
     IGW=$!
     wait_line "$W/igw.out" '^http ' 20 >/dev/null

@@ -174,7 +174,7 @@ TOKEN=$(awk '/^token:/{print $2}' "$WORK/issued.txt")
 SECRET=$(awk '/^secret:/{print $2}' "$WORK/issued.txt")
 [ -n "$TOKEN" ] && [ -n "$SECRET" ] || die 2 "tunnelctl printed no token/secret"
 
-start_bg gateway "$GW_BIN" --admin-addr "" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
+start_bg gateway "$GW_BIN" --insecure --admin-addr "" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
   --domain localhost --ops-addr 127.0.0.1:0 --credentials "$WORK/creds.txtpb"
 GRPC=$(wait_for_line "$WORK/logs/gateway.out" '^grpc ' 10 | awk '{print $2}')
 HTTP=$(wait_for_line "$WORK/logs/gateway.out" '^http ' 10 | awk '{print $2}')
