@@ -120,10 +120,9 @@ TEST_F(OpsTest, SlowVisitorStallsItsStreamAndItsCancelIsCounted) {
   // The visitor never reads: socket buffers fill, then the stream's window.
   EXPECT_EQ(AwaitMetric(gw, stalled, 1), 1);
   EXPECT_EQ(Metric(gw, "tunnel_streams_in_flight"), 1);
-  EXPECT_GT(Metric(gw,
-                   "tunnel_body_bytes_total{tunnel=\"cam-01\","
-                   "direction=\"agent_to_visitor\"}"),
-            0);
+  // (Body bytes are counted once a write to the visitor returns; with the
+  // visitor not reading, even the first write may never return, so the byte
+  // counter is checked by ops_e2e with a visitor that reads, not here.)
 
   close(fd);  // unread data: the gateway's next write fails at once
   EXPECT_EQ(AwaitMetric(gw, cancels, 1), 1);
