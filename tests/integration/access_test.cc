@@ -196,6 +196,27 @@ TEST_F(AccessTest, QueryCodeAndAccessCookieNeverReachTheService) {
   EXPECT_THAT(again->body, HasSubstr("target=/q\n"));
 }
 
+TEST_F(AccessTest, SubdomainRoutingGetsAHostOnlyCookieForTheWholeSite) {
+  Start();
+  StartGatedAgent();
+  auto v = h_.Visitor();
+  const httplib::Headers host = {
+      {"Host", absl::StrCat("cam-01.localhost:", h_.gateway().http_port())}};
+  auto r = v->Get(absl::StrCat("/a/b?code=", kCode), host);
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 303);
+  EXPECT_EQ(r->get_header_value("Location"), "/a/b");
+  std::string set = r->get_header_value("Set-Cookie");
+  EXPECT_THAT(set, HasSubstr("; Path=/;"));
+  EXPECT_THAT(set, Not(HasSubstr("Domain")));
+  httplib::Headers with_cookie = host;
+  with_cookie.emplace("Cookie", CookieFrom(r));
+  auto ok = v->Get("/other", with_cookie);
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 200);
+  EXPECT_THAT(ok->body, HasSubstr("target=/other\n"));
+}
+
 TEST_F(AccessTest, HeaderCodeLetsApiClientsThroughWithoutForwardingIt) {
   Start();
   StartGatedAgent();
