@@ -831,6 +831,9 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
   c->set_agent_id(options_.agent_id);
   c->set_agent_version(kAgentVersion);
   c->set_receive_window(options_.receive_window);
+  if (options_.access_code.has_value()) {
+    *c->mutable_access_code() = *options_.access_code;
+  }
   for (const LocalTarget& t : options_.tunnels) {
     auto* spec = c->add_tunnels();
     spec->set_name(t.name);

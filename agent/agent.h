@@ -9,6 +9,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,9 @@ struct AgentOptions {
   std::string token_id;
   std::string secret;  // base64url, from `tunnelctl token issue`
   std::vector<LocalTarget> tunnels;
+  // Visitors must enter the code this hashes (common/access_code.h) for
+  // every tunnel; nullopt: public tunnels. Only the hash is sent.
+  std::optional<tunnel::v1::AccessCodeHash> access_code;
   bool insecure = false;  // plaintext gRPC (no TLS)
   // TLS (unless insecure). Roots that verify the gateway, PEM; empty: the
   // system's roots.

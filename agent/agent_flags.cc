@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "agent/local_target.h"
 #include "agent/state_file.h"
+#include "common/access_code.h"
 #include "common/config_file.h"
 #include "common/log.h"
 #include "common/tls.h"
@@ -33,6 +34,10 @@ void RegisterConnectFlags(common::FlagSet* flags, AgentFlags* v) {
   flags->String("slug", &v->slug,
                 "public slug of the unnamed tunnel (default: "
                 "the agent id, lowercased)");
+  flags->String("access-code", &v->access_code,
+                "visitors must enter this code (once per browser; a cookie "
+                "keeps them in) for all tunnels of this agent; only a salted "
+                "hash reaches the gateway (prefer the env var)");
   flags->Bool("insecure", &o.insecure,
               "connect without TLS (only for a gateway started with "
               "--insecure)");
@@ -92,7 +97,8 @@ absl::Status ParseConnectFlags(int argc, char** argv, int first,
       return s;
     }
     struct stat st;
-    exposed_secret = config.has_secret() && stat(v->config.c_str(), &st) == 0 &&
+    exposed_secret = (config.has_secret() || config.has_access_code()) &&
+                     stat(v->config.c_str(), &st) == 0 &&
                      (st.st_mode & (S_IRWXG | S_IRWXO)) != 0;
   }
   for (const char* name : {"gateway", "id", "token", "secret"}) {
@@ -150,6 +156,15 @@ absl::Status ParseConnectFlags(int argc, char** argv, int first,
     if (!pair.ok()) return pair.status();
     o.client_cert_pem = std::move(pair->cert_pem);
     o.client_key_pem = std::move(pair->key_pem);
+  }
+  if (!v->access_code.empty()) {
+    absl::StatusOr<tunnel::v1::AccessCodeHash> h =
+        common::HashAccessCode(v->access_code);
+    if (!h.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--access-code: ", h.status().message()));
+    }
+    o.access_code = *std::move(h);
   }
   o.max_concurrent = static_cast<size_t>(v->max_concurrent);
   o.receive_window = static_cast<uint32_t>(v->receive_window);

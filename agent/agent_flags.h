@@ -19,6 +19,7 @@ struct AgentFlags {
   std::string config;  // --config: a tunnel.v1.AgentConfig file
   std::vector<std::string> to;
   std::string slug;
+  std::string access_code;  // --access-code, hashed into options.access_code
   std::string log_level = "info";
   std::string log_format = "text";
   absl::Duration drain_timeout = absl::Seconds(30);

@@ -14,9 +14,12 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/access_code.h"
 #include "common/headers.h"
 #include "common/log.h"
 #include "common/random.h"
+#include "httpfront/access_gate.h"
 #include "httpfront/routing.h"
 
 namespace tunnel::httpfront {
@@ -34,6 +37,10 @@ constexpr absl::string_view kHttplibInternal[] = {"REMOTE_ADDR", "REMOTE_PORT",
 constexpr std::pair<absl::string_view, absl::string_view> kParked[] = {
     {"Accept-Encoding", ":Accept-Encoding"},
     {"Content-Encoding", ":Content-Encoding"}};
+
+// Where a visitor may present a tunnel's access code (besides `?code=`).
+constexpr char kAccessCodeField[] = "tunnel_access_code";  // form field
+constexpr char kAccessCodeHeader[] = "X-Tunnel-Access-Code";
 
 // How often a worker waiting on the agent checks that its visitor is still
 // there, so an abandoned request is cancelled at the agent promptly.
@@ -64,11 +71,23 @@ struct FrontMetrics {
                       "Visitor request time from its parsed head to the "
                       "last byte of the response (upgrades: until closed).",
                       {}, common::DefaultLatencyBuckets())
-                     ->WithLabels({})) {}
+                     ->WithLabels({})),
+        access_denials(r->AddCounter(
+            "tunnel_access_denials_total",
+            "Visitors stopped by a tunnel's access code gate, by reason "
+            "(code_required, bad_cookie, wrong_code, rate_limited).",
+            {"reason"})),
+        access_grants(r->AddCounter(
+            "tunnel_access_grants_total",
+            "Visitors let through a tunnel's access code gate, by how "
+            "(cookie, form, query, header).",
+            {"via"})) {}
 
   common::CounterFamily* const requests;
   common::CounterFamily* const bytes;
   common::Histogram* const duration;
+  common::CounterFamily* const access_denials;
+  common::CounterFamily* const access_grants;
 };
 
 // One visitor request as the metrics and the access log see it. Each worker
@@ -354,18 +373,39 @@ class FrontDoor::Handler {
       return;
     }
 
-    tunnel::v1::TunnelRequest head;
+    // A tunnel with an access code: only visitors with a valid cookie (or
+    // the code itself) pass; ours never reach the service (`code` query
+    // parameter, the access cookie, X-Tunnel-Access-Code).
     std::string request_id = common::NewUuid();
     tl_request.request_id = request_id;
+    std::string target = route->target;
+    std::string forwarded_cookie;
+    const std::optional<tunnel::v1::AccessCodeHash> access =
+        router_->AccessCodeFor(route->slug);
+    if (access.has_value()) {
+      tl_request.slug = route->slug;
+      tl_request.tunnel = route->slug;  // gated, hence a known tunnel
+      if (!Admit(req, res, *route, *access, reader, &target,
+                 &forwarded_cookie)) {
+        return;
+      }
+    }
+
+    tunnel::v1::TunnelRequest head;
     tl_request.slug = route->slug;
     head.set_request_id(request_id);
     head.set_tunnel_slug(route->slug);
     head.set_method(req.method);
-    head.set_path(route->target);
+    head.set_path(target);
     auto* headers = head.mutable_headers();
     std::string prior_xff;
     for (const auto& [name, value] : req.headers) {
       if (IsInternalHeader(name)) continue;
+      if (access.has_value() &&
+          (absl::EqualsIgnoreCase(name, "Cookie") ||
+           absl::EqualsIgnoreCase(name, kAccessCodeHeader))) {
+        continue;  // the Cookie header goes on without ours, below
+      }
       if (!name.empty() && name[0] == ':') {
         common::AddHeader(headers, absl::string_view(name).substr(1), value);
       } else if (absl::EqualsIgnoreCase(name, "X-Forwarded-For")) {
@@ -381,6 +421,9 @@ class FrontDoor::Handler {
       } else {
         common::AddHeader(headers, name, value);
       }
+    }
+    if (!forwarded_cookie.empty()) {
+      common::AddHeader(headers, "Cookie", forwarded_cookie);
     }
     common::StripHopByHop(headers);
     if (upgrade) {
@@ -543,6 +586,128 @@ class FrontDoor::Handler {
   }
 
  private:
+  // The access gate of a tunnel with a code. True: the visitor may pass
+  // (`*target` lost its `code` parameter, `*cookie_out` is the Cookie header
+  // to forward, without ours). False: `res` holds the answer: 401 with a
+  // form or JSON, 429, or 303 with the access cookie after a correct code.
+  bool Admit(const httplib::Request& req, httplib::Response& res,
+             const Route& route, const tunnel::v1::AccessCodeHash& code,
+             const httplib::ContentReader* reader, std::string* target,
+             std::string* cookie_out) {
+    const absl::Time now = absl::Now();
+    std::string cookies;
+    auto range = req.headers.equal_range("Cookie");
+    for (auto it = range.first; it != range.second; ++it) {
+      if (!cookies.empty()) cookies += "; ";
+      cookies += it->second;
+    }
+    std::vector<std::string> ours;
+    *cookie_out = TakeCookie(cookies, kAccessCookieName, &ours);
+    std::string query_code;
+    const bool has_query = TakeQueryParam(target, "code", &query_code);
+    for (const std::string& c : ours) {
+      if (cookie_signer_.Valid(c, route.slug, code, now)) {
+        metrics_.access_grants->WithLabels({"cookie"})->Increment();
+        return true;
+      }
+    }
+    // Which code did the visitor present, and how?
+    // The header first: reading a form body would consume what an API
+    // client meant for the service.
+    std::string presented;
+    absl::string_view via;
+    if (req.has_header(kAccessCodeHeader)) {
+      presented = req.get_header_value(kAccessCodeHeader);
+      via = "header";
+    } else if (req.method == "POST" &&
+               absl::StartsWithIgnoreCase(
+                   req.get_header_value("Content-Type"),
+                   "application/x-www-form-urlencoded")) {
+      constexpr size_t kMaxForm = 4096;
+      std::string body = req.body.substr(0, kMaxForm);
+      if (reader != nullptr) {
+        (*reader)([&](const char* data, size_t len) {
+          body.append(data, std::min(len, kMaxForm + 1 - body.size()));
+          return body.size() <= kMaxForm;
+        });
+      }
+      if (FormField(body, kAccessCodeField, &presented)) via = "form";
+    }
+    if (via.empty() && has_query) {
+      presented = query_code;
+      via = "query";
+    }
+    const std::string back = absl::StrCat(route.prefix, *target);
+    if (via.empty()) {
+      Deny(ours.empty() ? "code_required" : "bad_cookie");
+      Challenge(req, res, back,
+                "this tunnel needs an access code; ask whoever shared it");
+      return false;
+    }
+    const std::string key = absl::StrCat(req.remote_addr, " ", route.slug);
+    if (absl::Duration wait = attempts_.Blocked(key, now);
+        wait > absl::ZeroDuration()) {
+      Deny("rate_limited");
+      SetError(req, res, 429, "access_code_rate_limited",
+               "too many wrong access codes; wait and try again");
+      res.set_header("Retry-After", absl::StrCat(absl::ToInt64Seconds(
+                                        absl::Ceil(wait, absl::Seconds(1)))));
+      return false;
+    }
+    if (!common::AccessCodeMatches(code, presented)) {
+      attempts_.Failed(key, now);
+      Deny("wrong_code");
+      Challenge(req, res, back, "wrong access code; try again",
+                "access_code_invalid");
+      return false;
+    }
+    metrics_.access_grants->WithLabels({std::string(via)})->Increment();
+    if (via == "header") return true;  // API clients: no cookie, no redirect
+    const int64_t ttl =
+        std::max<int64_t>(1, absl::ToInt64Seconds(options_.access_cookie_ttl));
+    const absl::Time expires = now + absl::Seconds(ttl);
+    std::string cookie = absl::StrCat(
+        kAccessCookieName, "=", cookie_signer_.Issue(route.slug, code, expires),
+        "; Path=", route.prefix.empty() ? "/" : absl::StrCat(route.prefix, "/"),
+        "; Max-Age=", ttl, "; Expires=",
+        absl::FormatTime("%a, %d %b %Y %H:%M:%S GMT", expires,
+                         absl::UTCTimeZone()),
+        "; HttpOnly; SameSite=Lax");
+    if (options_.scheme == "https") cookie += "; Secure";
+    res.status = 303;
+    res.set_header("Location", back);
+    res.set_header("Set-Cookie", cookie);
+    res.set_header("Cache-Control", "no-store");
+    return false;
+  }
+
+  void Deny(absl::string_view reason) {
+    metrics_.access_denials->WithLabels({std::string(reason)})->Increment();
+  }
+
+  // 401: a form that posts the code back to `back` for browsers, JSON
+  // (SetError) for everything else.
+  static void Challenge(const httplib::Request& req, httplib::Response& res,
+                        const std::string& back, absl::string_view message,
+                        absl::string_view code = "access_code_required") {
+    SetError(req, res, 401, code, message);
+    if (!absl::StrContains(req.get_header_value("Accept"), "text/html")) {
+      return;
+    }
+    res.set_content(
+        absl::StrCat("<!doctype html><html><head><meta charset=\"utf-8\">"
+                     "<meta name=\"viewport\" content=\"width=device-width\">"
+                     "<title>Access code required</title></head><body>"
+                     "<h1>Access code required</h1><p>",
+                     HtmlEscape(message), "</p><form method=\"post\" action=\"",
+                     HtmlEscape(back), "\"><input type=\"password\" name=\"",
+                     kAccessCodeField,
+                     "\" autofocus required autocomplete=\"off\"> "
+                     "<button type=\"submit\">Enter</button></form>"
+                     "<hr><small>tunnel gateway</small></body></html>\n"),
+        "text/html; charset=utf-8");
+  }
+
   struct BodyState {
     std::shared_ptr<TunnelStream> stream;
     // The worker's record; Pump runs on that worker (inside httplib's
@@ -690,6 +855,8 @@ class FrontDoor::Handler {
   const FrontDoorOptions& options_;
   server::TunnelRouter* const router_;
   FrontMetrics metrics_;
+  const AccessCookieSigner cookie_signer_;
+  AttemptLimiter attempts_{options_.access_code_attempts_per_minute};
   // > 0 while draining: the Retry-After to send, in seconds.
   std::atomic<int64_t> drain_retry_after_s_{0};
 };

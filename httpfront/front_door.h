@@ -35,6 +35,11 @@ struct FrontDoorOptions {
   // An upgraded connection (WebSocket) is closed after this long without a
   // byte in one of its directions.
   absl::Duration upgrade_idle_timeout = absl::Hours(1);
+  // Tunnels with an access code: how long the cookie a correct code earns
+  // is valid, and how many wrong codes one client IP may try per tunnel and
+  // minute before 429.
+  absl::Duration access_cookie_ttl = absl::Hours(24);
+  int access_code_attempts_per_minute = 5;
   // Visitor connections served at once (each holds a worker thread).
   int workers = 512;
   ConnectionOptions connection;

@@ -7,6 +7,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/access_code.h"
 #include "common/admin_token.h"
 #include "common/log.h"
 
@@ -19,7 +20,10 @@ int64_t UnixMillis(absl::Time t) { return absl::ToUnixMillis(t); }
 
 }  // namespace
 
-std::string AccessModeOf(absl::string_view /*slug*/) { return "public"; }
+std::string AccessModeOf(const SessionRegistry& registry,
+                         absl::string_view slug) {
+  return registry.AccessCodeFor(slug).has_value() ? "code" : "public";
+}
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
@@ -111,6 +115,48 @@ grpc::Status AdminServiceImpl::DisconnectAgent(
   return grpc::Status::OK;
 }
 
+grpc::Status AdminServiceImpl::SetAccessCode(
+    grpc::ServerContext* context,
+    const tunnel::v1::SetAccessCodeRequest* request,
+    tunnel::v1::SetAccessCodeResponse* response) {
+  if (absl::Status s = Authorize(*context); !s.ok()) return ToGrpcStatus(s);
+  absl::StatusOr<tunnel::v1::SetAccessCodeResponse> r = SetAccess(*request);
+  if (!r.ok()) return ToGrpcStatus(r.status());
+  // Never the code itself.
+  common::LogEvent(common::LogLevel::kInfo, "admin_set_access")
+      .Str("tunnel", r->slug())
+      .Str("access", r->access())
+      .Str("peer", context->peer());
+  *response = *std::move(r);
+  return grpc::Status::OK;
+}
+
+absl::StatusOr<tunnel::v1::SetAccessCodeResponse> AdminServiceImpl::SetAccess(
+    const tunnel::v1::SetAccessCodeRequest& request) const {
+  if (request.slug().empty()) {
+    return absl::InvalidArgumentError("slug is required");
+  }
+  if (request.public_() == !request.code().empty()) {
+    return absl::InvalidArgumentError(
+        "give either a code or public = true, not both or neither");
+  }
+  std::optional<tunnel::v1::AccessCodeHash> hash;
+  if (!request.public_()) {
+    absl::StatusOr<tunnel::v1::AccessCodeHash> h =
+        common::HashAccessCode(request.code());
+    if (!h.ok()) return h.status();
+    hash = *std::move(h);
+  }
+  if (absl::Status s = registry_->SetAccess(request.slug(), std::move(hash));
+      !s.ok()) {
+    return s;
+  }
+  tunnel::v1::SetAccessCodeResponse out;
+  out.set_slug(request.slug());
+  out.set_access(AccessModeOf(*registry_, request.slug()));
+  return out;
+}
+
 absl::StatusOr<tunnel::v1::ListAgentsResponse> AdminServiceImpl::List() const {
   std::vector<std::shared_ptr<Session>> sessions = registry_->Sessions();
   std::sort(sessions.begin(), sessions.end(), [](const auto& a, const auto& b) {
@@ -129,7 +175,7 @@ absl::StatusOr<tunnel::v1::ListAgentsResponse> AdminServiceImpl::List() const {
       at->set_name(t.name);
       at->set_url(t.url);
       at->set_path_url(t.path_url);
-      at->set_access(AccessModeOf(t.slug));
+      at->set_access(AccessModeOf(*registry_, t.slug));
     }
     SessionCounters c = s->counters();
     a->set_requests(c.requests);
@@ -149,7 +195,7 @@ absl::StatusOr<tunnel::v1::TunnelStatus> AdminServiceImpl::Tunnel(
   tunnel::v1::TunnelStatus out;
   out.set_slug(entry->slug);
   out.set_agent_id(entry->owner);
-  out.set_access(AccessModeOf(entry->slug));
+  out.set_access(AccessModeOf(*registry_, entry->slug));
   // URLs of a live tunnel are what its agent was told; an offline one gets
   // the same form from the current options.
   SessionTunnel urls = PublicTunnel(tunnels_->options(), "", entry->slug);

@@ -1,5 +1,6 @@
 // tunnel.v1.AdminService: what operators ask a running gateway (agents,
-// tunnels) and the one thing they may do to it (disconnect an agent).
+// tunnels) and what they may do to it (disconnect an agent, set or clear a
+// tunnel's visitor access code).
 //
 // Every call must carry `authorization: Bearer <token>` with the token of
 // --admin-token-file, compared in constant time; a missing or wrong token is
@@ -31,9 +32,10 @@ namespace tunnel::server {
 inline constexpr char kDisconnectedByAdmin[] =
     "disconnected by an administrator";
 
-// The visitor access mode of a tunnel. Access codes do not exist yet, so
-// every tunnel is "public"; this is the one place that will change.
-std::string AccessModeOf(absl::string_view slug);
+// The visitor access mode of a tunnel: "code" when visitors need an access
+// code (the agent's or one set by SetAccessCode), else "public".
+std::string AccessModeOf(const SessionRegistry& registry,
+                         absl::string_view slug);
 
 // absl::Status -> grpc::Status at the admin RPC boundary (same codes).
 grpc::Status ToGrpcStatus(const absl::Status& status);
@@ -57,6 +59,10 @@ class AdminServiceImpl final : public tunnel::v1::AdminService::Service {
       grpc::ServerContext* context,
       const tunnel::v1::DisconnectAgentRequest* request,
       tunnel::v1::DisconnectAgentResponse* response) override;
+  grpc::Status SetAccessCode(
+      grpc::ServerContext* context,
+      const tunnel::v1::SetAccessCodeRequest* request,
+      tunnel::v1::SetAccessCodeResponse* response) override;
 
  private:
   // OK, or the status the call is refused with (counted if it is a missing or
@@ -66,6 +72,8 @@ class AdminServiceImpl final : public tunnel::v1::AdminService::Service {
   absl::StatusOr<tunnel::v1::TunnelStatus> Tunnel(absl::string_view slug) const;
   absl::StatusOr<tunnel::v1::DisconnectAgentResponse> Disconnect(
       absl::string_view agent_id) const;
+  absl::StatusOr<tunnel::v1::SetAccessCodeResponse> SetAccess(
+      const tunnel::v1::SetAccessCodeRequest& request) const;
 
   const std::optional<std::string> token_;
   SessionRegistry* const registry_;

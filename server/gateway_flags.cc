@@ -19,6 +19,7 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
   v->max_agents = static_cast<int64_t>(o.service.max_agents);
   v->workers = o.front.workers;
   v->public_port = o.public_port;
+  v->access_code_attempts = o.front.access_code_attempts_per_minute;
 
   flags->String("config", &v->config,
                 "config file (tunnel.v1.GatewayConfig, text format or .json); "
@@ -81,6 +82,12 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
   flags->Duration("upgrade-idle-timeout", &o.front.upgrade_idle_timeout,
                   "an upgraded connection (WebSocket) idle this long in one "
                   "direction is closed");
+  flags->Duration("access-cookie-ttl", &o.front.access_cookie_ttl,
+                  "how long the cookie a correct access code earns stays "
+                  "valid (a gateway restart ends every cookie sooner)");
+  flags->Int("access-code-attempts-per-minute", &v->access_code_attempts,
+             "wrong access codes one client IP may try per tunnel and "
+             "minute; beyond: 429");
   flags->Duration("heartbeat-interval", &o.service.heartbeat_interval,
                   "how often each agent is pinged");
   flags->Duration("heartbeat-timeout", &o.heartbeat_timeout,
@@ -134,6 +141,14 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
         "--max-streams-per-agent, --max-tunnels-per-agent, --max-agents and "
         "--http-workers must be at least 1");
   }
+  if (v->access_code_attempts < 1) {
+    return absl::InvalidArgumentError(
+        "--access-code-attempts-per-minute must be at least 1");
+  }
+  if (v->options.front.access_cookie_ttl < absl::Seconds(1)) {
+    return absl::InvalidArgumentError(
+        "--access-cookie-ttl must be at least 1s");
+  }
   GatewayOptions& o = v->options;
   if (o.tls.enabled() && v->insecure) {
     return absl::InvalidArgumentError(
@@ -158,6 +173,8 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
   o.service.max_agents = static_cast<size_t>(v->max_agents);
   o.front.workers = static_cast<int>(v->workers);
   o.public_port = static_cast<int>(v->public_port);
+  o.front.access_code_attempts_per_minute =
+      static_cast<int>(v->access_code_attempts);
   return absl::OkStatus();
 }
 

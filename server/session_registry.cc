@@ -20,9 +20,10 @@ TunnelActivity* SessionRegistry::ActivityLocked(const std::string& slug) {
   return a.get();
 }
 
-absl::Status SessionRegistry::Register(const std::shared_ptr<Session>& session,
-                                       const std::vector<std::string>& slugs,
-                                       std::shared_ptr<Session>* replaced) {
+absl::Status SessionRegistry::Register(
+    const std::shared_ptr<Session>& session,
+    const std::vector<std::string>& slugs, std::shared_ptr<Session>* replaced,
+    const std::optional<tunnel::v1::AccessCodeHash>& access) {
   absl::MutexLock lock(&mu_);
   const std::string& agent = session->agent_id();
   for (const std::string& slug : slugs) {
@@ -36,6 +37,7 @@ absl::Status SessionRegistry::Register(const std::shared_ptr<Session>& session,
     *replaced = it->second;
     for (auto r = routes_.begin(); r != routes_.end();) {
       if (r->second == *replaced) {
+        agent_codes_.erase(r->first);
         routes_.erase(r++);
       } else {
         ++r;
@@ -47,6 +49,11 @@ absl::Status SessionRegistry::Register(const std::shared_ptr<Session>& session,
     slug_owner_[slug] = agent;
     routes_[slug] = session;
     ActivityLocked(slug);
+    if (access.has_value()) {
+      agent_codes_[slug] = *access;
+    } else {
+      agent_codes_.erase(slug);
+    }
   }
   return absl::OkStatus();
 }
@@ -58,6 +65,7 @@ void SessionRegistry::Unregister(const Session* session) {
   live_.erase(it);
   for (auto r = routes_.begin(); r != routes_.end();) {
     if (r->second.get() == session) {
+      agent_codes_.erase(r->first);
       routes_.erase(r++);
     } else {
       ++r;
@@ -132,6 +140,33 @@ size_t SessionRegistry::stream_count() const {
   size_t n = 0;
   for (const auto& s : Sessions()) n += s->stream_count();
   return n;
+}
+
+}  // namespace tunnel::server
+
+namespace tunnel::server {
+
+std::optional<tunnel::v1::AccessCodeHash> SessionRegistry::AccessCodeFor(
+    absl::string_view slug) const {
+  absl::MutexLock lock(&mu_);
+  if (auto it = admin_codes_.find(slug); it != admin_codes_.end()) {
+    return it->second;
+  }
+  if (auto it = agent_codes_.find(slug); it != agent_codes_.end()) {
+    return it->second;
+  }
+  return std::nullopt;
+}
+
+absl::Status SessionRegistry::SetAccess(
+    absl::string_view slug, std::optional<tunnel::v1::AccessCodeHash> code) {
+  absl::MutexLock lock(&mu_);
+  if (!slug_owner_.contains(slug)) {
+    return absl::NotFoundError(
+        absl::StrCat("no tunnel \"", slug, "\" on this gateway"));
+  }
+  admin_codes_[slug] = std::move(code);
+  return absl::OkStatus();
 }
 
 }  // namespace tunnel::server

@@ -6,10 +6,16 @@
 // lifetime (and an agent id named in the credentials owns the slug equal to
 // its id from the start), so a slug never silently moves to another agent.
 // While its agent is offline the slug is "known": visitors get 502, not 404.
+//
+// Access codes: an agent's code (ConnectRequest.access_code) applies to the
+// slugs of its live session and is replaced on every reconnect. An admin
+// setting (SetAccess) overrides it per slug, survives reconnects and lasts
+// for the gateway's lifetime; only hashes are stored.
 #ifndef TUNNEL_SERVER_SESSION_REGISTRY_H_
 #define TUNNEL_SERVER_SESSION_REGISTRY_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,9 +48,11 @@ class SessionRegistry : public TunnelRouter {
   // ALREADY_EXISTS naming the slug if another agent owns one of them. If the
   // agent already had a live session, it is returned in `*replaced` (the
   // caller tells it why and closes it) and its slugs pass to the new one.
-  absl::Status Register(const std::shared_ptr<Session>& session,
-                        const std::vector<std::string>& slugs,
-                        std::shared_ptr<Session>* replaced);
+  // `access`: the agent's access code for all of `slugs` (nullopt: public).
+  absl::Status Register(
+      const std::shared_ptr<Session>& session,
+      const std::vector<std::string>& slugs, std::shared_ptr<Session>* replaced,
+      const std::optional<tunnel::v1::AccessCodeHash>& access = std::nullopt);
   // Removes `session` if it is still the live one of its agent.
   void Unregister(const Session* session);
 
@@ -59,6 +67,13 @@ class SessionRegistry : public TunnelRouter {
   std::shared_ptr<Session> FindByAgent(absl::string_view agent_id) const;
   // NOT_FOUND for a slug no agent owns.
   absl::StatusOr<TunnelEntry> FindTunnel(absl::string_view slug) const;
+
+  std::optional<tunnel::v1::AccessCodeHash> AccessCodeFor(
+      absl::string_view slug) const override;
+  // Admin override for a known slug: `code` gates it, nullopt makes it
+  // public (whatever its agent asked for). NOT_FOUND for an unknown slug.
+  absl::Status SetAccess(absl::string_view slug,
+                         std::optional<tunnel::v1::AccessCodeHash> code);
 
  private:
   mutable absl::Mutex mu_;
@@ -76,6 +91,12 @@ class SessionRegistry : public TunnelRouter {
   // and the map grows only with the set of owned slugs.
   absl::flat_hash_map<std::string, std::unique_ptr<TunnelActivity>> activity_
       ABSL_GUARDED_BY(mu_);
+  // Live slug -> its agent's access code (only gated slugs).
+  absl::flat_hash_map<std::string, tunnel::v1::AccessCodeHash> agent_codes_
+      ABSL_GUARDED_BY(mu_);
+  // Slug -> admin override (nullopt: public). Bounded by the owned slugs.
+  absl::flat_hash_map<std::string, std::optional<tunnel::v1::AccessCodeHash>>
+      admin_codes_ ABSL_GUARDED_BY(mu_);
   TunnelActivity* ActivityLocked(const std::string& slug)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 };

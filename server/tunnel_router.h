@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -58,6 +59,12 @@ class TunnelRouter {
   // stream_id is filled in here). Thread-safe.
   virtual absl::StatusOr<std::unique_ptr<TunnelStream>> Open(
       absl::string_view slug, tunnel::v1::TunnelRequest head) = 0;
+  // The hash of the code visitors must present for `slug`, or nullopt for a
+  // public (or unknown) tunnel. Thread-safe; cheap (a map lookup).
+  virtual std::optional<tunnel::v1::AccessCodeHash> AccessCodeFor(
+      absl::string_view /*slug*/) const {
+    return std::nullopt;
+  }
 };
 
 }  // namespace tunnel::server

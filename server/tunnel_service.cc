@@ -2,6 +2,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
@@ -9,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "common/access_code.h"
 #include "common/log.h"
 #include "common/random.h"
 #include "common/slug.h"
@@ -174,6 +176,16 @@ class AgentConnection final
       }
       slugs.push_back(t.slug());
     }
+    std::optional<tunnel::v1::AccessCodeHash> access;
+    if (req.has_access_code()) {
+      if (absl::Status s = common::CheckAccessCodeHash(req.access_code());
+          !s.ok()) {
+        Refuse(ConnectError::INVALID_REQUEST, std::string(s.message()),
+               grpc::StatusCode::INVALID_ARGUMENT);
+        return;
+      }
+      access = req.access_code();
+    }
     session_->SetAgentReceiveWindow(req.receive_window());
     std::vector<SessionTunnel> tunnels;
     for (const auto& t : req.tunnels()) {
@@ -193,7 +205,7 @@ class AgentConnection final
     }
     std::shared_ptr<Session> replaced;
     if (absl::Status s =
-            service_->registry_->Register(session_, slugs, &replaced);
+            service_->registry_->Register(session_, slugs, &replaced, access);
         !s.ok()) {
       Refuse(ConnectError::SLUG_TAKEN, std::string(s.message()),
              grpc::StatusCode::ALREADY_EXISTS);
@@ -236,7 +248,8 @@ class AgentConnection final
         .Str("agent_id", session_->agent_id())
         .Str("session", session_->id())
         .Str("peer", peer_)
-        .Str("tunnels", absl::StrJoin(slugs, ","));
+        .Str("tunnels", absl::StrJoin(slugs, ","))
+        .Str("access", access.has_value() ? "code" : "public");
   }
 
   TunnelServiceImpl* const service_;

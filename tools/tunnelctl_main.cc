@@ -7,6 +7,7 @@
 //   tunnelctl list [--json]                  (admin API)
 //   tunnelctl status SLUG [--json]           (admin API)
 //   tunnelctl disconnect AGENT_ID [--json]   (admin API)
+//   tunnelctl set-code SLUG [CODE | --stdin | --public] [--json] (admin API)
 //   tunnelctl admin-token issue --file FILE [--force]
 //
 // Exit codes: 0 success (and --help), 1 runtime error (file unreadable or
@@ -67,6 +68,9 @@ constexpr char kTopUsage[] =
     "  disconnect AGENT_ID         close an agent's session (it reconnects "
     "with\n"
     "                              backoff; revoke its token to keep it out)\n"
+    "  set-code SLUG [CODE]        gate a tunnel behind a visitor access "
+    "code\n"
+    "  set-code SLUG --public      remove any access code (the agent's too)\n"
     "  admin-token issue --file F  write a new random admin token to F "
     "(0600)\n"
     "\n"
@@ -95,6 +99,18 @@ constexpr char kDisconnectUsage[] =
     "Closes the agent's session; the agent logs \"disconnected by an\n"
     "administrator\" and reconnects with backoff (stop it on the device, or\n"
     "revoke its token and restart the gateway, to keep it away).\n";
+
+constexpr char kSetCodeUsage[] =
+    "Usage: tunnelctl set-code SLUG [CODE | --stdin | --public] [--admin "
+    "ADDR]\n"
+    "                          [--admin-token-file FILE] [--json]\n"
+    "\n"
+    "Gates tunnel SLUG behind a visitor access code, or with --public makes\n"
+    "it public (removing the agent's --access-code too). The code comes from\n"
+    "the CODE argument, else the first line of stdin with --stdin, else\n"
+    "TUNNEL_ACCESS_CODE (the last two keep it out of shell history). The\n"
+    "gateway keeps only a salted hash. The setting overrides the agent's\n"
+    "and lasts until changed or the gateway restarts.\n";
 
 constexpr char kAdminTokenUsage[] =
     "Usage: tunnelctl admin-token issue --file FILE [--force]\n"
@@ -570,6 +586,65 @@ int AdminDisconnect(const std::vector<std::string>& args) {
   return kExitOk;
 }
 
+int AdminSetCode(const std::vector<std::string>& args) {
+  constexpr char kCommand[] = "tunnelctl set-code";
+  AdminFlags f;
+  bool make_public = false;
+  bool from_stdin = false;
+  std::string code;
+  tunnel::common::FlagSet flags(kSetCodeUsage);
+  f.Register(flags);
+  flags.Bool("public", &make_public, "remove any access code");
+  flags.Bool("stdin", &from_stdin, "read the code from stdin's first line");
+  flags.String("access-code", &code,
+               "the code (prefer TUNNEL_ACCESS_CODE, --stdin or CODE)");
+  std::vector<std::string> positional;
+  if (auto done = ParseFlags(flags, args, kCommand, &positional)) return *done;
+  if (positional.empty() || positional.size() > 2) {
+    return UsageError("want SLUG and at most one CODE", kCommand);
+  }
+  if (f.timeout <= absl::ZeroDuration()) {
+    return UsageError("--timeout must be positive", kCommand);
+  }
+  const int sources = (positional.size() == 2) + from_stdin +
+                      (flags.WasSet("access-code") ? 1 : 0);
+  if (make_public && sources > 0) {
+    return UsageError("--public takes no code", kCommand);
+  }
+  if (sources > 1) {
+    return UsageError("give the code one way: CODE, --stdin or --access-code",
+                      kCommand);
+  }
+  if (positional.size() == 2) code = positional[1];
+  if (from_stdin && !std::getline(std::cin, code)) {
+    return RuntimeError(absl::InvalidArgumentError("no code on stdin"));
+  }
+  if (!code.empty() && code.back() == '\r') code.pop_back();
+  if (!make_public && code.empty()) {
+    return UsageError(
+        "give a CODE (or --stdin, TUNNEL_ACCESS_CODE) or --public", kCommand);
+  }
+  grpc::ClientContext ctx;
+  if (absl::Status s = PrepareContext(f, &ctx); !s.ok()) {
+    return RuntimeError(s);
+  }
+  tunnel::v1::SetAccessCodeRequest req;
+  req.set_slug(positional[0]);
+  req.set_code(code);
+  req.set_public_(make_public);
+  tunnel::v1::SetAccessCodeResponse resp;
+  grpc::Status st = AdminStub(f)->SetAccessCode(&ctx, req, &resp);
+  if (!st.ok()) return RpcError(f, st);
+  if (f.json) {
+    std::cout << "{\"slug\":" << Quote(resp.slug())
+              << ",\"access\":" << Quote(resp.access()) << "}\n";
+  } else {
+    std::cout << "tunnel " << Printable(resp.slug()) << " is now "
+              << Printable(resp.access()) << "\n";
+  }
+  return kExitOk;
+}
+
 int AdminTokenIssue(const std::vector<std::string>& args) {
   constexpr char kCommand[] = "tunnelctl admin-token issue";
   std::string file;
@@ -617,6 +692,7 @@ int main(int argc, char** argv) {
   if (args[0] == "list") return AdminList(after);
   if (args[0] == "status") return AdminStatus(after);
   if (args[0] == "disconnect") return AdminDisconnect(after);
+  if (args[0] == "set-code") return AdminSetCode(after);
   if (args[0] == "admin-token") {
     if (after.empty()) {
       return UsageError("missing admin-token command (issue)", "tunnelctl");

@@ -1,6 +1,7 @@
 #include "agent/agent_flags.h"
 
 #include "agent/qr.h"
+#include "common/access_code.h"
 #include "common/config_file.h"
 #include "gtest/gtest.h"
 #include "tunnel/v1/config.pb.h"
@@ -29,6 +30,44 @@ TEST(AgentFlagsTest, TheCheckCatchesAFlagWithoutAField) {
       *tunnel::v1::AgentConfig::descriptor(), flags);
   EXPECT_FALSE(s.ok());
   EXPECT_NE(s.message().find("--not-in-the-schema"), std::string::npos) << s;
+}
+
+// --access-code becomes a salted hash in the options; a bad code is usage.
+TEST(AgentFlagsTest, AccessCodeIsHashedAndChecked) {
+  auto parse = [](const std::string& code, AgentFlags* values) {
+    common::FlagSet flags("usage");
+    RegisterConnectFlags(&flags, values);
+    std::vector<std::string> args = {"connect",
+                                     "--gateway",
+                                     "127.0.0.1:1",
+                                     "--id",
+                                     "cam-01",
+                                     "--token",
+                                     "tok",
+                                     "--secret",
+                                     "c2VjcmV0",
+                                     "--to",
+                                     "http://127.0.0.1:3000",
+                                     "--state-file",
+                                     "",
+                                     "--access-code",
+                                     code};
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    return ParseConnectFlags(static_cast<int>(argv.size()), argv.data(), 1,
+                             &flags, values);
+  };
+  AgentFlags ok;
+  absl::Status s = parse("let me in", &ok);
+  ASSERT_TRUE(s.ok()) << s;
+  ASSERT_TRUE(ok.options.access_code.has_value());
+  EXPECT_EQ(ok.options.access_code->salt().size(), 16u);
+  EXPECT_EQ(ok.options.access_code->iterations(), 100000u);
+  EXPECT_TRUE(common::AccessCodeMatches(*ok.options.access_code, "let me in"));
+  AgentFlags bad;
+  s = parse("tab\there", &bad);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("--access-code"), std::string::npos) << s;
 }
 
 // The half-block rendering decodes back to libqrencode's matrix with a
