@@ -404,13 +404,17 @@ void PrintTable(const std::vector<std::vector<std::string>>& rows) {
 }
 
 // Parses an admin command's flags and its positional arguments (exactly
-// `want` of them, named `what`).
+// `want` of them, named `what`), and checks `f`'s --timeout when given.
 std::optional<int> ParseAdmin(tunnel::common::FlagSet& flags,
+                              const AdminFlags* f,
                               const std::vector<std::string>& args,
                               absl::string_view command, size_t want,
                               absl::string_view what,
                               std::vector<std::string>* positional) {
   if (auto done = ParseFlags(flags, args, command, positional)) return done;
+  if (f != nullptr && f->timeout <= absl::ZeroDuration()) {
+    return UsageError("--timeout must be positive", command);
+  }
   if (positional->size() < want) {
     return UsageError(absl::StrCat("missing ", what), command);
   }
@@ -428,11 +432,8 @@ int AdminList(const std::vector<std::string>& args) {
   tunnel::common::FlagSet flags(kAgentsUsage);
   f.Register(flags);
   std::vector<std::string> positional;
-  if (auto done = ParseAdmin(flags, args, kCommand, 0, "", &positional)) {
+  if (auto done = ParseAdmin(flags, &f, args, kCommand, 0, "", &positional)) {
     return *done;
-  }
-  if (f.timeout <= absl::ZeroDuration()) {
-    return UsageError("--timeout must be positive", kCommand);
   }
   grpc::ClientContext ctx;
   if (absl::Status s = PrepareContext(f, &ctx); !s.ok()) {
@@ -505,11 +506,9 @@ int AdminStatus(const std::vector<std::string>& args) {
   tunnel::common::FlagSet flags(kStatusUsage);
   f.Register(flags);
   std::vector<std::string> positional;
-  if (auto done = ParseAdmin(flags, args, kCommand, 1, "SLUG", &positional)) {
+  if (auto done =
+          ParseAdmin(flags, &f, args, kCommand, 1, "SLUG", &positional)) {
     return *done;
-  }
-  if (f.timeout <= absl::ZeroDuration()) {
-    return UsageError("--timeout must be positive", kCommand);
   }
   grpc::ClientContext ctx;
   if (absl::Status s = PrepareContext(f, &ctx); !s.ok()) {
@@ -559,11 +558,8 @@ int AdminDisconnect(const std::vector<std::string>& args) {
   f.Register(flags);
   std::vector<std::string> positional;
   if (auto done =
-          ParseAdmin(flags, args, kCommand, 1, "AGENT_ID", &positional)) {
+          ParseAdmin(flags, &f, args, kCommand, 1, "AGENT_ID", &positional)) {
     return *done;
-  }
-  if (f.timeout <= absl::ZeroDuration()) {
-    return UsageError("--timeout must be positive", kCommand);
   }
   grpc::ClientContext ctx;
   if (absl::Status s = PrepareContext(f, &ctx); !s.ok()) {
@@ -600,11 +596,11 @@ int AdminSetCode(const std::vector<std::string>& args) {
                "the code (prefer TUNNEL_ACCESS_CODE, --stdin or CODE)");
   std::vector<std::string> positional;
   if (auto done = ParseFlags(flags, args, kCommand, &positional)) return *done;
-  if (positional.empty() || positional.size() > 2) {
-    return UsageError("want SLUG and at most one CODE", kCommand);
-  }
   if (f.timeout <= absl::ZeroDuration()) {
     return UsageError("--timeout must be positive", kCommand);
+  }
+  if (positional.empty() || positional.size() > 2) {
+    return UsageError("want SLUG and at most one CODE", kCommand);
   }
   const int sources = (positional.size() == 2) + from_stdin +
                       (flags.WasSet("access-code") ? 1 : 0);
@@ -653,7 +649,8 @@ int AdminTokenIssue(const std::vector<std::string>& args) {
   flags.String("file", &file, "where to write the token (required)");
   flags.Bool("force", &force, "replace an existing file");
   std::vector<std::string> positional;
-  if (auto done = ParseAdmin(flags, args, kCommand, 0, "", &positional)) {
+  if (auto done =
+          ParseAdmin(flags, nullptr, args, kCommand, 0, "", &positional)) {
     return *done;
   }
   if (file.empty()) return UsageError("--file is required", kCommand);
