@@ -1,5 +1,7 @@
 #include "server/gateway.h"
 
+#include <sys/stat.h>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -59,6 +61,17 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
         common::LoadCredentialsFile(o.credentials_path);
     if (!loaded.ok()) return loaded.status();
     creds = *std::move(loaded);
+    // Every agent's secret is in it: say so when others may read it (a
+    // warning, not a refusal: the file is ours to read either way).
+    struct stat st;
+    if (::stat(o.credentials_path.c_str(), &st) == 0 &&
+        (st.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+      TUNNEL_LOG(WARNING) << "credentials file " << o.credentials_path
+                          << " is accessible to group or others (mode 0"
+                          << std::oct << (st.st_mode & 0777) << std::dec
+                          << "); it holds every agent's secret: chmod 600 "
+                          << o.credentials_path;
+    }
   }
   std::optional<std::string> admin_token = o.admin_token;
   if (!admin_token.has_value() && !o.admin_token_file.empty()) {

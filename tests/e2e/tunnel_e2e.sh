@@ -83,6 +83,25 @@ check "--help exits 0 and lists --to" grep -q -- "--to" help.out
   --ops-addr "" --credentials missing.txtpb >/dev/null 2>missing.err
 check "gateway with a missing credentials file exits 1" test $? = 1
 check "and names the file" grep -q "missing.txtpb" missing.err
+check "a 0600 credentials file draws no warning" \
+  bash -c "! grep -q 'accessible to group or others' gw.err"
+# Every agent's secret is in the file: a readable one is warned about.
+cp creds.txtpb shared.txtpb
+chmod 644 shared.txtpb
+"$BUILD/server/gateway-tunnel" --insecure --admin-addr "" --grpc-addr 127.0.0.1:0 \
+  --http-addr 127.0.0.1:0 --ops-addr "" --credentials shared.txtpb \
+  >shared.out 2>shared.err &
+SHARED=$!
+pids+=($SHARED)
+if wait_for_line shared.err 'shared.txtpb is accessible to group or others \(mode 0644\).*chmod 600' 10 >/dev/null; then
+  pass "a credentials file others can read is warned about"
+else
+  fail "a credentials file others can read is warned about"
+fi
+check "and the warning carries no secret" \
+  bash -c "! grep -q -- '$SECRET' shared.err"
+kill -TERM "$SHARED"
+wait_for_exit "$SHARED" 10
 
 kill -TERM "$AGENT"
 wait_for_exit "$AGENT" 10
