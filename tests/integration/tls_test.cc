@@ -43,17 +43,7 @@ class TlsTest : public ::testing::Test {
           absl::StrCat("hello ", req.get_header_value("X-Forwarded-Proto")),
           "text/plain");
     });
-    s.Get("/download", [](const httplib::Request& req, httplib::Response& res) {
-      uint64_t size = std::stoull(req.get_param_value("size"));
-      uint64_t seed = std::stoull(req.get_param_value("seed"));
-      res.set_content_provider(
-          size, "application/octet-stream",
-          [seed](size_t offset, size_t length, httplib::DataSink& sink) {
-            std::string buf(std::min<size_t>(length, 256 * 1024), '\0');
-            FillPattern(seed, offset, buf.data(), buf.size());
-            return sink.write(buf.data(), buf.size());
-          });
-    });
+    s.Get("/download", ServePatternDownload);
     svc_.Start();
   }
 

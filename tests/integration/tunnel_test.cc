@@ -78,17 +78,7 @@ class TunnelTest : public ::testing::Test {
     s.Post("/echo", [](const httplib::Request& req, httplib::Response& res) {
       res.set_content(req.body, "application/octet-stream");
     });
-    s.Get("/download", [](const httplib::Request& req, httplib::Response& res) {
-      uint64_t size = std::stoull(req.get_param_value("size"));
-      uint64_t seed = std::stoull(req.get_param_value("seed"));
-      res.set_content_provider(
-          size, "application/octet-stream",
-          [seed](size_t offset, size_t length, httplib::DataSink& sink) {
-            std::string buf(std::min<size_t>(length, 256 * 1024), '\0');
-            FillPattern(seed, offset, buf.data(), buf.size());
-            return sink.write(buf.data(), buf.size());
-          });
-    });
+    s.Get("/download", ServePatternDownload);
     s.Get("/download-chunked",
           [](const httplib::Request& req, httplib::Response& res) {
             uint64_t size = std::stoull(req.get_param_value("size"));
