@@ -13,6 +13,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/attempt_limiter.h"
 #include "tunnel/v1/tunnel.pb.h"
 
 namespace tunnel::httpfront {
@@ -41,29 +42,8 @@ class AccessCookieSigner {
   const std::string key_;
 };
 
-// Wrong codes per key (client IP and slug) in fixed one-minute windows.
-// Memory is bounded: at `capacity` keys, expired windows are dropped first,
-// then the oldest. Thread-safe.
-class AttemptLimiter {
- public:
-  AttemptLimiter(int per_minute, size_t capacity = 10000);
-  // Zero if `key` may try a code now, else how long until it may.
-  absl::Duration Blocked(const std::string& key, absl::Time now);
-  // Records one wrong code.
-  void Failed(const std::string& key, absl::Time now);
-  size_t size() const;
-
- private:
-  struct Window {
-    absl::Time start;
-    int failures = 0;
-  };
-  void EvictLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  const int per_minute_;
-  const size_t capacity_;
-  mutable absl::Mutex mu_;
-  absl::flat_hash_map<std::string, Window> windows_ ABSL_GUARDED_BY(mu_);
-};
+// Wrong codes per (client IP, slug) key: the shared limiter in common.
+using common::AttemptLimiter;
 
 // Removes every `name` parameter from the query of `target`; `*value` gets
 // the last one's value (percent-decoded, '+' as space). False if there was
