@@ -54,6 +54,10 @@ absl::Status FromConnectError(const ConnectError& e) {
     case ConnectError::REPLACED:
       return absl::FailedPreconditionError(
           absl::StrCat("this agent was replaced: ", e.message()));
+    case ConnectError::CREDENTIALS_REVOKED:
+      return absl::UnauthenticatedError(
+          absl::StrCat("the gateway closed the session: ", e.message(),
+                       "; issue a new token with `tunnelctl token issue`"));
     default:
       return absl::UnavailableError(msg);
   }
@@ -873,6 +877,22 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
     if (st.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
       return absl::UnauthenticatedError(absl::StrCat(
           "the gateway refused the credentials: ", st.error_message()));
+    }
+    if (st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+      // Too many failed authentications from this address: wait as told.
+      const auto& trailers = ctx.GetServerTrailingMetadata();
+      if (auto it = trailers.find(common::kAuthRetryAfterKey);
+          it != trailers.end()) {
+        int64_t ms = 0;
+        if (absl::SimpleAtoi(
+                absl::string_view(it->second.data(), it->second.size()), &ms) &&
+            ms > 0) {
+          *retry_after = absl::Milliseconds(ms);
+        }
+      }
+      return absl::UnavailableError(
+          absl::StrCat("the gateway is refusing this address for now: ",
+                       st.error_message()));
     }
     if (got) {
       return absl::UnavailableError(

@@ -290,4 +290,32 @@ std::vector<std::string> CredentialStore::AgentIds() const {
   return std::vector<std::string>(ids.begin(), ids.end());
 }
 
+size_t CredentialStore::LiveTokenCount() const {
+  absl::MutexLock lock(&mu_);
+  size_t n = 0;
+  for (const tunnel::v1::Credential& c : file_.credentials()) {
+    if (!c.revoked()) ++n;
+  }
+  return n;
+}
+
+absl::Status CredentialStore::CheckLive(absl::string_view token_id,
+                                        absl::string_view agent_id) const {
+  std::optional<tunnel::v1::Credential> c = Find(token_id);
+  std::string token = absl::StrCat("token ", absl::CHexEscape(token_id));
+  if (!c.has_value()) {
+    return absl::UnauthenticatedError(
+        absl::StrCat(token, " was removed from the credentials"));
+  }
+  if (c->revoked()) {
+    return absl::UnauthenticatedError(absl::StrCat(token, " was revoked"));
+  }
+  if (c->agent_id() != agent_id) {
+    return absl::UnauthenticatedError(absl::StrCat(
+        token, " now belongs to agent ", absl::CHexEscape(c->agent_id()),
+        ", not ", absl::CHexEscape(agent_id)));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace tunnel::common

@@ -52,6 +52,13 @@ class CredentialStore {
   std::optional<tunnel::v1::Credential> Find(absl::string_view token_id) const;
   // Agent ids with at least one live token (their default slugs are "known").
   std::vector<std::string> AgentIds() const;
+  // Tokens that are not revoked.
+  size_t LiveTokenCount() const;
+  // OK while `token_id` is in the store, not revoked and still belongs to
+  // `agent_id`; else UNAUTHENTICATED saying which (for sessions that
+  // authenticated before a reload). Never names a secret.
+  absl::Status CheckLive(absl::string_view token_id,
+                         absl::string_view agent_id) const;
 
  private:
   mutable absl::Mutex mu_;

@@ -36,6 +36,9 @@ inline constexpr char kAuthTimestampKey[] = "x-tunnel-timestamp";
 inline constexpr char kAuthNonceKey[] = "x-tunnel-nonce";
 inline constexpr char kAuthSignatureKey[] = "x-tunnel-signature";
 inline constexpr char kAuthVersionPrefix[] = "tunnel-auth-v1";
+// Trailing metadata of a Connect refused RESOURCE_EXHAUSTED for too many
+// failed authentications: milliseconds until the source may try again.
+inline constexpr char kAuthRetryAfterKey[] = "x-tunnel-retry-after-ms";
 
 // Raw HMAC-SHA256 (OpenSSL). Returns the 32-byte MAC.
 std::string HmacSha256(absl::string_view key, absl::string_view message);
@@ -87,6 +90,8 @@ class AuthVerifier {
   // `metadata` maps lowercase keys to values (first value per key).
   AuthResult Verify(const std::map<std::string, std::string>& metadata,
                     absl::Time now);
+
+  const CredentialStore* store() const { return store_; }
 
  private:
   const CredentialStore* store_;

@@ -59,6 +59,30 @@ CoreMetrics::CoreMetrics(common::MetricsRegistry* registry) {
                           ->AddCounter("tunnel_agent_disconnects_total",
                                        "Accepted agent sessions that ended.")
                           ->WithLabels({});
+  auth_rate_limited =
+      registry
+          ->AddCounter("tunnel_agent_auth_rate_limited_total",
+                       "Agent Connect calls refused unchecked because their "
+                       "source IP failed authentication more than "
+                       "--auth-failures-per-minute times this minute.")
+          ->WithLabels({});
+  sessions_revoked =
+      registry
+          ->AddCounter("tunnel_agent_sessions_revoked_total",
+                       "Live agent sessions closed because a credentials "
+                       "reload revoked or removed their token.")
+          ->WithLabels({});
+  common::CounterFamily* reloads = registry->AddCounter(
+      "tunnel_credentials_reloads_total",
+      "Reloads of the credentials file (SIGHUP or the admin API), by result; "
+      "a failed reload keeps the credentials in force.",
+      {"result"});
+  credential_reloads_ok = reloads->WithLabels({"ok"});
+  credential_reloads_failed = reloads->WithLabels({"error"});
+  live_tokens = registry
+                    ->AddGauge("tunnel_credentials_live_tokens",
+                               "Tokens in force (not revoked).")
+                    ->WithLabels({});
 }
 
 common::Counter* CoreMetrics::auth_failure(common::AuthFailure why) const {

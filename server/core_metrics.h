@@ -35,6 +35,16 @@ struct CoreMetrics {
   common::Counter* max_streams_rejections;
   common::Counter* agent_connects;
   common::Counter* agent_disconnects;
+  // Connect calls refused before the HMAC check: their source IP failed
+  // authentication too often (--auth-failures-per-minute).
+  common::Counter* auth_rate_limited;
+  // Live sessions closed because a reload revoked or removed their token.
+  common::Counter* sessions_revoked;
+  // Credentials reloads (SIGHUP, admin API) that took effect / were refused.
+  common::Counter* credential_reloads_ok;
+  common::Counter* credential_reloads_failed;
+  // Tokens not revoked in the credentials in force.
+  common::Gauge* live_tokens;
 
  private:
   static constexpr int kAuthFailures =

@@ -21,6 +21,20 @@ namespace {
 #endif
 constexpr char kVersion[] = TUNNEL_VERSION;
 
+// Every agent's secret is in the credentials file: say so when others may
+// read it (a warning, not a refusal: the file is ours to read either way).
+void WarnIfOthersMayRead(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0 &&
+      (st.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+    TUNNEL_LOG(WARNING) << "credentials file " << path
+                        << " is accessible to group or others (mode 0"
+                        << std::oct << (st.st_mode & 0777) << std::dec
+                        << "); it holds every agent's secret: chmod 600 "
+                        << path;
+  }
+}
+
 }  // namespace
 
 absl::Status SplitHostPort(absl::string_view addr, std::string* host,
@@ -61,17 +75,7 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
         common::LoadCredentialsFile(o.credentials_path);
     if (!loaded.ok()) return loaded.status();
     creds = *std::move(loaded);
-    // Every agent's secret is in it: say so when others may read it (a
-    // warning, not a refusal: the file is ours to read either way).
-    struct stat st;
-    if (::stat(o.credentials_path.c_str(), &st) == 0 &&
-        (st.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
-      TUNNEL_LOG(WARNING) << "credentials file " << o.credentials_path
-                          << " is accessible to group or others (mode 0"
-                          << std::oct << (st.st_mode & 0777) << std::dec
-                          << "); it holds every agent's secret: chmod 600 "
-                          << o.credentials_path;
-    }
+    WarnIfOthersMayRead(o.credentials_path);
   }
   std::optional<std::string> admin_token = o.admin_token;
   if (!admin_token.has_value() && !o.admin_token_file.empty()) {
@@ -80,6 +84,8 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
     admin_token = *std::move(t);
   }
   gw->credentials_.Replace(creds);
+  gw->core_metrics_.live_tokens->Set(
+      static_cast<int64_t>(gw->credentials_.LiveTokenCount()));
   gw->registry_.ReserveAgentSlugs(gw->credentials_.AgentIds());
   gw->verifier_ =
       std::make_unique<common::AuthVerifier>(&gw->credentials_, o.auth_skew);
@@ -222,6 +228,54 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
   }
   gw->heartbeats_ = std::thread([g = gw.get()] { g->HeartbeatLoop(); });
   return gw;
+}
+
+absl::StatusOr<Gateway::ReloadResult> Gateway::ReloadCredentials() {
+  if (options_.credentials.has_value()) {
+    return absl::FailedPreconditionError(
+        "the credentials were given in memory, not as a file; nothing to "
+        "reload");
+  }
+  absl::MutexLock lock(&reload_mu_);
+  absl::StatusOr<tunnel::v1::CredentialsFile> loaded =
+      common::LoadCredentialsFile(options_.credentials_path);
+  if (!loaded.ok()) {
+    core_metrics_.credential_reloads_failed->Increment();
+    // The message names the file (and line:column for syntax errors) and
+    // never a secret (common/credentials.h).
+    common::LogEvent(common::LogLevel::kError, "credentials_reload_failed")
+        .Str("file", options_.credentials_path)
+        .Str("error", loaded.status().message())
+        .Str("kept", "the credentials in force stay unchanged");
+    return loaded.status();
+  }
+  WarnIfOthersMayRead(options_.credentials_path);
+  return ApplyCredentialsLocked(*loaded);
+}
+
+Gateway::ReloadResult Gateway::ApplyCredentials(
+    const tunnel::v1::CredentialsFile& file) {
+  absl::MutexLock lock(&reload_mu_);
+  return ApplyCredentialsLocked(file);
+}
+
+Gateway::ReloadResult Gateway::ApplyCredentialsLocked(
+    const tunnel::v1::CredentialsFile& file) {
+  // Store first, sweep second: a Connect that registers after the sweep
+  // checks its token against the new store (TunnelServiceImpl).
+  credentials_.Replace(file);
+  registry_.ReserveAgentSlugs(credentials_.AgentIds());
+  ReloadResult r;
+  r.live_tokens = credentials_.LiveTokenCount();
+  core_metrics_.live_tokens->Set(static_cast<int64_t>(r.live_tokens));
+  r.sessions_closed = service_->CloseSessionsWithoutLiveToken();
+  core_metrics_.credential_reloads_ok->Increment();
+  common::LogEvent(common::LogLevel::kInfo, "credentials_reloaded")
+      .Str("file", options_.credentials.has_value() ? std::string("(in memory)")
+                                                    : options_.credentials_path)
+      .Int("live_tokens", static_cast<int64_t>(r.live_tokens))
+      .Int("sessions_closed", static_cast<int64_t>(r.sessions_closed));
+  return r;
 }
 
 void Gateway::HeartbeatLoop() {

@@ -12,7 +12,9 @@
 #include <string>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "common/credentials.h"
@@ -98,6 +100,21 @@ class Gateway {
   SessionRegistry& registry() { return registry_; }
   common::MetricsRegistry& metrics() { return metrics_; }
 
+  // What a credentials reload did.
+  struct ReloadResult {
+    size_t live_tokens = 0;      // tokens in force now
+    size_t sessions_closed = 0;  // live sessions whose token is gone
+  };
+  // Re-reads the credentials file (SIGHUP, the admin API). Sessions whose
+  // token is still in force keep running untouched; the others are closed
+  // with the reason. A file that cannot be read or parsed changes nothing:
+  // the error (naming file and line) is logged, counted and returned.
+  // FAILED_PRECONDITION when the credentials were given in memory. Reloads
+  // are serialized; any thread.
+  absl::StatusOr<ReloadResult> ReloadCredentials();
+  // The same with credentials in memory (tests, and the path above).
+  ReloadResult ApplyCredentials(const tunnel::v1::CredentialsFile& file);
+
   // Graceful stop, first half: gRPC health turns NOT_SERVING, new visitor
   // requests get 503 + Retry-After, agents get GoAway, and requests in flight
   // may finish. Returns when none is left or at `timeout`; true if all
@@ -115,6 +132,7 @@ class Gateway {
   common::MetricsRegistry metrics_;
   CoreMetrics core_metrics_{&metrics_};
   common::CredentialStore credentials_;
+  absl::Mutex reload_mu_;  // one reload at a time
   std::unique_ptr<common::AuthVerifier> verifier_;
   SessionRegistry registry_;
   std::unique_ptr<TunnelServiceImpl> service_;
@@ -125,6 +143,8 @@ class Gateway {
   std::unique_ptr<grpc::Server> admin_server_;
   std::atomic<bool> draining_{false};
   void HeartbeatLoop();
+  ReloadResult ApplyCredentialsLocked(const tunnel::v1::CredentialsFile& file)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(reload_mu_);
 
   absl::Notification stop_heartbeats_;
   std::thread heartbeats_;

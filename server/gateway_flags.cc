@@ -20,6 +20,8 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
   v->workers = o.front.workers;
   v->public_port = o.public_port;
   v->access_code_attempts = o.front.access_code_attempts_per_minute;
+  v->auth_failures = o.service.auth_failures_per_minute;
+  v->auth_failure_ips = static_cast<int64_t>(o.service.auth_failure_max_ips);
 
   flags->String("config", &v->config,
                 "config file (tunnel.v1.GatewayConfig, text format or .json); "
@@ -46,6 +48,13 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
                   "abort a request or response body that stalls this long");
   flags->Duration("auth-skew", &o.auth_skew,
                   "accepted clock difference between agent and gateway");
+  flags->Int("auth-failures-per-minute", &v->auth_failures,
+             "failed agent authentications one source IP (IPv6: /64) may "
+             "have per minute; beyond, its Connect calls are refused "
+             "unchecked until the minute is over (0: no limit)");
+  flags->Int("auth-failure-max-ips", &v->auth_failure_ips,
+             "source IPs remembered for --auth-failures-per-minute (memory "
+             "bound; expired, then oldest entries are dropped)");
   flags->Int("stream-window", &v->stream_window,
              "per-stream flow-control window in bytes (>= 65536)");
   flags->Int("max-streams-per-agent", &v->max_streams,
@@ -145,6 +154,14 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
     return absl::InvalidArgumentError(
         "--access-code-attempts-per-minute must be at least 1");
   }
+  if (v->auth_failures < 0 || v->auth_failures > 1000000) {
+    return absl::InvalidArgumentError(
+        "--auth-failures-per-minute must be between 0 (no limit) and 1000000");
+  }
+  if (v->auth_failure_ips < 1) {
+    return absl::InvalidArgumentError(
+        "--auth-failure-max-ips must be at least 1");
+  }
   if (v->options.front.access_cookie_ttl < absl::Seconds(1)) {
     return absl::InvalidArgumentError(
         "--access-cookie-ttl must be at least 1s");
@@ -175,6 +192,8 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
   o.public_port = static_cast<int>(v->public_port);
   o.front.access_code_attempts_per_minute =
       static_cast<int>(v->access_code_attempts);
+  o.service.auth_failures_per_minute = static_cast<int>(v->auth_failures);
+  o.service.auth_failure_max_ips = static_cast<size_t>(v->auth_failure_ips);
   return absl::OkStatus();
 }
 

@@ -25,6 +25,8 @@ struct GatewayFlags {
   int64_t workers = 0;
   int64_t public_port = 0;
   int64_t access_code_attempts = 0;
+  int64_t auth_failures = 0;
+  int64_t auth_failure_ips = 0;
   bool insecure = false;  // --insecure: plaintext on both listeners
   std::string log_level = "info";
   std::string log_format = "text";

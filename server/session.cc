@@ -105,11 +105,12 @@ class GatewayStream : public TunnelStream {
   bool cancelled_ = false;
 };
 
-Session::Session(std::string session_id, std::string agent_id, std::string peer,
-                 SessionLimits limits, EnvelopeWriter* writer,
-                 const CoreMetrics* metrics)
+Session::Session(std::string session_id, std::string agent_id,
+                 std::string token_id, std::string peer, SessionLimits limits,
+                 EnvelopeWriter* writer, const CoreMetrics* metrics)
     : session_id_(std::move(session_id)),
       agent_id_(std::move(agent_id)),
+      token_id_(std::move(token_id)),
       peer_(std::move(peer)),
       limits_(limits),
       writer_(writer),

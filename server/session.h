@@ -80,14 +80,16 @@ struct SessionStats {
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  // `metrics` must outlive the session.
-  Session(std::string session_id, std::string agent_id, std::string peer,
-          SessionLimits limits, EnvelopeWriter* writer,
+  // `metrics` must outlive the session. `token_id` is the credential the
+  // agent authenticated with (a reload that revokes it closes the session).
+  Session(std::string session_id, std::string agent_id, std::string token_id,
+          std::string peer, SessionLimits limits, EnvelopeWriter* writer,
           const CoreMetrics* metrics);
   ~Session();
 
   const std::string& id() const { return session_id_; }
   const std::string& agent_id() const { return agent_id_; }
+  const std::string& token_id() const { return token_id_; }
   const std::string& peer() const { return peer_; }
 
   // Handshake only, before the session is registered (no stream exists yet):
@@ -155,6 +157,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   const std::string session_id_;
   const std::string agent_id_;
+  const std::string token_id_;
   const std::string peer_;
   SessionLimits limits_;  // fixed once the session is registered
   EnvelopeWriter* const writer_;

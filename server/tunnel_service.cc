@@ -1,5 +1,9 @@
 #include "server/tunnel_service.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <cstring>
 #include <map>
 #include <memory>
 #include <optional>
@@ -9,6 +13,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "common/access_code.h"
 #include "common/log.h"
@@ -20,6 +25,17 @@ namespace tunnel::server {
 using tunnel::v1::ConnectError;
 using tunnel::v1::Envelope;
 
+namespace {
+
+int HexDigit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+}  // namespace
+
 // One agent's Connect call. gRPC owns it: it deletes itself in OnDone. The
 // Session (shared with front-door workers) outlives it when needed; all
 // writes go through the Session so there is one outstanding write at most.
@@ -30,15 +46,40 @@ class AgentConnection final
   AgentConnection(TunnelServiceImpl* service,
                   grpc::CallbackServerContext* context)
       : service_(service), peer_(context->peer()) {
+    // A source that keeps failing is refused before any HMAC work, so a
+    // flood of bad calls costs a map lookup each.
+    const absl::Time now = absl::Now();
+    const std::string limit_key = AuthLimitKey(peer_);
+    if (common::AttemptLimiter* limiter = service_->auth_limiter_.get();
+        limiter != nullptr) {
+      if (absl::Duration wait = limiter->Blocked(limit_key, now);
+          wait > absl::ZeroDuration()) {
+        service_->metrics_->auth_rate_limited->Increment();
+        // Not logged per call: that would let a flood fill the log.
+        int64_t wait_ms =
+            absl::ToInt64Milliseconds(absl::Ceil(wait, absl::Seconds(1)));
+        context->AddTrailingMetadata(common::kAuthRetryAfterKey,
+                                     absl::StrCat(wait_ms));
+        Finish(grpc::Status(
+            grpc::StatusCode::RESOURCE_EXHAUSTED,
+            absl::StrCat("too many failed authentications from ", limit_key,
+                         " (limit ",
+                         service_->options_.auth_failures_per_minute,
+                         " per minute); retry in ", wait_ms / 1000, "s")));
+        return;
+      }
+    }
     std::map<std::string, std::string> metadata;
     for (const auto& [key, value] : context->client_metadata()) {
       metadata.emplace(std::string(key.data(), key.size()),
                        std::string(value.data(), value.size()));
     }
-    common::AuthResult auth =
-        service_->verifier_->Verify(metadata, absl::Now());
+    common::AuthResult auth = service_->verifier_->Verify(metadata, now);
     if (!auth.ok) {
       ++service_->auth_failures_;
+      if (service_->auth_limiter_ != nullptr) {
+        service_->auth_limiter_->Failed(limit_key, now);
+      }
       service_->metrics_->auth_failure(auth.failure)->Increment();
       // auth.message never contains a secret (hmac_auth.h).
       common::LogEvent(common::LogLevel::kWarning, "agent_auth_failed")
@@ -48,9 +89,9 @@ class AgentConnection final
       Finish(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, auth.message));
       return;
     }
-    session_ = std::make_shared<Session>(common::RandomHex(8), auth.agent_id,
-                                         peer_, service_->options_.limits, this,
-                                         service_->metrics_);
+    session_ = std::make_shared<Session>(
+        common::RandomHex(8), auth.agent_id, auth.token_id, peer_,
+        service_->options_.limits, this, service_->metrics_);
     StartRead(&in_);
   }
 
@@ -212,6 +253,14 @@ class AgentConnection final
       return;
     }
     registered_ = true;
+    // A reload may have revoked the token after Verify and before Register;
+    // its sweep ran before this session was registered, so look again.
+    if (absl::Status live = service_->verifier_->store()->CheckLive(
+            session_->token_id(), session_->agent_id());
+        !live.ok()) {
+      service_->CloseRevoked(session_, live);
+      return;
+    }
     service_->metrics_->agent_connects->Increment();
     if (replaced != nullptr) {
       TUNNEL_LOG(INFO) << "agent " << session_->agent_id()
@@ -247,6 +296,7 @@ class AgentConnection final
     common::LogEvent(common::LogLevel::kInfo, "agent_connected")
         .Str("agent_id", session_->agent_id())
         .Str("session", session_->id())
+        .Str("token", session_->token_id())
         .Str("peer", peer_)
         .Str("tunnels", absl::StrJoin(slugs, ","))
         .Str("access", access.has_value() ? "code" : "public");
@@ -259,6 +309,41 @@ class AgentConnection final
   bool registered_ = false;
   absl::Time connected_at_;
 };
+
+std::string AuthLimitKey(absl::string_view peer) {
+  if (absl::ConsumePrefix(&peer, "ipv4:")) {
+    return std::string(peer.substr(0, peer.rfind(':')));
+  }
+  if (absl::ConsumePrefix(&peer, "ipv6:")) {
+    // gRPC percent-encodes the brackets: "ipv6:%5B::1%5D:443".
+    std::string decoded;
+    for (size_t i = 0; i < peer.size(); ++i) {
+      int hi, lo;
+      if (peer[i] == '%' && i + 2 < peer.size() &&
+          (hi = HexDigit(peer[i + 1])) >= 0 &&
+          (lo = HexDigit(peer[i + 2])) >= 0) {
+        decoded.push_back(static_cast<char>(hi * 16 + lo));
+        i += 2;
+      } else {
+        decoded.push_back(peer[i]);
+      }
+    }
+    absl::string_view addr = decoded;
+    if (absl::ConsumePrefix(&addr, "[")) addr = addr.substr(0, addr.find(']'));
+    // Zone ids ("fe80::1%eth0") are not for inet_pton.
+    addr = addr.substr(0, addr.find('%'));
+    in6_addr a;
+    if (inet_pton(AF_INET6, std::string(addr).c_str(), &a) == 1) {
+      char text[INET6_ADDRSTRLEN];
+      if (IN6_IS_ADDR_V4MAPPED(&a)) {
+        return inet_ntop(AF_INET, &a.s6_addr[12], text, sizeof(text));
+      }
+      std::memset(&a.s6_addr[8], 0, 8);
+      return absl::StrCat(inet_ntop(AF_INET6, &a, text, sizeof(text)), "/64");
+    }
+  }
+  return std::string(peer);
+}
 
 SessionTunnel PublicTunnel(const TunnelServiceOptions& options,
                            absl::string_view name, absl::string_view slug) {
@@ -281,7 +366,46 @@ TunnelServiceImpl::TunnelServiceImpl(TunnelServiceOptions options,
     : options_(std::move(options)),
       registry_(registry),
       verifier_(verifier),
-      metrics_(metrics) {}
+      metrics_(metrics) {
+  if (options_.auth_failures_per_minute > 0) {
+    auth_limiter_ = std::make_unique<common::AttemptLimiter>(
+        options_.auth_failures_per_minute, options_.auth_failure_max_ips);
+  }
+}
+
+void TunnelServiceImpl::CloseRevoked(const std::shared_ptr<Session>& session,
+                                     const absl::Status& why) {
+  metrics_->sessions_revoked->Increment();
+  common::LogEvent(common::LogLevel::kWarning, "agent_token_revoked")
+      .Str("agent_id", session->agent_id())
+      .Str("session", session->id())
+      .Str("token", session->token_id())
+      .Str("peer", session->peer())
+      .Str("reason", why.message());
+  const std::string message =
+      absl::StrCat(why.message(), "; the session of agent ",
+                   session->agent_id(), " is closed");
+  Envelope bye;
+  auto* err = bye.mutable_connect_error();
+  err->set_code(ConnectError::CREDENTIALS_REVOKED);
+  err->set_message(message);
+  session->Send(std::move(bye));
+  session->Close(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, message),
+                 /*drain=*/true);
+}
+
+size_t TunnelServiceImpl::CloseSessionsWithoutLiveToken() {
+  size_t closed = 0;
+  for (const std::shared_ptr<Session>& s : registry_->Sessions()) {
+    if (absl::Status live =
+            verifier_->store()->CheckLive(s->token_id(), s->agent_id());
+        !live.ok()) {
+      CloseRevoked(s, live);
+      ++closed;
+    }
+  }
+  return closed;
+}
 
 grpc::ServerBidiReactor<Envelope, Envelope>* TunnelServiceImpl::Connect(
     grpc::CallbackServerContext* context) {

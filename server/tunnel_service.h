@@ -6,9 +6,12 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "common/attempt_limiter.h"
 #include "common/hmac_auth.h"
 #include "server/core_metrics.h"
 #include "server/session.h"
@@ -30,7 +33,19 @@ struct TunnelServiceOptions {
   absl::Duration busy_retry_after = absl::Seconds(5);
   // How often the gateway pings each agent (told to agents at connect).
   absl::Duration heartbeat_interval = absl::Seconds(10);
+  // Failed authentications one source IP (IPv6: its /64) may have per
+  // minute; beyond, its Connect calls are refused RESOURCE_EXHAUSTED without
+  // the HMAC work until the minute is over. 0: no limit.
+  int auth_failures_per_minute = 10;
+  // Source IPs remembered for that limit (expired, then oldest, go first).
+  size_t auth_failure_max_ips = 10000;
 };
+
+// The key the auth-failure limit counts under, from a gRPC peer string:
+// "ipv4:1.2.3.4:5" -> "1.2.3.4"; "ipv6:[2001:db8:1:2::9]:5" -> the /64,
+// "2001:db8:1:2::/64" (one host usually holds a whole /64); an IPv4-mapped
+// IPv6 address counts as its IPv4 address; anything else is used whole.
+std::string AuthLimitKey(absl::string_view peer);
 
 // The public URLs of a tunnel under these options.
 SessionTunnel PublicTunnel(const TunnelServiceOptions& options,
@@ -52,13 +67,23 @@ class TunnelServiceImpl final
 
   uint64_t auth_failures() const { return auth_failures_; }
 
+  // After the credentials changed: closes every live session whose token is
+  // no longer in force (revoked, removed, or moved to another agent id),
+  // telling its agent why (ConnectError CREDENTIALS_REVOKED, then the call
+  // ends UNAUTHENTICATED). Returns how many it closed. Any thread.
+  size_t CloseSessionsWithoutLiveToken();
+
  private:
   friend class AgentConnection;
+  void CloseRevoked(const std::shared_ptr<Session>& session,
+                    const absl::Status& why);
   TunnelServiceOptions options_;
   SessionRegistry* const registry_;
   common::AuthVerifier* const verifier_;
   const CoreMetrics* const metrics_;
   std::atomic<uint64_t> auth_failures_{0};
+  // Null when auth_failures_per_minute is 0.
+  std::unique_ptr<common::AttemptLimiter> auth_limiter_;
 };
 
 }  // namespace tunnel::server

@@ -1,0 +1,393 @@
+// Credentials at run time, with the real gateway, agents and a local service
+// on loopback: rotation with overlap (several live tokens per agent id), a
+// reload of the credentials file that leaves healthy sessions alone and
+// closes those whose token was revoked, a malformed file on reload, and the
+// per-source limit on failed authentications under a flood of bad Connect
+// calls.
+#include "common/credentials.h"
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "common/hmac_auth.h"
+#include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "tests/testing/tunnel_harness.h"
+#include "tunnel/v1/tunnel.grpc.pb.h"
+
+namespace tunnel::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+// The value of one series (`name{labels}` exactly as rendered), or -1.
+double Metric(server::Gateway& gw, absl::string_view series) {
+  for (absl::string_view line : absl::StrSplit(gw.metrics().Render(), '\n')) {
+    if (absl::ConsumePrefix(&line, series) && absl::ConsumePrefix(&line, " ")) {
+      double v;
+      if (absl::SimpleAtod(line, &v)) return v;
+    }
+  }
+  return -1;
+}
+
+// A fresh file under the test's temp dir.
+std::string TempPath(absl::string_view name) {
+  static int n = 0;
+  std::string path = absl::StrCat(::testing::TempDir(), "/creds_", getpid(),
+                                  "_", ++n, "_", name);
+  std::remove(path.c_str());
+  return path;
+}
+
+class CredentialsTest : public ::testing::Test {
+ protected:
+  CredentialsTest() : harness_({"cam-01", "cam-02"}) {}
+
+  void SetUp() override {
+    service_.server().Get("/",
+                          [](const httplib::Request&, httplib::Response& res) {
+                            res.set_content("hello", "text/plain");
+                          });
+    service_.server().Get(
+        "/slow", [this](const httplib::Request&, httplib::Response& res) {
+          slow_entered_.Notify();
+          slow_release_.WaitForNotificationWithTimeout(absl::Seconds(30));
+          res.set_content("slow but fine", "text/plain");
+        });
+    service_.Start();
+  }
+
+  // The gateway reads its credentials from a file (so it can reload them).
+  void StartGatewayWithFile(
+      std::function<void(server::GatewayOptions&)> more = nullptr) {
+    file_ = harness_.credentials();
+    path_ = TempPath("credentials.txtpb");
+    ASSERT_TRUE(common::SaveCredentialsFile(path_, file_).ok());
+    harness_.StartGateway([this, more](server::GatewayOptions& o) {
+      o.credentials.reset();
+      o.credentials_path = path_;
+      if (more) more(o);
+    });
+  }
+
+  // Adds a new token for `agent_id` to the file; returns it.
+  tunnel::v1::Credential IssueToken(const std::string& agent_id) {
+    absl::StatusOr<tunnel::v1::Credential> c =
+        common::IssueCredential(agent_id, absl::Now());
+    EXPECT_TRUE(c.ok()) << c.status();
+    *file_.add_credentials() = *c;
+    EXPECT_TRUE(common::SaveCredentialsFile(path_, file_).ok());
+    return *c;
+  }
+
+  void Revoke(const std::string& token_id) {
+    for (auto& c : *file_.mutable_credentials()) {
+      if (c.token_id() == token_id) c.set_revoked(true);
+    }
+    ASSERT_TRUE(common::SaveCredentialsFile(path_, file_).ok());
+  }
+
+  std::string TokenOf(const std::string& agent_id) const {
+    for (const auto& c : harness_.credentials().credentials()) {
+      if (c.agent_id() == agent_id) return c.token_id();
+    }
+    return "";
+  }
+
+  agent::AgentOptions WithToken(const std::string& agent_id,
+                                const tunnel::v1::Credential& c) {
+    agent::AgentOptions o =
+        harness_.AgentOptionsFor(agent_id, {service_.url()});
+    o.token_id = c.token_id();
+    o.secret = c.secret();
+    return o;
+  }
+
+  // One visitor GET through the tunnel of `slug`: status and body.
+  std::pair<int, std::string> Get(const std::string& slug,
+                                  const std::string& rest = "/") {
+    auto res = harness_.Visitor()->Get(TunnelHarness::Path(slug, rest));
+    if (!res) return {-1, ""};
+    return {res->status, res->body};
+  }
+
+  TunnelHarness harness_;
+  LocalService service_;
+  absl::Notification slow_entered_;
+  absl::Notification slow_release_;
+  std::string path_;
+  tunnel::v1::CredentialsFile file_;
+};
+
+TEST_F(CredentialsTest,
+       ReloadKeepsHealthySessionsAndRevocationClosesOnlyItsOwn) {
+  StartGatewayWithFile();
+  server::Gateway& gw = harness_.gateway();
+  RunningAgent* a = harness_.StartAgent("cam-01", {service_.url()});
+  RunningAgent* b = harness_.StartAgent("cam-02", {service_.url()});
+  const std::string b_session = gw.registry().FindByAgent("cam-02")->id();
+
+  // A request in flight through cam-01 while the file is reloaded with a
+  // second token for cam-01 (rotation with overlap).
+  std::pair<int, std::string> slow;
+  std::thread visitor([&] { slow = Get("cam-01", "/slow"); });
+  ASSERT_TRUE(slow_entered_.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  tunnel::v1::Credential second = IssueToken("cam-01");
+  absl::StatusOr<server::Gateway::ReloadResult> r = gw.ReloadCredentials();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->live_tokens, 3u);
+  EXPECT_EQ(r->sessions_closed, 0u);
+  slow_release_.Notify();
+  visitor.join();
+  EXPECT_EQ(slow, std::make_pair(200, std::string("slow but fine")));
+  EXPECT_EQ(Get("cam-01"), std::make_pair(200, std::string("hello")));
+  EXPECT_EQ(a->agent().sessions_started(), 1u) << "the reload cut cam-01";
+
+  // Revoking cam-01's first token closes the session that used it, with the
+  // reason; the agent stops (a revoked token is permanent).
+  Revoke(TokenOf("cam-01"));
+  r = gw.ReloadCredentials();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->live_tokens, 2u);
+  EXPECT_EQ(r->sessions_closed, 1u);
+  absl::Status end = a->WaitForExit(absl::Seconds(20));
+  EXPECT_EQ(end.code(), absl::StatusCode::kUnauthenticated) << end;
+  EXPECT_THAT(end.message(), HasSubstr(absl::StrCat("token ", TokenOf("cam-01"),
+                                                    " was revoked")));
+  // cam-02 never noticed: same session, still serving.
+  ASSERT_NE(gw.registry().FindByAgent("cam-02"), nullptr);
+  EXPECT_EQ(gw.registry().FindByAgent("cam-02")->id(), b_session);
+  EXPECT_EQ(b->agent().sessions_started(), 1u);
+  EXPECT_EQ(Get("cam-02"), std::make_pair(200, std::string("hello")));
+
+  // The second token is in force: an agent with it connects and serves.
+  harness_.StartAgent(WithToken("cam-01", second));
+  EXPECT_EQ(Get("cam-01"), std::make_pair(200, std::string("hello")));
+  EXPECT_EQ(gw.registry().FindByAgent("cam-01")->token_id(), second.token_id());
+
+  EXPECT_EQ(Metric(gw, "tunnel_agent_sessions_revoked_total"), 1);
+  EXPECT_EQ(Metric(gw, "tunnel_credentials_reloads_total{result=\"ok\"}"), 2);
+  EXPECT_EQ(Metric(gw, "tunnel_credentials_live_tokens"), 2);
+}
+
+TEST_F(CredentialsTest, NewTokenTakesOverThenRevokingTheOldOneClosesNothing) {
+  StartGatewayWithFile();
+  server::Gateway& gw = harness_.gateway();
+  RunningAgent* old_agent = harness_.StartAgent("cam-01", {service_.url()});
+  tunnel::v1::Credential second = IssueToken("cam-01");
+  ASSERT_TRUE(gw.ReloadCredentials().ok());
+
+  // The agent restarted with the new token replaces the old session.
+  RunningAgent* new_agent = harness_.StartAgent(WithToken("cam-01", second));
+  EXPECT_EQ(old_agent->WaitForExit(absl::Seconds(20)).code(),
+            absl::StatusCode::kFailedPrecondition);
+  Revoke(TokenOf("cam-01"));
+  absl::StatusOr<server::Gateway::ReloadResult> r = gw.ReloadCredentials();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->sessions_closed, 0u);
+  EXPECT_EQ(Get("cam-01"), std::make_pair(200, std::string("hello")));
+  EXPECT_EQ(new_agent->agent().sessions_started(), 1u);
+}
+
+TEST_F(CredentialsTest, RemovedTokenAndTokenGivenToAnotherAgentCloseSessions) {
+  StartGatewayWithFile();
+  server::Gateway& gw = harness_.gateway();
+  RunningAgent* a = harness_.StartAgent("cam-01", {service_.url()});
+  RunningAgent* b = harness_.StartAgent("cam-02", {service_.url()});
+  const std::string a_token = TokenOf("cam-01");
+  const std::string b_token = TokenOf("cam-02");
+  tunnel::v1::CredentialsFile edited;
+  for (const auto& c : file_.credentials()) {
+    if (c.token_id() == a_token) continue;  // removed
+    tunnel::v1::Credential* kept = edited.add_credentials();
+    *kept = c;
+    if (c.token_id() == b_token) kept->set_agent_id("cam-03");
+  }
+  server::Gateway::ReloadResult r = gw.ApplyCredentials(edited);
+  EXPECT_EQ(r.sessions_closed, 2u);
+  absl::Status a_end = a->WaitForExit(absl::Seconds(20));
+  EXPECT_THAT(a_end.message(),
+              HasSubstr(absl::StrCat("token ", a_token,
+                                     " was removed from the credentials")));
+  absl::Status b_end = b->WaitForExit(absl::Seconds(20));
+  EXPECT_THAT(b_end.message(),
+              HasSubstr(absl::StrCat("token ", b_token,
+                                     " now belongs to agent cam-03")));
+  EXPECT_TRUE(harness_.WaitForSessions(0));
+}
+
+TEST_F(CredentialsTest, MalformedFileOnReloadKeepsTheCredentialsInForce) {
+  StartGatewayWithFile();
+  server::Gateway& gw = harness_.gateway();
+  RunningAgent* a = harness_.StartAgent("cam-01", {service_.url()});
+  {
+    FILE* f = std::fopen(path_.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fputs("credentials {\n  token_id: \"tok_x\"\n  agent_id: cam-01\n}\n",
+               f);
+    std::fclose(f);
+  }
+  absl::StatusOr<server::Gateway::ReloadResult> r = gw.ReloadCredentials();
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr(absl::StrCat(path_, ":3:")));
+  std::remove(path_.c_str());
+  r = gw.ReloadCredentials();
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Metric(gw, "tunnel_credentials_reloads_total{result=\"error\"}"),
+            2);
+  EXPECT_EQ(Metric(gw, "tunnel_credentials_reloads_total{result=\"ok\"}"), 0);
+
+  // Nothing changed: the session serves, and the old token still opens new
+  // sessions.
+  EXPECT_EQ(Get("cam-01"), std::make_pair(200, std::string("hello")));
+  EXPECT_EQ(a->agent().sessions_started(), 1u);
+  harness_.StartAgent("cam-02", {service_.url()});
+  EXPECT_EQ(Get("cam-02"), std::make_pair(200, std::string("hello")));
+}
+
+TEST_F(CredentialsTest, CredentialsGivenInMemoryCannotBeReloadedFromAFile) {
+  harness_.StartGateway();
+  absl::StatusOr<server::Gateway::ReloadResult> r =
+      harness_.gateway().ReloadCredentials();
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// One Connect call with `metadata`, as an attacker's client would make it:
+// the status and the retry hint in the trailing metadata (0 if none).
+std::pair<grpc::Status, int64_t> ConnectOnce(
+    tunnel::v1::TunnelService::Stub* stub,
+    const std::vector<std::pair<std::string, std::string>>& metadata) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  for (const auto& [k, v] : metadata) ctx.AddMetadata(k, v);
+  auto call = stub->Connect(&ctx);
+  call->WritesDone();
+  tunnel::v1::Envelope ignored;
+  while (call->Read(&ignored)) {
+  }
+  grpc::Status st = call->Finish();
+  int64_t retry_ms = 0;
+  const auto& trailers = ctx.GetServerTrailingMetadata();
+  if (auto it = trailers.find(common::kAuthRetryAfterKey);
+      it != trailers.end()) {
+    (void)absl::SimpleAtoi(
+        absl::string_view(it->second.data(), it->second.size()), &retry_ms);
+  }
+  return {st, retry_ms};
+}
+
+TEST_F(CredentialsTest, UnauthenticatedFloodIsRefusedAndCountedOthersUnharmed) {
+  constexpr int kLimit = 5;
+  constexpr int kFlood = 300;
+  // Dual-stack listener: 127.0.0.1 and ::1 are two sources.
+  StartGatewayWithFile([](server::GatewayOptions& o) {
+    o.grpc_addr = "[::]:0";
+    o.service.auth_failures_per_minute = kLimit;
+  });
+  server::Gateway& gw = harness_.gateway();
+  RunningAgent* healthy = harness_.StartAgent("cam-01", {service_.url()});
+
+  // Visitors use the healthy agent throughout the flood.
+  std::atomic<bool> flooding{true};
+  std::atomic<int> served{0}, failed{0};
+  std::thread visitors([&] {
+    while (flooding) {
+      if (Get("cam-01") == std::make_pair(200, std::string("hello"))) {
+        ++served;
+      } else {
+        ++failed;
+      }
+    }
+  });
+
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", gw.grpc_port()),
+                                     grpc::InsecureChannelCredentials());
+  auto stub = tunnel::v1::TunnelService::NewStub(channel);
+  // A real token with a wrong secret: bad_signature, the costly kind.
+  absl::StatusOr<std::vector<std::pair<std::string, std::string>>> bad =
+      common::SignAuthMetadata("cam-01", TokenOf("cam-01"),
+                               "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+                               absl::Now());
+  ASSERT_TRUE(bad.ok());
+  int unauthenticated = 0, limited = 0, other = 0;
+  int64_t max_retry_ms = 0, min_retry_ms = 1 << 30;
+  for (int i = 0; i < kFlood; ++i) {
+    auto [st, retry_ms] = ConnectOnce(stub.get(), *bad);
+    if (st.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
+      ++unauthenticated;
+    } else if (st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+      ++limited;
+      EXPECT_THAT(st.error_message(),
+                  HasSubstr("too many failed authentications from 127.0.0.1"));
+      max_retry_ms = std::max(max_retry_ms, retry_ms);
+      min_retry_ms = std::min(min_retry_ms, retry_ms);
+    } else {
+      ++other;
+    }
+  }
+  flooding = false;
+  visitors.join();
+
+  EXPECT_EQ(unauthenticated, kLimit);
+  EXPECT_EQ(limited, kFlood - kLimit);
+  EXPECT_EQ(other, 0);
+  EXPECT_GT(min_retry_ms, 0);
+  EXPECT_LE(max_retry_ms, 60000);
+  EXPECT_EQ(
+      Metric(gw, "tunnel_agent_auth_failures_total{reason=\"bad_signature\"}"),
+      kLimit);
+  EXPECT_EQ(Metric(gw, "tunnel_agent_auth_rate_limited_total"),
+            kFlood - kLimit);
+
+  // The session that was already there never noticed.
+  EXPECT_GT(served.load(), 0);
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(healthy->agent().sessions_started(), 1u);
+  EXPECT_EQ(Get("cam-01"), std::make_pair(200, std::string("hello")));
+
+  // Another source authenticates as usual; the flooding one is refused even
+  // with the right secret (the check comes before the HMAC).
+  agent::AgentOptions from_v6 =
+      harness_.AgentOptionsFor("cam-02", {service_.url()});
+  from_v6.gateway = absl::StrCat("[::1]:", gw.grpc_port());
+  harness_.StartAgent(from_v6);
+  EXPECT_EQ(Get("cam-02"), std::make_pair(200, std::string("hello")));
+  std::string secret;
+  for (const auto& c : harness_.credentials().credentials()) {
+    if (c.agent_id() == "cam-02") secret = c.secret();
+  }
+  auto good = common::SignAuthMetadata("cam-02", TokenOf("cam-02"), secret,
+                                       absl::Now());
+  ASSERT_TRUE(good.ok());
+  EXPECT_EQ(ConnectOnce(stub.get(), *good).first.error_code(),
+            grpc::StatusCode::RESOURCE_EXHAUSTED);
+}
+
+TEST_F(CredentialsTest, ZeroMeansNoLimitOnFailedAuthentications) {
+  StartGatewayWithFile([](server::GatewayOptions& o) {
+    o.service.auth_failures_per_minute = 0;
+  });
+  auto stub = tunnel::v1::TunnelService::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", harness_.gateway().grpc_port()),
+      grpc::InsecureChannelCredentials()));
+  for (int i = 0; i < 30; ++i) {
+    EXPECT_EQ(ConnectOnce(stub.get(), {}).first.error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+  }
+  EXPECT_EQ(Metric(harness_.gateway(), "tunnel_agent_auth_rate_limited_total"),
+            0);
+}
+
+}  // namespace
+}  // namespace tunnel::testing
