@@ -35,10 +35,12 @@ AdminServiceImpl::AdminServiceImpl(std::optional<std::string> token,
                                    SessionRegistry* registry,
                                    const TunnelServiceImpl* tunnels,
                                    common::MetricsRegistry* metrics,
+                                   ReloadFn reload,
                                    std::function<absl::Time()> clock)
     : token_(std::move(token)),
       registry_(registry),
       tunnels_(tunnels),
+      reload_(std::move(reload)),
       clock_(std::move(clock)),
       auth_failures_(metrics->AddCounter(
           "tunnel_admin_auth_failures_total",
@@ -127,6 +129,20 @@ grpc::Status AdminServiceImpl::SetAccessCode(
       .Str("tunnel", r->slug())
       .Str("access", r->access())
       .Str("peer", context->peer());
+  *response = *std::move(r);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminServiceImpl::ReloadCredentials(
+    grpc::ServerContext* context, const tunnel::v1::ReloadCredentialsRequest*,
+    tunnel::v1::ReloadCredentialsResponse* response) {
+  if (absl::Status s = Authorize(*context); !s.ok()) return ToGrpcStatus(s);
+  // The gateway logs and counts the reload either way (credentials_reloaded
+  // or credentials_reload_failed); this line says who asked.
+  common::LogEvent(common::LogLevel::kInfo, "admin_reload_credentials")
+      .Str("peer", context->peer());
+  absl::StatusOr<tunnel::v1::ReloadCredentialsResponse> r = reload_();
+  if (!r.ok()) return ToGrpcStatus(r.status());
   *response = *std::move(r);
   return grpc::Status::OK;
 }

@@ -1,6 +1,6 @@
 // tunnel.v1.AdminService: what operators ask a running gateway (agents,
 // tunnels) and what they may do to it (disconnect an agent, set or clear a
-// tunnel's visitor access code).
+// tunnel's visitor access code, reload the credentials file).
 //
 // Every call must carry `authorization: Bearer <token>` with the token of
 // --admin-token-file, compared in constant time; a missing or wrong token is
@@ -42,11 +42,16 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 
 class AdminServiceImpl final : public tunnel::v1::AdminService::Service {
  public:
+  // What ReloadCredentials runs (Gateway::ReloadCredentials).
+  using ReloadFn =
+      std::function<absl::StatusOr<tunnel::v1::ReloadCredentialsResponse>()>;
+
   // `token`: nullopt when the gateway has no --admin-token-file. `registry`,
-  // `tunnels` (for public URLs) and `metrics` must outlive the service.
+  // `tunnels` (for public URLs) and `metrics` must outlive the service, and
+  // so must what `reload` uses.
   AdminServiceImpl(std::optional<std::string> token, SessionRegistry* registry,
                    const TunnelServiceImpl* tunnels,
-                   common::MetricsRegistry* metrics,
+                   common::MetricsRegistry* metrics, ReloadFn reload,
                    std::function<absl::Time()> clock = absl::Now);
 
   grpc::Status ListAgents(grpc::ServerContext* context,
@@ -63,6 +68,10 @@ class AdminServiceImpl final : public tunnel::v1::AdminService::Service {
       grpc::ServerContext* context,
       const tunnel::v1::SetAccessCodeRequest* request,
       tunnel::v1::SetAccessCodeResponse* response) override;
+  grpc::Status ReloadCredentials(
+      grpc::ServerContext* context,
+      const tunnel::v1::ReloadCredentialsRequest* request,
+      tunnel::v1::ReloadCredentialsResponse* response) override;
 
  private:
   // OK, or the status the call is refused with (counted if it is a missing or
@@ -78,6 +87,7 @@ class AdminServiceImpl final : public tunnel::v1::AdminService::Service {
   const std::optional<std::string> token_;
   SessionRegistry* const registry_;
   const TunnelServiceImpl* const tunnels_;
+  const ReloadFn reload_;
   const std::function<absl::Time()> clock_;
   common::CounterFamily* const auth_failures_;
   common::Counter* const missing_token_;

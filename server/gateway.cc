@@ -211,9 +211,18 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
     // Its own server and port: the admin API never shares a listener with
     // agents, and a sync service keeps its calls off the tunnel's pool.
     // Reflection and health come with it (the process-wide switches above).
+    Gateway* g = gw.get();
     gw->admin_service_ = std::make_unique<AdminServiceImpl>(
         std::move(admin_token), &gw->registry_, gw->service_.get(),
-        &gw->metrics_);
+        &gw->metrics_,
+        [g]() -> absl::StatusOr<tunnel::v1::ReloadCredentialsResponse> {
+          absl::StatusOr<ReloadResult> r = g->ReloadCredentials();
+          if (!r.ok()) return r.status();
+          tunnel::v1::ReloadCredentialsResponse resp;
+          resp.set_live_tokens(r->live_tokens);
+          resp.set_sessions_closed(r->sessions_closed);
+          return resp;
+        });
     grpc::ServerBuilder admin;
     admin.AddListeningPort(o.admin_addr, grpc::InsecureServerCredentials(),
                            &gw->admin_port_);

@@ -8,6 +8,7 @@
 //   tunnelctl status SLUG [--json]           (admin API)
 //   tunnelctl disconnect AGENT_ID [--json]   (admin API)
 //   tunnelctl set-code SLUG [CODE | --stdin | --public] [--json] (admin API)
+//   tunnelctl reload [--json]                (admin API)
 //   tunnelctl admin-token issue --file FILE [--force]
 //
 // Exit codes: 0 success (and --help), 1 runtime error (file unreadable or
@@ -67,10 +68,13 @@ constexpr char kTopUsage[] =
     "                              requests in the last hour\n"
     "  disconnect AGENT_ID         close an agent's session (it reconnects "
     "with\n"
-    "                              backoff; revoke its token to keep it out)\n"
+    "                              backoff; revoke its token and reload to\n"
+    "                              keep it out)\n"
     "  set-code SLUG [CODE]        gate a tunnel behind a visitor access "
     "code\n"
     "  set-code SLUG --public      remove any access code (the agent's too)\n"
+    "  reload                      make the gateway re-read its credentials\n"
+    "                              file (as SIGHUP does)\n"
     "  admin-token issue --file F  write a new random admin token to F "
     "(0600)\n"
     "\n"
@@ -98,7 +102,17 @@ constexpr char kDisconnectUsage[] =
     "\n"
     "Closes the agent's session; the agent logs \"disconnected by an\n"
     "administrator\" and reconnects with backoff (stop it on the device, or\n"
-    "revoke its token and restart the gateway, to keep it away).\n";
+    "revoke its token and reload the gateway, to keep it away).\n";
+
+constexpr char kReloadUsage[] =
+    "Usage: tunnelctl reload [--admin ADDR] [--admin-token-file FILE] "
+    "[--json]\n"
+    "\n"
+    "Makes the gateway re-read its --credentials file, as SIGHUP does, for\n"
+    "operators without signal access (containers). Sessions whose token is\n"
+    "still in force keep running; those whose token was revoked or removed\n"
+    "are closed and their agents exit. A file with errors is refused (the\n"
+    "error names file and line, exit 1) and the old credentials stay.\n";
 
 constexpr char kSetCodeUsage[] =
     "Usage: tunnelctl set-code SLUG [CODE | --stdin | --public] [--admin "
@@ -136,7 +150,9 @@ constexpr char kListUsage[] =
 constexpr char kRevokeUsage[] =
     "Usage: tunnelctl token revoke TOKEN_ID [--credentials FILE]\n"
     "\n"
-    "Marks TOKEN_ID revoked; the gateway refuses it from then on.\n";
+    "Marks TOKEN_ID revoked. A running gateway applies it when it reloads\n"
+    "the file (SIGHUP or `tunnelctl reload`): new connections with the token\n"
+    "are refused and a session that uses it is closed.\n";
 
 int UsageError(absl::string_view message, absl::string_view help_command) {
   std::cerr << "tunnelctl: " << message << "\n"
@@ -309,6 +325,8 @@ int TokenRevoke(const std::vector<std::string>& args) {
   }
   std::cout << "revoked token " << Printable(token_id) << " (agent "
             << target->agent_id() << ")\n";
+  std::cerr << "tunnelctl: a running gateway applies this when it reloads "
+               "the file (kill -HUP, or tunnelctl reload)\n";
   return kExitOk;
 }
 
@@ -582,6 +600,34 @@ int AdminDisconnect(const std::vector<std::string>& args) {
   return kExitOk;
 }
 
+int AdminReload(const std::vector<std::string>& args) {
+  constexpr char kCommand[] = "tunnelctl reload";
+  AdminFlags f;
+  tunnel::common::FlagSet flags(kReloadUsage);
+  f.Register(flags);
+  std::vector<std::string> positional;
+  if (auto done = ParseAdmin(flags, &f, args, kCommand, 0, "", &positional)) {
+    return *done;
+  }
+  grpc::ClientContext ctx;
+  if (absl::Status s = PrepareContext(f, &ctx); !s.ok()) {
+    return RuntimeError(s);
+  }
+  tunnel::v1::ReloadCredentialsResponse resp;
+  grpc::Status st = AdminStub(f)->ReloadCredentials(
+      &ctx, tunnel::v1::ReloadCredentialsRequest(), &resp);
+  if (!st.ok()) return RpcError(f, st);
+  if (f.json) {
+    std::cout << "{\"live_tokens\":" << resp.live_tokens()
+              << ",\"sessions_closed\":" << resp.sessions_closed() << "}\n";
+  } else {
+    std::cout << "reloaded the credentials: " << resp.live_tokens()
+              << " live token(s), " << resp.sessions_closed()
+              << " session(s) closed\n";
+  }
+  return kExitOk;
+}
+
 int AdminSetCode(const std::vector<std::string>& args) {
   constexpr char kCommand[] = "tunnelctl set-code";
   AdminFlags f;
@@ -690,6 +736,7 @@ int main(int argc, char** argv) {
   if (args[0] == "status") return AdminStatus(after);
   if (args[0] == "disconnect") return AdminDisconnect(after);
   if (args[0] == "set-code") return AdminSetCode(after);
+  if (args[0] == "reload") return AdminReload(after);
   if (args[0] == "admin-token") {
     if (after.empty()) {
       return UsageError("missing admin-token command (issue)", "tunnelctl");

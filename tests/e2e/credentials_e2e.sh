@@ -3,8 +3,8 @@
 # for one agent, the agent connects with the first, the gateway reloads its
 # file on SIGHUP without touching the session, a revoked token's session is
 # closed with the reason (the agent exits 1 saying so), the second token
-# connects, a broken file on reload keeps the credentials in force, and no
-# secret reaches a log.
+# connects, a broken file on reload keeps the credentials in force,
+# `tunnelctl reload` does what SIGHUP does, and no secret reaches a log.
 # Usage: credentials_e2e.sh BUILD_DIR
 set -uo pipefail
 BUILD="$(cd "$1" && pwd)"
@@ -20,6 +20,9 @@ issue_token "$BUILD" cam-01
 TOKEN1=$TOKEN SECRET1=$SECRET
 check "tunnelctl issued the first token" test -n "$TOKEN1" -a -n "$SECRET1"
 
+"$BUILD/tools/tunnelctl" admin-token issue --file admin.token >/dev/null 2>&1
+check "tunnelctl wrote an admin token" test -s admin.token
+
 mkdir site && echo "hello from the device" >site/index.html
 python3 -u -m http.server 0 --bind 127.0.0.1 --directory site \
   >svc.out 2>svc.err &
@@ -27,15 +30,17 @@ pids+=($!)
 SVC_PORT=$(wait_for_line svc.out 'port [0-9]+' 10 | sed -E 's/.*port ([0-9]+).*/\1/')
 check "local service started" test -n "$SVC_PORT"
 
-"$BUILD/server/gateway-tunnel" --insecure --admin-addr "" \
-  --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --ops-addr 127.0.0.1:0 \
+"$BUILD/server/gateway-tunnel" --insecure --admin-addr 127.0.0.1:0 \
+  --admin-token-file admin.token --grpc-addr 127.0.0.1:0 \
+  --http-addr 127.0.0.1:0 --ops-addr 127.0.0.1:0 \
   --credentials creds.txtpb >gw.out 2>gw.err &
 GW=$!
 pids+=($GW)
 GRPC=$(wait_for_line gw.out '^grpc ' 10 | awk '{print $2}')
 HTTP=$(wait_for_line gw.out '^http ' 10 | awk '{print $2}')
 OPS=$(wait_for_line gw.out '^ops ' 10 | awk '{print $2}')
-check "gateway started" test -n "$GRPC" -a -n "$HTTP" -a -n "$OPS"
+ADMIN=$(wait_for_line gw.out '^admin ' 10 | awk '{print $2}')
+check "gateway started" test -n "$GRPC" -a -n "$HTTP" -a -n "$OPS" -a -n "$ADMIN"
 HTTP_PORT=${HTTP##*:}
 
 fetch() { curl -sS --max-time 10 "http://127.0.0.1:$HTTP_PORT/t/cam-01/"; }
@@ -98,12 +103,21 @@ pids+=($!)
 check "the second token connects" seen agent2.out '/t/cam-01/$' 20
 check "and serves" test "$(fetch)" = "hello from the device"
 
+# Without signal access: the admin API reloads too.
+"$BUILD/tools/tunnelctl" reload --admin "$ADMIN" >noauth.out 2>noauth.err
+check "tunnelctl reload without the admin token exits 1" test $? = 1
 chmod 644 creds.txtpb
-kill -HUP $GW
+"$BUILD/tools/tunnelctl" reload --admin "$ADMIN" --admin-token-file admin.token \
+  >reload.out 2>reload.err
+check "tunnelctl reload exits 0" test $? = 0
+check "and reports the live tokens" \
+  grep -q "reloaded the credentials: 1 live token(s), 0 session(s) closed" reload.out
 check "a reload warns about a file others may read" \
   seen gw.err 'accessible to group or others .*chmod 600' 10
 check "the reloads are counted" \
   test "$(metric 'tunnel_credentials_reloads_total{result="ok"}')" = 3
+check "the second token's session survived it" \
+  test "$(fetch)" = "hello from the device"
 
 check "no secret in the gateway's log" \
   bash -c "! grep -q -e '$SECRET1' -e '$SECRET2' gw.err"

@@ -22,6 +22,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "tests/testing/tunnel_harness.h"
+#include "tunnel/v1/admin.grpc.pb.h"
 #include "tunnel/v1/tunnel.grpc.pb.h"
 
 namespace tunnel::testing {
@@ -261,6 +262,53 @@ TEST_F(CredentialsTest, CredentialsGivenInMemoryCannotBeReloadedFromAFile) {
   absl::StatusOr<server::Gateway::ReloadResult> r =
       harness_.gateway().ReloadCredentials();
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(CredentialsTest, AdminReloadAppliesTheFileAndReportsItsErrors) {
+  const std::string token = "admin-token-for-the-reload-test";
+  StartGatewayWithFile([token](server::GatewayOptions& o) {
+    o.admin_addr = "127.0.0.1:0";
+    o.admin_token = token;
+  });
+  server::Gateway& gw = harness_.gateway();
+  RunningAgent* a = harness_.StartAgent("cam-01", {service_.url()});
+  auto admin = tunnel::v1::AdminService::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", gw.admin_port()),
+                          grpc::InsecureChannelCredentials()));
+  auto reload = [&](bool with_token,
+                    tunnel::v1::ReloadCredentialsResponse* resp) {
+    grpc::ClientContext ctx;
+    if (with_token) ctx.AddMetadata("authorization", "Bearer " + token);
+    return admin->ReloadCredentials(&ctx, {}, resp);
+  };
+
+  Revoke(TokenOf("cam-01"));
+  tunnel::v1::ReloadCredentialsResponse resp;
+  // No bearer token: refused, nothing reloaded, the session stays.
+  EXPECT_EQ(reload(false, &resp).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(Get("cam-01"), std::make_pair(200, std::string("hello")));
+
+  grpc::Status st = reload(true, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(resp.live_tokens(), 1u);
+  EXPECT_EQ(resp.sessions_closed(), 1u);
+  EXPECT_EQ(a->WaitForExit(absl::Seconds(20)).code(),
+            absl::StatusCode::kUnauthenticated);
+
+  {
+    FILE* f = std::fopen(path_.c_str(), "a");
+    ASSERT_NE(f, nullptr);
+    std::fputs("credentials {\n  nonsense: 1\n}\n", f);
+    std::fclose(f);
+  }
+  st = reload(true, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(st.error_message(), HasSubstr(path_ + ":"));
+  EXPECT_THAT(st.error_message(), HasSubstr("nonsense"));
+  EXPECT_EQ(Metric(gw, "tunnel_credentials_reloads_total{result=\"ok\"}"), 1);
+  EXPECT_EQ(Metric(gw, "tunnel_credentials_reloads_total{result=\"error\"}"),
+            1);
 }
 
 // One Connect call with `metadata`, as an attacker's client would make it:
