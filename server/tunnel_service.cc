@@ -131,8 +131,8 @@ class AgentConnection final
 
   void OnDone() override {
     if (session_ != nullptr) {
-      if (registered_) {
-        service_->registry_->Unregister(session_.get());
+      if (registered_) service_->registry_->Unregister(session_.get());
+      if (accepted_) {
         service_->metrics_->agent_disconnects->Increment();
         grpc::Status why = session_->end_status();
         common::LogEvent(common::LogLevel::kInfo, "agent_disconnected")
@@ -244,6 +244,16 @@ class AgentConnection final
              grpc::StatusCode::UNAVAILABLE, opts.busy_retry_after);
       return;
     }
+    // A reload may have revoked the token since Verify (the agent chooses
+    // when to send its connect request): check before taking the agent's
+    // place, and once more after Register, because the reload's sweep only
+    // sees registered sessions.
+    if (absl::Status live = service_->verifier_->store()->CheckLive(
+            session_->token_id(), session_->agent_id());
+        !live.ok()) {
+      service_->CloseRevoked(session_, live);
+      return;
+    }
     std::shared_ptr<Session> replaced;
     if (absl::Status s =
             service_->registry_->Register(session_, slugs, &replaced, access);
@@ -253,15 +263,6 @@ class AgentConnection final
       return;
     }
     registered_ = true;
-    // A reload may have revoked the token after Verify and before Register;
-    // its sweep ran before this session was registered, so look again.
-    if (absl::Status live = service_->verifier_->store()->CheckLive(
-            session_->token_id(), session_->agent_id());
-        !live.ok()) {
-      service_->CloseRevoked(session_, live);
-      return;
-    }
-    service_->metrics_->agent_connects->Increment();
     if (replaced != nullptr) {
       TUNNEL_LOG(INFO) << "agent " << session_->agent_id()
                        << " reconnected; closing its previous session "
@@ -276,6 +277,15 @@ class AgentConnection final
                                    "replaced by a newer connection"),
                       /*drain=*/true);
     }
+
+    if (absl::Status live = service_->verifier_->store()->CheckLive(
+            session_->token_id(), session_->agent_id());
+        !live.ok()) {
+      service_->CloseRevoked(session_, live);
+      return;
+    }
+    accepted_ = true;
+    service_->metrics_->agent_connects->Increment();
 
     Envelope e;
     auto* acc = e.mutable_accepted();
@@ -307,6 +317,7 @@ class AgentConnection final
   std::shared_ptr<Session> session_;
   Envelope in_;
   bool registered_ = false;
+  bool accepted_ = false;  // ConnectAccepted sent: counted and logged
   absl::Time connected_at_;
 };
 

@@ -292,6 +292,35 @@ TEST(CredentialStoreTest, FindAndAgentIds) {
   EXPECT_TRUE(store.AgentIds().empty());
 }
 
+TEST(CredentialStoreTest, CheckLiveSaysWhyATokenIsNoLongerInForce) {
+  tunnel::v1::CredentialsFile file;
+  for (const char* token : {"tok_old", "tok_new"}) {
+    tunnel::v1::Credential* c = file.add_credentials();
+    c->set_token_id(token);
+    c->set_agent_id("cam");
+    c->set_secret(kGoodSecret);
+  }
+  CredentialStore store(file);
+  EXPECT_EQ(store.LiveTokenCount(), 2u);
+  EXPECT_TRUE(store.CheckLive("tok_old", "cam").ok());
+  EXPECT_TRUE(store.CheckLive("tok_new", "cam").ok());
+
+  file.mutable_credentials(0)->set_revoked(true);
+  file.mutable_credentials(1)->set_agent_id("other");
+  store.Replace(file);
+  EXPECT_EQ(store.LiveTokenCount(), 1u);
+  absl::Status s = store.CheckLive("tok_old", "cam");
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(s.message(), "token tok_old was revoked");
+  EXPECT_EQ(store.CheckLive("tok_new", "cam").message(),
+            "token tok_new now belongs to agent other, not cam");
+  EXPECT_EQ(store.CheckLive("tok_gone", "cam").message(),
+            "token tok_gone was removed from the credentials");
+  // Whatever a token id holds is escaped, never printed raw.
+  EXPECT_EQ(store.CheckLive("tok\n", "cam").message(),
+            "token tok\\n was removed from the credentials");
+}
+
 // --- random.h: the secret encoding the credentials file relies on ---------
 
 TEST(Base64UrlTest, Rfc4648Vectors) {

@@ -335,6 +335,115 @@ std::pair<grpc::Status, int64_t> ConnectOnce(
   return {st, retry_ms};
 }
 
+TEST_F(CredentialsTest, TokenRevokedBetweenAuthAndHandshakeReplacesNothing) {
+  StartGatewayWithFile([](server::GatewayOptions& o) {
+    o.service.auth_failures_per_minute = 0;  // the probes below fail on purpose
+  });
+  server::Gateway& gw = harness_.gateway();
+  tunnel::v1::Credential second = IssueToken("cam-01");
+  ASSERT_TRUE(gw.ReloadCredentials().ok());
+  RunningAgent* serving = harness_.StartAgent(WithToken("cam-01", second));
+
+  // A call signed with the first token passes authentication...
+  std::string first_secret;
+  for (const auto& c : harness_.credentials().credentials()) {
+    if (c.agent_id() == "cam-01") first_secret = c.secret();
+  }
+  auto signed_md = common::SignAuthMetadata("cam-01", TokenOf("cam-01"),
+                                            first_secret, absl::Now());
+  ASSERT_TRUE(signed_md.ok());
+  auto stub = tunnel::v1::TunnelService::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", gw.grpc_port()),
+                          grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  for (const auto& [k, v] : *signed_md) ctx.AddMetadata(k, v);
+  auto call = stub->Connect(&ctx);
+  // ...which is certain once its nonce counts as used (a second call with
+  // the same metadata is a replay).
+  absl::Time give_up = absl::Now() + absl::Seconds(20);
+  bool verified = false;
+  while (!verified && absl::Now() < give_up) {
+    grpc::ClientContext probe;
+    for (const auto& [k, v] : *signed_md) probe.AddMetadata(k, v);
+    auto p = stub->Connect(&probe);
+    p->WritesDone();
+    grpc::Status st = p->Finish();
+    verified =
+        st.error_message().find("nonce already used") != std::string::npos;
+  }
+  ASSERT_TRUE(verified);
+
+  // ...then the token is revoked before the agent sends its connect request.
+  Revoke(TokenOf("cam-01"));
+  absl::StatusOr<server::Gateway::ReloadResult> r = gw.ReloadCredentials();
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->sessions_closed, 0u);
+  tunnel::v1::Envelope hello;
+  hello.mutable_connect()->set_protocol_version(tunnel::v1::PROTOCOL_VERSION_1);
+  hello.mutable_connect()->set_agent_id("cam-01");
+  hello.mutable_connect()->add_tunnels()->set_slug("cam-01");
+  ASSERT_TRUE(call->Write(hello));
+  tunnel::v1::Envelope answer;
+  ASSERT_TRUE(call->Read(&answer));
+  ASSERT_TRUE(answer.has_connect_error());
+  EXPECT_EQ(answer.connect_error().code(),
+            tunnel::v1::ConnectError::CREDENTIALS_REVOKED);
+  EXPECT_THAT(answer.connect_error().message(), HasSubstr("was revoked"));
+  call->WritesDone();
+  while (call->Read(&answer)) {
+  }
+  EXPECT_EQ(call->Finish().error_code(), grpc::StatusCode::UNAUTHENTICATED);
+
+  // The session with the live token was never replaced.
+  ASSERT_NE(gw.registry().FindByAgent("cam-01"), nullptr);
+  EXPECT_EQ(gw.registry().FindByAgent("cam-01")->token_id(), second.token_id());
+  EXPECT_EQ(serving->agent().sessions_started(), 1u);
+  EXPECT_EQ(Get("cam-01"), std::make_pair(200, std::string("hello")));
+}
+
+TEST_F(CredentialsTest, AgentRefusedForItsAddressWaitsAsTheGatewaySays) {
+  StartGatewayWithFile([](server::GatewayOptions& o) {
+    o.service.auth_failures_per_minute = 1;
+  });
+  server::Gateway& gw = harness_.gateway();
+  auto stub = tunnel::v1::TunnelService::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", gw.grpc_port()),
+                          grpc::InsecureChannelCredentials()));
+  ASSERT_EQ(ConnectOnce(stub.get(), {}).first.error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  ASSERT_EQ(ConnectOnce(stub.get(), {}).first.error_code(),
+            grpc::StatusCode::RESOURCE_EXHAUSTED);
+
+  // A good agent from the blocked address is refused, keeps running (the
+  // refusal is retryable), and does not come back before the hint (the
+  // rest of the minute) although its own backoff is 50-500 ms.
+  absl::Mutex mu;
+  std::vector<absl::Status> ends;
+  absl::Notification first, second;
+  agent::AgentOptions o = harness_.AgentOptionsFor("cam-01", {service_.url()});
+  o.on_session_ended = [&](const absl::Status& s) {
+    absl::MutexLock lock(&mu);
+    ends.push_back(s);
+    if (ends.size() == 1) first.Notify();
+    if (ends.size() == 2) second.Notify();
+  };
+  RunningAgent agent(o);
+  ASSERT_TRUE(first.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_EQ(ends[0].code(), absl::StatusCode::kUnavailable) << ends[0];
+    EXPECT_THAT(ends[0].message(),
+                HasSubstr("the gateway is refusing this address for now: too "
+                          "many failed authentications from 127.0.0.1"));
+  }
+  EXPECT_FALSE(second.WaitForNotificationWithTimeout(absl::Seconds(2)))
+      << "the agent retried before the gateway's hint";
+  EXPECT_EQ(agent.WaitForExit(absl::ZeroDuration()).code(),
+            absl::StatusCode::kDeadlineExceeded)
+      << "the agent stopped";
+  agent.Stop();
+}
+
 TEST_F(CredentialsTest, UnauthenticatedFloodIsRefusedAndCountedOthersUnharmed) {
   constexpr int kLimit = 5;
   constexpr int kFlood = 300;
