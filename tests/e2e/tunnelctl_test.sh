@@ -102,9 +102,16 @@ run code norev.out norev.err token revoke --credentials creds.txtpb
 check "revoke without TOKEN_ID exits 2" test "$code" -eq 2
 run code none.out none.err
 check "no arguments exits 2" test "$code" -eq 2
+run code rlextra.out rlextra.err reload extra
+check "reload with an argument exits 2" test "$code" -eq 2
+run code rltime.out rltime.err reload --timeout 0s
+check "reload with a zero --timeout exits 2" test "$code" -eq 2
+run code rldown.out rldown.err reload --admin 127.0.0.1:1 --timeout 2s
+check "reload of an unreachable gateway exits 1" test "$code" -eq 1
+check "and says it cannot reach it" grep -q "cannot reach the gateway's admin API" rldown.err
 
 for args in "--help" "token --help" "token issue --help" "token list -h" \
-  "token revoke --help"; do
+  "token revoke --help" "reload --help"; do
   # shellcheck disable=SC2086  # word splitting intended
   run code help.out help.err $args
   check "'$args' exits 0" test "$code" -eq 0
