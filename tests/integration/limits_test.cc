@@ -509,6 +509,9 @@ TEST_F(LimitsTest, TunnelsPerAgentAreLimitedAtTheHandshake) {
   absl::Status s = three.WaitForExit(absl::Seconds(20));
   EXPECT_FALSE(s.ok());
   EXPECT_THAT(std::string(s.message()), HasSubstr("1 to 2 tunnels, not 3"));
+  EXPECT_EQ(
+      Metric("tunnel_agent_connect_refusals_total{code=\"invalid_request\"}"),
+      1);
 
   h_.StartAgent("cam-02", {svc_.url(), "api=" + svc_.url()});
   auto r = h_.Visitor()->Get(TunnelHarness::Path("api-cam-02", "/hello"));
