@@ -373,7 +373,8 @@ RateLimiter::Options IpLimits(const ConnectionOptions& o) {
   RateLimiter::Options limits;
   limits.per_minute = o.connections_per_ip_per_minute;
   limits.concurrent = o.max_connections_per_ip;
-  limits.capacity = o.client_ip_capacity;
+  limits.capacity =
+      static_cast<size_t>(std::max<int64_t>(1, o.client_ip_capacity));
   return limits;
 }
 

@@ -46,7 +46,7 @@ struct ConnectionOptions {
   // read from it. At most `client_ip_capacity` idle IPs are remembered.
   int64_t max_connections_per_ip = 0;
   int64_t connections_per_ip_per_minute = 0;
-  size_t client_ip_capacity = 100000;
+  int64_t client_ip_capacity = 100000;
   // The per-IP limits' clock (tests move it forward).
   absl::Time (*clock)() = &absl::Now;
 };

@@ -101,6 +101,9 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
              &o.front.connection.connections_per_ip_per_minute,
              "new visitor connections one client IP may open per minute, "
              "then 429 and close; 0: unlimited");
+  flags->Int("max-tracked-client-ips", &o.front.connection.client_ip_capacity,
+             "client IPs the per-IP limits remember at most (idle ones "
+             "beyond are forgotten, expired windows first)");
   flags->Int("max-request-body", &o.front.max_request_body,
              "largest request body in bytes, else 413; 0: unlimited");
   flags->Int("max-response-body", &o.front.max_response_body,
@@ -174,6 +177,10 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
         "--max-connections-per-ip, --connections-per-ip-per-minute, "
         "--max-request-body and --max-response-body must be 0 (unlimited) "
         "or more");
+  }
+  if (front.connection.client_ip_capacity < 1) {
+    return absl::InvalidArgumentError(
+        "--max-tracked-client-ips must be at least 1");
   }
   if (v->options.front.access_cookie_ttl < absl::Seconds(1)) {
     return absl::InvalidArgumentError(

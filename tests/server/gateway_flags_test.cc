@@ -41,6 +41,7 @@ TEST(GatewayFlagsTest, LimitsDefaultToUnlimitedAndReachTheFrontDoor) {
   EXPECT_EQ(d.connection.connections_per_ip_per_minute, 0);
   EXPECT_EQ(d.max_request_body, 0);
   EXPECT_EQ(d.max_response_body, 0);
+  EXPECT_EQ(d.connection.client_ip_capacity, 100000);
   EXPECT_EQ(defaults.options.service.max_tunnels_per_agent, 16u);
 
   GatewayFlags set;
@@ -48,7 +49,8 @@ TEST(GatewayFlagsTest, LimitsDefaultToUnlimitedAndReachTheFrontDoor) {
       {"--insecure", "--tunnel-requests-per-minute=600",
        "--tunnel-concurrent-requests=8", "--max-connections-per-ip=64",
        "--connections-per-ip-per-minute=300", "--max-request-body=1048576",
-       "--max-response-body=2097152", "--max-tunnels-per-agent=2"},
+       "--max-response-body=2097152", "--max-tunnels-per-agent=2",
+       "--max-tracked-client-ips=5000"},
       &set);
   ASSERT_TRUE(s.ok()) << s;
   const httpfront::FrontDoorOptions& f = set.options.front;
@@ -58,6 +60,7 @@ TEST(GatewayFlagsTest, LimitsDefaultToUnlimitedAndReachTheFrontDoor) {
   EXPECT_EQ(f.connection.connections_per_ip_per_minute, 300);
   EXPECT_EQ(f.max_request_body, 1048576);
   EXPECT_EQ(f.max_response_body, 2097152);
+  EXPECT_EQ(f.connection.client_ip_capacity, 5000);
   EXPECT_EQ(set.options.service.max_tunnels_per_agent, 2u);
 }
 
@@ -73,6 +76,11 @@ TEST(GatewayFlagsTest, NegativeLimitsAreRefusedByName) {
     name = name.substr(0, name.find('='));
     EXPECT_NE(s.message().find(name), std::string::npos) << s;
   }
+  GatewayFlags zero;
+  absl::Status s =
+      ParseArgs({"--insecure", "--max-tracked-client-ips=0"}, &zero);
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_NE(s.message().find("--max-tracked-client-ips"), std::string::npos);
   GatewayFlags values;
   EXPECT_FALSE(
       ParseArgs({"--insecure", "--max-request-body=lots"}, &values).ok());
