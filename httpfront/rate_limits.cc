@@ -35,18 +35,20 @@ RateLimiter::Decision RateLimiter::Acquire(absl::string_view key,
   d.confirmed = s.confirmed.load(std::memory_order_relaxed);
   if (options_.per_minute > 0 && s.count >= options_.per_minute) {
     d.verdict = Verdict::kRateLimited;
-  } else if (options_.concurrent > 0 && s.in_flight >= options_.concurrent) {
+  } else if (options_.concurrent > 0 &&
+             s.in_flight.load(std::memory_order_relaxed) >=
+                 options_.concurrent) {
     d.verdict = Verdict::kConcurrencyLimited;
   } else {
     ++s.count;
-    ++s.in_flight;
+    s.in_flight.fetch_add(1, std::memory_order_relaxed);
     d.slot = &s;
   }
   d.remaining = options_.per_minute > 0
                     ? std::max<int64_t>(0, options_.per_minute - s.count)
                     : 0;
-  if (d.verdict != Verdict::kAllowed && s.count == 0 && s.in_flight == 0 &&
-      !d.confirmed) {
+  if (d.verdict != Verdict::kAllowed && s.count == 0 &&
+      s.in_flight.load(std::memory_order_acquire) == 0 && !d.confirmed) {
     keys_.erase(it);  // refused on arrival: nothing worth remembering
   }
   return d;
@@ -57,11 +59,17 @@ void RateLimiter::MarkConfirmed(Slot* slot) {
 }
 
 void RateLimiter::Release(Slot* slot, bool counted) {
+  if (counted) {
+    // After this the key may be evicted: `slot` is not touched again.
+    // Release pairs with the acquire loads of whoever then frees it.
+    slot->in_flight.fetch_sub(1, std::memory_order_release);
+    return;
+  }
   absl::MutexLock lock(&mu_);
-  --slot->in_flight;
-  if (counted) return;
+  slot->in_flight.fetch_sub(1, std::memory_order_relaxed);
   if (slot->count > 0) --slot->count;
-  if (slot->count == 0 && slot->in_flight == 0 &&
+  if (slot->count == 0 &&
+      slot->in_flight.load(std::memory_order_relaxed) == 0 &&
       !slot->confirmed.load(std::memory_order_relaxed)) {
     const std::string key = slot->key;  // erase destroys *slot
     keys_.erase(key);
@@ -75,7 +83,8 @@ size_t RateLimiter::size() const {
 
 void RateLimiter::EvictLocked(absl::Time now) {
   for (auto it = keys_.begin(); it != keys_.end();) {
-    if (it->second.in_flight == 0 && now >= it->second.start + kWindow) {
+    if (it->second.in_flight.load(std::memory_order_acquire) == 0 &&
+        now >= it->second.start + kWindow) {
       keys_.erase(it++);
     } else {
       ++it;
@@ -84,7 +93,7 @@ void RateLimiter::EvictLocked(absl::Time now) {
   if (keys_.size() < options_.capacity) return;
   auto oldest = keys_.end();
   for (auto it = keys_.begin(); it != keys_.end(); ++it) {
-    if (it->second.in_flight == 0 &&
+    if (it->second.in_flight.load(std::memory_order_acquire) == 0 &&
         (oldest == keys_.end() || it->second.start < oldest->second.start)) {
       oldest = it;
     }

@@ -67,9 +67,10 @@ class RateLimiter {
   // Marks the key of a held slot as real (e.g. the router knows the slug).
   // Never blocks.
   static void MarkConfirmed(Slot* slot);
-  // Gives a slot back. `counted` false takes the admission back from the
-  // minute's count as well (it never reached anything, e.g. an unknown
-  // slug), and drops the key if nothing else is left of it.
+  // Gives a slot back: one atomic decrement, no lock. `counted` false
+  // (rare; takes the lock) takes the admission back from the minute's
+  // count as well (it never reached anything, e.g. an unknown slug), and
+  // drops the key if nothing else is left of it.
   void Release(Slot* slot, bool counted = true);
 
   size_t size() const;
@@ -87,9 +88,11 @@ class RateLimiter::Slot {
  private:
   friend class RateLimiter;
   std::string key;
-  absl::Time start;  // of the current window
-  int64_t count = 0;
-  int64_t in_flight = 0;
+  absl::Time start;   // of the current window
+  int64_t count = 0;  // guarded by the limiter's mutex
+  // Raised under the limiter's mutex; a counted Release lowers it without
+  // (the only access after which the slot may go).
+  std::atomic<int64_t> in_flight{0};
   std::atomic<bool> confirmed{false};
 };
 
