@@ -1,6 +1,8 @@
 #include "httpfront/rate_limits.h"
 
+#include <atomic>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -130,6 +132,36 @@ TEST(RateLimiterTest, MemoryIsBoundedButKeysInFlightStay) {
         << i;
   }
   for (RateLimiter::Slot* s : held) limiter.Release(s);
+}
+
+// Many threads on few keys, with evictions going on: never more than
+// `concurrent` admissions of one key are held at once, and every slot can
+// be released.
+TEST(RateLimiterTest, ConcurrentAcquireAndReleaseKeepTheLimit) {
+  RateLimiter limiter(Limits(0, 3, /*capacity=*/4));
+  constexpr int kKeys = 6;
+  std::atomic<int> holding[kKeys] = {};
+  std::atomic<bool> over{false};
+  std::atomic<int> admitted{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 5000; ++i) {
+        const int k = (t + i) % kKeys;
+        RateLimiter::Decision d =
+            limiter.Acquire(absl::StrCat("key-", k), kT0 + absl::Seconds(i));
+        if (d.slot == nullptr) continue;
+        ++admitted;
+        if (holding[k].fetch_add(1) + 1 > 3) over = true;
+        holding[k].fetch_sub(1);
+        limiter.Release(d.slot);
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_FALSE(over);
+  EXPECT_GT(admitted, 0);
+  EXPECT_LE(limiter.size(), static_cast<size_t>(kKeys));
 }
 
 TEST(RateLimiterTest, OffWhenBothLimitsAreZero) {
