@@ -20,6 +20,7 @@
 #include "common/log.h"
 #include "common/random.h"
 #include "httpfront/access_gate.h"
+#include "httpfront/rate_limits.h"
 #include "httpfront/routing.h"
 
 namespace tunnel::httpfront {
@@ -49,6 +50,21 @@ constexpr absl::Duration kLivenessInterval = absl::Milliseconds(500);
 // Values of the `direction` label of tunnel_body_bytes_total.
 constexpr absl::string_view kVisitorToAgent = "visitor_to_agent";
 constexpr absl::string_view kAgentToVisitor = "agent_to_visitor";
+
+// The limits of tunnel_limit_rejections_total's `limit` label.
+enum LimitKind {
+  kTunnelRate,
+  kTunnelConcurrency,
+  kClientConnections,
+  kClientConnectionRate,
+  kRequestBody,
+  kResponseBody,
+  kLimitKinds
+};
+constexpr absl::string_view kLimitNames[kLimitKinds] = {
+    "tunnel_requests_per_minute", "tunnel_concurrent_requests",
+    "client_connections",         "client_connections_per_minute",
+    "max_request_body",           "max_response_body"};
 
 // The visitor-side metrics. Labels stay bounded: `tunnel` is the slug of a
 // known tunnel (claimed by an authenticated agent or reserved for an agent
@@ -81,13 +97,24 @@ struct FrontMetrics {
             "tunnel_access_grants_total",
             "Visitors let through a tunnel's access code gate, by how "
             "(cookie, form, query, header).",
-            {"via"})) {}
+            {"via"})) {
+    common::CounterFamily* limits = r->AddCounter(
+        "tunnel_limit_rejections_total",
+        "Visitor requests and connections refused or cut at a configured "
+        "limit, by limit.",
+        {"limit"});
+    for (int i = 0; i < kLimitKinds; ++i) {
+      limit_rejections[i] = limits->WithLabels({std::string(kLimitNames[i])});
+    }
+  }
 
   common::CounterFamily* const requests;
   common::CounterFamily* const bytes;
   common::Histogram* const duration;
   common::CounterFamily* const access_denials;
   common::CounterFamily* const access_grants;
+  // Resolved at start: counting a rejection takes no lock.
+  common::Counter* limit_rejections[kLimitKinds] = {};
 };
 
 // One visitor request as the metrics and the access log see it. Each worker
@@ -110,6 +137,8 @@ struct RequestRecord {
   int handled_status = 0;  // res.status when the handler returned
   int logged_status = 0;   // what httplib wrote
   bool cut = false;        // the response body broke off
+  // The tunnel limiter's admission, held until the request is over.
+  RateLimiter::Slot* slot = nullptr;
   // Per-tunnel byte counters, set once the stream is open; the upgrade
   // relay's second thread adds to them too.
   common::Counter* bytes_in = nullptr;
@@ -136,6 +165,7 @@ struct RequestRecord {
     error.clear();
     status = handled_status = logged_status = 0;
     bytes_in = bytes_out = nullptr;
+    slot = nullptr;
     in = 0;
     out = 0;
   }
@@ -264,6 +294,13 @@ bool IsUpgradeRequest(const httplib::Request& req) {
   return false;
 }
 
+RateLimiter::Options TunnelLimits(const FrontDoorOptions& o) {
+  RateLimiter::Options limits;
+  limits.per_minute = o.tunnel_requests_per_minute;
+  limits.concurrent = o.tunnel_concurrent_requests;
+  return limits;
+}
+
 bool IsInternalHeader(absl::string_view name) {
   for (absl::string_view n : kHttplibInternal) {
     if (name == n) return true;
@@ -295,6 +332,10 @@ class FrontDoor::Handler {
   // FrontServer's request-done hook: counts the request and logs it.
   void Done() {
     RequestRecord& r = tl_request;
+    if (r.slot != nullptr) {
+      tunnel_limiter_.Release(r.slot);
+      r.slot = nullptr;
+    }
     if (!r.started && !r.logged) return;  // the connection just ended
     const absl::Duration took =
         r.started ? absl::Now() - r.start : absl::ZeroDuration();
@@ -348,6 +389,12 @@ class FrontDoor::Handler {
     }
   }
 
+  // FrontServer's hook for connections refused at a per-IP limit.
+  void ConnectionRefused(RateLimiter::Verdict verdict) {
+    Reject(verdict == RateLimiter::Verdict::kRateLimited ? kClientConnectionRate
+                                                         : kClientConnections);
+  }
+
   void SetDraining(absl::Duration retry_after) {
     drain_retry_after_s_ =
         std::max<int64_t>(1, absl::ToInt64Seconds(retry_after));
@@ -391,8 +438,41 @@ class FrontDoor::Handler {
       }
     }
 
-    tunnel::v1::TunnelRequest head;
     tl_request.slug = route->slug;
+    // Is there a request body to stream? httplib has already read it into
+    // req.body for methods it serves without a content reader.
+    bool streamed_body = false;
+    if (reader != nullptr) {
+      uint64_t length = 0;
+      bool chunked = absl::EqualsIgnoreCase(
+          req.get_header_value("Transfer-Encoding"), "chunked");
+      bool has_length =
+          absl::SimpleAtoi(req.get_header_value("Content-Length"), &length) &&
+          length > 0;
+      streamed_body = chunked || has_length;
+    }
+    if (options_.max_request_body > 0) {
+      const uint64_t max = static_cast<uint64_t>(options_.max_request_body);
+      uint64_t declared = 0;
+      if (req.body.size() > max ||
+          (absl::SimpleAtoi(req.get_header_value("Content-Length"),
+                            &declared) &&
+           declared > max)) {
+        RequestTooLarge(req, res, streamed_body);
+        return;
+      }
+    }
+    RateLimiter::Decision limit;
+    if (tunnel_limiter_.enabled()) {
+      limit = tunnel_limiter_.Acquire(route->slug, options_.clock());
+      if (limit.slot == nullptr) {
+        TunnelLimited(req, res, *route, limit, streamed_body);
+        return;
+      }
+      tl_request.slot = limit.slot;
+    }
+
+    tunnel::v1::TunnelRequest head;
     head.set_request_id(request_id);
     head.set_tunnel_slug(route->slug);
     head.set_method(req.method);
@@ -448,24 +528,22 @@ class FrontDoor::Handler {
     }
     common::AddHeader(headers, "X-Request-Id", request_id);
 
-    // Is there a request body to stream? httplib has already read it into
-    // req.body for methods it serves without a content reader.
-    bool streamed_body = false;
-    if (reader != nullptr) {
-      uint64_t length = 0;
-      bool chunked = absl::EqualsIgnoreCase(
-          req.get_header_value("Transfer-Encoding"), "chunked");
-      bool has_length =
-          absl::SimpleAtoi(req.get_header_value("Content-Length"), &length) &&
-          length > 0;
-      streamed_body = chunked || has_length;
-    }
     // An upgrade keeps the visitor's direction open for the raw bytes that
     // follow a 101.
     head.set_end_stream(!upgrade && !streamed_body && req.body.empty());
 
     absl::StatusOr<std::unique_ptr<TunnelStream>> opened =
         router_->Open(route->slug, std::move(head));
+    if (limit.slot != nullptr) {
+      if (!opened.ok() && absl::IsNotFound(opened.status())) {
+        // No such tunnel: the request never happened for the limiter.
+        tunnel_limiter_.Release(limit.slot, /*counted=*/false);
+        tl_request.slot = nullptr;
+      } else {
+        RateLimiter::MarkConfirmed(limit.slot);
+        SetRateLimitHeaders(res, limit);
+      }
+    }
     // Only a tunnel the router knows becomes a label value.
     if (opened.ok() || !absl::IsNotFound(opened.status())) {
       tl_request.tunnel = route->slug;
@@ -485,12 +563,28 @@ class FrontDoor::Handler {
     // Upload: stream the body to the agent against its credit.
     absl::Status upload;
     if (streamed_body) {
+      const uint64_t max_in =
+          options_.max_request_body > 0
+              ? static_cast<uint64_t>(options_.max_request_body)
+              : UINT64_MAX;
+      uint64_t sent = 0;
+      bool too_large = false;
       bool read_ok = (*reader)([&](const char* data, size_t len) {
+        if (len > max_in - sent) {  // the service never gets the excess
+          too_large = true;
+          return false;
+        }
+        sent += len;
         upload = stream->SendBody(absl::string_view(data, len),
                                   absl::Now() + options_.body_idle_timeout);
         if (upload.ok()) record->AddIn(len);
         return upload.ok();
       });
+      if (too_large) {
+        stream->Cancel("the request body is over the gateway's limit");
+        RequestTooLarge(req, res, /*unread_body=*/true);
+        return;
+      }
       if (upload.ok() && !read_ok) {
         // The visitor's body broke off: the agent must not see it as whole.
         stream->Cancel("the visitor's request body was cut off");
@@ -545,7 +639,20 @@ class FrontDoor::Handler {
         if (!absl::SimpleAtoi(h.value(), &content_length)) content_length = -1;
         if (req.method != "HEAD") continue;  // httplib writes its own
       }
+      if (limit.limit > 0 &&
+          absl::StartsWithIgnoreCase(h.name(), "X-RateLimit-")) {
+        continue;  // ours describe the gateway's limit
+      }
       res.headers.emplace(h.name(), h.value());
+    }
+    const uint64_t max_out =
+        options_.max_response_body > 0
+            ? static_cast<uint64_t>(options_.max_response_body)
+            : UINT64_MAX;
+    if (req.method != "HEAD" && content_length >= 0 &&
+        static_cast<uint64_t>(content_length) > max_out) {
+      ResponseTooLarge(req, res, *stream, limit, request_id);
+      return;
     }
 
     if (req.method == "HEAD" || resp.end_stream()) {
@@ -553,6 +660,10 @@ class FrontDoor::Handler {
       if (resp.end_stream() && req.method != "HEAD") {
         absl::StatusOr<common::Chunk> c =
             stream->ReadBody(absl::Now() + options_.body_idle_timeout);
+        if (c.ok() && c->data.size() > max_out) {
+          ResponseTooLarge(req, res, *stream, limit, request_id);
+          return;
+        }
         if (c.ok()) {
           record->AddOut(c->data.size());
           res.body = std::move(c->data);
@@ -566,6 +677,8 @@ class FrontDoor::Handler {
     state->stream = stream;
     state->record = record;
     state->idle = options_.body_idle_timeout;
+    state->max = max_out;
+    state->too_large = metrics_.limit_rejections[kResponseBody];
     if (content_length >= 0) {
       res.content_length_ = static_cast<size_t>(content_length);
       res.content_provider_ = [state](size_t, size_t length,
@@ -681,6 +794,75 @@ class FrontDoor::Handler {
     return false;
   }
 
+  void Reject(LimitKind kind) { metrics_.limit_rejections[kind]->Increment(); }
+
+  // X-RateLimit-* of the per-minute tunnel limit (when there is one): the
+  // limit, what is left of this window, seconds until it ends.
+  static void SetRateLimitHeaders(httplib::Response& res,
+                                  const RateLimiter::Decision& d) {
+    if (d.limit <= 0) return;
+    res.set_header("X-RateLimit-Limit", absl::StrCat(d.limit));
+    res.set_header("X-RateLimit-Remaining", absl::StrCat(d.remaining));
+    res.set_header("X-RateLimit-Reset", absl::StrCat(CeilSeconds(d.reset)));
+  }
+
+  // A request the connection cannot be reused after: its body is unread.
+  static void CloseAfterResponse(httplib::Response& res) {
+    res.set_header("Connection", "close");
+    FrontServer::CloseCurrentConnectionAfterResponse();
+  }
+
+  // 429 at a tunnel limit; the agent never hears of the request.
+  void TunnelLimited(const httplib::Request& req, httplib::Response& res,
+                     const Route& route, const RateLimiter::Decision& d,
+                     bool unread_body) {
+    // Only a slug the router confirmed becomes a label value.
+    if (d.confirmed) tl_request.tunnel = route.slug;
+    const bool rate = d.verdict == RateLimiter::Verdict::kRateLimited;
+    Reject(rate ? kTunnelRate : kTunnelConcurrency);
+    if (rate) {
+      SetError(req, res, 429, "tunnel_rate_limited",
+               absl::StrCat("this tunnel takes ", d.limit,
+                            " requests per minute; wait and try again"));
+    } else {
+      SetError(req, res, 429, "tunnel_concurrency_limited",
+               absl::StrCat("this tunnel serves at most ",
+                            options_.tunnel_concurrent_requests,
+                            " requests at once; try again shortly"));
+    }
+    SetRateLimitHeaders(res, d);
+    res.set_header("Retry-After",
+                   absl::StrCat(rate ? CeilSeconds(d.reset) : 1));
+    if (unread_body) CloseAfterResponse(res);
+  }
+
+  // 413: the request body is over --max-request-body.
+  void RequestTooLarge(const httplib::Request& req, httplib::Response& res,
+                       bool unread_body) {
+    Reject(kRequestBody);
+    SetError(req, res, 413, "request_too_large",
+             absl::StrCat("the request body is larger than this gateway "
+                          "accepts (",
+                          options_.max_request_body, " bytes)"));
+    if (unread_body) CloseAfterResponse(res);
+  }
+
+  // 502 before the head went out: the response body is (announced or
+  // arrived) over --max-response-body. The service's headers are dropped.
+  void ResponseTooLarge(const httplib::Request& req, httplib::Response& res,
+                        TunnelStream& stream, const RateLimiter::Decision& d,
+                        const std::string& request_id) {
+    stream.Cancel("the response body is over the gateway's limit");
+    Reject(kResponseBody);
+    res.headers.clear();
+    res.set_header("X-Request-Id", request_id);
+    SetRateLimitHeaders(res, d);
+    SetError(req, res, 502, "response_too_large",
+             absl::StrCat("the service's response is larger than this "
+                          "gateway passes on (",
+                          options_.max_response_body, " bytes)"));
+  }
+
   void Deny(absl::string_view reason) {
     metrics_.access_denials->WithLabels({std::string(reason)})->Increment();
   }
@@ -714,6 +896,10 @@ class FrontDoor::Handler {
     // response writing, before the request-done hook).
     RequestRecord* record = nullptr;
     absl::Duration idle;
+    // Response body bytes allowed, and sent so far.
+    uint64_t max = UINT64_MAX;
+    uint64_t sent = 0;
+    common::Counter* too_large = nullptr;
 
     bool Pump(httplib::DataSink& sink, size_t length, bool chunked) {
       bool ok = PumpOnce(sink, length, chunked);
@@ -741,6 +927,14 @@ class FrontDoor::Handler {
           stream->Cancel("the service sent more than its Content-Length");
           return false;
         }
+        if (c->data.size() > max - sent) {
+          // Cut: the visitor must not take a truncated body as complete.
+          stream->Cancel("the response body is over the gateway's limit");
+          record->error = "response_too_large";
+          too_large->Increment();
+          return false;
+        }
+        sent += c->data.size();
         if (!c->data.empty() && !sink.write(c->data.data(), c->data.size())) {
           stream->Cancel("the visitor went away");
           return false;
@@ -857,6 +1051,7 @@ class FrontDoor::Handler {
   FrontMetrics metrics_;
   const AccessCookieSigner cookie_signer_;
   AttemptLimiter attempts_{options_.access_code_attempts_per_minute};
+  RateLimiter tunnel_limiter_{TunnelLimits(options_)};
   // > 0 while draining: the Retry-After to send, in seconds.
   std::atomic<int64_t> drain_retry_after_s_{0};
 };
@@ -875,6 +1070,8 @@ FrontDoor::FrontDoor(FrontDoorOptions options, server::TunnelRouter* router,
   server_->set_logger(&Handler::Logged);
   Handler* h = handler_.get();
   server_->set_request_done([h] { h->Done(); });
+  server_->set_connection_refused(
+      [h](RateLimiter::Verdict v) { h->ConnectionRefused(v); });
   auto plain = [h](const httplib::Request& req, httplib::Response& res) {
     h->Handle(req, res, nullptr);
     tl_request.handled_status = res.status;

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/metrics.h"
 #include "common/tls.h"
@@ -40,6 +41,18 @@ struct FrontDoorOptions {
   // minute before 429.
   absl::Duration access_cookie_ttl = absl::Hours(24);
   int access_code_attempts_per_minute = 5;
+  // Per tunnel (slug): requests admitted per minute (fixed windows, see
+  // X-RateLimit-*), and requests in flight at once. 0: unlimited. Over
+  // either: 429 + Retry-After, and the agent never sees the request.
+  int64_t tunnel_requests_per_minute = 0;
+  int64_t tunnel_concurrent_requests = 0;
+  // Body bytes per request: a larger request body gets 413 (the service gets
+  // at most this many bytes), a larger response body 502 before its head or
+  // a cut connection after. 0: unlimited. Upgraded connections are exempt.
+  int64_t max_request_body = 0;
+  int64_t max_response_body = 0;
+  // The tunnel limits' clock (tests move it forward).
+  absl::Time (*clock)() = &absl::Now;
   // Visitor connections served at once (each holds a worker thread).
   int workers = 512;
   ConnectionOptions connection;

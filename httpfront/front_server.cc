@@ -14,6 +14,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/socket_io.h"
@@ -28,6 +29,10 @@ class TlsConnection;
 thread_local int tl_current_socket = -1;
 thread_local VisitorStream* tl_current_stream = nullptr;
 thread_local TlsConnection* tl_current_tls = nullptr;
+
+// How long a connection refused at a per-IP limit may keep its worker while
+// the visitor reads the 429 and closes.
+constexpr absl::Duration kRefusalLinger = absl::Milliseconds(500);
 
 int ToMillis(absl::Duration d) {
   int64_t ms = absl::ToInt64Milliseconds(d);
@@ -207,6 +212,19 @@ class TlsConnection : public Connection {
   SSL* const ssl_;
 };
 
+// Closing with unread request bytes makes the kernel reset the connection,
+// which can destroy the answer we just wrote before the visitor reads it.
+// Ends our direction, then reads (and drops) what still comes until the
+// visitor closes, for at most kRefusalLinger.
+void LingerBeforeClose(int sock) {
+  ::shutdown(sock, SHUT_WR);
+  const absl::Time give_up = absl::Now() + kRefusalLinger;
+  char buf[4096];
+  while (PollFor(sock, POLLIN, MillisUntil(give_up)) > 0) {
+    if (::recv(sock, buf, sizeof(buf), MSG_DONTWAIT) <= 0) break;
+  }
+}
+
 void AddressOf(int fd, bool peer, std::string& ip, int& port) {
   sockaddr_storage addr{};
   socklen_t len = sizeof(addr);
@@ -304,6 +322,10 @@ class VisitorStream : public httplib::Stream {
   // (httplib may still have answered 400 on it).
   bool broken() const { return broken_ || hijacked_; }
 
+  // See FrontServer::CloseCurrentConnectionAfterResponse.
+  void CloseAfterResponse() { close_after_ = true; }
+  bool close_after() const { return close_after_; }
+
   // Hands the connection to an upgrade handler (see HijackCurrentConnection).
   std::string Hijack() {
     hijacked_ = true;
@@ -343,12 +365,23 @@ class VisitorStream : public httplib::Stream {
   size_t end_ = 0;
   bool broken_ = false;
   bool hijacked_ = false;
+  bool close_after_ = false;
   PlainConnection plain_{fd_};
 };
 
+RateLimiter::Options IpLimits(const ConnectionOptions& o) {
+  RateLimiter::Options limits;
+  limits.per_minute = o.connections_per_ip_per_minute;
+  limits.concurrent = o.max_connections_per_ip;
+  limits.capacity =
+      static_cast<size_t>(std::max<int64_t>(1, o.client_ip_capacity));
+  return limits;
+}
+
 }  // namespace
 
-FrontServer::FrontServer(ConnectionOptions options) : options_(options) {
+FrontServer::FrontServer(ConnectionOptions options)
+    : options_(options), ip_limiter_(IpLimits(options)) {
   set_tcp_nodelay(true);
   // Our loop enforces these; httplib only announces them in Keep-Alive.
   set_keep_alive_timeout(
@@ -365,6 +398,10 @@ bool FrontServer::CurrentVisitorConnected() {
   if (n > 0) return true;  // pipelined bytes: still there
   if (n == 0) return false;
   return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+}
+
+void FrontServer::CloseCurrentConnectionAfterResponse() {
+  if (tl_current_stream != nullptr) tl_current_stream->CloseAfterResponse();
 }
 
 void FrontServer::SetListenBacklog(int backlog) {
@@ -386,7 +423,51 @@ void FrontServer::ShutdownConnections() {
   for (int fd : open_) ::shutdown(fd, SHUT_RDWR);
 }
 
+void FrontServer::RefuseConnection(int sock, const RateLimiter::Decision& d) {
+  const bool rate = d.verdict == RateLimiter::Verdict::kRateLimited;
+  if (connection_refused_) connection_refused_(d.verdict);
+  // A TLS visitor would cost a handshake to be told: it is just closed.
+  if (tls_ == nullptr) {
+    const absl::string_view code =
+        rate ? "client_connection_rate_limited" : "client_connection_limited";
+    const std::string body = absl::StrCat(
+        "{\"error\":\"", code, "\",\"status\":429,\"message\":\"",
+        rate ? "too many new connections from your address; wait and retry"
+             : "too many open connections from your address",
+        "\"}\n");
+    std::string head = absl::StrCat(
+        "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+        "Content-Length: ",
+        body.size(), "\r\nRetry-After: ", rate ? CeilSeconds(d.reset) : 1,
+        "\r\nX-Tunnel-Error: ", code, "\r\nCache-Control: no-store\r\n");
+    if (rate) {
+      absl::StrAppend(&head, "X-RateLimit-Limit: ", d.limit,
+                      "\r\nX-RateLimit-Remaining: ", d.remaining,
+                      "\r\nX-RateLimit-Reset: ", CeilSeconds(d.reset), "\r\n");
+    }
+    const std::string out =
+        absl::StrCat(head, "Connection: close\r\n\r\n", body);
+    // Never waits for room: a refused visitor gets what fits at once.
+    (void)::send(sock, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    LingerBeforeClose(sock);
+  }
+  ::shutdown(sock, SHUT_RDWR);
+  ::close(sock);
+}
+
 bool FrontServer::process_and_close_socket(socket_t sock) {
+  RateLimiter::Slot* ip_slot = nullptr;
+  if (ip_limiter_.enabled()) {
+    std::string ip;
+    int port = 0;
+    AddressOf(sock, /*peer=*/true, ip, port);
+    RateLimiter::Decision d = ip_limiter_.Acquire(ip, options_.clock());
+    if (d.slot == nullptr) {
+      RefuseConnection(sock, d);
+      return false;
+    }
+    ip_slot = d.slot;
+  }
   {
     absl::MutexLock lock(&mu_);
     open_.insert(sock);
@@ -412,7 +493,9 @@ bool FrontServer::process_and_close_socket(socket_t sock) {
     ret = process_request(strm, /*close_connection=*/remaining == 1,
                           connection_closed, setup_request_);
     if (request_done_) request_done_();
-    if (!ret || connection_closed || strm.broken()) break;
+    if (!ret || connection_closed || strm.broken() || strm.close_after()) {
+      break;
+    }
     --remaining;
   }
   tl_current_socket = -1;
@@ -423,8 +506,11 @@ bool FrontServer::process_and_close_socket(socket_t sock) {
     open_.erase(sock);
   }
   if (tls != nullptr && handshake_ok && !strm.broken()) tls->Close();
+  // A request body was left unread: let the answer reach the visitor.
+  if (strm.close_after() && !strm.broken()) LingerBeforeClose(sock);
   ::shutdown(sock, SHUT_RDWR);
   ::close(sock);
+  if (ip_slot != nullptr) ip_limiter_.Release(ip_slot);
   return ret;
 }
 

@@ -25,8 +25,10 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/tls.h"
+#include "httpfront/rate_limits.h"
 #include "httplib.h"
 
 namespace tunnel::httpfront {
@@ -38,6 +40,15 @@ struct ConnectionOptions {
   absl::Duration write_timeout = absl::Seconds(60);  // visitor not reading
   absl::Duration keep_alive_timeout = absl::Seconds(30);
   size_t keep_alive_max_requests = 10000;
+  // Per client IP (the socket's peer address, never a header): connections
+  // open at once, and new connections per minute. 0: unlimited. Over either,
+  // the connection gets a minimal 429 (TLS: is closed) and no request is
+  // read from it. At most `client_ip_capacity` idle IPs are remembered.
+  int64_t max_connections_per_ip = 0;
+  int64_t connections_per_ip_per_minute = 0;
+  int64_t client_ip_capacity = 100000;
+  // The per-IP limits' clock (tests move it forward).
+  absl::Time (*clock)() = &absl::Now;
 };
 
 // A visitor's connection as an upgrade handler sees it: plain TCP or TLS.
@@ -75,6 +86,12 @@ class FrontServer : public httplib::Server {
     request_done_ = std::move(fn);
   }
 
+  // Runs on the worker for each connection refused at a per-IP limit
+  // (kRateLimited: connections per minute; kConcurrencyLimited: at once).
+  void set_connection_refused(std::function<void(RateLimiter::Verdict)> fn) {
+    connection_refused_ = std::move(fn);
+  }
+
   // After binding: raises the accept backlog (httplib's build listens with a
   // backlog of 5, which drops connections in any burst).
   void SetListenBacklog(int backlog);
@@ -85,6 +102,11 @@ class FrontServer : public httplib::Server {
   // For handlers: false once the visitor of the calling worker's connection
   // has closed it (EOF or error). Never blocks.
   static bool CurrentVisitorConnected();
+
+  // For handlers: the calling worker's connection is closed once the current
+  // response is written (e.g. an unread request body is left on it). The
+  // response should say `Connection: close`.
+  static void CloseCurrentConnectionAfterResponse();
 
   // For an upgrade handler: takes the calling worker's connection over.
   // Returns the connection (valid until the handler returns; it is closed
@@ -99,10 +121,14 @@ class FrontServer : public httplib::Server {
 
  private:
   bool process_and_close_socket(socket_t sock) override;
+  // Answers a connection refused at a per-IP limit and closes it.
+  void RefuseConnection(int sock, const RateLimiter::Decision& d);
 
   const ConnectionOptions options_;
   std::function<void(httplib::Request&)> setup_request_;
   std::function<void()> request_done_;
+  std::function<void(RateLimiter::Verdict)> connection_refused_;
+  RateLimiter ip_limiter_;
   common::SslCtxPtr tls_;
   absl::Mutex mu_;
   absl::flat_hash_set<int> open_ ABSL_GUARDED_BY(mu_);

@@ -97,6 +97,27 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
   flags->Int("access-code-attempts-per-minute", &v->access_code_attempts,
              "wrong access codes one client IP may try per tunnel and "
              "minute; beyond: 429");
+  flags->Int("tunnel-requests-per-minute", &o.front.tunnel_requests_per_minute,
+             "requests one tunnel accepts per minute (fixed windows), then "
+             "429 with Retry-After; 0: unlimited");
+  flags->Int("tunnel-concurrent-requests", &o.front.tunnel_concurrent_requests,
+             "requests one tunnel serves at once, then 429; 0: unlimited");
+  flags->Int("max-connections-per-ip",
+             &o.front.connection.max_connections_per_ip,
+             "visitor connections one client IP may hold open, then 429 "
+             "and close; 0: unlimited");
+  flags->Int("connections-per-ip-per-minute",
+             &o.front.connection.connections_per_ip_per_minute,
+             "new visitor connections one client IP may open per minute, "
+             "then 429 and close; 0: unlimited");
+  flags->Int("max-tracked-client-ips", &o.front.connection.client_ip_capacity,
+             "client IPs the per-IP limits remember at most (idle ones "
+             "beyond are forgotten, expired windows first)");
+  flags->Int("max-request-body", &o.front.max_request_body,
+             "largest request body in bytes, else 413; 0: unlimited");
+  flags->Int("max-response-body", &o.front.max_response_body,
+             "largest response body in bytes, else 502 or a cut connection; "
+             "0: unlimited");
   flags->Duration("heartbeat-interval", &o.service.heartbeat_interval,
                   "how often each agent is pinged");
   flags->Duration("heartbeat-timeout", &o.heartbeat_timeout,
@@ -161,6 +182,22 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
   if (v->auth_failure_ips < 1) {
     return absl::InvalidArgumentError(
         "--auth-failure-max-ips must be at least 1");
+  }
+  const httpfront::FrontDoorOptions& front = v->options.front;
+  if (front.tunnel_requests_per_minute < 0 ||
+      front.tunnel_concurrent_requests < 0 ||
+      front.connection.max_connections_per_ip < 0 ||
+      front.connection.connections_per_ip_per_minute < 0 ||
+      front.max_request_body < 0 || front.max_response_body < 0) {
+    return absl::InvalidArgumentError(
+        "--tunnel-requests-per-minute, --tunnel-concurrent-requests, "
+        "--max-connections-per-ip, --connections-per-ip-per-minute, "
+        "--max-request-body and --max-response-body must be 0 (unlimited) "
+        "or more");
+  }
+  if (front.connection.client_ip_capacity < 1) {
+    return absl::InvalidArgumentError(
+        "--max-tracked-client-ips must be at least 1");
   }
   if (v->options.front.access_cookie_ttl < absl::Seconds(1)) {
     return absl::InvalidArgumentError(

@@ -320,5 +320,26 @@ TEST_F(TlsTest, VisitorClosingTlsWhileWaitingCancelsTheLocalRequest) {
   ::close(lfd);
 }
 
+// Over a per-IP connection limit an HTTPS connection is closed before the
+// handshake (an answer would cost one); it is counted all the same.
+TEST_F(TlsTest, ConnectionOverThePerIpLimitIsClosedWithoutAHandshake) {
+  TunnelHarness h;
+  h.StartGateway([&](server::GatewayOptions& o) {
+    o.tls.cert_file = cert_file_;
+    o.tls.key_file = key_file_;
+    o.front.connection.connections_per_ip_per_minute = 1;
+  });
+  h.StartAgent(TlsAgent(h));
+  auto first = Visitor(h)->Get(TunnelHarness::Path("cam-01", "/hello"));
+  ASSERT_TRUE(first) << httplib::to_string(first.error());
+  EXPECT_EQ(first->status, 200);
+  auto second = Visitor(h)->Get(TunnelHarness::Path("cam-01", "/hello"));
+  ASSERT_FALSE(second);
+  EXPECT_EQ(second.error(), httplib::Error::SSLConnection);
+  EXPECT_THAT(h.gateway().metrics().Render(),
+              HasSubstr("tunnel_limit_rejections_total{limit=\"client_"
+                        "connections_per_minute\"} 1\n"));
+}
+
 }  // namespace
 }  // namespace tunnel::testing

@@ -22,11 +22,11 @@ TEST(GatewayFlagsTest, ConfigMessageMatchesTheFlagsOneToOne) {
 }
 
 absl::Status ParseArgs(std::vector<std::string> args, GatewayFlags* values) {
-  common::FlagSet flags("usage");
-  RegisterGatewayFlags(&flags, values);
   args.insert(args.begin(), "gateway-tunnel");
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
+  common::FlagSet flags("usage");
+  RegisterGatewayFlags(&flags, values);
   return ParseGatewayFlags(static_cast<int>(argv.size()), argv.data(), &flags,
                            values);
 }
@@ -55,6 +55,61 @@ TEST(GatewayFlagsTest, BadAuthFailureLimitsAreRefused) {
   GatewayFlags no_ips;
   s = ParseArgs({"--insecure", "--auth-failure-max-ips", "0"}, &no_ips);
   EXPECT_EQ(s.message(), "--auth-failure-max-ips must be at least 1");
+}
+
+TEST(GatewayFlagsTest, LimitsDefaultToUnlimitedAndReachTheFrontDoor) {
+  GatewayFlags defaults;
+  ASSERT_TRUE(ParseArgs({"--insecure"}, &defaults).ok());
+  const httpfront::FrontDoorOptions& d = defaults.options.front;
+  EXPECT_EQ(d.tunnel_requests_per_minute, 0);
+  EXPECT_EQ(d.tunnel_concurrent_requests, 0);
+  EXPECT_EQ(d.connection.max_connections_per_ip, 0);
+  EXPECT_EQ(d.connection.connections_per_ip_per_minute, 0);
+  EXPECT_EQ(d.max_request_body, 0);
+  EXPECT_EQ(d.max_response_body, 0);
+  EXPECT_EQ(d.connection.client_ip_capacity, 100000);
+  EXPECT_EQ(defaults.options.service.max_tunnels_per_agent, 16u);
+
+  GatewayFlags set;
+  absl::Status s = ParseArgs(
+      {"--insecure", "--tunnel-requests-per-minute=600",
+       "--tunnel-concurrent-requests=8", "--max-connections-per-ip=64",
+       "--connections-per-ip-per-minute=300", "--max-request-body=1048576",
+       "--max-response-body=2097152", "--max-tunnels-per-agent=2",
+       "--max-tracked-client-ips=5000"},
+      &set);
+  ASSERT_TRUE(s.ok()) << s;
+  const httpfront::FrontDoorOptions& f = set.options.front;
+  EXPECT_EQ(f.tunnel_requests_per_minute, 600);
+  EXPECT_EQ(f.tunnel_concurrent_requests, 8);
+  EXPECT_EQ(f.connection.max_connections_per_ip, 64);
+  EXPECT_EQ(f.connection.connections_per_ip_per_minute, 300);
+  EXPECT_EQ(f.max_request_body, 1048576);
+  EXPECT_EQ(f.max_response_body, 2097152);
+  EXPECT_EQ(f.connection.client_ip_capacity, 5000);
+  EXPECT_EQ(set.options.service.max_tunnels_per_agent, 2u);
+}
+
+TEST(GatewayFlagsTest, NegativeLimitsAreRefusedByName) {
+  for (const char* flag :
+       {"--tunnel-requests-per-minute=-1", "--tunnel-concurrent-requests=-1",
+        "--max-connections-per-ip=-1", "--connections-per-ip-per-minute=-1",
+        "--max-request-body=-1", "--max-response-body=-1"}) {
+    GatewayFlags values;
+    absl::Status s = ParseArgs({"--insecure", flag}, &values);
+    EXPECT_TRUE(absl::IsInvalidArgument(s)) << flag << ": " << s;
+    std::string name(flag);
+    name = name.substr(0, name.find('='));
+    EXPECT_NE(s.message().find(name), std::string::npos) << s;
+  }
+  GatewayFlags zero;
+  absl::Status s =
+      ParseArgs({"--insecure", "--max-tracked-client-ips=0"}, &zero);
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_NE(s.message().find("--max-tracked-client-ips"), std::string::npos);
+  GatewayFlags values;
+  EXPECT_FALSE(
+      ParseArgs({"--insecure", "--max-request-body=lots"}, &values).ok());
 }
 
 }  // namespace
