@@ -159,6 +159,24 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
 
   common::Outbox& outbox() { return outbox_; }
 
+  // How messages reach the call; set once, before the first Dispatch.
+  // Returns false when the call is broken.
+  using WriteFn = std::function<bool(const Envelope&, bool more)>;
+  void SetWriter(WriteFn write) { write_ = std::move(write); }
+  // The dedicated writer thread: writes what the reader (and anyone who
+  // does not write inline) queued, until the outbox is closed and drained.
+  // False if a write failed.
+  bool RunWriter() {
+    Envelope e;
+    bool more = false;
+    while (outbox_.ClaimWait(&e, &more, absl::InfiniteFuture())) {
+      do {
+        WriteOne(e, more);
+      } while (outbox_.NextOrRelease(&e, &more));
+    }
+    return !write_failed_.load();
+  }
+
   // Reader thread.
   void Dispatch(const Envelope& e) {
     switch (e.message_case()) {
@@ -189,7 +207,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
       case Envelope::kControl: {
         const auto& c = e.control();
         if (c.has_ping()) {
-          outbox_.PushControl(common::MakePong(c.ping().nonce()));
+          PushControl(common::MakePong(c.ping().nonce()));
         } else if (c.has_window_update()) {
           auto s = Find(c.window_update().stream_id());
           if (s != nullptr) {
@@ -234,7 +252,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
   // Asks the gateway for no new streams, then waits (bounded) until the
   // streams in flight are done.
   bool DrainStreams(absl::Time deadline) {
-    outbox_.PushControl(
+    PushControl(
         common::MakeGoAway("the agent is shutting down", absl::ZeroDuration()));
     absl::MutexLock lock(&mu_);
     auto idle = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
@@ -271,7 +289,39 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
 
   void SendClose(uint64_t id, TunnelClose::Reason reason,
                  absl::string_view message) {
-    outbox_.PushControl(common::MakeClose(id, reason, message));
+    PushControl(common::MakeClose(id, reason, message));
+  }
+
+  // Queueing for the writer thread. Everything but a response's last
+  // message goes this way: the writer's wake-up latency is what lets the
+  // outbox merge a head with its body and 4 KiB reads into large chunks.
+  void Push(Envelope e) {
+    outbox_.Push(std::move(e));
+    outbox_.WakeWriter();
+  }
+  void PushControl(Envelope e) {
+    outbox_.PushControl(std::move(e));
+    outbox_.WakeWriter();
+  }
+  void PushData(uint64_t id, std::string data, bool end) {
+    outbox_.PushData(id, std::move(data), end);
+    outbox_.WakeWriter();
+  }
+  // A worker that completed a response writes the queue itself unless a
+  // write is already in progress (whose holder then writes ours too): no
+  // hand-off to the writer thread, and a small response leaves as one
+  // message (head + body + end). Never from the reader thread.
+  void FlushInline() {
+    Envelope e;
+    bool more = false;
+    if (!outbox_.TryClaim(&e, &more)) return;
+    do {
+      WriteOne(e, more);
+    } while (outbox_.NextOrRelease(&e, &more));
+  }
+  void WriteOne(const Envelope& e, bool more) {
+    if (write_failed_.load(std::memory_order_relaxed)) return;
+    if (!write_(e, more)) write_failed_ = true;  // the call is cancelled
   }
 
   void OnRequest(const tunnel::v1::TunnelRequest& r) {
@@ -355,18 +405,37 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
       }
     }
     bool head_sent = false;
+    bool end_sent = false;
+    // Body bytes still to come when the length is known (Content-Length),
+    // else -1. Then the head waits in the outbox for the body, and the
+    // message that completes the response is written at once by this
+    // thread: a small response leaves as one message, with no hand-off.
+    int64_t body_left = -1;
     // A 304 or 1xx has no body by definition, but httplib 0.11.4 would read
     // one until the connection closes (nginx sends 304 without
     // Content-Length): answer at once and let httplib drop the connection.
     bool bodyless = false;
     req.response_handler = [&](const httplib::Response& res) {
       bodyless = res.status == 304 || (res.status >= 100 && res.status < 200);
-      SendHead(*s, res, /*end=*/bodyless);
+      if (!bodyless && head.method() != "HEAD" && res.status != 204 &&
+          !absl::SimpleAtoi(res.get_header_value("Content-Length"),
+                            &body_left)) {
+        body_left = -1;
+      }
+      // HEAD and 204 end with the call too, right after this.
+      bool ends_soon =
+          body_left >= 0 || head.method() == "HEAD" || res.status == 204;
+      SendHead(*s, res, /*end=*/bodyless, /*wait_for_body=*/ends_soon);
       head_sent = true;
+      end_sent = bodyless;
       return !bodyless;
     };
     req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
-      return SendBody(*s, data, n);
+      bool last = body_left >= 0 && static_cast<int64_t>(n) >= body_left;
+      if (body_left >= 0) body_left -= static_cast<int64_t>(n);
+      if (!SendBody(*s, data, n, last)) return false;
+      end_sent = last;
+      return true;
     };
 
     httplib::Response res;
@@ -382,14 +451,18 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
       // The gateway already knows; the connection was shut down.
     } else if (bodyless) {
       // Complete already; the client's connection is not reusable.
-    } else if (ok) {
-      if (head_sent) {
+    } else if (ok || end_sent) {
+      if (end_sent) {
+        // The last body bytes carried the end.
+      } else if (head_sent) {
         outbox_.PushData(s->id, "", true);
+        FlushInline();
       } else {
-        SendHead(*s, res, /*end=*/true);  // HEAD, 204: no body to stream
+        // HEAD, 204: no body to stream.
+        SendHead(*s, res, /*end=*/true, /*wait_for_body=*/false);
       }
-      if (!absl::EqualsIgnoreCase(res.get_header_value("Connection"),
-                                  "close")) {
+      if (ok && !absl::EqualsIgnoreCase(res.get_header_value("Connection"),
+                                        "close")) {
         pool.Release(std::move(cli));
       }
     } else if (!head_sent) {
@@ -513,7 +586,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     if (status != 101) {
       // Refused: an ordinary response, its body read by length or to EOF.
       common::StripHopByHop(r->mutable_headers());
-      outbox_.Push(std::move(e));
+      Push(std::move(e));
       uint64_t left = content_length >= 0
                           ? static_cast<uint64_t>(content_length)
                           : UINT64_MAX;
@@ -534,7 +607,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
         ok = SendBody(*s, buf, static_cast<size_t>(n));
       }
       if (ok) {
-        outbox_.PushData(s->id, "", true);
+        PushData(s->id, "", true);
       } else {
         SendClose(s->id, TunnelClose::LOCAL_ERROR,
                   "the local service broke off its response");
@@ -542,7 +615,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
       finish();
       return;
     }
-    outbox_.Push(std::move(e));
+    Push(std::move(e));
     if (!rest.empty() && !SendBody(*s, rest.data(), rest.size())) {
       finish();
       return;
@@ -554,7 +627,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
         uint32_t ack = 0;
         absl::StatusOr<common::Chunk> c =
             s->channel.PopData(absl::Now() + timeout, &ack);
-        if (ack > 0) outbox_.PushControl(common::MakeWindowUpdate(s->id, ack));
+        if (ack > 0) PushControl(common::MakeWindowUpdate(s->id, ack));
         if (!c.ok() || !common::WriteAll(raw, c->data, timeout)) {
           ::shutdown(raw, SHUT_RDWR);
           return;
@@ -568,7 +641,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     while (true) {
       ssize_t n = common::ReadSome(raw, buf, sizeof(buf), timeout);
       if (n == 0) {
-        outbox_.PushData(s->id, "", true);  // the service half-closed
+        PushData(s->id, "", true);  // the service half-closed
         break;
       }
       if (n < 0 || !SendBody(*s, buf, static_cast<size_t>(n))) {
@@ -591,7 +664,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     uint32_t ack = 0;
     absl::StatusOr<common::Chunk> c =
         s.channel.PopData(absl::Now() + options_.local_timeout, &ack);
-    if (ack > 0) outbox_.PushControl(common::MakeWindowUpdate(s.id, ack));
+    if (ack > 0) PushControl(common::MakeWindowUpdate(s.id, ack));
     if (!c.ok()) return false;
     if (!chunked && c->data.size() > remaining) return false;
     if (!c->data.empty() && !sink.write(c->data.data(), c->data.size())) {
@@ -604,7 +677,11 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     return true;
   }
 
-  void SendHead(AgentStream& s, const httplib::Response& res, bool end) {
+  // A head that ends the stream is written at once (FlushInline); one whose
+  // body is known to follow (`wait_for_body`) waits in the outbox for it
+  // without waking the writer; any other goes to the writer thread.
+  void SendHead(AgentStream& s, const httplib::Response& res, bool end,
+                bool wait_for_body) {
     Envelope e;
     auto* r = e.mutable_response();
     r->set_stream_id(s.id);
@@ -614,11 +691,24 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     }
     common::StripHopByHop(r->mutable_headers());
     r->set_end_stream(end);
-    outbox_.Push(std::move(e));
+    if (end) {
+      outbox_.Push(std::move(e));
+      FlushInline();
+    } else if (wait_for_body) {
+      outbox_.Push(std::move(e));
+    } else {
+      Push(std::move(e));
+    }
   }
 
-  // Response body to the gateway, against the stream's credit.
-  bool SendBody(AgentStream& s, const char* data, size_t n) {
+  // Response body to the gateway, against the stream's credit. With `end`
+  // the last bytes end the stream and are written at once (FlushInline).
+  bool SendBody(AgentStream& s, const char* data, size_t n, bool end = false) {
+    if (n == 0 && end) {
+      outbox_.PushData(s.id, "", true);
+      FlushInline();
+      return true;
+    }
     while (n > 0) {
       absl::StatusOr<size_t> credit =
           s.channel.AcquireSendCredit(std::min<size_t>(n, max_chunk_),
@@ -628,7 +718,12 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
                                absl::Now() + options_.local_timeout)) {
         return false;
       }
-      outbox_.PushData(s.id, std::string(data, *credit), false);
+      if (end && *credit == n) {
+        outbox_.PushData(s.id, std::string(data, n), true);
+        FlushInline();
+        return true;
+      }
+      PushData(s.id, std::string(data, *credit), false);
       data += *credit;
       n -= *credit;
     }
@@ -638,6 +733,8 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
   const AgentOptions& options_;
   WorkerPool* const pool_;
   common::Outbox outbox_;
+  WriteFn write_;
+  std::atomic<bool> write_failed_{false};
   absl::flat_hash_map<std::string, std::unique_ptr<ClientPool>> clients_;
   uint32_t send_window_ = common::kDefaultStreamWindow;
   uint32_t max_chunk_ = common::kMaxChunkBytes;
@@ -902,19 +999,21 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
                    << first.accepted().session_id() << ")";
   if (options_.on_accepted) options_.on_accepted(first.accepted());
 
+  // Workers write the messages that complete responses themselves (one
+  // Write at a time, see Outbox::TryClaim); this thread writes the rest.
+  // It returns only when no worker can write any more (the outbox is
+  // closed and nobody holds the writer role), so `stream` outlives them.
+  session->SetWriter([&](const Envelope& e, bool more) {
+    grpc::WriteOptions wo;
+    if (more) wo.set_buffer_hint();
+    if (stream->Write(e, wo)) return true;
+    ctx.TryCancel();
+    return false;
+  });
   std::thread writer([&] {
-    Envelope e;
-    while (session->outbox().PopWait(&e, absl::InfiniteFuture())) {
-      grpc::WriteOptions wo;
-      if (!session->outbox().empty()) wo.set_buffer_hint();
-      if (!stream->Write(e, wo)) {
-        ctx.TryCancel();
-        return;
-      }
-    }
     // The outbox was closed (drain, or the session is over): everything
     // queued is written; half-close so the gateway ends the call cleanly.
-    stream->WritesDone();
+    if (session->RunWriter()) stream->WritesDone();
   });
   // Heartbeats: the gateway pings every heartbeat_interval_ms; a gateway
   // (or path) that goes silent is given up on and the agent reconnects.
