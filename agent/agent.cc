@@ -354,6 +354,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
   // Worker thread: one request to the local service, both bodies streamed.
   void Forward(const std::shared_ptr<AgentStream>& s) {
     if (s->head.upgrade()) {
+      WorkerPool::LongRunning();
       ForwardUpgrade(s);
       Remove(s->id);
       return;
@@ -384,6 +385,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     for (const auto& h : filtered.headers()) {
       req.headers.emplace(h.name(), h.value());
     }
+    if (!head.end_stream()) WorkerPool::LongRunning();  // a streamed upload
     if (has_body) {
       uint64_t length = 0;
       const std::string* cl =
@@ -426,6 +428,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
       bool ends_soon =
           body_left >= 0 || head.method() == "HEAD" || res.status == 204;
       SendHead(*s, res, /*end=*/bodyless, /*wait_for_body=*/ends_soon);
+      if (!ends_soon && !bodyless) WorkerPool::LongRunning();  // streamed
       head_sent = true;
       end_sent = bodyless;
       return !bodyless;
@@ -433,6 +436,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
       bool last = body_left >= 0 && static_cast<int64_t>(n) >= body_left;
       if (body_left >= 0) body_left -= static_cast<int64_t>(n);
+      if (!last) WorkerPool::LongRunning();  // more than one read
       if (!SendBody(*s, data, n, last)) return false;
       end_sent = last;
       return true;

@@ -33,6 +33,24 @@ TEST(WorkerPoolTest, RunsUpToMaxThreadsAtOnceAndQueuesTheRest) {
   EXPECT_LE(pool.threads(), 3u);
 }
 
+TEST(WorkerPoolTest, ATaskQueuedBehindTheEagerLimitStillGetsAThread) {
+  // One eager thread: the second task waits for it, but only until the
+  // watchdog gives it its own thread, since the first never finishes here.
+  WorkerPool pool(4, absl::Seconds(30), /*eager_threads=*/1,
+                  /*max_queue_wait=*/absl::Milliseconds(1));
+  absl::Notification release;
+  absl::Notification first_running;
+  pool.Submit([&] {
+    first_running.Notify();
+    release.WaitForNotification();
+  });
+  first_running.WaitForNotification();
+  absl::Notification second_ran;
+  pool.Submit([&] { second_ran.Notify(); });
+  EXPECT_TRUE(second_ran.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  release.Notify();
+}
+
 TEST(WorkerPoolTest, DestructorRunsQueuedTasks) {
   std::atomic<int> done{0};
   {
