@@ -765,8 +765,10 @@ bool IsPermanent(const absl::Status& status) {
 
 Agent::Agent(AgentOptions options)
     : options_(std::move(options)),
-      roots_pem_(options_.ca_pem.empty() ? common::SystemRootsPem()
-                                         : options_.ca_pem),
+      // Plaintext needs no roots: the system bundle is ~200 KiB of heap.
+      roots_pem_(options_.insecure         ? std::string()
+                 : options_.ca_pem.empty() ? common::SystemRootsPem()
+                                           : options_.ca_pem),
       pool_(std::make_unique<WorkerPool>(options_.max_concurrent)) {}
 
 size_t Agent::local_requests_queued() const { return pool_->queued(); }
