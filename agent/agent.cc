@@ -61,11 +61,12 @@ absl::Status FromConnectError(const ConnectError& e) {
 
 // One stream on the agent side: a request to forward to the local service.
 struct AgentStream {
-  AgentStream(uint64_t stream_id, tunnel::v1::TunnelRequest h,
+  AgentStream(uint64_t stream_id, tunnel::v1::TunnelRequest h, bool body,
               const LocalTarget* t, uint32_t send_window,
               uint32_t receive_window)
       : id(stream_id),
         head(std::move(h)),
+        has_body(body),
         target(t),
         channel(send_window, receive_window) {}
 
@@ -79,7 +80,10 @@ struct AgentStream {
   }
 
   const uint64_t id;
+  // Without its body (moved into `channel`); without hop-by-hop fields and,
+  // when there is no body, without Content-Length, unless an upgrade.
   const tunnel::v1::TunnelRequest head;
+  const bool has_body;  // the request has a body (possibly still to come)
   const LocalTarget* const target;
   common::StreamChannel channel;
   absl::Mutex mu;
@@ -177,17 +181,20 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     return !write_failed_.load();
   }
 
-  // Reader thread.
-  void Dispatch(const Envelope& e) {
+  // Reader thread. Takes the request heads and body bytes out of `*in`
+  // (moved, not copied, to the worker).
+  void Dispatch(Envelope* in) {
+    const Envelope& e = *in;
     switch (e.message_case()) {
       case Envelope::kRequest:
-        OnRequest(e.request());
+        OnRequest(std::move(*in->mutable_request()));
         return;
       case Envelope::kData: {
         auto s = Find(e.data().stream_id());
         if (s == nullptr) return;
-        if (absl::Status st =
-                s->channel.PushData(e.data().data(), e.data().end_stream());
+        bool end = e.data().end_stream();
+        if (absl::Status st = s->channel.PushData(
+                std::move(*in->mutable_data()->mutable_data()), end);
             !st.ok()) {
           s->Cancel(absl::AbortedError(st.message()));
           SendClose(s->id, TunnelClose::FLOW_CONTROL_ERROR, st.message());
@@ -324,7 +331,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     if (!write_(e, more)) write_failed_ = true;  // the call is cancelled
   }
 
-  void OnRequest(const tunnel::v1::TunnelRequest& r) {
+  void OnRequest(tunnel::v1::TunnelRequest r) {
     const LocalTarget* target = nullptr;
     for (const LocalTarget& t : options_.tunnels) {
       if (t.slug == r.tunnel_slug()) target = &t;
@@ -335,18 +342,31 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
                              "\""));
       return;
     }
-    auto s = std::make_shared<AgentStream>(
-        r.stream_id(), r, target, send_window_, options_.receive_window);
-    if (!r.body().empty() || r.end_stream()) {
-      if (absl::Status st = s->channel.PushData(r.body(), r.end_stream());
+    const uint64_t id = r.stream_id();
+    const bool end = r.end_stream();
+    const bool has_body = !(end && r.body().empty());
+    std::string body = std::move(*r.mutable_body());
+    r.clear_body();
+    if (!r.upgrade()) {
+      common::StripHopByHop(r.mutable_headers());
+      // Without a body httplib writes its own "Content-Length: 0" for POST,
+      // PUT and PATCH; a second copy makes servers such as nginx answer 400.
+      if (!has_body)
+        common::RemoveHeader(r.mutable_headers(), "Content-Length");
+    }
+    auto s =
+        std::make_shared<AgentStream>(id, std::move(r), has_body, target,
+                                      send_window_, options_.receive_window);
+    if (!body.empty() || end) {
+      if (absl::Status st = s->channel.PushData(std::move(body), end);
           !st.ok()) {
-        SendClose(r.stream_id(), TunnelClose::FLOW_CONTROL_ERROR, st.message());
+        SendClose(id, TunnelClose::FLOW_CONTROL_ERROR, st.message());
         return;
       }
     }
     {
       absl::MutexLock lock(&mu_);
-      streams_[r.stream_id()] = s;
+      streams_[id] = s;
     }
     pool_->Submit([self = shared_from_this(), s] { self->Forward(s); });
   }
@@ -373,16 +393,8 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     httplib::Request req;
     req.method = head.method();
     req.path = s->target->base_path + head.path();
-    bool has_body = !(head.end_stream() && head.body().empty());
-    tunnel::v1::TunnelRequest filtered;
-    *filtered.mutable_headers() = head.headers();
-    common::StripHopByHop(filtered.mutable_headers());
-    // Without a body httplib writes its own "Content-Length: 0" for POST,
-    // PUT and PATCH; a second copy makes servers such as nginx answer 400.
-    if (!has_body) {
-      common::RemoveHeader(filtered.mutable_headers(), "Content-Length");
-    }
-    for (const auto& h : filtered.headers()) {
+    const bool has_body = s->has_body;
+    for (const auto& h : head.headers()) {  // filtered by OnRequest
       req.headers.emplace(h.name(), h.value());
     }
     if (!head.end_stream()) WorkerPool::LongRunning();  // a streamed upload
@@ -1043,7 +1055,7 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
   Envelope in;
   while (stream->Read(&in)) {
     session->Touch();
-    session->Dispatch(in);
+    session->Dispatch(&in);
   }
   session_over.Notify();
   watchdog.join();
