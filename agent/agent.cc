@@ -65,11 +65,12 @@ absl::Status FromConnectError(const ConnectError& e) {
 
 // One stream on the agent side: a request to forward to the local service.
 struct AgentStream {
-  AgentStream(uint64_t stream_id, tunnel::v1::TunnelRequest h,
+  AgentStream(uint64_t stream_id, tunnel::v1::TunnelRequest h, bool body,
               const LocalTarget* t, uint32_t send_window,
               uint32_t receive_window)
       : id(stream_id),
         head(std::move(h)),
+        has_body(body),
         target(t),
         channel(send_window, receive_window) {}
 
@@ -83,7 +84,10 @@ struct AgentStream {
   }
 
   const uint64_t id;
+  // Without its body (moved into `channel`); without hop-by-hop fields and,
+  // when there is no body, without Content-Length, unless an upgrade.
   const tunnel::v1::TunnelRequest head;
+  const bool has_body;  // the request has a body (possibly still to come)
   const LocalTarget* const target;
   common::StreamChannel channel;
   absl::Mutex mu;
@@ -163,17 +167,38 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
 
   common::Outbox& outbox() { return outbox_; }
 
-  // Reader thread.
-  void Dispatch(const Envelope& e) {
+  // How messages reach the call; set once, before the first Dispatch.
+  // Returns false when the call is broken.
+  using WriteFn = std::function<bool(const Envelope&, bool more)>;
+  void SetWriter(WriteFn write) { write_ = std::move(write); }
+  // The dedicated writer thread: writes what the reader (and anyone who
+  // does not write inline) queued, until the outbox is closed and drained.
+  // False if a write failed.
+  bool RunWriter() {
+    Envelope e;
+    bool more = false;
+    while (outbox_.ClaimWait(&e, &more, absl::InfiniteFuture())) {
+      do {
+        WriteOne(e, more);
+      } while (outbox_.NextOrRelease(&e, &more));
+    }
+    return !write_failed_.load();
+  }
+
+  // Reader thread. Takes the request heads and body bytes out of `*in`
+  // (moved, not copied, to the worker).
+  void Dispatch(Envelope* in) {
+    const Envelope& e = *in;
     switch (e.message_case()) {
       case Envelope::kRequest:
-        OnRequest(e.request());
+        OnRequest(std::move(*in->mutable_request()));
         return;
       case Envelope::kData: {
         auto s = Find(e.data().stream_id());
         if (s == nullptr) return;
-        if (absl::Status st =
-                s->channel.PushData(e.data().data(), e.data().end_stream());
+        bool end = e.data().end_stream();
+        if (absl::Status st = s->channel.PushData(
+                std::move(*in->mutable_data()->mutable_data()), end);
             !st.ok()) {
           s->Cancel(absl::AbortedError(st.message()));
           SendClose(s->id, TunnelClose::FLOW_CONTROL_ERROR, st.message());
@@ -193,7 +218,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
       case Envelope::kControl: {
         const auto& c = e.control();
         if (c.has_ping()) {
-          outbox_.PushControl(common::MakePong(c.ping().nonce()));
+          PushControl(common::MakePong(c.ping().nonce()));
         } else if (c.has_window_update()) {
           auto s = Find(c.window_update().stream_id());
           if (s != nullptr) {
@@ -238,7 +263,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
   // Asks the gateway for no new streams, then waits (bounded) until the
   // streams in flight are done.
   bool DrainStreams(absl::Time deadline) {
-    outbox_.PushControl(
+    PushControl(
         common::MakeGoAway("the agent is shutting down", absl::ZeroDuration()));
     absl::MutexLock lock(&mu_);
     auto idle = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
@@ -275,10 +300,42 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
 
   void SendClose(uint64_t id, TunnelClose::Reason reason,
                  absl::string_view message) {
-    outbox_.PushControl(common::MakeClose(id, reason, message));
+    PushControl(common::MakeClose(id, reason, message));
   }
 
-  void OnRequest(const tunnel::v1::TunnelRequest& r) {
+  // Queueing for the writer thread. Everything but a response's last
+  // message goes this way: the writer's wake-up latency is what lets the
+  // outbox merge a head with its body and 4 KiB reads into large chunks.
+  void Push(Envelope e) {
+    outbox_.Push(std::move(e));
+    outbox_.WakeWriter();
+  }
+  void PushControl(Envelope e) {
+    outbox_.PushControl(std::move(e));
+    outbox_.WakeWriter();
+  }
+  void PushData(uint64_t id, std::string data, bool end) {
+    outbox_.PushData(id, std::move(data), end);
+    outbox_.WakeWriter();
+  }
+  // A worker that completed a response writes the queue itself unless a
+  // write is already in progress (whose holder then writes ours too): no
+  // hand-off to the writer thread, and a small response leaves as one
+  // message (head + body + end). Never from the reader thread.
+  void FlushInline() {
+    Envelope e;
+    bool more = false;
+    if (!outbox_.TryClaim(&e, &more)) return;
+    do {
+      WriteOne(e, more);
+    } while (outbox_.NextOrRelease(&e, &more));
+  }
+  void WriteOne(const Envelope& e, bool more) {
+    if (write_failed_.load(std::memory_order_relaxed)) return;
+    if (!write_(e, more)) write_failed_ = true;  // the call is cancelled
+  }
+
+  void OnRequest(tunnel::v1::TunnelRequest r) {
     const LocalTarget* target = nullptr;
     for (const LocalTarget& t : options_.tunnels) {
       if (t.slug == r.tunnel_slug()) target = &t;
@@ -289,18 +346,31 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
                              "\""));
       return;
     }
-    auto s = std::make_shared<AgentStream>(
-        r.stream_id(), r, target, send_window_, options_.receive_window);
-    if (!r.body().empty() || r.end_stream()) {
-      if (absl::Status st = s->channel.PushData(r.body(), r.end_stream());
+    const uint64_t id = r.stream_id();
+    const bool end = r.end_stream();
+    const bool has_body = !(end && r.body().empty());
+    std::string body = std::move(*r.mutable_body());
+    r.clear_body();
+    if (!r.upgrade()) {
+      common::StripHopByHop(r.mutable_headers());
+      // Without a body httplib writes its own "Content-Length: 0" for POST,
+      // PUT and PATCH; a second copy makes servers such as nginx answer 400.
+      if (!has_body)
+        common::RemoveHeader(r.mutable_headers(), "Content-Length");
+    }
+    auto s =
+        std::make_shared<AgentStream>(id, std::move(r), has_body, target,
+                                      send_window_, options_.receive_window);
+    if (!body.empty() || end) {
+      if (absl::Status st = s->channel.PushData(std::move(body), end);
           !st.ok()) {
-        SendClose(r.stream_id(), TunnelClose::FLOW_CONTROL_ERROR, st.message());
+        SendClose(id, TunnelClose::FLOW_CONTROL_ERROR, st.message());
         return;
       }
     }
     {
       absl::MutexLock lock(&mu_);
-      streams_[r.stream_id()] = s;
+      streams_[id] = s;
     }
     pool_->Submit([self = shared_from_this(), s] { self->Forward(s); });
   }
@@ -308,6 +378,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
   // Worker thread: one request to the local service, both bodies streamed.
   void Forward(const std::shared_ptr<AgentStream>& s) {
     if (s->head.upgrade()) {
+      WorkerPool::LongRunning();
       ForwardUpgrade(s);
       Remove(s->id);
       return;
@@ -326,18 +397,11 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     httplib::Request req;
     req.method = head.method();
     req.path = s->target->base_path + head.path();
-    bool has_body = !(head.end_stream() && head.body().empty());
-    tunnel::v1::TunnelRequest filtered;
-    *filtered.mutable_headers() = head.headers();
-    common::StripHopByHop(filtered.mutable_headers());
-    // Without a body httplib writes its own "Content-Length: 0" for POST,
-    // PUT and PATCH; a second copy makes servers such as nginx answer 400.
-    if (!has_body) {
-      common::RemoveHeader(filtered.mutable_headers(), "Content-Length");
-    }
-    for (const auto& h : filtered.headers()) {
+    const bool has_body = s->has_body;
+    for (const auto& h : head.headers()) {  // filtered by OnRequest
       req.headers.emplace(h.name(), h.value());
     }
+    if (!head.end_stream()) WorkerPool::LongRunning();  // a streamed upload
     if (has_body) {
       uint64_t length = 0;
       const std::string* cl =
@@ -359,18 +423,39 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
       }
     }
     bool head_sent = false;
+    bool end_sent = false;
+    // Body bytes still to come when the length is known (Content-Length),
+    // else -1. Then the head waits in the outbox for the body, and the
+    // message that completes the response is written at once by this
+    // thread: a small response leaves as one message, with no hand-off.
+    int64_t body_left = -1;
     // A 304 or 1xx has no body by definition, but httplib 0.11.4 would read
     // one until the connection closes (nginx sends 304 without
     // Content-Length): answer at once and let httplib drop the connection.
     bool bodyless = false;
     req.response_handler = [&](const httplib::Response& res) {
       bodyless = res.status == 304 || (res.status >= 100 && res.status < 200);
-      SendHead(*s, res, /*end=*/bodyless);
+      if (!bodyless && head.method() != "HEAD" && res.status != 204 &&
+          !absl::SimpleAtoi(res.get_header_value("Content-Length"),
+                            &body_left)) {
+        body_left = -1;
+      }
+      // HEAD and 204 end with the call too, right after this.
+      bool ends_soon =
+          body_left >= 0 || head.method() == "HEAD" || res.status == 204;
+      SendHead(*s, res, /*end=*/bodyless, /*wait_for_body=*/ends_soon);
+      if (!ends_soon && !bodyless) WorkerPool::LongRunning();  // streamed
       head_sent = true;
+      end_sent = bodyless;
       return !bodyless;
     };
     req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
-      return SendBody(*s, data, n);
+      bool last = body_left >= 0 && static_cast<int64_t>(n) >= body_left;
+      if (body_left >= 0) body_left -= static_cast<int64_t>(n);
+      if (!last) WorkerPool::LongRunning();  // more than one read
+      if (!SendBody(*s, data, n, last)) return false;
+      end_sent = last;
+      return true;
     };
 
     httplib::Response res;
@@ -386,14 +471,18 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
       // The gateway already knows; the connection was shut down.
     } else if (bodyless) {
       // Complete already; the client's connection is not reusable.
-    } else if (ok) {
-      if (head_sent) {
+    } else if (ok || end_sent) {
+      if (end_sent) {
+        // The last body bytes carried the end.
+      } else if (head_sent) {
         outbox_.PushData(s->id, "", true);
+        FlushInline();
       } else {
-        SendHead(*s, res, /*end=*/true);  // HEAD, 204: no body to stream
+        // HEAD, 204: no body to stream.
+        SendHead(*s, res, /*end=*/true, /*wait_for_body=*/false);
       }
-      if (!absl::EqualsIgnoreCase(res.get_header_value("Connection"),
-                                  "close")) {
+      if (ok && !absl::EqualsIgnoreCase(res.get_header_value("Connection"),
+                                        "close")) {
         pool.Release(std::move(cli));
       }
     } else if (!head_sent) {
@@ -517,7 +606,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     if (status != 101) {
       // Refused: an ordinary response, its body read by length or to EOF.
       common::StripHopByHop(r->mutable_headers());
-      outbox_.Push(std::move(e));
+      Push(std::move(e));
       uint64_t left = content_length >= 0
                           ? static_cast<uint64_t>(content_length)
                           : UINT64_MAX;
@@ -538,7 +627,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
         ok = SendBody(*s, buf, static_cast<size_t>(n));
       }
       if (ok) {
-        outbox_.PushData(s->id, "", true);
+        PushData(s->id, "", true);
       } else {
         SendClose(s->id, TunnelClose::LOCAL_ERROR,
                   "the local service broke off its response");
@@ -546,7 +635,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
       finish();
       return;
     }
-    outbox_.Push(std::move(e));
+    Push(std::move(e));
     if (!rest.empty() && !SendBody(*s, rest.data(), rest.size())) {
       finish();
       return;
@@ -558,7 +647,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
         uint32_t ack = 0;
         absl::StatusOr<common::Chunk> c =
             s->channel.PopData(absl::Now() + timeout, &ack);
-        if (ack > 0) outbox_.PushControl(common::MakeWindowUpdate(s->id, ack));
+        if (ack > 0) PushControl(common::MakeWindowUpdate(s->id, ack));
         if (!c.ok() || !common::WriteAll(raw, c->data, timeout)) {
           ::shutdown(raw, SHUT_RDWR);
           return;
@@ -572,7 +661,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     while (true) {
       ssize_t n = common::ReadSome(raw, buf, sizeof(buf), timeout);
       if (n == 0) {
-        outbox_.PushData(s->id, "", true);  // the service half-closed
+        PushData(s->id, "", true);  // the service half-closed
         break;
       }
       if (n < 0 || !SendBody(*s, buf, static_cast<size_t>(n))) {
@@ -595,7 +684,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     uint32_t ack = 0;
     absl::StatusOr<common::Chunk> c =
         s.channel.PopData(absl::Now() + options_.local_timeout, &ack);
-    if (ack > 0) outbox_.PushControl(common::MakeWindowUpdate(s.id, ack));
+    if (ack > 0) PushControl(common::MakeWindowUpdate(s.id, ack));
     if (!c.ok()) return false;
     if (!chunked && c->data.size() > remaining) return false;
     if (!c->data.empty() && !sink.write(c->data.data(), c->data.size())) {
@@ -608,7 +697,11 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     return true;
   }
 
-  void SendHead(AgentStream& s, const httplib::Response& res, bool end) {
+  // A head that ends the stream is written at once (FlushInline); one whose
+  // body is known to follow (`wait_for_body`) waits in the outbox for it
+  // without waking the writer; any other goes to the writer thread.
+  void SendHead(AgentStream& s, const httplib::Response& res, bool end,
+                bool wait_for_body) {
     Envelope e;
     auto* r = e.mutable_response();
     r->set_stream_id(s.id);
@@ -618,11 +711,24 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     }
     common::StripHopByHop(r->mutable_headers());
     r->set_end_stream(end);
-    outbox_.Push(std::move(e));
+    if (end) {
+      outbox_.Push(std::move(e));
+      FlushInline();
+    } else if (wait_for_body) {
+      outbox_.Push(std::move(e));
+    } else {
+      Push(std::move(e));
+    }
   }
 
-  // Response body to the gateway, against the stream's credit.
-  bool SendBody(AgentStream& s, const char* data, size_t n) {
+  // Response body to the gateway, against the stream's credit. With `end`
+  // the last bytes end the stream and are written at once (FlushInline).
+  bool SendBody(AgentStream& s, const char* data, size_t n, bool end = false) {
+    if (n == 0 && end) {
+      outbox_.PushData(s.id, "", true);
+      FlushInline();
+      return true;
+    }
     while (n > 0) {
       absl::StatusOr<size_t> credit =
           s.channel.AcquireSendCredit(std::min<size_t>(n, max_chunk_),
@@ -632,7 +738,12 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
                                absl::Now() + options_.local_timeout)) {
         return false;
       }
-      outbox_.PushData(s.id, std::string(data, *credit), false);
+      if (end && *credit == n) {
+        outbox_.PushData(s.id, std::string(data, n), true);
+        FlushInline();
+        return true;
+      }
+      PushData(s.id, std::string(data, *credit), false);
       data += *credit;
       n -= *credit;
     }
@@ -642,6 +753,8 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
   const AgentOptions& options_;
   WorkerPool* const pool_;
   common::Outbox outbox_;
+  WriteFn write_;
+  std::atomic<bool> write_failed_{false};
   absl::flat_hash_map<std::string, std::unique_ptr<ClientPool>> clients_;
   uint32_t send_window_ = common::kDefaultStreamWindow;
   uint32_t max_chunk_ = common::kMaxChunkBytes;
@@ -668,8 +781,10 @@ bool IsPermanent(const absl::Status& status) {
 
 Agent::Agent(AgentOptions options)
     : options_(std::move(options)),
-      roots_pem_(options_.ca_pem.empty() ? common::SystemRootsPem()
-                                         : options_.ca_pem),
+      // Plaintext needs no roots: the system bundle is ~200 KiB of heap.
+      roots_pem_(options_.insecure         ? std::string()
+                 : options_.ca_pem.empty() ? common::SystemRootsPem()
+                                           : options_.ca_pem),
       pool_(std::make_unique<WorkerPool>(options_.max_concurrent)) {}
 
 size_t Agent::local_requests_queued() const { return pool_->queued(); }
@@ -922,19 +1037,21 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
                    << first.accepted().session_id() << ")";
   if (options_.on_accepted) options_.on_accepted(first.accepted());
 
+  // Workers write the messages that complete responses themselves (one
+  // Write at a time, see Outbox::TryClaim); this thread writes the rest.
+  // It returns only when no worker can write any more (the outbox is
+  // closed and nobody holds the writer role), so `stream` outlives them.
+  session->SetWriter([&](const Envelope& e, bool more) {
+    grpc::WriteOptions wo;
+    if (more) wo.set_buffer_hint();
+    if (stream->Write(e, wo)) return true;
+    ctx.TryCancel();
+    return false;
+  });
   std::thread writer([&] {
-    Envelope e;
-    while (session->outbox().PopWait(&e, absl::InfiniteFuture())) {
-      grpc::WriteOptions wo;
-      if (!session->outbox().empty()) wo.set_buffer_hint();
-      if (!stream->Write(e, wo)) {
-        ctx.TryCancel();
-        return;
-      }
-    }
     // The outbox was closed (drain, or the session is over): everything
     // queued is written; half-close so the gateway ends the call cleanly.
-    stream->WritesDone();
+    if (session->RunWriter()) stream->WritesDone();
   });
   // Heartbeats: the gateway pings every heartbeat_interval_ms; a gateway
   // (or path) that goes silent is given up on and the agent reconnects.
@@ -958,7 +1075,7 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
   Envelope in;
   while (stream->Read(&in)) {
     session->Touch();
-    session->Dispatch(in);
+    session->Dispatch(&in);
   }
   session_over.Notify();
   watchdog.join();

@@ -106,7 +106,7 @@ class Agent {
   absl::Status DiagnoseTls() const;
 
   const AgentOptions options_;
-  // options_.ca_pem, or the system's roots.
+  // options_.ca_pem, or the system's roots; empty with insecure.
   const std::string roots_pem_;
   mutable absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

@@ -137,6 +137,44 @@ bool Outbox::WaitForRoom(size_t max_bytes, absl::Time deadline) {
   return !closed_ && bytes_ <= max_bytes;
 }
 
+bool Outbox::TryClaim(Envelope* out, bool* more) {
+  absl::MutexLock lock(&mu_);
+  if (claimed_ || closed_ || !PopLocked(out)) return false;
+  claimed_ = true;
+  *more = !control_.empty() || !data_.empty();
+  return true;
+}
+
+bool Outbox::NextOrRelease(Envelope* out, bool* more) {
+  absl::MutexLock lock(&mu_);
+  if (PopLocked(out)) {
+    *more = !control_.empty() || !data_.empty();
+    return true;
+  }
+  claimed_ = false;
+  wake_writer_ = false;  // everything asked for is written
+  return false;
+}
+
+void Outbox::WakeWriter() {
+  absl::MutexLock lock(&mu_);
+  wake_writer_ = true;
+}
+
+bool Outbox::ClaimWait(Envelope* out, bool* more, absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return !claimed_ &&
+           (closed_ || (wake_writer_ && (!control_.empty() || !data_.empty())));
+  };
+  if (!mu_.AwaitWithDeadline(absl::Condition(&ready), deadline)) return false;
+  if (!PopLocked(out)) return false;  // closed and drained
+  claimed_ = true;
+  wake_writer_ = false;
+  *more = !control_.empty() || !data_.empty();
+  return true;
+}
+
 size_t Outbox::queued_bytes() const {
   absl::MutexLock lock(&mu_);
   return bytes_;

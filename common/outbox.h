@@ -51,7 +51,28 @@ class Outbox {
   // Body bytes currently queued.
   size_t queued_bytes() const;
 
-  // Wakes PopWait and WaitForRoom; later pushes are dropped.
+  // The writer role, for a synchronous stream that any producer may write
+  // (one Write at a time): a thread that pushed calls TryClaim and, if it
+  // got the role, writes until NextOrRelease says the queue is empty. A
+  // thread that must not block in a write (a stream's reader) calls
+  // WakeWriter instead, for a dedicated thread waiting in ClaimWait. So a
+  // message costs no thread hand-off unless its producer cannot write. `more`
+  // says whether further messages are queued (a buffer hint).
+  //
+  // Takes the role and the next message if nobody holds the role, the
+  // outbox is open and not empty.
+  bool TryClaim(tunnel::v1::Envelope* out, bool* more);
+  // The role holder's next message; when there is none, gives up the role.
+  bool NextOrRelease(tunnel::v1::Envelope* out, bool* more);
+  // Asks the thread in ClaimWait to write what is queued.
+  void WakeWriter();
+  // Waits until nobody holds the role and either WakeWriter was called with
+  // messages queued, or the outbox is closed; then takes the role and the
+  // next message. False when closed and drained (no thread holds the role
+  // then or later: TryClaim fails once closed), or on the deadline.
+  bool ClaimWait(tunnel::v1::Envelope* out, bool* more, absl::Time deadline);
+
+  // Wakes PopWait, ClaimWait and WaitForRoom; later pushes are dropped.
   void Close();
   // Drops everything queued.
   void Clear();
@@ -71,6 +92,8 @@ class Outbox {
   absl::flat_hash_map<uint64_t, tunnel::v1::Envelope*> open_tail_
       ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  bool claimed_ ABSL_GUARDED_BY(mu_) = false;  // the writer role is taken
+  bool wake_writer_ ABSL_GUARDED_BY(mu_) = false;
   size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

@@ -667,6 +667,7 @@ class FrontDoor::Handler {
         if (c.ok()) {
           record->AddOut(c->data.size());
           res.body = std::move(c->data);
+          if (!res.body.empty()) FrontServer::CoalesceResponseHead();
         }
       }
       return;

@@ -6,6 +6,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -294,6 +295,14 @@ class VisitorStream : public httplib::Stream {
 
   ssize_t write(const char* ptr, size_t size) override {
     if (hijacked_) return static_cast<ssize_t>(size);  // the handler owns it
+    if (hold_next_) {
+      hold_next_ = false;
+      held_.assign(ptr, size);
+      return static_cast<ssize_t>(size);
+    }
+    if (!held_.empty()) {
+      return WriteWithHeld(ptr, size) ? static_cast<ssize_t>(size) : -1;
+    }
     if (tls_ != nullptr) {
       if (tls_->WriteAll(absl::string_view(ptr, size), write_timeout_)) {
         return static_cast<ssize_t>(size);
@@ -310,13 +319,28 @@ class VisitorStream : public httplib::Stream {
     return n;
   }
 
+  // httplib asks for both on every request: ask the kernel once per
+  // connection (two syscalls per request saved).
   void get_remote_ip_and_port(std::string& ip, int& port) const override {
-    AddressOf(fd_, true, ip, port);
+    if (remote_port_ < 0) AddressOf(fd_, true, remote_ip_, remote_port_);
+    ip = remote_ip_;
+    port = remote_port_;
   }
   void get_local_ip_and_port(std::string& ip, int& port) const override {
-    AddressOf(fd_, false, ip, port);
+    if (local_port_ < 0) AddressOf(fd_, false, local_ip_, local_port_);
+    ip = local_ip_;
+    port = local_port_;
   }
   socket_t socket() const override { return fd_; }
+
+  // See FrontServer::CoalesceResponseHead.
+  void HoldNextWrite() { hold_next_ = true; }
+  // Sends what is held (the request is done). False if that failed.
+  bool FlushHeld() {
+    hold_next_ = false;
+    if (held_.empty()) return true;
+    return WriteWithHeld(nullptr, 0);
+  }
 
   // A read or write timed out: the connection cannot carry another request
   // (httplib may still have answered 400 on it).
@@ -349,6 +373,44 @@ class VisitorStream : public httplib::Stream {
  private:
   size_t buffered() const { return end_ - begin_; }
 
+  // The held bytes and then `ptr`, whole, in as few sends as the socket
+  // takes (one, as a rule).
+  bool WriteWithHeld(const char* ptr, size_t size) {
+    std::string held = std::move(held_);
+    held_.clear();
+    if (tls_ != nullptr) {
+      held.append(ptr, size);
+      if (tls_->WriteAll(held, write_timeout_)) return true;
+      broken_ = true;
+      return false;
+    }
+    iovec iov[2] = {{held.data(), held.size()}, {const_cast<char*>(ptr), size}};
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = size > 0 ? 2 : 1;
+    while (msg.msg_iovlen > 0) {
+      // The socket's SO_SNDTIMEO bounds the wait.
+      ssize_t n = ::sendmsg(fd_, &msg, MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        broken_ = true;
+        return false;
+      }
+      size_t done = static_cast<size_t>(n);
+      while (msg.msg_iovlen > 0 && done >= msg.msg_iov[0].iov_len) {
+        done -= msg.msg_iov[0].iov_len;
+        ++msg.msg_iov;
+        --msg.msg_iovlen;
+      }
+      if (msg.msg_iovlen > 0) {
+        msg.msg_iov[0].iov_base =
+            static_cast<char*>(msg.msg_iov[0].iov_base) + done;
+        msg.msg_iov[0].iov_len -= done;
+      }
+    }
+    return true;
+  }
+
   void SetTimeout(int option, absl::Duration d) {
     timeval tv = absl::ToTimeval(std::max(d, absl::Milliseconds(1)));
     ::setsockopt(fd_, SOL_SOCKET, option, &tv, sizeof(tv));
@@ -366,6 +428,10 @@ class VisitorStream : public httplib::Stream {
   bool broken_ = false;
   bool hijacked_ = false;
   bool close_after_ = false;
+  mutable std::string remote_ip_, local_ip_;  // cached, see above
+  mutable int remote_port_ = -1, local_port_ = -1;
+  bool hold_next_ = false;
+  std::string held_;  // a response head waiting for its body
   PlainConnection plain_{fd_};
 };
 
@@ -408,6 +474,10 @@ void FrontServer::SetListenBacklog(int backlog) {
   socket_t fd = svr_sock_;
   // listen() on a listening socket only updates its backlog (Linux).
   if (fd != INVALID_SOCKET) ::listen(fd, backlog);
+}
+
+void FrontServer::CoalesceResponseHead() {
+  if (tl_current_stream != nullptr) tl_current_stream->HoldNextWrite();
 }
 
 FrontServer::Hijacked FrontServer::HijackCurrentConnection() {
@@ -492,6 +562,7 @@ bool FrontServer::process_and_close_socket(socket_t sock) {
     bool connection_closed = false;
     ret = process_request(strm, /*close_connection=*/remaining == 1,
                           connection_closed, setup_request_);
+    if (!strm.FlushHeld()) ret = false;
     if (request_done_) request_done_();
     if (!ret || connection_closed || strm.broken() || strm.close_after()) {
       break;

@@ -109,5 +109,58 @@ TEST(OutboxTest, WaitForRoomHoldsProducersUntilTheWriterDrains) {
   EXPECT_EQ(box.queued_bytes(), 0u);
 }
 
+TEST(OutboxTest, OneWriterRoleAtATimeDrainsEverythingQueued) {
+  Outbox box(64);
+  Envelope e;
+  bool more = false;
+  EXPECT_FALSE(box.TryClaim(&e, &more));  // nothing to write
+  box.PushData(1, "a", true);
+  box.PushData(2, "b", true);
+  ASSERT_TRUE(box.TryClaim(&e, &more));
+  EXPECT_TRUE(more);
+  // Another producer's message goes to the holder, not to a second writer.
+  box.PushData(3, "c", true);
+  Envelope other;
+  EXPECT_FALSE(box.TryClaim(&other, &more));
+  ASSERT_TRUE(box.NextOrRelease(&e, &more));
+  EXPECT_EQ(e.data().stream_id(), 2u);
+  ASSERT_TRUE(box.NextOrRelease(&e, &more));
+  EXPECT_EQ(e.data().stream_id(), 3u);
+  EXPECT_FALSE(more);
+  EXPECT_FALSE(box.NextOrRelease(&e, &more));  // released
+  box.PushData(4, "d", true);
+  ASSERT_TRUE(box.TryClaim(&e, &more));
+  EXPECT_EQ(e.data().stream_id(), 4u);
+  EXPECT_FALSE(box.NextOrRelease(&e, &more));
+}
+
+TEST(OutboxTest, ClaimWaitWritesOnlyWhenWokenOrClosed) {
+  Outbox box(64);
+  Envelope e;
+  bool more = false;
+  box.PushControl(Ping(1));
+  // Queued but nobody asked the dedicated writer: a producer writes it.
+  EXPECT_FALSE(box.ClaimWait(&e, &more, absl::Now() - absl::Seconds(1)));
+  std::thread waker([&] { box.WakeWriter(); });
+  ASSERT_TRUE(box.ClaimWait(&e, &more, absl::Now() + absl::Seconds(10)));
+  waker.join();
+  EXPECT_EQ(e.control().ping().nonce(), 1u);
+  // While the role is held, close waits for it to be given up.
+  box.PushControl(Ping(2));
+  box.Close();
+  EXPECT_FALSE(box.ClaimWait(&e, &more, absl::Now() - absl::Seconds(1)));
+  std::thread holder([&] {
+    Envelope next;
+    bool m = false;
+    ASSERT_TRUE(box.NextOrRelease(&next, &m));
+    EXPECT_EQ(next.control().ping().nonce(), 2u);
+    EXPECT_FALSE(box.NextOrRelease(&next, &m));
+  });
+  EXPECT_FALSE(box.ClaimWait(&e, &more, absl::Now() + absl::Seconds(10)));
+  holder.join();
+  // Closed: nobody takes the role again.
+  EXPECT_FALSE(box.TryClaim(&e, &more));
+}
+
 }  // namespace
 }  // namespace tunnel::common
