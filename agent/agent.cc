@@ -785,7 +785,9 @@ Agent::Agent(AgentOptions options)
       roots_pem_(options_.insecure         ? std::string()
                  : options_.ca_pem.empty() ? common::SystemRootsPem()
                                            : options_.ca_pem),
-      pool_(std::make_unique<WorkerPool>(options_.max_concurrent)) {}
+      pool_(std::make_unique<WorkerPool>(options_.max_concurrent,
+                                         absl::Seconds(30), /*eager_threads=*/0,
+                                         options_.worker_queue_wait)) {}
 
 size_t Agent::local_requests_queued() const { return pool_->queued(); }
 

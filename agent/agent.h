@@ -50,6 +50,10 @@ struct AgentOptions {
   std::string tls_server_name;
   // Local requests in flight at once (threads); further ones queue.
   size_t max_concurrent = 256;
+  // With several local requests running, a new one waits this long for a
+  // busy worker before it gets a thread of its own (see WorkerPool); zero:
+  // every request starts on its own thread at once.
+  absl::Duration worker_queue_wait = absl::Milliseconds(2);
   // Per-stream window for request bodies coming from the gateway.
   uint32_t receive_window = common::kDefaultStreamWindow;
   // Local service silent for this long mid-request: the request fails.

@@ -54,6 +54,10 @@ void RegisterConnectFlags(common::FlagSet* flags, AgentFlags* v) {
                 "of --gateway)");
   flags->Int("max-concurrent", &v->max_concurrent,
              "local requests in flight at once; further ones queue");
+  flags->Duration("worker-queue-wait", &o.worker_queue_wait,
+                  "with several local requests running, a new one waits up "
+                  "to this long for a busy worker thread before it gets one "
+                  "of its own (0: every request starts on its own thread)");
   flags->Int("stream-window", &v->receive_window,
              "per-stream window for request bodies, bytes (>= 65536)");
   flags->Duration("local-timeout", &o.local_timeout,
@@ -123,6 +127,11 @@ absl::Status ParseConnectFlags(int argc, char** argv, int first,
   }
   if (v->max_concurrent < 1) {
     return absl::InvalidArgumentError("--max-concurrent must be >= 1");
+  }
+  if (v->options.worker_queue_wait < absl::ZeroDuration() ||
+      v->options.worker_queue_wait > absl::Seconds(1)) {
+    return absl::InvalidArgumentError(
+        "--worker-queue-wait must be between 0 and 1s");
   }
   if (v->receive_window < 65536 || v->receive_window > (16 << 20)) {
     return absl::InvalidArgumentError(

@@ -42,7 +42,9 @@ WorkerPool::~WorkerPool() {
 }
 
 size_t WorkerPool::StartableLocked() const {
-  if (stopping_) return tasks_.size();
+  if (stopping_ || max_queue_wait_ <= absl::ZeroDuration()) {
+    return tasks_.size();
+  }
   size_t eager = running_ < eager_threads_ ? eager_threads_ - running_ : 0;
   return std::min(tasks_.size(), released_ + eager);
 }
@@ -63,6 +65,7 @@ void WorkerPool::Submit(std::function<void()> task) {
     tasks_.push_back({std::move(task), absl::Now()});
     GrowLocked();
     if (tasks_.size() > StartableLocked() && !watchdog_.joinable()) {
+      // Never with max_queue_wait 0: every task is startable then.
       watchdog_ = std::thread([this] { Watch(); });
     }
     exited.swap(exited_);

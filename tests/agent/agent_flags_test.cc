@@ -70,6 +70,46 @@ TEST(AgentFlagsTest, AccessCodeIsHashedAndChecked) {
   EXPECT_NE(s.message().find("--access-code"), std::string::npos) << s;
 }
 
+TEST(AgentFlagsTest, WorkerQueueWaitReachesTheOptionsAndIsBounded) {
+  auto parse = [](const std::string& wait, AgentFlags* values) {
+    common::FlagSet flags("usage");
+    RegisterConnectFlags(&flags, values);
+    std::vector<std::string> args = {"connect",
+                                     "--gateway",
+                                     "127.0.0.1:1",
+                                     "--id",
+                                     "cam-01",
+                                     "--token",
+                                     "tok",
+                                     "--secret",
+                                     "c2VjcmV0",
+                                     "--to",
+                                     "http://127.0.0.1:3000",
+                                     "--state-file",
+                                     "",
+                                     "--worker-queue-wait",
+                                     wait};
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    return ParseConnectFlags(static_cast<int>(argv.size()), argv.data(), 1,
+                             &flags, values);
+  };
+  AgentFlags defaults;
+  EXPECT_EQ(defaults.options.worker_queue_wait, absl::Milliseconds(2));
+  AgentFlags zero;
+  ASSERT_TRUE(parse("0", &zero).ok());
+  EXPECT_EQ(zero.options.worker_queue_wait, absl::ZeroDuration());
+  AgentFlags five;
+  ASSERT_TRUE(parse("5ms", &five).ok());
+  EXPECT_EQ(five.options.worker_queue_wait, absl::Milliseconds(5));
+  for (const char* bad : {"-1ms", "2s"}) {
+    AgentFlags v;
+    absl::Status s = parse(bad, &v);
+    EXPECT_FALSE(s.ok()) << bad;
+    EXPECT_NE(s.message().find("--worker-queue-wait"), std::string::npos) << s;
+  }
+}
+
 // The half-block rendering decodes back to libqrencode's matrix with a
 // 4-module light quiet zone (light = drawn).
 TEST(QrTest, HalfBlocksRoundTripToTheModules) {

@@ -51,6 +51,26 @@ TEST(WorkerPoolTest, ATaskQueuedBehindTheEagerLimitStillGetsAThread) {
   release.Notify();
 }
 
+TEST(WorkerPoolTest, ZeroQueueWaitStartsEveryTaskOnItsOwnThreadAtOnce) {
+  // agent-tunnel --worker-queue-wait 0: the eager limit does not apply.
+  WorkerPool pool(8, absl::Seconds(30), /*eager_threads=*/1,
+                  /*max_queue_wait=*/absl::ZeroDuration());
+  constexpr int kTasks = 5;
+  absl::Notification release;
+  absl::Notification all_running;
+  std::atomic<int> running{0};
+  for (int i = 0; i < kTasks; ++i) {
+    pool.Submit([&] {
+      if (++running == kTasks) all_running.Notify();
+      release.WaitForNotification();
+    });
+  }
+  EXPECT_TRUE(all_running.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(pool.queued(), 0u);
+  EXPECT_EQ(pool.threads(), static_cast<size_t>(kTasks));
+  release.Notify();
+}
+
 TEST(WorkerPoolTest, DestructorRunsQueuedTasks) {
   std::atomic<int> done{0};
   {
