@@ -38,6 +38,9 @@ struct ConnectionOptions {
   absl::Duration write_timeout = absl::Seconds(60);  // visitor not reading
   absl::Duration keep_alive_timeout = absl::Seconds(30);
   size_t keep_alive_max_requests = 10000;
+  // Request line + header fields + the blank line. A bigger head gets 431
+  // (a request line over httplib's 8 KiB: 414) and the connection closes.
+  size_t max_request_head_bytes = 64 * 1024;
 };
 
 // A visitor's connection as an upgrade handler sees it: plain TCP or TLS.
@@ -75,6 +78,16 @@ class FrontServer : public httplib::Server {
     request_done_ = std::move(fn);
   }
 
+  // Runs on the worker when a request head was refused before httplib saw
+  // it (see request_head.h): its status, X-Tunnel-Error code and the
+  // visitor's address. The answer is written and the connection closed
+  // right after; request_done does not run for it.
+  void set_head_rejected(std::function<void(int status, absl::string_view code,
+                                            const std::string& remote)>
+                             fn) {
+    head_rejected_ = std::move(fn);
+  }
+
   // After binding: raises the accept backlog (httplib's build listens with a
   // backlog of 5, which drops connections in any burst).
   void SetListenBacklog(int backlog);
@@ -85,6 +98,11 @@ class FrontServer : public httplib::Server {
   // For handlers: false once the visitor of the calling worker's connection
   // has closed it (EOF or error). Never blocks.
   static bool CurrentVisitorConnected();
+
+  // For handlers: the connection closes once the current response is written
+  // (httplib itself keeps it open even with "Connection: close" set on the
+  // response).
+  static void CloseAfterResponse();
 
   // For an upgrade handler: takes the calling worker's connection over.
   // Returns the connection (valid until the handler returns; it is closed
@@ -103,6 +121,8 @@ class FrontServer : public httplib::Server {
   const ConnectionOptions options_;
   std::function<void(httplib::Request&)> setup_request_;
   std::function<void()> request_done_;
+  std::function<void(int, absl::string_view, const std::string&)>
+      head_rejected_;
   common::SslCtxPtr tls_;
   absl::Mutex mu_;
   absl::flat_hash_set<int> open_ ABSL_GUARDED_BY(mu_);

@@ -20,6 +20,9 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
   v->workers = o.front.workers;
   v->public_port = o.public_port;
   v->access_code_attempts = o.front.access_code_attempts_per_minute;
+  v->max_agent_message = o.service.max_message_bytes;
+  v->max_request_head =
+      static_cast<int64_t>(o.front.connection.max_request_head_bytes);
 
   flags->String("config", &v->config,
                 "config file (tunnel.v1.GatewayConfig, text format or .json); "
@@ -88,6 +91,12 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
   flags->Int("access-code-attempts-per-minute", &v->access_code_attempts,
              "wrong access codes one client IP may try per tunnel and "
              "minute; beyond: 429");
+  flags->Int("max-agent-message", &v->max_agent_message,
+             "largest gRPC message accepted from an agent, in bytes; a "
+             "bigger one ends its session (RESOURCE_EXHAUSTED)");
+  flags->Int("max-request-head", &v->max_request_head,
+             "largest visitor request line + headers, in bytes; a bigger "
+             "head gets 431 and the connection is closed");
   flags->Duration("heartbeat-interval", &o.service.heartbeat_interval,
                   "how often each agent is pinged");
   flags->Duration("heartbeat-timeout", &o.heartbeat_timeout,
@@ -149,6 +158,19 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
     return absl::InvalidArgumentError(
         "--access-cookie-ttl must be at least 1s");
   }
+  // The largest legitimate envelope is a response head carrying a full
+  // chunk of body bytes.
+  constexpr int64_t kMinAgentMessage = 2 * common::kMaxChunkBytes;
+  if (v->max_agent_message < kMinAgentMessage ||
+      v->max_agent_message > (64 << 20)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max-agent-message must be between ", kMinAgentMessage,
+                     " and ", 64 << 20));
+  }
+  if (v->max_request_head < 1024 || v->max_request_head > (1 << 20)) {
+    return absl::InvalidArgumentError(
+        "--max-request-head must be between 1024 and 1048576");
+  }
   GatewayOptions& o = v->options;
   if (o.tls.enabled() && v->insecure) {
     return absl::InvalidArgumentError(
@@ -175,6 +197,9 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
   o.public_port = static_cast<int>(v->public_port);
   o.front.access_code_attempts_per_minute =
       static_cast<int>(v->access_code_attempts);
+  o.service.max_message_bytes = static_cast<int>(v->max_agent_message);
+  o.front.connection.max_request_head_bytes =
+      static_cast<size_t>(v->max_request_head);
   return absl::OkStatus();
 }
 

@@ -30,6 +30,10 @@ struct TunnelServiceOptions {
   absl::Duration busy_retry_after = absl::Seconds(5);
   // How often the gateway pings each agent (told to agents at connect).
   absl::Duration heartbeat_interval = absl::Seconds(10);
+  // Largest envelope gRPC accepts from an agent; a bigger one ends the
+  // session with RESOURCE_EXHAUSTED. The largest legitimate one is a
+  // response head with max_chunk body bytes, so keep it well above that.
+  int max_message_bytes = 1 << 20;
 };
 
 // The public URLs of a tunnel under these options.
