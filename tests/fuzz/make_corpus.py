@@ -169,6 +169,10 @@ AUTH_SEEDS = {
     "revoked": lines(signed(agent="old-01", token="tok-revoked")),
     "agent_mismatch": lines(signed(agent="cam-02")),
     "bad_timestamp": lines(dict(signed(), **{"x-tunnel-timestamp": "17e8"})),
+    # Regression: a refusal quotes the agent's own timestamp, which may hold
+    # the secret's text; the harness once mistook that for a leak.
+    "secret_in_timestamp": lines(dict(signed(), **{
+        "x-tunnel-timestamp": "1699" + SECRET + "999700"})),
 }
 
 
