@@ -69,6 +69,21 @@ bool IsValidHeaderValue(absl::string_view value) {
   return true;
 }
 
+int DropUnsafeHeaders(HeaderList* headers) {
+  int out = 0;
+  const int n = headers->size();
+  for (int i = 0; i < n; ++i) {
+    const tunnel::v1::Header& h = headers->Get(i);
+    if (!IsValidHeaderName(h.name()) || !IsValidHeaderValue(h.value())) {
+      continue;
+    }
+    if (out != i) headers->SwapElements(out, i);
+    ++out;
+  }
+  headers->DeleteSubrange(out, n - out);
+  return n - out;
+}
+
 const std::string* FindHeader(const HeaderList& headers,
                               absl::string_view name) {
   for (const auto& h : headers) {

@@ -27,6 +27,11 @@ bool IsValidHeaderName(absl::string_view name);
 // Rejects CR, LF and NUL (the characters that enable header injection).
 bool IsValidHeaderValue(absl::string_view value);
 
+// Removes every field whose name or value fails the two checks above, keeping
+// the order of the rest; returns how many it removed. For header lists that
+// came from a peer and are about to be written as HTTP.
+int DropUnsafeHeaders(HeaderList* headers);
+
 // First value of `name` (case-insensitive), or nullptr.
 const std::string* FindHeader(const HeaderList& headers,
                               absl::string_view name);

@@ -364,6 +364,20 @@ class FrontDoor::Handler {
     r.Reset();
   }
 
+  // FrontServer refused a request head before httplib parsed it: counted
+  // and logged like any request (no tunnel: nothing was routed).
+  void HeadRejected(int status, absl::string_view code,
+                    const std::string& remote) {
+    metrics_.requests
+        ->WithLabels({"", std::string(StatusClass(status)), std::string(code)})
+        ->Increment();
+    metrics_.duration->Observe(0);
+    common::LogEvent(common::LogLevel::kInfo, "access")
+        .Str("remote", remote)
+        .Int("status", status)
+        .Str("error", code);
+  }
+
   // Setup hook: runs on the parsed request before routing.
   static void Prepare(httplib::Request& req) {
     RequestRecord& r = tl_request;
@@ -408,6 +422,20 @@ class FrontDoor::Handler {
       res.set_header("Retry-After", absl::StrCat(retry));
       res.set_header("Connection", "close");
       return;
+    }
+    // httplib percent-decodes header values (not Location), so a visitor's
+    // "%0D%0A" arrives here as CR LF: never pass such a field on.
+    for (const auto& [name, value] : req.headers) {
+      if (IsInternalHeader(name)) continue;
+      const bool parked = !name.empty() && name[0] == ':';
+      if ((!parked && !common::IsValidHeaderName(name)) ||
+          !common::IsValidHeaderValue(value)) {
+        SetError(req, res, 400, "bad_request",
+                 "a header field holds CR, LF or NUL");
+        res.set_header("Connection", "close");
+        FrontServer::CloseCurrentConnectionAfterResponse();
+        return;
+      }
     }
     const bool upgrade = IsUpgradeRequest(req);
     std::string host = req.get_header_value("Host");
@@ -1073,6 +1101,10 @@ FrontDoor::FrontDoor(FrontDoorOptions options, server::TunnelRouter* router,
   server_->set_request_done([h] { h->Done(); });
   server_->set_connection_refused(
       [h](RateLimiter::Verdict v) { h->ConnectionRefused(v); });
+  server_->set_head_rejected(
+      [h](int status, absl::string_view code, const std::string& remote) {
+        h->HeadRejected(status, code, remote);
+      });
   auto plain = [h](const httplib::Request& req, httplib::Response& res) {
     h->Handle(req, res, nullptr);
     tl_request.handled_status = res.status;

@@ -19,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/socket_io.h"
+#include "httpfront/request_head.h"
 #include "openssl/err.h"
 #include "openssl/ssl.h"
 
@@ -220,9 +221,14 @@ class TlsConnection : public Connection {
 void LingerBeforeClose(int sock) {
   ::shutdown(sock, SHUT_WR);
   const absl::Time give_up = absl::Now() + kRefusalLinger;
-  char buf[4096];
-  while (PollFor(sock, POLLIN, MillisUntil(give_up)) > 0) {
-    if (::recv(sock, buf, sizeof(buf), MSG_DONTWAIT) <= 0) break;
+  constexpr size_t kMaxDiscard = 1 << 20;
+  char buf[16 * 1024];
+  size_t discarded = 0;
+  while (discarded < kMaxDiscard &&
+         PollFor(sock, POLLIN, MillisUntil(give_up)) > 0) {
+    ssize_t n = ::recv(sock, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n <= 0) break;
+    discarded += static_cast<size_t>(n);
   }
 }
 
@@ -273,24 +279,43 @@ class VisitorStream : public httplib::Stream {
   ssize_t read(char* ptr, size_t size) override {
     if (hijacked_) return -1;
     if (buffered() == 0) {
-      ssize_t n;
-      if (tls_ != nullptr) {
-        n = tls_->Read(buf_, sizeof(buf_), read_timeout_);
-      } else {
-        // The socket's SO_RCVTIMEO bounds the wait (no poll per read).
-        do {
-          n = ::recv(fd_, buf_, sizeof(buf_), 0);
-        } while (n < 0 && errno == EINTR);
-      }
-      if (n < 0) broken_ = true;  // timed out (EAGAIN) or failed
+      begin_ = end_ = 0;
+      ssize_t n = Fill();
       if (n <= 0) return n;
-      begin_ = 0;
-      end_ = static_cast<size_t>(n);
     }
     size_t n = std::min(size, buffered());
-    std::memcpy(ptr, buf_ + begin_, n);
+    std::memcpy(ptr, buf_.data() + begin_, n);
     begin_ += n;
     return static_cast<ssize_t>(n);
+  }
+
+  // Reads until the buffered bytes start with a whole request head (see
+  // FindHeadEnd), holding at most `limit` bytes of it. kComplete sets
+  // `*head` (valid until the next read); kTooLarge leaves what came in
+  // `*head`; kClosed: EOF, timeout or error before a whole head.
+  enum class HeadState { kComplete, kTooLarge, kClosed };
+  HeadState ReadHead(size_t limit, absl::string_view* head) {
+    while (true) {
+      absl::string_view have(buf_.data() + begin_, buffered());
+      size_t end = FindHeadEnd(have);
+      if (end != absl::string_view::npos && end <= limit) {
+        *head = have.substr(0, end);
+        return HeadState::kComplete;
+      }
+      if (end != absl::string_view::npos || have.size() >= limit) {
+        *head = have;
+        return HeadState::kTooLarge;
+      }
+      if (begin_ > 0) {  // keep the partial head at the front
+        std::memmove(buf_.data(), buf_.data() + begin_, buffered());
+        end_ -= begin_;
+        begin_ = 0;
+      }
+      if (end_ == buf_.size()) {
+        buf_.resize(std::min(buf_.size() * 2, std::max(limit, kReadSize)));
+      }
+      if (Fill() <= 0) return HeadState::kClosed;
+    }
   }
 
   ssize_t write(const char* ptr, size_t size) override {
@@ -353,7 +378,7 @@ class VisitorStream : public httplib::Stream {
   // Hands the connection to an upgrade handler (see HijackCurrentConnection).
   std::string Hijack() {
     hijacked_ = true;
-    std::string rest(buf_ + begin_, buffered());
+    std::string rest(buf_.data() + begin_, buffered());
     begin_ = end_;
     return rest;
   }
@@ -371,6 +396,8 @@ class VisitorStream : public httplib::Stream {
   }
 
  private:
+  static constexpr size_t kReadSize = 16 * 1024;
+
   size_t buffered() const { return end_ - begin_; }
 
   // The held bytes and then `ptr`, whole, in as few sends as the socket
@@ -409,40 +436,58 @@ class VisitorStream : public httplib::Stream {
       }
     }
     return true;
+    // One read from the connection into the free space after end_.
+    ssize_t Fill() {
+      ssize_t n;
+      char* at = buf_.data() + end_;
+      size_t room = buf_.size() - end_;
+      if (tls_ != nullptr) {
+        n = tls_->Read(at, room, read_timeout_);
+      } else {
+        // The socket's SO_RCVTIMEO bounds the wait (no poll per read).
+        do {
+          n = ::recv(fd_, at, room, 0);
+        } while (n < 0 && errno == EINTR);
+      }
+      if (n < 0) broken_ = true;  // timed out (EAGAIN) or failed
+      if (n > 0) end_ += static_cast<size_t>(n);
+      return n;
+    }
+
+    void SetTimeout(int option, absl::Duration d) {
+      timeval tv = absl::ToTimeval(std::max(d, absl::Milliseconds(1)));
+      ::setsockopt(fd_, SOL_SOCKET, option, &tv, sizeof(tv));
+    }
+
+    const int fd_;
+    TlsConnection* const tls_;
+    const absl::Duration read_timeout_;
+    const absl::Duration write_timeout_;
+    const int read_timeout_ms_;
+    const int write_timeout_ms_;
+    // Grows past kReadSize only while a long request head is read (up to
+    // max_request_head_bytes).
+    std::string buf_ = std::string(kReadSize, '\0');
+    size_t begin_ = 0;
+    size_t end_ = 0;
+    bool broken_ = false;
+    bool hijacked_ = false;
+    bool close_after_ = false;
+    mutable std::string remote_ip_, local_ip_;  // cached, see above
+    mutable int remote_port_ = -1, local_port_ = -1;
+    bool hold_next_ = false;
+    std::string held_;  // a response head waiting for its body
+    PlainConnection plain_{fd_};
+  };
+
+  RateLimiter::Options IpLimits(const ConnectionOptions& o) {
+    RateLimiter::Options limits;
+    limits.per_minute = o.connections_per_ip_per_minute;
+    limits.concurrent = o.max_connections_per_ip;
+    limits.capacity =
+        static_cast<size_t>(std::max<int64_t>(1, o.client_ip_capacity));
+    return limits;
   }
-
-  void SetTimeout(int option, absl::Duration d) {
-    timeval tv = absl::ToTimeval(std::max(d, absl::Milliseconds(1)));
-    ::setsockopt(fd_, SOL_SOCKET, option, &tv, sizeof(tv));
-  }
-
-  const int fd_;
-  TlsConnection* const tls_;
-  const absl::Duration read_timeout_;
-  const absl::Duration write_timeout_;
-  const int read_timeout_ms_;
-  const int write_timeout_ms_;
-  char buf_[16 * 1024];
-  size_t begin_ = 0;
-  size_t end_ = 0;
-  bool broken_ = false;
-  bool hijacked_ = false;
-  bool close_after_ = false;
-  mutable std::string remote_ip_, local_ip_;  // cached, see above
-  mutable int remote_port_ = -1, local_port_ = -1;
-  bool hold_next_ = false;
-  std::string held_;  // a response head waiting for its body
-  PlainConnection plain_{fd_};
-};
-
-RateLimiter::Options IpLimits(const ConnectionOptions& o) {
-  RateLimiter::Options limits;
-  limits.per_minute = o.connections_per_ip_per_minute;
-  limits.concurrent = o.max_connections_per_ip;
-  limits.capacity =
-      static_cast<size_t>(std::max<int64_t>(1, o.client_ip_capacity));
-  return limits;
-}
 
 }  // namespace
 
@@ -559,12 +604,43 @@ bool FrontServer::process_and_close_socket(socket_t sock) {
   size_t remaining = options_.keep_alive_max_requests;
   while (handshake_ok && svr_sock_ != INVALID_SOCKET && remaining > 0 &&
          strm.WaitForRequest(keep_alive_ms)) {
+    absl::string_view head;
+    VisitorStream::HeadState state =
+        strm.ReadHead(options_.max_request_head_bytes, &head);
+    if (state == VisitorStream::HeadState::kClosed) break;
+    HeadRejection bad =
+        state == VisitorStream::HeadState::kTooLarge
+            ? HeadTooLarge(head, options_.max_request_head_bytes)
+            : CheckRequestHead(head);
+    if (bad.status != 0) {
+      // Answered here, never by httplib, and the connection ends: what
+      // follows a broken head cannot be trusted to start a request.
+      if (head_rejected_) {  // counted before the visitor can see it
+        std::string ip;
+        int port = 0;
+        strm.get_remote_ip_and_port(ip, port);
+        head_rejected_(bad.status, bad.code, ip);
+      }
+      const std::string answer = RejectionResponse(bad);
+      (void)strm.write(answer.data(), answer.size());
+      if (tls != nullptr) tls->Close();
+      LingerBeforeClose(sock);
+      ret = false;
+      break;
+    }
     bool connection_closed = false;
+    // httplib answers some heads we pass (an unknown method) with its own
+    // 4xx before the setup hook; such a connection is closed too.
+    bool parsed = false;
     ret = process_request(strm, /*close_connection=*/remaining == 1,
-                          connection_closed, setup_request_);
+                          connection_closed, [&](httplib::Request& req) {
+                            parsed = true;
+                            if (setup_request_) setup_request_(req);
+                          });
     if (!strm.FlushHeld()) ret = false;
     if (request_done_) request_done_();
-    if (!ret || connection_closed || strm.broken() || strm.close_after()) {
+    if (!ret || !parsed || connection_closed || strm.broken() ||
+        strm.close_after()) {
       break;
     }
     --remaining;

@@ -49,6 +49,9 @@ struct ConnectionOptions {
   int64_t client_ip_capacity = 100000;
   // The per-IP limits' clock (tests move it forward).
   absl::Time (*clock)() = &absl::Now;
+  // Request line + header fields + the blank line. A bigger head gets 431
+  // (a request line over httplib's 8 KiB: 414) and the connection closes.
+  size_t max_request_head_bytes = 64 * 1024;
 };
 
 // A visitor's connection as an upgrade handler sees it: plain TCP or TLS.
@@ -90,6 +93,16 @@ class FrontServer : public httplib::Server {
   // (kRateLimited: connections per minute; kConcurrencyLimited: at once).
   void set_connection_refused(std::function<void(RateLimiter::Verdict)> fn) {
     connection_refused_ = std::move(fn);
+  }
+
+  // Runs on the worker when a request head was refused before httplib saw
+  // it (see request_head.h): its status, X-Tunnel-Error code and the
+  // visitor's address. The answer is written and the connection closed
+  // right after; request_done does not run for it.
+  void set_head_rejected(std::function<void(int status, absl::string_view code,
+                                            const std::string& remote)>
+                             fn) {
+    head_rejected_ = std::move(fn);
   }
 
   // After binding: raises the accept backlog (httplib's build listens with a
@@ -135,6 +148,8 @@ class FrontServer : public httplib::Server {
   std::function<void()> request_done_;
   std::function<void(RateLimiter::Verdict)> connection_refused_;
   RateLimiter ip_limiter_;
+  std::function<void(int, absl::string_view, const std::string&)>
+      head_rejected_;
   common::SslCtxPtr tls_;
   absl::Mutex mu_;
   absl::flat_hash_set<int> open_ ABSL_GUARDED_BY(mu_);

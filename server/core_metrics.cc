@@ -13,6 +13,30 @@ using tunnel::v1::TunnelClose;
 
 }  // namespace
 
+absl::string_view ViolationName(Violation v) {
+  switch (v) {
+    case Violation::kUnexpectedMessage:
+      return "unexpected_message";
+    case Violation::kUnknownStream:
+      return "unknown_stream";
+    case Violation::kOversizedMessage:
+      return "oversized_message";
+    case Violation::kDuplicateResponse:
+      return "duplicate_response";
+    case Violation::kInvalidStatus:
+      return "invalid_status";
+    case Violation::kOversizedChunk:
+      return "oversized_chunk";
+    case Violation::kFlowControl:
+      return "flow_control";
+    case Violation::kDataAfterEnd:
+      return "data_after_end";
+    case Violation::kInvalidHeader:
+      return "invalid_header";
+  }
+  return "unknown";
+}
+
 CoreMetrics::CoreMetrics(common::MetricsRegistry* registry) {
   common::CounterFamily* auth = registry->AddCounter(
       "tunnel_agent_auth_failures_total",
@@ -49,6 +73,16 @@ CoreMetrics::CoreMetrics(common::MetricsRegistry* registry) {
                               absl::AsciiStrToLower(TunnelClose::Reason_Name(
                                   static_cast<TunnelClose::Reason>(i)))});
     }
+  }
+  common::CounterFamily* violations = registry->AddCounter(
+      "tunnel_protocol_violations_total",
+      "Protocol rules agents broke after the handshake, by kind; each closed "
+      "the offending stream or session, or (invalid_header) dropped the "
+      "field.",
+      {"kind"});
+  for (int i = 0; i < kViolationKinds; ++i) {
+    violations_[i] = violations->WithLabels(
+        {std::string(ViolationName(static_cast<Violation>(i)))});
   }
   agent_connects =
       registry

@@ -7,6 +7,7 @@
 #ifndef TUNNEL_SERVER_CORE_METRICS_H_
 #define TUNNEL_SERVER_CORE_METRICS_H_
 
+#include "absl/strings/string_view.h"
 #include "common/hmac_auth.h"
 #include "common/metrics.h"
 #include "tunnel/v1/tunnel.pb.h"
@@ -14,6 +15,25 @@
 namespace tunnel::server {
 
 class SessionRegistry;
+
+// Protocol rules an agent broke after its handshake: the `kind` label of
+// tunnel_protocol_violations_total. The comment says what the gateway does
+// (docs/DESIGN.md, "Hostile input").
+enum class Violation {
+  kUnexpectedMessage,  // session closed: connect again, a gateway-only kind
+                       // or an empty envelope after the handshake
+  kUnknownStream,      // session closed: a stream id the gateway never opened
+  kOversizedMessage,   // session closed: an envelope over the gRPC limit
+  kDuplicateResponse,  // stream closed: a second response head
+  kInvalidStatus,      // stream closed: status outside 100-599
+  kOversizedChunk,     // stream closed: body bytes over max_chunk_bytes
+  kFlowControl,        // stream closed: beyond the credit, window overflow
+  kDataAfterEnd,       // stream closed: body bytes after end_stream
+  kInvalidHeader,      // field dropped: response header name/value unsafe
+};
+inline constexpr int kViolationKinds =
+    static_cast<int>(Violation::kInvalidHeader) + 1;
+absl::string_view ViolationName(Violation v);
 
 struct CoreMetrics {
   // Registers the families in `registry`, which must outlive this.
@@ -30,6 +50,9 @@ struct CoreMetrics {
   common::Counter* auth_failure(common::AuthFailure why) const;
   common::Counter* connect_refusal(int code) const;
   common::Counter* stream_close(bool from_agent, int reason) const;
+  common::Counter* violation(Violation v) const {
+    return violations_[static_cast<int>(v)];
+  }
 
   common::Counter* max_agents_rejections;
   common::Counter* max_streams_rejections;
@@ -52,6 +75,7 @@ struct CoreMetrics {
   common::Counter* auth_failures_[kAuthFailures];
   common::Counter* refusals_[tunnel::v1::ConnectError::Code_ARRAYSIZE];
   common::Counter* closes_[2][tunnel::v1::TunnelClose::Reason_ARRAYSIZE];
+  common::Counter* violations_[kViolationKinds];
 };
 
 }  // namespace tunnel::server

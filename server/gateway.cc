@@ -166,6 +166,8 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  // gRPC's default (4 MiB) is far above any legitimate envelope.
+  builder.SetMaxReceiveMessageSize(o.service.max_message_bytes);
   gw->grpc_server_ = builder.BuildAndStart();
   if (gw->grpc_server_ == nullptr || gw->grpc_port_ == 0) {
     gw->front_->Stop();

@@ -22,6 +22,9 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
   v->access_code_attempts = o.front.access_code_attempts_per_minute;
   v->auth_failures = o.service.auth_failures_per_minute;
   v->auth_failure_ips = static_cast<int64_t>(o.service.auth_failure_max_ips);
+  v->max_agent_message = o.service.max_message_bytes;
+  v->max_request_head =
+      static_cast<int64_t>(o.front.connection.max_request_head_bytes);
 
   flags->String("config", &v->config,
                 "config file (tunnel.v1.GatewayConfig, text format or .json); "
@@ -118,6 +121,12 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
   flags->Int("max-response-body", &o.front.max_response_body,
              "largest response body in bytes, else 502 or a cut connection; "
              "0: unlimited");
+  flags->Int("max-agent-message", &v->max_agent_message,
+             "largest gRPC message accepted from an agent, in bytes; a "
+             "bigger one ends its session (RESOURCE_EXHAUSTED)");
+  flags->Int("max-request-head", &v->max_request_head,
+             "largest visitor request line + headers, in bytes; a bigger "
+             "head gets 431 and the connection is closed");
   flags->Duration("heartbeat-interval", &o.service.heartbeat_interval,
                   "how often each agent is pinged");
   flags->Duration("heartbeat-timeout", &o.heartbeat_timeout,
@@ -203,6 +212,19 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
     return absl::InvalidArgumentError(
         "--access-cookie-ttl must be at least 1s");
   }
+  // The largest legitimate envelope is a response head carrying a full
+  // chunk of body bytes.
+  constexpr int64_t kMinAgentMessage = 2 * common::kMaxChunkBytes;
+  if (v->max_agent_message < kMinAgentMessage ||
+      v->max_agent_message > (64 << 20)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max-agent-message must be between ", kMinAgentMessage,
+                     " and ", 64 << 20));
+  }
+  if (v->max_request_head < 1024 || v->max_request_head > (1 << 20)) {
+    return absl::InvalidArgumentError(
+        "--max-request-head must be between 1024 and 1048576");
+  }
   GatewayOptions& o = v->options;
   if (o.tls.enabled() && v->insecure) {
     return absl::InvalidArgumentError(
@@ -231,6 +253,9 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
       static_cast<int>(v->access_code_attempts);
   o.service.auth_failures_per_minute = static_cast<int>(v->auth_failures);
   o.service.auth_failure_max_ips = static_cast<size_t>(v->auth_failure_ips);
+  o.service.max_message_bytes = static_cast<int>(v->max_agent_message);
+  o.front.connection.max_request_head_bytes =
+      static_cast<size_t>(v->max_request_head);
   return absl::OkStatus();
 }
 

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/envelopes.h"
+#include "common/headers.h"
 #include "common/log.h"
 
 namespace tunnel::server {
@@ -27,6 +28,51 @@ absl::Status StatusFromClose(const TunnelClose& c) {
       return absl::DeadlineExceededError(msg);
     default:
       return absl::AbortedError(msg);
+  }
+}
+
+// What an agent must not send after its handshake, for the status message.
+absl::string_view UnexpectedKind(const Envelope& e) {
+  switch (e.message_case()) {
+    case Envelope::kConnect:
+      return "a second connect request";
+    case Envelope::kRequest:
+      return "a request (only the gateway opens streams)";
+    case Envelope::kConnectError:
+      return "a connect_error (gateway-only)";
+    case Envelope::kAccepted:
+      return "an accepted message (gateway-only)";
+    default:
+      return "an envelope with no message set";
+  }
+}
+
+// The stream an agent's per-stream message names; 0 for the others.
+uint64_t StreamIdOf(const Envelope& e) {
+  switch (e.message_case()) {
+    case Envelope::kResponse:
+      return e.response().stream_id();
+    case Envelope::kData:
+      return e.data().stream_id();
+    case Envelope::kClose:
+      return e.close().stream_id();
+    case Envelope::kControl:
+      return e.control().window_update().stream_id();
+    default:
+      return 0;
+  }
+}
+
+absl::string_view KindName(const Envelope& e) {
+  switch (e.message_case()) {
+    case Envelope::kResponse:
+      return "a response";
+    case Envelope::kData:
+      return "data";
+    case Envelope::kClose:
+      return "a close";
+    default:
+      return "a window update";
   }
 }
 
@@ -327,60 +373,53 @@ void Session::RemoveStream(uint64_t id) {
   streams_.erase(id);
 }
 
+bool Session::NeverOpened(uint64_t id) const {
+  absl::MutexLock lock(&mu_);
+  return id == 0 || id >= next_stream_id_;
+}
+
 void Session::FailStream(uint64_t id,
                          const std::shared_ptr<common::StreamChannel>& ch,
-                         TunnelClose::Reason reason, const absl::Status& why) {
-  TUNNEL_LOG(WARNING) << "agent " << agent_id_ << " stream " << id << ": "
-                      << why.message();
+                         Violation v, TunnelClose::Reason reason,
+                         const absl::Status& why) {
+  metrics_->violation(v)->Increment();
+  common::LogEvent(common::LogLevel::kWarning, "agent_protocol_violation")
+      .Str("agent_id", agent_id_)
+      .Str("session", session_id_)
+      .Str("kind", ViolationName(v))
+      .Int("stream", static_cast<int64_t>(id))
+      .Str("detail", why.message())
+      .Str("action", "stream_closed");
   ch->Abort(absl::AbortedError(
       absl::StrCat("the agent broke the protocol: ", why.message())));
   SendClose(id, reason, why.message());
 }
 
+void Session::NoteViolation(Violation v, absl::string_view detail) {
+  metrics_->violation(v)->Increment();
+  common::LogEvent(common::LogLevel::kWarning, "agent_protocol_violation")
+      .Str("agent_id", agent_id_)
+      .Str("session", session_id_)
+      .Str("kind", ViolationName(v))
+      .Str("detail", detail)
+      .Str("action", "session_closed");
+}
+
+void Session::CloseForViolation(Violation v, absl::string_view detail) {
+  NoteViolation(v, detail);
+  Close(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                     absl::StrCat("protocol violation (", ViolationName(v),
+                                  "): ", detail)),
+        /*drain=*/false);
+}
+
 void Session::OnEnvelope(const Envelope& e) {
   switch (e.message_case()) {
-    case Envelope::kResponse: {
-      const auto& r = e.response();
-      auto ch = FindStream(r.stream_id());
-      if (ch == nullptr) break;
-      tunnel::v1::TunnelResponse head = r;
-      head.clear_body();
-      if (absl::Status s = ch->SetHead(std::move(head)); !s.ok()) {
-        FailStream(r.stream_id(), ch, TunnelClose::PROTOCOL_ERROR, s);
-        return;
-      }
-      if (!r.body().empty() || r.end_stream()) {
-        // Counted before the visitor can see them (bytes the agent sent).
-        bytes_out_.fetch_add(r.body().size(), std::memory_order_relaxed);
-        if (absl::Status s = ch->PushData(r.body(), r.end_stream()); !s.ok()) {
-          FailStream(r.stream_id(), ch, TunnelClose::FLOW_CONTROL_ERROR, s);
-        }
-      }
+    case Envelope::kResponse:
+    case Envelope::kData:
+    case Envelope::kClose:
+      OnStreamMessage(e);
       return;
-    }
-    case Envelope::kData: {
-      const auto& d = e.data();
-      auto ch = FindStream(d.stream_id());
-      if (ch == nullptr) break;
-      if (d.data().size() > limits_.max_chunk) {
-        FailStream(d.stream_id(), ch, TunnelClose::PROTOCOL_ERROR,
-                   absl::InvalidArgumentError("data chunk over the limit"));
-        return;
-      }
-      bytes_out_.fetch_add(d.data().size(), std::memory_order_relaxed);
-      if (absl::Status s = ch->PushData(d.data(), d.end_stream()); !s.ok()) {
-        FailStream(d.stream_id(), ch, TunnelClose::FLOW_CONTROL_ERROR, s);
-      }
-      return;
-    }
-    case Envelope::kClose: {
-      metrics_->stream_close(/*from_agent=*/true, e.close().reason())
-          ->Increment();
-      auto ch = FindStream(e.close().stream_id());
-      if (ch == nullptr) break;
-      ch->Abort(StatusFromClose(e.close()));
-      return;
-    }
     case Envelope::kControl: {
       const auto& c = e.control();
       if (c.has_ping()) {
@@ -390,27 +429,113 @@ void Session::OnEnvelope(const Envelope& e) {
                          << " is shutting down: " << c.goaway().reason();
         draining_ = true;
       } else if (c.has_window_update()) {
-        const auto& wu = c.window_update();
-        auto ch = FindStream(wu.stream_id());
-        if (ch == nullptr) break;
-        if (absl::Status s = ch->AddSendCredit(wu.increment()); !s.ok()) {
-          FailStream(wu.stream_id(), ch, TunnelClose::FLOW_CONTROL_ERROR, s);
-        }
+        OnStreamMessage(e);
       }
       return;
     }
     default:
-      TUNNEL_LOG(WARNING) << "agent " << agent_id_
-                          << " sent an envelope of kind " << e.message_case()
-                          << " after the handshake";
-      Close(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                         "unexpected message after the handshake"),
-            false);
+      CloseForViolation(Violation::kUnexpectedMessage,
+                        absl::StrCat("the agent sent ", UnexpectedKind(e),
+                                     " after the handshake"));
       return;
   }
-  // Messages for streams that already ended are expected in races (the
-  // visitor left while data was in flight); count them, drop them.
-  ++unknown_stream_messages_;
+}
+
+void Session::OnStreamMessage(const Envelope& e) {
+  const uint64_t id = StreamIdOf(e);
+  if (e.has_close()) {
+    metrics_->stream_close(/*from_agent=*/true, e.close().reason())
+        ->Increment();
+  }
+  std::shared_ptr<common::StreamChannel> ch = FindStream(id);
+  if (ch == nullptr) {
+    if (NeverOpened(id)) {
+      CloseForViolation(
+          Violation::kUnknownStream,
+          absl::StrCat("the agent sent ", KindName(e), " for stream ", id,
+                       ", which the gateway never opened"));
+      return;
+    }
+    // Messages for streams that already ended are expected in races (the
+    // visitor left while data was in flight); count them, drop them.
+    ++unknown_stream_messages_;
+    return;
+  }
+  switch (e.message_case()) {
+    case Envelope::kResponse: {
+      const auto& r = e.response();
+      if (r.status() < 100 || r.status() > 599) {
+        FailStream(id, ch, Violation::kInvalidStatus,
+                   TunnelClose::PROTOCOL_ERROR,
+                   absl::InvalidArgumentError(absl::StrCat(
+                       "response status ", r.status(), " is not 100-599")));
+        return;
+      }
+      if (r.body().size() > limits_.max_chunk) {
+        FailStream(id, ch, Violation::kOversizedChunk,
+                   TunnelClose::PROTOCOL_ERROR,
+                   absl::InvalidArgumentError("data chunk over the limit"));
+        return;
+      }
+      tunnel::v1::TunnelResponse head = r;
+      head.clear_body();
+      if (int dropped = common::DropUnsafeHeaders(head.mutable_headers());
+          dropped > 0) {
+        // A field with CR, LF or NUL would split the visitor's response;
+        // the rest of the response is still good.
+        metrics_->violation(Violation::kInvalidHeader)->Increment();
+        common::LogEvent(common::LogLevel::kWarning, "agent_protocol_violation")
+            .Str("agent_id", agent_id_)
+            .Str("session", session_id_)
+            .Str("kind", ViolationName(Violation::kInvalidHeader))
+            .Int("stream", static_cast<int64_t>(id))
+            .Int("fields", dropped)
+            .Str("action", "fields_dropped");
+      }
+      if (absl::Status s = ch->SetHead(std::move(head)); !s.ok()) {
+        FailStream(id, ch, Violation::kDuplicateResponse,
+                   TunnelClose::PROTOCOL_ERROR, s);
+        return;
+      }
+      if (!r.body().empty() || r.end_stream()) {
+        // Counted before the visitor can see them (bytes the agent sent).
+        bytes_out_.fetch_add(r.body().size(), std::memory_order_relaxed);
+        if (absl::Status s = ch->PushData(r.body(), r.end_stream()); !s.ok()) {
+          FailStream(id, ch, Violation::kFlowControl,
+                     TunnelClose::FLOW_CONTROL_ERROR, s);
+        }
+      }
+      return;
+    }
+    case Envelope::kData: {
+      const auto& d = e.data();
+      if (d.data().size() > limits_.max_chunk) {
+        FailStream(id, ch, Violation::kOversizedChunk,
+                   TunnelClose::PROTOCOL_ERROR,
+                   absl::InvalidArgumentError("data chunk over the limit"));
+        return;
+      }
+      bytes_out_.fetch_add(d.data().size(), std::memory_order_relaxed);
+      if (absl::Status s = ch->PushData(d.data(), d.end_stream()); !s.ok()) {
+        FailStream(id, ch,
+                   absl::IsFailedPrecondition(s) ? Violation::kDataAfterEnd
+                                                 : Violation::kFlowControl,
+                   TunnelClose::FLOW_CONTROL_ERROR, s);
+      }
+      return;
+    }
+    case Envelope::kClose:
+      ch->Abort(StatusFromClose(e.close()));
+      return;
+    default:
+      if (absl::Status s =
+              ch->AddSendCredit(e.control().window_update().increment());
+          !s.ok()) {
+        FailStream(id, ch, Violation::kFlowControl,
+                   TunnelClose::FLOW_CONTROL_ERROR, s);
+      }
+      return;
+  }
 }
 
 void Session::OnDone() {

@@ -139,8 +139,17 @@ class Session : public std::enable_shared_from_this<Session> {
   grpc::Status end_status() const;
 
   // --- reactor thread ---
-  // Handles one envelope from the agent after the handshake.
+  // Handles one envelope from the agent after the handshake. A broken rule
+  // is counted (tunnel_protocol_violations_total) and closes the stream it
+  // concerns, or the whole session when no stream can be blamed (see
+  // Violation in core_metrics.h).
   void OnEnvelope(const tunnel::v1::Envelope& e);
+  // The agent broke a session-wide rule: counts it, logs it and ends the
+  // call with `code` and a message naming the violation.
+  void CloseForViolation(Violation v, absl::string_view detail);
+  // Counts and logs a session-wide violation that gRPC itself answered
+  // (the call is over already).
+  void NoteViolation(Violation v, absl::string_view detail);
   void OnWriteDone(bool ok);
   // The RPC is over: fails every stream; no further writes.
   void OnDone();
@@ -150,10 +159,16 @@ class Session : public std::enable_shared_from_this<Session> {
   void Enqueue(tunnel::v1::Envelope e, bool control);
   std::shared_ptr<common::StreamChannel> FindStream(uint64_t id) const;
   void RemoveStream(uint64_t id);
-  // The agent broke a rule on one stream: fail it locally, tell the agent.
+  // The agent broke a rule on one stream: count it, fail the stream
+  // locally, tell the agent.
   void FailStream(uint64_t id, const std::shared_ptr<common::StreamChannel>& ch,
-                  tunnel::v1::TunnelClose::Reason reason,
+                  Violation v, tunnel::v1::TunnelClose::Reason reason,
                   const absl::Status& why);
+  // For a message naming a stream that is not in the table: true if the
+  // gateway never opened that id (a violation), false if it ended already
+  // (a late message, expected in races).
+  bool NeverOpened(uint64_t id) const;
+  void OnStreamMessage(const tunnel::v1::Envelope& e);
 
   const std::string session_id_;
   const std::string agent_id_;

@@ -45,7 +45,7 @@ class AgentConnection final
  public:
   AgentConnection(TunnelServiceImpl* service,
                   grpc::CallbackServerContext* context)
-      : service_(service), peer_(context->peer()) {
+      : service_(service), context_(context), peer_(context->peer()) {
     // A source that keeps failing is refused before any HMAC work, so a
     // flood of bad calls costs a map lookup each.
     const absl::Time now = absl::Now();
@@ -107,7 +107,10 @@ class AgentConnection final
 
   void OnReadDone(bool ok) override {
     if (!ok) {
-      // The agent half-closed or the call broke.
+      // The agent half-closed or the call broke. A message over
+      // max_message_bytes shows only like this: gRPC fails the read before
+      // it cancels the call (see OnCancel).
+      read_failed_uncancelled_ = !context_->IsCancelled();
       session_->Close(grpc::Status::OK, false);
       return;
     }
@@ -123,6 +126,16 @@ class AgentConnection final
   void OnWriteDone(bool ok) override { session_->OnWriteDone(ok); }
 
   void OnCancel() override {
+    // gRPC 1.51 tells the application nothing else about its size check:
+    // a read failed on a live call, then gRPC cancelled it (with
+    // RESOURCE_EXHAUSTED towards the agent) before our Finish went out. An
+    // agent that half-closes (draining) waits for our status instead.
+    if (registered_ && read_failed_uncancelled_) {
+      session_->NoteViolation(
+          Violation::kOversizedMessage,
+          absl::StrCat("a message over ", service_->options_.max_message_bytes,
+                       " bytes (gRPC refused it)"));
+    }
     if (session_ != nullptr) {
       session_->Close(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"),
                       false);
@@ -313,11 +326,13 @@ class AgentConnection final
   }
 
   TunnelServiceImpl* const service_;
+  grpc::CallbackServerContext* const context_;
   const std::string peer_;
   std::shared_ptr<Session> session_;
   Envelope in_;
   bool registered_ = false;
   bool accepted_ = false;  // ConnectAccepted sent: counted and logged
+  std::atomic<bool> read_failed_uncancelled_{false};
   absl::Time connected_at_;
 };
 

@@ -39,6 +39,10 @@ struct TunnelServiceOptions {
   int auth_failures_per_minute = 10;
   // Source IPs remembered for that limit (expired, then oldest, go first).
   size_t auth_failure_max_ips = 10000;
+  // Largest envelope gRPC accepts from an agent; a bigger one ends the
+  // session with RESOURCE_EXHAUSTED. The largest legitimate one is a
+  // response head with max_chunk body bytes, so keep it well above that.
+  int max_message_bytes = 1 << 20;
 };
 
 // The key the auth-failure limit counts under, from a gRPC peer string:

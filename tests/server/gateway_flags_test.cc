@@ -1,6 +1,7 @@
 #include "server/gateway_flags.h"
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/config_file.h"
@@ -110,6 +111,35 @@ TEST(GatewayFlagsTest, NegativeLimitsAreRefusedByName) {
   GatewayFlags values;
   EXPECT_FALSE(
       ParseArgs({"--insecure", "--max-request-body=lots"}, &values).ok());
+}
+
+TEST(GatewayFlagsTest, HostileInputLimitsReachTheOptions) {
+  GatewayFlags v;
+  ASSERT_TRUE(ParseArgs({"--insecure", "--max-agent-message", "262144",
+                         "--max-request-head", "16384"},
+                        &v)
+                  .ok());
+  EXPECT_EQ(v.options.service.max_message_bytes, 262144);
+  EXPECT_EQ(v.options.front.connection.max_request_head_bytes, 16384u);
+  GatewayFlags defaults;
+  ASSERT_TRUE(ParseArgs({"--insecure"}, &defaults).ok());
+  EXPECT_EQ(defaults.options.service.max_message_bytes, 1 << 20);
+  EXPECT_EQ(defaults.options.front.connection.max_request_head_bytes,
+            64u * 1024);
+}
+
+TEST(GatewayFlagsTest, HostileInputLimitsOutOfRangeAreRefused) {
+  for (auto [flag, value] : std::vector<std::pair<std::string, std::string>>{
+           {"--max-agent-message", "131071"},
+           {"--max-agent-message", "67108865"},
+           {"--max-request-head", "1023"},
+           {"--max-request-head", "1048577"}}) {
+    GatewayFlags v;
+    absl::Status s = ParseArgs({"--insecure", flag, value}, &v);
+    EXPECT_TRUE(absl::IsInvalidArgument(s))
+        << flag << " " << value << ": " << s;
+    EXPECT_NE(s.message().find(flag), absl::string_view::npos) << s;
+  }
 }
 
 }  // namespace

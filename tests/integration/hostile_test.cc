@@ -1,0 +1,611 @@
+// Hostile input on both sides of a real gateway on loopback.
+//
+// Agents: a "hostile agent" authenticates like the real one (SignAuthMetadata
+// and the generated TunnelService stub) and then breaks protocol rules. Each
+// break is counted in tunnel_protocol_violations_total and closes the
+// offending stream or session, while a healthy agent and its service keep
+// serving visitors throughout.
+//
+// Visitors: raw TCP connections send malformed or oversized request heads;
+// each gets a 4xx status line and a closed connection, and a normal request
+// on another connection still works.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/hmac_auth.h"
+#include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "tests/testing/tunnel_harness.h"
+#include "tunnel/v1/tunnel.grpc.pb.h"
+
+namespace tunnel::testing {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+using tunnel::v1::Envelope;
+using tunnel::v1::TunnelClose;
+
+constexpr char kHealthy[] = "cam-01";
+constexpr char kHostile[] = "evil-01";
+
+// The value of one series (`name{labels}` exactly as rendered), 0 if absent.
+double Metric(server::Gateway& gw, absl::string_view series) {
+  for (absl::string_view line : absl::StrSplit(gw.metrics().Render(), '\n')) {
+    if (absl::ConsumePrefix(&line, series) && absl::ConsumePrefix(&line, " ")) {
+      double v;
+      if (absl::SimpleAtod(line, &v)) return v;
+    }
+  }
+  return 0;
+}
+
+double Violations(server::Gateway& gw, absl::string_view kind) {
+  return Metric(gw, absl::StrCat("tunnel_protocol_violations_total{kind=\"",
+                                 kind, "\"}"));
+}
+
+// An agent that speaks the real protocol on the real stub, under the test's
+// control.
+class HostileAgent {
+ public:
+  HostileAgent(TunnelHarness& h, const std::string& agent_id) {
+    channel_ =
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", h.gateway().grpc_port()),
+                            grpc::InsecureChannelCredentials());
+    stub_ = tunnel::v1::TunnelService::NewStub(channel_);
+    ctx_.set_deadline(std::chrono::system_clock::now() +
+                      std::chrono::seconds(60));
+    for (const auto& c : h.credentials().credentials()) {
+      if (c.agent_id() != agent_id) continue;
+      auto md = common::SignAuthMetadata(agent_id, c.token_id(), c.secret(),
+                                         absl::Now());
+      EXPECT_TRUE(md.ok()) << md.status();
+      if (md.ok()) {
+        for (const auto& [k, v] : *md) ctx_.AddMetadata(k, v);
+      }
+    }
+    stream_ = stub_->Connect(&ctx_);
+    Envelope hello;
+    auto* c = hello.mutable_connect();
+    c->set_protocol_version(tunnel::v1::PROTOCOL_VERSION_1);
+    c->set_agent_id(agent_id);
+    c->add_tunnels()->set_slug(agent_id);
+    EXPECT_TRUE(stream_->Write(hello));
+    std::optional<Envelope> answer = Next();
+    EXPECT_TRUE(answer.has_value() && answer->has_accepted())
+        << (answer ? answer->DebugString() : "call ended");
+  }
+
+  bool Send(const Envelope& e) { return stream_->Write(e); }
+
+  // The next message that is not a ping or a window update; nullopt once the
+  // gateway ended the call.
+  std::optional<Envelope> Next() {
+    Envelope e;
+    while (stream_->Read(&e)) {
+      if (e.has_control() &&
+          (e.control().has_ping() || e.control().has_window_update())) {
+        continue;
+      }
+      return e;
+    }
+    return std::nullopt;
+  }
+
+  // Reads until the gateway ends the call; its status.
+  grpc::Status Finish() {
+    Envelope e;
+    while (stream_->Read(&e)) {
+    }
+    return stream_->Finish();
+  }
+
+ private:
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<tunnel::v1::TunnelService::Stub> stub_;
+  grpc::ClientContext ctx_;
+  std::unique_ptr<grpc::ClientReaderWriter<Envelope, Envelope>> stream_;
+};
+
+Envelope Response(uint64_t id, uint32_t status, std::string body, bool end) {
+  Envelope e;
+  auto* r = e.mutable_response();
+  r->set_stream_id(id);
+  r->set_status(status);
+  r->set_body(std::move(body));
+  r->set_end_stream(end);
+  return e;
+}
+
+Envelope Data(uint64_t id, std::string data, bool end) {
+  Envelope e;
+  auto* d = e.mutable_data();
+  d->set_stream_id(id);
+  d->set_data(std::move(data));
+  d->set_end_stream(end);
+  return e;
+}
+
+Envelope WindowUpdate(uint64_t id, uint32_t increment) {
+  Envelope e;
+  auto* w = e.mutable_control()->mutable_window_update();
+  w->set_stream_id(id);
+  w->set_increment(increment);
+  return e;
+}
+
+Envelope Close(uint64_t id) {
+  Envelope e;
+  e.mutable_close()->set_stream_id(id);
+  e.mutable_close()->set_reason(TunnelClose::LOCAL_ERROR);
+  return e;
+}
+
+// A visitor request on its own thread (the hostile agent answers it on the
+// test's thread).
+class PendingVisit {
+ public:
+  PendingVisit(TunnelHarness& h, const std::string& slug) {
+    thread_ = std::thread([this, &h, slug] {
+      auto cli = h.Visitor();
+      cli->set_read_timeout(30, 0);
+      auto res = cli->Get(TunnelHarness::Path(slug, "/x"));
+      if (res) {
+        status_ = res->status;
+        body_ = res->body;
+      }
+    });
+  }
+  ~PendingVisit() { Join(); }
+  // The status (0: no complete response).
+  int Join() {
+    if (thread_.joinable()) thread_.join();
+    return status_;
+  }
+  const std::string& body() const { return body_; }
+
+ private:
+  std::thread thread_;
+  int status_ = 0;
+  std::string body_;
+};
+
+class HostileTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    svc_.server().Get("/hello",
+                      [](const httplib::Request&, httplib::Response& res) {
+                        res.set_content("hello", "text/plain");
+                      });
+    svc_.Start();
+  }
+
+  void Start(std::function<void(server::GatewayOptions&)> tweak = nullptr) {
+    h_.StartGateway(std::move(tweak));
+    h_.StartAgent(kHealthy, {svc_.url()});
+    ExpectHealthyServes();
+  }
+
+  // The healthy agent's tunnel answers, on a fresh connection.
+  void ExpectHealthyServes() {
+    auto res = h_.Visitor()->Get(TunnelHarness::Path(kHealthy, "/hello"));
+    ASSERT_TRUE(res) << "healthy tunnel did not answer";
+    EXPECT_EQ(res->status, 200);
+    EXPECT_EQ(res->body, "hello");
+  }
+
+  // A stream the gateway opened on `agent` for a visitor.
+  uint64_t AwaitRequest(HostileAgent& agent) {
+    std::optional<Envelope> e = agent.Next();
+    EXPECT_TRUE(e.has_value() && e->has_request())
+        << (e ? e->DebugString() : "call ended");
+    return e && e->has_request() ? e->request().stream_id() : 0;
+  }
+
+  LocalService svc_;
+  TunnelHarness h_{{kHealthy, kHostile}};
+};
+
+TEST_F(HostileTest, WrongKindsAfterTheHandshakeCloseOnlyThatSession) {
+  Start();
+  std::vector<std::pair<Envelope, std::string>> cases;
+  {
+    Envelope e;
+    e.mutable_connect()->set_agent_id(kHostile);
+    e.mutable_connect()->add_tunnels()->set_slug(kHostile);
+    cases.emplace_back(e, "a second connect request");
+  }
+  {
+    Envelope e;
+    e.mutable_request()->set_stream_id(1);
+    cases.emplace_back(e, "a request (only the gateway opens streams)");
+  }
+  {
+    Envelope e;
+    e.mutable_accepted()->set_session_id("x");
+    cases.emplace_back(e, "an accepted message");
+  }
+  {
+    Envelope e;
+    e.mutable_connect_error()->set_message("x");
+    cases.emplace_back(e, "a connect_error");
+  }
+  cases.emplace_back(Envelope(), "an envelope with no message set");
+  double counted = 0;
+  for (const auto& [envelope, what] : cases) {
+    SCOPED_TRACE(what);
+    HostileAgent evil(h_, kHostile);
+    ASSERT_TRUE(h_.WaitForSessions(2));
+    EXPECT_TRUE(evil.Send(envelope));
+    grpc::Status s = evil.Finish();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(),
+                HasSubstr("protocol violation (unexpected_message)"));
+    EXPECT_THAT(s.error_message(), HasSubstr(what));
+    EXPECT_EQ(Violations(h_.gateway(), "unexpected_message"), ++counted);
+    ASSERT_TRUE(h_.WaitForSessions(1));
+    ExpectHealthyServes();
+  }
+}
+
+TEST_F(HostileTest, StreamIdsTheGatewayNeverOpenedCloseTheSession) {
+  Start();
+  // Stream 1 exists (a visitor waits on it); 2 and up were never opened.
+  const std::vector<std::pair<Envelope, std::string>> cases = {
+      {Response(7, 200, "", true), "a response for stream 7"},
+      {Data(2, "x", false), "data for stream 2"},
+      {WindowUpdate(1000, 1), "a window update for stream 1000"},
+      {Close(0), "a close for stream 0"},
+  };
+  double counted = 0;
+  for (const auto& [envelope, what] : cases) {
+    SCOPED_TRACE(what);
+    HostileAgent evil(h_, kHostile);
+    ASSERT_TRUE(h_.WaitForSessions(2));
+    PendingVisit visit(h_, kHostile);
+    ASSERT_EQ(AwaitRequest(evil), 1u);
+    EXPECT_TRUE(evil.Send(envelope));
+    grpc::Status s = evil.Finish();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(),
+                HasSubstr("protocol violation (unknown_stream)"));
+    EXPECT_THAT(s.error_message(),
+                HasSubstr(absl::StrCat(what, ", which the gateway never")));
+    EXPECT_EQ(Violations(h_.gateway(), "unknown_stream"), ++counted);
+    // The session's visitor learns that its agent went away.
+    EXPECT_EQ(visit.Join(), 502);
+    ASSERT_TRUE(h_.WaitForSessions(1));
+    ExpectHealthyServes();
+  }
+}
+
+TEST_F(HostileTest, LateMessagesForAnEndedStreamAreDroppedNotPunished) {
+  Start();
+  HostileAgent evil(h_, kHostile);
+  ASSERT_TRUE(h_.WaitForSessions(2));
+  uint64_t id;
+  {
+    PendingVisit visit(h_, kHostile);
+    id = AwaitRequest(evil);
+    ASSERT_TRUE(evil.Send(Response(id, 200, "done", true)));
+    ASSERT_EQ(visit.Join(), 200);
+    EXPECT_EQ(visit.body(), "done");
+  }
+  // The visitor has its answer, so the stream is gone: these are what a
+  // race leaves behind, not a broken agent.
+  EXPECT_TRUE(evil.Send(Data(id, "more", true)));
+  EXPECT_TRUE(evil.Send(Response(id, 200, "", true)));
+  EXPECT_TRUE(evil.Send(WindowUpdate(id, 100)));
+  EXPECT_TRUE(evil.Send(Close(id)));
+  // The session still serves: a new stream gets an answer through it.
+  PendingVisit next(h_, kHostile);
+  uint64_t id2 = AwaitRequest(evil);
+  EXPECT_GT(id2, id);
+  ASSERT_TRUE(evil.Send(Response(id2, 200, "still here", true)));
+  EXPECT_EQ(next.Join(), 200);
+  EXPECT_EQ(next.body(), "still here");
+  for (const char* kind : {"unknown_stream", "data_after_end", "flow_control",
+                           "duplicate_response"}) {
+    EXPECT_EQ(Violations(h_.gateway(), kind), 0) << kind;
+  }
+  ExpectHealthyServes();
+}
+
+TEST_F(HostileTest, StreamRuleBreaksCloseOnlyThatStream) {
+  Start();
+  HostileAgent evil(h_, kHostile);
+  ASSERT_TRUE(h_.WaitForSessions(2));
+  struct Case {
+    std::string kind;
+    std::vector<Envelope> (*send)(uint64_t id);
+    TunnelClose::Reason reason;
+    int visitor_status;  // 0: the response breaks off after its head
+  };
+  const std::vector<Case> cases = {
+      {"invalid_status",
+       [](uint64_t id) {
+         return std::vector<Envelope>{Response(id, 600, "", true)};
+       },
+       TunnelClose::PROTOCOL_ERROR, 502},
+      {"invalid_status",
+       [](uint64_t id) {
+         return std::vector<Envelope>{Response(id, 99, "", true)};
+       },
+       TunnelClose::PROTOCOL_ERROR, 502},
+      {"oversized_chunk",
+       [](uint64_t id) {
+         return std::vector<Envelope>{
+             Response(id, 200, std::string(64 * 1024 + 1, 'b'), true)};
+       },
+       TunnelClose::PROTOCOL_ERROR, 502},
+      {"oversized_chunk",
+       [](uint64_t id) {
+         return std::vector<Envelope>{
+             Data(id, std::string(64 * 1024 + 1, 'b'), false)};
+       },
+       TunnelClose::PROTOCOL_ERROR, 502},
+      {"flow_control",
+       [](uint64_t id) {
+         return std::vector<Envelope>{WindowUpdate(id, 0x7fffffff)};
+       },
+       TunnelClose::FLOW_CONTROL_ERROR, 502},
+      {"duplicate_response",
+       [](uint64_t id) {
+         return std::vector<Envelope>{Response(id, 200, "", false),
+                                      Response(id, 200, "", false)};
+       },
+       TunnelClose::PROTOCOL_ERROR, 0},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.kind);
+    const double before = Violations(h_.gateway(), c.kind);
+    PendingVisit visit(h_, kHostile);
+    uint64_t id = AwaitRequest(evil);
+    for (const Envelope& e : c.send(id)) ASSERT_TRUE(evil.Send(e));
+    std::optional<Envelope> close = evil.Next();
+    ASSERT_TRUE(close.has_value() && close->has_close())
+        << (close ? close->DebugString() : "call ended");
+    EXPECT_EQ(close->close().stream_id(), id);
+    EXPECT_EQ(close->close().reason(), c.reason);
+    EXPECT_EQ(Violations(h_.gateway(), c.kind), before + 1);
+    int status = visit.Join();
+    if (c.visitor_status != 0) {
+      EXPECT_EQ(status, c.visitor_status);
+    } else {
+      EXPECT_NE(status, 200);
+    }
+    // The same session serves the next stream.
+    PendingVisit next(h_, kHostile);
+    uint64_t id2 = AwaitRequest(evil);
+    ASSERT_TRUE(evil.Send(Response(id2, 200, "fine", true)));
+    EXPECT_EQ(next.Join(), 200);
+    ExpectHealthyServes();
+  }
+  EXPECT_EQ(h_.gateway().registry().session_count(), 2u);
+}
+
+// Reads a connection until the peer closes it (bounded by SO_RCVTIMEO);
+// `*closed` tells EOF from a timeout or error.
+std::string ReadUntilClosed(int fd, bool* closed) {
+  timeval tv{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  std::string out;
+  char buf[4096];
+  *closed = false;
+  while (true) {
+    ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n == 0) {
+      *closed = true;
+      break;
+    }
+    if (n < 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+int Connect(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Sends `raw` on a new connection; what came back and whether it was closed.
+std::string RawExchange(int port, const std::string& raw, bool* closed) {
+  int fd = Connect(port);
+  EXPECT_GE(fd, 0);
+  if (fd < 0) return "";
+  EXPECT_EQ(send(fd, raw.data(), raw.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(raw.size()));
+  std::string got = ReadUntilClosed(fd, closed);
+  close(fd);
+  return got;
+}
+
+TEST_F(HostileTest, UnsafeResponseHeadersFromAnAgentAreDroppedNotInjected) {
+  Start();
+  HostileAgent evil(h_, kHostile);
+  ASSERT_TRUE(h_.WaitForSessions(2));
+  std::string got;
+  bool closed = false;
+  std::thread visitor([&] {
+    got = RawExchange(h_.gateway().http_port(),
+                      absl::StrCat("GET ", TunnelHarness::Path(kHostile, "/"),
+                                   " HTTP/1.1\r\nHost: localhost\r\n"
+                                   "Connection: close\r\n\r\n"),
+                      &closed);
+  });
+  uint64_t id = AwaitRequest(evil);
+  Envelope e = Response(id, 200, "body", true);
+  auto add = [&](std::string name, std::string value) {
+    auto* hd = e.mutable_response()->add_headers();
+    hd->set_name(std::move(name));
+    hd->set_value(std::move(value));
+  };
+  add("X-Good", "1");
+  add("X-Split", "a\r\nSet-Cookie: injected=1");
+  add("X-Lf", "a\nX-Injected: 2");
+  add("X-Nul", std::string("a\0b", 3));
+  add("Bad Name", "x");
+  add("X-Colon:Set-Cookie", "injected=3");
+  add("", "empty name");
+  ASSERT_TRUE(evil.Send(e));
+  visitor.join();
+  EXPECT_TRUE(closed);
+  EXPECT_THAT(got, HasSubstr("HTTP/1.1 200 OK\r\n"));
+  EXPECT_THAT(got, HasSubstr("X-Good: 1\r\n"));
+  EXPECT_THAT(got, HasSubstr("\r\n\r\nbody"));
+  for (const char* bad : {"injected", "Injected", "X-Split", "X-Lf", "X-Nul",
+                          "Bad Name", "empty name"}) {
+    EXPECT_THAT(got, Not(HasSubstr(bad)));
+  }
+  // One response with unsafe fields: one violation.
+  EXPECT_EQ(Violations(h_.gateway(), "invalid_header"), 1);
+  EXPECT_EQ(h_.gateway().registry().session_count(), 2u);
+  ExpectHealthyServes();
+}
+
+TEST_F(HostileTest, OversizedMessageEndsTheSessionWithResourceExhausted) {
+  Start([](server::GatewayOptions& o) {
+    o.service.max_message_bytes = 256 * 1024;
+  });
+  HostileAgent evil(h_, kHostile);
+  ASSERT_TRUE(h_.WaitForSessions(2));
+  // Over the limit, gRPC refuses the message before it is parsed, so it
+  // is not seen as data for a stream the gateway never opened.
+  EXPECT_TRUE(evil.Send(Data(1, std::string(300 * 1024, 'x'), false)));
+  grpc::Status s = evil.Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << s.error_message();
+  ASSERT_TRUE(h_.WaitForSessions(1));  // OnDone ran, and OnCancel before it
+  EXPECT_EQ(Violations(h_.gateway(), "oversized_message"), 1);
+  EXPECT_EQ(Violations(h_.gateway(), "unknown_stream"), 0);
+  ExpectHealthyServes();
+}
+
+TEST_F(HostileTest, MalformedRequestHeadsGet4xxAndTheirConnectionCloses) {
+  Start([](server::GatewayOptions& o) {
+    o.front.connection.max_request_head_bytes = 16 * 1024;
+  });
+  const std::string path = TunnelHarness::Path(kHealthy, "/hello");
+  const std::string ok_line = absl::StrCat("GET ", path, " HTTP/1.1\r\n");
+  std::string many_headers = ok_line;
+  for (int i = 0; i < 40; ++i) {
+    absl::StrAppend(&many_headers, "X-Filler-", i, ": ", std::string(500, 'f'),
+                    "\r\n");
+  }
+  many_headers += "\r\n";
+  struct Case {
+    std::string what;
+    std::string raw;
+    int status;
+  };
+  const std::vector<Case> cases = {
+      {"garbage", "GARBAGE\r\n\r\n", 400},
+      {"no version", absl::StrCat("GET ", path, "\r\n\r\n"), 400},
+      {"bad version", absl::StrCat("GET ", path, " HTTX/1.1\r\n\r\n"), 400},
+      {"HTTP/2.0", absl::StrCat("GET ", path, " HTTP/2.0\r\n\r\n"), 505},
+      {"two spaces", absl::StrCat("GET  ", path, " HTTP/1.1\r\n\r\n"), 400},
+      {"unknown method", absl::StrCat("FOO ", path, " HTTP/1.1\r\n\r\n"), 400},
+      {"header without colon",
+       absl::StrCat(ok_line, "Host: x\r\nNoColonHere\r\n\r\n"), 400},
+      {"space in header name", absl::StrCat(ok_line, "Bad Name: x\r\n\r\n"),
+       400},
+      {"space before colon", absl::StrCat(ok_line, "Host : x\r\n\r\n"), 400},
+      {"NUL in a value",
+       absl::StrCat(ok_line, std::string("X-A: a\0b\r\n\r\n", 13)), 400},
+      {"NUL in the target",
+       absl::StrCat("GET ", path, std::string("\0 HTTP/1.1\r\n\r\n", 14)), 400},
+      {"control character in a value",
+       absl::StrCat(ok_line, "X-A: a\x01z\r\n\r\n"), 400},
+      {"bare LF", absl::StrCat("GET ", path, " HTTP/1.1\nHost: x\n\n"), 400},
+      {"bare CR", absl::StrCat(ok_line, "X-A: a\rb\r\n\r\n"), 400},
+      {"obs-fold", absl::StrCat(ok_line, "X-A: a\r\n b\r\n\r\n"), 400},
+      {"percent-encoded CRLF (httplib decodes header values)",
+       absl::StrCat(ok_line, "X-A: a%0D%0AX-Injected: 1\r\n\r\n"), 400},
+      {"request line over 8 KiB",
+       absl::StrCat("GET /", std::string(9000, 'a'), " HTTP/1.1\r\n\r\n"), 414},
+      {"request line over 8 KiB without an end",
+       absl::StrCat("GET /", std::string(20000, 'a')), 414},
+      {"header line over 8 KiB",
+       absl::StrCat(ok_line, "X-Big: ", std::string(9000, 'b'), "\r\n\r\n"),
+       431},
+      {"head over --max-request-head", many_headers, 431},
+      {"endless head without an empty line",
+       absl::StrCat(ok_line, std::string(40, 'X') + ": 1\r\n",
+                    std::string(20000, 'Y')),
+       431},
+  };
+  server::Gateway& gw = h_.gateway();
+  const int port = gw.http_port();
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    bool closed = false;
+    std::string got = RawExchange(port, c.raw, &closed);
+    EXPECT_TRUE(absl::StartsWith(got, absl::StrCat("HTTP/1.1 ", c.status, " ")))
+        << got.substr(0, 200);
+    EXPECT_TRUE(closed) << "connection left open";
+    // One answer per connection, never a second one for the rest.
+    EXPECT_EQ(got.find("\nHTTP/1."), std::string::npos) << got;
+    EXPECT_THAT(got, Not(HasSubstr("hello")));
+    ExpectHealthyServes();
+  }
+  // The gateway's own refusals are counted like any request.
+  EXPECT_EQ(Metric(gw,
+                   "tunnel_http_requests_total{tunnel=\"\",code=\"4xx\","
+                   "error=\"request_header_too_large\"}"),
+            3);
+  EXPECT_EQ(Metric(gw,
+                   "tunnel_http_requests_total{tunnel=\"\",code=\"4xx\","
+                   "error=\"uri_too_long\"}"),
+            2);
+  EXPECT_EQ(Metric(gw,
+                   "tunnel_http_requests_total{tunnel=\"\",code=\"5xx\","
+                   "error=\"http_version_not_supported\"}"),
+            1);
+  // A valid head just under the limit still works, on a keep-alive
+  // connection that serves a second request after it.
+  int fd = Connect(port);
+  ASSERT_GE(fd, 0);
+  std::string pad;
+  for (int i = 0; i < 3; ++i) {
+    absl::StrAppend(&pad, "X-Pad-", i, ": ", std::string(4000, 'p'), "\r\n");
+  }
+  const std::string two =
+      absl::StrCat(ok_line, "Host: localhost\r\n", pad, "\r\n", ok_line,
+                   "Host: localhost\r\nConnection: close\r\n\r\n");
+  ASSERT_EQ(send(fd, two.data(), two.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(two.size()));
+  bool closed = false;
+  std::string got = ReadUntilClosed(fd, &closed);
+  close(fd);
+  EXPECT_TRUE(closed);
+  EXPECT_TRUE(absl::StartsWith(got, "HTTP/1.1 200 OK\r\n")) << got;
+  EXPECT_NE(got.find("HTTP/1.1 200 OK\r\n", 10), std::string::npos) << got;
+}
+
+}  // namespace
+}  // namespace tunnel::testing
