@@ -436,58 +436,60 @@ class VisitorStream : public httplib::Stream {
       }
     }
     return true;
-    // One read from the connection into the free space after end_.
-    ssize_t Fill() {
-      ssize_t n;
-      char* at = buf_.data() + end_;
-      size_t room = buf_.size() - end_;
-      if (tls_ != nullptr) {
-        n = tls_->Read(at, room, read_timeout_);
-      } else {
-        // The socket's SO_RCVTIMEO bounds the wait (no poll per read).
-        do {
-          n = ::recv(fd_, at, room, 0);
-        } while (n < 0 && errno == EINTR);
-      }
-      if (n < 0) broken_ = true;  // timed out (EAGAIN) or failed
-      if (n > 0) end_ += static_cast<size_t>(n);
-      return n;
-    }
-
-    void SetTimeout(int option, absl::Duration d) {
-      timeval tv = absl::ToTimeval(std::max(d, absl::Milliseconds(1)));
-      ::setsockopt(fd_, SOL_SOCKET, option, &tv, sizeof(tv));
-    }
-
-    const int fd_;
-    TlsConnection* const tls_;
-    const absl::Duration read_timeout_;
-    const absl::Duration write_timeout_;
-    const int read_timeout_ms_;
-    const int write_timeout_ms_;
-    // Grows past kReadSize only while a long request head is read (up to
-    // max_request_head_bytes).
-    std::string buf_ = std::string(kReadSize, '\0');
-    size_t begin_ = 0;
-    size_t end_ = 0;
-    bool broken_ = false;
-    bool hijacked_ = false;
-    bool close_after_ = false;
-    mutable std::string remote_ip_, local_ip_;  // cached, see above
-    mutable int remote_port_ = -1, local_port_ = -1;
-    bool hold_next_ = false;
-    std::string held_;  // a response head waiting for its body
-    PlainConnection plain_{fd_};
-  };
-
-  RateLimiter::Options IpLimits(const ConnectionOptions& o) {
-    RateLimiter::Options limits;
-    limits.per_minute = o.connections_per_ip_per_minute;
-    limits.concurrent = o.max_connections_per_ip;
-    limits.capacity =
-        static_cast<size_t>(std::max<int64_t>(1, o.client_ip_capacity));
-    return limits;
   }
+
+  // One read from the connection into the free space after end_.
+  ssize_t Fill() {
+    ssize_t n;
+    char* at = buf_.data() + end_;
+    size_t room = buf_.size() - end_;
+    if (tls_ != nullptr) {
+      n = tls_->Read(at, room, read_timeout_);
+    } else {
+      // The socket's SO_RCVTIMEO bounds the wait (no poll per read).
+      do {
+        n = ::recv(fd_, at, room, 0);
+      } while (n < 0 && errno == EINTR);
+    }
+    if (n < 0) broken_ = true;  // timed out (EAGAIN) or failed
+    if (n > 0) end_ += static_cast<size_t>(n);
+    return n;
+  }
+
+  void SetTimeout(int option, absl::Duration d) {
+    timeval tv = absl::ToTimeval(std::max(d, absl::Milliseconds(1)));
+    ::setsockopt(fd_, SOL_SOCKET, option, &tv, sizeof(tv));
+  }
+
+  const int fd_;
+  TlsConnection* const tls_;
+  const absl::Duration read_timeout_;
+  const absl::Duration write_timeout_;
+  const int read_timeout_ms_;
+  const int write_timeout_ms_;
+  // Grows past kReadSize only while a long request head is read (up to
+  // max_request_head_bytes).
+  std::string buf_ = std::string(kReadSize, '\0');
+  size_t begin_ = 0;
+  size_t end_ = 0;
+  bool broken_ = false;
+  bool hijacked_ = false;
+  bool close_after_ = false;
+  mutable std::string remote_ip_, local_ip_;  // cached, see above
+  mutable int remote_port_ = -1, local_port_ = -1;
+  bool hold_next_ = false;
+  std::string held_;  // a response head waiting for its body
+  PlainConnection plain_{fd_};
+};
+
+RateLimiter::Options IpLimits(const ConnectionOptions& o) {
+  RateLimiter::Options limits;
+  limits.per_minute = o.connections_per_ip_per_minute;
+  limits.concurrent = o.max_connections_per_ip;
+  limits.capacity =
+      static_cast<size_t>(std::max<int64_t>(1, o.client_ip_capacity));
+  return limits;
+}
 
 }  // namespace
 

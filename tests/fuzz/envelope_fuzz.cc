@@ -82,7 +82,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   limits.max_chunk = 1024;
   limits.gateway_receive_window = 4096;
   limits.agent_receive_window = 4096;
-  auto session = std::make_shared<Session>("s", "agent", "peer", limits,
+  auto session = std::make_shared<Session>("s", "agent", "tok", "peer", limits,
                                            &writer, Metrics());
   std::vector<std::unique_ptr<tunnel::server::TunnelStream>> streams;
   const absl::Time past = absl::InfinitePast();

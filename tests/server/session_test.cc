@@ -38,8 +38,8 @@ class SessionTest : public ::testing::Test {
  protected:
   SessionTest() {
     limits_.gateway_receive_window = 64 * 1024;
-    session_ = std::make_shared<Session>("s1", "cam-01", "peer", limits_,
-                                         &writer_, &metrics_);
+    session_ = std::make_shared<Session>("s1", "cam-01", "tok_1", "peer",
+                                         limits_, &writer_, &metrics_);
   }
   ~SessionTest() override { session_->OnDone(); }
 
