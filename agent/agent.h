@@ -51,9 +51,10 @@ struct AgentOptions {
   // Local requests in flight at once (threads); further ones queue.
   size_t max_concurrent = 256;
   // With several local requests running, a new one waits this long for a
-  // busy worker before it gets a thread of its own (see WorkerPool); zero:
-  // every request starts on its own thread at once.
-  absl::Duration worker_queue_wait = absl::Milliseconds(2);
+  // busy worker before it gets a thread of its own (see WorkerPool); zero
+  // (the default: no gain measured on x86, see DESIGN.md): every request
+  // starts on its own thread at once.
+  absl::Duration worker_queue_wait = absl::ZeroDuration();
   // Per-stream window for request bodies coming from the gateway.
   uint32_t receive_window = common::kDefaultStreamWindow;
   // Local service silent for this long mid-request: the request fails.
