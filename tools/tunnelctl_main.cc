@@ -444,22 +444,38 @@ std::optional<int> ParseAdmin(tunnel::common::FlagSet& flags,
   return std::nullopt;
 }
 
+// One admin command: its flags, positional arguments and call context.
+struct AdminCall {
+  explicit AdminCall(const char* usage) : flags(usage) { f.Register(flags); }
+  // Parses `args` (exactly `want` positional arguments, named `what`) and
+  // prepares the context; returns an exit code when the command is over.
+  std::optional<int> Start(const std::vector<std::string>& args,
+                           absl::string_view command, size_t want,
+                           absl::string_view what) {
+    if (auto done =
+            ParseAdmin(flags, &f, args, command, want, what, &positional)) {
+      return done;
+    }
+    if (absl::Status s = PrepareContext(f, &ctx); !s.ok()) {
+      return RuntimeError(s);
+    }
+    return std::nullopt;
+  }
+
+  AdminFlags f;
+  tunnel::common::FlagSet flags;
+  std::vector<std::string> positional;
+  grpc::ClientContext ctx;
+};
+
 int AdminList(const std::vector<std::string>& args) {
   constexpr char kCommand[] = "tunnelctl list";
-  AdminFlags f;
-  tunnel::common::FlagSet flags(kAgentsUsage);
-  f.Register(flags);
-  std::vector<std::string> positional;
-  if (auto done = ParseAdmin(flags, &f, args, kCommand, 0, "", &positional)) {
-    return *done;
-  }
-  grpc::ClientContext ctx;
-  if (absl::Status s = PrepareContext(f, &ctx); !s.ok()) {
-    return RuntimeError(s);
-  }
+  AdminCall call(kAgentsUsage);
+  if (auto done = call.Start(args, kCommand, 0, "")) return *done;
+  const AdminFlags& f = call.f;
   tunnel::v1::ListAgentsResponse resp;
-  grpc::Status st =
-      AdminStub(f)->ListAgents(&ctx, tunnel::v1::ListAgentsRequest(), &resp);
+  grpc::Status st = AdminStub(f)->ListAgents(
+      &call.ctx, tunnel::v1::ListAgentsRequest(), &resp);
   if (!st.ok()) return RpcError(f, st);
 
   if (f.json) {
@@ -520,22 +536,13 @@ int AdminList(const std::vector<std::string>& args) {
 
 int AdminStatus(const std::vector<std::string>& args) {
   constexpr char kCommand[] = "tunnelctl status";
-  AdminFlags f;
-  tunnel::common::FlagSet flags(kStatusUsage);
-  f.Register(flags);
-  std::vector<std::string> positional;
-  if (auto done =
-          ParseAdmin(flags, &f, args, kCommand, 1, "SLUG", &positional)) {
-    return *done;
-  }
-  grpc::ClientContext ctx;
-  if (absl::Status s = PrepareContext(f, &ctx); !s.ok()) {
-    return RuntimeError(s);
-  }
+  AdminCall call(kStatusUsage);
+  if (auto done = call.Start(args, kCommand, 1, "SLUG")) return *done;
+  const AdminFlags& f = call.f;
   tunnel::v1::GetTunnelRequest req;
-  req.set_slug(positional[0]);
+  req.set_slug(call.positional[0]);
   tunnel::v1::TunnelStatus t;
-  grpc::Status st = AdminStub(f)->GetTunnel(&ctx, req, &t);
+  grpc::Status st = AdminStub(f)->GetTunnel(&call.ctx, req, &t);
   if (!st.ok()) return RpcError(f, st);
   const bool online = t.status() == "online";
   if (f.json) {
@@ -571,22 +578,13 @@ int AdminStatus(const std::vector<std::string>& args) {
 
 int AdminDisconnect(const std::vector<std::string>& args) {
   constexpr char kCommand[] = "tunnelctl disconnect";
-  AdminFlags f;
-  tunnel::common::FlagSet flags(kDisconnectUsage);
-  f.Register(flags);
-  std::vector<std::string> positional;
-  if (auto done =
-          ParseAdmin(flags, &f, args, kCommand, 1, "AGENT_ID", &positional)) {
-    return *done;
-  }
-  grpc::ClientContext ctx;
-  if (absl::Status s = PrepareContext(f, &ctx); !s.ok()) {
-    return RuntimeError(s);
-  }
+  AdminCall call(kDisconnectUsage);
+  if (auto done = call.Start(args, kCommand, 1, "AGENT_ID")) return *done;
+  const AdminFlags& f = call.f;
   tunnel::v1::DisconnectAgentRequest req;
-  req.set_agent_id(positional[0]);
+  req.set_agent_id(call.positional[0]);
   tunnel::v1::DisconnectAgentResponse resp;
-  grpc::Status st = AdminStub(f)->DisconnectAgent(&ctx, req, &resp);
+  grpc::Status st = AdminStub(f)->DisconnectAgent(&call.ctx, req, &resp);
   if (!st.ok()) return RpcError(f, st);
   if (f.json) {
     std::cout << "{\"agent_id\":" << Quote(req.agent_id())
@@ -602,20 +600,12 @@ int AdminDisconnect(const std::vector<std::string>& args) {
 
 int AdminReload(const std::vector<std::string>& args) {
   constexpr char kCommand[] = "tunnelctl reload";
-  AdminFlags f;
-  tunnel::common::FlagSet flags(kReloadUsage);
-  f.Register(flags);
-  std::vector<std::string> positional;
-  if (auto done = ParseAdmin(flags, &f, args, kCommand, 0, "", &positional)) {
-    return *done;
-  }
-  grpc::ClientContext ctx;
-  if (absl::Status s = PrepareContext(f, &ctx); !s.ok()) {
-    return RuntimeError(s);
-  }
+  AdminCall call(kReloadUsage);
+  if (auto done = call.Start(args, kCommand, 0, "")) return *done;
+  const AdminFlags& f = call.f;
   tunnel::v1::ReloadCredentialsResponse resp;
   grpc::Status st = AdminStub(f)->ReloadCredentials(
-      &ctx, tunnel::v1::ReloadCredentialsRequest(), &resp);
+      &call.ctx, tunnel::v1::ReloadCredentialsRequest(), &resp);
   if (!st.ok()) return RpcError(f, st);
   if (f.json) {
     std::cout << "{\"live_tokens\":" << resp.live_tokens()

@@ -33,29 +33,33 @@ TEST(AgentFlagsTest, TheCheckCatchesAFlagWithoutAField) {
 }
 
 // --access-code becomes a salted hash in the options; a bad code is usage.
+// `agent-tunnel connect` with the required flags and then `extra`.
+absl::Status ParseConnect(std::vector<std::string> extra, AgentFlags* values) {
+  common::FlagSet flags("usage");
+  RegisterConnectFlags(&flags, values);
+  std::vector<std::string> args = {"connect",
+                                   "--gateway",
+                                   "127.0.0.1:1",
+                                   "--id",
+                                   "cam-01",
+                                   "--token",
+                                   "tok",
+                                   "--secret",
+                                   "c2VjcmV0",
+                                   "--to",
+                                   "http://127.0.0.1:3000",
+                                   "--state-file",
+                                   ""};
+  args.insert(args.end(), extra.begin(), extra.end());
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  return ParseConnectFlags(static_cast<int>(argv.size()), argv.data(), 1,
+                           &flags, values);
+}
+
 TEST(AgentFlagsTest, AccessCodeIsHashedAndChecked) {
   auto parse = [](const std::string& code, AgentFlags* values) {
-    common::FlagSet flags("usage");
-    RegisterConnectFlags(&flags, values);
-    std::vector<std::string> args = {"connect",
-                                     "--gateway",
-                                     "127.0.0.1:1",
-                                     "--id",
-                                     "cam-01",
-                                     "--token",
-                                     "tok",
-                                     "--secret",
-                                     "c2VjcmV0",
-                                     "--to",
-                                     "http://127.0.0.1:3000",
-                                     "--state-file",
-                                     "",
-                                     "--access-code",
-                                     code};
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    return ParseConnectFlags(static_cast<int>(argv.size()), argv.data(), 1,
-                             &flags, values);
+    return ParseConnect({"--access-code", code}, values);
   };
   AgentFlags ok;
   absl::Status s = parse("let me in", &ok);
@@ -72,27 +76,7 @@ TEST(AgentFlagsTest, AccessCodeIsHashedAndChecked) {
 
 TEST(AgentFlagsTest, WorkerQueueWaitReachesTheOptionsAndIsBounded) {
   auto parse = [](const std::string& wait, AgentFlags* values) {
-    common::FlagSet flags("usage");
-    RegisterConnectFlags(&flags, values);
-    std::vector<std::string> args = {"connect",
-                                     "--gateway",
-                                     "127.0.0.1:1",
-                                     "--id",
-                                     "cam-01",
-                                     "--token",
-                                     "tok",
-                                     "--secret",
-                                     "c2VjcmV0",
-                                     "--to",
-                                     "http://127.0.0.1:3000",
-                                     "--state-file",
-                                     "",
-                                     "--worker-queue-wait",
-                                     wait};
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    return ParseConnectFlags(static_cast<int>(argv.size()), argv.data(), 1,
-                             &flags, values);
+    return ParseConnect({"--worker-queue-wait", wait}, values);
   };
   AgentFlags defaults;
   EXPECT_EQ(defaults.options.worker_queue_wait, absl::ZeroDuration());
