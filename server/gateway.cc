@@ -313,10 +313,14 @@ void Gateway::HeartbeatLoop() {
 bool Gateway::Drain(absl::Duration timeout) {
   // First, so health checkers stop sending agents here before anything else
   // changes; watchers (Health.Watch) hear it at once.
-  if (grpc::HealthCheckServiceInterface* health =
-          grpc_server_->GetHealthCheckService();
-      health != nullptr) {
-    health->SetServingStatus(false);
+  // The admin port's health too (its API keeps answering while we drain).
+  for (grpc::Server* server : {grpc_server_.get(), admin_server_.get()}) {
+    if (server == nullptr) continue;
+    if (grpc::HealthCheckServiceInterface* health =
+            server->GetHealthCheckService();
+        health != nullptr) {
+      health->SetServingStatus(false);
+    }
   }
   draining_ = true;
   front_->SetDraining(options_.drain_retry_after);

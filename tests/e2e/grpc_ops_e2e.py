@@ -15,7 +15,8 @@ protoc into a temp dir):
   refused with UNAUTHENTICATED;
 - with a visitor request held in flight, SIGTERM starts the drain: a
   Health.Watch opened before the signal reports NOT_SERVING, Check says
-  NOT_SERVING for both names while the gateway is still draining, and once
+  NOT_SERVING for both names while the gateway is still draining (and so
+  does the admin port's Health, while its API still answers), and once
   the request is released it completes and the gateway exits 0.
 
 Usage: /usr/bin/python3 grpc_ops_e2e.py BUILD_DIR PROTOC
@@ -259,7 +260,10 @@ def main():
         channel = grpc.insecure_channel(grpc_addr)
         c = Clients(channel)
         check_reflection(c)
-        check_admin_reflection(Clients(grpc.insecure_channel(admin_addr)))
+        admin = Clients(grpc.insecure_channel(admin_addr))
+        check_admin_reflection(admin)
+        check('admin port: Health.Check("") is SERVING',
+              admin.status("") == "SERVING")
         check('Health.Check("") is SERVING', c.status("") == "SERVING")
         check("Health.Check(tunnel.v1.TunnelService) is SERVING",
               c.status(TUNNEL_SERVICE) == "SERVING")
@@ -310,6 +314,11 @@ def main():
               c.status("") == "NOT_SERVING")
         check("while draining, Health.Check(tunnel.v1.TunnelService) is "
               "NOT_SERVING", c.status(TUNNEL_SERVICE) == "NOT_SERVING")
+        check('while draining, the admin port\'s Health.Check("") is '
+              "NOT_SERVING", admin.status("") == "NOT_SERVING")
+        listed = admin.reflection(list_services="").list_services_response
+        check("while draining, the admin port still answers",
+              ADMIN_SERVICE in {s.name for s in listed.service})
         check("the gateway was still draining (request held, process up)",
               visitor.is_alive() and gw.poll() is None)
 
