@@ -137,6 +137,8 @@ struct RequestRecord {
   int handled_status = 0;  // res.status when the handler returned
   int logged_status = 0;   // what httplib wrote
   bool cut = false;        // the response body broke off
+  // The handler read the request body to its end (see the with_body route).
+  bool body_read = false;
   // The tunnel limiter's admission, held until the request is over.
   RateLimiter::Slot* slot = nullptr;
   // Per-tunnel byte counters, set once the stream is open; the upgrade
@@ -155,7 +157,7 @@ struct RequestRecord {
     if (bytes_out != nullptr) bytes_out->Increment(n);
   }
   void Reset() {
-    started = logged = cut = false;
+    started = logged = cut = body_read = false;
     request_id.clear();
     method.clear();
     remote.clear();
@@ -294,6 +296,16 @@ bool IsUpgradeRequest(const httplib::Request& req) {
   return false;
 }
 
+// A body httplib leaves on the connection for a content-reader route to
+// read: chunked, or a non-zero Content-Length.
+bool HasStreamedBody(const httplib::Request& req) {
+  uint64_t length = 0;
+  return absl::EqualsIgnoreCase(req.get_header_value("Transfer-Encoding"),
+                                "chunked") ||
+         (absl::SimpleAtoi(req.get_header_value("Content-Length"), &length) &&
+          length > 0);
+}
+
 RateLimiter::Options TunnelLimits(const FrontDoorOptions& o) {
   RateLimiter::Options limits;
   limits.per_minute = o.tunnel_requests_per_minute;
@@ -421,6 +433,7 @@ class FrontDoor::Handler {
                "the gateway is restarting; try again shortly");
       res.set_header("Retry-After", absl::StrCat(retry));
       res.set_header("Connection", "close");
+      FrontServer::CloseCurrentConnectionAfterResponse();
       return;
     }
     // httplib percent-decodes header values (not Location), so a visitor's
@@ -469,16 +482,7 @@ class FrontDoor::Handler {
     tl_request.slug = route->slug;
     // Is there a request body to stream? httplib has already read it into
     // req.body for methods it serves without a content reader.
-    bool streamed_body = false;
-    if (reader != nullptr) {
-      uint64_t length = 0;
-      bool chunked = absl::EqualsIgnoreCase(
-          req.get_header_value("Transfer-Encoding"), "chunked");
-      bool has_length =
-          absl::SimpleAtoi(req.get_header_value("Content-Length"), &length) &&
-          length > 0;
-      streamed_body = chunked || has_length;
-    }
+    const bool streamed_body = reader != nullptr && HasStreamedBody(req);
     if (options_.max_request_body > 0) {
       const uint64_t max = static_cast<uint64_t>(options_.max_request_body);
       uint64_t declared = 0;
@@ -608,6 +612,7 @@ class FrontDoor::Handler {
         if (upload.ok()) record->AddIn(len);
         return upload.ok();
       });
+      tl_request.body_read = read_ok;
       if (too_large) {
         stream->Cancel("the request body is over the gateway's limit");
         RequestTooLarge(req, res, /*unread_body=*/true);
@@ -768,7 +773,7 @@ class FrontDoor::Handler {
       constexpr size_t kMaxForm = 4096;
       std::string body = req.body.substr(0, kMaxForm);
       if (reader != nullptr) {
-        (*reader)([&](const char* data, size_t len) {
+        tl_request.body_read = (*reader)([&](const char* data, size_t len) {
           body.append(data, std::min(len, kMaxForm + 1 - body.size()));
           return body.size() <= kMaxForm;
         });
@@ -1113,6 +1118,12 @@ FrontDoor::FrontDoor(FrontDoorOptions options, server::TunnelRouter* router,
                        const httplib::ContentReader& reader) {
     h->Handle(req, res, &reader);
     tl_request.handled_status = res.status;
+    // A body left (partly) unread on the connection (a 404, 502, 429, a
+    // refused access code…) must never be parsed as the next request.
+    if (HasStreamedBody(req) && !tl_request.body_read) {
+      res.set_header("Connection", "close");
+      FrontServer::CloseCurrentConnectionAfterResponse();
+    }
   };
   const std::string all = ".*";
   server_->Get(all, plain);  // GET and HEAD

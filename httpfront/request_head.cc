@@ -49,7 +49,19 @@ HeadRejection CheckRequestLine(absl::string_view line) {
       return BadRequest("the request target holds a control character");
     }
   }
-  if (version == "HTTP/1.1" || version == "HTTP/1.0") return {};
+  if (version == "HTTP/1.1" || version == "HTTP/1.0") {
+    // The methods the front door routes. httplib reads the body of any
+    // other (e.g. PRI) whole into memory before refusing it, whatever
+    // --max-request-body says, so they stop here.
+    static constexpr absl::string_view kRouted[] = {
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"};
+    for (absl::string_view m : kRouted) {
+      if (method == m) return {};
+    }
+    return Reject(501, "method_not_implemented",
+                  "the method is not one of GET, HEAD, POST, PUT, PATCH, "
+                  "DELETE, OPTIONS");
+  }
   if (version.size() == 8 && absl::StartsWith(version, "HTTP/") &&
       absl::ascii_isdigit(version[5]) && version[6] == '.' &&
       absl::ascii_isdigit(version[7])) {
@@ -148,6 +160,9 @@ std::string RejectionResponse(const HeadRejection& r) {
       break;
     case 431:
       reason = "Request Header Fields Too Large";
+      break;
+    case 501:
+      reason = "Not Implemented";
       break;
     case 505:
       reason = "HTTP Version Not Supported";

@@ -166,8 +166,11 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
-  // gRPC's default (4 MiB) is far above any legitimate envelope.
-  builder.SetMaxReceiveMessageSize(o.service.max_message_bytes);
+  // gRPC's default (4 MiB) is far above any legitimate envelope. Its cap is
+  // twice ours: up to it the reactor sees the message, closes the session
+  // and counts it exactly; beyond it gRPC refuses it unseen (and the count
+  // is inferred, see AgentConnection::OnCancel).
+  builder.SetMaxReceiveMessageSize(2 * o.service.max_message_bytes);
   gw->grpc_server_ = builder.BuildAndStart();
   if (gw->grpc_server_ == nullptr || gw->grpc_port_ == 0) {
     gw->front_->Stop();

@@ -115,6 +115,19 @@ class AgentConnection final
       return;
     }
     session_->Touch();
+    if (const size_t size = in_.ByteSizeLong();
+        size > static_cast<size_t>(service_->options_.max_message_bytes)) {
+      const std::string detail =
+          absl::StrCat("a message of ", size, " bytes, over ",
+                       service_->options_.max_message_bytes);
+      session_->NoteViolation(Violation::kOversizedMessage, detail);
+      session_->Close(
+          grpc::Status(
+              grpc::StatusCode::RESOURCE_EXHAUSTED,
+              absl::StrCat("protocol violation (oversized_message): ", detail)),
+          false);
+      return;
+    }
     if (!registered_) {
       HandleConnect();
     } else {
@@ -126,10 +139,13 @@ class AgentConnection final
   void OnWriteDone(bool ok) override { session_->OnWriteDone(ok); }
 
   void OnCancel() override {
-    // gRPC 1.51 tells the application nothing else about its size check:
-    // a read failed on a live call, then gRPC cancelled it (with
-    // RESOURCE_EXHAUSTED towards the agent) before our Finish went out. An
-    // agent that half-closes (draining) waits for our status instead.
+    // A message over gRPC's own cap (twice max_message_bytes; smaller ones
+    // are caught in OnReadDone) shows only like this, since gRPC 1.51 tells
+    // the application nothing else about its size check: a read failed on
+    // a live call, then gRPC cancelled it (with RESOURCE_EXHAUSTED towards
+    // the agent) before our Finish went out. An agent that half-closes
+    // (draining) waits for our status instead. Timing can hide it (the
+    // cancel may come first), so this count is a lower bound.
     if (registered_ && read_failed_uncancelled_) {
       session_->NoteViolation(
           Violation::kOversizedMessage,
@@ -330,7 +346,7 @@ class AgentConnection final
   const std::string peer_;
   std::shared_ptr<Session> session_;
   Envelope in_;
-  bool registered_ = false;
+  std::atomic<bool> registered_{false};  // read by OnCancel too
   bool accepted_ = false;  // ConnectAccepted sent: counted and logged
   std::atomic<bool> read_failed_uncancelled_{false};
   absl::Time connected_at_;

@@ -494,8 +494,9 @@ TEST_F(HostileTest, OversizedMessageEndsTheSessionWithResourceExhausted) {
   });
   HostileAgent evil(h_, kHostile);
   ASSERT_TRUE(h_.WaitForSessions(2));
-  // Over the limit, gRPC refuses the message before it is parsed, so it
-  // is not seen as data for a stream the gateway never opened.
+  // Over the limit (under gRPC's own cap, twice it) the size is checked
+  // before the envelope is applied, so it is not seen as data for a stream
+  // the gateway never opened; and it is counted exactly, not inferred.
   EXPECT_TRUE(evil.Send(Data(1, std::string(300 * 1024, 'x'), false)));
   grpc::Status s = evil.Finish();
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
@@ -529,7 +530,12 @@ TEST_F(HostileTest, MalformedRequestHeadsGet4xxAndTheirConnectionCloses) {
       {"bad version", absl::StrCat("GET ", path, " HTTX/1.1\r\n\r\n"), 400},
       {"HTTP/2.0", absl::StrCat("GET ", path, " HTTP/2.0\r\n\r\n"), 505},
       {"two spaces", absl::StrCat("GET  ", path, " HTTP/1.1\r\n\r\n"), 400},
-      {"unknown method", absl::StrCat("FOO ", path, " HTTP/1.1\r\n\r\n"), 400},
+      {"unknown method", absl::StrCat("FOO ", path, " HTTP/1.1\r\n\r\n"), 501},
+      // httplib would read this body whole into memory before refusing.
+      {"PRI with an 8 GB body",
+       absl::StrCat("PRI ", path, " HTTP/1.1\r\nContent-Length: 8000000000",
+                    "\r\n\r\n", std::string(65536, 'x')),
+       501},
       {"header without colon",
        absl::StrCat(ok_line, "Host: x\r\nNoColonHere\r\n\r\n"), 400},
       {"space in header name", absl::StrCat(ok_line, "Bad Name: x\r\n\r\n"),
@@ -586,6 +592,10 @@ TEST_F(HostileTest, MalformedRequestHeadsGet4xxAndTheirConnectionCloses) {
                    "tunnel_http_requests_total{tunnel=\"\",code=\"5xx\","
                    "error=\"http_version_not_supported\"}"),
             1);
+  EXPECT_EQ(Metric(gw,
+                   "tunnel_http_requests_total{tunnel=\"\",code=\"5xx\","
+                   "error=\"method_not_implemented\"}"),
+            2);
   // A valid head just under the limit still works, on a keep-alive
   // connection that serves a second request after it.
   int fd = Connect(port);
@@ -605,6 +615,36 @@ TEST_F(HostileTest, MalformedRequestHeadsGet4xxAndTheirConnectionCloses) {
   EXPECT_TRUE(closed);
   EXPECT_TRUE(absl::StartsWith(got, "HTTP/1.1 200 OK\r\n")) << got;
   EXPECT_NE(got.find("HTTP/1.1 200 OK\r\n", 10), std::string::npos) << got;
+}
+
+TEST_F(HostileTest, AnUnreadRequestBodyIsNeverParsedAsTheNextRequest) {
+  // A body the gateway refuses without reading (no such tunnel) must not be
+  // taken for a request: here it is one, for the healthy tunnel.
+  Start();
+  const std::string smuggled =
+      absl::StrCat("GET ", TunnelHarness::Path(kHealthy, "/hello"),
+                   " HTTP/1.1\r\nHost: localhost\r\n\r\n");
+  const std::string raw = absl::StrCat(
+      "POST ", TunnelHarness::Path("no-such-tunnel", "/upload"),
+      " HTTP/1.1\r\nHost: localhost\r\nContent-Length: ", smuggled.size(),
+      "\r\n\r\n", smuggled);
+  bool closed = false;
+  std::string got = RawExchange(h_.gateway().http_port(), raw, &closed);
+  EXPECT_TRUE(absl::StartsWith(got, "HTTP/1.1 404 ")) << got;
+  EXPECT_TRUE(closed) << "connection left open";
+  EXPECT_EQ(got.find("\nHTTP/1."), std::string::npos) << got;
+  EXPECT_THAT(got, Not(HasSubstr("hello")));
+  // The same with a chunked body.
+  const std::string chunked = absl::StrCat(
+      "POST ", TunnelHarness::Path("no-such-tunnel", "/upload"),
+      " HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n",
+      absl::StrCat(absl::Hex(smuggled.size())), "\r\n", smuggled,
+      "\r\n0\r\n\r\n", smuggled);
+  got = RawExchange(h_.gateway().http_port(), chunked, &closed);
+  EXPECT_TRUE(absl::StartsWith(got, "HTTP/1.1 404 ")) << got;
+  EXPECT_TRUE(closed) << "connection left open";
+  EXPECT_THAT(got, Not(HasSubstr("hello")));
+  ExpectHealthyServes();
 }
 
 }  // namespace
