@@ -45,7 +45,7 @@ void FuzzHead(absl::string_view in) {
     }
   } else {
     Check(r.status == 400 || r.status == 414 || r.status == 431 ||
-          r.status == 505);
+          r.status == 501 || r.status == 505);
     std::string answer = RejectionResponse(r);
     Check(absl::StartsWith(answer, "HTTP/1.1 4") ||
           absl::StartsWith(answer, "HTTP/1.1 5"));
