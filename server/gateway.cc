@@ -316,8 +316,9 @@ void Gateway::HeartbeatLoop() {
 bool Gateway::Drain(absl::Duration timeout) {
   // First, so health checkers stop sending agents here before anything else
   // changes; watchers (Health.Watch) hear it at once.
-  // The admin port's health too (its API keeps answering while we drain).
-  for (grpc::Server* server : {grpc_server_.get(), admin_server_.get()}) {
+  // The admin port's health too (its API keeps answering while we drain),
+  // first: whoever sees the agent port change sees the admin port changed.
+  for (grpc::Server* server : {admin_server_.get(), grpc_server_.get()}) {
     if (server == nullptr) continue;
     if (grpc::HealthCheckServiceInterface* health =
             server->GetHealthCheckService();
