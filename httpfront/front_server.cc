@@ -545,25 +545,19 @@ void FrontServer::RefuseConnection(int sock, const RateLimiter::Decision& d) {
   if (connection_refused_) connection_refused_(d.verdict);
   // A TLS visitor would cost a handshake to be told: it is just closed.
   if (tls_ == nullptr) {
-    const absl::string_view code =
-        rate ? "client_connection_rate_limited" : "client_connection_limited";
-    const std::string body = absl::StrCat(
-        "{\"error\":\"", code, "\",\"status\":429,\"message\":\"",
+    HeadRejection refusal{
+        429,
+        rate ? "client_connection_rate_limited" : "client_connection_limited",
         rate ? "too many new connections from your address; wait and retry"
-             : "too many open connections from your address",
-        "\"}\n");
-    std::string head = absl::StrCat(
-        "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
-        "Content-Length: ",
-        body.size(), "\r\nRetry-After: ", rate ? CeilSeconds(d.reset) : 1,
-        "\r\nX-Tunnel-Error: ", code, "\r\nCache-Control: no-store\r\n");
+             : "too many open connections from your address"};
+    std::string extra =
+        absl::StrCat("Retry-After: ", rate ? CeilSeconds(d.reset) : 1, "\r\n");
     if (rate) {
-      absl::StrAppend(&head, "X-RateLimit-Limit: ", d.limit,
+      absl::StrAppend(&extra, "X-RateLimit-Limit: ", d.limit,
                       "\r\nX-RateLimit-Remaining: ", d.remaining,
                       "\r\nX-RateLimit-Reset: ", CeilSeconds(d.reset), "\r\n");
     }
-    const std::string out =
-        absl::StrCat(head, "Connection: close\r\n\r\n", body);
+    const std::string out = RejectionResponse(refusal, extra);
     // Never waits for room: a refused visitor gets what fits at once.
     (void)::send(sock, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     LingerBeforeClose(sock);

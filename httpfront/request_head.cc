@@ -152,9 +152,13 @@ HeadRejection HeadTooLarge(absl::string_view buf, size_t limit) {
                 absl::StrCat("the request head is over ", limit, " bytes"));
 }
 
-std::string RejectionResponse(const HeadRejection& r) {
+std::string RejectionResponse(const HeadRejection& r,
+                              absl::string_view extra_headers) {
   absl::string_view reason;
   switch (r.status) {
+    case 429:
+      reason = "Too Many Requests";
+      break;
     case 414:
       reason = "URI Too Long";
       break;
@@ -175,12 +179,12 @@ std::string RejectionResponse(const HeadRejection& r) {
   std::string body =
       absl::StrCat("{\"error\":\"", r.code, "\",\"status\":", r.status,
                    ",\"message\":\"", r.message, "\"}\n");
-  return absl::StrCat(
-      "HTTP/1.1 ", r.status, " ", reason,
-      "\r\nContent-Type: application/json\r\n"
-      "Content-Length: ",
-      body.size(), "\r\nX-Tunnel-Error: ", r.code,
-      "\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n", body);
+  return absl::StrCat("HTTP/1.1 ", r.status, " ", reason,
+                      "\r\nContent-Type: application/json\r\n"
+                      "Content-Length: ",
+                      body.size(), "\r\nX-Tunnel-Error: ", r.code,
+                      "\r\nCache-Control: no-store\r\n", extra_headers,
+                      "Connection: close\r\n\r\n", body);
 }
 
 }  // namespace tunnel::httpfront

@@ -45,8 +45,11 @@ HeadRejection CheckRequestHead(absl::string_view head);
 // 414 if the request line alone is too long, else 431.
 HeadRejection HeadTooLarge(absl::string_view buf, size_t limit);
 
-// The whole response to send for `r`, with Connection: close.
-std::string RejectionResponse(const HeadRejection& r);
+// The whole response the connection loop sends itself for `r` (a refused
+// head, a connection refused at a per-IP limit): JSON body, X-Tunnel-Error,
+// `extra_headers` ("Name: value\r\n" lines), Connection: close.
+std::string RejectionResponse(const HeadRejection& r,
+                              absl::string_view extra_headers = "");
 
 }  // namespace tunnel::httpfront
 
