@@ -17,6 +17,7 @@
 #include "agent/agent_flags.h"
 #include "agent/qr.h"
 #include "agent/state_file.h"
+#include "common/allocator.h"
 #include "common/flags.h"
 #include "common/log.h"
 #include "google/protobuf/util/json_util.h"
@@ -183,6 +184,7 @@ int Status(int argc, char** argv) {
 }
 
 int main(int argc, char** argv) {
+  tunnel::common::TuneAllocator();  // before any thread starts
   tunnel::agent::AgentFlags values;
   tunnel::common::FlagSet flags(kUsage);
   tunnel::agent::RegisterConnectFlags(&flags, &values);

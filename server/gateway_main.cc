@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/allocator.h"
 #include "common/flags.h"
 #include "common/log.h"
 #include "server/gateway.h"
@@ -46,6 +47,7 @@ int Fail(const std::string& message, int code) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  tunnel::common::TuneAllocator();  // before any thread starts
   tunnel::server::GatewayFlags values;
   tunnel::common::FlagSet flags(kUsage);
   tunnel::server::RegisterGatewayFlags(&flags, &values);
