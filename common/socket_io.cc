@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -80,6 +81,12 @@ bool WriteAll(int fd, absl::string_view data, absl::Duration timeout) {
     data.remove_prefix(static_cast<size_t>(n));
   }
   return true;
+}
+
+size_t BytesWaiting(int fd) {
+  int n = 0;
+  if (ioctl(fd, FIONREAD, &n) != 0 || n < 0) return 0;
+  return static_cast<size_t>(n);
 }
 
 }  // namespace tunnel::common

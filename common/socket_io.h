@@ -1,5 +1,5 @@
 // Blocking socket I/O with deadlines, for the raw (upgraded) connections
-// both sides relay. Thread-safe (stateless).
+// both sides relay, and socket queries. Thread-safe (stateless).
 #ifndef TUNNEL_COMMON_SOCKET_IO_H_
 #define TUNNEL_COMMON_SOCKET_IO_H_
 
@@ -20,6 +20,8 @@ absl::StatusOr<int> ConnectTcp(const std::string& host, int port,
 ssize_t ReadSome(int fd, char* buf, size_t n, absl::Duration timeout);
 // Sends all of `data`, waiting at most `timeout` for room each time.
 bool WriteAll(int fd, absl::string_view data, absl::Duration timeout);
+// Bytes received on a socket and not read yet (FIONREAD); 0 on error.
+size_t BytesWaiting(int fd);
 
 }  // namespace tunnel::common
 

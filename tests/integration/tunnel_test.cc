@@ -27,6 +27,8 @@ namespace {
 using ::testing::HasSubstr;
 
 constexpr uint64_t kMiB = 1024 * 1024;
+constexpr size_t kSizedFirst = 48 * 1024;
+constexpr size_t kSizedRest = 1000;
 
 // What the /info endpoint saw, parsed back.
 struct Seen {
@@ -113,6 +115,24 @@ class TunnelTest : public ::testing::Test {
             return true;
           });
     });
+    // A known length, sent as 48 KiB (twelve of httplib's 4 KiB reads in
+    // the agent) and then, once the visitor has all of it, the rest.
+    s.Get("/stream-sized", [this](const httplib::Request&,
+                                  httplib::Response& res) {
+      res.set_content_provider(
+          kSizedFirst + kSizedRest, "application/octet-stream",
+          [this](size_t offset, size_t, httplib::DataSink& sink) {
+            if (offset == 0) {
+              std::string first(kSizedFirst, 'a');
+              return sink.write(first.data(), first.size());
+            }
+            if (!release_.WaitForNotificationWithTimeout(absl::Seconds(20))) {
+              sized_wait_timed_out_ = true;
+            }
+            std::string rest(kSizedRest, 'b');
+            return sink.write(rest.data(), rest.size());
+          });
+    });
     // Server-Sent Events, one at a time: event i+1 is produced only after
     // the visitor confirmed event i (so nothing can be buffered and
     // delivered in a batch without the test noticing).
@@ -182,6 +202,7 @@ class TunnelTest : public ::testing::Test {
 
   LocalService svc_;
   absl::Notification release_;
+  std::atomic<bool> sized_wait_timed_out_{false};
   absl::Notification slow_release_;
   // /held: requests in the service right now and at most, until released.
   absl::Mutex held_mu_;
@@ -496,6 +517,32 @@ TEST_F(TunnelTest, FirstChunkArrivesWhileTheServiceHoldsTheRest) {
       << "the first event only arrived after the service was released";
   EXPECT_EQ(received, "data: first\n\ndata: rest\n\n");
   EXPECT_EQ(r->get_header_value("Content-Type"), "text/event-stream");
+}
+
+// The agent gathers a known-length body's 4 KiB reads into larger
+// messages, but only while more bytes already wait in its socket: bytes the
+// service has sent are never held back waiting for bytes it has not.
+TEST_F(TunnelTest, KnownLengthBodyIsNotHeldBackWhileTheServiceWaits) {
+  TunnelHarness h;
+  h.StartGateway();
+  h.StartAgent("cam-01", {svc_.url()});
+  std::string received;
+  bool first_before_release = false;
+  auto r = h.Visitor()->Get(
+      TunnelHarness::Path("cam-01", "/stream-sized"),
+      [&](const char* d, size_t len) {
+        received.append(d, len);
+        if (received.size() == kSizedFirst && !release_.HasBeenNotified()) {
+          first_before_release = true;
+          release_.Notify();
+        }
+        return true;
+      });
+  ASSERT_TRUE(r);
+  EXPECT_TRUE(first_before_release && !sized_wait_timed_out_)
+      << "the first 48 KiB only arrived after the service sent the rest";
+  EXPECT_EQ(received,
+            std::string(kSizedFirst, 'a') + std::string(kSizedRest, 'b'));
 }
 
 TEST_F(TunnelTest, ServerSentEventsArriveOneByOne) {
