@@ -2,6 +2,8 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -10,7 +12,6 @@
 #include "common/tls.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
-#include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 
 namespace tunnel::server {
@@ -151,14 +152,17 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
   gw->service_ = std::make_unique<TunnelServiceImpl>(
       o.service, &gw->registry_, gw->verifier_.get(), &gw->core_metrics_);
   // Operators' tools on the agent port: server reflection (`grpcurl list`,
-  // `describe`) and grpc.health.v1.Health. Both are process-wide switches
-  // read when a builder is made and built. Neither service asks for
-  // credentials: HMAC auth is checked inside Connect, not by an interceptor.
-  grpc::EnableDefaultHealthCheckService(true);
+  // `describe`; a process-wide switch read when a builder is made and
+  // built) and grpc.health.v1.Health (ours, not gRPC's default: see
+  // health_service.h). Neither asks for credentials: HMAC auth is checked
+  // inside Connect, not by an interceptor.
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  gw->health_ = std::make_unique<HealthService>(
+      std::vector<std::string>{tunnel::v1::TunnelService::service_full_name()});
   grpc::ServerBuilder builder;
   builder.AddListeningPort(o.grpc_addr, grpc_creds, &gw->grpc_port_);
   builder.RegisterService(gw->service_.get());
+  builder.RegisterService(gw->health_.get());
   // Agents ping through NATs that drop idle flows; allow it and answer.
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(
@@ -167,25 +171,34 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   // gRPC's default (4 MiB) is far above any legitimate envelope. Its cap is
-  // twice ours: up to it the reactor sees the message, closes the session
-  // and counts it exactly; beyond it gRPC refuses it unseen (and the count
-  // is inferred, see AgentConnection::OnCancel).
+  // twice ours: up to it the service sees the message, closes the session
+  // and counts it exactly; beyond it gRPC refuses it unseen (the agent gets
+  // RESOURCE_EXHAUSTED; the gateway sees only a call that ended).
   builder.SetMaxReceiveMessageSize(2 * o.service.max_message_bytes);
+  std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues;
+  for (int i = 0; i < std::max(1, o.service.grpc_threads); ++i) {
+    queues.push_back(builder.AddCompletionQueue());
+  }
   gw->grpc_server_ = builder.BuildAndStart();
+  if (gw->grpc_server_ != nullptr) {
+    gw->service_->Serve(std::move(queues));
+  } else {
+    for (auto& q : queues) {  // a queue must be drained before it goes
+      q->Shutdown();
+      void* tag;
+      bool ok;
+      while (q->Next(&tag, &ok)) {
+      }
+    }
+  }
   if (gw->grpc_server_ == nullptr || gw->grpc_port_ == 0) {
     gw->front_->Stop();
     return absl::UnavailableError(
         absl::StrCat("cannot listen for gRPC on ", o.grpc_addr,
                      " (address in use or not available)"));
   }
-  // "" (the whole server) starts SERVING; the tunnel service is named too,
-  // so a probe can ask for either. Drain() turns both to NOT_SERVING.
-  if (grpc::HealthCheckServiceInterface* health =
-          gw->grpc_server_->GetHealthCheckService();
-      health != nullptr) {
-    health->SetServingStatus(tunnel::v1::TunnelService::service_full_name(),
-                             true);
-  }
+  // "" (the whole server) and the tunnel service are SERVING, so a probe
+  // can ask for either. Drain() turns both to NOT_SERVING.
   if (!o.ops_addr.empty()) {
     std::string ops_host;
     int ops_port;
@@ -215,7 +228,8 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
   if (!o.admin_addr.empty()) {
     // Its own server and port: the admin API never shares a listener with
     // agents, and a sync service keeps its calls off the tunnel's pool.
-    // Reflection and health come with it (the process-wide switches above).
+    // Reflection comes with it (the process-wide switch above); health is
+    // ours, its own instance.
     Gateway* g = gw.get();
     gw->admin_service_ = std::make_unique<AdminServiceImpl>(
         std::move(admin_token), &gw->registry_, gw->service_.get(),
@@ -231,7 +245,11 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
     grpc::ServerBuilder admin;
     admin.AddListeningPort(o.admin_addr, grpc::InsecureServerCredentials(),
                            &gw->admin_port_);
+    gw->admin_health_ =
+        std::make_unique<HealthService>(std::vector<std::string>{
+            tunnel::v1::AdminService::service_full_name()});
     admin.RegisterService(gw->admin_service_.get());
+    admin.RegisterService(gw->admin_health_.get());
     gw->admin_server_ = admin.BuildAndStart();
     if (gw->admin_server_ == nullptr || gw->admin_port_ == 0) {
       gw->Shutdown();
@@ -318,13 +336,8 @@ bool Gateway::Drain(absl::Duration timeout) {
   // changes; watchers (Health.Watch) hear it at once.
   // The admin port's health too (its API keeps answering while we drain),
   // first: whoever sees the agent port change sees the admin port changed.
-  for (grpc::Server* server : {admin_server_.get(), grpc_server_.get()}) {
-    if (server == nullptr) continue;
-    if (grpc::HealthCheckServiceInterface* health =
-            server->GetHealthCheckService();
-        health != nullptr) {
-      health->SetServingStatus(false);
-    }
+  for (HealthService* health : {admin_health_.get(), health_.get()}) {
+    if (health != nullptr) health->SetServing(false);
   }
   draining_ = true;
   front_->SetDraining(options_.drain_retry_after);
@@ -357,6 +370,10 @@ void Gateway::Shutdown() {
                           "the gateway is shutting down"),
              /*drain=*/true);
   }
+  // Watchers end first: the servers' shutdowns wait for every handler.
+  for (HealthService* health : {admin_health_.get(), health_.get()}) {
+    if (health != nullptr) health->Shutdown();
+  }
   if (grpc_server_ != nullptr) {
     // Cancels agent calls; their OnDone fails every stream, which releases
     // front-door workers waiting on agents.
@@ -365,6 +382,7 @@ void Gateway::Shutdown() {
   }
   if (front_ != nullptr) front_->Stop();
   if (grpc_server_ != nullptr) grpc_server_->Wait();
+  if (service_ != nullptr) service_->StopServing();
   if (admin_server_ != nullptr) {
     admin_server_->Shutdown(std::chrono::system_clock::now() +
                             std::chrono::seconds(1));

@@ -24,6 +24,7 @@
 #include "httpfront/ops_server.h"
 #include "server/admin_service.h"
 #include "server/core_metrics.h"
+#include "server/health_service.h"
 #include "server/session_registry.h"
 #include "server/tunnel_service.h"
 #include "tunnel/v1/credentials.pb.h"
@@ -136,10 +137,12 @@ class Gateway {
   std::unique_ptr<common::AuthVerifier> verifier_;
   SessionRegistry registry_;
   std::unique_ptr<TunnelServiceImpl> service_;
+  std::unique_ptr<HealthService> health_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<httpfront::FrontDoor> front_;
   std::unique_ptr<httpfront::OpsServer> ops_;
   std::unique_ptr<AdminServiceImpl> admin_service_;
+  std::unique_ptr<HealthService> admin_health_;
   std::unique_ptr<grpc::Server> admin_server_;
   std::atomic<bool> draining_{false};
   void HeartbeatLoop();

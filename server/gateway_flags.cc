@@ -25,6 +25,7 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
   v->max_agent_message = o.service.max_message_bytes;
   v->max_request_head =
       static_cast<int64_t>(o.front.connection.max_request_head_bytes);
+  v->grpc_threads = o.service.grpc_threads;
 
   flags->String("config", &v->config,
                 "config file (tunnel.v1.GatewayConfig, text format or .json); "
@@ -124,6 +125,9 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
   flags->Int("max-agent-message", &v->max_agent_message,
              "largest gRPC message accepted from an agent, in bytes; a "
              "bigger one ends its session (RESOURCE_EXHAUSTED)");
+  flags->Int("grpc-threads", &v->grpc_threads,
+             "threads that run agents' gRPC traffic (each agent stays on "
+             "one); more only helps with many busy agents on many cores");
   flags->Int("max-request-head", &v->max_request_head,
              "largest visitor request line + headers, in bytes; a bigger "
              "head gets 431 and the connection is closed");
@@ -225,6 +229,10 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
     return absl::InvalidArgumentError(
         "--max-request-head must be between 1024 and 1048576");
   }
+  if (v->grpc_threads < 1 || v->grpc_threads > 64) {
+    return absl::InvalidArgumentError(
+        "--grpc-threads must be between 1 and 64");
+  }
   GatewayOptions& o = v->options;
   if (o.tls.enabled() && v->insecure) {
     return absl::InvalidArgumentError(
@@ -256,6 +264,7 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
   o.service.max_message_bytes = static_cast<int>(v->max_agent_message);
   o.front.connection.max_request_head_bytes =
       static_cast<size_t>(v->max_request_head);
+  o.service.grpc_threads = static_cast<int>(v->grpc_threads);
   return absl::OkStatus();
 }
 

@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <thread>
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
@@ -36,16 +37,72 @@ int HexDigit(char c) {
 
 }  // namespace
 
-// One agent's Connect call. gRPC owns it: it deletes itself in OnDone. The
-// Session (shared with front-door workers) outlives it when needed; all
-// writes go through the Session so there is one outstanding write at most.
-class AgentConnection final
-    : public grpc::ServerBidiReactor<Envelope, Envelope>,
-      public EnvelopeWriter {
+// One agent's Connect call on the async API. It lives on one completion
+// queue: its thread runs every step (Proceed) and deletes the object once
+// the call is over and no operation is outstanding. The Session (shared
+// with front-door workers) outlives it when needed; all writes go through
+// the Session so there is one outstanding write at most, and writes may be
+// started from any thread.
+class AgentConnection final : public EnvelopeWriter {
  public:
-  AgentConnection(TunnelServiceImpl* service,
-                  grpc::CallbackServerContext* context)
-      : service_(service), context_(context), peer_(context->peer()) {
+  enum class Op { kRequest, kRead, kWrite, kFinish, kDone };
+  struct Tag {
+    AgentConnection* conn;
+    Op op;
+  };
+
+  // Waits for the next Connect call on `cq`.
+  AgentConnection(TunnelServiceImpl* service, grpc::ServerCompletionQueue* cq)
+      : service_(service), cq_(cq), stream_(&ctx_) {
+    ctx_.AsyncNotifyWhenDone(&done_tag_);
+    service_->RequestConnect(&ctx_, &stream_, cq_, cq_, &request_tag_);
+  }
+
+  // The queue's thread: an operation of this call completed.
+  void Proceed(Op op, bool ok) {
+    switch (op) {
+      case Op::kRequest:
+        // Not ok: the server is shutting down; nothing else was started.
+        if (!ok) {
+          delete this;
+          return;
+        }
+        new AgentConnection(service_, cq_);  // for the next agent
+        peer_ = ctx_.peer();
+        Begin();
+        break;
+      case Op::kRead:
+        OnReadDone(ok);
+        break;
+      case Op::kWrite:
+        session_->OnWriteDone(ok);
+        break;
+      case Op::kFinish:
+        break;
+      case Op::kDone:
+        if (ctx_.IsCancelled() && session_ != nullptr) {
+          session_->Close(
+              grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"), false);
+        }
+        break;
+    }
+    bool over;
+    {
+      absl::MutexLock lock(&mu_);
+      if (op == Op::kDone) {
+        done_ = true;
+      } else if (op != Op::kRequest) {
+        --pending_;
+      }
+      // Finish was started (every path ends with it), it and every read and
+      // write completed, and gRPC says the call is done.
+      over = done_ && finishing_ && pending_ == 0;
+    }
+    if (over) OnDone();
+  }
+
+ private:
+  void Begin() {
     // A source that keeps failing is refused before any HMAC work, so a
     // flood of bad calls costs a map lookup each.
     const absl::Time now = absl::Now();
@@ -58,9 +115,9 @@ class AgentConnection final
         // Not logged per call: that would let a flood fill the log.
         int64_t wait_ms =
             absl::ToInt64Milliseconds(absl::Ceil(wait, absl::Seconds(1)));
-        context->AddTrailingMetadata(common::kAuthRetryAfterKey,
-                                     absl::StrCat(wait_ms));
-        Finish(grpc::Status(
+        ctx_.AddTrailingMetadata(common::kAuthRetryAfterKey,
+                                 absl::StrCat(wait_ms));
+        End(grpc::Status(
             grpc::StatusCode::RESOURCE_EXHAUSTED,
             absl::StrCat("too many failed authentications from ", limit_key,
                          " (limit ",
@@ -70,7 +127,7 @@ class AgentConnection final
       }
     }
     std::map<std::string, std::string> metadata;
-    for (const auto& [key, value] : context->client_metadata()) {
+    for (const auto& [key, value] : ctx_.client_metadata()) {
       metadata.emplace(std::string(key.data(), key.size()),
                        std::string(value.data(), value.size()));
     }
@@ -86,31 +143,50 @@ class AgentConnection final
           .Str("peer", peer_)
           .Str("reason", common::AuthFailureName(auth.failure))
           .Str("detail", auth.message);
-      Finish(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, auth.message));
+      End(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, auth.message));
       return;
     }
     session_ = std::make_shared<Session>(
         common::RandomHex(8), auth.agent_id, auth.token_id, peer_,
         service_->options_.limits, this, service_->metrics_);
-    StartRead(&in_);
+    StartRead();
   }
 
-  // EnvelopeWriter, called by Session only.
+ public:
+  // EnvelopeWriter, called by Session only (any thread).
   void Write(const Envelope* e, bool more) override {
-    if (more) {
-      StartWrite(e, grpc::WriteOptions().set_buffer_hint());
-    } else {
-      StartWrite(e);
+    {
+      absl::MutexLock lock(&mu_);
+      ++pending_;
     }
+    stream_.Write(
+        *e,
+        more ? grpc::WriteOptions().set_buffer_hint() : grpc::WriteOptions(),
+        &write_tag_);
   }
-  void End(grpc::Status status) override { Finish(std::move(status)); }
+  void End(grpc::Status status) override {
+    {
+      absl::MutexLock lock(&mu_);
+      finishing_ = true;
+      ++pending_;
+    }
+    stream_.Finish(status, &finish_tag_);
+  }
 
-  void OnReadDone(bool ok) override {
+ private:
+  void StartRead() {
+    {
+      absl::MutexLock lock(&mu_);
+      ++pending_;
+    }
+    stream_.Read(&in_, &read_tag_);
+  }
+
+  void OnReadDone(bool ok) {
     if (!ok) {
-      // The agent half-closed or the call broke. A message over
-      // max_message_bytes shows only like this: gRPC fails the read before
-      // it cancels the call (see OnCancel).
-      read_failed_uncancelled_ = !context_->IsCancelled();
+      // The agent half-closed or the call broke (a message over gRPC's own
+      // cap, twice max_message_bytes, also ends here: gRPC refuses it
+      // unseen and tells the agent RESOURCE_EXHAUSTED).
       session_->Close(grpc::Status::OK, false);
       return;
     }
@@ -133,32 +209,10 @@ class AgentConnection final
     } else {
       session_->OnEnvelope(in_);
     }
-    if (!session_->closing()) StartRead(&in_);
+    if (!session_->closing()) StartRead();
   }
 
-  void OnWriteDone(bool ok) override { session_->OnWriteDone(ok); }
-
-  void OnCancel() override {
-    // A message over gRPC's own cap (twice max_message_bytes; smaller ones
-    // are caught in OnReadDone) shows only like this, since gRPC 1.51 tells
-    // the application nothing else about its size check: a read failed on
-    // a live call, then gRPC cancelled it (with RESOURCE_EXHAUSTED towards
-    // the agent) before our Finish went out. An agent that half-closes
-    // (draining) waits for our status instead. Timing can hide it (the
-    // cancel may come first), so this count is a lower bound.
-    if (registered_ && read_failed_uncancelled_) {
-      session_->NoteViolation(
-          Violation::kOversizedMessage,
-          absl::StrCat("a message over ", service_->options_.max_message_bytes,
-                       " bytes (gRPC refused it)"));
-    }
-    if (session_ != nullptr) {
-      session_->Close(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"),
-                      false);
-    }
-  }
-
-  void OnDone() override {
+  void OnDone() {
     if (session_ != nullptr) {
       if (registered_) service_->registry_->Unregister(session_.get());
       if (accepted_) {
@@ -342,14 +396,24 @@ class AgentConnection final
   }
 
   TunnelServiceImpl* const service_;
-  grpc::CallbackServerContext* const context_;
-  const std::string peer_;
+  grpc::ServerCompletionQueue* const cq_;
+  grpc::ServerContext ctx_;
+  grpc::ServerAsyncReaderWriter<Envelope, Envelope> stream_;
+  Tag request_tag_{this, Op::kRequest};
+  Tag read_tag_{this, Op::kRead};
+  Tag write_tag_{this, Op::kWrite};
+  Tag finish_tag_{this, Op::kFinish};
+  Tag done_tag_{this, Op::kDone};
+  std::string peer_;
   std::shared_ptr<Session> session_;
   Envelope in_;
-  std::atomic<bool> registered_{false};  // read by OnCancel too
+  bool registered_ = false;
   bool accepted_ = false;  // ConnectAccepted sent: counted and logged
-  std::atomic<bool> read_failed_uncancelled_{false};
   absl::Time connected_at_;
+  absl::Mutex mu_;
+  int pending_ ABSL_GUARDED_BY(mu_) = 0;  // reads, writes, Finish
+  bool finishing_ ABSL_GUARDED_BY(mu_) = false;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 std::string AuthLimitKey(absl::string_view peer) {
@@ -449,9 +513,32 @@ size_t TunnelServiceImpl::CloseSessionsWithoutLiveToken() {
   return closed;
 }
 
-grpc::ServerBidiReactor<Envelope, Envelope>* TunnelServiceImpl::Connect(
-    grpc::CallbackServerContext* context) {
-  return new AgentConnection(this, context);
+TunnelServiceImpl::~TunnelServiceImpl() { StopServing(); }
+
+void TunnelServiceImpl::Serve(
+    std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues) {
+  queues_ = std::move(queues);
+  for (auto& q : queues_) {
+    grpc::ServerCompletionQueue* cq = q.get();
+    // A few calls waiting, so a burst of reconnecting agents is matched
+    // without a round trip through the thread for each.
+    for (int i = 0; i < 8; ++i) new AgentConnection(this, cq);
+    threads_.emplace_back([cq] {
+      void* tag;
+      bool ok;
+      while (cq->Next(&tag, &ok)) {
+        auto* t = static_cast<AgentConnection::Tag*>(tag);
+        t->conn->Proceed(t->op, ok);
+      }
+    });
+  }
+}
+
+void TunnelServiceImpl::StopServing() {
+  for (auto& q : queues_) q->Shutdown();
+  for (auto& t : threads_) t.join();
+  threads_.clear();
+  queues_.clear();
 }
 
 }  // namespace tunnel::server

@@ -1,6 +1,9 @@
 // The gRPC TunnelService: authenticates each agent's Connect call, runs the
-// handshake, and hands the stream to a Session. Callback API; one reactor per
-// call (AgentConnection in the .cc).
+// handshake, and hands the stream to a Session. Async API: each completion
+// queue has one thread that runs every step of the calls on it
+// (AgentConnection in the .cc). gRPC 1.51's callback API ran them on two
+// threads that woke each other for every event (about four extra context
+// switches per request at concurrency 1).
 #ifndef TUNNEL_SERVER_TUNNEL_SERVICE_H_
 #define TUNNEL_SERVER_TUNNEL_SERVICE_H_
 
@@ -8,6 +11,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
@@ -43,6 +48,9 @@ struct TunnelServiceOptions {
   // session with RESOURCE_EXHAUSTED. The largest legitimate one is a
   // response head with max_chunk body bytes, so keep it well above that.
   int max_message_bytes = 1 << 20;
+  // Completion-queue threads serving Connect calls (Gateway::Start makes
+  // one queue each); a call stays on the queue that took it.
+  int grpc_threads = 1;
 };
 
 // The key the auth-failure limit counts under, from a gRPC peer string:
@@ -55,15 +63,19 @@ std::string AuthLimitKey(absl::string_view peer);
 SessionTunnel PublicTunnel(const TunnelServiceOptions& options,
                            absl::string_view name, absl::string_view slug);
 
-class TunnelServiceImpl final
-    : public tunnel::v1::TunnelService::CallbackService {
+class TunnelServiceImpl final : public tunnel::v1::TunnelService::AsyncService {
  public:
   // `registry`, `verifier` and `metrics` must outlive the service.
   TunnelServiceImpl(TunnelServiceOptions options, SessionRegistry* registry,
                     common::AuthVerifier* verifier, const CoreMetrics* metrics);
+  ~TunnelServiceImpl() override;
 
-  grpc::ServerBidiReactor<tunnel::v1::Envelope, tunnel::v1::Envelope>* Connect(
-      grpc::CallbackServerContext* context) override;
+  // Once the server is built: serves Connect calls, one thread per queue
+  // (each from ServerBuilder::AddCompletionQueue).
+  void Serve(std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues);
+  // After the server's Shutdown returned: shuts the queues down and joins
+  // their threads once every call on them is over.
+  void StopServing();
 
   // Set once the front door knows its port (before agents connect).
   void set_public_port(int port) { options_.public_port = port; }
@@ -88,6 +100,8 @@ class TunnelServiceImpl final
   std::atomic<uint64_t> auth_failures_{0};
   // Null when auth_failures_per_minute is 0.
   std::unique_ptr<common::AttemptLimiter> auth_limiter_;
+  std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues_;
+  std::vector<std::thread> threads_;
 };
 
 }  // namespace tunnel::server

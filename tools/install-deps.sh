@@ -9,16 +9,17 @@ set -euo pipefail
 build_packages=(
   build-essential cmake pkg-config ninja-build ccache git ca-certificates
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev libssl-dev libcpp-httplib-dev libqrencode-dev
+  libabsl-dev libssl-dev libcpp-httplib-dev libqrencode-dev grpc-proto
 )
+# grpc-proto: grpc.health.v1, which the gateway serves itself (it also
+# gives grpc_ops_e2e the reflection proto).
 # GoogleTest: the unit and integration tests; curl, python3-*: process-level
-# tests; grpc-proto: the reflection and
-# health protos for grpc_ops_e2e; systemd: systemd-analyze for install_tree;
+# tests; systemd: systemd-analyze for install_tree;
 # zbar-tools: zbarimg decodes the agent's QR code and bsdutils' `script`
 # gives it a terminal (agent_ux_e2e).
 test_packages=(
   libgtest-dev libgmock-dev curl python3 python3-websockets clang-format
-  python3-grpcio python3-protobuf grpc-proto systemd python3-prometheus-client
+  python3-grpcio python3-protobuf systemd python3-prometheus-client
   zbar-tools bsdutils
 )
 

@@ -265,6 +265,28 @@ TEST_F(TunnelTest, EveryMethodReachesTheServiceWithItsBody) {
   EXPECT_EQ(ParseInfo(opt->body).method, "OPTIONS");
 }
 
+// --grpc-threads: several completion-queue threads, agents spread over
+// them; each agent's requests work and the gateway stops cleanly.
+TEST_F(TunnelTest, AgentsOnSeveralGrpcThreadsAllServe) {
+  const std::vector<std::string> ids = {"cam-01", "cam-02", "cam-03", "cam-04"};
+  TunnelHarness h(ids);
+  h.StartGateway([](server::GatewayOptions& o) { o.service.grpc_threads = 3; });
+  for (const std::string& id : ids) h.StartAgent(id, {svc_.url()});
+  std::vector<std::thread> visitors;
+  std::atomic<int> ok{0};
+  for (const std::string& id : ids) {
+    visitors.emplace_back([&, id] {
+      auto v = h.Visitor();
+      for (int i = 0; i < 20; ++i) {
+        auto r = v->Get(TunnelHarness::Path(id, "/info"));
+        if (r && r->status == 200) ++ok;
+      }
+    });
+  }
+  for (auto& t : visitors) t.join();
+  EXPECT_EQ(ok.load(), 4 * 20);
+}
+
 TEST_F(TunnelTest, SubdomainRoutingKeepsThePathAndHost) {
   TunnelHarness h;
   h.StartGateway(

@@ -116,16 +116,18 @@ TEST(GatewayFlagsTest, NegativeLimitsAreRefusedByName) {
 TEST(GatewayFlagsTest, HostileInputLimitsReachTheOptions) {
   GatewayFlags v;
   ASSERT_TRUE(ParseArgs({"--insecure", "--max-agent-message", "262144",
-                         "--max-request-head", "16384"},
+                         "--max-request-head", "16384", "--grpc-threads", "3"},
                         &v)
                   .ok());
   EXPECT_EQ(v.options.service.max_message_bytes, 262144);
   EXPECT_EQ(v.options.front.connection.max_request_head_bytes, 16384u);
+  EXPECT_EQ(v.options.service.grpc_threads, 3);
   GatewayFlags defaults;
   ASSERT_TRUE(ParseArgs({"--insecure"}, &defaults).ok());
   EXPECT_EQ(defaults.options.service.max_message_bytes, 1 << 20);
   EXPECT_EQ(defaults.options.front.connection.max_request_head_bytes,
             64u * 1024);
+  EXPECT_EQ(defaults.options.service.grpc_threads, 1);
 }
 
 TEST(GatewayFlagsTest, HostileInputLimitsOutOfRangeAreRefused) {
@@ -133,7 +135,9 @@ TEST(GatewayFlagsTest, HostileInputLimitsOutOfRangeAreRefused) {
            {"--max-agent-message", "131071"},
            {"--max-agent-message", "67108865"},
            {"--max-request-head", "1023"},
-           {"--max-request-head", "1048577"}}) {
+           {"--max-request-head", "1048577"},
+           {"--grpc-threads", "0"},
+           {"--grpc-threads", "65"}}) {
     GatewayFlags v;
     absl::Status s = ParseArgs({"--insecure", flag, value}, &v);
     EXPECT_TRUE(absl::IsInvalidArgument(s))
