@@ -201,6 +201,9 @@ class TunnelTest : public ::testing::Test {
   }
 
   LocalService svc_;
+  // GETs `path` through a new gateway and agent, releasing the service
+  // once the visitor has `first_size` bytes.
+  struct HeldGet GetReleasingAfter(const std::string& path, size_t first_size);
   absl::Notification release_;
   std::atomic<bool> sized_wait_timed_out_{false};
   absl::Notification slow_release_;
@@ -519,51 +522,54 @@ TEST_F(TunnelTest, MaxConcurrentBoundsLocalRequestsOnTheDevice) {
   EXPECT_EQ(held_max_, 2);
 }
 
-TEST_F(TunnelTest, FirstChunkArrivesWhileTheServiceHoldsTheRest) {
+// What a visitor received from a service that holds the rest of its
+// response until the visitor confirms the first part.
+struct HeldGet {
+  bool ok = false;  // a whole response arrived
+  std::string content_type;
+  std::string received;
+  bool first_before_release = false;  // the first part came on its own
+};
+
+HeldGet TunnelTest::GetReleasingAfter(const std::string& path,
+                                      size_t first_size) {
   TunnelHarness h;
   h.StartGateway();
   h.StartAgent("cam-01", {svc_.url()});
-  std::string received;
-  bool first_before_release = false;
+  HeldGet got;
   auto r = h.Visitor()->Get(
-      TunnelHarness::Path("cam-01", "/stream"), [&](const char* d, size_t len) {
-        received.append(d, len);
-        if (received == "data: first\n\n" && !release_.HasBeenNotified()) {
-          first_before_release = true;
+      TunnelHarness::Path("cam-01", path), [&](const char* d, size_t len) {
+        got.received.append(d, len);
+        if (got.received.size() == first_size && !release_.HasBeenNotified()) {
+          got.first_before_release = true;
           release_.Notify();
         }
         return true;
       });
-  ASSERT_TRUE(r);
-  EXPECT_TRUE(first_before_release)
+  got.ok = static_cast<bool>(r);
+  if (r) got.content_type = r->get_header_value("Content-Type");
+  return got;
+}
+
+TEST_F(TunnelTest, FirstChunkArrivesWhileTheServiceHoldsTheRest) {
+  const std::string first = "data: first\n\n";
+  HeldGet got = GetReleasingAfter("/stream", first.size());
+  ASSERT_TRUE(got.ok);
+  EXPECT_TRUE(got.first_before_release)
       << "the first event only arrived after the service was released";
-  EXPECT_EQ(received, "data: first\n\ndata: rest\n\n");
-  EXPECT_EQ(r->get_header_value("Content-Type"), "text/event-stream");
+  EXPECT_EQ(got.received, first + "data: rest\n\n");
+  EXPECT_EQ(got.content_type, "text/event-stream");
 }
 
 // The agent gathers a known-length body's 4 KiB reads into larger
 // messages, but only while more bytes already wait in its socket: bytes the
 // service has sent are never held back waiting for bytes it has not.
 TEST_F(TunnelTest, KnownLengthBodyIsNotHeldBackWhileTheServiceWaits) {
-  TunnelHarness h;
-  h.StartGateway();
-  h.StartAgent("cam-01", {svc_.url()});
-  std::string received;
-  bool first_before_release = false;
-  auto r = h.Visitor()->Get(
-      TunnelHarness::Path("cam-01", "/stream-sized"),
-      [&](const char* d, size_t len) {
-        received.append(d, len);
-        if (received.size() == kSizedFirst && !release_.HasBeenNotified()) {
-          first_before_release = true;
-          release_.Notify();
-        }
-        return true;
-      });
-  ASSERT_TRUE(r);
-  EXPECT_TRUE(first_before_release && !sized_wait_timed_out_)
+  HeldGet got = GetReleasingAfter("/stream-sized", kSizedFirst);
+  ASSERT_TRUE(got.ok);
+  EXPECT_TRUE(got.first_before_release && !sized_wait_timed_out_)
       << "the first 48 KiB only arrived after the service sent the rest";
-  EXPECT_EQ(received,
+  EXPECT_EQ(got.received,
             std::string(kSizedFirst, 'a') + std::string(kSizedRest, 'b'));
 }
 
