@@ -28,8 +28,12 @@ TEST(AllocatorTest, AFreedBurstOfChunksStaysInTheHeap) {
   }
   ASSERT_TRUE(TuneAllocator());
   constexpr size_t kChunk = 60 * 1024;  // below the 128 KiB mmap threshold
+  constexpr int kChunks = 14;
+  // Reserved first, so the chunks lie back to back at the top of the heap
+  // (a vector growing between them would keep them apart).
   std::vector<void*> chunks;
-  for (int i = 0; i < 14; ++i) chunks.push_back(malloc(kChunk));
+  chunks.reserve(kChunks);
+  for (int i = 0; i < kChunks; ++i) chunks.push_back(malloc(kChunk));
   for (auto it = chunks.rbegin(); it != chunks.rend(); ++it) free(*it);
   // keepcost: the free space at the top of the main heap that a trim
   // would release.
