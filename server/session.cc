@@ -216,7 +216,7 @@ void Session::Enqueue(Envelope e, bool control) {
       more = !outbox_.empty();
     }
   }
-  // No lock across StartWrite. The reactor cannot finish meanwhile: Finish
+  // No lock across the write. The call cannot finish meanwhile: Finish
   // waits for writing_ to drop, which only OnWriteDone does.
   if (to_write != nullptr) writer_->Write(to_write, more);
 }

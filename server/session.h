@@ -2,10 +2,11 @@
 //
 // A Session owns the agent's send queue and the table of streams in flight.
 // Front-door worker threads open streams and enqueue envelopes from any
-// thread; the gRPC reactor feeds received envelopes in (OnEnvelope) and
-// drives the single outstanding write (OnWriteDone). The reactor may be gone
+// thread; the agent's gRPC call (AgentConnection, on its completion-queue
+// thread) feeds received envelopes in (OnEnvelope) and drives the single
+// outstanding write (OnWriteDone). The call may be gone
 // while workers still hold the Session (shared_ptr): after OnDone every call
-// fails fast and nothing touches the reactor again.
+// fails fast and nothing touches the call again.
 #ifndef TUNNEL_SERVER_SESSION_H_
 #define TUNNEL_SERVER_SESSION_H_
 
@@ -40,8 +41,8 @@ struct SessionLimits {
   size_t max_queued_bytes = 16 << 20;
 };
 
-// The reactor side of a session: the one place that talks to gRPC. Calls come
-// from Session only, never two writes at once, and never after End().
+// The gRPC call's side of a session: the one place that talks to gRPC. Calls
+// come from Session only, never two writes at once, and never after End().
 class EnvelopeWriter {
  public:
   virtual ~EnvelopeWriter() = default;
@@ -117,7 +118,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // (used to deliver a ConnectError or GoAway); otherwise it is dropped.
   void Close(grpc::Status status, bool drain);
   bool closing() const;
-  // Heartbeats: the reactor touches the session on every message; the
+  // Heartbeats: the call touches the session on every message; the
   // gateway's heartbeat thread pings and reaps silent sessions.
   void Touch();
   absl::Time last_seen() const;
@@ -138,7 +139,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // is open.
   grpc::Status end_status() const;
 
-  // --- reactor thread ---
+  // --- the call's completion-queue thread ---
   // Handles one envelope from the agent after the handshake. A broken rule
   // is counted (tunnel_protocol_violations_total) and closes the stream it
   // concerns, or the whole session when no stream can be blamed (see

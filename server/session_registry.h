@@ -1,5 +1,5 @@
 // Which agent session serves which slug. Implements TunnelRouter for the
-// front door. Thread-safe: reactors register and unregister, front-door
+// front door. Thread-safe: agents' calls register and unregister, front-door
 // workers look up.
 //
 // A slug belongs to the first agent id that claims it for the gateway's
