@@ -73,8 +73,9 @@ class TunnelServiceImpl final : public tunnel::v1::TunnelService::AsyncService {
   // Once the server is built: serves Connect calls, one thread per queue
   // (each from ServerBuilder::AddCompletionQueue).
   void Serve(std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues);
-  // After the server's Shutdown returned: shuts the queues down and joins
-  // their threads once every call on them is over.
+  // After the server's Shutdown returned (which it does only once every
+  // call's context is gone, so the queue threads must run meanwhile):
+  // shuts the queues down and joins their threads.
   void StopServing();
 
   // Set once the front door knows its port (before agents connect).

@@ -290,6 +290,42 @@ TEST_F(TunnelTest, AgentsOnSeveralGrpcThreadsAllServe) {
   EXPECT_EQ(ok.load(), 4 * 20);
 }
 
+// Stopping the gateway while busy agents are connected on two completion
+// queues: every call is cancelled and finishes on its queue's thread while
+// the server shuts down, the queues stop after it, and the agents come back
+// to the next gateway on the same ports.
+TEST_F(TunnelTest, GatewayRestartsUnderLoadOnSeveralGrpcThreads) {
+  const std::vector<std::string> ids = {"cam-01", "cam-02", "cam-03",
+                                        "cam-04", "cam-05", "cam-06"};
+  TunnelHarness h(ids);
+  h.StartGateway([](server::GatewayOptions& o) { o.service.grpc_threads = 2; });
+  for (const std::string& id : ids) h.StartAgent(id, {svc_.url()});
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok{0};
+  std::vector<std::thread> visitors;
+  for (const std::string& id : ids) {
+    visitors.emplace_back([&, id] {
+      while (!stop) {
+        auto r = h.Visitor()->Get(TunnelHarness::Path(id, "/info"));
+        if (r && r->status == 200) ++ok;
+      }
+    });
+  }
+  for (int round = 0; round < 3; ++round) {
+    ASSERT_TRUE(h.WaitForSessions(ids.size())) << "round " << round;
+    const int before = ok.load();
+    absl::Time deadline = absl::Now() + absl::Seconds(20);
+    while (ok.load() < before + 20 && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    EXPECT_GE(ok.load(), before + 20) << "round " << round;
+    h.RestartGateway();
+  }
+  EXPECT_TRUE(h.WaitForSessions(ids.size()));
+  stop = true;
+  for (auto& t : visitors) t.join();
+}
+
 TEST_F(TunnelTest, SubdomainRoutingKeepsThePathAndHost) {
   TunnelHarness h;
   h.StartGateway(
