@@ -69,11 +69,7 @@ class AccessTest : public ::testing::Test {
   }
 
   double Metric(absl::string_view series) {
-    std::string text = h_.gateway().metrics().Render();
-    std::string prefix = absl::StrCat(series, " ");
-    size_t at = text.find(absl::StrCat("\n", prefix));
-    if (at == std::string::npos) return 0;
-    return std::stod(text.substr(at + 1 + prefix.size()));
+    return MetricValue(h_.gateway(), series, 0);
   }
 
   // The access cookie ("tunnel_access=...") from a 303, or "".

@@ -57,11 +57,7 @@ class AdminTest : public ::testing::Test {
   }
 
   double Metric(absl::string_view series) {
-    std::string text = h_.gateway().metrics().Render();
-    std::string prefix = absl::StrCat(series, " ");
-    size_t at = text.find(absl::StrCat("\n", prefix));
-    if (at == std::string::npos) return -1;
-    return std::stod(text.substr(at + 1 + prefix.size()));
+    return MetricValue(h_.gateway(), series, -1);
   }
 
   LocalService svc_;

@@ -32,13 +32,7 @@ using ::testing::HasSubstr;
 
 // The value of one series (`name{labels}` exactly as rendered), or -1.
 double Metric(server::Gateway& gw, absl::string_view series) {
-  for (absl::string_view line : absl::StrSplit(gw.metrics().Render(), '\n')) {
-    if (absl::ConsumePrefix(&line, series) && absl::ConsumePrefix(&line, " ")) {
-      double v;
-      if (absl::SimpleAtod(line, &v)) return v;
-    }
-  }
-  return -1;
+  return MetricValue(gw, series, -1);
 }
 
 // A fresh file under the test's temp dir.

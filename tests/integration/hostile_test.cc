@@ -26,6 +26,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/envelopes.h"
 #include "common/hmac_auth.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
@@ -46,13 +47,7 @@ constexpr char kHostile[] = "evil-01";
 
 // The value of one series (`name{labels}` exactly as rendered), 0 if absent.
 double Metric(server::Gateway& gw, absl::string_view series) {
-  for (absl::string_view line : absl::StrSplit(gw.metrics().Render(), '\n')) {
-    if (absl::ConsumePrefix(&line, series) && absl::ConsumePrefix(&line, " ")) {
-      double v;
-      if (absl::SimpleAtod(line, &v)) return v;
-    }
-  }
-  return 0;
+  return MetricValue(gw, series, 0);
 }
 
 double Violations(server::Gateway& gw, absl::string_view kind) {
@@ -130,30 +125,6 @@ Envelope Response(uint64_t id, uint32_t status, std::string body, bool end) {
   r->set_status(status);
   r->set_body(std::move(body));
   r->set_end_stream(end);
-  return e;
-}
-
-Envelope Data(uint64_t id, std::string data, bool end) {
-  Envelope e;
-  auto* d = e.mutable_data();
-  d->set_stream_id(id);
-  d->set_data(std::move(data));
-  d->set_end_stream(end);
-  return e;
-}
-
-Envelope WindowUpdate(uint64_t id, uint32_t increment) {
-  Envelope e;
-  auto* w = e.mutable_control()->mutable_window_update();
-  w->set_stream_id(id);
-  w->set_increment(increment);
-  return e;
-}
-
-Envelope Close(uint64_t id) {
-  Envelope e;
-  e.mutable_close()->set_stream_id(id);
-  e.mutable_close()->set_reason(TunnelClose::LOCAL_ERROR);
   return e;
 }
 
@@ -269,9 +240,10 @@ TEST_F(HostileTest, StreamIdsTheGatewayNeverOpenedCloseTheSession) {
   // Stream 1 exists (a visitor waits on it); 2 and up were never opened.
   const std::vector<std::pair<Envelope, std::string>> cases = {
       {Response(7, 200, "", true), "a response for stream 7"},
-      {Data(2, "x", false), "data for stream 2"},
-      {WindowUpdate(1000, 1), "a window update for stream 1000"},
-      {Close(0), "a close for stream 0"},
+      {common::MakeData(2, "x", false), "data for stream 2"},
+      {common::MakeWindowUpdate(1000, 1), "a window update for stream 1000"},
+      {common::MakeClose(0, TunnelClose::LOCAL_ERROR, ""),
+       "a close for stream 0"},
   };
   double counted = 0;
   for (const auto& [envelope, what] : cases) {
@@ -309,10 +281,10 @@ TEST_F(HostileTest, LateMessagesForAnEndedStreamAreDroppedNotPunished) {
   }
   // The visitor has its answer, so the stream is gone: these are what a
   // race leaves behind, not a broken agent.
-  EXPECT_TRUE(evil.Send(Data(id, "more", true)));
+  EXPECT_TRUE(evil.Send(common::MakeData(id, "more", true)));
   EXPECT_TRUE(evil.Send(Response(id, 200, "", true)));
-  EXPECT_TRUE(evil.Send(WindowUpdate(id, 100)));
-  EXPECT_TRUE(evil.Send(Close(id)));
+  EXPECT_TRUE(evil.Send(common::MakeWindowUpdate(id, 100)));
+  EXPECT_TRUE(evil.Send(common::MakeClose(id, TunnelClose::LOCAL_ERROR, "")));
   // The session still serves: a new stream gets an answer through it.
   PendingVisit next(h_, kHostile);
   uint64_t id2 = AwaitRequest(evil);
@@ -357,12 +329,12 @@ TEST_F(HostileTest, StreamRuleBreaksCloseOnlyThatStream) {
       {"oversized_chunk",
        [](uint64_t id) {
          return std::vector<Envelope>{
-             Data(id, std::string(64 * 1024 + 1, 'b'), false)};
+             common::MakeData(id, std::string(64 * 1024 + 1, 'b'), false)};
        },
        TunnelClose::PROTOCOL_ERROR, 502},
       {"flow_control",
        [](uint64_t id) {
-         return std::vector<Envelope>{WindowUpdate(id, 0x7fffffff)};
+         return std::vector<Envelope>{common::MakeWindowUpdate(id, 0x7fffffff)};
        },
        TunnelClose::FLOW_CONTROL_ERROR, 502},
       {"duplicate_response",
@@ -420,22 +392,9 @@ std::string ReadUntilClosed(int fd, bool* closed) {
   return out;
 }
 
-int Connect(int port) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
-
 // Sends `raw` on a new connection; what came back and whether it was closed.
 std::string RawExchange(int port, const std::string& raw, bool* closed) {
-  int fd = Connect(port);
+  int fd = ConnectLoopback(port);
   EXPECT_GE(fd, 0);
   if (fd < 0) return "";
   EXPECT_EQ(send(fd, raw.data(), raw.size(), MSG_NOSIGNAL),
@@ -497,7 +456,8 @@ TEST_F(HostileTest, OversizedMessageEndsTheSessionWithResourceExhausted) {
   // Over the limit (under gRPC's own cap, twice it) the size is checked
   // before the envelope is applied, so it is not seen as data for a stream
   // the gateway never opened; and it is counted exactly, not inferred.
-  EXPECT_TRUE(evil.Send(Data(1, std::string(300 * 1024, 'x'), false)));
+  EXPECT_TRUE(
+      evil.Send(common::MakeData(1, std::string(300 * 1024, 'x'), false)));
   grpc::Status s = evil.Finish();
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
       << s.error_message();
@@ -598,7 +558,7 @@ TEST_F(HostileTest, MalformedRequestHeadsGet4xxAndTheirConnectionCloses) {
             2);
   // A valid head just under the limit still works, on a keep-alive
   // connection that serves a second request after it.
-  int fd = Connect(port);
+  int fd = ConnectLoopback(port);
   ASSERT_GE(fd, 0);
   std::string pad;
   for (int i = 0; i < 3; ++i) {

@@ -181,11 +181,7 @@ class LimitsTest : public ::testing::Test {
   int port() { return h_.gateway().http_port(); }
 
   double Metric(absl::string_view series) {
-    std::string text = h_.gateway().metrics().Render();
-    std::string prefix = absl::StrCat(series, " ");
-    size_t at = text.find(absl::StrCat("\n", prefix));
-    if (at == std::string::npos) return 0;
-    return std::stod(text.substr(at + 1 + prefix.size()));
+    return MetricValue(h_.gateway(), series, 0);
   }
   // Requests are counted after their response is written: poll.
   bool AwaitMetric(absl::string_view series, double want) {

@@ -26,13 +26,7 @@ using ::testing::HasSubstr;
 
 // The value of one series (`name{labels}` exactly as rendered), or -1.
 double Metric(server::Gateway& gw, absl::string_view series) {
-  for (absl::string_view line : absl::StrSplit(gw.metrics().Render(), '\n')) {
-    if (absl::ConsumePrefix(&line, series) && absl::ConsumePrefix(&line, " ")) {
-      double v;
-      if (absl::SimpleAtod(line, &v)) return v;
-    }
-  }
-  return -1;
+  return MetricValue(gw, series, -1);
 }
 
 // Polls until the series has `want` (bounded); returns the last value.
@@ -45,22 +39,6 @@ double AwaitMetric(server::Gateway& gw, absl::string_view series, double want,
     v = Metric(gw, series);
   }
   return v;
-}
-
-// A raw visitor connection, so a test can stop reading.
-int ConnectTo(int port, int rcvbuf) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return -1;
-  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
 }
 
 class OpsTest : public ::testing::Test {
@@ -112,7 +90,7 @@ TEST_F(OpsTest, SlowVisitorStallsItsStreamAndItsCancelIsCounted) {
   EXPECT_EQ(Metric(gw, stalled), 0);
   EXPECT_EQ(Metric(gw, cancels), 0);
 
-  int fd = ConnectTo(gw.http_port(), 4096);
+  int fd = ConnectLoopback(gw.http_port(), 4096);
   ASSERT_GE(fd, 0);
   std::string get = "GET /t/cam-01/endless HTTP/1.1\r\nHost: x\r\n\r\n";
   ASSERT_EQ(send(fd, get.data(), get.size(), 0),

@@ -755,13 +755,8 @@ TEST_F(TunnelTest, SlowlorisVisitorIsCutAtTheReadTimeout) {
     o.front.connection.read_timeout = absl::Milliseconds(300);
   });
   h.StartAgent("cam-01", {svc_.url()});
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  int fd = ConnectLoopback(h.gateway().http_port());
   ASSERT_GE(fd, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(h.gateway().http_port()));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
   timeval tv{10, 0};  // a bound for this test, far above the 300 ms
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   std::string partial = "GET /t/cam-01/info HTTP/1.1\r\nHost: x\r\nX-Slow: ";

@@ -1,6 +1,8 @@
 #include "tests/testing/tunnel_harness.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <openssl/evp.h>
 #include <signal.h>
 #include <spawn.h>
@@ -11,7 +13,10 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "agent/local_target.h"
 #include "common/credentials.h"
@@ -324,6 +329,33 @@ std::string PatternSha256(uint64_t seed, uint64_t length) {
     h.Update(buf.data(), n);
   }
   return h.HexDigest();
+}
+
+double MetricValue(server::Gateway& gw, absl::string_view series,
+                   double absent) {
+  for (absl::string_view line : absl::StrSplit(gw.metrics().Render(), '\n')) {
+    if (absl::ConsumePrefix(&line, series) && absl::ConsumePrefix(&line, " ")) {
+      double v;
+      if (absl::SimpleAtod(line, &v)) return v;
+    }
+  }
+  return absent;
+}
+
+int ConnectLoopback(int port, int rcvbuf) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  if (rcvbuf > 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
 }
 
 }  // namespace tunnel::testing

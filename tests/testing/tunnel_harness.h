@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/notification.h"
 #include "agent/agent.h"
 #include "httplib.h"
@@ -142,6 +143,16 @@ class Sha256 {
  private:
   void* ctx_;
 };
+
+// The value of one series in the gateway's /metrics text (e.g.
+// `tunnel_limit_rejections_total{limit="rate"}`), or `absent` if it is not
+// there.
+double MetricValue(server::Gateway& gw, absl::string_view series,
+                   double absent);
+
+// A raw TCP connection to 127.0.0.1:`port` (with SO_RCVBUF `rcvbuf` if > 0,
+// set before connecting); -1 on failure.
+int ConnectLoopback(int port, int rcvbuf = 0);
 
 // Deterministic bytes for offset `offset` of a test body with `seed`.
 void FillPattern(uint64_t seed, uint64_t offset, char* out, size_t n);
