@@ -28,12 +28,7 @@ TOKEN2=$TOKEN SECRET2=$SECRET
 issue_token "$BUILD" cam-01
 "$CTL" admin-token issue --file admin.token 2>/dev/null
 
-mkdir site && echo "hello from the device" >site/index.html
-"$PY" -u -m http.server 0 --bind 127.0.0.1 --directory site \
-  >svc.out 2>svc.err &
-pids+=($!)
-SVC_PORT=$(wait_for_line svc.out 'port [0-9]+' 10 | sed -E 's/.*port ([0-9]+).*/\1/')
-check "local service started" test -n "$SVC_PORT"
+start_site
 
 "$BUILD/server/gateway-tunnel" --insecure --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
   --ops-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --access-cookie-ttl 2h \

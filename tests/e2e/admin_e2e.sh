@@ -48,12 +48,7 @@ check "and says chmod 600" grep -q "chmod 600" loose.err
   --credentials creds.txtpb >/dev/null 2>noaddr.err
 check "a token file without an admin listener is usage (exit 2)" test $? = 2
 
-mkdir site && echo "hello from the device" >site/index.html
-"$PY" -u -m http.server 0 --bind 127.0.0.1 --directory site \
-  >svc.out 2>svc.err &
-pids+=($!)
-SVC_PORT=$(wait_for_line svc.out 'port [0-9]+' 10 | sed -E 's/.*port ([0-9]+).*/\1/')
-check "local service started" test -n "$SVC_PORT"
+start_site
 
 "$BUILD/server/gateway-tunnel" --insecure --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
   --ops-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 \

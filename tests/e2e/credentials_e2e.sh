@@ -23,12 +23,7 @@ check "tunnelctl issued the first token" test -n "$TOKEN1" -a -n "$SECRET1"
 "$BUILD/tools/tunnelctl" admin-token issue --file admin.token >/dev/null 2>&1
 check "tunnelctl wrote an admin token" test -s admin.token
 
-mkdir site && echo "hello from the device" >site/index.html
-python3 -u -m http.server 0 --bind 127.0.0.1 --directory site \
-  >svc.out 2>svc.err &
-pids+=($!)
-SVC_PORT=$(wait_for_line svc.out 'port [0-9]+' 10 | sed -E 's/.*port ([0-9]+).*/\1/')
-check "local service started" test -n "$SVC_PORT"
+start_site
 
 "$BUILD/server/gateway-tunnel" --insecure --admin-addr 127.0.0.1:0 \
   --admin-token-file admin.token --grpc-addr 127.0.0.1:0 \

@@ -48,6 +48,19 @@ wait_for_line() {
   return 1
 }
 
+# start_site: serves site/index.html ("hello from the device") on a free
+# port of 127.0.0.1 with Python's http.server in the background (its pid in
+# `pids`); sets SVC_PORT.
+start_site() {
+  mkdir site && echo "hello from the device" >site/index.html
+  /usr/bin/python3 -u -m http.server 0 --bind 127.0.0.1 --directory site \
+    >svc.out 2>svc.err &
+  pids+=($!)
+  SVC_PORT=$(wait_for_line svc.out 'port [0-9]+' 10 |
+    sed -E 's/.*port ([0-9]+).*/\1/')
+  check "local service started" test -n "$SVC_PORT"
+}
+
 # wait_for_exit PID SECONDS: waits (bounded) for a child of this shell to
 # exit and sets exit_code ("running" if it did not). Not for use inside $(...):
 # a subshell cannot wait for its parent's children.

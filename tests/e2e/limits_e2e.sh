@@ -31,12 +31,7 @@ echo 'max_response_body: -1' >bad.txtpb
 check "a negative max_response_body in a config file exits 2" test $? = 2
 
 issue_token "$BUILD" cam-01
-mkdir site && echo "hello from the device" >site/index.html
-"$PY" -u -m http.server 0 --bind 127.0.0.1 --directory site \
-  >svc.out 2>svc.err &
-pids+=($!)
-SVC_PORT=$(wait_for_line svc.out 'port [0-9]+' 10 | sed -E 's/.*port ([0-9]+).*/\1/')
-check "local service started" test -n "$SVC_PORT"
+start_site
 
 printf 'tunnel_requests_per_minute: 2\nmax_request_body: 100\n' >gateway.txtpb
 "$GW" --insecure --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \

@@ -16,12 +16,7 @@ unset TUNNEL_GATEWAY TUNNEL_ID TUNNEL_TOKEN TUNNEL_SECRET TUNNEL_TO || true
 issue_token "$BUILD" cam-01
 check "tunnelctl issued a token" test -n "$TOKEN" -a -n "$SECRET"
 
-mkdir site && echo "hello from the device" >site/index.html
-python3 -u -m http.server 0 --bind 127.0.0.1 --directory site \
-  >svc.out 2>svc.err &
-pids+=($!)
-SVC_PORT=$(wait_for_line svc.out 'port [0-9]+' 10 | sed -E 's/.*port ([0-9]+).*/\1/')
-check "local service started" test -n "$SVC_PORT"
+start_site
 
 "$BUILD/server/gateway-tunnel" --insecure --admin-addr "" --grpc-addr 127.0.0.1:0 \
   --http-addr 127.0.0.1:0 --ops-addr 127.0.0.1:0 --credentials creds.txtpb >gw.out 2>gw.err &
