@@ -26,6 +26,11 @@ _LIBS = {
     "qrencode": ["libqrencode"],
 }
 
+# Debian libraries without a pkg-config module: their linker flags.
+_PLAIN = {
+    "boost_context": ["-lboost_context"],  # libboost-context-dev
+}
+
 def _pkg_config(ctx, args):
     result = ctx.execute(["pkg-config"] + args)
     if result.return_code != 0:
@@ -49,6 +54,12 @@ def _system_libs_impl(ctx):
         lines.append("    defines = %r," % defines)
         lines.append("    copts = %r," % copts)
         lines.append("    linkopts = %r," % libs)
+        lines.append(")")
+        lines.append("")
+    for name, linkopts in _PLAIN.items():
+        lines.append("cc_library(")
+        lines.append("    name = %r," % name)
+        lines.append("    linkopts = %r," % linkopts)
         lines.append(")")
         lines.append("")
     ctx.file("BUILD.bazel", "\n".join(lines))

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "common/fiber_wait.h"
 
 namespace tunnel::common {
 
@@ -16,7 +17,7 @@ absl::StatusOr<size_t> StreamChannel::AcquireSendCredit(size_t want,
     return send_credit_ > 0 || !abort_.ok();
   };
   ++credit_waiters_;
-  bool ok = mu_.AwaitWithDeadline(absl::Condition(&ready), deadline);
+  bool ok = AwaitWithDeadline(mu_, absl::Condition(&ready), deadline, senders_);
   --credit_waiters_;
   if (!ok) {
     return absl::DeadlineExceededError(
@@ -35,6 +36,7 @@ absl::Status StreamChannel::AddSendCredit(uint64_t increment) {
         absl::StrCat("window update of ", increment, " overflows the window"));
   }
   send_credit_ += increment;
+  senders_.WakeAll();
   return absl::OkStatus();
 }
 
@@ -51,7 +53,10 @@ absl::Status StreamChannel::PushData(std::string data, bool end) {
   }
   unacked_ += data.size();
   end_received_ = end;
-  if (!data.empty() || end) inbound_.push_back(Chunk{std::move(data), end});
+  if (!data.empty() || end) {
+    inbound_.push_back(Chunk{std::move(data), end});
+    receivers_.WakeAll();
+  }
   return absl::OkStatus();
 }
 
@@ -62,7 +67,7 @@ absl::StatusOr<Chunk> StreamChannel::PopData(absl::Time deadline,
   auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
     return !inbound_.empty() || !abort_.ok();
   };
-  if (!mu_.AwaitWithDeadline(absl::Condition(&ready), deadline)) {
+  if (!AwaitWithDeadline(mu_, absl::Condition(&ready), deadline, receivers_)) {
     return absl::DeadlineExceededError("timed out waiting for data");
   }
   if (!abort_.ok()) return abort_;
@@ -87,6 +92,7 @@ absl::Status StreamChannel::SetHead(tunnel::v1::TunnelResponse head) {
     return absl::FailedPreconditionError("second response head on a stream");
   }
   head_ = std::move(head);
+  receivers_.WakeAll();
   return absl::OkStatus();
 }
 
@@ -96,7 +102,7 @@ absl::StatusOr<tunnel::v1::TunnelResponse> StreamChannel::AwaitHead(
   auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
     return head_.has_value() || !abort_.ok();
   };
-  if (!mu_.AwaitWithDeadline(absl::Condition(&ready), deadline)) {
+  if (!AwaitWithDeadline(mu_, absl::Condition(&ready), deadline, receivers_)) {
     return absl::DeadlineExceededError("no response head before the deadline");
   }
   if (!abort_.ok()) return abort_;
@@ -108,6 +114,8 @@ void StreamChannel::Abort(absl::Status why) {
   if (!abort_.ok()) return;
   abort_ = why.ok() ? absl::CancelledError("stream closed") : std::move(why);
   inbound_.clear();
+  receivers_.WakeAll();
+  senders_.WakeAll();
 }
 
 void StreamChannel::AbortIfIncomplete(absl::Status why) {

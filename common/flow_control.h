@@ -7,9 +7,10 @@
 // never buffers more than its window (no head-of-line blocking, flat memory).
 //
 // Threads: the network thread calls the Push*/Add*/Set*/Abort methods; one
-// producer thread calls AcquireSendCredit and one consumer thread calls
-// PopData/AwaitHead. Every method is thread-safe; the blocking ones take a
-// deadline and never wait past it.
+// producer calls AcquireSendCredit and one consumer calls PopData/AwaitHead
+// (each a thread, or a fiber of the front door's loops: see fiber_wait.h).
+// Every method is thread-safe; the blocking ones take a deadline and never
+// wait past it.
 #ifndef TUNNEL_COMMON_FLOW_CONTROL_H_
 #define TUNNEL_COMMON_FLOW_CONTROL_H_
 
@@ -23,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/fiber_wait.h"
 #include "tunnel/v1/tunnel.pb.h"
 
 namespace tunnel::common {
@@ -95,6 +97,10 @@ class StreamChannel {
   bool end_popped_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<tunnel::v1::TunnelResponse> head_ ABSL_GUARDED_BY(mu_);
   absl::Status abort_ ABSL_GUARDED_BY(mu_);
+  // Fibers waiting for credit (the producer) and for a head or data (the
+  // consumer); threads wait on mu_ itself.
+  FiberWaitList senders_ ABSL_GUARDED_BY(mu_);
+  FiberWaitList receivers_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace tunnel::common

@@ -1,5 +1,7 @@
 #include "common/outbox.h"
 
+#include <algorithm>
+
 #include "common/envelopes.h"
 
 namespace tunnel::common {
@@ -111,6 +113,9 @@ bool Outbox::PopLocked(Envelope* out) {
   bytes_ -= BodySize(data_.front());
   *out = std::move(data_.front());
   data_.pop_front();
+  if (!room_waiters_.empty() && bytes_ <= room_threshold_) {
+    room_waiters_.WakeAll();
+  }
   return true;
 }
 
@@ -133,7 +138,9 @@ bool Outbox::WaitForRoom(size_t max_bytes, absl::Time deadline) {
   auto room = [this, max_bytes]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
     return closed_ || bytes_ <= max_bytes;
   };
-  mu_.AwaitWithDeadline(absl::Condition(&room), deadline);
+  room_threshold_ =
+      room_waiters_.empty() ? max_bytes : std::min(room_threshold_, max_bytes);
+  AwaitWithDeadline(mu_, absl::Condition(&room), deadline, room_waiters_);
   return !closed_ && bytes_ <= max_bytes;
 }
 
@@ -183,6 +190,7 @@ size_t Outbox::queued_bytes() const {
 void Outbox::Close() {
   absl::MutexLock lock(&mu_);
   closed_ = true;
+  room_waiters_.WakeAll();
 }
 
 void Outbox::Clear() {
@@ -191,6 +199,7 @@ void Outbox::Clear() {
   data_.clear();
   open_tail_.clear();
   bytes_ = 0;
+  room_waiters_.WakeAll();
 }
 
 bool Outbox::empty() const {

@@ -14,7 +14,8 @@
 // body bytes call WaitForRoom first, which holds them while the queued body
 // bytes exceed the session's limit (control messages are never held).
 //
-// Thread-safe.
+// Thread-safe; WaitForRoom also suspends a front-door fiber instead of its
+// thread (see fiber_wait.h).
 #ifndef TUNNEL_COMMON_OUTBOX_H_
 #define TUNNEL_COMMON_OUTBOX_H_
 
@@ -25,6 +26,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/fiber_wait.h"
 #include "tunnel/v1/tunnel.pb.h"
 
 namespace tunnel::common {
@@ -95,6 +97,10 @@ class Outbox {
   bool claimed_ ABSL_GUARDED_BY(mu_) = false;  // the writer role is taken
   bool wake_writer_ ABSL_GUARDED_BY(mu_) = false;
   size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // Fibers in WaitForRoom (threads wait on mu_ itself): woken once the
+  // queued bytes are down to the smallest limit any of them waits for.
+  FiberWaitList room_waiters_ ABSL_GUARDED_BY(mu_);
+  size_t room_threshold_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace tunnel::common

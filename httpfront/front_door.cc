@@ -20,7 +20,9 @@
 #include "common/log.h"
 #include "common/random.h"
 #include "httpfront/access_gate.h"
+#include "httpfront/blocking_pool.h"
 #include "httpfront/rate_limits.h"
+#include "httpfront/request_record.h"
 #include "httpfront/routing.h"
 
 namespace tunnel::httpfront {
@@ -43,9 +45,11 @@ constexpr std::pair<absl::string_view, absl::string_view> kParked[] = {
 constexpr char kAccessCodeField[] = "tunnel_access_code";  // form field
 constexpr char kAccessCodeHeader[] = "X-Tunnel-Access-Code";
 
-// How often a worker waiting on the agent checks that its visitor is still
-// there, so an abandoned request is cancelled at the agent promptly.
-constexpr absl::Duration kLivenessInterval = absl::Milliseconds(500);
+// A request waiting on the agent hears at once when its visitor's socket
+// has news (FrontServer::WatchVisitor) and then checks that the visitor is
+// still there, so an abandoned request is cancelled at the agent promptly.
+// It also checks this often regardless, as a fallback.
+constexpr absl::Duration kLivenessInterval = absl::Seconds(2);
 
 // Values of the `direction` label of tunnel_body_bytes_total.
 constexpr absl::string_view kVisitorToAgent = "visitor_to_agent";
@@ -53,6 +57,7 @@ constexpr absl::string_view kAgentToVisitor = "agent_to_visitor";
 
 // The limits of tunnel_limit_rejections_total's `limit` label.
 enum LimitKind {
+  kMaxConnections,
   kTunnelRate,
   kTunnelConcurrency,
   kClientConnections,
@@ -62,9 +67,13 @@ enum LimitKind {
   kLimitKinds
 };
 constexpr absl::string_view kLimitNames[kLimitKinds] = {
-    "tunnel_requests_per_minute", "tunnel_concurrent_requests",
-    "client_connections",         "client_connections_per_minute",
-    "max_request_body",           "max_response_body"};
+    "max_connections",
+    "tunnel_requests_per_minute",
+    "tunnel_concurrent_requests",
+    "client_connections",
+    "client_connections_per_minute",
+    "max_request_body",
+    "max_response_body"};
 
 // The visitor-side metrics. Labels stay bounded: `tunnel` is the slug of a
 // known tunnel (claimed by an authenticated agent or reserved for an agent
@@ -117,62 +126,9 @@ struct FrontMetrics {
   common::Counter* limit_rejections[kLimitKinds] = {};
 };
 
-// One visitor request as the metrics and the access log see it. Each worker
-// serves one request at a time, so it lives in a thread_local: the setup
-// hook starts it, the handler fills it in, httplib's logger adds the status
-// it wrote, and FrontServer's request-done hook finishes it (even when
-// httplib answered on its own, e.g. 400 for a malformed request).
-struct RequestRecord {
-  bool started = false;  // setup hook ran (the head parsed)
-  bool logged = false;   // httplib wrote a response
-  absl::Time start;
-  std::string request_id;
-  std::string method;
-  std::string remote;  // visitor IP
-  std::string path;    // raw target without the query (it may carry secrets)
-  std::string slug;    // the tunnel asked for (the access log only)
-  std::string tunnel;  // metrics label, see FrontMetrics
-  std::string error;
-  int status = 0;          // set by the handler for upgrades (101)
-  int handled_status = 0;  // res.status when the handler returned
-  int logged_status = 0;   // what httplib wrote
-  bool cut = false;        // the response body broke off
-  // The handler read the request body to its end (see the with_body route).
-  bool body_read = false;
-  // The tunnel limiter's admission, held until the request is over.
-  RateLimiter::Slot* slot = nullptr;
-  // Per-tunnel byte counters, set once the stream is open; the upgrade
-  // relay's second thread adds to them too.
-  common::Counter* bytes_in = nullptr;
-  common::Counter* bytes_out = nullptr;
-  std::atomic<uint64_t> in{0};
-  std::atomic<uint64_t> out{0};
-
-  void AddIn(size_t n) {
-    in.fetch_add(n, std::memory_order_relaxed);
-    if (bytes_in != nullptr) bytes_in->Increment(n);
-  }
-  void AddOut(size_t n) {
-    out.fetch_add(n, std::memory_order_relaxed);
-    if (bytes_out != nullptr) bytes_out->Increment(n);
-  }
-  void Reset() {
-    started = logged = cut = body_read = false;
-    request_id.clear();
-    method.clear();
-    remote.clear();
-    path.clear();
-    slug.clear();
-    tunnel.clear();
-    error.clear();
-    status = handled_status = logged_status = 0;
-    bytes_in = bytes_out = nullptr;
-    slot = nullptr;
-    in = 0;
-    out = 0;
-  }
-};
-thread_local RequestRecord tl_request;
+// The request record of the calling fiber's connection (see
+// request_record.h): handlers and hooks run on the connection's fiber.
+RequestRecord& Rec() { return *FrontServer::CurrentRecord(); }
 
 // The request target without its query string, capped: what the access log
 // shows of a path.
@@ -235,7 +191,7 @@ std::string JsonEscape(absl::string_view s) {
 // everything else. X-Tunnel-Error names the case for scripts and logs.
 void SetError(const httplib::Request& req, httplib::Response& res, int status,
               absl::string_view code, absl::string_view message) {
-  tl_request.error = std::string(code);
+  Rec().error = std::string(code);
   res.status = status;
   res.set_header("X-Tunnel-Error", std::string(code));
   res.set_header("Cache-Control", "no-store");
@@ -331,7 +287,7 @@ class FrontDoor::Handler {
   // httplib's logger: runs after it wrote a response (ours or its own).
   static void Logged(const httplib::Request& req,
                      const httplib::Response& res) {
-    RequestRecord& r = tl_request;
+    RequestRecord& r = Rec();
     r.logged = true;
     r.logged_status = res.status;
     if (!r.started) {  // httplib refused the request before the setup hook
@@ -343,7 +299,7 @@ class FrontDoor::Handler {
 
   // FrontServer's request-done hook: counts the request and logs it.
   void Done() {
-    RequestRecord& r = tl_request;
+    RequestRecord& r = Rec();
     if (r.slot != nullptr) {
       tunnel_limiter_.Release(r.slot);
       r.slot = nullptr;
@@ -379,12 +335,13 @@ class FrontDoor::Handler {
   // FrontServer refused a request head before httplib parsed it: counted
   // and logged like any request (no tunnel: nothing was routed).
   void HeadRejected(int status, absl::string_view code,
-                    const std::string& remote) {
+                    const std::string& remote, const std::string& request_id) {
     metrics_.requests
         ->WithLabels({"", std::string(StatusClass(status)), std::string(code)})
         ->Increment();
     metrics_.duration->Observe(0);
     common::LogEvent(common::LogLevel::kInfo, "access")
+        .Str("request_id", request_id)
         .Str("remote", remote)
         .Int("status", status)
         .Str("error", code);
@@ -392,7 +349,7 @@ class FrontDoor::Handler {
 
   // Setup hook: runs on the parsed request before routing.
   static void Prepare(httplib::Request& req) {
-    RequestRecord& r = tl_request;
+    RequestRecord& r = Rec();
     r.Reset();
     r.started = true;
     r.start = absl::Now();
@@ -415,10 +372,16 @@ class FrontDoor::Handler {
     }
   }
 
-  // FrontServer's hook for connections refused at a per-IP limit.
-  void ConnectionRefused(RateLimiter::Verdict verdict) {
-    Reject(verdict == RateLimiter::Verdict::kRateLimited ? kClientConnectionRate
-                                                         : kClientConnections);
+  // FrontServer's hook for connections refused at accept.
+  void ConnectionRefused(ConnectionRefusal why) {
+    switch (why) {
+      case ConnectionRefusal::kMaxConnections:
+        return Reject(kMaxConnections);
+      case ConnectionRefusal::kIpRate:
+        return Reject(kClientConnectionRate);
+      case ConnectionRefusal::kIpConcurrency:
+        return Reject(kClientConnections);
+    }
   }
 
   void SetDraining(absl::Duration retry_after) {
@@ -465,21 +428,21 @@ class FrontDoor::Handler {
     // the code itself) pass; ours never reach the service (`code` query
     // parameter, the access cookie, X-Tunnel-Access-Code).
     std::string request_id = common::NewUuid();
-    tl_request.request_id = request_id;
+    Rec().request_id = request_id;
     std::string target = route->target;
     std::string forwarded_cookie;
     const std::optional<tunnel::v1::AccessCodeHash> access =
         router_->AccessCodeFor(route->slug);
     if (access.has_value()) {
-      tl_request.slug = route->slug;
-      tl_request.tunnel = route->slug;  // gated, hence a known tunnel
+      Rec().slug = route->slug;
+      Rec().tunnel = route->slug;  // gated, hence a known tunnel
       if (!Admit(req, res, *route, *access, reader, &target,
                  &forwarded_cookie)) {
         return;
       }
     }
 
-    tl_request.slug = route->slug;
+    Rec().slug = route->slug;
     // Is there a request body to stream? httplib has already read it into
     // req.body for methods it serves without a content reader.
     const bool streamed_body = reader != nullptr && HasStreamedBody(req);
@@ -501,7 +464,7 @@ class FrontDoor::Handler {
         TunnelLimited(req, res, *route, limit, streamed_body);
         return;
       }
-      tl_request.slot = limit.slot;
+      Rec().slot = limit.slot;
     }
 
     tunnel::v1::TunnelRequest head;
@@ -570,7 +533,7 @@ class FrontDoor::Handler {
       if (!opened.ok() && absl::IsNotFound(opened.status())) {
         // No such tunnel: the request never happened for the limiter.
         tunnel_limiter_.Release(limit.slot, /*counted=*/false);
-        tl_request.slot = nullptr;
+        Rec().slot = nullptr;
       } else {
         RateLimiter::MarkConfirmed(limit.slot);
         SetRateLimitHeaders(res, limit);
@@ -578,7 +541,7 @@ class FrontDoor::Handler {
     }
     // Only a tunnel the router knows becomes a label value.
     if (opened.ok() || !absl::IsNotFound(opened.status())) {
-      tl_request.tunnel = route->slug;
+      Rec().tunnel = route->slug;
     }
     if (!opened.ok()) {
       SetStreamError(req, res, opened.status(), options_.offline_retry_after);
@@ -586,7 +549,7 @@ class FrontDoor::Handler {
     }
     std::shared_ptr<TunnelStream> stream = std::move(*opened);
     res.set_header("X-Request-Id", request_id);
-    RequestRecord* record = &tl_request;
+    RequestRecord* record = &Rec();
     record->bytes_in = metrics_.bytes->WithLabels(
         {record->tunnel, std::string(kVisitorToAgent)});
     record->bytes_out = metrics_.bytes->WithLabels(
@@ -612,7 +575,7 @@ class FrontDoor::Handler {
         if (upload.ok()) record->AddIn(len);
         return upload.ok();
       });
-      tl_request.body_read = read_ok;
+      Rec().body_read = read_ok;
       if (too_large) {
         stream->Cancel("the request body is over the gateway's limit");
         RequestTooLarge(req, res, /*unread_body=*/true);
@@ -773,7 +736,7 @@ class FrontDoor::Handler {
       constexpr size_t kMaxForm = 4096;
       std::string body = req.body.substr(0, kMaxForm);
       if (reader != nullptr) {
-        tl_request.body_read = (*reader)([&](const char* data, size_t len) {
+        Rec().body_read = (*reader)([&](const char* data, size_t len) {
           body.append(data, std::min(len, kMaxForm + 1 - body.size()));
           return body.size() <= kMaxForm;
         });
@@ -801,7 +764,10 @@ class FrontDoor::Handler {
                                         absl::Ceil(wait, absl::Seconds(1)))));
       return false;
     }
-    if (!common::AccessCodeMatches(code, presented)) {
+    bool matches = false;
+    slow_work_.Run(
+        [&] { matches = common::AccessCodeMatches(code, presented); });
+    if (!matches) {
       attempts_.Failed(key, now);
       Deny("wrong_code");
       Challenge(req, res, back, "wrong access code; try again",
@@ -851,7 +817,7 @@ class FrontDoor::Handler {
                      const Route& route, const RateLimiter::Decision& d,
                      bool unread_body) {
     // Only a slug the router confirmed becomes a label value.
-    if (d.confirmed) tl_request.tunnel = route.slug;
+    if (d.confirmed) Rec().tunnel = route.slug;
     const bool rate = d.verdict == RateLimiter::Verdict::kRateLimited;
     Reject(rate ? kTunnelRate : kTunnelConcurrency);
     if (rate) {
@@ -946,6 +912,7 @@ class FrontDoor::Handler {
     // cut-off body never looks complete.
     bool PumpOnce(httplib::DataSink& sink, size_t length, bool chunked) {
       absl::Time deadline = absl::Now() + idle;
+      FrontServer::WatchVisitor watch;
       while (true) {
         absl::StatusOr<common::Chunk> c = stream->ReadBody(
             std::min(deadline, absl::Now() + kLivenessInterval));
@@ -1028,22 +995,30 @@ class FrontDoor::Handler {
       return;
     }
     record->AddIn(hijacked.buffered.size());
-    // Service -> visitor on a second thread; visitor -> service here.
-    std::thread down([&stream, conn, idle, record] {
-      while (true) {
-        absl::StatusOr<common::Chunk> c = stream.ReadBody(absl::Now() + idle);
-        if (!c.ok() || (!c->data.empty() && !conn->WriteAll(c->data, idle))) {
-          conn->ShutdownBoth();  // ends the other direction too
-          return;
-        }
-        record->AddOut(c->data.size());
-        if (c->end) {
-          conn->ShutdownWrite();  // the service half-closed
-          return;
-        }
-      }
-    });
-    char buf[64 * 1024];
+    // Service -> visitor on a second fiber; visitor -> service here.
+    std::unique_ptr<FrontServer::Sibling> down =
+        FrontServer::RunOnSiblingFiber([&stream, conn, idle, record] {
+          while (true) {
+            absl::StatusOr<common::Chunk> c =
+                stream.ReadBody(absl::Now() + idle);
+            if (!c.ok() ||
+                (!c->data.empty() && !conn->WriteAll(c->data, idle))) {
+              conn->ShutdownBoth();  // ends the other direction too
+              return;
+            }
+            record->AddOut(c->data.size());
+            if (c->end) {
+              conn->ShutdownWrite();  // the service half-closed
+              return;
+            }
+          }
+        });
+    if (down == nullptr) {
+      stream.Cancel("the gateway cannot relay this connection now");
+      record->cut = true;
+      return;
+    }
+    char buf[16 * 1024];
     while (true) {
       ssize_t n = conn->Read(buf, sizeof(buf), idle);
       if (n == 0) {
@@ -1059,12 +1034,13 @@ class FrontDoor::Handler {
       }
       record->AddIn(static_cast<size_t>(n));
     }
-    down.join();
+    down->Join();
   }
 
   // Waits for the head while checking that the visitor is still there.
   absl::StatusOr<tunnel::v1::TunnelResponse> AwaitHead(TunnelStream& stream,
                                                        absl::Time deadline) {
+    FrontServer::WatchVisitor watch;
     while (true) {
       auto head = stream.AwaitResponseHead(
           std::min(deadline, absl::Now() + kLivenessInterval));
@@ -1085,6 +1061,8 @@ class FrontDoor::Handler {
   FrontMetrics metrics_;
   const AccessCookieSigner cookie_signer_;
   AttemptLimiter attempts_{options_.access_code_attempts_per_minute};
+  // PBKDF2 of presented access codes, off the loop threads.
+  BlockingPool slow_work_{2};
   RateLimiter tunnel_limiter_{TunnelLimits(options_)};
   // > 0 while draining: the Retry-After to send, in seconds.
   std::atomic<int64_t> drain_retry_after_s_{0};
@@ -1096,31 +1074,29 @@ FrontDoor::FrontDoor(FrontDoorOptions options, server::TunnelRouter* router,
       router_(router),
       server_(std::make_unique<FrontServer>(options_.connection)),
       handler_(std::make_unique<Handler>(options_, router_, metrics)) {
-  int workers = std::max(1, options_.workers);
-  server_->new_task_queue = [workers] {
-    return new httplib::ThreadPool(static_cast<size_t>(workers));
-  };
+  ObserveConnections(metrics);
   server_->set_setup_request(&Handler::Prepare);
   server_->set_logger(&Handler::Logged);
   Handler* h = handler_.get();
   server_->set_request_done([h] { h->Done(); });
   server_->set_connection_refused(
-      [h](RateLimiter::Verdict v) { h->ConnectionRefused(v); });
-  server_->set_head_rejected(
-      [h](int status, absl::string_view code, const std::string& remote) {
-        h->HeadRejected(status, code, remote);
-      });
+      [h](ConnectionRefusal why) { h->ConnectionRefused(why); });
+  server_->set_head_rejected([h](int status, absl::string_view code,
+                                 const std::string& remote,
+                                 const std::string& request_id) {
+    h->HeadRejected(status, code, remote, request_id);
+  });
   auto plain = [h](const httplib::Request& req, httplib::Response& res) {
     h->Handle(req, res, nullptr);
-    tl_request.handled_status = res.status;
+    Rec().handled_status = res.status;
   };
   auto with_body = [h](const httplib::Request& req, httplib::Response& res,
                        const httplib::ContentReader& reader) {
     h->Handle(req, res, &reader);
-    tl_request.handled_status = res.status;
+    Rec().handled_status = res.status;
     // A body left (partly) unread on the connection (a 404, 502, 429, a
     // refused access code…) must never be parsed as the next request.
-    if (HasStreamedBody(req) && !tl_request.body_read) {
+    if (HasStreamedBody(req) && !Rec().body_read) {
       res.set_header("Connection", "close");
       FrontServer::CloseCurrentConnectionAfterResponse();
     }
@@ -1136,6 +1112,45 @@ FrontDoor::FrontDoor(FrontDoorOptions options, server::TunnelRouter* router,
 
 FrontDoor::~FrontDoor() { Stop(); }
 
+void FrontDoor::ObserveConnections(common::MetricsRegistry* metrics) {
+  common::GaugeFamily* conns = metrics->AddGauge(
+      "tunnel_http_connections",
+      "Visitor connections open, by state: handshake (TLS), idle (between "
+      "requests), reading_head, active (a request is served), upgraded, "
+      "lingering (answered and closing).",
+      {"state"});
+  common::Gauge* handshake = conns->WithLabels({"handshake"});
+  common::Gauge* idle = conns->WithLabels({"idle"});
+  common::Gauge* reading_head = conns->WithLabels({"reading_head"});
+  common::Gauge* active = conns->WithLabels({"active"});
+  common::Gauge* upgraded = conns->WithLabels({"upgraded"});
+  common::Gauge* lingering = conns->WithLabels({"lingering"});
+  common::Gauge* limit =
+      metrics
+          ->AddGauge("tunnel_http_connection_limit",
+                     "Visitor connections allowed open at once "
+                     "(--max-connections, within the open-file limit).")
+          ->WithLabels({});
+  common::Gauge* fibers =
+      metrics
+          ->AddGauge("tunnel_http_fibers",
+                     "Request fibers that hold a stack: serving a request, "
+                     "or pooled for the next one.")
+          ->WithLabels({});
+  const FrontServer* server = server_.get();
+  metrics->AddCollectHook([=] {
+    const ConnectionCounts c = server->counts();
+    handshake->Set(c.handshake);
+    idle->Set(c.idle);
+    reading_head->Set(c.reading_head);
+    active->Set(c.active);
+    upgraded->Set(c.upgraded);
+    lingering->Set(c.lingering);
+    fibers->Set(c.fibers);
+    limit->Set(server->max_connections());
+  });
+}
+
 absl::StatusOr<int> FrontDoor::Listen(const std::string& host, int port) {
   if (!options_.tls.cert_pem.empty()) {
     absl::StatusOr<common::SslCtxPtr> ctx =
@@ -1143,34 +1158,15 @@ absl::StatusOr<int> FrontDoor::Listen(const std::string& host, int port) {
     if (!ctx.ok()) return ctx.status();
     server_->EnableTls(*std::move(ctx));
   }
-  int bound = port == 0 ? server_->bind_to_any_port(host)
-                        : (server_->bind_to_port(host, port) ? port : -1);
-  if (bound < 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen for HTTP on ", host, ":", port,
-                     " (address in use or not available)"));
-  }
-  server_->SetListenBacklog(options_.connection.listen_backlog);
-  listener_ = std::thread([this] { server_->listen_after_bind(); });
-  // stop() is a no-op until the loop runs; wait (bounded) so that a Stop()
-  // right after Listen() cannot be lost.
-  absl::Time give_up = absl::Now() + absl::Seconds(10);
-  while (!server_->is_running() && absl::Now() < give_up) {
-    std::this_thread::yield();
-  }
-  return bound;
+  return server_->Listen(host, port);
 }
 
-void FrontDoor::StopAccepting() { server_->stop(); }
+void FrontDoor::StopAccepting() { server_->StopAccepting(); }
 
 void FrontDoor::SetDraining(absl::Duration retry_after) {
   handler_->SetDraining(retry_after);
 }
 
-void FrontDoor::Stop() {
-  server_->stop();
-  server_->ShutdownConnections();
-  if (listener_.joinable()) listener_.join();
-}
+void FrontDoor::Stop() { server_->Stop(); }
 
 }  // namespace tunnel::httpfront

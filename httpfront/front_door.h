@@ -1,8 +1,9 @@
 // The public HTTP front door: routes each visitor request to a tunnel, turns
 // it into a stream on the agent's session, and streams the answer back.
 //
-// Threads: one httplib worker per visitor connection (pool size `workers`);
-// every wait in a worker has a deadline. Listen/Stop from one owner thread.
+// Threads: the front server's loop threads; each request runs on a fiber
+// whose waits (for the agent, for the visitor's socket) yield to its loop
+// and have deadlines. Listen/Stop from one owner thread.
 #ifndef TUNNEL_HTTPFRONT_FRONT_DOOR_H_
 #define TUNNEL_HTTPFRONT_FRONT_DOOR_H_
 
@@ -53,8 +54,6 @@ struct FrontDoorOptions {
   int64_t max_response_body = 0;
   // The tunnel limits' clock (tests move it forward).
   absl::Time (*clock)() = &absl::Now;
-  // Visitor connections served at once (each holds a worker thread).
-  int workers = 512;
   ConnectionOptions connection;
 };
 
@@ -69,9 +68,8 @@ class FrontDoor {
   // Binds host:port (port 0 = any) and starts serving. Returns the port.
   // Fails with INVALID_ARGUMENT if `tls` cannot be used.
   absl::StatusOr<int> Listen(const std::string& host, int port);
-  // Stops accepting, shuts visitor connections, joins the workers. Streams
-  // blocked on agents must be failed by the caller (closing the sessions)
-  // for this to return promptly.
+  // Stops accepting, closes visitor connections, ends their fibers (every
+  // wait returns at once) and joins the loop threads.
   void Stop();
   // Stops accepting new connections only (first step of Stop).
   void StopAccepting();
@@ -81,11 +79,12 @@ class FrontDoor {
 
  private:
   class Handler;
+  // tunnel_http_connections{state}, _connection_limit, _fibers.
+  void ObserveConnections(common::MetricsRegistry* metrics);
   const FrontDoorOptions options_;
   server::TunnelRouter* const router_;
   std::unique_ptr<FrontServer> server_;
   std::unique_ptr<Handler> handler_;
-  std::thread listener_;
 };
 
 }  // namespace tunnel::httpfront

@@ -4,7 +4,8 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -13,312 +14,395 @@
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
-#include "common/socket_io.h"
+#include "common/log.h"
+#include "common/random.h"
+#include "httpfront/event_loop.h"
 #include "httpfront/request_head.h"
-#include "openssl/err.h"
-#include "openssl/ssl.h"
+#include "httpfront/tls_session.h"
 
 namespace tunnel::httpfront {
 namespace {
 
-class VisitorStream;
-class TlsConnection;
-thread_local int tl_current_socket = -1;
-thread_local VisitorStream* tl_current_stream = nullptr;
-thread_local TlsConnection* tl_current_tls = nullptr;
+// A connection we answered and are closing may keep being read (and its
+// bytes dropped) this long, so that closing with unread input does not
+// reset the connection before the visitor read the answer.
+constexpr absl::Duration kLinger = absl::Milliseconds(500);
+constexpr size_t kMaxLingerDiscard = 1 << 20;
+// Connections lingering at once per loop; beyond, they are closed at once.
+constexpr int64_t kMaxLingering = 4096;
+// Read buffer of a connection while a head arrives (none while idle), and
+// while a request is served (bodies are read through it).
+constexpr size_t kHeadReadSize = 4 * 1024;
+constexpr size_t kReadSize = 16 * 1024;
+// Connections accepted per listener event before the loop serves others.
+constexpr int kAcceptBatch = 64;
+// After accept() ran out of file descriptors, how long a loop stops
+// accepting (the listener stays readable: accepting again at once would
+// only spin).
+constexpr absl::Duration kAcceptPause = absl::Milliseconds(100);
+// File descriptors kept free beyond visitor connections (agents, logs,
+// the admin and ops listeners, the service's own files).
+constexpr int64_t kReservedFds = 1024;
 
-// How long a connection refused at a per-IP limit may keep its worker while
-// the visitor reads the 429 and closes.
-constexpr absl::Duration kRefusalLinger = absl::Milliseconds(500);
+// The Range header, renamed before httplib parses the head (see ParkRange).
+constexpr absl::string_view kParkedRange = "(Range)";
 
-int ToMillis(absl::Duration d) {
-  int64_t ms = absl::ToInt64Milliseconds(d);
-  return ms > INT32_MAX ? INT32_MAX : static_cast<int>(ms);
-}
+constexpr ssize_t kWouldBlockRead = -2;
+constexpr ssize_t kWouldBlockWrite = -3;
 
-// poll() for `events`, retrying on EINTR. >0 ready, 0 timeout, <0 error.
-int PollFor(int fd, short events, int timeout_ms) {
-  pollfd p{fd, events, 0};
-  int r;
-  do {
-    r = ::poll(&p, 1, timeout_ms);
-  } while (r < 0 && errno == EINTR);
-  if (r > 0 && (p.revents & (POLLERR | POLLNVAL))) return -1;
-  return r;
-}
-
-int MillisUntil(absl::Time deadline) {
-  return std::max(0, ToMillis(deadline - absl::Now()));
-}
-
-// A plain TCP connection handed to an upgrade handler.
-class PlainConnection : public Connection {
- public:
-  explicit PlainConnection(int fd) : fd_(fd) {}
-  ssize_t Read(char* buf, size_t n, absl::Duration timeout) override {
-    return common::ReadSome(fd_, buf, n, timeout);
+std::string IpOf(const sockaddr_storage& addr, int* port) {
+  char buf[INET6_ADDRSTRLEN] = {};
+  if (addr.ss_family == AF_INET) {
+    const auto* a = reinterpret_cast<const sockaddr_in*>(&addr);
+    ::inet_ntop(AF_INET, &a->sin_addr, buf, sizeof(buf));
+    *port = ntohs(a->sin_port);
+  } else if (addr.ss_family == AF_INET6) {
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(&addr);
+    ::inet_ntop(AF_INET6, &a->sin6_addr, buf, sizeof(buf));
+    *port = ntohs(a->sin6_port);
   }
-  bool WriteAll(absl::string_view data, absl::Duration timeout) override {
-    return common::WriteAll(fd_, data, timeout);
-  }
-  void ShutdownWrite() override { ::shutdown(fd_, SHUT_WR); }
-  void ShutdownBoth() override { ::shutdown(fd_, SHUT_RDWR); }
+  return buf;
+}
 
- private:
-  const int fd_;
+// Sends what fits now; a refused or rejected visitor's answer is small.
+void SendNow(int fd, absl::string_view data) {
+  (void)::send(fd, data.data(), data.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+// The head with every Range field renamed to kParkedRange, or nullopt when
+// it has none. httplib parses Range with std::regex before any hook runs:
+// a long value recurses about 300 bytes of stack per character (a fiber's
+// stack is small), malformed ones get httplib's own 416, and it would slice
+// our streamed responses. The front door hands the field on unchanged.
+std::optional<std::string> ParkRange(absl::string_view head) {
+  std::optional<std::string> out;
+  size_t line = head.find('\n');
+  if (line == absl::string_view::npos) return out;
+  size_t copied = 0;
+  for (size_t pos = line + 1; pos < head.size();) {
+    size_t eol = head.find('\n', pos);
+    if (eol == absl::string_view::npos) eol = head.size();
+    absl::string_view l = head.substr(pos, eol - pos);
+    if (l.size() > 6 && l[5] == ':' &&
+        absl::EqualsIgnoreCase(l.substr(0, 5), "Range")) {
+      if (!out.has_value()) out.emplace();
+      absl::StrAppend(&*out, head.substr(copied, pos - copied), kParkedRange);
+      copied = pos + 5;
+    }
+    pos = eol + 1;
+  }
+  if (out.has_value()) absl::StrAppend(&*out, head.substr(copied));
+  return out;
+}
+
+}  // namespace
+
+// --- the loops
+// ----------------------------------------------------------------
+
+struct FrontServer::Loop : public IoHandler {
+  Loop(FrontServer* s, EventLoop::Options o)
+      : server(s), loop(o), accept_pause([this] { ResumeAccepting(); }) {}
+
+  // The listening socket is readable.
+  void OnIo(uint32_t) override { server->Accept(this); }
+
+  void PauseAccepting() {
+    if (accept_paused) return;
+    accept_paused = true;
+    loop.Remove(server->listen_fd_);
+    loop.Arm(&accept_pause, absl::Now() + kAcceptPause);
+  }
+  void ResumeAccepting() {
+    accept_paused = false;
+    if (!accepting) return;
+    (void)loop.AddListener(server->listen_fd_, this);
+  }
+
+  FrontServer* const server;
+  EventLoop loop;
+  std::thread thread;
+  // Loop thread only.
+  absl::flat_hash_set<Conn*> conns;
+  absl::flat_hash_set<Lingerer*> lingerers;
+  std::vector<std::unique_ptr<Conn>> graveyard;  // freed on the next turn
+  bool accepting = true;
+  bool accept_paused = false;
+  Timer accept_pause;
+  absl::Time last_emfile_log = absl::InfinitePast();
+  // Connections by state (relaxed; read by counts()).
+  std::atomic<int64_t> handshake{0}, idle{0}, reading_head{0}, active{0},
+      upgraded{0}, lingering{0};
 };
 
-// A server-side TLS connection on a non-blocking socket. OpenSSL's SSL
-// object must not be used by two threads at once, but an upgraded
-// connection is read on one thread and written on another: each SSL call
-// runs under mu_, and waiting for the socket (poll) happens outside it.
-class TlsConnection : public Connection {
+// Drops what a visitor still sends after our answer, then closes.
+class FrontServer::Lingerer final : public IoHandler {
  public:
-  TlsConnection(int fd, SSL_CTX* ctx) : fd_(fd), ssl_(SSL_new(ctx)) {
-    int flags = ::fcntl(fd_, F_GETFL, 0);
-    ::fcntl(fd_, F_SETFL, flags | O_NONBLOCK);
-    if (ssl_ != nullptr) SSL_set_fd(ssl_, fd_);
-  }
-  ~TlsConnection() override { SSL_free(ssl_); }
+  Lingerer(Loop* loop, int fd)
+      : loop_(loop), fd_(fd), timer_([this] { Done(); }) {}
 
-  // The TLS handshake, bounded by `timeout`.
-  bool Handshake(absl::Duration timeout) {
-    if (ssl_ == nullptr) return false;
-    absl::Time deadline = absl::Now() + timeout;
-    while (true) {
-      int r, err;
-      {
-        absl::MutexLock lock(&mu_);
-        ERR_clear_error();
-        r = SSL_accept(ssl_);
-        err = r == 1 ? SSL_ERROR_NONE : SSL_get_error(ssl_, r);
-      }
-      if (r == 1) return true;
-      if (!WaitFor(err, deadline)) {
-        ERR_clear_error();
-        return false;
+  void Start() {
+    loop_->lingering.fetch_add(1, std::memory_order_relaxed);
+    loop_->lingerers.insert(this);
+    ::shutdown(fd_, SHUT_WR);
+    if (!loop_->loop.Add(fd_, this).ok()) return Done();
+    loop_->loop.Arm(&timer_, absl::Now() + kLinger);
+    Drain();
+  }
+  void OnIo(uint32_t) override { Drain(); }
+
+  void Done() {
+    if (fd_ < 0) return;
+    loop_->loop.Disarm(&timer_);
+    loop_->loop.Remove(fd_);
+    ::close(fd_);
+    fd_ = -1;
+    loop_->lingering.fetch_sub(1, std::memory_order_relaxed);
+    loop_->lingerers.erase(this);
+    // Freed on the loop's next turn, never under our own OnIo.
+    loop_->loop.Post([self = this] { delete self; });
+  }
+
+ private:
+  void Drain() {
+    char buf[16 * 1024];
+    while (fd_ >= 0) {
+      ssize_t n = ::recv(fd_, buf, sizeof(buf), MSG_DONTWAIT);
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+      if (n <= 0 ||
+          (discarded_ += static_cast<size_t>(n)) > kMaxLingerDiscard) {
+        return Done();
       }
     }
   }
 
-  ssize_t Read(char* buf, size_t n, absl::Duration timeout) override {
-    absl::Time deadline = absl::Now() + timeout;
-    while (true) {
-      size_t got = 0;
-      int r, err;
-      {
-        absl::MutexLock lock(&mu_);
-        ERR_clear_error();
-        r = SSL_read_ex(ssl_, buf, n, &got);
-        err = r == 1 ? SSL_ERROR_NONE : SSL_get_error(ssl_, r);
+  Loop* const loop_;
+  int fd_;
+  Timer timer_;
+  size_t discarded_ = 0;
+};
+
+// --- one visitor connection
+// ------------------------------------------------------
+
+class FrontServer::Conn final : public IoHandler,
+                                public FiberTask,
+                                public Connection {
+ public:
+  enum class Phase { kHandshake, kIdle, kHead, kActive, kUpgraded, kClosed };
+
+  Conn(FrontServer* server, Loop* loop, int fd, std::string ip, int port,
+       RateLimiter::Slot* ip_slot)
+      : server_(server),
+        loop_(loop),
+        fd_(fd),
+        remote_ip_(std::move(ip)),
+        remote_port_(port),
+        ip_slot_(ip_slot),
+        timer_([this] { OnTimer(); }),
+        stream_(this),
+        remaining_(server->options_.keep_alive_max_requests) {}
+  ~Conn() override = default;
+
+  RequestRecord& record() { return record_; }
+  Loop* owner() const { return loop_; }
+  RateLimiter::Slot* ip_slot() const { return ip_slot_; }
+  httplib::Stream& stream() { return stream_; }
+  EventLoop& loop() { return loop_->loop; }
+  size_t& remaining() { return remaining_; }
+  bool broken() const { return broken_ || hijacked_; }
+  bool close_after() const { return close_after_; }
+  bool closed() const { return phase_ == Phase::kClosed; }
+  void CloseAfterResponse() { close_after_ = true; }
+  void set_watching(bool on) {
+    watching_ = on;
+    if (!on && fiber_ != nullptr) loop().ClearInterrupt(fiber_);
+  }
+  void HoldNextWrite() { hold_next_ = true; }
+
+  // After registration: the TLS handshake, or the first request's head.
+  void Start() {
+    if (server_->tls_ != nullptr) {
+      tls_ = std::make_unique<TlsSession>(fd_, server_->tls_.get());
+      SetPhase(Phase::kHandshake);
+      loop().Arm(&timer_,
+                 absl::Now() + server_->options_.tls_handshake_timeout);
+      ContinueHandshake();
+      return;
+    }
+    Park(server_->options_.read_timeout);
+  }
+
+  void OnIo(uint32_t events) override {
+    switch (phase_) {
+      case Phase::kHandshake:
+        ContinueHandshake();
+        return;
+      case Phase::kIdle:
+      case Phase::kHead:
+        if ((events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0) {
+          TryReadHead();
+        }
+        return;
+      case Phase::kActive:
+      case Phase::kUpgraded: {
+        const bool in =
+            (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0;
+        const bool out = (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) != 0;
+        for (const SocketWaiter& w : waiters_) {
+          if (w.fiber != nullptr && ((w.in && in) || (w.out && out))) {
+            loop().WakeNow(w.fiber);
+          }
+        }
+        // The request's fiber waits on the agent (or will): let it look
+        // whether its visitor is still there (or only sent the next
+        // request).
+        if (in && watching_ && phase_ == Phase::kActive && fiber_ != nullptr) {
+          loop().Interrupt(fiber_);
+        }
+        return;
       }
-      if (r == 1) return static_cast<ssize_t>(got);
-      // close_notify, or (SSL_OP_IGNORE_UNEXPECTED_EOF) a bare FIN.
-      if (err == SSL_ERROR_ZERO_RETURN) return 0;
-      if (!WaitFor(err, deadline)) {
-        ERR_clear_error();
-        return -1;
-      }
+      case Phase::kClosed:
+        return;
     }
   }
 
-  bool WriteAll(absl::string_view data, absl::Duration timeout) override {
-    while (!data.empty()) {
-      size_t written = 0;
-      int r, err;
-      {
-        absl::MutexLock lock(&mu_);
-        ERR_clear_error();
-        r = SSL_write_ex(ssl_, data.data(), data.size(), &written);
-        err = r == 1 ? SSL_ERROR_NONE : SSL_get_error(ssl_, r);
-      }
-      if (r == 1) {
-        data.remove_prefix(written);
-        continue;
-      }
-      if (!WaitFor(err, absl::Now() + timeout)) {
-        ERR_clear_error();
-        return false;
-      }
+  // FiberTask: serves requests until the connection parks or closes.
+  void RunOnFiber() override {
+    fiber_ = loop().current();
+    const bool park = server_->ServeRequests(this);
+    fiber_ = nullptr;
+    if (closed()) return;
+    if (park && !loop().stopping()) {
+      Park(server_->options_.keep_alive_timeout);
+    } else {
+      Finish(close_after_ && !broken_);
+    }
+  }
+
+  // Ends the connection in order (TLS close_notify); with `linger`, what
+  // the visitor still sends is read and dropped for a moment first.
+  void Finish(bool linger) {
+    if (closed()) return;
+    if (tls_ != nullptr && !broken_ && phase_ != Phase::kHandshake) {
+      tls_->CloseNotify();
+    }
+    if (linger) {
+      const int fd = fd_;
+      Close(/*close_fd=*/false);
+      server_->LingerAndClose(loop_, fd);
+      return;
+    }
+    Close();
+  }
+
+  void Close(bool close_fd = true) {
+    if (closed()) return;
+    SetPhase(Phase::kClosed);
+    loop().Disarm(&timer_);
+    loop().Remove(fd_);
+    if (close_fd) {
+      ::shutdown(fd_, SHUT_RDWR);
+      ::close(fd_);
+    }
+    fd_ = -1;
+    server_->Closed(this);
+  }
+
+  // Stop: a parked connection closes now; one with a fiber is shut so that
+  // every socket wait ends, and its fiber closes it when it unwinds.
+  void Abort() {
+    if (closed()) return;
+    if (fiber_ == nullptr) return Close();
+    ::shutdown(fd_, SHUT_RDWR);
+    for (const SocketWaiter& w : waiters_) {
+      if (w.fiber != nullptr) loop().WakeNow(w.fiber);
+    }
+    loop().Interrupt(fiber_);
+  }
+
+  // --- what the fiber's handler may ask ---
+
+  bool VisitorConnected() {
+    if (loop().stopping() || closed()) return false;
+    if (tls_ != nullptr) return tls_->PeerConnected();
+    char c;
+    ssize_t n = ::recv(fd_, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0) return true;  // pipelined bytes: still there
+    if (n == 0) return false;
+    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+  }
+
+  FrontServer::Hijacked Hijack() {
+    hijacked_ = true;
+    SetPhase(Phase::kUpgraded);
+    FrontServer::Hijacked h;
+    h.conn = this;
+    h.buffered.assign(buf_.get() + begin_, end_ - begin_);
+    begin_ = end_ = 0;
+    return h;
+  }
+
+  // A complete head at the front of the buffer (its length), or 0.
+  size_t CompleteHead() const {
+    absl::string_view have(buf_.get() + begin_, end_ - begin_);
+    size_t end = FindHeadEnd(have);
+    return end != absl::string_view::npos &&
+                   end <= server_->options_.max_request_head_bytes
+               ? end
+               : 0;
+  }
+
+  // Checks the complete head at the front of the buffer and parks its Range
+  // fields. False: it was refused, answered and the connection is ending.
+  bool CheckHead(size_t head_len) {
+    absl::string_view head(buf_.get() + begin_, head_len);
+    HeadRejection bad = CheckRequestHead(head);
+    if (bad.status != 0) {
+      Reject(bad);
+      return false;
+    }
+    if (std::optional<std::string> parked = ParkRange(head)) {
+      ReplaceHead(head_len, *parked);
     }
     return true;
   }
 
-  void ShutdownWrite() override {
-    {
-      absl::MutexLock lock(&mu_);
-      SendCloseNotify();
-    }
-    ::shutdown(fd_, SHUT_WR);
-  }
-  void ShutdownBoth() override { ::shutdown(fd_, SHUT_RDWR); }
-
-  // Decrypted bytes wait inside OpenSSL (polling the socket would miss them).
-  bool HasPending() {
-    absl::MutexLock lock(&mu_);
-    return SSL_has_pending(ssl_) == 1;
+  // One non-blocking look for more bytes: true if a complete head is now
+  // buffered (pipelining, or bytes that arrived meanwhile).
+  bool PollNextHead() {
+    if (CompleteHead() > 0) return true;
+    if (end_ - begin_ >= server_->options_.max_request_head_bytes) return false;
+    MakeRoom();
+    return Fill() > 0 && CompleteHead() > 0;
   }
 
-  // Never blocks: false once the visitor sent close_notify or FIN, or the
-  // connection failed. Bytes it looks at stay readable.
-  bool PeerConnected() {
-    absl::MutexLock lock(&mu_);
-    ERR_clear_error();
-    char c;
-    size_t got = 0;
-    if (SSL_peek_ex(ssl_, &c, 1, &got) == 1) return true;
-    int err = SSL_get_error(ssl_, 0);
-    ERR_clear_error();
-    return err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE;
-  }
-
-  // Orderly end of a connection that is still healthy: close_notify (once,
-  // without waiting for room or for the visitor's answer).
-  void Close() {
-    absl::MutexLock lock(&mu_);
-    SendCloseNotify();
-  }
-
- private:
-  void SendCloseNotify() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if ((SSL_get_shutdown(ssl_) & SSL_SENT_SHUTDOWN) != 0 ||
-        !SSL_is_init_finished(ssl_)) {
-      return;
-    }
-    ERR_clear_error();
-    SSL_shutdown(ssl_);
-    ERR_clear_error();
-  }
-
-  // After a failed SSL call: waits for what it wants; false on a real
-  // error or at the deadline.
-  bool WaitFor(int err, absl::Time deadline) {
-    short events;
-    if (err == SSL_ERROR_WANT_READ) {
-      events = POLLIN;
-    } else if (err == SSL_ERROR_WANT_WRITE) {
-      events = POLLOUT;
-    } else {
-      return false;
-    }
-    return PollFor(fd_, events, MillisUntil(deadline)) > 0;
-  }
-
-  const int fd_;
-  absl::Mutex mu_;
-  SSL* const ssl_;
-};
-
-// Closing with unread request bytes makes the kernel reset the connection,
-// which can destroy the answer we just wrote before the visitor reads it.
-// Ends our direction, then reads (and drops) what still comes until the
-// visitor closes, for at most kRefusalLinger.
-void LingerBeforeClose(int sock) {
-  ::shutdown(sock, SHUT_WR);
-  const absl::Time give_up = absl::Now() + kRefusalLinger;
-  constexpr size_t kMaxDiscard = 1 << 20;
-  char buf[16 * 1024];
-  size_t discarded = 0;
-  while (discarded < kMaxDiscard &&
-         PollFor(sock, POLLIN, MillisUntil(give_up)) > 0) {
-    ssize_t n = ::recv(sock, buf, sizeof(buf), MSG_DONTWAIT);
-    if (n <= 0) break;
-    discarded += static_cast<size_t>(n);
-  }
-}
-
-void AddressOf(int fd, bool peer, std::string& ip, int& port) {
-  sockaddr_storage addr{};
-  socklen_t len = sizeof(addr);
-  int r = peer ? ::getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len)
-               : ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  if (r != 0) return;
-  char buf[INET6_ADDRSTRLEN] = {};
-  if (addr.ss_family == AF_INET) {
-    auto* a = reinterpret_cast<sockaddr_in*>(&addr);
-    ::inet_ntop(AF_INET, &a->sin_addr, buf, sizeof(buf));
-    port = ntohs(a->sin_port);
-  } else if (addr.ss_family == AF_INET6) {
-    auto* a = reinterpret_cast<sockaddr_in6*>(&addr);
-    ::inet_ntop(AF_INET6, &a->sin6_addr, buf, sizeof(buf));
-    port = ntohs(a->sin6_port);
-  }
-  ip = buf;
-}
-
-// One visitor connection. Unlike httplib's SocketStream it lives for the
-// whole connection, so bytes read ahead (pipelining) are never lost between
-// requests.
-class VisitorStream : public httplib::Stream {
- public:
-  // `tls` (may be null: plain TCP) must outlive the stream.
-  VisitorStream(int fd, TlsConnection* tls, const ConnectionOptions& o)
-      : fd_(fd),
-        tls_(tls),
-        read_timeout_(o.read_timeout),
-        write_timeout_(o.write_timeout),
-        read_timeout_ms_(ToMillis(o.read_timeout)),
-        write_timeout_ms_(ToMillis(o.write_timeout)) {
-    SetTimeout(SO_RCVTIMEO, o.read_timeout);
-    SetTimeout(SO_SNDTIMEO, o.write_timeout);
-  }
-
-  bool is_readable() const override {
-    return buffered() > 0 || (tls_ != nullptr && tls_->HasPending()) ||
-           PollFor(fd_, POLLIN, read_timeout_ms_) > 0;
-  }
-  bool is_writable() const override {
-    return PollFor(fd_, POLLOUT, write_timeout_ms_) > 0;
-  }
-
-  ssize_t read(char* ptr, size_t size) override {
+  // httplib::Stream, on the request's fiber.
+  ssize_t StreamRead(char* ptr, size_t size) {
     if (hijacked_) return -1;
-    if (buffered() == 0) {
+    if (end_ == begin_) {
       begin_ = end_ = 0;
-      ssize_t n = Fill();
+      MakeRoom();
+      ssize_t n = FillWaiting(absl::Now() + server_->options_.read_timeout);
       if (n <= 0) return n;
     }
-    size_t n = std::min(size, buffered());
-    std::memcpy(ptr, buf_.data() + begin_, n);
+    size_t n = std::min(size, end_ - begin_);
+    std::memcpy(ptr, buf_.get() + begin_, n);
     begin_ += n;
     return static_cast<ssize_t>(n);
   }
 
-  // Reads until the buffered bytes start with a whole request head (see
-  // FindHeadEnd), holding at most `limit` bytes of it. kComplete sets
-  // `*head` (valid until the next read); kTooLarge leaves what came in
-  // `*head`; kClosed: EOF, timeout or error before a whole head.
-  enum class HeadState { kComplete, kTooLarge, kClosed };
-  HeadState ReadHead(size_t limit, absl::string_view* head) {
-    while (true) {
-      absl::string_view have(buf_.data() + begin_, buffered());
-      size_t end = FindHeadEnd(have);
-      if (end != absl::string_view::npos && end <= limit) {
-        *head = have.substr(0, end);
-        return HeadState::kComplete;
-      }
-      if (end != absl::string_view::npos || have.size() >= limit) {
-        *head = have;
-        return HeadState::kTooLarge;
-      }
-      if (begin_ > 0) {  // keep the partial head at the front
-        std::memmove(buf_.data(), buf_.data() + begin_, buffered());
-        end_ -= begin_;
-        begin_ = 0;
-      }
-      if (end_ == buf_.size()) {
-        buf_.resize(std::min(buf_.size() * 2, std::max(limit, kReadSize)));
-      }
-      if (Fill() <= 0) return HeadState::kClosed;
-    }
-  }
-
-  ssize_t write(const char* ptr, size_t size) override {
+  ssize_t StreamWrite(const char* ptr, size_t size) {
     if (hijacked_) return static_cast<ssize_t>(size);  // the handler owns it
     if (hold_next_) {
       hold_next_ = false;
@@ -326,99 +410,285 @@ class VisitorStream : public httplib::Stream {
       return static_cast<ssize_t>(size);
     }
     if (!held_.empty()) {
-      return WriteWithHeld(ptr, size) ? static_cast<ssize_t>(size) : -1;
+      std::string held = std::move(held_);
+      held_.clear();
+      return WriteParts(held, absl::string_view(ptr, size), WriteTimeout())
+                 ? static_cast<ssize_t>(size)
+                 : -1;
     }
-    if (tls_ != nullptr) {
-      if (tls_->WriteAll(absl::string_view(ptr, size), write_timeout_)) {
-        return static_cast<ssize_t>(size);
-      }
-      broken_ = true;
-      return -1;
-    }
-    // The socket's SO_SNDTIMEO bounds the wait (no poll per write).
-    ssize_t n;
-    do {
-      n = ::send(fd_, ptr, size, MSG_NOSIGNAL);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0) broken_ = true;
-    return n;
+    return WriteParts(absl::string_view(ptr, size), {}, WriteTimeout())
+               ? static_cast<ssize_t>(size)
+               : -1;
   }
 
-  // httplib asks for both on every request: ask the kernel once per
-  // connection (two syscalls per request saved).
-  void get_remote_ip_and_port(std::string& ip, int& port) const override {
-    if (remote_port_ < 0) AddressOf(fd_, true, remote_ip_, remote_port_);
-    ip = remote_ip_;
-    port = remote_port_;
+  bool StreamReadable() {
+    if (end_ > begin_ || (tls_ != nullptr && tls_->HasPending())) return true;
+    return WaitSocket(true, false,
+                      absl::Now() + server_->options_.read_timeout);
   }
-  void get_local_ip_and_port(std::string& ip, int& port) const override {
-    if (local_port_ < 0) AddressOf(fd_, false, local_ip_, local_port_);
-    ip = local_ip_;
-    port = local_port_;
-  }
-  socket_t socket() const override { return fd_; }
 
-  // See FrontServer::CoalesceResponseHead.
-  void HoldNextWrite() { hold_next_ = true; }
   // Sends what is held (the request is done). False if that failed.
   bool FlushHeld() {
     hold_next_ = false;
     if (held_.empty()) return true;
-    return WriteWithHeld(nullptr, 0);
+    std::string held = std::move(held_);
+    held_.clear();
+    return WriteParts(held, {}, WriteTimeout());
   }
 
-  // A read or write timed out: the connection cannot carry another request
-  // (httplib may still have answered 400 on it).
-  bool broken() const { return broken_ || hijacked_; }
+  void RemoteAddress(std::string& ip, int& port) const {
+    ip = remote_ip_;
+    port = remote_port_;
+  }
+  void LocalAddress(std::string& ip, int& port) const {
+    if (local_port_ < 0 && fd_ >= 0) {
+      sockaddr_storage addr{};
+      socklen_t len = sizeof(addr);
+      if (::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+        local_ip_ = IpOf(addr, &local_port_);
+      }
+    }
+    ip = local_ip_;
+    port = local_port_;
+  }
+  int fd() const { return fd_; }
 
-  // See FrontServer::CloseCurrentConnectionAfterResponse.
-  void CloseAfterResponse() { close_after_ = true; }
-  bool close_after() const { return close_after_; }
+  // --- Connection (an upgrade's two fibers) ---
 
-  // Hands the connection to an upgrade handler (see HijackCurrentConnection).
-  std::string Hijack() {
-    hijacked_ = true;
-    std::string rest(buf_.data() + begin_, buffered());
-    begin_ = end_;
-    return rest;
+  ssize_t Read(char* buf, size_t n, absl::Duration timeout) override {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (true) {
+      ssize_t r = ReadOnce(buf, n);
+      if (r == kWouldBlockRead || r == kWouldBlockWrite) {
+        if (!WaitSocket(r == kWouldBlockRead, r == kWouldBlockWrite,
+                        deadline)) {
+          return -1;
+        }
+        continue;
+      }
+      return r;
+    }
   }
 
-  // What an upgrade handler reads and writes.
-  Connection* connection() {
-    if (tls_ != nullptr) return tls_;
-    return &plain_;
+  bool WriteAll(absl::string_view data, absl::Duration timeout) override {
+    return WriteParts(data, {}, timeout);
   }
 
-  // Waits for the next request to start: buffered bytes or socket input.
-  bool WaitForRequest(int timeout_ms) const {
-    return buffered() > 0 || (tls_ != nullptr && tls_->HasPending()) ||
-           PollFor(fd_, POLLIN, timeout_ms) > 0;
+  void ShutdownWrite() override {
+    if (tls_ != nullptr) tls_->CloseNotify();
+    ::shutdown(fd_, SHUT_WR);
+  }
+
+  void ShutdownBoth() override {
+    ::shutdown(fd_, SHUT_RDWR);
+    for (const SocketWaiter& w : waiters_) {
+      if (w.fiber != nullptr) loop().WakeNow(w.fiber);
+    }
   }
 
  private:
-  static constexpr size_t kReadSize = 16 * 1024;
-
-  size_t buffered() const { return end_ - begin_; }
-
-  // The held bytes and then `ptr`, whole, in as few sends as the socket
-  // takes (one, as a rule).
-  bool WriteWithHeld(const char* ptr, size_t size) {
-    std::string held = std::move(held_);
-    held_.clear();
-    if (tls_ != nullptr) {
-      held.append(ptr, size);
-      if (tls_->WriteAll(held, write_timeout_)) return true;
-      broken_ = true;
-      return false;
+  class Stream final : public httplib::Stream {
+   public:
+    explicit Stream(Conn* c) : c_(c) {}
+    bool is_readable() const override { return c_->StreamReadable(); }
+    bool is_writable() const override { return !c_->broken_; }
+    ssize_t read(char* ptr, size_t size) override {
+      return c_->StreamRead(ptr, size);
     }
-    iovec iov[2] = {{held.data(), held.size()}, {const_cast<char*>(ptr), size}};
+    ssize_t write(const char* ptr, size_t size) override {
+      return c_->StreamWrite(ptr, size);
+    }
+    void get_remote_ip_and_port(std::string& ip, int& port) const override {
+      c_->RemoteAddress(ip, port);
+    }
+    void get_local_ip_and_port(std::string& ip, int& port) const override {
+      c_->LocalAddress(ip, port);
+    }
+    socket_t socket() const override { return c_->fd(); }
+
+   private:
+    Conn* const c_;
+  };
+
+  // A fiber waiting for this socket to become readable and/or writable.
+  struct SocketWaiter {
+    Fiber* fiber = nullptr;
+    bool in = false;
+    bool out = false;
+  };
+
+  void SetPhase(Phase p) {
+    if (p == phase_) return;
+    if (std::atomic<int64_t>* c = Count(phase_)) {
+      c->fetch_sub(1, std::memory_order_relaxed);
+    }
+    if (std::atomic<int64_t>* c = Count(p)) {
+      c->fetch_add(1, std::memory_order_relaxed);
+    }
+    phase_ = p;
+  }
+  std::atomic<int64_t>* Count(Phase p) {
+    switch (p) {
+      case Phase::kHandshake:
+        return &loop_->handshake;
+      case Phase::kIdle:
+        return &loop_->idle;
+      case Phase::kHead:
+        return &loop_->reading_head;
+      case Phase::kActive:
+        return &loop_->active;
+      case Phase::kUpgraded:
+        return &loop_->upgraded;
+      default:
+        return nullptr;
+    }
+  }
+
+  // Waits on the calling fiber until the socket is ready as asked, the
+  // deadline passes (false) or the wait is cut short (false).
+  bool WaitSocket(bool in, bool out, absl::Time deadline) {
+    Fiber* f = loop().current();
+    SocketWaiter* slot = nullptr;
+    for (SocketWaiter& w : waiters_) {
+      if (w.fiber == nullptr) {
+        slot = &w;
+        break;
+      }
+    }
+    if (slot == nullptr || f == nullptr) return false;
+    *slot = SocketWaiter{f, in, out};
+    const bool woken =
+        loop().WaitIo(in ? WaitKind::kRead : WaitKind::kWrite, deadline);
+    *slot = SocketWaiter{};
+    return woken && absl::Now() < deadline;
+  }
+
+  void MakeRoom() {
+    const size_t limit = server_->options_.max_request_head_bytes;
+    if (buf_ == nullptr) {
+      cap_ = kHeadReadSize;
+      buf_ = std::make_unique<char[]>(cap_);
+      begin_ = end_ = 0;
+      return;
+    }
+    if (begin_ > 0 && end_ == cap_) {  // keep what is buffered at the front
+      std::memmove(buf_.get(), buf_.get() + begin_, end_ - begin_);
+      end_ -= begin_;
+      begin_ = 0;
+    }
+    if (end_ == cap_ && cap_ < std::max(limit, kReadSize)) {
+      Grow(std::min(cap_ * 2, std::max(limit, kReadSize)));
+    }
+  }
+
+  void Grow(size_t cap) {
+    auto bigger = std::make_unique<char[]>(cap);
+    std::memcpy(bigger.get(), buf_.get() + begin_, end_ - begin_);
+    end_ -= begin_;
+    begin_ = 0;
+    buf_ = std::move(bigger);
+    cap_ = cap;
+  }
+
+  // An idle connection keeps no buffer.
+  void ReleaseBufferIfEmpty() {
+    if (buf_ != nullptr && begin_ == end_) {
+      buf_.reset();
+      cap_ = begin_ = end_ = 0;
+    }
+  }
+
+  // Replaces the head (`old_len` bytes at the front) with `head`.
+  void ReplaceHead(size_t old_len, absl::string_view head) {
+    const size_t rest = end_ - begin_ - old_len;
+    const size_t need = head.size() + rest;
+    auto fresh = std::make_unique<char[]>(std::max(need, cap_));
+    std::memcpy(fresh.get(), head.data(), head.size());
+    std::memcpy(fresh.get() + head.size(), buf_.get() + begin_ + old_len, rest);
+    cap_ = std::max(need, cap_);
+    buf_ = std::move(fresh);
+    begin_ = 0;
+    end_ = need;
+  }
+
+  // One read into the free space after end_: > 0, 0 at EOF, kWouldBlock*,
+  // or -1 on an error.
+  ssize_t Fill() {
+    if (buf_ == nullptr || end_ == cap_) return -1;
+    ssize_t n = ReadOnce(buf_.get() + end_, cap_ - end_);
+    if (n > 0) end_ += static_cast<size_t>(n);
+    return n;
+  }
+
+  ssize_t ReadOnce(char* at, size_t room) {
+    if (fd_ < 0) return -1;
+    if (tls_ != nullptr) {
+      ssize_t n = tls_->Read(at, room);
+      if (n == TlsSession::kWantRead) return kWouldBlockRead;
+      if (n == TlsSession::kWantWrite) return kWouldBlockWrite;
+      return n;
+    }
+    while (true) {
+      ssize_t n = ::recv(fd_, at, room, MSG_DONTWAIT);
+      if (n >= 0) return n;
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return kWouldBlockRead;
+      return -1;
+    }
+  }
+
+  // Fill on a fiber: waits (until `deadline`) while nothing can be read.
+  ssize_t FillWaiting(absl::Time deadline) {
+    while (true) {
+      ssize_t n = Fill();
+      if (n == kWouldBlockRead || n == kWouldBlockWrite) {
+        if (!WaitSocket(n == kWouldBlockRead, n == kWouldBlockWrite,
+                        deadline)) {
+          broken_ = true;
+          return -1;
+        }
+        continue;
+      }
+      if (n < 0) broken_ = true;
+      return n;
+    }
+  }
+
+  absl::Duration WriteTimeout() const {
+    return server_->options_.write_timeout;
+  }
+
+  // Writes `a` then `b`, whole, on a fiber: one sendmsg as a rule; waits
+  // for room at most `timeout` each time.
+  bool WriteParts(absl::string_view a, absl::string_view b,
+                  absl::Duration timeout) {
+    if (fd_ < 0 || broken_) return false;
+    if (tls_ != nullptr) {
+      if (!b.empty()) {
+        std::string both = absl::StrCat(a, b);
+        return TlsWrite(both, timeout);
+      }
+      return TlsWrite(a, timeout);
+    }
+    iovec iov[2] = {{const_cast<char*>(a.data()), a.size()},
+                    {const_cast<char*>(b.data()), b.size()}};
     msghdr msg{};
     msg.msg_iov = iov;
-    msg.msg_iovlen = size > 0 ? 2 : 1;
+    msg.msg_iovlen = b.empty() ? 1 : 2;
+    if (a.empty()) {
+      msg.msg_iov = &iov[1];
+      msg.msg_iovlen = b.empty() ? 0 : 1;
+    }
     while (msg.msg_iovlen > 0) {
-      // The socket's SO_SNDTIMEO bounds the wait.
-      ssize_t n = ::sendmsg(fd_, &msg, MSG_NOSIGNAL);
+      ssize_t n = ::sendmsg(fd_, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        if (!WaitSocket(false, true, absl::Now() + timeout)) {
+          broken_ = true;
+          return false;
+        }
+        continue;
+      }
       if (n < 0) {
         broken_ = true;
         return false;
@@ -438,49 +708,148 @@ class VisitorStream : public httplib::Stream {
     return true;
   }
 
-  // One read from the connection into the free space after end_.
-  ssize_t Fill() {
-    ssize_t n;
-    char* at = buf_.data() + end_;
-    size_t room = buf_.size() - end_;
-    if (tls_ != nullptr) {
-      n = tls_->Read(at, room, read_timeout_);
-    } else {
-      // The socket's SO_RCVTIMEO bounds the wait (no poll per read).
-      do {
-        n = ::recv(fd_, at, room, 0);
-      } while (n < 0 && errno == EINTR);
+  bool TlsWrite(absl::string_view data, absl::Duration timeout) {
+    while (!data.empty()) {
+      ssize_t n = tls_->Write(data.data(), data.size());
+      if (n > 0) {
+        data.remove_prefix(static_cast<size_t>(n));
+        continue;
+      }
+      if ((n == TlsSession::kWantRead || n == TlsSession::kWantWrite) &&
+          WaitSocket(n == TlsSession::kWantRead, n == TlsSession::kWantWrite,
+                     absl::Now() + timeout)) {
+        continue;
+      }
+      broken_ = true;
+      return false;
     }
-    if (n < 0) broken_ = true;  // timed out (EAGAIN) or failed
-    if (n > 0) end_ += static_cast<size_t>(n);
-    return n;
+    return true;
   }
 
-  void SetTimeout(int option, absl::Duration d) {
-    timeval tv = absl::ToTimeval(std::max(d, absl::Milliseconds(1)));
-    ::setsockopt(fd_, SOL_SOCKET, option, &tv, sizeof(tv));
+  void ContinueHandshake() {
+    ssize_t r = tls_->Handshake();
+    if (r == 1) {
+      Park(server_->options_.read_timeout);
+      return;
+    }
+    if (r == TlsSession::kError) Close();
+    // Wants to read or write: the next event continues it.
   }
 
-  const int fd_;
-  TlsConnection* const tls_;
-  const absl::Duration read_timeout_;
-  const absl::Duration write_timeout_;
-  const int read_timeout_ms_;
-  const int write_timeout_ms_;
-  // Grows past kReadSize only while a long request head is read (up to
-  // max_request_head_bytes).
-  std::string buf_ = std::string(kReadSize, '\0');
+  // Waits, without a fiber, for the next request head: `idle` without a
+  // byte of it (then closed silently), the read timeout once it started.
+  void Park(absl::Duration idle) {
+    SetPhase(Phase::kIdle);
+    loop().Arm(&timer_, absl::Now() + idle);
+    TryReadHead();
+  }
+
+  // Reads what is there without waiting; starts the request once its head
+  // is whole, refuses it when it is too large or malformed.
+  void TryReadHead() {
+    const size_t limit = server_->options_.max_request_head_bytes;
+    while (!closed()) {
+      absl::string_view have(buf_ ? buf_.get() + begin_ : nullptr,
+                             end_ - begin_);
+      size_t end = FindHeadEnd(have);
+      if (end != absl::string_view::npos && end <= limit) {
+        if (CheckHead(end)) StartRequest();
+        return;
+      }
+      if (end != absl::string_view::npos || have.size() >= limit) {
+        Reject(HeadTooLarge(have, limit));
+        return;
+      }
+      MakeRoom();
+      ssize_t n = Fill();
+      if (n > 0) {
+        if (phase_ == Phase::kIdle) {
+          SetPhase(Phase::kHead);
+          loop().Arm(&timer_, absl::Now() + server_->options_.read_timeout);
+        }
+        continue;
+      }
+      if (n == kWouldBlockRead || n == kWouldBlockWrite) {
+        if (phase_ == Phase::kIdle) ReleaseBufferIfEmpty();
+        return;
+      }
+      Close();  // EOF or an error before a whole head
+      return;
+    }
+  }
+
+  void StartRequest() {
+    loop().Disarm(&timer_);
+    SetPhase(Phase::kActive);
+    if (cap_ < kReadSize) Grow(kReadSize);  // bodies read 16 KiB at a time
+    if (loop().stopping() || !loop().Spawn(this, this)) {
+      Reject(HeadRejection{503, "gateway_busy",
+                           "the gateway cannot take this request now (out "
+                           "of memory for request fibers); try again"});
+    }
+  }
+
+  void OnTimer() {
+    if (phase_ == Phase::kHead) {
+      Reject(HeadRejection{
+          408, "request_timeout",
+          absl::StrCat("the request head did not arrive within ",
+                       absl::FormatDuration(server_->options_.read_timeout))});
+      return;
+    }
+    Close();  // idle keep-alive, or a TLS handshake that took too long
+  }
+
+  // Answers a refused head ourselves and ends the connection.
+  void Reject(const HeadRejection& bad) {
+    const std::string request_id = common::NewUuid();
+    if (server_->head_rejected_) {  // counted before the visitor can see it
+      server_->head_rejected_(bad.status, bad.code, remote_ip_, request_id);
+    }
+    const std::string answer = RejectionResponse(
+        bad, absl::StrCat("X-Request-Id: ", request_id, "\r\n"));
+    if (tls_ != nullptr) {
+      (void)tls_->Write(answer.data(), answer.size());
+    } else {
+      SendNow(fd_, answer);
+    }
+    Finish(/*linger=*/true);
+  }
+
+  FrontServer* const server_;
+  Loop* const loop_;
+  int fd_;
+  const std::string remote_ip_;
+  const int remote_port_;
+  mutable std::string local_ip_;
+  mutable int local_port_ = -1;
+  RateLimiter::Slot* const ip_slot_;
+  Phase phase_ = Phase::kClosed;
+  Timer timer_;
+  std::unique_ptr<TlsSession> tls_;
+  // Read buffer: [begin_, end_) is unread. None while idle.
+  std::unique_ptr<char[]> buf_;
+  size_t cap_ = 0;
   size_t begin_ = 0;
   size_t end_ = 0;
+  Fiber* fiber_ = nullptr;  // the request's fiber while it runs
+  SocketWaiter waiters_[2];
+  Stream stream_;
+  RequestRecord record_;
+  size_t remaining_;
   bool broken_ = false;
   bool hijacked_ = false;
   bool close_after_ = false;
-  mutable std::string remote_ip_, local_ip_;  // cached, see above
-  mutable int remote_port_ = -1, local_port_ = -1;
   bool hold_next_ = false;
-  std::string held_;  // a response head waiting for its body
-  PlainConnection plain_{fd_};
+  bool watching_ = false;  // see FrontServer::WatchVisitor
+  std::string held_;       // a response head waiting for its body
 };
+
+FrontServer::Conn* FrontServer::CurrentConn() {
+  return static_cast<Conn*>(EventLoop::CurrentContext());
+}
+
+namespace {
 
 RateLimiter::Options IpLimits(const ConnectionOptions& o) {
   RateLimiter::Options limits;
@@ -493,168 +862,358 @@ RateLimiter::Options IpLimits(const ConnectionOptions& o) {
 
 }  // namespace
 
+// --- FrontServer
+// ------------------------------------------------------------------
+
 FrontServer::FrontServer(ConnectionOptions options)
-    : options_(options), ip_limiter_(IpLimits(options)) {
-  set_tcp_nodelay(true);
+    : options_(options),
+      max_connections_(options.max_connections),
+      ip_limiter_(IpLimits(options)) {
   // Our loop enforces these; httplib only announces them in Keep-Alive.
   set_keep_alive_timeout(
       std::max<time_t>(1, absl::ToInt64Seconds(options_.keep_alive_timeout)));
   set_keep_alive_max_count(options_.keep_alive_max_requests);
 }
 
-bool FrontServer::CurrentVisitorConnected() {
-  if (tl_current_socket < 0) return true;
-  // A TLS visitor's close_notify is bytes on the socket: ask OpenSSL.
-  if (tl_current_tls != nullptr) return tl_current_tls->PeerConnected();
-  char c;
-  ssize_t n = ::recv(tl_current_socket, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-  if (n > 0) return true;  // pipelined bytes: still there
-  if (n == 0) return false;
-  return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
-}
+FrontServer::~FrontServer() { Stop(); }
 
-void FrontServer::CloseCurrentConnectionAfterResponse() {
-  if (tl_current_stream != nullptr) tl_current_stream->CloseAfterResponse();
-}
+absl::StatusOr<int> FrontServer::Listen(const std::string& host, int port) {
+  int bound = port == 0 ? bind_to_any_port(host)
+                        : (bind_to_port(host, port) ? port : -1);
+  if (bound < 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen for HTTP on ", host, ":", port,
+                     " (address in use or not available)"));
+  }
+  listen_fd_ = svr_sock_;
+  // httplib listens with a backlog of 5; bursts of visitors need more.
+  ::listen(listen_fd_, options_.listen_backlog);
+  int flags = ::fcntl(listen_fd_, F_GETFL, 0);
+  ::fcntl(listen_fd_, F_SETFL, flags | O_NONBLOCK);
 
-void FrontServer::SetListenBacklog(int backlog) {
-  socket_t fd = svr_sock_;
-  // listen() on a listening socket only updates its backlog (Linux).
-  if (fd != INVALID_SOCKET) ::listen(fd, backlog);
-}
-
-void FrontServer::CoalesceResponseHead() {
-  if (tl_current_stream != nullptr) tl_current_stream->HoldNextWrite();
-}
-
-FrontServer::Hijacked FrontServer::HijackCurrentConnection() {
-  Hijacked h;
-  if (tl_current_stream == nullptr) return h;
-  h.conn = tl_current_stream->connection();
-  h.buffered = tl_current_stream->Hijack();
-  return h;
-}
-
-void FrontServer::ShutdownConnections() {
-  absl::MutexLock lock(&mu_);
-  for (int fd : open_) ::shutdown(fd, SHUT_RDWR);
-}
-
-void FrontServer::RefuseConnection(int sock, const RateLimiter::Decision& d) {
-  const bool rate = d.verdict == RateLimiter::Verdict::kRateLimited;
-  if (connection_refused_) connection_refused_(d.verdict);
-  // A TLS visitor would cost a handshake to be told: it is just closed.
-  if (tls_ == nullptr) {
-    HeadRejection refusal{
-        429,
-        rate ? "client_connection_rate_limited" : "client_connection_limited",
-        rate ? "too many new connections from your address; wait and retry"
-             : "too many open connections from your address"};
-    std::string extra =
-        absl::StrCat("Retry-After: ", rate ? CeilSeconds(d.reset) : 1, "\r\n");
-    if (rate) {
-      absl::StrAppend(&extra, "X-RateLimit-Limit: ", d.limit,
-                      "\r\nX-RateLimit-Remaining: ", d.remaining,
-                      "\r\nX-RateLimit-Reset: ", CeilSeconds(d.reset), "\r\n");
+  // Every visitor is a file descriptor: use what the hard limit allows,
+  // and refuse cleanly (503) before accept() would fail.
+  rlimit rl;
+  int64_t fit = kDefaultMaxConnections;
+  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+    if (rl.rlim_cur < rl.rlim_max) {
+      rl.rlim_cur = rl.rlim_max;
+      ::setrlimit(RLIMIT_NOFILE, &rl);
+      ::getrlimit(RLIMIT_NOFILE, &rl);
     }
-    const std::string out = RejectionResponse(refusal, extra);
-    // Never waits for room: a refused visitor gets what fits at once.
-    (void)::send(sock, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-    LingerBeforeClose(sock);
+    if (rl.rlim_cur != RLIM_INFINITY) {
+      fit = std::max<int64_t>(1,
+                              static_cast<int64_t>(rl.rlim_cur) - kReservedFds);
+    }
   }
-  ::shutdown(sock, SHUT_RDWR);
-  ::close(sock);
+  if (options_.max_connections <= 0) {
+    max_connections_ = std::min(kDefaultMaxConnections, fit);
+  } else if (options_.max_connections > fit) {
+    TUNNEL_LOG(WARNING)
+        << "--max-connections " << options_.max_connections
+        << " is more than the open-file limit (" << rl.rlim_cur
+        << ") allows; serving at most " << fit
+        << " visitor connections at once (raise it with ulimit -n, or "
+           "LimitNOFILE= in the systemd unit)";
+    max_connections_ = fit;
+  }
+
+  int threads =
+      options_.threads > 0
+          ? options_.threads
+          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  EventLoop::Options lo;
+  lo.stack_bytes = options_.fiber_stack_bytes;
+  for (int i = 0; i < threads; ++i) {
+    loops_.push_back(std::make_unique<Loop>(this, lo));
+  }
+  for (auto& l : loops_) {
+    Loop* loop = l.get();
+    if (absl::Status s = loop->loop.AddListener(listen_fd_, loop); !s.ok()) {
+      return s;
+    }
+    loop->thread = std::thread([loop] { loop->loop.Run(); });
+  }
+  return bound;
 }
 
-bool FrontServer::process_and_close_socket(socket_t sock) {
-  RateLimiter::Slot* ip_slot = nullptr;
-  if (ip_limiter_.enabled()) {
-    std::string ip;
-    int port = 0;
-    AddressOf(sock, /*peer=*/true, ip, port);
-    RateLimiter::Decision d = ip_limiter_.Acquire(ip, options_.clock());
-    if (d.slot == nullptr) {
-      RefuseConnection(sock, d);
-      return false;
-    }
-    ip_slot = d.slot;
-  }
-  {
-    absl::MutexLock lock(&mu_);
-    open_.insert(sock);
-  }
-  tl_current_socket = sock;
-  int one = 1;
-  ::setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  std::unique_ptr<TlsConnection> tls;
-  bool handshake_ok = true;
-  if (tls_ != nullptr) {
-    tls = std::make_unique<TlsConnection>(sock, tls_.get());
-    handshake_ok = tls->Handshake(options_.read_timeout);
-    tl_current_tls = tls.get();
-  }
-  VisitorStream strm(sock, tls.get(), options_);
-  tl_current_stream = &strm;
-  const int keep_alive_ms = ToMillis(options_.keep_alive_timeout);
-  bool ret = false;
-  size_t remaining = options_.keep_alive_max_requests;
-  while (handshake_ok && svr_sock_ != INVALID_SOCKET && remaining > 0 &&
-         strm.WaitForRequest(keep_alive_ms)) {
-    absl::string_view head;
-    VisitorStream::HeadState state =
-        strm.ReadHead(options_.max_request_head_bytes, &head);
-    if (state == VisitorStream::HeadState::kClosed) break;
-    HeadRejection bad =
-        state == VisitorStream::HeadState::kTooLarge
-            ? HeadTooLarge(head, options_.max_request_head_bytes)
-            : CheckRequestHead(head);
-    if (bad.status != 0) {
-      // Answered here, never by httplib, and the connection ends: what
-      // follows a broken head cannot be trusted to start a request.
-      if (head_rejected_) {  // counted before the visitor can see it
-        std::string ip;
-        int port = 0;
-        strm.get_remote_ip_and_port(ip, port);
-        head_rejected_(bad.status, bad.code, ip);
+void FrontServer::Accept(Loop* loop) {
+  for (int i = 0; i < kAcceptBatch; ++i) {
+    sockaddr_storage addr{};
+    socklen_t len = sizeof(addr);
+    int fd = ::accept4(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len,
+                       SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+          errno == ENOMEM) {
+        const absl::Time now = absl::Now();
+        if (now - loop->last_emfile_log > absl::Seconds(10)) {
+          loop->last_emfile_log = now;
+          TUNNEL_LOG(WARNING)
+              << "cannot accept visitor connections: " << std::strerror(errno)
+              << " (" << open_.load() << " open); pausing accepts briefly";
+        }
+        loop->PauseAccepting();
       }
-      const std::string answer = RejectionResponse(bad);
-      (void)strm.write(answer.data(), answer.size());
-      if (tls != nullptr) tls->Close();
-      LingerBeforeClose(sock);
-      ret = false;
-      break;
+      return;  // EAGAIN: the backlog is empty
     }
+    if (open_.fetch_add(1, std::memory_order_relaxed) >= max_connections_) {
+      open_.fetch_sub(1, std::memory_order_relaxed);
+      Refuse(loop, fd, ConnectionRefusal::kMaxConnections, nullptr);
+      continue;
+    }
+    int port = 0;
+    std::string ip = IpOf(addr, &port);
+    RateLimiter::Slot* ip_slot = nullptr;
+    if (ip_limiter_.enabled()) {
+      RateLimiter::Decision d = ip_limiter_.Acquire(ip, options_.clock());
+      if (d.slot == nullptr) {
+        open_.fetch_sub(1, std::memory_order_relaxed);
+        Refuse(loop, fd,
+               d.verdict == RateLimiter::Verdict::kRateLimited
+                   ? ConnectionRefusal::kIpRate
+                   : ConnectionRefusal::kIpConcurrency,
+               &d);
+        continue;
+      }
+      ip_slot = d.slot;
+    }
+    int one = 1;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    auto conn =
+        std::make_unique<Conn>(this, loop, fd, std::move(ip), port, ip_slot);
+    Conn* c = conn.release();
+    loop->conns.insert(c);
+    if (!loop->loop.Add(fd, c).ok()) {
+      c->Close();
+      continue;
+    }
+    c->Start();
+  }
+}
+
+void FrontServer::Refuse(Loop* loop, int fd, ConnectionRefusal why,
+                         const RateLimiter::Decision* d) {
+  if (connection_refused_) connection_refused_(why);
+  // A TLS visitor would cost a handshake to be told: it is just closed.
+  if (tls_ != nullptr) {
+    ::close(fd);
+    return;
+  }
+  HeadRejection refusal;
+  std::string extra;
+  switch (why) {
+    case ConnectionRefusal::kMaxConnections:
+      refusal = {503, "gateway_busy",
+                 "the gateway holds as many visitor connections as it may; "
+                 "try again shortly"};
+      extra = "Retry-After: 1\r\n";
+      break;
+    case ConnectionRefusal::kIpRate:
+      refusal = {429, "client_connection_rate_limited",
+                 "too many new connections from your address; wait and retry"};
+      extra = absl::StrCat("Retry-After: ", CeilSeconds(d->reset),
+                           "\r\nX-RateLimit-Limit: ", d->limit,
+                           "\r\nX-RateLimit-Remaining: ", d->remaining,
+                           "\r\nX-RateLimit-Reset: ", CeilSeconds(d->reset),
+                           "\r\n");
+      break;
+    case ConnectionRefusal::kIpConcurrency:
+      refusal = {429, "client_connection_limited",
+                 "too many open connections from your address"};
+      extra = "Retry-After: 1\r\n";
+      break;
+  }
+  SendNow(fd, RejectionResponse(refusal, extra));
+  LingerAndClose(loop, fd);
+}
+
+void FrontServer::LingerAndClose(Loop* loop, int fd) {
+  if (loop->lingering.load(std::memory_order_relaxed) >= kMaxLingering) {
+    ::close(fd);
+    return;
+  }
+  (new Lingerer(loop, fd))->Start();
+}
+
+bool FrontServer::ServeRequests(Conn* c) {
+  while (true) {
     bool connection_closed = false;
     // httplib answers some heads we pass (an unknown method) with its own
     // 4xx before the setup hook; such a connection is closed too.
     bool parsed = false;
-    ret = process_request(strm, /*close_connection=*/remaining == 1,
-                          connection_closed, [&](httplib::Request& req) {
-                            parsed = true;
-                            if (setup_request_) setup_request_(req);
-                          });
-    if (!strm.FlushHeld()) ret = false;
+    bool ret =
+        process_request(c->stream(), /*close_connection=*/c->remaining() == 1,
+                        connection_closed, [&](httplib::Request& req) {
+                          parsed = true;
+                          // Routing matches req.path against our ".*" with
+                          // std::regex, whose recursion is proportional to the
+                          // input: on a fiber's small stack a long path must
+                          // not get there. Handlers use req.target.
+                          req.path = "/";
+                          if (setup_request_) setup_request_(req);
+                        });
+    if (!c->FlushHeld()) ret = false;
     if (request_done_) request_done_();
-    if (!ret || !parsed || connection_closed || strm.broken() ||
-        strm.close_after()) {
-      break;
+    if (!ret || !parsed || connection_closed || c->broken() ||
+        c->close_after() || stopped_.load(std::memory_order_relaxed) ||
+        --c->remaining() == 0) {
+      return false;
     }
-    --remaining;
+    if (!c->PollNextHead()) return true;  // park until the next request
+    if (!c->CheckHead(c->CompleteHead())) return false;
   }
-  tl_current_socket = -1;
-  tl_current_stream = nullptr;
-  tl_current_tls = nullptr;
-  {
-    absl::MutexLock lock(&mu_);
-    open_.erase(sock);
+}
+
+void FrontServer::Closed(Conn* c) {
+  Loop* loop = c->owner();
+  loop->conns.erase(c);
+  open_.fetch_sub(1, std::memory_order_relaxed);
+  if (c->ip_slot() != nullptr) ip_limiter_.Release(c->ip_slot());
+  loop->graveyard.emplace_back(c);
+  if (loop->graveyard.size() == 1) {
+    loop->loop.Post([loop] { loop->graveyard.clear(); });
   }
-  if (tls != nullptr && handshake_ok && !strm.broken()) tls->Close();
-  // A request body was left unread: let the answer reach the visitor.
-  if (strm.close_after() && !strm.broken()) LingerBeforeClose(sock);
-  ::shutdown(sock, SHUT_RDWR);
-  ::close(sock);
-  if (ip_slot != nullptr) ip_limiter_.Release(ip_slot);
-  return ret;
+}
+
+void FrontServer::StopAccepting() {
+  if (listen_fd_ < 0) return;
+  for (auto& l : loops_) {
+    Loop* loop = l.get();
+    if (!loop->thread.joinable()) continue;
+    absl::Notification done;
+    loop->loop.Post([loop, &done] {
+      loop->accepting = false;
+      if (!loop->accept_paused) loop->loop.Remove(loop->server->listen_fd_);
+      loop->loop.Disarm(&loop->accept_pause);
+      done.Notify();
+    });
+    done.WaitForNotification();
+  }
+  // httplib's streamed bodies stop once svr_sock_ is invalid (its
+  // "shutting down"); its own stop() only acts on its own listen loop.
+  svr_sock_ = INVALID_SOCKET;
+  ::shutdown(listen_fd_, SHUT_RDWR);
+  ::close(listen_fd_);
+  listen_fd_ = -1;
+}
+
+void FrontServer::Stop() {
+  if (stopped_.exchange(true)) return;
+  StopAccepting();
+  for (auto& l : loops_) {
+    Loop* loop = l.get();
+    loop->loop.Post([loop] {
+      loop->loop.Quit();
+      std::vector<Conn*> conns(loop->conns.begin(), loop->conns.end());
+      for (Conn* c : conns) c->Abort();
+      std::vector<Lingerer*> lingerers(loop->lingerers.begin(),
+                                       loop->lingerers.end());
+      for (Lingerer* l : lingerers) l->Done();
+    });
+  }
+  for (auto& l : loops_) {
+    if (l->thread.joinable()) l->thread.join();
+  }
+  for (auto& l : loops_) {
+    std::vector<Conn*> conns(l->conns.begin(), l->conns.end());
+    for (Conn* c : conns) c->Close();  // none should be left
+    l->graveyard.clear();
+  }
+}
+
+ConnectionCounts FrontServer::counts() const {
+  ConnectionCounts c;
+  for (const auto& l : loops_) {
+    c.handshake += l->handshake.load(std::memory_order_relaxed);
+    c.idle += l->idle.load(std::memory_order_relaxed);
+    c.reading_head += l->reading_head.load(std::memory_order_relaxed);
+    c.active += l->active.load(std::memory_order_relaxed);
+    c.upgraded += l->upgraded.load(std::memory_order_relaxed);
+    c.lingering += l->lingering.load(std::memory_order_relaxed);
+    c.fibers += static_cast<int64_t>(l->loop.fiber_count());
+  }
+  return c;
+}
+
+bool FrontServer::CurrentVisitorConnected() {
+  Conn* c = CurrentConn();
+  return c == nullptr || c->VisitorConnected();
+}
+
+FrontServer::WatchVisitor::WatchVisitor() : conn_(CurrentConn()) {
+  if (conn_ != nullptr) conn_->set_watching(true);
+}
+
+FrontServer::WatchVisitor::~WatchVisitor() {
+  if (conn_ != nullptr) conn_->set_watching(false);
+}
+
+void FrontServer::CloseCurrentConnectionAfterResponse() {
+  if (Conn* c = CurrentConn()) c->CloseAfterResponse();
+}
+
+RequestRecord* FrontServer::CurrentRecord() {
+  Conn* c = CurrentConn();
+  return c == nullptr ? nullptr : &c->record();
+}
+
+void FrontServer::CoalesceResponseHead() {
+  if (Conn* c = CurrentConn()) c->HoldNextWrite();
+}
+
+FrontServer::Hijacked FrontServer::HijackCurrentConnection() {
+  Conn* c = CurrentConn();
+  if (c == nullptr) return Hijacked{};
+  return c->Hijack();
+}
+
+namespace {
+
+// A function on a second fiber of the caller's loop, joined by the caller.
+class SiblingFiber final : public FrontServer::Sibling, public FiberTask {
+ public:
+  SiblingFiber(EventLoop* loop, std::function<void()> fn)
+      : loop_(loop), fn_(std::move(fn)) {}
+  ~SiblingFiber() override { Join(); }
+
+  bool Start(void* context) {
+    started_ = loop_->Spawn(this, context);
+    return started_;
+  }
+
+  void RunOnFiber() override {
+    fn_();
+    done_ = true;
+    if (joiner_ != nullptr) loop_->WakeNow(joiner_);
+  }
+
+  void Join() override {
+    while (started_ && !done_) {
+      joiner_ = loop_->current();
+      loop_->WaitIo(WaitKind::kOther, absl::InfiniteFuture(),
+                    /*even_when_stopping=*/true);
+      joiner_ = nullptr;
+    }
+  }
+
+ private:
+  EventLoop* const loop_;
+  std::function<void()> fn_;
+  bool started_ = false;
+  bool done_ = false;
+  Fiber* joiner_ = nullptr;
+};
+
+}  // namespace
+
+std::unique_ptr<FrontServer::Sibling> FrontServer::RunOnSiblingFiber(
+    std::function<void()> fn) {
+  EventLoop* loop = EventLoop::Current();
+  if (loop == nullptr || loop->current() == nullptr) return nullptr;
+  auto s = std::make_unique<SiblingFiber>(loop, std::move(fn));
+  if (!s->Start(EventLoop::CurrentContext())) return nullptr;
+  return s;
 }
 
 }  // namespace tunnel::httpfront

@@ -17,7 +17,8 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
   v->max_streams = static_cast<int64_t>(o.service.limits.max_streams);
   v->max_tunnels = static_cast<int64_t>(o.service.max_tunnels_per_agent);
   v->max_agents = static_cast<int64_t>(o.service.max_agents);
-  v->workers = o.front.workers;
+  v->http_threads = o.front.connection.threads;
+  v->max_connections = o.front.connection.max_connections;
   v->public_port = o.public_port;
   v->access_code_attempts = o.front.access_code_attempts_per_minute;
   v->auth_failures = o.service.auth_failures_per_minute;
@@ -69,8 +70,16 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
              "agents connected at once; more are told to retry later");
   flags->Duration("busy-retry-after", &o.service.busy_retry_after,
                   "retry hint for agents refused at --max-agents");
-  flags->Int("http-workers", &v->workers,
-             "visitor connections served at once (one thread each)");
+  flags->Int("http-threads", &v->http_threads,
+             "event-loop threads serving visitor connections (0: one per "
+             "CPU); a connection never holds a thread of its own");
+  flags->Int("max-connections", &v->max_connections,
+             "visitor connections open at once; beyond, a new one gets 503 "
+             "and is closed (0: as many as the open-file limit allows, at "
+             "most 50000)");
+  flags->Duration("tls-handshake-timeout",
+                  &o.front.connection.tls_handshake_timeout,
+                  "a visitor's TLS handshake must finish within this");
   flags->String("tls-cert", &o.tls.cert_file,
                 "PEM certificate chain for both listeners (gRPC and HTTPS)");
   flags->String("tls-key", &o.tls.key_file,
@@ -87,7 +96,8 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
   flags->Int("public-port", &v->public_port,
              "port in the public URLs (-1: the bound HTTP port, 0: none)");
   flags->Duration("read-timeout", &o.front.connection.read_timeout,
-                  "visitor silent this long mid-request: connection closed");
+                  "a request head must arrive whole within this (else 408), "
+                  "and a request body may not stall longer");
   flags->Duration("write-timeout", &o.front.connection.write_timeout,
                   "visitor not reading this long: connection closed");
   flags->Duration("keep-alive-timeout", &o.front.connection.keep_alive_timeout,
@@ -178,11 +188,30 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
     return absl::InvalidArgumentError(
         "--stream-window must be between 65536 and 16777216");
   }
-  if (v->max_streams < 1 || v->max_tunnels < 1 || v->workers < 1 ||
-      v->max_agents < 1) {
+  if (v->max_streams < 1 || v->max_tunnels < 1 || v->max_agents < 1) {
     return absl::InvalidArgumentError(
-        "--max-streams-per-agent, --max-tunnels-per-agent, --max-agents and "
-        "--http-workers must be at least 1");
+        "--max-streams-per-agent, --max-tunnels-per-agent and --max-agents "
+        "must be at least 1");
+  }
+  if (v->http_threads < 0 || v->http_threads > 256) {
+    return absl::InvalidArgumentError(
+        "--http-threads must be between 0 (one per CPU) and 256");
+  }
+  if (v->max_connections < 0) {
+    return absl::InvalidArgumentError(
+        "--max-connections must be 0 (automatic) or more");
+  }
+  const httpfront::ConnectionOptions& conn = v->options.front.connection;
+  for (const auto& [name, value] :
+       {std::pair<const char*, absl::Duration>{"--read-timeout",
+                                               conn.read_timeout},
+        {"--write-timeout", conn.write_timeout},
+        {"--keep-alive-timeout", conn.keep_alive_timeout},
+        {"--tls-handshake-timeout", conn.tls_handshake_timeout}}) {
+    if (value < absl::Milliseconds(100)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, " must be at least 100ms"));
+    }
   }
   if (v->access_code_attempts < 1) {
     return absl::InvalidArgumentError(
@@ -255,7 +284,8 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
   o.service.limits.max_streams = static_cast<size_t>(v->max_streams);
   o.service.max_tunnels_per_agent = static_cast<size_t>(v->max_tunnels);
   o.service.max_agents = static_cast<size_t>(v->max_agents);
-  o.front.workers = static_cast<int>(v->workers);
+  o.front.connection.threads = static_cast<int>(v->http_threads);
+  o.front.connection.max_connections = v->max_connections;
   o.public_port = static_cast<int>(v->public_port);
   o.front.access_code_attempts_per_minute =
       static_cast<int>(v->access_code_attempts);

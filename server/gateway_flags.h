@@ -22,7 +22,8 @@ struct GatewayFlags {
   int64_t max_streams = 0;
   int64_t max_tunnels = 0;
   int64_t max_agents = 0;
-  int64_t workers = 0;
+  int64_t http_threads = 0;
+  int64_t max_connections = 0;
   int64_t public_port = 0;
   int64_t access_code_attempts = 0;
   int64_t auth_failures = 0;

@@ -10,7 +10,9 @@ build_packages=(
   build-essential cmake pkg-config ninja-build ccache git ca-certificates
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libssl-dev libcpp-httplib-dev libqrencode-dev grpc-proto
+  libboost-context-dev
 )
+# libboost-context-dev: the front door runs each active request on a fiber.
 # grpc-proto: grpc.health.v1, which the gateway serves itself (it also
 # gives grpc_ops_e2e the reflection proto).
 # GoogleTest: the unit and integration tests; curl, python3-*: process-level
