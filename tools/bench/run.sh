@@ -66,7 +66,7 @@ wait_line "$W/sink.out" '^port' 10 >/dev/null
 build/tools/tunnelctl token issue --id bench --credentials "$W/creds.txtpb" >"$W/issued" 2>/dev/null
 TOKEN=$(awk '/^token:/{print $2}' "$W/issued"); SECRET=$(awk '/^secret:/{print $2}' "$W/issued")
 build/server/gateway-tunnel --insecure --admin-addr "" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --ops-addr 127.0.0.1:0 \
-  --credentials "$W/creds.txtpb" --http-workers 1400 --log-level warning \
+  --credentials "$W/creds.txtpb" --log-level warning \
   >"$W/gw.out" 2>"$RAW/gateway.err" &
 GW=$!; pids+=($GW)
 GRPC=$(wait_line "$W/gw.out" '^grpc ' 10 | awk '{print $2}')
