@@ -497,6 +497,88 @@ TEST_F(LimitsTest, NewConnectionsPerClientIpPerMinute) {
             1);
 }
 
+TEST_F(LimitsTest, MaxConnectionsAnswers503AtAcceptAndCloses) {
+  Start(
+      [](httpfront::FrontDoorOptions& f) { f.connection.max_connections = 3; });
+  const std::string hello = TunnelHarness::Path("cam-01", "/hello");
+  // Three connections stay open (idle between requests, from two IPs: the
+  // limit is the gateway's, not a client's).
+  int held[3] = {ConnectFrom("127.0.0.1", port()),
+                 ConnectFrom("127.0.0.2", port()),
+                 ConnectFrom("127.0.0.3", port())};
+  for (int fd : held) EXPECT_EQ(RoundTrip(fd, hello).status, 200);
+
+  int extra = ConnectFrom("127.0.0.4", port());
+  RawResponse refused = RoundTrip(extra, hello);
+  EXPECT_EQ(refused.status, 503);
+  EXPECT_EQ(refused.Header("X-Tunnel-Error"), "gateway_busy");
+  EXPECT_EQ(refused.Header("Retry-After"), "1");
+  EXPECT_EQ(refused.Header("Connection"), "close");
+  EXPECT_THAT(refused.body, HasSubstr("\"error\":\"gateway_busy\""));
+  EXPECT_TRUE(ClosedByPeer(extra));
+  ::close(extra);
+  EXPECT_EQ(hellos_, 3);  // the refused request never reached the service
+  EXPECT_EQ(Metric("tunnel_limit_rejections_total{limit=\"max_connections\"}"),
+            1);
+  EXPECT_EQ(Metric("tunnel_http_connection_limit"), 3);
+
+  // The held connections still work, and a closed one frees its place.
+  EXPECT_EQ(RoundTrip(held[0], hello).status, 200);
+  ::close(held[0]);
+  EXPECT_TRUE(WaitFor([&] {
+    int fd = ConnectFrom("127.0.0.4", port());
+    bool ok = RoundTrip(fd, hello).status == 200;
+    ::close(fd);
+    return ok;
+  }));
+  ::close(held[1]);
+  ::close(held[2]);
+}
+
+TEST_F(LimitsTest, AHeadThatDoesNotArriveInTimeGets408AndClose) {
+  Start([](httpfront::FrontDoorOptions& f) {
+    f.connection.read_timeout = absl::Milliseconds(400);
+  });
+  int fd = ConnectFrom("127.0.0.1", port());
+  // A slowloris head: a request line and a header, never the blank line.
+  const std::string part =
+      "GET /t/cam-01/hello HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a\r\n";
+  ASSERT_EQ(::send(fd, part.data(), part.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(part.size()));
+  std::string data;
+  ReadUntil(fd, &data, [](const std::string&) { return false; });  // to EOF
+  ::close(fd);
+  EXPECT_THAT(data, ::testing::StartsWith("HTTP/1.1 408 "));
+  EXPECT_THAT(data, HasSubstr("X-Tunnel-Error: request_timeout\r\n"));
+  EXPECT_THAT(data, HasSubstr("X-Request-Id: "));
+  EXPECT_THAT(data, HasSubstr("Connection: close\r\n"));
+  EXPECT_EQ(hellos_, 0);
+  EXPECT_TRUE(AwaitMetric(
+      "tunnel_http_requests_total{tunnel=\"\",code=\"4xx\",error=\"request_"
+      "timeout\"}",
+      1));
+}
+
+TEST_F(LimitsTest, IdleConnectionsAreClosedSilentlyAtTheirTimeouts) {
+  Start([](httpfront::FrontDoorOptions& f) {
+    f.connection.keep_alive_timeout = absl::Milliseconds(300);
+    f.connection.read_timeout = absl::Milliseconds(300);
+  });
+  // After a request: the keep-alive timeout.
+  int after = ConnectFrom("127.0.0.1", port());
+  EXPECT_EQ(RoundTrip(after, TunnelHarness::Path("cam-01", "/hello")).status,
+            200);
+  // Never a byte: closed without an answer (a browser's preconnect).
+  int silent = ConnectFrom("127.0.0.1", port());
+  for (int fd : {after, silent}) {
+    std::string data;
+    ReadUntil(fd, &data, [](const std::string&) { return false; });
+    EXPECT_EQ(data, "");  // EOF, no bytes
+    ::close(fd);
+  }
+  EXPECT_TRUE(AwaitMetric("tunnel_http_connections{state=\"idle\"}", 0));
+}
+
 TEST_F(LimitsTest, TunnelsPerAgentAreLimitedAtTheHandshake) {
   h_.StartGateway(
       [](server::GatewayOptions& o) { o.service.max_tunnels_per_agent = 2; });

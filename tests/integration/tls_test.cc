@@ -320,6 +320,39 @@ TEST_F(TlsTest, VisitorClosingTlsWhileWaitingCancelsTheLocalRequest) {
   ::close(lfd);
 }
 
+// A connection that never finishes its TLS handshake (slowloris on TLS) is
+// closed at --tls-handshake-timeout while HTTPS visitors are served.
+TEST_F(TlsTest, StalledHandshakesAreClosedAtTheirTimeout) {
+  TunnelHarness h;
+  h.StartGateway([&](server::GatewayOptions& o) {
+    o.tls.cert_file = cert_file_;
+    o.tls.key_file = key_file_;
+    o.front.connection.tls_handshake_timeout = absl::Milliseconds(300);
+  });
+  h.StartAgent(TlsAgent(h));
+  // TCP only, and a ClientHello cut short.
+  int silent = ConnectLoopback(h.gateway().http_port());
+  int partial = ConnectLoopback(h.gateway().http_port());
+  ASSERT_GE(silent, 0);
+  ASSERT_GE(partial, 0);
+  const char hello_start[] = "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
+  ASSERT_GT(::send(partial, hello_start, sizeof(hello_start) - 1, MSG_NOSIGNAL),
+            0);
+  auto r = Visitor(h)->Get(TunnelHarness::Path("cam-01", "/hello"));
+  ASSERT_TRUE(r) << httplib::to_string(r.error());
+  EXPECT_EQ(r->status, 200);
+  for (int fd : {silent, partial}) {
+    timeval tv{10, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    char buf[256];
+    ssize_t n;
+    while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) {
+    }
+    EXPECT_EQ(n, 0) << "closed by the gateway, not timed out here";
+    ::close(fd);
+  }
+}
+
 // Over a per-IP connection limit an HTTPS connection is closed before the
 // handshake (an answer would cost one); it is counted all the same.
 TEST_F(TlsTest, ConnectionOverThePerIpLimitIsClosedWithoutAHandshake) {
