@@ -6,12 +6,17 @@
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "common/access_code.h"
 #include "common/hmac_auth.h"
 #include "common/random.h"
+#include "httpfront/error_pages.h"
+#include "httpfront/translate.h"
 
 namespace tunnel::httpfront {
 namespace {
@@ -133,6 +138,110 @@ std::string TakeCookie(absl::string_view cookie_header, absl::string_view name,
     }
   }
   return absl::StrJoin(kept, "; ");
+}
+
+AccessGate::AccessGate(const AccessGateOptions& options, FrontMetrics* metrics)
+    : options_(options),
+      metrics_(metrics),
+      attempts_(options.attempts_per_minute) {}
+
+void AccessGate::Deny(absl::string_view reason) {
+  metrics_->access_denials->WithLabels({std::string(reason)})->Increment();
+}
+
+bool AccessGate::Admit(const httplib::Request& req, httplib::Response& res,
+                       const Route& route,
+                       const tunnel::v1::AccessCodeHash& code,
+                       const httplib::ContentReader* reader,
+                       std::string* target, std::string* cookie_out,
+                       bool* body_read) {
+  const absl::Time now = absl::Now();
+  std::string cookies;
+  auto range = req.headers.equal_range("Cookie");
+  for (auto it = range.first; it != range.second; ++it) {
+    if (!cookies.empty()) cookies += "; ";
+    cookies += it->second;
+  }
+  std::vector<std::string> ours;
+  *cookie_out = TakeCookie(cookies, kAccessCookieName, &ours);
+  std::string query_code;
+  const bool has_query = TakeQueryParam(target, "code", &query_code);
+  for (const std::string& c : ours) {
+    if (cookie_signer_.Valid(c, route.slug, code, now)) {
+      metrics_->access_grants->WithLabels({"cookie"})->Increment();
+      return true;
+    }
+  }
+  // Which code did the visitor present, and how?
+  // The header first: reading a form body would consume what an API
+  // client meant for the service.
+  std::string presented;
+  absl::string_view via;
+  if (req.has_header(kAccessCodeHeader)) {
+    presented = req.get_header_value(kAccessCodeHeader);
+    via = "header";
+  } else if (req.method == "POST" &&
+             absl::StartsWithIgnoreCase(req.get_header_value("Content-Type"),
+                                        "application/x-www-form-urlencoded")) {
+    constexpr size_t kMaxForm = 4096;
+    std::string body = req.body.substr(0, kMaxForm);
+    if (reader != nullptr) {
+      *body_read = (*reader)([&](const char* data, size_t len) {
+        body.append(data, std::min(len, kMaxForm + 1 - body.size()));
+        return body.size() <= kMaxForm;
+      });
+    }
+    if (FormField(body, kAccessCodeField, &presented)) via = "form";
+  }
+  if (via.empty() && has_query) {
+    presented = query_code;
+    via = "query";
+  }
+  const std::string back = absl::StrCat(route.prefix, *target);
+  if (via.empty()) {
+    Deny(ours.empty() ? "code_required" : "bad_cookie");
+    Challenge(req, res, back,
+              "this tunnel needs an access code; ask whoever shared it");
+    return false;
+  }
+  const std::string key = absl::StrCat(req.remote_addr, " ", route.slug);
+  if (absl::Duration wait = attempts_.Blocked(key, now);
+      wait > absl::ZeroDuration()) {
+    Deny("rate_limited");
+    SetError(req, res, 429, "access_code_rate_limited",
+             "too many wrong access codes; wait and try again");
+    res.set_header(
+        "Retry-After",
+        absl::StrCat(absl::ToInt64Seconds(absl::Ceil(wait, absl::Seconds(1)))));
+    return false;
+  }
+  bool matches = false;
+  slow_work_.Run([&] { matches = common::AccessCodeMatches(code, presented); });
+  if (!matches) {
+    attempts_.Failed(key, now);
+    Deny("wrong_code");
+    Challenge(req, res, back, "wrong access code; try again",
+              "access_code_invalid");
+    return false;
+  }
+  metrics_->access_grants->WithLabels({std::string(via)})->Increment();
+  if (via == "header") return true;  // API clients: no cookie, no redirect
+  const int64_t ttl =
+      std::max<int64_t>(1, absl::ToInt64Seconds(options_.cookie_ttl));
+  const absl::Time expires = now + absl::Seconds(ttl);
+  std::string cookie = absl::StrCat(
+      kAccessCookieName, "=", cookie_signer_.Issue(route.slug, code, expires),
+      "; Path=", route.prefix.empty() ? "/" : absl::StrCat(route.prefix, "/"),
+      "; Max-Age=", ttl, "; Expires=",
+      absl::FormatTime("%a, %d %b %Y %H:%M:%S GMT", expires,
+                       absl::UTCTimeZone()),
+      "; HttpOnly; SameSite=Lax");
+  if (options_.scheme == "https") cookie += "; Secure";
+  res.status = 303;
+  res.set_header("Location", back);
+  res.set_header("Set-Cookie", cookie);
+  res.set_header("Cache-Control", "no-store");
+  return false;
 }
 
 }  // namespace tunnel::httpfront

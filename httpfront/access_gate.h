@@ -1,6 +1,8 @@
-// Pieces of the front door's access gate for tunnels with a visitor access
-// code: the signed cookie a correct code earns, and the per-(client IP,
-// tunnel) limit on wrong codes.
+// The front door's access gate for tunnels with a visitor access code
+// (AccessGate), and its pieces: the signed cookie a correct code earns, the
+// per-(client IP, tunnel) limit on wrong codes, and the parsing of where a
+// visitor may present a code (a form field, `?code=`, X-Tunnel-Access-Code,
+// the cookie).
 #ifndef TUNNEL_HTTPFRONT_ACCESS_GATE_H_
 #define TUNNEL_HTTPFRONT_ACCESS_GATE_H_
 
@@ -14,6 +16,10 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/attempt_limiter.h"
+#include "httpfront/blocking_pool.h"
+#include "httpfront/request_log.h"
+#include "httpfront/routing.h"
+#include "httplib.h"
 #include "tunnel/v1/tunnel.pb.h"
 
 namespace tunnel::httpfront {
@@ -57,6 +63,42 @@ bool FormField(absl::string_view body, absl::string_view name,
 // is left); `*values` gets their values in order.
 std::string TakeCookie(absl::string_view cookie_header, absl::string_view name,
                        std::vector<std::string>* values);
+
+struct AccessGateOptions {
+  // How long the cookie a correct code earns is valid.
+  absl::Duration cookie_ttl = absl::Hours(24);
+  // Wrong codes one client IP may try per tunnel and minute before 429.
+  int attempts_per_minute = 5;
+  // "https": the cookie is Secure.
+  std::string scheme = "http";
+};
+
+// Decides whether a visitor may pass a tunnel's code. Threads: any; the
+// PBKDF2 of a presented code runs on a pool, so a loop thread never spends
+// tens of milliseconds on it.
+class AccessGate {
+ public:
+  AccessGate(const AccessGateOptions& options, FrontMetrics* metrics);
+
+  // True: the visitor may pass (`*target` lost its `code` parameter,
+  // `*cookie_out` is the Cookie header to forward, without ours). False:
+  // `res` holds the answer: 401 with a form or JSON, 429, or 303 with the
+  // access cookie after a correct code. `*body_read` is set when the gate
+  // read the request body (a form).
+  bool Admit(const httplib::Request& req, httplib::Response& res,
+             const Route& route, const tunnel::v1::AccessCodeHash& code,
+             const httplib::ContentReader* reader, std::string* target,
+             std::string* cookie_out, bool* body_read);
+
+ private:
+  void Deny(absl::string_view reason);
+
+  const AccessGateOptions options_;
+  FrontMetrics* const metrics_;
+  const AccessCookieSigner cookie_signer_;
+  AttemptLimiter attempts_;
+  BlockingPool slow_work_{2};
+};
 
 }  // namespace tunnel::httpfront
 

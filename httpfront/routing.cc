@@ -28,7 +28,7 @@ std::optional<Route> ResolveRoute(absl::string_view host,
       absl::EndsWith(h, suffix)) {
     std::string label = h.substr(0, h.size() - suffix.size());
     if (label.find('.') == std::string::npos) {
-      return Route{label, std::string(target), ""};
+      return Route{label, std::string(target), "", false};
     }
   }
   if (!absl::StartsWith(target, "/t/")) return std::nullopt;
@@ -37,6 +37,7 @@ std::optional<Route> ResolveRoute(absl::string_view host,
   absl::string_view slug = rest.substr(0, end);
   if (slug.empty()) return std::nullopt;
   std::string upstream;
+  const bool missing_slash = end == absl::string_view::npos || rest[end] == '?';
   if (end == absl::string_view::npos) {
     upstream = "/";
   } else if (rest[end] == '?') {
@@ -45,7 +46,7 @@ std::optional<Route> ResolveRoute(absl::string_view host,
     upstream = std::string(rest.substr(end));
   }
   return Route{std::string(slug), std::move(upstream),
-               absl::StrCat("/t/", slug)};
+               absl::StrCat("/t/", slug), missing_slash};
 }
 
 }  // namespace tunnel::httpfront

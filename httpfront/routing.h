@@ -16,6 +16,9 @@ struct Route {
   std::string target;
   // "/t/<slug>" for path routing (sent as X-Forwarded-Prefix), else "".
   std::string prefix;
+  // Path routing named the tunnel without the slash after it ("/t/<slug>",
+  // "/t/<slug>?q"): relative links would resolve outside the tunnel.
+  bool missing_slash = false;
 };
 
 // Host without port, lowercased; handles "[v6]:port".

@@ -1,0 +1,329 @@
+#include "httpfront/translate.h"
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "common/headers.h"
+#include "httpfront/front_server.h"
+
+namespace tunnel::httpfront {
+namespace {
+
+using server::TunnelStream;
+
+// Names httplib adds to the request itself; never forwarded.
+constexpr absl::string_view kHttplibInternal[] = {"REMOTE_ADDR", "REMOTE_PORT",
+                                                  "LOCAL_ADDR", "LOCAL_PORT"};
+
+// Fields the setup hook parks under a name that cannot come off the wire (a
+// ':' is never part of a field name in a head the connection layer let
+// through), so a visitor cannot forge a parked name.
+constexpr std::pair<absl::string_view, absl::string_view> kParked[] = {
+    {"Accept-Encoding", ":Accept-Encoding"},
+    {"Content-Encoding", ":Content-Encoding"}};
+constexpr absl::string_view kParkedContentType = ":Content-Type";
+// Parked by the connection layer before httplib parsed the head.
+constexpr absl::string_view kParkedRange = "(Range)";
+
+// A request waiting on the agent hears at once when its visitor's socket
+// has news (FrontServer::WatchVisitor) and then checks that the visitor is
+// still there, so an abandoned request is cancelled at the agent promptly.
+// It also checks this often regardless, as a fallback.
+constexpr absl::Duration kLivenessInterval = absl::Seconds(2);
+
+void Park(httplib::Request& req, absl::string_view name,
+          absl::string_view parked) {
+  std::vector<std::string> values;
+  auto range = req.headers.equal_range(std::string(name));
+  for (auto it = range.first; it != range.second; ++it) {
+    values.push_back(it->second);
+  }
+  req.headers.erase(std::string(name));
+  for (std::string& v : values) {
+    req.headers.emplace(std::string(parked), std::move(v));
+  }
+}
+
+// Reads the next body chunk before `deadline` while listening for the
+// visitor: an early end of a wait only means "look whether the visitor is
+// still there".
+absl::StatusOr<common::Chunk> ReadWhileVisitorStays(TunnelStream& stream,
+                                                    absl::Time deadline) {
+  while (true) {
+    absl::StatusOr<common::Chunk> c =
+        stream.ReadBody(std::min(deadline, absl::Now() + kLivenessInterval));
+    if (c.ok() || !absl::IsDeadlineExceeded(c.status()) ||
+        absl::Now() >= deadline || !FrontServer::CurrentVisitorConnected()) {
+      return c;
+    }
+  }
+}
+
+// The provider behind a streamed response (see StreamResponseBody).
+struct BodyPump {
+  std::shared_ptr<TunnelStream> stream;
+  // The connection's record; Pump runs on its fiber (inside httplib's
+  // response writing, before the request-done hook).
+  RequestRecord* record = nullptr;
+  absl::Duration idle;
+  // Response body bytes allowed, and sent so far.
+  uint64_t max = UINT64_MAX;
+  uint64_t sent = 0;
+  common::Counter* too_large = nullptr;
+
+  bool Pump(httplib::DataSink& sink, size_t length, bool chunked) {
+    FrontServer::WatchVisitor watch;
+    bool ok = PumpOnce(sink, length, chunked);
+    if (!ok) record->cut = true;
+    return ok;
+  }
+
+  // One provider call: delivers at least one chunk or fails. Returning
+  // false makes httplib drop the connection without a final chunk, so a
+  // cut-off body never looks complete.
+  bool PumpOnce(httplib::DataSink& sink, size_t length, bool chunked) {
+    const absl::Time deadline = absl::Now() + idle;
+    while (true) {
+      absl::StatusOr<common::Chunk> c =
+          ReadWhileVisitorStays(*stream, deadline);
+      if (!c.ok()) {
+        stream->Cancel(c.status().message());
+        return false;
+      }
+      if (!chunked && c->data.size() > length) {
+        stream->Cancel("the service sent more than its Content-Length");
+        return false;
+      }
+      if (c->data.size() > max - sent) {
+        // Cut: the visitor must not take a truncated body as complete.
+        stream->Cancel("the response body is over the gateway's limit");
+        record->error = "response_too_large";
+        too_large->Increment();
+        return false;
+      }
+      sent += c->data.size();
+      if (!c->data.empty() && !sink.write(c->data.data(), c->data.size())) {
+        stream->Cancel("the visitor went away");
+        return false;
+      }
+      record->AddOut(c->data.size());
+      if (!chunked && !c->end && c->data.size() == length) {
+        // httplib stops calling once Content-Length bytes are out; take
+        // the end marker now so the stream ends cleanly at the agent.
+        absl::StatusOr<common::Chunk> tail =
+            ReadWhileVisitorStays(*stream, absl::Now() + idle);
+        if (!tail.ok() || !tail->end || !tail->data.empty()) {
+          stream->Cancel("the service sent more than its Content-Length");
+          return false;
+        }
+        return true;
+      }
+      if (c->end) {
+        if (!chunked && c->data.size() != length) {
+          stream->Cancel("the service sent less than its Content-Length");
+          return false;
+        }
+        if (chunked) sink.done();
+        return true;
+      }
+      if (!c->data.empty()) return true;
+    }
+  }
+};
+
+}  // namespace
+
+void ParkRequestHeaders(httplib::Request& req) {
+  for (const auto& [name, parked] : kParked) Park(req, name, parked);
+  // httplib would parse a multipart/form-data upload itself (and fail: our
+  // content reader takes raw bytes).
+  if (absl::StartsWithIgnoreCase(req.get_header_value("Content-Type"),
+                                 "multipart/")) {
+    Park(req, "Content-Type", kParkedContentType);
+  }
+}
+
+std::optional<absl::string_view> VisitorHeaderName(absl::string_view name) {
+  for (absl::string_view n : kHttplibInternal) {
+    if (name == n) return std::nullopt;
+  }
+  if (name == kParkedRange) return absl::string_view("Range");
+  if (!name.empty() && name[0] == ':') return name.substr(1);
+  return name;
+}
+
+bool HeadersAreSafe(const httplib::Request& req) {
+  for (const auto& [name, value] : req.headers) {
+    std::optional<absl::string_view> visible = VisitorHeaderName(name);
+    if (!visible.has_value()) continue;
+    if (!common::IsValidHeaderName(*visible) ||
+        !common::IsValidHeaderValue(value)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool IsUpgradeRequest(const httplib::Request& req) {
+  if (!req.has_header("Upgrade")) return false;
+  for (absl::string_view token :
+       absl::StrSplit(req.get_header_value("Connection"), ',')) {
+    if (absl::EqualsIgnoreCase(absl::StripAsciiWhitespace(token), "upgrade")) {
+      return true;
+    }
+  }
+  return false;
+}
+
+bool HasStreamedBody(const httplib::Request& req) {
+  uint64_t length = 0;
+  return absl::EqualsIgnoreCase(req.get_header_value("Transfer-Encoding"),
+                                "chunked") ||
+         (absl::SimpleAtoi(req.get_header_value("Content-Length"), &length) &&
+          length > 0);
+}
+
+tunnel::v1::TunnelRequest BuildRequestHead(const httplib::Request& req,
+                                           const Route& route,
+                                           const std::string& target,
+                                           const RequestHeadOptions& o) {
+  tunnel::v1::TunnelRequest head;
+  head.set_request_id(o.request_id);
+  head.set_tunnel_slug(route.slug);
+  head.set_method(req.method);
+  head.set_path(target);
+  auto* headers = head.mutable_headers();
+  std::string prior_xff;
+  for (const auto& [stored, value] : req.headers) {
+    std::optional<absl::string_view> name = VisitorHeaderName(stored);
+    if (!name.has_value()) continue;
+    if (o.gated && (absl::EqualsIgnoreCase(*name, "Cookie") ||
+                    absl::EqualsIgnoreCase(*name, kAccessCodeHeader))) {
+      continue;  // the Cookie header goes on without ours, below
+    }
+    if (absl::EqualsIgnoreCase(*name, "X-Forwarded-For")) {
+      prior_xff =
+          prior_xff.empty() ? value : absl::StrCat(prior_xff, ", ", value);
+    } else if (absl::EqualsIgnoreCase(*name, "Expect") ||
+               absl::EqualsIgnoreCase(*name, "X-Forwarded-Proto") ||
+               absl::EqualsIgnoreCase(*name, "X-Forwarded-Host") ||
+               absl::EqualsIgnoreCase(*name, "X-Forwarded-Prefix") ||
+               absl::EqualsIgnoreCase(*name, "X-Request-Id")) {
+      // Expect: 100-continue was answered here. The X-Forwarded-* set
+      // below describe this hop and replace what the visitor claimed; the
+      // request id is ours (or the visitor's, if well-formed) and set below.
+    } else {
+      common::AddHeader(headers, *name, value);
+    }
+  }
+  if (!o.cookie.empty()) common::AddHeader(headers, "Cookie", o.cookie);
+  common::StripHopByHop(headers);
+  if (o.upgrade) {
+    // The one hop-by-hop pair that must reach the service.
+    common::AddHeader(headers, "Connection", "Upgrade");
+    common::AddHeader(headers, "Upgrade", req.get_header_value("Upgrade"));
+    head.set_upgrade(true);
+  }
+  const std::string& ip = req.remote_addr;
+  const std::string host = req.get_header_value("Host");
+  common::AddHeader(headers, "X-Forwarded-For",
+                    prior_xff.empty() ? ip : absl::StrCat(prior_xff, ", ", ip));
+  common::AddHeader(headers, "X-Forwarded-Proto", o.scheme);
+  common::AddHeader(headers, "X-Forwarded-Host", host);
+  std::string for_token =
+      absl::StrContains(ip, ':') ? absl::StrCat("\"[", ip, "]\"") : ip;
+  common::AddHeader(
+      headers, "Forwarded",
+      absl::StrCat("for=", for_token, ";host=\"", host, "\";proto=", o.scheme));
+  if (!route.prefix.empty()) {
+    common::AddHeader(headers, "X-Forwarded-Prefix", route.prefix);
+  }
+  common::AddHeader(headers, "X-Request-Id", o.request_id);
+  head.set_end_stream(o.end_stream);
+  return head;
+}
+
+int64_t CopyResponseHead(const tunnel::v1::TunnelResponse& resp,
+                         const httplib::Request& req, bool drop_rate_limit,
+                         httplib::Response& res, bool* has_content_type) {
+  res.status = static_cast<int>(resp.status());
+  *has_content_type = false;
+  int64_t content_length = -1;
+  for (const auto& h : resp.headers()) {
+    if (!common::IsValidHeaderName(h.name()) ||
+        !common::IsValidHeaderValue(h.value()) ||
+        common::IsHopByHopHeader(h.name())) {
+      continue;  // never let an agent inject or smuggle header lines
+    }
+    if (absl::EqualsIgnoreCase(h.name(), "Content-Length")) {
+      if (!absl::SimpleAtoi(h.value(), &content_length)) content_length = -1;
+      if (req.method != "HEAD") continue;  // httplib writes its own
+    }
+    if (drop_rate_limit &&
+        absl::StartsWithIgnoreCase(h.name(), "X-RateLimit-")) {
+      continue;  // ours describe the gateway's limit
+    }
+    if (absl::EqualsIgnoreCase(h.name(), "Content-Type")) {
+      *has_content_type = true;
+    }
+    res.headers.emplace(h.name(), h.value());
+  }
+  return content_length;
+}
+
+absl::StatusOr<tunnel::v1::TunnelResponse> AwaitResponseHead(
+    TunnelStream& stream, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  FrontServer::WatchVisitor watch;
+  while (true) {
+    auto head = stream.AwaitResponseHead(
+        std::min(deadline, absl::Now() + kLivenessInterval));
+    if (head.ok() || !absl::IsDeadlineExceeded(head.status())) return head;
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "the agent sent no response within ", absl::FormatDuration(timeout)));
+    }
+    if (!FrontServer::CurrentVisitorConnected()) {
+      return absl::CancelledError("the visitor went away");
+    }
+  }
+}
+
+void StreamResponseBody(httplib::Response& res,
+                        std::shared_ptr<TunnelStream> stream,
+                        RequestRecord* record, int64_t content_length,
+                        absl::Duration idle, uint64_t max,
+                        common::Counter* too_large) {
+  auto pump = std::make_shared<BodyPump>();
+  pump->stream = std::move(stream);
+  pump->record = record;
+  pump->idle = idle;
+  pump->max = max;
+  pump->too_large = too_large;
+  if (content_length >= 0) {
+    res.content_length_ = static_cast<size_t>(content_length);
+    res.content_provider_ = [pump](size_t, size_t length,
+                                   httplib::DataSink& sink) {
+      return pump->Pump(sink, length, /*chunked=*/false);
+    };
+    res.is_chunked_content_provider_ = false;
+    if (content_length == 0) {
+      res.content_provider_ = nullptr;
+      res.set_header("Content-Length", "0");
+    }
+  } else {
+    res.content_provider_ = [pump](size_t, size_t, httplib::DataSink& sink) {
+      return pump->Pump(sink, 0, /*chunked=*/true);
+    };
+    res.is_chunked_content_provider_ = true;
+  }
+}
+
+}  // namespace tunnel::httpfront
