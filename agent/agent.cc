@@ -517,7 +517,8 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
               : absl::StrCat("the local service at ", s->target->url,
                              " failed before responding (",
                              httplib::to_string(err), ")");
-      TUNNEL_LOG(WARNING) << head.method() << " " << head.path() << ": " << msg;
+      TUNNEL_LOG(WARNING) << head.method() << " " << head.path() << ": " << msg
+                          << " (request " << head.request_id() << ")";
       SendClose(s->id,
                 unreachable ? TunnelClose::LOCAL_UNREACHABLE
                             : TunnelClose::LOCAL_ERROR,
@@ -530,7 +531,8 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
       std::string msg = absl::StrCat("the local service at ", s->target->url,
                                      " broke off its response (",
                                      httplib::to_string(err), ")");
-      TUNNEL_LOG(WARNING) << head.method() << " " << head.path() << ": " << msg;
+      TUNNEL_LOG(WARNING) << head.method() << " " << head.path() << ": " << msg
+                          << " (request " << head.request_id() << ")";
       SendClose(s->id, TunnelClose::LOCAL_ERROR, msg);
     }
     Remove(s->id);

@@ -143,6 +143,9 @@ def check_agent_log():
               repr(lines[:2]))
 
 
+not_found_id = None
+
+
 def check_logs(secret):
     with open("gw.err") as f:
         text = f.read()
@@ -174,6 +177,10 @@ def check_logs(secret):
           len(unknown) == 1 and unknown[0]["status"] == 404 and
           unknown[0]["error"] == "tunnel_not_found" and
           unknown[0]["path"] == "/t/nobody/", repr(unknown))
+    check("the gateway's own 404 carries the access line's request id",
+          not_found_id is not None and len(unknown) == 1 and
+          unknown[0]["request_id"] == not_found_id,
+          f"{not_found_id} {unknown!r}")
     connected = [e for e in events if e.get("event") == "agent_connected"]
     check("a connect event with the agent and its tunnels",
           len(connected) == 1 and connected[0]["agent_id"] == "cam-01" and
@@ -275,6 +282,8 @@ def main():
             f"http://{http_addr}/t/nobody/?token=query-secret-1")
         check("unknown tunnel is the gateway's 404",
               status == 404 and headers["X-Tunnel-Error"] == "tunnel_not_found")
+        global not_found_id
+        not_found_id = headers["X-Request-Id"]
 
         # --- an agent with a wrong secret ---
         bad = subprocess.run(

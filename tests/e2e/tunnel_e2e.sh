@@ -28,9 +28,12 @@ check "gateway printed its grpc address" test -n "$GRPC"
 check "gateway printed its http address" test -n "$HTTP"
 HTTP_PORT=${HTTP##*:}
 
+# A port nothing listens on: the "down" tunnel's service is unreachable.
+DOWN_PORT=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 TUNNEL_SECRET="$SECRET" TUNNEL_TOKEN="$TOKEN" "$BUILD/agent/agent-tunnel" \
   connect --gateway "$GRPC" --id cam-01 --insecure \
-  --to "http://127.0.0.1:$SVC_PORT" >agent.out 2>agent.err &
+  --to "http://127.0.0.1:$SVC_PORT" --to "down=http://127.0.0.1:$DOWN_PORT" \
+  >agent.out 2>agent.err &
 AGENT=$!
 pids+=($AGENT)
 URL=$(wait_for_line agent.out '^http://cam-01\.' 20)
@@ -56,6 +59,18 @@ check "the gateway wrote an access line per request" \
   test "$(grep -c ' INFO access ' gw.err)" -ge 3
 check "the 404's access line names the tunnel, status and error" \
   grep -Eq ' INFO access .*tunnel=nobody method=GET path=/t/nobody/ status=404 .*error=tunnel_not_found$' gw.err
+
+# A request the agent cannot deliver: the visitor's X-Request-Id is in the
+# gateway's access line and in the agent's log line about it.
+curl -s -o /dev/null -D down.head --max-time 10 -H 'X-Request-Id: e2e-req-42' \
+  "http://127.0.0.1:$HTTP_PORT/t/down-cam-01/"
+check "an unreachable service is 502" grep -q '^HTTP/1.1 502' down.head
+check "the answer keeps the visitor's request id" \
+  grep -qi '^X-Request-Id: e2e-req-42' down.head
+check "the gateway's access line has it" \
+  grep -Eq ' INFO access request_id=e2e-req-42 .*status=502' gw.err
+check "the agent's log line names it" \
+  wait_for_line agent.err 'request e2e-req-42' 10
 
 # A wrong secret is permanent: the agent says so and exits 1.
 "$BUILD/agent/agent-tunnel" connect --gateway "$GRPC" --id cam-01 \

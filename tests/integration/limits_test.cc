@@ -497,6 +497,37 @@ TEST_F(LimitsTest, NewConnectionsPerClientIpPerMinute) {
             1);
 }
 
+// "Expect: 100-continue" with a body over the limit: 413 at once, before the
+// visitor sends the body, and one plain "Connection: close".
+TEST_F(LimitsTest, ExpectContinueOverTheBodyLimitGets413WithoutA100) {
+  Start([](httpfront::FrontDoorOptions& f) { f.max_request_body = 1000; });
+  int fd = ConnectFrom("127.0.0.1", port());
+  const std::string head =
+      "POST /t/cam-01/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+      "Content-Type: application/octet-stream\r\nContent-Length: 5000\r\n"
+      "Expect: 100-continue\r\n\r\n";
+  ASSERT_EQ(::send(fd, head.data(), head.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(head.size()));
+  std::string data;
+  ReadUntil(fd, &data, [](const std::string&) { return false; });  // to EOF
+  ::close(fd);
+  EXPECT_THAT(data, ::testing::StartsWith("HTTP/1.1 413 "));
+  EXPECT_THAT(data, ::testing::Not(HasSubstr("100 Continue")));
+  const std::string head_only = data.substr(0, data.find("\r\n\r\n"));
+  size_t closes = 0;
+  for (size_t at = head_only.find("Connection: close"); at != std::string::npos;
+       at = head_only.find("Connection: close", at + 1)) {
+    ++closes;
+  }
+  EXPECT_EQ(closes, 1u) << head_only;
+  EXPECT_THAT(head_only, ::testing::Not(HasSubstr("Keep-Alive")));
+  EXPECT_THAT(head_only, HasSubstr("X-Tunnel-Error: request_too_large"));
+  EXPECT_THAT(head_only, HasSubstr("X-Request-Id: "));
+  EXPECT_EQ(uploads_, 0);
+  EXPECT_EQ(Metric("tunnel_limit_rejections_total{limit=\"max_request_body\"}"),
+            1);
+}
+
 TEST_F(LimitsTest, MaxConnectionsAnswers503AtAcceptAndCloses) {
   Start(
       [](httpfront::FrontDoorOptions& f) { f.connection.max_connections = 3; });

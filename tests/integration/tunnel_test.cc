@@ -71,6 +71,7 @@ class TunnelTest : public ::testing::Test {
     };
     auto& s = svc_.server();
     s.Get("/", info);
+    s.Post("/", info);
     s.Get("/info.*", info);
     s.Post("/info.*", info);
     s.Put("/info.*", info);
@@ -391,13 +392,25 @@ TEST_F(TunnelTest, OddQueryStringsAndEncodedPathsArriveByteForByte) {
     ASSERT_TRUE(r) << rest;
     EXPECT_EQ(ParseInfo(r->body).target, rest);
   }
-  // "/t/<slug>" alone and with a bare query map to "/".
+  // "/t/<slug>" alone and with a bare query: GET and HEAD are sent on to
+  // "/t/<slug>/" (keeping the query), so that the page's relative links
+  // stay inside the tunnel; other methods map to "/".
   auto root = v->Get("/t/cam-01?q=1");
   ASSERT_TRUE(root);
-  EXPECT_EQ(ParseInfo(root->body).target, "/?q=1");
-  auto bare = v->Get("/t/cam-01");
+  EXPECT_EQ(root->status, 308);
+  EXPECT_EQ(root->get_header_value("Location"), "/t/cam-01/?q=1");
+  EXPECT_FALSE(root->get_header_value("X-Request-Id").empty());
+  auto followed = v->Get(root->get_header_value("Location"));
+  ASSERT_TRUE(followed);
+  EXPECT_EQ(ParseInfo(followed->body).target, "/?q=1");
+  auto bare = v->Head("/t/cam-01");
   ASSERT_TRUE(bare);
-  EXPECT_EQ(ParseInfo(bare->body).target, "/");
+  EXPECT_EQ(bare->status, 308);
+  EXPECT_EQ(bare->get_header_value("Location"), "/t/cam-01/");
+  auto posted = v->Post("/t/cam-01", "x", "text/plain");
+  ASSERT_TRUE(posted);
+  EXPECT_EQ(posted->status, 200);
+  EXPECT_EQ(ParseInfo(posted->body).target, "/");
 }
 
 TEST_F(TunnelTest, SeveralSetCookieHeadersSurviveInOrder) {
@@ -691,6 +704,89 @@ TEST_F(TunnelTest, UnknownTunnelIs404) {
   ASSERT_TRUE(html);
   EXPECT_EQ(html->status, 404);
   EXPECT_THAT(html->get_header_value("Content-Type"), HasSubstr("text/html"));
+}
+
+// Every answer carries an X-Request-Id, the gateway's own answers too.
+TEST_F(TunnelTest, TheGatewaysOwnAnswersCarryARequestId) {
+  TunnelHarness h({"cam-01", "cam-02"});
+  h.StartGateway();
+  auto v = h.Visitor();
+  for (const std::string& path :
+       {TunnelHarness::Path("nosuch", "/"), TunnelHarness::Path("cam-02", "/"),
+        std::string("/t/cam-02")}) {
+    auto r = v->Get(path);
+    ASSERT_TRUE(r) << path;
+    EXPECT_NE(r->status, 200) << path;
+    EXPECT_EQ(r->get_header_value("X-Request-Id").size(), 36u) << path;
+  }
+}
+
+// A well-formed request id from the visitor (or a proxy in front of the
+// gateway) travels end to end; a malformed one is replaced.
+TEST_F(TunnelTest, AWellFormedIncomingRequestIdIsKept) {
+  TunnelHarness h;
+  h.StartGateway();
+  h.StartAgent("cam-01", {svc_.url()});
+  auto v = h.Visitor();
+  auto kept = v->Get(TunnelHarness::Path("cam-01", "/info"),
+                     {{"X-Request-Id", "lb-7f3a.92:b=1"}});
+  ASSERT_TRUE(kept);
+  Seen seen = ParseInfo(kept->body);
+  ASSERT_EQ(seen.headers.count("x-request-id"), 1u);
+  EXPECT_EQ(seen.headers.find("x-request-id")->second, "lb-7f3a.92:b=1");
+  EXPECT_EQ(kept->get_header_value("X-Request-Id"), "lb-7f3a.92:b=1");
+  for (const std::string& bad :
+       {std::string("has space"), std::string(200, 'a'),
+        std::string("semi;colon")}) {
+    auto r =
+        v->Get(TunnelHarness::Path("cam-01", "/info"), {{"X-Request-Id", bad}});
+    ASSERT_TRUE(r);
+    Seen s = ParseInfo(r->body);
+    ASSERT_EQ(s.headers.count("x-request-id"), 1u);
+    EXPECT_EQ(s.headers.find("x-request-id")->second.size(), 36u) << bad;
+    EXPECT_EQ(r->get_header_value("X-Request-Id"),
+              s.headers.find("x-request-id")->second);
+  }
+}
+
+// A proxy must not invent a Content-Type the service did not send.
+TEST_F(TunnelTest, AResponseWithoutContentTypeGetsNone) {
+  // The service answers with raw bytes: httplib's own server would add a
+  // Content-Type itself.
+  int listener = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  ::inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)),
+            0);
+  ASSERT_EQ(::listen(listener, 16), 0);
+  socklen_t len = sizeof(addr);
+  ::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len);
+  std::thread raw([listener] {
+    int fd = ::accept(listener, nullptr, nullptr);
+    if (fd < 0) return;
+    std::string in;
+    char buf[4096];
+    while (in.find("\r\n\r\n") == std::string::npos) {
+      ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+      if (n <= 0) break;
+      in.append(buf, static_cast<size_t>(n));
+    }
+    const std::string out = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody";
+    (void)::send(fd, out.data(), out.size(), MSG_NOSIGNAL);
+    ::close(fd);
+  });
+  TunnelHarness h;
+  h.StartGateway();
+  h.StartAgent("cam-01",
+               {absl::StrCat("http://127.0.0.1:", ntohs(addr.sin_port))});
+  auto r = h.Visitor()->Get(TunnelHarness::Path("cam-01", "/"));
+  raw.join();
+  ::close(listener);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->body, "body");
+  EXPECT_FALSE(r->has_header("Content-Type"));
 }
 
 TEST_F(TunnelTest, KnownTunnelWithAgentOfflineIs502WithRetryAfter) {
