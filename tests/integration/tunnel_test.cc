@@ -54,6 +54,64 @@ Seen ParseInfo(const std::string& text) {
   return s;
 }
 
+// A local service that answers every request with `answer`, byte for byte
+// (httplib's own server would add fields and interpret Range itself), and
+// keeps the request heads it received.
+class RawService {
+ public:
+  explicit RawService(std::string answer) : answer_(std::move(answer)) {
+    listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    ::inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+    EXPECT_EQ(
+        ::bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    EXPECT_EQ(::listen(listener_, 64), 0);
+    socklen_t len = sizeof(addr);
+    ::getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~RawService() {
+    ::shutdown(listener_, SHUT_RDWR);
+    ::close(listener_);
+    thread_.join();
+  }
+  std::string url() const { return absl::StrCat("http://127.0.0.1:", port_); }
+  std::vector<std::string> heads() {
+    absl::MutexLock lock(&mu_);
+    return heads_;
+  }
+
+ private:
+  void Serve() {
+    while (true) {
+      int fd = ::accept(listener_, nullptr, nullptr);
+      if (fd < 0) return;
+      std::string in;
+      char buf[4096];
+      while (in.find("\r\n\r\n") == std::string::npos) {
+        ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+        if (n <= 0) break;
+        in.append(buf, static_cast<size_t>(n));
+      }
+      {
+        absl::MutexLock lock(&mu_);
+        heads_.push_back(in.substr(0, in.find("\r\n\r\n")));
+      }
+      (void)::send(fd, answer_.data(), answer_.size(), MSG_NOSIGNAL);
+      ::close(fd);
+    }
+  }
+
+  const std::string answer_;
+  int listener_ = -1;
+  int port_ = 0;
+  std::thread thread_;
+  absl::Mutex mu_;
+  std::vector<std::string> heads_ ABSL_GUARDED_BY(mu_);
+};
+
 class TunnelTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -80,6 +138,14 @@ class TunnelTest : public ::testing::Test {
     s.Options("/info.*", info);
     s.Post("/echo", [](const httplib::Request& req, httplib::Response& res) {
       res.set_content(req.body, "application/octet-stream");
+    });
+    s.Post("/form", [](const httplib::Request& req, httplib::Response& res) {
+      std::string out;
+      for (const auto& [name, file] : req.files) {
+        absl::StrAppend(&out, name, "|", file.filename, "|", file.content,
+                        "\n");
+      }
+      res.set_content(out, "text/plain");
     });
     s.Get("/download", ServePatternDownload);
     s.Get("/download-chunked",
@@ -411,6 +477,46 @@ TEST_F(TunnelTest, OddQueryStringsAndEncodedPathsArriveByteForByte) {
   ASSERT_TRUE(posted);
   EXPECT_EQ(posted->status, 200);
   EXPECT_EQ(ParseInfo(posted->body).target, "/");
+}
+
+// The front door passes bodies and fields it does not need to understand
+// as they are: a multipart form (httplib would parse it itself and answer
+// 500), a Range it cannot parse (httplib would answer 416), and heads whose
+// path or Range are near httplib's 8 KiB line limit (parsing them must not
+// run out of a request fiber's stack).
+TEST_F(TunnelTest, FormsRangesAndLongHeadsPassThrough) {
+  TunnelHarness h({"cam-01", "cam-02"});
+  h.StartGateway();
+  h.StartAgent("cam-01", {svc_.url()});
+  auto v = h.Visitor();
+  httplib::MultipartFormDataItems items = {
+      {"photo", "\x89PNG\r\n bytes", "cat.png", "image/png"},
+      {"note", "hello", "", ""}};
+  auto form = v->Post(TunnelHarness::Path("cam-01", "/form"), items);
+  ASSERT_TRUE(form);
+  EXPECT_EQ(form->status, 200);
+  EXPECT_THAT(form->body, HasSubstr("photo|cat.png|\x89PNG\r\n bytes\n"));
+  EXPECT_THAT(form->body, HasSubstr("note||hello\n"));
+
+  RawService raw("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+  h.StartAgent("cam-02", {raw.url()});
+  std::string many = "bytes=0-1";
+  while (many.size() < 7000) many += ",2-3";
+  for (const std::string& range : {std::string("bytes=zzz"), many}) {
+    auto r = v->Get(TunnelHarness::Path("cam-02", "/"), {{"Range", range}});
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+  }
+  std::vector<std::string> heads = raw.heads();
+  ASSERT_EQ(heads.size(), 2u);
+  EXPECT_THAT(heads[0], HasSubstr("\r\nRange: bytes=zzz\r\n"));
+  EXPECT_THAT(heads[1], HasSubstr(absl::StrCat("\r\nRange: ", many)));
+
+  const std::string long_path = "/info/" + std::string(7000, 'p');
+  auto deep = v->Get(TunnelHarness::Path("cam-01", long_path));
+  ASSERT_TRUE(deep);
+  EXPECT_EQ(deep->status, 200);
+  EXPECT_EQ(ParseInfo(deep->body).target, long_path);
 }
 
 TEST_F(TunnelTest, SeveralSetCookieHeadersSurviveInOrder) {
@@ -751,38 +857,11 @@ TEST_F(TunnelTest, AWellFormedIncomingRequestIdIsKept) {
 
 // A proxy must not invent a Content-Type the service did not send.
 TEST_F(TunnelTest, AResponseWithoutContentTypeGetsNone) {
-  // The service answers with raw bytes: httplib's own server would add a
-  // Content-Type itself.
-  int listener = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  ::inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
-  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)),
-            0);
-  ASSERT_EQ(::listen(listener, 16), 0);
-  socklen_t len = sizeof(addr);
-  ::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len);
-  std::thread raw([listener] {
-    int fd = ::accept(listener, nullptr, nullptr);
-    if (fd < 0) return;
-    std::string in;
-    char buf[4096];
-    while (in.find("\r\n\r\n") == std::string::npos) {
-      ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-      if (n <= 0) break;
-      in.append(buf, static_cast<size_t>(n));
-    }
-    const std::string out = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody";
-    (void)::send(fd, out.data(), out.size(), MSG_NOSIGNAL);
-    ::close(fd);
-  });
+  RawService raw("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody");
   TunnelHarness h;
   h.StartGateway();
-  h.StartAgent("cam-01",
-               {absl::StrCat("http://127.0.0.1:", ntohs(addr.sin_port))});
+  h.StartAgent("cam-01", {raw.url()});
   auto r = h.Visitor()->Get(TunnelHarness::Path("cam-01", "/"));
-  raw.join();
-  ::close(listener);
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 200);
   EXPECT_EQ(r->body, "body");
