@@ -462,6 +462,13 @@ void FrontDoor::ObserveConnections(common::MetricsRegistry* metrics) {
                      "Request fibers that hold a stack: serving a request, "
                      "or pooled for the next one.")
           ->WithLabels({});
+  common::CounterFamily* wakeups = metrics->AddCounter(
+      "tunnel_http_loop_wakeups_total",
+      "Wake-ups of request fibers by other threads (an agent's message "
+      "arrived), and the eventfd writes that delivered them: one per batch.",
+      {"kind"});
+  common::Counter* remote = wakeups->WithLabels({"fiber"});
+  common::Counter* eventfd = wakeups->WithLabels({"eventfd_write"});
   const FrontServer* server = server_.get();
   metrics->AddCollectHook([=] {
     const ConnectionCounts c = server->counts();
@@ -473,6 +480,9 @@ void FrontDoor::ObserveConnections(common::MetricsRegistry* metrics) {
     lingering->Set(c.lingering);
     fibers->Set(c.fibers);
     limit->Set(server->max_connections());
+    // The loops count on their own; bring the counters up to date.
+    remote->Increment(c.remote_wakeups - remote->value());
+    eventfd->Increment(c.eventfd_writes - eventfd->value());
   });
 }
 

@@ -44,6 +44,8 @@ constexpr int64_t kMaxLingering = 4096;
 // while a request is served (bodies are read through it).
 constexpr size_t kHeadReadSize = 4 * 1024;
 constexpr size_t kReadSize = 16 * 1024;
+// 16 KiB buffers a loop keeps for its next requests (no malloc churn).
+constexpr size_t kSpareBuffers = 64;
 // Connections accepted per listener event before the loop serves others.
 constexpr int kAcceptBatch = 64;
 // After accept() ran out of file descriptors, how long a loop stops
@@ -136,6 +138,7 @@ struct FrontServer::Loop : public IoHandler {
   absl::flat_hash_set<Conn*> conns;
   absl::flat_hash_set<Lingerer*> lingerers;
   std::vector<std::unique_ptr<Conn>> graveyard;  // freed on the next turn
+  std::vector<std::unique_ptr<char[]>> spare_buffers;  // kReadSize each
   bool accepting = true;
   bool accept_paused = false;
   Timer accept_pause;
@@ -309,6 +312,7 @@ class FrontServer::Conn final : public IoHandler,
   void Close(bool close_fd = true) {
     if (closed()) return;
     SetPhase(Phase::kClosed);
+    ReleaseBuffer();
     loop().Disarm(&timer_);
     loop().Remove(fd_);
     if (close_fd) {
@@ -566,8 +570,16 @@ class FrontServer::Conn final : public IoHandler,
   void MakeRoom() {
     const size_t limit = server_->options_.max_request_head_bytes;
     if (buf_ == nullptr) {
-      cap_ = kHeadReadSize;
-      buf_ = std::make_unique<char[]>(cap_);
+      // A pooled 16 KiB buffer if the loop has one (the common case: the
+      // head arrives whole and a request follows), else a small one.
+      if (!loop_->spare_buffers.empty()) {
+        buf_ = std::move(loop_->spare_buffers.back());
+        loop_->spare_buffers.pop_back();
+        cap_ = kReadSize;
+      } else {
+        cap_ = kHeadReadSize;
+        buf_ = std::make_unique<char[]>(cap_);
+      }
       begin_ = end_ = 0;
       return;
     }
@@ -582,7 +594,13 @@ class FrontServer::Conn final : public IoHandler,
   }
 
   void Grow(size_t cap) {
-    auto bigger = std::make_unique<char[]>(cap);
+    std::unique_ptr<char[]> bigger;
+    if (cap == kReadSize && !loop_->spare_buffers.empty()) {
+      bigger = std::move(loop_->spare_buffers.back());
+      loop_->spare_buffers.pop_back();
+    } else {
+      bigger = std::make_unique<char[]>(cap);
+    }
     std::memcpy(bigger.get(), buf_.get() + begin_, end_ - begin_);
     end_ -= begin_;
     begin_ = 0;
@@ -590,12 +608,17 @@ class FrontServer::Conn final : public IoHandler,
     cap_ = cap;
   }
 
-  // An idle connection keeps no buffer.
+  // An idle connection keeps no buffer (a 16 KiB one goes back to the
+  // loop's pool for the next request).
   void ReleaseBufferIfEmpty() {
-    if (buf_ != nullptr && begin_ == end_) {
-      buf_.reset();
-      cap_ = begin_ = end_ = 0;
+    if (buf_ != nullptr && begin_ == end_) ReleaseBuffer();
+  }
+  void ReleaseBuffer() {
+    if (cap_ == kReadSize && loop_->spare_buffers.size() < kSpareBuffers) {
+      loop_->spare_buffers.push_back(std::move(buf_));
     }
+    buf_.reset();
+    cap_ = begin_ = end_ = 0;
   }
 
   // Replaces the head (`old_len` bytes at the front) with `head`.
@@ -1132,6 +1155,8 @@ ConnectionCounts FrontServer::counts() const {
     c.upgraded += l->upgraded.load(std::memory_order_relaxed);
     c.lingering += l->lingering.load(std::memory_order_relaxed);
     c.fibers += static_cast<int64_t>(l->loop.fiber_count());
+    c.remote_wakeups += l->loop.remote_wakeups();
+    c.eventfd_writes += l->loop.eventfd_writes();
   }
   return c;
 }

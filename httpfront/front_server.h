@@ -112,6 +112,10 @@ struct ConnectionCounts {
   int64_t upgraded = 0;      // raw bytes relayed after a 101
   int64_t lingering = 0;     // answered and closing
   int64_t fibers = 0;        // fibers with a stack (running, waiting, pooled)
+  // Wake-ups other threads (the agents' gRPC thread) delivered to the loops,
+  // and the eventfd writes they took (one per batch).
+  uint64_t remote_wakeups = 0;
+  uint64_t eventfd_writes = 0;
 };
 
 class FrontServer : public httplib::Server {

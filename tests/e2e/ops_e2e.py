@@ -330,11 +330,24 @@ def main():
             got = after.get(key, 0) - before.get(key, 0)
             check(f"{key[0]}{dict(key[1])} moved by {want}", got == want,
                   f"(moved by {got})")
+        # Fibers woken by the agents' thread: at least one per proxied
+        # request, delivered with at most one eventfd write each.
+        woken = (after.get(("tunnel_http_loop_wakeups_total",
+                            (("kind", "fiber"),)), 0) -
+                 before.get(("tunnel_http_loop_wakeups_total",
+                             (("kind", "fiber"),)), 0))
+        writes = (after.get(("tunnel_http_loop_wakeups_total",
+                             (("kind", "eventfd_write"),)), 0) -
+                  before.get(("tunnel_http_loop_wakeups_total",
+                              (("kind", "eventfd_write"),)), 0))
+        check("loop wake-ups are counted, one eventfd write at most each",
+              woken >= 4 and 1 <= writes <= woken, f"{woken} {writes}")
         # Nothing else among the counters moved.
         for key in set(before) | set(after):
             name = key[0]
             if key in expected or name.startswith(
-                    "tunnel_http_request_duration_seconds"):
+                    "tunnel_http_request_duration_seconds") or \
+                    name == "tunnel_http_loop_wakeups_total":
                 continue
             if not (name.endswith("_total")):
                 continue
