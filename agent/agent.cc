@@ -32,6 +32,54 @@
 namespace tunnel::agent {
 namespace {
 
+// What went wrong with the local service, in words (httplib's own names,
+// "Connection" or "Read", mean nothing to a user).
+std::string LocalErrorWords(httplib::Error err) {
+  switch (err) {
+    case httplib::Error::Connection:
+      return "connection refused: nothing listens there, or it is down";
+    case httplib::Error::ConnectionTimeout:
+      return "no answer to the connection attempt in time";
+    case httplib::Error::BindIPAddress:
+      return "could not use the local address";
+    case httplib::Error::Read:
+      return "the service closed the connection before answering in full";
+    case httplib::Error::Write:
+      return "the service closed the connection while the request was sent";
+    case httplib::Error::Canceled:
+      return "cancelled";
+    case httplib::Error::SSLConnection:
+    case httplib::Error::SSLLoadingCerts:
+    case httplib::Error::SSLServerVerification:
+      return "TLS with the service failed";
+    default:
+      return httplib::to_string(err);
+  }
+}
+
+// Why a session with the gateway ended, in words: gRPC's status codes
+// (CANCELLED, UNAVAILABLE) mean little to a user.
+std::string LostConnectionMessage(const grpc::Status& st) {
+  switch (st.error_code()) {
+    case grpc::StatusCode::OK:
+    case grpc::StatusCode::CANCELLED:
+      // The agent cancels its side after the stream ended, which hides the
+      // gateway's own status: the gateway ended the connection.
+      return "the gateway closed the connection (restart or drain)";
+    case grpc::StatusCode::UNAVAILABLE:
+      if (absl::StrContains(st.error_message(), "Socket closed") ||
+          absl::StrContains(st.error_message(), "Connection reset")) {
+        return "the connection to the gateway broke (the gateway went away "
+               "or the network dropped it)";
+      }
+      return absl::StrCat("the connection to the gateway broke: ",
+                          st.error_message());
+    default:
+      return absl::StrCat("lost the connection to the gateway: ",
+                          st.error_message());
+  }
+}
+
 using tunnel::v1::ConnectError;
 using tunnel::v1::Envelope;
 using tunnel::v1::TunnelClose;
@@ -513,10 +561,10 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
       std::string msg =
           unreachable
               ? absl::StrCat("the agent cannot reach its local service at ",
-                             s->target->url, " (", httplib::to_string(err), ")")
+                             s->target->url, " (", LocalErrorWords(err), ")")
               : absl::StrCat("the local service at ", s->target->url,
                              " failed before responding (",
-                             httplib::to_string(err), ")");
+                             LocalErrorWords(err), ")");
       TUNNEL_LOG(WARNING) << head.method() << " " << head.path() << ": " << msg
                           << " (request " << head.request_id() << ")";
       SendClose(s->id,
@@ -528,9 +576,9 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
       if (!held.empty() && !cancelled) {
         (void)SendBody(*s, held.data(), held.size());
       }
-      std::string msg = absl::StrCat("the local service at ", s->target->url,
-                                     " broke off its response (",
-                                     httplib::to_string(err), ")");
+      std::string msg =
+          absl::StrCat("the local service at ", s->target->url,
+                       " broke off its response (", LocalErrorWords(err), ")");
       TUNNEL_LOG(WARNING) << head.method() << " " << head.path() << ": " << msg
                           << " (request " << head.request_id() << ")";
       SendClose(s->id, TunnelClose::LOCAL_ERROR, msg);
@@ -929,9 +977,11 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
   auto channel = grpc::CreateCustomChannel(options_.gateway, creds, args);
   auto deadline = std::chrono::system_clock::now() +
                   absl::ToChronoMilliseconds(options_.connect_timeout);
-  // gRPC retries a failed TLS handshake by itself until the deadline and
-  // says only "failed to connect": with TLS, stop at the first failure and
-  // find out why.
+  // gRPC retries a failed connection by itself until the deadline and says
+  // only "failed to connect": stop at the first failure and find out why
+  // (connection refused, or what was wrong with TLS), then let Run retry
+  // with its backoff. The wait looks at stopping_ every 100 ms, so a signal
+  // is not held up by the connect timeout.
   bool connected = false;
   bool failed = false;  // a connection attempt failed before the deadline
   while (true) {
@@ -940,17 +990,24 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
       connected = true;
       break;
     }
-    if (state == GRPC_CHANNEL_TRANSIENT_FAILURE && !options_.insecure) {
+    if (state == GRPC_CHANNEL_TRANSIENT_FAILURE) {
       failed = true;
       break;
     }
-    if (!channel->WaitForStateChange(state, deadline)) break;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return absl::OkStatus();
+    }
+    const auto now = std::chrono::system_clock::now();
+    if (now >= deadline) break;
+    channel->WaitForStateChange(
+        state, std::min(deadline, now + std::chrono::milliseconds(100)));
   }
   if (!connected) {
     // The probe reconnects: only after a failure, not after a silent
     // deadline (which would double an unreachable gateway's wait).
     if (failed) {
-      if (absl::Status why = DiagnoseTls(); !why.ok()) return why;
+      if (absl::Status why = DescribeConnectFailure(); !why.ok()) return why;
     }
     return absl::UnavailableError(absl::StrCat(
         "cannot reach the gateway at ", options_.gateway,
@@ -1134,9 +1191,34 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
                      absl::FormatDuration(options_.heartbeat_timeout),
                      "; the connection is presumed dead"));
   }
-  return absl::UnavailableError(absl::StrCat(
-      "lost the connection to the gateway",
-      st.ok() ? std::string() : absl::StrCat(": ", st.error_message())));
+  return absl::UnavailableError(LostConnectionMessage(st));
+}
+
+absl::Status Agent::DescribeConnectFailure() const {
+  // First the network: is anything listening there at all?
+  std::string host;
+  int port = 0;
+  if (size_t colon = options_.gateway.rfind(':');
+      colon != std::string::npos &&
+      absl::SimpleAtoi(options_.gateway.substr(colon + 1), &port)) {
+    host = options_.gateway.substr(0, colon);
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+      host = host.substr(1, host.size() - 2);
+    }
+    absl::StatusOr<int> fd = common::ConnectTcp(
+        host, port, std::min(options_.connect_timeout, absl::Seconds(5)));
+    if (!fd.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot reach the gateway at ", options_.gateway, ": ",
+                       absl::AsciiStrToLower(fd.status().message()),
+                       absl::StrContains(fd.status().message(), "refused")
+                           ? " (is gateway-tunnel running there, with this "
+                             "--grpc-addr port?)"
+                           : ""));
+    }
+    ::close(*fd);
+  }
+  return DiagnoseTls();
 }
 
 absl::Status Agent::DiagnoseTls() const {

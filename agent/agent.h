@@ -67,7 +67,7 @@ struct AgentOptions {
   // over after it.
   absl::Duration healthy_after = absl::Seconds(30);
   // Gateway silent this long (no ping, no data): reconnect.
-  absl::Duration heartbeat_timeout = absl::Seconds(30);
+  absl::Duration heartbeat_timeout = absl::Seconds(10);
   // Body bytes queued towards the gateway before workers wait.
   size_t max_queued_bytes = 16 << 20;
   // Called once per accepted session (e.g. to print the URLs).
@@ -108,6 +108,9 @@ class Agent {
   // After a failed TLS connection attempt: why it failed (a fresh TCP
   // connection and handshake, see agent/tls_probe.h); OK if TLS comes up,
   // and always with --insecure.
+  // After a failed connection attempt: connection refused (or another
+  // network error) in words, else what was wrong with TLS (DiagnoseTls).
+  absl::Status DescribeConnectFailure() const;
   absl::Status DiagnoseTls() const;
 
   const AgentOptions options_;

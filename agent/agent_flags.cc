@@ -18,7 +18,7 @@ void RegisterConnectFlags(common::FlagSet* flags, AgentFlags* v) {
   AgentOptions& o = v->options;
   v->max_concurrent = static_cast<int64_t>(o.max_concurrent);
   v->receive_window = o.receive_window;
-  v->state_file = DefaultStateFilePath();
+  v->state_file = kDefaultStateFile;
 
   flags->String("config", &v->config,
                 "config file (tunnel.v1.AgentConfig, text format or .json); "
@@ -79,8 +79,13 @@ void RegisterConnectFlags(common::FlagSet* flags, AgentFlags* v) {
               "stdout gets only the URL lines (no QR code), stderr only "
               "warnings and errors unless --log-level is given");
   flags->String("state-file", &v->state_file,
-                "where the agent keeps its state for `agent-tunnel status` "
-                "(empty: none)");
+                absl::StrCat("where the agent keeps its state for "
+                             "`agent-tunnel status` (\"auto\": ",
+                             DefaultStateDir(), "/<id>.json; empty: none)"));
+  flags->Duration("state-refresh", &v->state_refresh,
+                  "how often the agent rewrites its state file (status "
+                  "calls an agent whose file is 3 times older not "
+                  "responding)");
 }
 
 absl::Status ParseConnectFlags(int argc, char** argv, int first,
@@ -127,6 +132,14 @@ absl::Status ParseConnectFlags(int argc, char** argv, int first,
   }
   if (v->max_concurrent < 1) {
     return absl::InvalidArgumentError("--max-concurrent must be >= 1");
+  }
+  if (v->state_file == kDefaultStateFile) {
+    v->state_file = DefaultStateFilePath(v->options.agent_id);
+  }
+  if (v->state_refresh < absl::Milliseconds(100) ||
+      v->state_refresh > absl::Hours(1)) {
+    return absl::InvalidArgumentError(
+        "--state-refresh must be between 100ms and 1h");
   }
   if (v->options.worker_queue_wait < absl::ZeroDuration() ||
       v->options.worker_queue_wait > absl::Seconds(1)) {

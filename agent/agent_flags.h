@@ -30,7 +30,11 @@ struct AgentFlags {
   std::string client_key_file;   // --client-key
   bool quiet = false;
   std::string state_file;  // "" after parsing: write none
+  absl::Duration state_refresh = absl::Seconds(5);
 };
+
+// --state-file's default: DefaultStateFilePath(the agent id).
+inline constexpr char kDefaultStateFile[] = "auto";
 
 // Sets `*values` to the defaults and registers every `connect` flag on
 // `flags` (both must outlive flags->Parse()).

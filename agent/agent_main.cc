@@ -4,6 +4,7 @@
 // file.
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <cstdio>
@@ -11,6 +12,9 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "agent/agent.h"
@@ -19,6 +23,7 @@
 #include "agent/state_file.h"
 #include "common/allocator.h"
 #include "common/flags.h"
+#include "common/grpc_log.h"
 #include "common/log.h"
 #include "google/protobuf/util/json_util.h"
 #include "tunnel/v1/agent_state.pb.h"
@@ -31,7 +36,7 @@ constexpr char kUsage[] =
     "Usage: agent-tunnel connect --gateway HOST:PORT --id AGENT_ID \\\n"
     "           --token TOKEN_ID --secret SECRET --to http://127.0.0.1:3000\n"
     "       agent-tunnel connect --config agent.txtpb\n"
-    "       agent-tunnel status [--json] [--state-file FILE]\n"
+    "       agent-tunnel status [--json] [--id ID | --state-file FILE]\n"
     "\n"
     "connect prints each public URL on its own line once the gateway accepts\n"
     "the connection (and, when stdout is a terminal and --quiet is not\n"
@@ -48,12 +53,15 @@ constexpr char kUsage[] =
     "when that agent is connected, 1 when it is not or no agent runs.\n";
 
 constexpr char kStatusUsage[] =
-    "Usage: agent-tunnel status [--json] [--state-file FILE]\n"
+    "Usage: agent-tunnel status [--json] [--id ID | --state-file FILE]\n"
     "\n"
-    "Prints the state of the agent that writes FILE (connected or not,\n"
-    "gateway, session, URLs, since when, last error, pid). Exit 0 when it\n"
-    "is running and connected, 1 when it is not connected, not running\n"
-    "(stale file) or there is no file, 2 for bad usage.\n";
+    "Prints the state of an agent on this machine (connected or not,\n"
+    "gateway, session, URLs, since when, last error, pid) from the file it\n"
+    "keeps: --state-file, else the default file of --id, else the only\n"
+    "agent's. Exit 0 when it is running and connected; 1 when it is not\n"
+    "connected, not responding (its file is not being refreshed: stopped\n"
+    "or hung), not running (stale file) or there is no file; 2 for bad\n"
+    "usage (several agents and no --id).\n";
 
 int Fail(const std::string& message, int code) {
   std::cerr << "agent-tunnel: " << message << "\n";
@@ -67,19 +75,25 @@ std::string Now() {
                           absl::UTCTimeZone());
 }
 
-// Keeps --state-file current. Called from main's thread and from Run()'s
-// (never at once: the callbacks run inside Run(), main writes before and
-// after it).
+// Keeps --state-file current: on every change, and every `refresh` so that
+// `status` can tell a stopped or hung agent. Thread-safe (Run()'s callbacks,
+// the refresher and main write it).
 class StateWriter {
  public:
-  StateWriter(std::string path, const tunnel::agent::AgentOptions& o)
-      : path_(std::move(path)) {
+  StateWriter(std::string path, const tunnel::agent::AgentOptions& o,
+              absl::Duration refresh)
+      : path_(std::move(path)), refresh_(refresh) {
     state_.set_gateway(o.gateway);
     state_.set_agent_id(o.agent_id);
     state_.set_pid(getpid());
     state_.set_since(Now());
+    state_.set_refresh_seconds(static_cast<int32_t>(std::max<int64_t>(
+        1, absl::ToInt64Seconds(absl::Ceil(refresh, absl::Seconds(1))))));
   }
+  ~StateWriter() { StopRefreshing(); }
+
   void Accepted(const tunnel::v1::ConnectAccepted& a) {
+    absl::MutexLock lock(&mu_);
     state_.set_connected(true);
     state_.set_session_id(a.session_id());
     state_.clear_urls();
@@ -88,18 +102,40 @@ class StateWriter {
       state_.add_urls(t.path_url());
     }
     state_.set_since(Now());
-    Write();
+    // Connected again: an earlier failure is history.
+    state_.clear_last_error();
+    WriteLocked();
   }
   void Ended(const absl::Status& why) {
+    absl::MutexLock lock(&mu_);
     if (state_.connected()) state_.set_since(Now());
     state_.set_connected(false);
     state_.clear_session_id();
     state_.clear_urls();
     if (!why.ok()) state_.set_last_error(std::string(why.message()));
-    Write();
+    WriteLocked();
   }
   void Write() {
+    absl::MutexLock lock(&mu_);
+    WriteLocked();
+  }
+  // Rewrites the file every `refresh` until StopRefreshing.
+  void StartRefreshing() {
     if (path_.empty()) return;
+    refresher_ = std::thread([this] {
+      while (!stop_.WaitForNotificationWithTimeout(refresh_)) Write();
+    });
+  }
+  void StopRefreshing() {
+    if (!refresher_.joinable()) return;
+    stop_.Notify();
+    refresher_.join();
+  }
+
+ private:
+  void WriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (path_.empty()) return;
+    state_.set_updated(Now());
     if (absl::Status s = tunnel::agent::WriteStateFile(path_, state_);
         !s.ok() && !warned_) {
       warned_ = true;  // once: the agent works without it
@@ -109,16 +145,23 @@ class StateWriter {
     }
   }
 
- private:
-  std::string path_;
-  tunnel::v1::AgentState state_;
-  bool warned_ = false;
+  const std::string path_;
+  const absl::Duration refresh_;
+  absl::Mutex mu_;
+  tunnel::v1::AgentState state_ ABSL_GUARDED_BY(mu_);
+  bool warned_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Notification stop_;
+  std::thread refresher_;
 };
 
 int Status(int argc, char** argv) {
-  std::string state_file = tunnel::agent::DefaultStateFilePath();
+  std::string state_file;
+  std::string agent_id;
   bool json = false;
   tunnel::common::FlagSet flags(kStatusUsage);
+  flags.String("id", &agent_id,
+               "the agent to look at (its default state file); needed when "
+               "several agents run here");
   flags.String("state-file", &state_file,
                "the state file the agent writes (its --state-file)");
   flags.Bool("json", &json, "print the state as one JSON object");
@@ -133,6 +176,26 @@ int Status(int argc, char** argv) {
         absl::StrCat("unexpected argument \"", (*rest)[0], "\" (see --help)"),
         2);
   }
+  if (state_file.empty() && !agent_id.empty()) {
+    state_file = tunnel::agent::DefaultStateFilePath(agent_id);
+  }
+  if (state_file.empty()) {
+    // One agent on this machine (the common case): its file, whatever its id.
+    const std::string dir = tunnel::agent::DefaultStateDir();
+    std::vector<std::string> files = tunnel::agent::StateFilesIn(dir);
+    if (files.size() > 1) {
+      std::vector<std::string> ids;
+      for (const std::string& f : files) {
+        std::string name = f.substr(f.rfind('/') + 1);
+        ids.push_back(name.substr(0, name.size() - 5));
+      }
+      return Fail(
+          absl::StrCat("several agents keep state in ", dir, " (",
+                       absl::StrJoin(ids, ", "), "); say which with --id"),
+          2);
+    }
+    state_file = files.empty() ? absl::StrCat(dir, "/<id>.json") : files[0];
+  }
   absl::StatusOr<tunnel::v1::AgentState> state =
       tunnel::agent::ReadStateFile(state_file);
   if (!state.ok()) {
@@ -145,16 +208,29 @@ int Status(int argc, char** argv) {
     return 1;
   }
   const bool running = tunnel::agent::ProcessAlive(state->pid());
+  // A running agent rewrites its file every refresh_seconds: one that has
+  // not for three times that is stopped (SIGSTOP) or hung.
+  absl::Duration age = absl::ZeroDuration();
+  absl::Time updated;
+  std::string err;
+  if (!state->updated().empty() &&
+      absl::ParseTime(absl::RFC3339_full, state->updated(), &updated, &err)) {
+    age = std::max(absl::ZeroDuration(), absl::Now() - updated);
+  }
+  const bool responding =
+      running && (state->refresh_seconds() <= 0 ||
+                  age <= absl::Seconds(3 * state->refresh_seconds()));
   if (!running) state->set_connected(false);
-  const bool connected = running && state->connected();
+  const bool connected = responding && state->connected();
   if (json) {
     std::string out;
     google::protobuf::util::JsonPrintOptions options;
     options.preserve_proto_field_names = true;
     options.always_print_primitive_fields = true;
     (void)google::protobuf::util::MessageToJsonString(*state, &out, options);
-    // {"running":...,<the state's fields>}
-    std::printf("{\"running\":%s,%s\n", running ? "true" : "false",
+    // {"running":...,"responding":...,<the state's fields>}
+    std::printf("{\"running\":%s,\"responding\":%s,%s\n",
+                running ? "true" : "false", responding ? "true" : "false",
                 out.substr(1).c_str());
     return connected ? 0 : 1;
   }
@@ -162,6 +238,13 @@ int Status(int argc, char** argv) {
     std::printf("not running: agent %s (pid %lld) is gone; state from %s\n",
                 state->agent_id().c_str(), static_cast<long long>(state->pid()),
                 state_file.c_str());
+  } else if (!responding) {
+    std::printf(
+        "not responding: agent %s (pid %lld) has not updated %s for %s "
+        "(stopped or hung?)\n",
+        state->agent_id().c_str(), static_cast<long long>(state->pid()),
+        state_file.c_str(),
+        absl::FormatDuration(absl::Trunc(age, absl::Seconds(1))).c_str());
   } else if (connected) {
     std::printf("connected: agent %s to %s since %s\n",
                 state->agent_id().c_str(), state->gateway().c_str(),
@@ -185,6 +268,7 @@ int Status(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   tunnel::common::TuneAllocator();  // before any thread starts
+  tunnel::common::RouteGrpcLogs();
   tunnel::agent::AgentFlags values;
   tunnel::common::FlagSet flags(kUsage);
   tunnel::agent::RegisterConnectFlags(&flags, &values);
@@ -214,7 +298,7 @@ int main(int argc, char** argv) {
   const absl::Duration drain_timeout = values.drain_timeout;
   const bool show_qr = !values.quiet && isatty(STDOUT_FILENO) == 1;
 
-  StateWriter state(values.state_file, o);
+  StateWriter state(values.state_file, o, values.state_refresh);
   state.Write();
   std::string last_qr;
   o.on_accepted = [&](const tunnel::v1::ConnectAccepted& a) {
@@ -239,8 +323,11 @@ int main(int argc, char** argv) {
   };
   o.on_session_ended = [&](const absl::Status& why) { state.Ended(why); };
 
+  // Before any thread starts: every thread inherits the blocked signals,
+  // and only the signal waiter below takes them.
   sigset_t signals = tunnel::common::BlockTerminationSignals();
   tunnel::common::DisableMutexDeadlockDetection();
+  state.StartRefreshing();
 
   tunnel::agent::Agent agent(o);
   std::atomic<bool> finished{false};
@@ -263,6 +350,7 @@ int main(int argc, char** argv) {
   pthread_kill(signal_waiter.native_handle(), SIGTERM);
   signal_waiter.join();
   if (drainer.joinable()) drainer.join();
+  state.StopRefreshing();
   state.Ended(result);
   if (!result.ok()) return Fail(std::string(result.message()), 1);
   return 0;

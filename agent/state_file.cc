@@ -1,10 +1,12 @@
 #include "agent/state_file.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -29,15 +31,38 @@ void MakeDirs(const std::string& dir) {
 
 }  // namespace
 
-std::string DefaultStateFilePath() {
+std::string DefaultStateDir() {
   const char* xdg = std::getenv("XDG_RUNTIME_DIR");
-  if (xdg != nullptr && *xdg == '/') {
-    return absl::StrCat(xdg, "/agent-tunnel/state.json");
-  }
-  if (geteuid() == 0) return "/run/agent-tunnel/state.json";
+  if (xdg != nullptr && *xdg == '/') return absl::StrCat(xdg, "/agent-tunnel");
+  if (geteuid() == 0) return "/run/agent-tunnel";
   const char* home = std::getenv("HOME");
   return absl::StrCat(home != nullptr && *home != '\0' ? home : ".",
-                      "/.local/state/agent-tunnel/state.json");
+                      "/.local/state/agent-tunnel");
+}
+
+std::string DefaultStateFilePath(const std::string& agent_id) {
+  std::string name = agent_id;
+  for (char& c : name) {
+    if (c == '/' || c == '\0') c = '_';
+  }
+  if (name.empty() || name[0] == '.') name = "_" + name;
+  return absl::StrCat(DefaultStateDir(), "/", name, ".json");
+}
+
+std::vector<std::string> StateFilesIn(const std::string& dir) {
+  std::vector<std::string> files;
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return files;
+  while (dirent* e = readdir(d)) {
+    std::string name = e->d_name;
+    if (name.size() > 5 && name.compare(name.size() - 5, 5, ".json") == 0 &&
+        name[0] != '.') {
+      files.push_back(absl::StrCat(dir, "/", name));
+    }
+  }
+  closedir(d);
+  std::sort(files.begin(), files.end());
+  return files;
 }
 
 absl::Status WriteStateFile(const std::string& path,

@@ -7,15 +7,22 @@
 #define TUNNEL_AGENT_STATE_FILE_H_
 
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "tunnel/v1/agent_state.pb.h"
 
 namespace tunnel::agent {
 
-// $XDG_RUNTIME_DIR/agent-tunnel/state.json; else, for root,
-// /run/agent-tunnel/state.json; else ~/.local/state/agent-tunnel/state.json.
-std::string DefaultStateFilePath();
+// Where agents keep their state files by default: $XDG_RUNTIME_DIR/
+// agent-tunnel; else, for root, /run/agent-tunnel; else
+// ~/.local/state/agent-tunnel.
+std::string DefaultStateDir();
+// The default state file of agent `agent_id`: DefaultStateDir()/<id>.json,
+// so two agents on one machine keep apart.
+std::string DefaultStateFilePath(const std::string& agent_id);
+// The state files in `dir` (*.json), sorted.
+std::vector<std::string> StateFilesIn(const std::string& dir);
 
 // Writes `state` to `path` (creating its directory, mode 0700) through a
 // temporary file renamed over it, so readers never see half a file.

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/io/tokenizer.h"
 #include "google/protobuf/text_format.h"
@@ -23,7 +24,8 @@ using google::protobuf::FieldDescriptor;
 // secret) is not repeated.
 class FileErrorCollector : public google::protobuf::io::ErrorCollector {
  public:
-  explicit FileErrorCollector(const std::string& path) : path_(path) {}
+  FileErrorCollector(const std::string& path, const std::string& text)
+      : path_(path), lines_(absl::StrSplit(text, '\n')) {}
 
   void AddError(int line, google::protobuf::io::ColumnNumber column,
                 const std::string& message) override {
@@ -34,6 +36,13 @@ class FileErrorCollector : public google::protobuf::io::ErrorCollector {
       shown = absl::StrCat(shown.substr(0, at + 5), "a ", shown.size() - at - 5,
                            "-char token (not shown)");
     }
+    // The parser's messages ("Expected integer, got: lots") do not say
+    // which field: the line does.
+    std::string field = FieldOnLine(line);
+    if (!field.empty() && !absl::StrContains(shown, field)) {
+      shown = absl::StrCat("field ", field, " (flag --", FlagNameOfField(field),
+                           "): ", shown);
+    }
     errors_.push_back(
         absl::StrCat(path_, ":", line + 1, ":", column + 1, ": ", shown));
   }
@@ -41,7 +50,23 @@ class FileErrorCollector : public google::protobuf::io::ErrorCollector {
   const std::vector<std::string>& errors() const { return errors_; }
 
  private:
+  // The field a "name: value" line sets ("" if it is not such a line).
+  std::string FieldOnLine(int line) const {
+    if (line < 0 || static_cast<size_t>(line) >= lines_.size()) return "";
+    absl::string_view l = absl::StripLeadingAsciiWhitespace(lines_[line]);
+    size_t n = 0;
+    while (n < l.size() &&
+           (absl::ascii_isalnum(static_cast<unsigned char>(l[n])) ||
+            l[n] == '_')) {
+      ++n;
+    }
+    absl::string_view rest = absl::StripLeadingAsciiWhitespace(l.substr(n));
+    if (n == 0 || rest.empty() || rest[0] != ':') return "";
+    return std::string(l.substr(0, n));
+  }
+
   std::string path_;
+  std::vector<std::string> lines_;
   std::vector<std::string> errors_;
 };
 
@@ -84,7 +109,7 @@ absl::Status LoadConfigFile(const std::string& path,
     }
     return absl::OkStatus();
   }
-  FileErrorCollector errors(path);
+  FileErrorCollector errors(path, text);
   google::protobuf::TextFormat::Parser parser;
   parser.RecordErrorsTo(&errors);
   if (!parser.ParseFromString(text, message)) {

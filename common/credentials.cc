@@ -67,8 +67,11 @@ absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
   if (fd < 0) {
     int err = errno;
     if (err == ENOENT) {
-      return absl::NotFoundError(
-          absl::StrCat("credentials file ", path, " does not exist"));
+      return absl::NotFoundError(absl::StrCat(
+          "credentials file ", path,
+          " does not exist; issue a token first: tunnelctl token issue --id "
+          "DEVICE --credentials ",
+          path));
     }
     return absl::ErrnoToStatus(
         err, absl::StrCat("cannot open credentials file ", path));

@@ -162,6 +162,7 @@ class FrontDoor::Handler {
     drain_retry_after_s_ =
         std::max<int64_t>(1, absl::ToInt64Seconds(retry_after));
   }
+  void SetPublicPort(int port) { public_port_ = port; }
 
   void Handle(const httplib::Request& req, httplib::Response& res,
               const httplib::ContentReader* reader) {
@@ -181,9 +182,13 @@ class FrontDoor::Handler {
     std::optional<Route> route =
         ResolveRoute(req.get_header_value("Host"), req.target, options_.domain);
     if (!route.has_value()) {
+      const int port = public_port_.load(std::memory_order_relaxed);
+      const std::string at =
+          port > 0 ? absl::StrCat(options_.domain, ":", port) : options_.domain;
       SetError(req, res, 404, "tunnel_not_found",
-               absl::StrCat("no tunnel here: use http://<name>.",
-                            options_.domain, "/ or /t/<name>/"));
+               absl::StrCat("no tunnel here: use ", options_.scheme,
+                            "://<name>.", at, "/ or ", options_.scheme, "://",
+                            at, "/t/<name>/"));
       return;
     }
     RequestRecord& record = Rec();
@@ -387,6 +392,7 @@ class FrontDoor::Handler {
   AccessGate gate_;
   // > 0 while draining: the Retry-After to send, in seconds.
   std::atomic<int64_t> drain_retry_after_s_{0};
+  std::atomic<int> public_port_{0};
 };
 
 FrontDoor::FrontDoor(FrontDoorOptions options, server::TunnelRouter* router,
@@ -501,6 +507,8 @@ void FrontDoor::StopAccepting() { server_->StopAccepting(); }
 void FrontDoor::SetDraining(absl::Duration retry_after) {
   handler_->SetDraining(retry_after);
 }
+
+void FrontDoor::SetPublicPort(int port) { handler_->SetPublicPort(port); }
 
 void FrontDoor::Stop() { server_->Stop(); }
 

@@ -76,6 +76,9 @@ class FrontDoor {
   // While draining, new requests get 503 with Retry-After; requests already
   // in flight continue.
   void SetDraining(absl::Duration retry_after);
+  // The port in the public URLs (0: none, e.g. 443 behind a proxy), for the
+  // hints on the gateway's own pages. Any thread.
+  void SetPublicPort(int port);
 
  private:
   class Handler;

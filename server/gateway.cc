@@ -148,6 +148,7 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
   if (!bound.ok()) return bound.status();
   gw->http_port_ = *bound;
   o.service.public_port = o.public_port < 0 ? gw->http_port_ : o.public_port;
+  gw->front_->SetPublicPort(o.service.public_port);
 
   gw->service_ = std::make_unique<TunnelServiceImpl>(
       o.service, &gw->registry_, gw->verifier_.get(), &gw->core_metrics_);

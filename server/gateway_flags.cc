@@ -188,10 +188,15 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
     return absl::InvalidArgumentError(
         "--stream-window must be between 65536 and 16777216");
   }
-  if (v->max_streams < 1 || v->max_tunnels < 1 || v->max_agents < 1) {
-    return absl::InvalidArgumentError(
-        "--max-streams-per-agent, --max-tunnels-per-agent and --max-agents "
-        "must be at least 1");
+  for (const auto& [name, value] :
+       {std::pair<const char*, int64_t>{"--max-streams-per-agent",
+                                        v->max_streams},
+        {"--max-tunnels-per-agent", v->max_tunnels},
+        {"--max-agents", v->max_agents}}) {
+    if (value < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, " must be at least 1 (it is ", value, ")"));
+    }
   }
   if (v->http_threads < 0 || v->http_threads > 256) {
     return absl::InvalidArgumentError(
@@ -226,16 +231,19 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
         "--auth-failure-max-ips must be at least 1");
   }
   const httpfront::FrontDoorOptions& front = v->options.front;
-  if (front.tunnel_requests_per_minute < 0 ||
-      front.tunnel_concurrent_requests < 0 ||
-      front.connection.max_connections_per_ip < 0 ||
-      front.connection.connections_per_ip_per_minute < 0 ||
-      front.max_request_body < 0 || front.max_response_body < 0) {
-    return absl::InvalidArgumentError(
-        "--tunnel-requests-per-minute, --tunnel-concurrent-requests, "
-        "--max-connections-per-ip, --connections-per-ip-per-minute, "
-        "--max-request-body and --max-response-body must be 0 (unlimited) "
-        "or more");
+  for (const auto& [name, value] :
+       {std::pair<const char*, int64_t>{"--tunnel-requests-per-minute",
+                                        front.tunnel_requests_per_minute},
+        {"--tunnel-concurrent-requests", front.tunnel_concurrent_requests},
+        {"--max-connections-per-ip", front.connection.max_connections_per_ip},
+        {"--connections-per-ip-per-minute",
+         front.connection.connections_per_ip_per_minute},
+        {"--max-request-body", front.max_request_body},
+        {"--max-response-body", front.max_response_body}}) {
+    if (value < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, " must be 0 (unlimited) or more (it is ", value, ")"));
+    }
   }
   if (front.connection.client_ip_capacity < 1) {
     return absl::InvalidArgumentError(

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/allocator.h"
 #include "common/flags.h"
+#include "common/grpc_log.h"
 #include "common/log.h"
 #include "server/gateway.h"
 #include "server/gateway_flags.h"
@@ -48,6 +49,7 @@ int Fail(const std::string& message, int code) {
 
 int main(int argc, char** argv) {
   tunnel::common::TuneAllocator();  // before any thread starts
+  tunnel::common::RouteGrpcLogs();
   tunnel::server::GatewayFlags values;
   tunnel::common::FlagSet flags(kUsage);
   tunnel::server::RegisterGatewayFlags(&flags, &values);

@@ -15,6 +15,7 @@
 // invalid, unknown token; gateway unreachable, token refused, not found),
 // 2 bad usage. `token issue` prints machine-readable "key: value" lines on
 // stdout; everything meant for humans goes to stderr.
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -27,6 +28,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -35,7 +37,9 @@
 #include "common/admin_token.h"
 #include "common/credentials.h"
 #include "common/flags.h"
+#include "common/grpc_log.h"
 #include "common/log.h"
+#include "common/slug.h"
 #include "grpcpp/grpcpp.h"
 #include "tunnel/v1/admin.grpc.pb.h"
 #include "tunnel/v1/credentials.pb.h"
@@ -212,6 +216,24 @@ int TokenIssue(const std::vector<std::string>& args) {
                       kCommand);
   }
 
+  // A file in a directory that does not exist cannot be written: say so
+  // before a secret is made.
+  if (size_t slash = credentials.rfind('/');
+      slash != std::string::npos && slash > 0) {
+    const std::string dir = credentials.substr(0, slash);
+    struct stat st;
+    if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+      std::cerr << "tunnelctl: the directory " << dir
+                << " does not exist; create it first (mkdir -p " << dir
+                << "; the file will be mode 0600)\n";
+      return kExitRuntime;
+    }
+  }
+  // The unnamed tunnel's slug defaults to the agent id: an id that cannot
+  // be a slug needs --slug on the agent.
+  const absl::Status slug_ok =
+      tunnel::common::CheckSlug(absl::AsciiStrToLower(agent_id));
+
   tunnel::v1::CredentialsFile file;
   if (auto loaded = tunnel::common::LoadCredentialsFile(credentials);
       loaded.ok()) {
@@ -234,10 +256,17 @@ int TokenIssue(const std::vector<std::string>& args) {
   std::cout.flush();
   std::cerr << "tunnelctl: the secret is shown only once; store it now. "
                "Connect the agent with:\n"
-            << "  agent-tunnel connect --gateway HOST:8080 --id "
+            << "  TUNNEL_SECRET='" << cred->secret()
+            << "' agent-tunnel connect --gateway HOST:8080 --id "
             << cred->agent_id() << " --token " << cred->token_id()
-            << " --secret " << cred->secret()
-            << " --to http://127.0.0.1:3000\n";
+            << (slug_ok.ok() ? "" : " --slug NAME")
+            << " --to http://127.0.0.1:3000\n"
+            << "(add --insecure only if the gateway runs with --insecure)\n";
+  if (!slug_ok.ok()) {
+    std::cerr << "tunnelctl: note: agent id \"" << cred->agent_id()
+              << "\" cannot be its tunnel's slug (" << slug_ok.message()
+              << "): the agent needs --slug NAME to connect\n";
+  }
   return kExitOk;
 }
 
@@ -712,6 +741,7 @@ bool IsHelp(absl::string_view arg) { return arg == "--help" || arg == "-h"; }
 }  // namespace
 
 int main(int argc, char** argv) {
+  tunnel::common::RouteGrpcLogs();
   std::vector<std::string> args(argv + std::min(argc, 1), argv + argc);
   if (args.empty()) {
     std::cerr << kTopUsage;

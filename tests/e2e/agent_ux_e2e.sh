@@ -4,8 +4,9 @@
 # flag > environment > file > default; bad files exit 2 naming the file and
 # the field; on a terminal (a pty from `script`) the agent draws a QR code
 # that zbarimg decodes to its first URL; --quiet leaves only the URL lines;
-# `agent-tunnel status` reports a running agent as connected and a killed
-# one as not running.
+# `agent-tunnel status` reports a running agent as connected, a stopped one
+# as not responding, a killed one as not running, keeps one file per agent
+# id and forgets a failure once the agent connected.
 # Usage: agent_ux_e2e.sh BUILD_DIR
 set -uo pipefail
 BUILD="$(cd "$1" && pwd)"
@@ -32,6 +33,8 @@ wait_until() {
 # has_line FILE REGEX SECONDS: wait_for_line without printing the line.
 has_line() { wait_for_line "$@" >/dev/null; }
 
+issue_token "$BUILD" cam-02
+TOKEN2=$TOKEN SECRET2=$SECRET
 issue_token "$BUILD" cam-01
 check "tunnelctl issued a token" test -n "$TOKEN" -a -n "$SECRET"
 
@@ -163,6 +166,11 @@ printf 'gateway: "g"\nmax_concurrent: many\n' >bad.txtpb
 "$AGENT_BIN" connect --config bad.txtpb >/dev/null 2>bad.err
 check "a text syntax error exits 2" test $? = 2
 check "and names file:line:col" grep -q '^agent-tunnel: bad.txtpb:2:17: ' bad.err
+check "and the field" grep -q 'bad.txtpb:2:17: field max_concurrent (flag --max-concurrent): ' bad.err
+printf 'grpc_addr: "127.0.0.1:0"\nmax_agents: "lots"\n' >lots.txtpb
+"$BUILD/server/gateway-tunnel" --config lots.txtpb >/dev/null 2>lots.err
+check "a string for a number in the gateway's file exits 2" test $? = 2
+check "and names the field" grep -q 'lots.txtpb:2:13: field max_agents (flag --max-agents): ' lots.err
 printf '{"gateway": "g", "secrett": "x"}' >unknown.json
 "$AGENT_BIN" connect --config unknown.json >/dev/null 2>unknown.err
 check "an unknown JSON field exits 2" test $? = 2
@@ -175,6 +183,57 @@ check "and names the file and the field" \
   grep -q '^gateway-tunnel: badval.txtpb: field heartbeat_timeout ' badval.err
 "$BUILD/server/gateway-tunnel" --config missing.txtpb >/dev/null 2>missing.err
 check "a missing config file exits 2" test $? = 2
+
+# --- a stopped (SIGSTOP) agent is "not responding", not "connected" ---
+"$AGENT_BIN" connect --config agent.json --state-file state/frozen.json \
+  --state-refresh 200ms >frozen.out 2>frozen.err &
+FROZEN=$!
+pids+=($FROZEN)
+check "an agent refreshing its state every 200ms is connected" \
+  wait_until 20 "$AGENT_BIN" status --state-file state/frozen.json
+kill -STOP $FROZEN
+check "stopped, it is reported not responding (exit 1)" \
+  wait_until 10 bash -c "'$AGENT_BIN' status --state-file state/frozen.json | grep -q '^not responding: agent cam-01'"
+"$AGENT_BIN" status --state-file state/frozen.json >/dev/null
+check "status of a stopped agent exits 1" test $? = 1
+kill -CONT $FROZEN
+check "continued, it is connected again" \
+  wait_until 10 "$AGENT_BIN" status --state-file state/frozen.json
+kill $FROZEN
+
+# --- one state file per agent id; status --id picks one ---
+mkdir -p xdg
+XDG_RUNTIME_DIR="$WORK/xdg" TUNNEL_SECRET="$SECRET2" "$AGENT_BIN" connect \
+  --gateway "$GRPC" --id cam-02 --token "$TOKEN2" --insecure \
+  --to http://127.0.0.1:9 >two.out 2>two.err &
+pids+=($!)
+XDG_RUNTIME_DIR="$WORK/xdg" "$AGENT_BIN" connect --config agent.json \
+  --state-file auto >one.out 2>one.err &
+pids+=($!)
+check "each agent keeps its own default state file" \
+  wait_until 20 test -e xdg/agent-tunnel/cam-01.json -a -e xdg/agent-tunnel/cam-02.json
+check "status --id cam-02 finds it connected" \
+  wait_until 20 env XDG_RUNTIME_DIR="$WORK/xdg" "$AGENT_BIN" status --id cam-02
+XDG_RUNTIME_DIR="$WORK/xdg" "$AGENT_BIN" status >several.out 2>several.err
+check "status without --id and two agents exits 2" test $? = 2
+check "and names them" grep -q 'several agents .*(cam-01, cam-02); say which with --id' several.err
+
+# --- a failure is forgotten once the agent connects ---
+LATE_PORT=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+TUNNEL_SECRET="$SECRET" "$AGENT_BIN" connect --gateway "127.0.0.1:$LATE_PORT" \
+  --id cam-01 --token "$TOKEN" --insecure --to http://127.0.0.1:9 \
+  --state-file state/late.json >late.out 2>late.err &
+pids+=($!)
+check "before the gateway is up, status shows the failure" \
+  wait_until 10 bash -c "'$AGENT_BIN' status --state-file state/late.json | grep -q 'last error.*connection refused'"
+"$BUILD/server/gateway-tunnel" --config gw.txtpb --grpc-addr "127.0.0.1:$LATE_PORT" \
+  --http-addr 127.0.0.1:0 >gw2.out 2>gw2.err &
+pids+=($!)
+check "once it is, the agent connects" \
+  wait_until 20 "$AGENT_BIN" status --state-file state/late.json
+"$AGENT_BIN" status --state-file state/late.json >late.txt
+check "and status no longer shows the old error" \
+  bash -c "! grep -q 'last error' late.txt"
 
 echo "agent_ux_e2e: $passed passed, $failed failed"
 test "$failed" = 0

@@ -81,6 +81,8 @@ wait_for_exit "$NOCA" 30
 check "agent without --ca exits 1" test "$exit_code" = 1
 check "and says the certificate is not trusted (use --ca)" \
   grep -q "certificate not trusted.*--ca" noca.err
+check "gRPC's own log lines come in our format (no E1204 … lines)" \
+  bash -c "! grep -Eq '^[EWID][0-9]{4} ' noca.err"
 
 # With --ca but no client certificate: refused by mTLS.
 TUNNEL_SECRET="$SECRET" "$AGENT_BIN" connect --gateway "$GRPC" --id cam-01 \

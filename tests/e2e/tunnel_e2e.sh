@@ -84,6 +84,47 @@ check "and says the credentials were refused" \
 check "the gateway never logs the secret" \
   bash -c "! grep -q -- '$SECRET' gw.err"
 
+# A slug the agent can tell is invalid is bad usage: exit 2, naming it.
+TUNNEL_SECRET="$SECRET" "$BUILD/agent/agent-tunnel" connect --gateway "$GRPC" \
+  --id cam-01 --token "$TOKEN" --insecure --slug www \
+  --to "http://127.0.0.1:$SVC_PORT" >slug.out 2>slug.err
+check "an invalid --slug exits 2" test $? = 2
+check "and says why" grep -q 'slug "www" is reserved' slug.err
+
+# Nothing listens on the gateway port: said at once (not after the connect
+# timeout), in words, and the agent keeps retrying.
+TUNNEL_SECRET="$SECRET" "$BUILD/agent/agent-tunnel" connect \
+  --gateway "127.0.0.1:$DOWN_PORT" --id cam-01 --token "$TOKEN" --insecure \
+  --connect-timeout 60s --to "http://127.0.0.1:$SVC_PORT" >refused.out 2>refused.err &
+REFUSED=$!
+pids+=($REFUSED)
+check "a refused gateway port is reported as such, before the connect timeout" \
+  wait_for_line refused.err "connection refused.*reconnecting in" 10
+kill -TERM $REFUSED
+wait_for_exit $REFUSED 5
+check "SIGTERM while retrying: exit 0 at once" test "$exit_code" = 0
+
+# A gateway port that accepts TCP but never answers: SIGTERM while the agent
+# waits for the connection (a 60 s connect timeout) ends it at once.
+/usr/bin/python3 -u -c '
+import socket, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+print(s.getsockname()[1])
+c, _ = s.accept(); print("accepted")
+time.sleep(60)' >silent.out 2>/dev/null &
+pids+=($!)
+SILENT_PORT=$(wait_for_line silent.out '^[0-9]+$' 10)
+TUNNEL_SECRET="$SECRET" "$BUILD/agent/agent-tunnel" connect \
+  --gateway "127.0.0.1:$SILENT_PORT" --id cam-01 --token "$TOKEN" --insecure \
+  --connect-timeout 60s --to "http://127.0.0.1:$SVC_PORT" >silent_agent.out 2>silent_agent.err &
+SILENT_AGENT=$!
+pids+=($SILENT_AGENT)
+wait_for_line silent.out '^accepted' 10 >/dev/null
+kill -TERM $SILENT_AGENT
+wait_for_exit $SILENT_AGENT 5
+check "SIGTERM while connecting: exit 0 within a few seconds" \
+  test "$exit_code" = 0
+
 "$BUILD/agent/agent-tunnel" connect --gateway "$GRPC" >usage.out 2>usage.err
 check "missing flags exit 2" test $? = 2
 check "and name the missing flag" grep -q -- "--id is required" usage.err
@@ -93,6 +134,8 @@ check "--help exits 0 and lists --to" grep -q -- "--to" help.out
   --ops-addr "" --credentials missing.txtpb >/dev/null 2>missing.err
 check "gateway with a missing credentials file exits 1" test $? = 1
 check "and names the file" grep -q "missing.txtpb" missing.err
+check "and says what to run" \
+  grep -q "issue a token first: tunnelctl token issue --id DEVICE --credentials missing.txtpb" missing.err
 check "a 0600 credentials file draws no warning" \
   bash -c "! grep -q 'accessible to group or others' gw.err"
 # Every agent's secret is in the file: a readable one is warned about.

@@ -45,10 +45,22 @@ check "issue prints secret line" grep -Eqx 'secret: [A-Za-z0-9_-]{43}' issue.out
 token="$(sed -n 's/^token: //p' issue.out)"
 secret="$(sed -n 's/^secret: //p' issue.out)"
 check "issue hints that the secret is shown once" grep -q 'only once' issue.err
-check "issue shows an agent-tunnel example" \
-  grep -q -- "agent-tunnel connect --gateway HOST:8080 --id web-1 --token $token --secret $secret --to http://127.0.0.1:3000" issue.err
+check "issue shows an agent-tunnel example, the secret in the environment" \
+  grep -q -- "TUNNEL_SECRET='$secret' agent-tunnel connect --gateway HOST:8080 --id web-1 --token $token --to http://127.0.0.1:3000" issue.err
+check "the example does not put the secret on the command line" \
+  bash -c "! grep -q -- '--secret' issue.err"
 check "credentials file created" test -f creds.txtpb
 check "credentials file mode is 600" test "$(file_mode creds.txtpb)" = 600
+
+run code nodir.out nodir.err token issue --id web-1 --credentials nodir/creds.txtpb
+check "issue into a missing directory exits 1" test "$code" -eq 1
+check "and says what to run" grep -q 'directory nodir does not exist; create it first (mkdir -p nodir' nodir.err
+check "and issued nothing" test ! -s nodir.out
+run code www.out www.err token issue --id www --credentials slugs.txtpb
+check "an id that cannot be a slug is issued" test "$code" -eq 0
+check "with a note that the agent needs --slug" \
+  grep -q 'agent id "www" cannot be its tunnel.s slug (slug "www" is reserved.*needs --slug NAME' www.err
+check "and --slug in the example" grep -q -- '--id www --token tok_[0-9a-f]* --slug NAME' www.err
 
 run code issue2.out issue2.err token issue --id=db-2 --credentials=creds.txtpb
 check "second issue exits 0" test "$code" -eq 0

@@ -446,5 +446,36 @@ TEST_F(ReliabilityTest, FrozenAgentIsDeclaredDeadWithinTheHeartbeatBound) {
   release_.Notify();
 }
 
+// With the default heartbeats, a frozen agent (SIGSTOP: the TCP connection
+// stays up, nothing answers) is declared dead well within the default
+// response timeout (30 s): a request in flight, and one that arrives after
+// the freeze, both get 502 agent_offline, not 504 after 30 s.
+TEST_F(ReliabilityTest, FrozenAgentFailsRequestsWith502AtTheDefaults) {
+  TunnelHarness h;
+  h.StartGateway();
+  std::string env;
+  std::vector<std::string> args = h.AgentArgs("cam-01", {svc_.url()}, &env);
+  ChildProcess agent(TUNNEL_AGENT_BINARY, args, {env});
+  ASSERT_TRUE(h.WaitForSessions(1)) << agent.Stderr();
+  std::optional<httplib::Result> in_flight, after;
+  std::thread first([&] {
+    in_flight.emplace(h.Visitor()->Get(TunnelHarness::Path("cam-01", "/gated")));
+  });
+  ASSERT_TRUE(WaitForHeld(1));
+  agent.Signal(SIGSTOP);
+  std::thread second([&] {
+    after.emplace(h.Visitor()->Get(TunnelHarness::Path("cam-01", "/hello")));
+  });
+  first.join();
+  second.join();
+  agent.Signal(SIGCONT);
+  for (auto* r : {&in_flight, &after}) {
+    ASSERT_TRUE(r->has_value() && **r);
+    EXPECT_EQ((**r)->status, 502);
+    EXPECT_EQ((**r)->get_header_value("X-Tunnel-Error"), "agent_offline");
+  }
+  release_.Notify();
+}
+
 }  // namespace
 }  // namespace tunnel::testing

@@ -810,6 +810,10 @@ TEST_F(TunnelTest, UnknownTunnelIs404) {
   ASSERT_TRUE(html);
   EXPECT_EQ(html->status, 404);
   EXPECT_THAT(html->get_header_value("Content-Type"), HasSubstr("text/html"));
+  // The hint names the public port, so it can be followed as written.
+  EXPECT_THAT(html->body,
+              HasSubstr(absl::StrCat("http://localhost:",
+                                     h.gateway().http_port(), "/t/&lt;name&gt;/")));
 }
 
 // Every answer carries an X-Request-Id, the gateway's own answers too.

@@ -4,6 +4,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "common/config_file.h"
 #include "gtest/gtest.h"
 #include "tunnel/v1/config.pb.h"
@@ -92,20 +93,26 @@ TEST(GatewayFlagsTest, LimitsDefaultToUnlimitedAndReachTheFrontDoor) {
 }
 
 TEST(GatewayFlagsTest, NegativeLimitsAreRefusedByName) {
+  absl::Status s;
   for (const char* flag :
        {"--tunnel-requests-per-minute=-1", "--tunnel-concurrent-requests=-1",
         "--max-connections-per-ip=-1", "--connections-per-ip-per-minute=-1",
         "--max-request-body=-1", "--max-response-body=-1"}) {
     GatewayFlags values;
-    absl::Status s = ParseArgs({"--insecure", flag}, &values);
+    s = ParseArgs({"--insecure", flag}, &values);
     EXPECT_TRUE(absl::IsInvalidArgument(s)) << flag << ": " << s;
     std::string name(flag);
     name = name.substr(0, name.find('='));
     EXPECT_NE(s.message().find(name), std::string::npos) << s;
+    // Only the flag that is wrong is named.
+    EXPECT_EQ(absl::StrContains(s.message().substr(name.size()), "--"), false)
+        << s;
   }
+  GatewayFlags no_agents;
+  s = ParseArgs({"--insecure", "--max-agents=0"}, &no_agents);
+  EXPECT_EQ(s.message(), "--max-agents must be at least 1 (it is 0)");
   GatewayFlags zero;
-  absl::Status s =
-      ParseArgs({"--insecure", "--max-tracked-client-ips=0"}, &zero);
+  s = ParseArgs({"--insecure", "--max-tracked-client-ips=0"}, &zero);
   EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
   EXPECT_NE(s.message().find("--max-tracked-client-ips"), std::string::npos);
   GatewayFlags values;
