@@ -226,6 +226,9 @@ check "the request in flight completed with 200" \
 check "and its whole body" test "$(cat inflight.body)" = released
 wait_for_exit "$GW2" 20
 check "the draining gateway exits 0" test "$exit_code" = 0
+check "the agent says in words why its session ended" \
+  wait_for_line agent2.err 'the gateway closed the connection \(restart or drain\); reconnecting in' 10
+check "never in gRPC's status names" bash -c "! grep -q 'CANCELLED' agent2.err"
 
 echo "tunnel_e2e: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
