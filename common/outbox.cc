@@ -40,6 +40,27 @@ size_t BodySize(const Envelope& e) {
   }
 }
 
+// What a head costs in the queue besides its body: its path and fields.
+size_t HeadSize(const Envelope& e) {
+  const google::protobuf::RepeatedPtrField<tunnel::v1::Header>* headers;
+  size_t n = 0;
+  switch (e.message_case()) {
+    case Envelope::kRequest:
+      headers = &e.request().headers();
+      n = e.request().path().size() + e.request().method().size();
+      break;
+    case Envelope::kResponse:
+      headers = &e.response().headers();
+      break;
+    default:
+      return 0;
+  }
+  for (const auto& h : *headers) n += h.name().size() + h.value().size() + 4;
+  return n;
+}
+
+size_t QueuedSize(const Envelope& e) { return BodySize(e) + HeadSize(e); }
+
 void Append(Envelope* e, const std::string& bytes, bool end) {
   switch (e->message_case()) {
     case Envelope::kData:
@@ -84,7 +105,7 @@ void Outbox::Push(Envelope e) {
       return;
     }
   }
-  bytes_ += BodySize(e);
+  bytes_ += QueuedSize(e);
   data_.push_back(std::move(e));
   if (appendable) {
     open_tail_[id] = &data_.back();
@@ -110,7 +131,7 @@ bool Outbox::PopLocked(Envelope* out) {
   if (it != open_tail_.end() && it->second == &data_.front()) {
     open_tail_.erase(it);
   }
-  bytes_ -= BodySize(data_.front());
+  bytes_ -= QueuedSize(data_.front());
   *out = std::move(data_.front());
   data_.pop_front();
   if (!room_waiters_.empty() && bytes_ <= room_threshold_) {
@@ -200,6 +221,11 @@ void Outbox::Clear() {
   open_tail_.clear();
   bytes_ = 0;
   room_waiters_.WakeAll();
+}
+
+size_t Outbox::control_size() const {
+  absl::MutexLock lock(&mu_);
+  return control_.size();
 }
 
 bool Outbox::empty() const {

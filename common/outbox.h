@@ -11,8 +11,9 @@
 //
 // Memory is bounded twice: data is only enqueued against stream credit (so
 // the data lane never holds more than streams x window), and producers of
-// body bytes call WaitForRoom first, which holds them while the queued body
-// bytes exceed the session's limit (control messages are never held).
+// body bytes call WaitForRoom first, which holds them while the queued bytes
+// (bodies and heads) exceed the session's limit. Control messages are never
+// held; their number is the owner's to bound (see control_size).
 //
 // Thread-safe; WaitForRoom also suspends a front-door fiber instead of its
 // thread (see fiber_wait.h).
@@ -50,8 +51,11 @@ class Outbox {
   // Blocks while more than `max_bytes` of body bytes are queued. False on
   // deadline or Close().
   bool WaitForRoom(size_t max_bytes, absl::Time deadline);
-  // Body bytes currently queued.
+  // Body bytes currently queued, and the heads' paths and fields (a head
+  // can carry 64 KiB of them: they count against WaitForRoom's bound too).
   size_t queued_bytes() const;
+  // Messages in the control lane.
+  size_t control_size() const;
 
   // The writer role, for a synchronous stream that any producer may write
   // (one Write at a time): a thread that pushed calls TryClaim and, if it

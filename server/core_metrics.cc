@@ -33,6 +33,8 @@ absl::string_view ViolationName(Violation v) {
       return "data_after_end";
     case Violation::kInvalidHeader:
       return "invalid_header";
+    case Violation::kUnreadStream:
+      return "unread_stream";
   }
   return "unknown";
 }
@@ -57,10 +59,12 @@ CoreMetrics::CoreMetrics(common::MetricsRegistry* registry) {
   common::CounterFamily* capacity = registry->AddCounter(
       "tunnel_capacity_rejections_total",
       "Work refused at a configured limit: agents at --max-agents, visitor "
-      "requests (503 gateway_busy) at --max-streams-per-agent.",
+      "requests (503 gateway_busy) at --max-streams-per-agent or while the "
+      "agent's send queue is full (send_queue).",
       {"limit"});
   max_agents_rejections = capacity->WithLabels({"max_agents"});
   max_streams_rejections = capacity->WithLabels({"max_streams_per_agent"});
+  send_queue_rejections = capacity->WithLabels({"send_queue"});
   common::CounterFamily* closes = registry->AddCounter(
       "tunnel_stream_closes_total",
       "Streams closed before their normal end (TunnelClose), by sender and "

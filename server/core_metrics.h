@@ -30,9 +30,11 @@ enum class Violation {
   kFlowControl,        // stream closed: beyond the credit, window overflow
   kDataAfterEnd,       // stream closed: body bytes after end_stream
   kInvalidHeader,      // field dropped: response header name/value unsafe
+  kUnreadStream,       // session closed: the agent does not read what it is
+                       // sent (pongs and other control messages pile up)
 };
 inline constexpr int kViolationKinds =
-    static_cast<int>(Violation::kInvalidHeader) + 1;
+    static_cast<int>(Violation::kUnreadStream) + 1;
 absl::string_view ViolationName(Violation v);
 
 struct CoreMetrics {
@@ -56,6 +58,8 @@ struct CoreMetrics {
 
   common::Counter* max_agents_rejections;
   common::Counter* max_streams_rejections;
+  // Visitor requests refused while the agent's send queue is full.
+  common::Counter* send_queue_rejections;
   common::Counter* agent_connects;
   common::Counter* agent_disconnects;
   // Connect calls refused before the HMAC check: their source IP failed

@@ -202,19 +202,34 @@ void Session::SetAgentReceiveWindow(uint32_t window) {
 void Session::Enqueue(Envelope e, bool control) {
   const Envelope* to_write = nullptr;
   bool more = false;
+  bool unread = false;
   {
     absl::MutexLock lock(&mu_);
     if (finish_requested_ || done_) return;
-    if (control) {
+    if (control && outbox_.control_size() >= limits_.max_queued_control) {
+      unread = true;
+    } else if (control) {
       outbox_.PushControl(std::move(e));
     } else {
       outbox_.Push(std::move(e));
     }
-    if (!writing_ && outbox_.TryPop(&current_)) {
+    if (!unread && !writing_ && outbox_.TryPop(&current_)) {
       writing_ = true;
       to_write = &current_;
       more = !outbox_.empty();
     }
+  }
+  if (unread) {
+    // The agent does not read its stream (a hostile one may ping and never
+    // read the pongs): its session ends, not our memory.
+    const std::string detail = absl::StrCat(
+        limits_.max_queued_control, " control messages wait to be sent");
+    NoteViolation(Violation::kUnreadStream, detail);
+    Close(grpc::Status(
+              grpc::StatusCode::RESOURCE_EXHAUSTED,
+              absl::StrCat("the agent does not read its stream: ", detail)),
+          /*drain=*/false);
+    return;
   }
   // No lock across the write. The call cannot finish meanwhile: Finish
   // waits for writing_ to drop, which only OnWriteDone does.
@@ -321,6 +336,14 @@ absl::StatusOr<std::unique_ptr<TunnelStream>> Session::OpenStream(
       return absl::ResourceExhaustedError(absl::StrCat(
           "the agent has ", streams_.size(), " requests in flight (limit ",
           limits_.max_streams, ")"));
+    }
+    if (outbox_.queued_bytes() > limits_.max_queued_bytes) {
+      // Heads count too: an agent that reads nothing must not make us queue
+      // every visitor's head (up to --max-request-head each).
+      metrics_->send_queue_rejections->Increment();
+      return absl::ResourceExhaustedError(
+          "the agent is not taking requests as fast as they come (its send "
+          "queue is full)");
     }
     id = next_stream_id_++;
     streams_[id] = channel;

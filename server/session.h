@@ -37,8 +37,13 @@ struct SessionLimits {
   uint32_t agent_receive_window = common::kDefaultStreamWindow;
   uint32_t max_chunk = common::kMaxChunkBytes;
   size_t max_streams = 4096;
-  // Body bytes queued towards the agent before producers wait.
+  // Bytes (bodies and heads) queued towards the agent before producers of
+  // body bytes wait and new streams are refused (503).
   size_t max_queued_bytes = 16 << 20;
+  // Control messages (pongs, window updates, closes) queued towards the
+  // agent: beyond, the agent is not reading its stream and its session
+  // ends (RESOURCE_EXHAUSTED).
+  size_t max_queued_control = 4096;
 };
 
 // The gRPC call's side of a session: the one place that talks to gRPC. Calls

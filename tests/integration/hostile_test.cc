@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <fstream>
 #include <memory>
 #include <optional>
 #include <string>
@@ -50,6 +51,16 @@ double Metric(server::Gateway& gw, absl::string_view series) {
   return MetricValue(gw, series, 0);
 }
 
+// This process's resident memory (the gateway runs in it), in KiB.
+int64_t RssKib() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::atoll(line.c_str() + 6);
+  }
+  return -1;
+}
+
 double Violations(server::Gateway& gw, absl::string_view kind) {
   return Metric(gw, absl::StrCat("tunnel_protocol_violations_total{kind=\"",
                                  kind, "\"}"));
@@ -59,10 +70,19 @@ double Violations(server::Gateway& gw, absl::string_view kind) {
 // control.
 class HostileAgent {
  public:
-  HostileAgent(TunnelHarness& h, const std::string& agent_id) {
-    channel_ =
-        grpc::CreateChannel(absl::StrCat("127.0.0.1:", h.gateway().grpc_port()),
-                            grpc::InsecureChannelCredentials());
+  // `small_window`: the channel announces a small receive window and no
+  // more unless the test reads (an agent that stops reading then really
+  // holds the gateway's messages back).
+  HostileAgent(TunnelHarness& h, const std::string& agent_id,
+               bool small_window = false) {
+    grpc::ChannelArguments args;
+    if (small_window) {
+      args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+      args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 4096);
+    }
+    channel_ = grpc::CreateCustomChannel(
+        absl::StrCat("127.0.0.1:", h.gateway().grpc_port()),
+        grpc::InsecureChannelCredentials(), args);
     stub_ = tunnel::v1::TunnelService::NewStub(channel_);
     ctx_.set_deadline(std::chrono::system_clock::now() +
                       std::chrono::seconds(60));
@@ -102,6 +122,9 @@ class HostileAgent {
     }
     return std::nullopt;
   }
+
+  // Ends the call from this side.
+  void Cancel() { ctx_.TryCancel(); }
 
   // Reads until the gateway ends the call; its status.
   grpc::Status Finish() {
@@ -605,6 +628,73 @@ TEST_F(HostileTest, AnUnreadRequestBodyIsNeverParsedAsTheNextRequest) {
   EXPECT_TRUE(closed) << "connection left open";
   EXPECT_THAT(got, Not(HasSubstr("hello")));
   ExpectHealthyServes();
+}
+
+// An agent that pings and never reads the pongs: the pongs cannot pile up
+// without bound in the gateway; its session ends RESOURCE_EXHAUSTED, and
+// the healthy tunnel goes on.
+TEST_F(HostileTest, PingsFromAnAgentThatNeverReadsEndItsSession) {
+  Start();
+  const int64_t rss_before = RssKib();
+  HostileAgent evil(h_, kHostile, /*small_window=*/true);
+  Envelope ping;
+  ping.mutable_control()->mutable_ping()->set_nonce(1);
+  int sent = 0;
+  for (; sent < 200000 && evil.Send(ping); ++sent) {
+  }
+  grpc::Status st = evil.Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << st.error_message() << " after " << sent << " pings";
+  EXPECT_THAT(st.error_message(), HasSubstr("does not read its stream"));
+  EXPECT_EQ(Violations(h_.gateway(), "unread_stream"), 1);
+  ExpectHealthyServes();
+  // What the gateway held for it is bounded (4096 pongs, a few hundred KiB);
+  // the margin is for the allocator and the test's own threads.
+  EXPECT_LT(RssKib() - rss_before, 32 * 1024) << sent << " pings";
+}
+
+// Request heads for an agent that reads nothing: past the send queue's bound
+// visitors get 503 at once instead of the gateway queuing their heads.
+TEST_F(HostileTest, RequestHeadsForAnAgentThatNeverReadsAreBounded) {
+  Start([](server::GatewayOptions& o) {
+    o.service.limits.max_queued_bytes = 256 * 1024;
+    o.front.response_timeout = absl::Seconds(20);
+  });
+  // Connected, and never reads again.
+  HostileAgent evil(h_, kHostile, /*small_window=*/true);
+  // 21 KiB of fields per head (a field line may hold 8 KiB).
+  const std::string big(7 * 1024, 'h');
+  std::atomic<int> busy{0};
+  std::vector<std::thread> visitors;
+  for (int i = 0; i < 60; ++i) {
+    visitors.emplace_back([&] {
+      auto cli = h_.Visitor();
+      cli->set_read_timeout(30, 0);
+      auto res =
+          cli->Get(TunnelHarness::Path(kHostile, "/x"),
+                   {{"X-Big-1", big}, {"X-Big-2", big}, {"X-Big-3", big}});
+      if (res && res->status == 503 &&
+          res->get_header_value("X-Tunnel-Error") == "gateway_busy") {
+        ++busy;
+      }
+    });
+  }
+  // The first visitors' heads fill the HTTP/2 window and the queue; later
+  // ones are refused at once. Ending the hostile call fails the rest.
+  absl::Time give_up = absl::Now() + absl::Seconds(20);
+  while (Metric(h_.gateway(),
+                "tunnel_capacity_rejections_total{limit=\"send_queue\"}") ==
+             0 &&
+         absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_GT(Metric(h_.gateway(),
+                   "tunnel_capacity_rejections_total{limit=\"send_queue\"}"),
+            0);
+  ExpectHealthyServes();
+  evil.Cancel();
+  for (auto& t : visitors) t.join();
+  EXPECT_GT(busy.load(), 0);
 }
 
 }  // namespace
