@@ -27,6 +27,8 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
   v->max_request_head =
       static_cast<int64_t>(o.front.connection.max_request_head_bytes);
   v->grpc_threads = o.service.grpc_threads;
+  v->send_queue_bytes = static_cast<int64_t>(o.service.limits.max_queued_bytes);
+  v->control_queue = static_cast<int64_t>(o.service.limits.max_queued_control);
 
   flags->String("config", &v->config,
                 "config file (tunnel.v1.GatewayConfig, text format or .json); "
@@ -138,6 +140,12 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
   flags->Int("grpc-threads", &v->grpc_threads,
              "threads that run agents' gRPC traffic (each agent stays on "
              "one); more only helps with many busy agents on many cores");
+  flags->Int("agent-send-queue", &v->send_queue_bytes,
+             "bytes (bodies and request heads) queued towards one agent "
+             "before uploads wait and new requests get 503");
+  flags->Int("agent-control-queue", &v->control_queue,
+             "control messages (pongs, window updates, closes) queued "
+             "towards one agent before its session ends: it is not reading");
   flags->Int("max-request-head", &v->max_request_head,
              "largest visitor request line + headers, in bytes; a bigger "
              "head gets 431 and the connection is closed");
@@ -266,6 +274,14 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
     return absl::InvalidArgumentError(
         "--max-request-head must be between 1024 and 1048576");
   }
+  if (v->send_queue_bytes < (1 << 20) || v->send_queue_bytes > (1LL << 30)) {
+    return absl::InvalidArgumentError(
+        "--agent-send-queue must be between 1048576 and 1073741824");
+  }
+  if (v->control_queue < 64 || v->control_queue > 1000000) {
+    return absl::InvalidArgumentError(
+        "--agent-control-queue must be between 64 and 1000000");
+  }
   if (v->grpc_threads < 1 || v->grpc_threads > 64) {
     return absl::InvalidArgumentError(
         "--grpc-threads must be between 1 and 64");
@@ -303,6 +319,8 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
   o.front.connection.max_request_head_bytes =
       static_cast<size_t>(v->max_request_head);
   o.service.grpc_threads = static_cast<int>(v->grpc_threads);
+  o.service.limits.max_queued_bytes = static_cast<size_t>(v->send_queue_bytes);
+  o.service.limits.max_queued_control = static_cast<size_t>(v->control_queue);
   return absl::OkStatus();
 }
 

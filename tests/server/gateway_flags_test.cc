@@ -120,6 +120,20 @@ TEST(GatewayFlagsTest, NegativeLimitsAreRefusedByName) {
       ParseArgs({"--insecure", "--max-request-body=lots"}, &values).ok());
 }
 
+TEST(GatewayFlagsTest, AgentQueueBoundsReachTheSessionLimits) {
+  GatewayFlags values;
+  ASSERT_TRUE(ParseArgs({"--insecure", "--agent-send-queue=2097152",
+                         "--agent-control-queue=128"},
+                        &values)
+                  .ok());
+  EXPECT_EQ(values.options.service.limits.max_queued_bytes, 2097152u);
+  EXPECT_EQ(values.options.service.limits.max_queued_control, 128u);
+  GatewayFlags small;
+  absl::Status s = ParseArgs({"--insecure", "--agent-send-queue=1000"}, &small);
+  EXPECT_EQ(s.message(),
+            "--agent-send-queue must be between 1048576 and 1073741824");
+}
+
 TEST(GatewayFlagsTest, HostileInputLimitsReachTheOptions) {
   GatewayFlags v;
   ASSERT_TRUE(ParseArgs({"--insecure", "--max-agent-message", "262144",
