@@ -75,7 +75,7 @@ struct GatewayOptions {
   // in front of us).
   int public_port = -1;
   // A session silent this long (no message, not even a pong) is dead.
-  absl::Duration heartbeat_timeout = absl::Seconds(8);
+  absl::Duration heartbeat_timeout = absl::Seconds(7);
   // Told to agents (GoAway) and visitors (Retry-After) while draining.
   absl::Duration drain_retry_after = absl::Seconds(5);
   TunnelServiceOptions service;

@@ -37,7 +37,7 @@ struct TunnelServiceOptions {
   size_t max_agents = 100000;
   absl::Duration busy_retry_after = absl::Seconds(5);
   // How often the gateway pings each agent (told to agents at connect).
-  absl::Duration heartbeat_interval = absl::Seconds(2);
+  absl::Duration heartbeat_interval = absl::Seconds(3);
   // Failed authentications one source IP (IPv6: its /64) may have per
   // minute; beyond, its Connect calls are refused RESOURCE_EXHAUSTED without
   // the HMAC work until the minute is over. 0: no limit.

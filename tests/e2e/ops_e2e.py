@@ -29,32 +29,13 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e_util import check, failures, read_line, wait_until  # noqa: E402
+
 BUILD = os.path.abspath(sys.argv[1])
 GATEWAY = os.path.join(BUILD, "server", "gateway-tunnel")
 AGENT = os.path.join(BUILD, "agent", "agent-tunnel")
 TUNNELCTL = os.path.join(BUILD, "tools", "tunnelctl")
-
-failures = []
-
-
-def check(what, ok, detail=""):
-    if ok:
-        print(f"ok: {what}")
-    else:
-        print(f"FAIL: {what} {detail}", file=sys.stderr)
-        failures.append(what)
-
-
-def wait_until(predicate, seconds, what):
-    """Polls `predicate` until it returns a truthy value or the deadline."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {seconds}s waiting for {what}")
-        time.sleep(0.02)
 
 
 # --- the local service behind the agent ---
@@ -86,20 +67,6 @@ class Service(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self._answer(200, body)
-
-
-def read_line(path, pattern, seconds):
-    def find():
-        try:
-            with open(path) as f:
-                for line in f:
-                    if re.search(pattern, line):
-                        return line.strip()
-        except FileNotFoundError:
-            pass
-        return None
-
-    return wait_until(find, seconds, f"/{pattern}/ in {path}")
 
 
 def fetch(url, data=None, method=None):

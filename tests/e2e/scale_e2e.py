@@ -30,6 +30,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e_util import check, failures, read_line, wait_until  # noqa: E402
+
 BUILD = os.path.abspath(sys.argv[1])
 GATEWAY = os.path.join(BUILD, "server", "gateway-tunnel")
 AGENT = os.path.join(BUILD, "agent", "agent-tunnel")
@@ -40,27 +43,6 @@ READ_TIMEOUT = 8        # --read-timeout: idle before a first byte, and heads
 KEEP_ALIVE_TIMEOUT = 10  # --keep-alive-timeout
 HANDSHAKE_TIMEOUT = 5    # --tls-handshake-timeout
 SLACK = 4                # how late a close may come (a loaded 2-core box)
-
-failures = []
-
-
-def check(what, ok, detail=""):
-    if ok:
-        print(f"ok: {what}")
-    else:
-        print(f"FAIL: {what} {detail}", file=sys.stderr)
-        failures.append(what)
-
-
-def wait_until(predicate, seconds, what):
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {seconds}s waiting for {what}")
-        time.sleep(0.05)
 
 
 # --- the local service: a real backlog, and a gate that holds requests ---
@@ -129,20 +111,6 @@ def get(host, port, path, tls=False, timeout=5):
         return 0, repr(e).encode()
     finally:
         c.close()
-
-
-def read_line(path, pattern, seconds):
-    def find():
-        try:
-            with open(path) as f:
-                for line in f:
-                    if re.search(pattern, line):
-                        return line.strip()
-        except FileNotFoundError:
-            pass
-        return None
-
-    return wait_until(find, seconds, f"/{pattern}/ in {path}")
 
 
 def start_tunnel(procs, token, secret, svc_port, tls_files=None):

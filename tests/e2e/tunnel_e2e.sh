@@ -69,8 +69,8 @@ check "the answer keeps the visitor's request id" \
   grep -qi '^X-Request-Id: e2e-req-42' down.head
 check "the gateway's access line has it" \
   grep -Eq ' INFO access request_id=e2e-req-42 .*status=502' gw.err
-check "the agent's log line names it" \
-  wait_for_line agent.err 'request e2e-req-42' 10
+check "the agent's log line names it, and says what went wrong in words" \
+  wait_for_line agent.err 'cannot reach its local service .*\(connection refused: nothing listens there, or it is down\) \(request e2e-req-42\)' 10
 
 # A wrong secret is permanent: the agent says so and exits 1.
 "$BUILD/agent/agent-tunnel" connect --gateway "$GRPC" --id cam-01 \

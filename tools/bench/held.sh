@@ -34,53 +34,14 @@ head -c 100 /dev/urandom >"$W/100b"
 mkdir -p "$W/www" && mv "$W/100b" "$W/www/100b"
 chmod -R a+rX "$W"
 
-ORIGIN=$(free_port); PROXY=$(free_port); SSE=$(free_port)
-cat >"$W/nginx.conf" <<NGINX
-worker_processes 1;
-worker_rlimit_nofile 40000;
-pid $W/nginx.pid;
-error_log $W/nginx-error.log warn;
-events { worker_connections 30000; }
-http {
-  access_log off;
-  tcp_nodelay on;
-  keepalive_requests 1000000;
-  keepalive_timeout 300s;
-  upstream origin { server 127.0.0.1:$ORIGIN; keepalive 256; }
-  server { listen 127.0.0.1:$ORIGIN; root $W/www; }
-  server {
-    listen 127.0.0.1:$PROXY;
-    location / {
-      proxy_pass http://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-    }
-  }
-}
-NGINX
-nginx -c "$W/nginx.conf" -p "$W" -g 'daemon off;' 2>"$RAW/nginx.err" &
-pids+=($!)
+SSE=$(free_port)
+start_nginx
 build/tools/bench/sse_bench serve --port "$SSE" >"$W/sse.out" 2>"$RAW/sse.err" &
 pids+=($!)
 wait_line "$W/sse.out" '^port' 10 >/dev/null
-
-build/tools/tunnelctl token issue --id bench --credentials "$W/creds.txtpb" >"$W/issued" 2>/dev/null
-TOKEN=$(awk '/^token:/{print $2}' "$W/issued"); SECRET=$(awk '/^secret:/{print $2}' "$W/issued")
-"$GATEWAY_BIN" --insecure --admin-addr "" --grpc-addr 127.0.0.1:0 \
-  --http-addr 127.0.0.1:0 --ops-addr 127.0.0.1:0 --credentials "$W/creds.txtpb" \
-  --keep-alive-timeout 300s --read-timeout 300s --log-level warning \
-  >"$W/gw.out" 2>"$RAW/gateway.err" &
-GW=$!; pids+=($GW)
-GRPC=$(wait_line "$W/gw.out" '^grpc ' 10 | awk '{print $2}')
-GWHTTP=$(wait_line "$W/gw.out" '^http ' 10 | awk '{print $2}')
-TUNNEL_SECRET="$SECRET" build/agent/agent-tunnel connect --gateway "$GRPC" \
-  --id bench --token "$TOKEN" --insecure --max-concurrent $((SSE_STREAMS + 100)) \
-  --to "http://127.0.0.1:$ORIGIN" --to "sse=http://127.0.0.1:$SSE" \
-  --log-level warning >"$W/agent.out" 2>"$RAW/agent.err" &
-AG=$!; pids+=($AG)
-wait_line "$W/agent.out" '/t/sse-bench/' 20 >/dev/null
-for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$ORIGIN/100b" && break; sleep 0.05; done
+start_tunnel "$GATEWAY_BIN" $((SSE_STREAMS + 100)) \
+  --keep-alive-timeout 300s --read-timeout 300s -- \
+  --to "http://127.0.0.1:$ORIGIN" --to "sse=http://127.0.0.1:$SSE"
 NGINX_WORKER=$(pgrep -P "$(cat "$W/nginx.pid")" | head -1)
 threads_of() { awk '/^Threads/{print $2}' "/proc/$1/status"; }
 

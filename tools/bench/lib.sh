@@ -72,3 +72,66 @@ bench_cleanup() {
   wait 2>/dev/null || true
   rm -rf "$W"
 }
+
+# start_nginx: an nginx origin serving $W/www on $ORIGIN and an nginx reverse
+# proxy to it on $PROXY (one worker each way, keep-alive upstream: the floor
+# for any proxy), with room for held connections. Sets ORIGIN and PROXY.
+start_nginx() {
+  ORIGIN=$(free_port); PROXY=$(free_port)
+  cat >"$W/nginx.conf" <<NGINX
+worker_processes 1;
+worker_rlimit_nofile 40000;
+pid $W/nginx.pid;
+error_log $W/nginx-error.log warn;
+events { worker_connections 30000; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nodelay on;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+  upstream origin { server 127.0.0.1:$ORIGIN; keepalive 256; }
+  server { listen 127.0.0.1:$ORIGIN; root $W/www; }
+  server {
+    listen 127.0.0.1:$PROXY;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+NGINX
+  nginx -c "$W/nginx.conf" -p "$W" -g 'daemon off;' 2>"$RAW/nginx.err" &
+  pids+=($!)
+}
+
+# start_tunnel GATEWAY_BIN MAX_CONCURRENT [GATEWAY FLAGS...] -- [--to SPEC...]:
+# gateway-tunnel (plaintext, port 0) and agent "bench" with the agent flags
+# after "--"; waits until the agent is connected and nginx answers.
+# Sets GW, AG (pids), GRPC and GWHTTP (addresses).
+start_tunnel() {
+  local gw_bin=$1 max=$2 gw_flags=() ag_flags=()
+  shift 2
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do gw_flags+=("$1"); shift; done
+  [ $# -gt 0 ] && shift
+  ag_flags=("$@")
+  build/tools/tunnelctl token issue --id bench --credentials "$W/creds.txtpb" >"$W/issued" 2>/dev/null
+  local token secret
+  token=$(awk '/^token:/{print $2}' "$W/issued"); secret=$(awk '/^secret:/{print $2}' "$W/issued")
+  "$gw_bin" --insecure --admin-addr "" --grpc-addr 127.0.0.1:0 \
+    --http-addr 127.0.0.1:0 --ops-addr 127.0.0.1:0 --credentials "$W/creds.txtpb" \
+    --log-level warning "${gw_flags[@]}" >"$W/gw.out" 2>"$RAW/gateway.err" &
+  GW=$!; pids+=($GW)
+  GRPC=$(wait_line "$W/gw.out" '^grpc ' 10 | awk '{print $2}')
+  GWHTTP=$(wait_line "$W/gw.out" '^http ' 10 | awk '{print $2}')
+  TUNNEL_SECRET="$secret" build/agent/agent-tunnel connect --gateway "$GRPC" \
+    --id bench --token "$token" --insecure --max-concurrent "$max" \
+    --log-level warning "${ag_flags[@]}" >"$W/agent.out" 2>"$RAW/agent.err" &
+  AG=$!; pids+=($AG)
+  # The agent prints every tunnel's URLs at once, once it is accepted.
+  wait_line "$W/agent.out" '/t/bench/' 20 >/dev/null
+  # Wait for nginx too.
+  for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$ORIGIN/100b" && break; sleep 0.05; done
+}

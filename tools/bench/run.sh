@@ -30,55 +30,13 @@ head -c 1048576 /dev/urandom >"$W/www/1m"
 truncate -s 1G "$W/www/1g"
 chmod -R a+rX "$W"  # nginx workers run as www-data
 
-ORIGIN=$(free_port); PROXY=$(free_port); SINK=$(free_port)
-cat >"$W/nginx.conf" <<NGINX
-worker_processes 1;
-pid $W/nginx.pid;
-error_log $W/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nodelay on;
-  keepalive_requests 1000000;
-  upstream origin { server 127.0.0.1:$ORIGIN; keepalive 256; }
-  server {
-    listen 127.0.0.1:$ORIGIN;
-    root $W/www;
-  }
-  server {
-    listen 127.0.0.1:$PROXY;
-    location / {
-      proxy_pass http://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-    }
-  }
-}
-NGINX
-nginx -c "$W/nginx.conf" -p "$W" -g 'daemon off;' 2>"$RAW/nginx.err" &
-pids+=($!)
+SINK=$(free_port)
+start_nginx
 build/tools/bench/bench_sink --port "$SINK" >"$W/sink.out" 2>&1 &
 pids+=($!)
 wait_line "$W/sink.out" '^port' 10 >/dev/null
-
-build/tools/tunnelctl token issue --id bench --credentials "$W/creds.txtpb" >"$W/issued" 2>/dev/null
-TOKEN=$(awk '/^token:/{print $2}' "$W/issued"); SECRET=$(awk '/^secret:/{print $2}' "$W/issued")
-build/server/gateway-tunnel --insecure --admin-addr "" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --ops-addr 127.0.0.1:0 \
-  --credentials "$W/creds.txtpb" --log-level warning \
-  >"$W/gw.out" 2>"$RAW/gateway.err" &
-GW=$!; pids+=($GW)
-GRPC=$(wait_line "$W/gw.out" '^grpc ' 10 | awk '{print $2}')
-GWHTTP=$(wait_line "$W/gw.out" '^http ' 10 | awk '{print $2}')
-TUNNEL_SECRET="$SECRET" build/agent/agent-tunnel connect --gateway "$GRPC" \
-  --id bench --token "$TOKEN" --insecure --max-concurrent 1200 \
-  --to "http://127.0.0.1:$ORIGIN" --to "sink=http://127.0.0.1:$SINK" \
-  --log-level warning >"$W/agent.out" 2>"$RAW/agent.err" &
-AG=$!; pids+=($AG)
-wait_line "$W/agent.out" '/t/sink-bench/' 20 >/dev/null
-# Wait for nginx too.
-for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$ORIGIN/100b" && break; sleep 0.05; done
+start_tunnel build/server/gateway-tunnel 1200 -- \
+  --to "http://127.0.0.1:$ORIGIN" --to "sink=http://127.0.0.1:$SINK"
 AGENT_IDLE_RSS=$(rss_kb "$AG")
 # Most of that RSS is shared library text; what the agent itself holds:
 AGENT_IDLE_PRIVATE=$(awk '/^Private_(Clean|Dirty)/{s+=$2} END{print s}' "/proc/$AG/smaps_rollup")
