@@ -76,6 +76,15 @@ class ReliabilityTest : public ::testing::Test {
     if (!release_.HasBeenNotified()) release_.Notify();
   }
 
+  // The agent-tunnel binary for cam-01 as a child process (so the test can
+  // kill -9 or SIGSTOP it), serving svc_.
+  std::unique_ptr<ChildProcess> StartAgentProcess(TunnelHarness& h) {
+    std::string env;
+    std::vector<std::string> args = h.AgentArgs("cam-01", {svc_.url()}, &env);
+    return std::make_unique<ChildProcess>(TUNNEL_AGENT_BINARY, args,
+                                          std::vector<std::string>{env});
+  }
+
   // Waits (bounded) until `n` requests are parked at the service.
   bool WaitForHeld(int n) {
     absl::Time give_up = absl::Now() + absl::Seconds(20);
@@ -118,10 +127,9 @@ Outcome Fetch(const TunnelHarness& h, const std::string& path, uint64_t seed,
 TEST_F(ReliabilityTest, AgentKilledDuring100RequestsLosesAndMixesNothing) {
   TunnelHarness h;
   h.StartGateway();
-  std::string env;
-  std::vector<std::string> args = h.AgentArgs("cam-01", {svc_.url()}, &env);
-  ChildProcess agent(TUNNEL_AGENT_BINARY, args, {env});
-  ASSERT_TRUE(h.WaitForSessions(1)) << agent.Stderr();
+  std::unique_ptr<ChildProcess> child = StartAgentProcess(h);
+  ASSERT_TRUE(h.WaitForSessions(1)) << child->Stderr();
+  ChildProcess& agent = *child;
 
   // 50 requests finish before the kill, 50 are parked halfway through.
   constexpr int kRequests = 100;
@@ -424,10 +432,9 @@ TEST_F(ReliabilityTest, FrozenAgentIsDeclaredDeadWithinTheHeartbeatBound) {
     o.service.heartbeat_interval = absl::Milliseconds(100);
     o.heartbeat_timeout = absl::Milliseconds(600);
   });
-  std::string env;
-  std::vector<std::string> args = h.AgentArgs("cam-01", {svc_.url()}, &env);
-  ChildProcess agent(TUNNEL_AGENT_BINARY, args, {env});
-  ASSERT_TRUE(h.WaitForSessions(1)) << agent.Stderr();
+  std::unique_ptr<ChildProcess> child = StartAgentProcess(h);
+  ASSERT_TRUE(h.WaitForSessions(1)) << child->Stderr();
+  ChildProcess& agent = *child;
   std::optional<httplib::Result> stuck;
   absl::Duration took;
   std::thread visitor([&] {
@@ -453,13 +460,13 @@ TEST_F(ReliabilityTest, FrozenAgentIsDeclaredDeadWithinTheHeartbeatBound) {
 TEST_F(ReliabilityTest, FrozenAgentFailsRequestsWith502AtTheDefaults) {
   TunnelHarness h;
   h.StartGateway();
-  std::string env;
-  std::vector<std::string> args = h.AgentArgs("cam-01", {svc_.url()}, &env);
-  ChildProcess agent(TUNNEL_AGENT_BINARY, args, {env});
-  ASSERT_TRUE(h.WaitForSessions(1)) << agent.Stderr();
+  std::unique_ptr<ChildProcess> child = StartAgentProcess(h);
+  ASSERT_TRUE(h.WaitForSessions(1)) << child->Stderr();
+  ChildProcess& agent = *child;
   std::optional<httplib::Result> in_flight, after;
   std::thread first([&] {
-    in_flight.emplace(h.Visitor()->Get(TunnelHarness::Path("cam-01", "/gated")));
+    in_flight.emplace(
+        h.Visitor()->Get(TunnelHarness::Path("cam-01", "/gated")));
   });
   ASSERT_TRUE(WaitForHeld(1));
   agent.Signal(SIGSTOP);

@@ -49,6 +49,8 @@ double Seconds(Clock::duration d) {
 }
 
 enum class Kind { kIdle, kSlowHead, kKeepAlive, kHandshake };
+constexpr Kind kKinds[] = {Kind::kIdle, Kind::kSlowHead, Kind::kKeepAlive,
+                           Kind::kHandshake};
 const char* KindName(Kind k) {
   switch (k) {
     case Kind::kIdle:
@@ -186,8 +188,7 @@ class Holder {
                         std::chrono::duration<double>(o_.hold_s));
     while (Clock::now() < until && !StdinClosed()) Poll(100);
     Report("held", Clock::now());
-    for (Kind k :
-         {Kind::kIdle, Kind::kSlowHead, Kind::kKeepAlive, Kind::kHandshake}) {
+    for (Kind k : kKinds) {
       PrintClosed(k);
     }
     std::fflush(stdout);
@@ -407,8 +408,7 @@ class Holder {
       if (c->answered) ++answered;
     }
     std::printf("%s after_s=%.2f", what, Seconds(at - ready_at_));
-    for (Kind k :
-         {Kind::kIdle, Kind::kSlowHead, Kind::kKeepAlive, Kind::kHandshake}) {
+    for (Kind k : kKinds) {
       std::printf(" %s_open=%d %s_failed=%d", KindName(k), open[KindName(k)],
                   KindName(k), failed[KindName(k)]);
     }
