@@ -185,10 +185,10 @@ class FrontDoor::Handler {
       const int port = public_port_.load(std::memory_order_relaxed);
       const std::string at =
           port > 0 ? absl::StrCat(options_.domain, ":", port) : options_.domain;
-      SetError(req, res, 404, "tunnel_not_found",
-               absl::StrCat("no tunnel here: use ", options_.scheme,
-                            "://<name>.", at, "/ or ", options_.scheme, "://",
-                            at, "/t/<name>/"));
+      SetError(
+          req, res, 404, "tunnel_not_found",
+          absl::StrCat("no tunnel here: use ", options_.scheme, "://<name>.",
+                       at, "/ or ", options_.scheme, "://", at, "/t/<name>/"));
       return;
     }
     RequestRecord& record = Rec();

@@ -137,7 +137,7 @@ struct FrontServer::Loop : public IoHandler {
   // Loop thread only.
   absl::flat_hash_set<Conn*> conns;
   absl::flat_hash_set<Lingerer*> lingerers;
-  std::vector<std::unique_ptr<Conn>> graveyard;  // freed on the next turn
+  std::vector<std::unique_ptr<Conn>> graveyard;        // freed on the next turn
   std::vector<std::unique_ptr<char[]>> spare_buffers;  // kReadSize each
   bool accepting = true;
   bool accept_paused = false;

@@ -96,7 +96,8 @@ int Serve(int port, int interval_ms) {
     }
   };
   while (true) {
-    int timeout = static_cast<int>(std::max<int64_t>(0, (next - NowNs()) / 1000000));
+    int timeout =
+        static_cast<int>(std::max<int64_t>(0, (next - NowNs()) / 1000000));
     epoll_event evs[256];
     int n = epoll_wait(ep, evs, 256, timeout);
     for (int i = 0; i < n; ++i) {
@@ -105,7 +106,8 @@ int Serve(int port, int interval_ms) {
           int fd = accept4(lfd, nullptr, nullptr, SOCK_NONBLOCK);
           if (fd < 0) break;
           setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-          clients.push_back(std::make_unique<Client>(Client{fd, "", false, ""}));
+          clients.push_back(
+              std::make_unique<Client>(Client{fd, "", false, ""}));
           epoll_event cev{};
           cev.events = EPOLLIN | EPOLLRDHUP;
           cev.data.ptr = clients.back().get();
@@ -141,8 +143,8 @@ int Serve(int port, int interval_ms) {
         int len = std::snprintf(event, sizeof(event), "data: %lld\n\n",
                                 static_cast<long long>(NowNs()));
         char chunk[96];
-        int clen = std::snprintf(chunk, sizeof(chunk), "%x\r\n%s\r\n", len,
-                                 event);
+        int clen =
+            std::snprintf(chunk, sizeof(chunk), "%x\r\n%s\r\n", len, event);
         c->out.append(chunk, static_cast<size_t>(clen));
         flush(*c);
       }
@@ -253,9 +255,9 @@ int Watch(const std::string& host, int port, const std::string& path,
       "streams_missing_events=%d\n",
       streams, open, closed, delays_ms.size(), pct(0.5), pct(0.99),
       delays_ms.empty() ? -1.0 : delays_ms.back(),
-      static_cast<size_t>(delays_ms.end() -
-                          std::upper_bound(delays_ms.begin(), delays_ms.end(),
-                                           100.0)),
+      static_cast<size_t>(delays_ms.end() - std::upper_bound(delays_ms.begin(),
+                                                             delays_ms.end(),
+                                                             100.0)),
       min_events, starved);
   return 0;
 }
