@@ -51,19 +51,28 @@ void Park(httplib::Request& req, absl::string_view name,
   }
 }
 
-// Reads the next body chunk before `deadline` while listening for the
-// visitor: an early end of a wait only means "look whether the visitor is
-// still there".
-absl::StatusOr<common::Chunk> ReadWhileVisitorStays(TunnelStream& stream,
-                                                    absl::Time deadline) {
+// Runs `wait(until)`, a wait on the agent that fails DEADLINE_EXCEEDED at
+// `until`, while listening for the visitor: an early end of a wait only
+// means "look whether the visitor is still there". Returns what the wait
+// returned once it is not DEADLINE_EXCEEDED, or DEADLINE_EXCEEDED at
+// `deadline` or when the visitor left (the caller tells which by the time).
+template <typename T, typename Wait>
+absl::StatusOr<T> WaitWhileVisitorStays(Wait wait, absl::Time deadline) {
   while (true) {
-    absl::StatusOr<common::Chunk> c =
-        stream.ReadBody(std::min(deadline, absl::Now() + kLivenessInterval));
-    if (c.ok() || !absl::IsDeadlineExceeded(c.status()) ||
+    absl::StatusOr<T> r =
+        wait(std::min(deadline, absl::Now() + kLivenessInterval));
+    if (r.ok() || !absl::IsDeadlineExceeded(r.status()) ||
         absl::Now() >= deadline || !FrontServer::CurrentVisitorConnected()) {
-      return c;
+      return r;
     }
   }
+}
+
+// The next body chunk before `deadline` (see WaitWhileVisitorStays).
+absl::StatusOr<common::Chunk> ReadWhileVisitorStays(TunnelStream& stream,
+                                                    absl::Time deadline) {
+  return WaitWhileVisitorStays<common::Chunk>(
+      [&](absl::Time until) { return stream.ReadBody(until); }, deadline);
 }
 
 // The provider behind a streamed response (see StreamResponseBody).
@@ -282,18 +291,16 @@ absl::StatusOr<tunnel::v1::TunnelResponse> AwaitResponseHead(
     TunnelStream& stream, absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   FrontServer::WatchVisitor watch;
-  while (true) {
-    auto head = stream.AwaitResponseHead(
-        std::min(deadline, absl::Now() + kLivenessInterval));
-    if (head.ok() || !absl::IsDeadlineExceeded(head.status())) return head;
-    if (absl::Now() >= deadline) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          "the agent sent no response within ", absl::FormatDuration(timeout)));
-    }
-    if (!FrontServer::CurrentVisitorConnected()) {
-      return absl::CancelledError("the visitor went away");
-    }
+  absl::StatusOr<tunnel::v1::TunnelResponse> head =
+      WaitWhileVisitorStays<tunnel::v1::TunnelResponse>(
+          [&](absl::Time until) { return stream.AwaitResponseHead(until); },
+          deadline);
+  if (head.ok() || !absl::IsDeadlineExceeded(head.status())) return head;
+  if (absl::Now() >= deadline) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "the agent sent no response within ", absl::FormatDuration(timeout)));
   }
+  return absl::CancelledError("the visitor went away");
 }
 
 void StreamResponseBody(httplib::Response& res,
