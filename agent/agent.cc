@@ -1198,13 +1198,7 @@ absl::Status Agent::DescribeConnectFailure() const {
   // First the network: is anything listening there at all?
   std::string host;
   int port = 0;
-  if (size_t colon = options_.gateway.rfind(':');
-      colon != std::string::npos &&
-      absl::SimpleAtoi(options_.gateway.substr(colon + 1), &port)) {
-    host = options_.gateway.substr(0, colon);
-    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-      host = host.substr(1, host.size() - 2);
-    }
+  if (SplitGateway(options_.gateway, &host, &port)) {
     absl::StatusOr<int> fd = common::ConnectTcp(
         host, port, std::min(options_.connect_timeout, absl::Seconds(5)));
     if (!fd.ok()) {

@@ -20,17 +20,6 @@ bool IsIpAddress(const std::string& host) {
          ::inet_pton(AF_INET6, host.c_str(), buf) == 1;
 }
 
-bool SplitGateway(const std::string& addr, std::string* host, int* port) {
-  size_t colon = addr.rfind(':');
-  if (colon == std::string::npos) return false;
-  std::string h = addr.substr(0, colon);
-  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') {
-    h = h.substr(1, h.size() - 2);
-  }
-  *host = h;
-  return absl::SimpleAtoi(addr.substr(colon + 1), port);
-}
-
 // A TLS alert from the gateway about our (missing) client certificate.
 bool IsClientCertAlert(int reason) {
   switch (reason) {
@@ -55,6 +44,17 @@ struct SslFree {
 };
 
 }  // namespace
+
+bool SplitGateway(const std::string& addr, std::string* host, int* port) {
+  size_t colon = addr.rfind(':');
+  if (colon == std::string::npos) return false;
+  std::string h = addr.substr(0, colon);
+  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') {
+    h = h.substr(1, h.size() - 2);
+  }
+  *host = h;
+  return absl::SimpleAtoi(addr.substr(colon + 1), port);
+}
 
 absl::Status ProbeTls(const TlsProbeOptions& o) {
   const std::string prefix =

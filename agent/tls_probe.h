@@ -32,6 +32,10 @@ struct TlsProbeOptions {
 //   UNAVAILABLE          not reachable, or no TLS answer (retryable).
 absl::Status ProbeTls(const TlsProbeOptions& options);
 
+// "host:port" or "[v6]:port" (the --gateway form) -> parts; false if it is
+// not of that form.
+bool SplitGateway(const std::string& addr, std::string* host, int* port);
+
 }  // namespace tunnel::agent
 
 #endif  // TUNNEL_AGENT_TLS_PROBE_H_
