@@ -56,7 +56,9 @@ Seen ParseInfo(const std::string& text) {
 
 // A local service that answers every request with `answer`, byte for byte
 // (httplib's own server would add fields and interpret Range itself), and
-// keeps the request heads it received.
+// keeps the request heads it received. It closes each connection after its
+// answer, so `answer` should say "Connection: close" (else a client may
+// reuse the connection while it is being closed).
 class RawService {
  public:
   explicit RawService(std::string answer) : answer_(std::move(answer)) {
@@ -498,7 +500,8 @@ TEST_F(TunnelTest, FormsRangesAndLongHeadsPassThrough) {
   EXPECT_THAT(form->body, HasSubstr("photo|cat.png|\x89PNG\r\n bytes\n"));
   EXPECT_THAT(form->body, HasSubstr("note||hello\n"));
 
-  RawService raw("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+  RawService raw(
+      "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
   h.StartAgent("cam-02", {raw.url()});
   std::string many = "bytes=0-1";
   while (many.size() < 7000) many += ",2-3";
@@ -811,9 +814,9 @@ TEST_F(TunnelTest, UnknownTunnelIs404) {
   EXPECT_EQ(html->status, 404);
   EXPECT_THAT(html->get_header_value("Content-Type"), HasSubstr("text/html"));
   // The hint names the public port, so it can be followed as written.
-  EXPECT_THAT(html->body,
-              HasSubstr(absl::StrCat("http://localhost:",
-                                     h.gateway().http_port(), "/t/&lt;name&gt;/")));
+  EXPECT_THAT(html->body, HasSubstr(absl::StrCat(
+                              "http://localhost:", h.gateway().http_port(),
+                              "/t/&lt;name&gt;/")));
 }
 
 // Every answer carries an X-Request-Id, the gateway's own answers too.
@@ -861,7 +864,8 @@ TEST_F(TunnelTest, AWellFormedIncomingRequestIdIsKept) {
 
 // A proxy must not invent a Content-Type the service did not send.
 TEST_F(TunnelTest, AResponseWithoutContentTypeGetsNone) {
-  RawService raw("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody");
+  RawService raw(
+      "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody");
   TunnelHarness h;
   h.StartGateway();
   h.StartAgent("cam-01", {raw.url()});
