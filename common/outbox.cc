@@ -118,7 +118,66 @@ void Outbox::PushData(uint64_t stream_id, std::string data, bool end) {
   Push(MakeData(stream_id, std::move(data), end));
 }
 
+void Outbox::EnableBatching(size_t max_bytes) {
+  absl::MutexLock lock(&mu_);
+  batch_bytes_ = max_bytes;
+}
+
+Outbox::PopCounts Outbox::pop_counts() const {
+  absl::MutexLock lock(&mu_);
+  return pops_;
+}
+
+const Envelope* Outbox::PeekLocked() const {
+  if (!control_.empty()) return &control_.front();
+  if (!data_.empty()) return &data_.front();
+  return nullptr;
+}
+
+// What one envelope adds to a batch's encoding: its bytes plus the field's
+// tag and length (at most 1 + 5 bytes).
+static size_t BatchCost(size_t envelope_bytes) { return envelope_bytes + 6; }
+
+// Handshake messages always travel alone.
+static bool Batchable(const Envelope& e) {
+  switch (e.message_case()) {
+    case Envelope::kConnect:
+    case Envelope::kAccepted:
+    case Envelope::kConnectError:
+    case Envelope::kBatch:
+      return false;
+    default:
+      return true;
+  }
+}
+
 bool Outbox::PopLocked(Envelope* out) {
+  if (!PopOneLocked(out)) return false;
+  ++pops_.messages;
+  ++pops_.envelopes;
+  if (batch_bytes_ == 0 || !Batchable(*out)) return true;
+  const Envelope* next = PeekLocked();
+  if (next == nullptr || !Batchable(*next)) return true;
+  // The batch's own tag and length, then its members.
+  size_t total = 6 + BatchCost(out->ByteSizeLong());
+  size_t next_cost = BatchCost(next->ByteSizeLong());
+  if (total + next_cost > batch_bytes_) return true;
+  Envelope batch;
+  auto* members = batch.mutable_batch()->mutable_envelopes();
+  *members->Add() = std::move(*out);
+  do {
+    total += next_cost;
+    PopOneLocked(members->Add());
+    ++pops_.envelopes;
+    next = PeekLocked();
+    if (next == nullptr || !Batchable(*next)) break;
+    next_cost = BatchCost(next->ByteSizeLong());
+  } while (total + next_cost <= batch_bytes_);
+  *out = std::move(batch);
+  return true;
+}
+
+bool Outbox::PopOneLocked(Envelope* out) {
   if (!control_.empty()) {
     *out = std::move(control_.front());
     control_.pop_front();
@@ -181,6 +240,7 @@ bool Outbox::NextOrRelease(Envelope* out, bool* more) {
   }
   claimed_ = false;
   wake_writer_ = false;  // everything asked for is written
+  wake_writer_at_ = absl::InfiniteFuture();
   return false;
 }
 
@@ -189,16 +249,40 @@ void Outbox::WakeWriter() {
   wake_writer_ = true;
 }
 
+void Outbox::WakeWriterBy(absl::Time when) {
+  absl::MutexLock lock(&mu_);
+  wake_writer_at_ = std::min(wake_writer_at_, when);
+}
+
 bool Outbox::ClaimWait(Envelope* out, bool* more, absl::Time deadline) {
   absl::MutexLock lock(&mu_);
-  auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-    return !claimed_ &&
-           (closed_ || (wake_writer_ && (!control_.empty() || !data_.empty())));
-  };
-  if (!mu_.AwaitWithDeadline(absl::Condition(&ready), deadline)) return false;
+  while (true) {
+    // Wait for the role to be free and a reason to write, or for the
+    // earliest WakeWriterBy time (which a later call may bring forward).
+    const absl::Time until = std::min(deadline, wake_writer_at_);
+    auto ready = [this, until]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+      return (!claimed_ && (closed_ || (wake_writer_ && (!control_.empty() ||
+                                                         !data_.empty())))) ||
+             wake_writer_at_ < until;
+    };
+    mu_.AwaitWithDeadline(absl::Condition(&ready), until);
+    if (!claimed_ &&
+        (closed_ || (wake_writer_ && (!control_.empty() || !data_.empty())))) {
+      break;
+    }
+    const absl::Time now = absl::Now();
+    if (wake_writer_at_ <= now) {
+      // Held long enough: write it (once the role is free).
+      wake_writer_at_ = absl::InfiniteFuture();
+      wake_writer_ = true;
+    } else if (deadline <= now) {
+      return false;
+    }
+  }
   if (!PopLocked(out)) return false;  // closed and drained
   claimed_ = true;
   wake_writer_ = false;
+  wake_writer_at_ = absl::InfiniteFuture();
   *more = !control_.empty() || !data_.empty();
   return true;
 }

@@ -36,6 +36,19 @@ class Outbox {
  public:
   explicit Outbox(size_t max_chunk);
 
+  // Batching, once both sides agreed on it (EnvelopeBatch in tunnel.proto):
+  // from now on every pop takes all queued messages (control first, in
+  // order) whose encoded size fits in `max_bytes` into one EnvelopeBatch;
+  // a message that is alone, or too large to share, stays plain. 0: off.
+  void EnableBatching(size_t max_bytes);
+  // Counts since construction: gRPC messages popped, and the envelopes they
+  // carried (equal without batching).
+  struct PopCounts {
+    uint64_t messages = 0;
+    uint64_t envelopes = 0;
+  };
+  PopCounts pop_counts() const;
+
   // Control lane.
   void PushControl(tunnel::v1::Envelope e);
   // Data lane; coalesces data as described above.
@@ -72,6 +85,10 @@ class Outbox {
   bool NextOrRelease(tunnel::v1::Envelope* out, bool* more);
   // Asks the thread in ClaimWait to write what is queued.
   void WakeWriter();
+  // Asks for the same no later than `when`, unless a writer takes the
+  // queue first: for a message worth holding back briefly in the hope that
+  // more joins it (a response head whose body is due), but not for long.
+  void WakeWriterBy(absl::Time when);
   // Waits until nobody holds the role and either WakeWriter was called with
   // messages queued, or the outbox is closed; then takes the role and the
   // next message. False when closed and drained (no thread holds the role
@@ -86,7 +103,12 @@ class Outbox {
   size_t size() const;
 
  private:
+  // One message, or a batch of them when batching is on.
   bool PopLocked(tunnel::v1::Envelope* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool PopOneLocked(tunnel::v1::Envelope* out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  const tunnel::v1::Envelope* PeekLocked() const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const size_t max_chunk_;
   mutable absl::Mutex mu_;
@@ -100,6 +122,10 @@ class Outbox {
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   bool claimed_ ABSL_GUARDED_BY(mu_) = false;  // the writer role is taken
   bool wake_writer_ ABSL_GUARDED_BY(mu_) = false;
+  // WakeWriterBy's earliest time; InfiniteFuture when none is pending.
+  absl::Time wake_writer_at_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  size_t batch_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  PopCounts pops_ ABSL_GUARDED_BY(mu_);
   size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
   // Fibers in WaitForRoom (threads wait on mu_ itself): woken once the
   // queued bytes are down to the smallest limit any of them waits for.

@@ -162,5 +162,99 @@ TEST(OutboxTest, ClaimWaitWritesOnlyWhenWokenOrClosed) {
   EXPECT_FALSE(box.TryClaim(&e, &more));
 }
 
+TEST(OutboxTest, BatchesEverythingQueuedControlFirstInOrder) {
+  Outbox box(1024);
+  box.EnableBatching(4096);
+  box.PushData(1, "one", false);
+  box.Push(Head(2, false));
+  box.PushControl(Ping(7));
+  box.PushData(2, "two", true);  // joins the queued head of stream 2
+  Envelope e;
+  ASSERT_TRUE(box.TryPop(&e));
+  ASSERT_TRUE(e.has_batch());
+  const auto& m = e.batch().envelopes();
+  ASSERT_EQ(m.size(), 3);
+  EXPECT_EQ(m[0].control().ping().nonce(), 7u);
+  EXPECT_EQ(m[1].data().data(), "one");
+  EXPECT_EQ(m[2].response().stream_id(), 2u);
+  EXPECT_EQ(m[2].response().body(), "two");
+  EXPECT_TRUE(m[2].response().end_stream());
+  EXPECT_FALSE(box.TryPop(&e));
+  EXPECT_EQ(box.pop_counts().messages, 1u);
+  EXPECT_EQ(box.pop_counts().envelopes, 3u);
+  // A lone envelope stays plain.
+  box.PushControl(Ping(8));
+  ASSERT_TRUE(box.TryPop(&e));
+  EXPECT_EQ(e.control().ping().nonce(), 8u);
+}
+
+TEST(OutboxTest, BatchesNeverExceedTheBudgetAndBigMessagesGoAlone) {
+  Outbox box(64 << 10);
+  const size_t budget = 8192;
+  box.EnableBatching(budget);
+  // Streams of assorted sizes, some larger than the budget.
+  size_t sent = 0;
+  for (uint64_t id = 1; id <= 200; ++id) {
+    size_t n = (id * 7919) % 12000;
+    box.PushData(id, std::string(n, 'x'), true);
+    sent += n;
+  }
+  size_t received = 0;
+  size_t envelopes = 0;
+  Envelope e;
+  while (box.TryPop(&e)) {
+    if (e.has_batch()) {
+      EXPECT_LE(e.ByteSizeLong(), budget);
+      EXPECT_GE(e.batch().envelopes_size(), 2);
+      for (const Envelope& m : e.batch().envelopes()) {
+        received += m.data().data().size();
+        ++envelopes;
+      }
+    } else {
+      received += e.data().data().size();
+      ++envelopes;
+    }
+  }
+  EXPECT_EQ(received, sent);
+  EXPECT_EQ(envelopes, 200u);
+  EXPECT_LT(box.pop_counts().messages, 200u);  // some were batched
+}
+
+TEST(OutboxTest, HandshakeMessagesTravelAlone) {
+  Outbox box(64);
+  box.EnableBatching(4096);
+  Envelope accepted;
+  accepted.mutable_accepted()->set_session_id("s");
+  box.Push(accepted);
+  box.PushData(1, "a", false);
+  box.PushData(2, "b", false);
+  Envelope e;
+  ASSERT_TRUE(box.TryPop(&e));
+  EXPECT_TRUE(e.has_accepted());
+  ASSERT_TRUE(box.TryPop(&e));
+  EXPECT_EQ(e.batch().envelopes_size(), 2);
+}
+
+TEST(OutboxTest, WakeWriterByWakesTheWriterWhenTheTimeComes) {
+  Outbox box(64);
+  Envelope e;
+  bool more = false;
+  box.Push(Head(1, false));
+  // Not yet due: the writer keeps waiting (here, until its own deadline).
+  box.WakeWriterBy(absl::Now() + absl::Hours(1));
+  EXPECT_FALSE(box.ClaimWait(&e, &more, absl::Now() + absl::Milliseconds(20)));
+  // Brought forward: the writer takes the head without any WakeWriter.
+  box.WakeWriterBy(absl::Now() + absl::Milliseconds(5));
+  ASSERT_TRUE(box.ClaimWait(&e, &more, absl::Now() + absl::Seconds(30)));
+  EXPECT_EQ(e.response().stream_id(), 1u);
+  EXPECT_FALSE(box.NextOrRelease(&e, &more));
+  // A producer that wrote the queue itself leaves nothing for the timer.
+  box.Push(Head(2, false));
+  box.WakeWriterBy(absl::Now());
+  ASSERT_TRUE(box.TryClaim(&e, &more));
+  EXPECT_FALSE(box.NextOrRelease(&e, &more));
+  EXPECT_FALSE(box.ClaimWait(&e, &more, absl::Now() + absl::Milliseconds(20)));
+}
+
 }  // namespace
 }  // namespace tunnel::common
