@@ -207,6 +207,10 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
   }
 
   void Accept(const tunnel::v1::ConnectAccepted& a) {
+    // The gateway never agrees to more than was offered; an old gateway
+    // sends 0 (no batches).
+    batch_bytes_ = std::min(a.max_batch_bytes(), options_.max_batch_bytes);
+    outbox_.EnableBatching(batch_bytes_);
     send_window_ = std::max(a.stream_window(), common::kMinStreamWindow);
     max_chunk_ = a.max_chunk_bytes() == 0
                      ? common::kMaxChunkBytes
@@ -234,8 +238,28 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
   }
 
   // Reader thread. Takes the request heads and body bytes out of `*in`
-  // (moved, not copied, to the worker).
+  // (moved, not copied, to the worker); a batch's envelopes one by one, in
+  // order.
   void Dispatch(Envelope* in) {
+    if (!in->has_batch()) {
+      DispatchOne(in);
+      return;
+    }
+    if (batch_bytes_ == 0) {
+      TUNNEL_LOG(WARNING) << "ignoring a batch the gateway was not offered";
+      return;
+    }
+    for (Envelope& m : *in->mutable_batch()->mutable_envelopes()) {
+      if (m.has_batch()) {
+        TUNNEL_LOG(WARNING) << "ignoring a batch inside a batch";
+        continue;
+      }
+      DispatchOne(&m);
+    }
+  }
+
+ private:
+  void DispatchOne(Envelope* in) {
     const Envelope& e = *in;
     switch (e.message_case()) {
       case Envelope::kRequest:
@@ -294,6 +318,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     }
   }
 
+ public:
   // Why the session ended, when the gateway said so in a ConnectError.
   absl::Status end_status() const { return end_status_; }
   // The least wait before reconnecting the gateway asked for (GoAway or
@@ -842,7 +867,8 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
   absl::flat_hash_map<std::string, std::unique_ptr<ClientPool>> clients_;
   uint32_t send_window_ = common::kDefaultStreamWindow;
   uint32_t max_chunk_ = common::kMaxChunkBytes;
-  absl::Status end_status_;  // reader thread only
+  uint32_t batch_bytes_ = 0;  // agreed at connect
+  absl::Status end_status_;   // reader thread only
   std::atomic<uint32_t> retry_after_ms_{0};
   std::atomic<int64_t> last_seen_ns_{absl::ToUnixNanos(absl::Now())};
   absl::Mutex mu_;
@@ -1045,6 +1071,7 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
   c->set_agent_id(options_.agent_id);
   c->set_agent_version(kAgentVersion);
   c->set_receive_window(options_.receive_window);
+  c->set_max_batch_bytes(options_.max_batch_bytes);
   if (options_.access_code.has_value()) {
     *c->mutable_access_code() = *options_.access_code;
   }

@@ -57,6 +57,9 @@ struct AgentOptions {
   absl::Duration worker_queue_wait = absl::ZeroDuration();
   // Per-stream window for request bodies coming from the gateway.
   uint32_t receive_window = common::kDefaultStreamWindow;
+  // Largest batch of envelopes per gRPC message, offered to the gateway
+  // (which may agree to less); 0: one envelope per message.
+  uint32_t max_batch_bytes = 256 << 10;
   // Local service silent for this long mid-request: the request fails.
   absl::Duration local_timeout = absl::Hours(1);
   absl::Duration connect_timeout = absl::Seconds(10);

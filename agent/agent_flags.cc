@@ -18,6 +18,7 @@ void RegisterConnectFlags(common::FlagSet* flags, AgentFlags* v) {
   AgentOptions& o = v->options;
   v->max_concurrent = static_cast<int64_t>(o.max_concurrent);
   v->receive_window = o.receive_window;
+  v->batch_bytes = o.max_batch_bytes;
   v->state_file = kDefaultStateFile;
 
   flags->String("config", &v->config,
@@ -60,6 +61,10 @@ void RegisterConnectFlags(common::FlagSet* flags, AgentFlags* v) {
                   "of its own (0: every request starts on its own thread)");
   flags->Int("stream-window", &v->receive_window,
              "per-stream window for request bodies, bytes (>= 65536)");
+  flags->Int("batch-bytes", &v->batch_bytes,
+             "largest batch of envelopes in one gRPC message to and from "
+             "the gateway, bytes (the gateway may choose less); 0: one "
+             "envelope per message");
   flags->Duration("local-timeout", &o.local_timeout,
                   "local service silent this long mid-request: it fails");
   flags->Duration("connect-timeout", &o.connect_timeout,
@@ -150,6 +155,11 @@ absl::Status ParseConnectFlags(int argc, char** argv, int first,
     return absl::InvalidArgumentError(
         "--stream-window must be between 65536 and 16777216");
   }
+  if (v->batch_bytes != 0 &&
+      (v->batch_bytes < 4096 || v->batch_bytes > (1 << 20))) {
+    return absl::InvalidArgumentError(
+        "--batch-bytes must be 0 (no batches) or between 4096 and 1048576");
+  }
   AgentOptions& o = v->options;
   if (o.insecure &&
       (!v->ca_file.empty() || !v->client_cert_file.empty() ||
@@ -190,6 +200,7 @@ absl::Status ParseConnectFlags(int argc, char** argv, int first,
   }
   o.max_concurrent = static_cast<size_t>(v->max_concurrent);
   o.receive_window = static_cast<uint32_t>(v->receive_window);
+  o.max_batch_bytes = static_cast<uint32_t>(v->batch_bytes);
   std::string slug = v->slug;
   if (slug.empty()) slug = absl::AsciiStrToLower(o.agent_id);
   auto targets = ParseTargets(v->to, slug);

@@ -35,6 +35,8 @@ absl::string_view ViolationName(Violation v) {
       return "invalid_header";
     case Violation::kUnreadStream:
       return "unread_stream";
+    case Violation::kInvalidBatch:
+      return "invalid_batch";
   }
   return "unknown";
 }
@@ -117,6 +119,19 @@ CoreMetrics::CoreMetrics(common::MetricsRegistry* registry) {
       {"result"});
   credential_reloads_ok = reloads->WithLabels({"ok"});
   credential_reloads_failed = reloads->WithLabels({"error"});
+  common::CounterFamily* messages = registry->AddCounter(
+      "tunnel_agent_messages_total",
+      "gRPC messages on agent streams, by direction (to_agent, from_agent).",
+      {"direction"});
+  messages_to_agent = messages->WithLabels({"to_agent"});
+  messages_from_agent = messages->WithLabels({"from_agent"});
+  common::CounterFamily* envelopes = registry->AddCounter(
+      "tunnel_agent_envelopes_total",
+      "Envelopes on agent streams, by direction; above "
+      "tunnel_agent_messages_total when envelopes travel in batches.",
+      {"direction"});
+  envelopes_to_agent = envelopes->WithLabels({"to_agent"});
+  envelopes_from_agent = envelopes->WithLabels({"from_agent"});
   live_tokens = registry
                     ->AddGauge("tunnel_credentials_live_tokens",
                                "Tokens in force (not revoked).")

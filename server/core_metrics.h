@@ -32,9 +32,12 @@ enum class Violation {
   kInvalidHeader,      // field dropped: response header name/value unsafe
   kUnreadStream,       // session closed: the agent does not read what it is
                        // sent (pongs and other control messages pile up)
+  kInvalidBatch,       // session closed: a batch not agreed at connect,
+                       // empty, nested, over the agreed size, or holding a
+                       // handshake message
 };
 inline constexpr int kViolationKinds =
-    static_cast<int>(Violation::kUnreadStream) + 1;
+    static_cast<int>(Violation::kInvalidBatch) + 1;
 absl::string_view ViolationName(Violation v);
 
 struct CoreMetrics {
@@ -70,6 +73,12 @@ struct CoreMetrics {
   // Credentials reloads (SIGHUP, admin API) that took effect / were refused.
   common::Counter* credential_reloads_ok;
   common::Counter* credential_reloads_failed;
+  // gRPC messages on agent streams and the envelopes they carried (more
+  // envelopes than messages: batches), per direction.
+  common::Counter* messages_to_agent;
+  common::Counter* envelopes_to_agent;
+  common::Counter* messages_from_agent;
+  common::Counter* envelopes_from_agent;
   // Tokens not revoked in the credentials in force.
   common::Gauge* live_tokens;
 

@@ -29,6 +29,7 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
   v->grpc_threads = o.service.grpc_threads;
   v->send_queue_bytes = static_cast<int64_t>(o.service.limits.max_queued_bytes);
   v->control_queue = static_cast<int64_t>(o.service.limits.max_queued_control);
+  v->max_batch_bytes = static_cast<int64_t>(o.service.max_batch_bytes);
 
   flags->String("config", &v->config,
                 "config file (tunnel.v1.GatewayConfig, text format or .json); "
@@ -137,6 +138,10 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
   flags->Int("max-agent-message", &v->max_agent_message,
              "largest gRPC message accepted from an agent, in bytes; a "
              "bigger one ends its session (RESOURCE_EXHAUSTED)");
+  flags->Int("max-batch-bytes", &v->max_batch_bytes,
+             "largest batch of envelopes in one gRPC message either way, in "
+             "bytes (the smaller of this and the agent's offer is used); 0: "
+             "one envelope per message");
   flags->Int("grpc-threads", &v->grpc_threads,
              "threads that run agents' gRPC traffic (each agent stays on "
              "one); more only helps with many busy agents on many cores");
@@ -282,6 +287,13 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
     return absl::InvalidArgumentError(
         "--agent-control-queue must be between 64 and 1000000");
   }
+  if (v->max_batch_bytes != 0 && (v->max_batch_bytes < 4096 ||
+                                  v->max_batch_bytes > v->max_agent_message)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max-batch-bytes must be 0 (no batches) or between 4096 and "
+        "--max-agent-message (",
+        v->max_agent_message, ")"));
+  }
   if (v->grpc_threads < 1 || v->grpc_threads > 64) {
     return absl::InvalidArgumentError(
         "--grpc-threads must be between 1 and 64");
@@ -321,6 +333,7 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
   o.service.grpc_threads = static_cast<int>(v->grpc_threads);
   o.service.limits.max_queued_bytes = static_cast<size_t>(v->send_queue_bytes);
   o.service.limits.max_queued_control = static_cast<size_t>(v->control_queue);
+  o.service.max_batch_bytes = static_cast<uint32_t>(v->max_batch_bytes);
   return absl::OkStatus();
 }
 

@@ -33,6 +33,7 @@ struct GatewayFlags {
   int64_t grpc_threads = 0;
   int64_t send_queue_bytes = 0;
   int64_t control_queue = 0;
+  int64_t max_batch_bytes = 0;
   bool insecure = false;  // --insecure: plaintext on both listeners
   std::string log_level = "info";
   std::string log_format = "text";

@@ -193,6 +193,11 @@ SessionCounters Session::counters() const {
   return c;
 }
 
+void Session::EnableBatching(uint32_t max_bytes) {
+  batch_bytes_ = max_bytes;
+  outbox_.EnableBatching(max_bytes);
+}
+
 void Session::SetAgentReceiveWindow(uint32_t window) {
   if (window == 0) return;
   limits_.agent_receive_window =
@@ -213,10 +218,8 @@ void Session::Enqueue(Envelope e, bool control) {
     } else {
       outbox_.Push(std::move(e));
     }
-    if (!unread && !writing_ && outbox_.TryPop(&current_)) {
-      writing_ = true;
+    if (!unread && !writing_ && PopForWriteLocked(&more)) {
       to_write = &current_;
-      more = !outbox_.empty();
     }
   }
   if (unread) {
@@ -234,6 +237,16 @@ void Session::Enqueue(Envelope e, bool control) {
   // No lock across the write. The call cannot finish meanwhile: Finish
   // waits for writing_ to drop, which only OnWriteDone does.
   if (to_write != nullptr) writer_->Write(to_write, more);
+}
+
+bool Session::PopForWriteLocked(bool* more) {
+  if (!outbox_.TryPop(&current_)) return false;
+  writing_ = true;
+  *more = !outbox_.empty();
+  metrics_->messages_to_agent->Increment();
+  metrics_->envelopes_to_agent->Increment(
+      current_.has_batch() ? current_.batch().envelopes_size() : 1);
+  return true;
 }
 
 void Session::Send(Envelope e) { Enqueue(std::move(e), false); }
@@ -266,10 +279,8 @@ void Session::OnWriteDone(bool ok) {
                                       "write to agent failed");
       }
     }
-    if (ok && outbox_.TryPop(&current_)) {
-      writing_ = true;
+    if (ok && PopForWriteLocked(&more)) {
       to_write = &current_;
-      more = !outbox_.empty();
     } else if (finish_requested_ && !finished_) {
       finished_ = true;
       finish = true;
@@ -294,11 +305,9 @@ void Session::Close(grpc::Status status, bool drain) {
     finish_status_ = status;
     if (!drain) outbox_.Clear();
     if (!writing_) {
-      if (outbox_.TryPop(&current_)) {
+      if (PopForWriteLocked(&more)) {
         // Deliver what is queued first; OnWriteDone finishes after it.
-        writing_ = true;
         to_write = &current_;
-        more = !outbox_.empty();
       } else {
         finished_ = true;
         finish = true;
@@ -436,13 +445,53 @@ void Session::CloseForViolation(Violation v, absl::string_view detail) {
         /*drain=*/false);
 }
 
-void Session::OnEnvelope(const Envelope& e) {
+void Session::OnEnvelope(Envelope e) {
+  metrics_->messages_from_agent->Increment();
+  if (!e.has_batch()) {
+    metrics_->envelopes_from_agent->Increment();
+    OnOne(e);
+    return;
+  }
+  auto* members = e.mutable_batch()->mutable_envelopes();
+  // The whole batch is checked before any of it is acted on.
+  absl::string_view wrong;
+  if (batch_bytes_ == 0) {
+    wrong = "a batch, which it did not agree to at connect";
+  } else if (members->empty()) {
+    wrong = "an empty batch";
+  }
+  for (const Envelope& m : *members) {
+    if (!wrong.empty()) break;
+    switch (m.message_case()) {
+      case Envelope::kBatch:
+        wrong = "a batch inside a batch";
+        break;
+      case Envelope::kConnect:
+      case Envelope::kAccepted:
+      case Envelope::kConnectError:
+        wrong = "a handshake message inside a batch";
+        break;
+      default:
+        break;
+    }
+  }
+  if (!wrong.empty()) {
+    CloseForViolation(Violation::kInvalidBatch,
+                      absl::StrCat("the agent sent ", wrong));
+    return;
+  }
+  metrics_->envelopes_from_agent->Increment(members->size());
+  for (Envelope& m : *members) {
+    if (!OnOne(m)) return;
+  }
+}
+
+bool Session::OnOne(Envelope& e) {
   switch (e.message_case()) {
     case Envelope::kResponse:
     case Envelope::kData:
     case Envelope::kClose:
-      OnStreamMessage(e);
-      return;
+      return OnStreamMessage(e);
     case Envelope::kControl: {
       const auto& c = e.control();
       if (c.has_ping()) {
@@ -452,19 +501,19 @@ void Session::OnEnvelope(const Envelope& e) {
                          << " is shutting down: " << c.goaway().reason();
         draining_ = true;
       } else if (c.has_window_update()) {
-        OnStreamMessage(e);
+        return OnStreamMessage(e);
       }
-      return;
+      return true;
     }
     default:
       CloseForViolation(Violation::kUnexpectedMessage,
                         absl::StrCat("the agent sent ", UnexpectedKind(e),
                                      " after the handshake"));
-      return;
+      return false;
   }
 }
 
-void Session::OnStreamMessage(const Envelope& e) {
+bool Session::OnStreamMessage(Envelope& e) {
   const uint64_t id = StreamIdOf(e);
   if (e.has_close()) {
     metrics_->stream_close(/*from_agent=*/true, e.close().reason())
@@ -477,31 +526,35 @@ void Session::OnStreamMessage(const Envelope& e) {
           Violation::kUnknownStream,
           absl::StrCat("the agent sent ", KindName(e), " for stream ", id,
                        ", which the gateway never opened"));
-      return;
+      return false;
     }
     // Messages for streams that already ended are expected in races (the
     // visitor left while data was in flight); count them, drop them.
     ++unknown_stream_messages_;
-    return;
+    return true;
   }
   switch (e.message_case()) {
     case Envelope::kResponse: {
-      const auto& r = e.response();
+      auto& r = *e.mutable_response();
       if (r.status() < 100 || r.status() > 599) {
         FailStream(id, ch, Violation::kInvalidStatus,
                    TunnelClose::PROTOCOL_ERROR,
                    absl::InvalidArgumentError(absl::StrCat(
                        "response status ", r.status(), " is not 100-599")));
-        return;
+        return true;
       }
       if (r.body().size() > limits_.max_chunk) {
         FailStream(id, ch, Violation::kOversizedChunk,
                    TunnelClose::PROTOCOL_ERROR,
                    absl::InvalidArgumentError("data chunk over the limit"));
-        return;
+        return true;
       }
-      tunnel::v1::TunnelResponse head = r;
-      head.clear_body();
+      // The head goes to the visitor's fiber, the body to the stream's
+      // queue: both moved, neither copied.
+      std::string body = std::move(*r.mutable_body());
+      r.clear_body();
+      const bool end = r.end_stream();
+      tunnel::v1::TunnelResponse head = std::move(r);
       if (int dropped = common::DropUnsafeHeaders(head.mutable_headers());
           dropped > 0) {
         // A field with CR, LF or NUL would split the visitor's response;
@@ -518,38 +571,40 @@ void Session::OnStreamMessage(const Envelope& e) {
       if (absl::Status s = ch->SetHead(std::move(head)); !s.ok()) {
         FailStream(id, ch, Violation::kDuplicateResponse,
                    TunnelClose::PROTOCOL_ERROR, s);
-        return;
+        return true;
       }
-      if (!r.body().empty() || r.end_stream()) {
+      if (!body.empty() || end) {
         // Counted before the visitor can see them (bytes the agent sent).
-        bytes_out_.fetch_add(r.body().size(), std::memory_order_relaxed);
-        if (absl::Status s = ch->PushData(r.body(), r.end_stream()); !s.ok()) {
+        bytes_out_.fetch_add(body.size(), std::memory_order_relaxed);
+        if (absl::Status s = ch->PushData(std::move(body), end); !s.ok()) {
           FailStream(id, ch, Violation::kFlowControl,
                      TunnelClose::FLOW_CONTROL_ERROR, s);
         }
       }
-      return;
+      return true;
     }
     case Envelope::kData: {
-      const auto& d = e.data();
+      auto& d = *e.mutable_data();
       if (d.data().size() > limits_.max_chunk) {
         FailStream(id, ch, Violation::kOversizedChunk,
                    TunnelClose::PROTOCOL_ERROR,
                    absl::InvalidArgumentError("data chunk over the limit"));
-        return;
+        return true;
       }
       bytes_out_.fetch_add(d.data().size(), std::memory_order_relaxed);
-      if (absl::Status s = ch->PushData(d.data(), d.end_stream()); !s.ok()) {
+      if (absl::Status s =
+              ch->PushData(std::move(*d.mutable_data()), d.end_stream());
+          !s.ok()) {
         FailStream(id, ch,
                    absl::IsFailedPrecondition(s) ? Violation::kDataAfterEnd
                                                  : Violation::kFlowControl,
                    TunnelClose::FLOW_CONTROL_ERROR, s);
       }
-      return;
+      return true;
     }
     case Envelope::kClose:
       ch->Abort(StatusFromClose(e.close()));
-      return;
+      return true;
     default:
       if (absl::Status s =
               ch->AddSendCredit(e.control().window_update().increment());
@@ -557,7 +612,7 @@ void Session::OnStreamMessage(const Envelope& e) {
         FailStream(id, ch, Violation::kFlowControl,
                    TunnelClose::FLOW_CONTROL_ERROR, s);
       }
-      return;
+      return true;
   }
 }
 

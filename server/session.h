@@ -106,6 +106,10 @@ class Session : public std::enable_shared_from_this<Session> {
   // also marks the moment it connected. Registration publishes both to
   // other threads, which only read them after finding the session there.
   void SetTunnels(std::vector<SessionTunnel> tunnels, absl::Time now);
+  // Handshake only, right after queueing ConnectAccepted: batches of up to
+  // `max_bytes` (the agreed size) both ways from now on; 0 keeps them off.
+  void EnableBatching(uint32_t max_bytes);
+  uint32_t batch_bytes() const { return batch_bytes_; }
   const std::vector<SessionTunnel>& tunnels() const { return tunnels_; }
   absl::Time connected_at() const { return connected_at_; }
   SessionCounters counters() const;
@@ -145,11 +149,13 @@ class Session : public std::enable_shared_from_this<Session> {
   grpc::Status end_status() const;
 
   // --- the call's completion-queue thread ---
-  // Handles one envelope from the agent after the handshake. A broken rule
-  // is counted (tunnel_protocol_violations_total) and closes the stream it
-  // concerns, or the whole session when no stream can be blamed (see
-  // Violation in core_metrics.h).
-  void OnEnvelope(const tunnel::v1::Envelope& e);
+  // Handles one message from the agent after the handshake: an envelope,
+  // or a batch of them, each handled as if it came alone (bodies are moved
+  // out, not copied). A broken rule is counted
+  // (tunnel_protocol_violations_total) and closes the stream it concerns,
+  // or the whole session when no stream can be blamed (see Violation in
+  // core_metrics.h); a batch that breaks a batch rule is refused whole.
+  void OnEnvelope(tunnel::v1::Envelope e);
   // The agent broke a session-wide rule: counts it, logs it and ends the
   // call with `code` and a message naming the violation.
   void CloseForViolation(Violation v, absl::string_view detail);
@@ -174,7 +180,11 @@ class Session : public std::enable_shared_from_this<Session> {
   // gateway never opened that id (a violation), false if it ended already
   // (a late message, expected in races).
   bool NeverOpened(uint64_t id) const;
-  void OnStreamMessage(const tunnel::v1::Envelope& e);
+  // One envelope; false once it closed the session.
+  bool OnOne(tunnel::v1::Envelope& e);
+  bool OnStreamMessage(tunnel::v1::Envelope& e);
+  // Takes what to write next into current_ (counted in the metrics).
+  bool PopForWriteLocked(bool* more) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::string session_id_;
   const std::string agent_id_;
@@ -197,6 +207,7 @@ class Session : public std::enable_shared_from_this<Session> {
   uint64_t next_stream_id_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<uint64_t, std::shared_ptr<common::StreamChannel>> streams_
       ABSL_GUARDED_BY(mu_);
+  uint32_t batch_bytes_ = 0;            // set at the handshake only
   std::vector<SessionTunnel> tunnels_;  // set before registration only
   absl::Time connected_at_;             // likewise
   // The admin API's counters; relaxed increments on the data path.

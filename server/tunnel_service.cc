@@ -191,11 +191,16 @@ class AgentConnection final : public EnvelopeWriter {
       return;
     }
     session_->Touch();
-    if (const size_t size = in_.ByteSizeLong();
-        size > static_cast<size_t>(service_->options_.max_message_bytes)) {
+    // A batch has its own limit, the size agreed at connect (a batch that
+    // was never agreed is refused by the session).
+    const size_t limit =
+        in_.has_batch() && session_->batch_bytes() > 0
+            ? session_->batch_bytes()
+            : static_cast<size_t>(service_->options_.max_message_bytes);
+    if (const size_t size = in_.ByteSizeLong(); size > limit) {
       const std::string detail =
-          absl::StrCat("a message of ", size, " bytes, over ",
-                       service_->options_.max_message_bytes);
+          absl::StrCat(in_.has_batch() ? "a batch of " : "a message of ", size,
+                       " bytes, over ", limit);
       session_->NoteViolation(Violation::kOversizedMessage, detail);
       session_->Close(
           grpc::Status(
@@ -207,7 +212,7 @@ class AgentConnection final : public EnvelopeWriter {
     if (!registered_) {
       HandleConnect();
     } else {
-      session_->OnEnvelope(in_);
+      session_->OnEnvelope(std::move(in_));
     }
     if (!session_->closing()) StartRead();
   }
@@ -377,6 +382,12 @@ class AgentConnection final : public EnvelopeWriter {
     acc->set_max_chunk_bytes(opts.limits.max_chunk);
     acc->set_heartbeat_interval_ms(static_cast<uint32_t>(
         absl::ToInt64Milliseconds(opts.heartbeat_interval)));
+    // Batches when both sides can: the smaller limit holds both ways.
+    const uint32_t batch_bytes =
+        req.max_batch_bytes() == 0 || opts.max_batch_bytes == 0
+            ? 0
+            : std::min(req.max_batch_bytes(), opts.max_batch_bytes);
+    acc->set_max_batch_bytes(batch_bytes);
     for (const SessionTunnel& t : tunnels) {
       auto* at = acc->add_tunnels();
       at->set_name(t.name);
@@ -385,6 +396,9 @@ class AgentConnection final : public EnvelopeWriter {
       at->set_path_url(t.path_url);
     }
     session_->Send(std::move(e));
+    // ConnectAccepted is never part of a batch (Outbox keeps handshake
+    // messages plain), so the agent reads it plainly first.
+    session_->EnableBatching(batch_bytes);
     connected_at_ = absl::Now();
     common::LogEvent(common::LogLevel::kInfo, "agent_connected")
         .Str("agent_id", session_->agent_id())

@@ -48,6 +48,9 @@ struct TunnelServiceOptions {
   // session with RESOURCE_EXHAUSTED. The largest legitimate one is a
   // response head with max_chunk body bytes, so keep it well above that.
   int max_message_bytes = 1 << 20;
+  // Largest EnvelopeBatch either way (the agent may offer less); 0: none.
+  // At most max_message_bytes.
+  uint32_t max_batch_bytes = 256 << 10;
   // Completion-queue threads serving Connect calls (Gateway::Start makes
   // one queue each); a call stays on the queue that took it.
   int grpc_threads = 1;

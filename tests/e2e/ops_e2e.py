@@ -311,12 +311,24 @@ def main():
         check("loop wake-ups are counted, one eventfd write at most each",
               ("tunnel_http_loop_wakeups_total", (("kind", "fiber"),))
               in after and 0 <= writes <= woken, f"{woken} {writes}")
+        # The agent stream's traffic, both ways: envelopes, in gRPC messages
+        # that may carry several (batches), so how many depends on timing.
+        for direction in ("to_agent", "from_agent"):
+            label = (("direction", direction),)
+            msgs = (after.get(("tunnel_agent_messages_total", label), 0) -
+                    before.get(("tunnel_agent_messages_total", label), 0))
+            envs = (after.get(("tunnel_agent_envelopes_total", label), 0) -
+                    before.get(("tunnel_agent_envelopes_total", label), 0))
+            check(f"agent stream traffic {direction} is counted",
+                  0 < msgs <= envs, f"{msgs} messages, {envs} envelopes")
         # Nothing else among the counters moved.
         for key in set(before) | set(after):
             name = key[0]
             if key in expected or name.startswith(
                     "tunnel_http_request_duration_seconds") or \
-                    name == "tunnel_http_loop_wakeups_total":
+                    name in ("tunnel_http_loop_wakeups_total",
+                             "tunnel_agent_messages_total",
+                             "tunnel_agent_envelopes_total"):
                 continue
             if not (name.endswith("_total")):
                 continue

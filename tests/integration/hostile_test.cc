@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <deque>
 #include <fstream>
 #include <memory>
 #include <optional>
@@ -73,8 +74,9 @@ class HostileAgent {
   // `small_window`: the channel announces a small receive window and no
   // more unless the test reads (an agent that stops reading then really
   // holds the gateway's messages back).
+  // `batch_bytes`: batches offered at connect (0: none, as older agents).
   HostileAgent(TunnelHarness& h, const std::string& agent_id,
-               bool small_window = false) {
+               bool small_window = false, uint32_t batch_bytes = 0) {
     grpc::ChannelArguments args;
     if (small_window) {
       args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
@@ -101,26 +103,42 @@ class HostileAgent {
     c->set_protocol_version(tunnel::v1::PROTOCOL_VERSION_1);
     c->set_agent_id(agent_id);
     c->add_tunnels()->set_slug(agent_id);
+    c->set_max_batch_bytes(batch_bytes);
     EXPECT_TRUE(stream_->Write(hello));
     std::optional<Envelope> answer = Next();
     EXPECT_TRUE(answer.has_value() && answer->has_accepted())
         << (answer ? answer->DebugString() : "call ended");
+    if (answer.has_value()) accepted_ = answer->accepted();
   }
+
+  const tunnel::v1::ConnectAccepted& accepted() const { return accepted_; }
 
   bool Send(const Envelope& e) { return stream_->Write(e); }
 
-  // The next message that is not a ping or a window update; nullopt once the
-  // gateway ended the call.
+  // The next message that is not a ping or a window update (a batch's
+  // envelopes one by one); nullopt once the gateway ended the call.
   std::optional<Envelope> Next() {
-    Envelope e;
-    while (stream_->Read(&e)) {
+    while (true) {
+      if (pending_.empty()) {
+        Envelope e;
+        if (!stream_->Read(&e)) return std::nullopt;
+        if (e.has_batch()) {
+          for (Envelope& m : *e.mutable_batch()->mutable_envelopes()) {
+            pending_.push_back(std::move(m));
+          }
+        } else {
+          pending_.push_back(std::move(e));
+        }
+        continue;
+      }
+      Envelope e = std::move(pending_.front());
+      pending_.pop_front();
       if (e.has_control() &&
           (e.control().has_ping() || e.control().has_window_update())) {
         continue;
       }
       return e;
     }
-    return std::nullopt;
   }
 
   // Ends the call from this side.
@@ -139,7 +157,16 @@ class HostileAgent {
   std::unique_ptr<tunnel::v1::TunnelService::Stub> stub_;
   grpc::ClientContext ctx_;
   std::unique_ptr<grpc::ClientReaderWriter<Envelope, Envelope>> stream_;
+  tunnel::v1::ConnectAccepted accepted_;
+  std::deque<Envelope> pending_;
 };
+
+Envelope Batch(std::vector<Envelope> members) {
+  Envelope e;
+  auto* b = e.mutable_batch();
+  for (Envelope& m : members) *b->add_envelopes() = std::move(m);
+  return e;
+}
 
 Envelope Response(uint64_t id, uint32_t status, std::string body, bool end) {
   Envelope e;
@@ -468,6 +495,90 @@ TEST_F(HostileTest, UnsafeResponseHeadersFromAnAgentAreDroppedNotInjected) {
   EXPECT_EQ(Violations(h_.gateway(), "invalid_header"), 1);
   EXPECT_EQ(h_.gateway().registry().session_count(), 2u);
   ExpectHealthyServes();
+}
+
+TEST_F(HostileTest, BadBatchesCloseOnlyThatSession) {
+  Start();
+  struct Case {
+    uint32_t offer;
+    Envelope batch;
+    std::string what;
+  };
+  std::vector<Case> cases;
+  cases.push_back({0, Batch({common::MakePing(1), common::MakePing(2)}),
+                   "a batch, which it did not agree to at connect"});
+  cases.push_back({64 << 10, Batch({}), "an empty batch"});
+  cases.push_back({64 << 10,
+                   Batch({common::MakePing(1), Batch({common::MakePing(2)})}),
+                   "a batch inside a batch"});
+  {
+    Envelope connect;
+    connect.mutable_connect()->set_agent_id(kHostile);
+    cases.push_back({64 << 10, Batch({common::MakePing(1), connect}),
+                     "a handshake message inside a batch"});
+  }
+  double counted = 0;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    HostileAgent evil(h_, kHostile, false, c.offer);
+    ASSERT_TRUE(h_.WaitForSessions(2));
+    EXPECT_EQ(evil.accepted().max_batch_bytes(), c.offer);
+    EXPECT_TRUE(evil.Send(c.batch));
+    grpc::Status s = evil.Finish();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(),
+                HasSubstr("protocol violation (invalid_batch)"));
+    EXPECT_THAT(s.error_message(), HasSubstr(c.what));
+    EXPECT_EQ(Violations(h_.gateway(), "invalid_batch"), ++counted);
+    ASSERT_TRUE(h_.WaitForSessions(1));
+    ExpectHealthyServes();
+  }
+}
+
+TEST_F(HostileTest, ABatchOverTheAgreedSizeEndsTheSession) {
+  Start(
+      [](server::GatewayOptions& o) { o.service.max_batch_bytes = 16 * 1024; });
+  // The agent offers more; the smaller limit holds.
+  HostileAgent evil(h_, kHostile, false, 64 << 10);
+  ASSERT_TRUE(h_.WaitForSessions(2));
+  EXPECT_EQ(evil.accepted().max_batch_bytes(), 16u * 1024);
+  // Each member alone would be fine (far under --max-agent-message).
+  EXPECT_TRUE(
+      evil.Send(Batch({common::MakeData(1, std::string(10000, 'x'), false),
+                       common::MakeData(2, std::string(10000, 'y'), false)})));
+  grpc::Status s = evil.Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("a batch of"));
+  EXPECT_EQ(Violations(h_.gateway(), "oversized_message"), 1);
+  EXPECT_EQ(Violations(h_.gateway(), "unknown_stream"), 0);
+  ASSERT_TRUE(h_.WaitForSessions(1));
+  ExpectHealthyServes();
+}
+
+TEST_F(HostileTest, EachEnvelopeInABatchIsJudgedAlone) {
+  Start();
+  HostileAgent evil(h_, kHostile, false, 64 << 10);
+  ASSERT_TRUE(h_.WaitForSessions(2));
+  PendingVisit good(h_, kHostile);
+  const uint64_t good_id = AwaitRequest(evil);
+  PendingVisit bad(h_, kHostile);
+  const uint64_t bad_id = AwaitRequest(evil);
+  ASSERT_NE(good_id, 0u);
+  ASSERT_NE(bad_id, 0u);
+  // One batch: a good head and body for one stream, a status out of range
+  // for the other. Only the second stream is closed.
+  EXPECT_TRUE(evil.Send(Batch({Response(good_id, 200, "he", false),
+                               Response(bad_id, 42, "", true),
+                               common::MakeData(good_id, "llo", true)})));
+  EXPECT_EQ(good.Join(), 200);
+  EXPECT_EQ(good.body(), "hello");
+  EXPECT_EQ(bad.Join(), 502);
+  EXPECT_EQ(Violations(h_.gateway(), "invalid_status"), 1);
+  std::optional<Envelope> close = evil.Next();
+  ASSERT_TRUE(close.has_value() && close->has_close());
+  EXPECT_EQ(close->close().stream_id(), bad_id);
+  EXPECT_EQ(h_.gateway().registry().session_count(), 2u);
 }
 
 TEST_F(HostileTest, OversizedMessageEndsTheSessionWithResourceExhausted) {

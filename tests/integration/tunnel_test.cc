@@ -635,6 +635,60 @@ TEST_F(TunnelTest, TwoHundredConcurrentRequestsEachGetTheirOwnBody) {
   EXPECT_EQ(ok, kRequests);
 }
 
+// Batches are agreed at connect: the smaller offer holds, and either side
+// can turn them off; without them, every gRPC message is one envelope.
+TEST_F(TunnelTest, BatchingIsAgreedAtConnectAndEitherSideCanDeclineIt) {
+  struct Case {
+    uint32_t gateway;
+    uint32_t agent;
+    uint32_t agreed;
+  };
+  for (const Case& c :
+       {Case{256 << 10, 256 << 10, 256 << 10}, Case{256 << 10, 8192, 8192},
+        Case{0, 256 << 10, 0}, Case{256 << 10, 0, 0}}) {
+    SCOPED_TRACE(absl::StrCat("gateway ", c.gateway, ", agent ", c.agent));
+    TunnelHarness h;
+    h.StartGateway([&](server::GatewayOptions& o) {
+      o.service.max_batch_bytes = c.gateway;
+    });
+    agent::AgentOptions ao = h.AgentOptionsFor("cam-01", {svc_.url()});
+    ao.max_batch_bytes = c.agent;
+    absl::Mutex mu;
+    uint32_t agreed = 1;
+    ao.on_accepted = [&](const tunnel::v1::ConnectAccepted& a) {
+      absl::MutexLock lock(&mu);
+      agreed = a.max_batch_bytes();
+    };
+    h.StartAgent(std::move(ao));
+    {
+      absl::MutexLock lock(&mu);
+      EXPECT_EQ(agreed, c.agreed);
+    }
+    std::vector<std::thread> threads;
+    std::atomic<int> ok{0};
+    for (int i = 0; i < 32; ++i) {
+      threads.emplace_back([&, i] {
+        std::string body(100 + i, 'b');
+        auto r = h.Visitor()->Post(TunnelHarness::Path("cam-01", "/echo"), body,
+                                   "application/octet-stream");
+        if (r && r->status == 200 && r->body == body) ++ok;
+      });
+    }
+    for (auto& t : threads) t.join();
+    EXPECT_EQ(ok, 32);
+    if (c.agreed == 0) {
+      for (const char* dir : {"to_agent", "from_agent"}) {
+        const std::string label = absl::StrCat("{direction=\"", dir, "\"}");
+        EXPECT_EQ(
+            MetricValue(h.gateway(), "tunnel_agent_messages_total" + label, -1),
+            MetricValue(h.gateway(), "tunnel_agent_envelopes_total" + label,
+                        -2))
+            << dir;
+      }
+    }
+  }
+}
+
 // --max-concurrent bounds the local requests a (small) device runs at once;
 // the rest wait in the agent, in order, and all complete.
 TEST_F(TunnelTest, MaxConcurrentBoundsLocalRequestsOnTheDevice) {
