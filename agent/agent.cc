@@ -111,6 +111,10 @@ absl::Status FromConnectError(const ConnectError& e) {
   }
 }
 
+// How long a response head with a body to come waits in the outbox for
+// that body before it is sent alone.
+constexpr absl::Duration kHeadHold = absl::Milliseconds(2);
+
 // One stream on the agent side: a request to forward to the local service.
 struct AgentStream {
   AgentStream(uint64_t stream_id, tunnel::v1::TunnelRequest h, bool body,
@@ -815,7 +819,11 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
       outbox_.Push(std::move(e));
       FlushInline();
     } else if (wait_for_body) {
+      // Held so that a body read right behind it leaves in the same
+      // message, but only briefly: a service may send its head at once and
+      // its body much later, and the visitor must see the head at once.
       outbox_.Push(std::move(e));
+      outbox_.WakeWriterBy(absl::Now() + kHeadHold);
     } else {
       Push(std::move(e));
     }

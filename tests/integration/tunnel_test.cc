@@ -253,6 +253,17 @@ class TunnelTest : public ::testing::Test {
       }
       res.set_content("held", "text/plain");
     });
+    // The head (with Content-Length) at once, the body only once the
+    // visitor has seen the head.
+    s.Get(
+        "/late-body", [this](const httplib::Request&, httplib::Response& res) {
+          res.set_content_provider(
+              5, "text/plain", [this](size_t, size_t, httplib::DataSink& sink) {
+                late_body_release_.WaitForNotificationWithTimeout(
+                    absl::Seconds(30));
+                return sink.write("later", 5);
+              });
+        });
     s.Get("/slow", [this](const httplib::Request&, httplib::Response& res) {
       slow_release_.WaitForNotificationWithTimeout(absl::Seconds(30));
       res.set_content("late", "text/plain");
@@ -264,6 +275,7 @@ class TunnelTest : public ::testing::Test {
     if (!release_.HasBeenNotified()) release_.Notify();
     if (!slow_release_.HasBeenNotified()) slow_release_.Notify();
     if (!held_release_.HasBeenNotified()) held_release_.Notify();
+    if (!late_body_release_.HasBeenNotified()) late_body_release_.Notify();
     for (auto& n : event_seen_) {
       if (!n.HasBeenNotified()) n.Notify();
     }
@@ -276,6 +288,7 @@ class TunnelTest : public ::testing::Test {
   absl::Notification release_;
   std::atomic<bool> sized_wait_timed_out_{false};
   absl::Notification slow_release_;
+  absl::Notification late_body_release_;
   // /held: requests in the service right now and at most, until released.
   absl::Mutex held_mu_;
   int held_now_ ABSL_GUARDED_BY(held_mu_) = 0;
@@ -783,6 +796,33 @@ TEST_F(TunnelTest, KnownLengthBodyIsNotHeldBackWhileTheServiceWaits) {
       << "the first 48 KiB only arrived after the service sent the rest";
   EXPECT_EQ(got.received,
             std::string(kSizedFirst, 'a') + std::string(kSizedRest, 'b'));
+}
+
+// A service that sends its head at once and its body later: the head
+// reaches the visitor at once (the agent holds a head back for its body
+// only briefly), so a response timeout only counts until the head.
+TEST_F(TunnelTest, AHeadSentBeforeItsBodyReachesTheVisitorAtOnce) {
+  TunnelHarness h;
+  h.StartGateway([](server::GatewayOptions& o) {
+    o.front.response_timeout = absl::Seconds(5);
+    // No ping (whose pong would carry a held head along) before then.
+    o.service.heartbeat_interval = absl::Minutes(1);
+  });
+  h.StartAgent("cam-01", {svc_.url()});
+  std::string body;
+  auto r = h.Visitor()->Get(
+      TunnelHarness::Path("cam-01", "/late-body"),
+      [&](const httplib::Response&) {
+        late_body_release_.Notify();
+        return true;
+      },
+      [&](const char* d, size_t n) {
+        body.append(d, n);
+        return true;
+      });
+  ASSERT_TRUE(r) << httplib::to_string(r.error());
+  EXPECT_EQ(r->status, 200) << r->get_header_value("X-Tunnel-Error");
+  EXPECT_EQ(body, "later");
 }
 
 TEST_F(TunnelTest, ServerSentEventsArriveOneByOne) {
