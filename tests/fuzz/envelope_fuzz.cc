@@ -84,6 +84,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   limits.agent_receive_window = 4096;
   auto session = std::make_shared<Session>("s", "agent", "tok", "peer", limits,
                                            &writer, Metrics());
+  // Batches agreed, so the fuzzer reaches their rules and the envelopes
+  // inside them (the gateway checks a batch's size before the session).
+  session->EnableBatching(64 << 10);
   std::vector<std::unique_ptr<tunnel::server::TunnelStream>> streams;
   const absl::Time past = absl::InfinitePast();
   size_t at = 0;
@@ -97,7 +100,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     switch (op) {
       case 'E': {
         Envelope e;
-        if (e.ParseFromString(payload)) session->OnEnvelope(e);
+        if (e.ParseFromString(payload)) session->OnEnvelope(std::move(e));
         break;
       }
       case 'O': {
