@@ -73,6 +73,11 @@ def connect():
     return field(1, msg((1, 1), (2, "cam-01"), (4, msg((2, "cam-01")))))
 
 
+def batch(*envelopes):
+    # Envelope.batch (9) = EnvelopeBatch { repeated Envelope envelopes = 1 }.
+    return field(9, b"".join(field(1, e) for e in envelopes))
+
+
 def rec(op, payload=b""):
     return op.encode() + struct.pack("<H", len(payload)) + payload
 
@@ -110,6 +115,12 @@ ENVELOPE_SEEDS = {
     "unknown_stream": [rec("O"), rec("E", data(9, b"who?"))],
     "second_connect": [rec("E", ping(7)), rec("W"), rec("E", connect())],
     "goaway_then_open": [rec("E", goaway()), rec("O"), rec("X")],
+    "batch": [rec("O"), rec("O"),
+              rec("E", batch(response(1, 200, b"a"), ping(3),
+                             response(2, 200, b"", True), data(1, b"b", True))),
+              rec("H"), rec("B"), rec("W")],
+    "bad_batches": [rec("O"), rec("E", batch()), rec("E", batch(batch(ping(1)))),
+                    rec("E", batch(connect(), ping(2)))],
     "write_failure": [rec("O"), rec("F"), rec("E", response(1, 200, b"", True)),
                       rec("H")],
 }
