@@ -16,6 +16,8 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "agent/agent_stream.h"
+#include "agent/origin_loop.h"
 #include "agent/tls_probe.h"
 #include "agent/worker_pool.h"
 #include "common/envelopes.h"
@@ -26,36 +28,10 @@
 #include "common/socket_io.h"
 #include "common/tls.h"
 #include "grpcpp/grpcpp.h"
-#include "httplib.h"
 #include "tunnel/v1/tunnel.grpc.pb.h"
 
 namespace tunnel::agent {
 namespace {
-
-// What went wrong with the local service, in words (httplib's own names,
-// "Connection" or "Read", mean nothing to a user).
-std::string LocalErrorWords(httplib::Error err) {
-  switch (err) {
-    case httplib::Error::Connection:
-      return "connection refused: nothing listens there, or it is down";
-    case httplib::Error::ConnectionTimeout:
-      return "no answer to the connection attempt in time";
-    case httplib::Error::BindIPAddress:
-      return "could not use the local address";
-    case httplib::Error::Read:
-      return "the service closed the connection before answering in full";
-    case httplib::Error::Write:
-      return "the service closed the connection while the request was sent";
-    case httplib::Error::Canceled:
-      return "cancelled";
-    case httplib::Error::SSLConnection:
-    case httplib::Error::SSLLoadingCerts:
-    case httplib::Error::SSLServerVerification:
-      return "TLS with the service failed";
-    default:
-      return httplib::to_string(err);
-  }
-}
 
 // Why a session with the gateway ended, in words: gRPC's status codes
 // (CANCELLED, UNAVAILABLE) mean little to a user.
@@ -111,104 +87,18 @@ absl::Status FromConnectError(const ConnectError& e) {
   }
 }
 
-// How long a response head with a body to come waits in the outbox for
-// that body before it is sent alone.
-constexpr absl::Duration kHeadHold = absl::Milliseconds(2);
-
-// One stream on the agent side: a request to forward to the local service.
-struct AgentStream {
-  AgentStream(uint64_t stream_id, tunnel::v1::TunnelRequest h, bool body,
-              const LocalTarget* t, uint32_t send_window,
-              uint32_t receive_window)
-      : id(stream_id),
-        head(std::move(h)),
-        has_body(body),
-        target(t),
-        channel(send_window, receive_window) {}
-
-  // Stops the local request (from the reader thread).
-  void Cancel(absl::Status why) {
-    channel.Abort(std::move(why));
-    absl::MutexLock lock(&mu);
-    cancelled = true;
-    if (client != nullptr) client->stop();
-    if (raw_fd >= 0) ::shutdown(raw_fd, SHUT_RDWR);
-  }
-
-  const uint64_t id;
-  // Without its body (moved into `channel`); without hop-by-hop fields and,
-  // when there is no body, without Content-Length, unless an upgrade.
-  const tunnel::v1::TunnelRequest head;
-  const bool has_body;  // the request has a body (possibly still to come)
-  const LocalTarget* const target;
-  common::StreamChannel channel;
-  absl::Mutex mu;
-  httplib::Client* client ABSL_GUARDED_BY(mu) = nullptr;
-  bool cancelled ABSL_GUARDED_BY(mu) = false;
-  int raw_fd ABSL_GUARDED_BY(mu) = -1;  // upgrade streams: the raw socket
-};
-
-// Idle keep-alive connections to one local service. Thread-safe.
-class ClientPool {
- public:
-  ClientPool(const LocalTarget& target, absl::Duration timeout)
-      : target_(target), timeout_(timeout) {}
-
-  std::unique_ptr<httplib::Client> Acquire() {
-    {
-      absl::MutexLock lock(&mu_);
-      if (!idle_.empty()) {
-        auto c = std::move(idle_.back());
-        idle_.pop_back();
-        return c;
-      }
-    }
-    auto c = std::make_unique<httplib::Client>(
-        absl::StrCat(target_.scheme, "://", target_.host, ":", target_.port));
-    c->set_keep_alive(true);
-    c->set_tcp_nodelay(true);
-    // Bytes pass through untouched: no decompression, no re-encoding of
-    // the path, no following of redirects (the visitor follows them).
-    c->set_decompress(false);
-    c->set_url_encode(false);
-    c->set_follow_location(false);
-    c->set_connection_timeout(std::chrono::seconds(10));
-    auto secs = std::chrono::seconds(absl::ToInt64Seconds(timeout_));
-    c->set_read_timeout(secs);
-    c->set_write_timeout(secs);
-    if (target_.scheme == "https") {
-      // Local services use self-signed certificates as a rule.
-      c->enable_server_certificate_verification(false);
-    }
-    return c;
-  }
-
-  void Release(std::unique_ptr<httplib::Client> c) {
-    absl::MutexLock lock(&mu_);
-    if (idle_.size() < kMaxIdle) idle_.push_back(std::move(c));
-  }
-
- private:
-  static constexpr size_t kMaxIdle = 64;
-  const LocalTarget target_;
-  const absl::Duration timeout_;
-  absl::Mutex mu_;
-  std::vector<std::unique_ptr<httplib::Client>> idle_ ABSL_GUARDED_BY(mu_);
-};
-
 }  // namespace
 
 // One accepted connection to the gateway. The reader (Run's thread) calls
-// Dispatch; workers call Forward; the writer thread drains the outbox.
+// Dispatch; the OriginLoop forwards ordinary requests, workers upgrades; the
+// writer thread drains the outbox.
 class Agent::Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(const AgentOptions& options, WorkerPool* pool)
-      : options_(options), pool_(pool), outbox_(common::kMaxChunkBytes) {
-    for (const LocalTarget& t : options_.tunnels) {
-      clients_.emplace(t.slug,
-                       std::make_unique<ClientPool>(t, options_.local_timeout));
-    }
-  }
+  Session(const AgentOptions& options, WorkerPool* pool, OriginLoop* loop)
+      : options_(options),
+        pool_(pool),
+        loop_(loop),
+        outbox_(common::kMaxChunkBytes) {}
 
   void Accept(const tunnel::v1::ConnectAccepted& a) {
     // The gateway never agrees to more than was offered; an old gateway
@@ -276,8 +166,10 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
         if (absl::Status st = s->channel.PushData(
                 std::move(*in->mutable_data()->mutable_data()), end);
             !st.ok()) {
-          s->Cancel(absl::AbortedError(st.message()));
+          CancelStream(s, absl::AbortedError(st.message()));
           SendClose(s->id, TunnelClose::FLOW_CONTROL_ERROR, st.message());
+        } else if (!s->head.upgrade()) {
+          loop_->Wake(s);
         }
         return;
       }
@@ -287,7 +179,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
           TUNNEL_LOG(DEBUG)
               << "stream " << s->id
               << " cancelled by the gateway: " << e.close().message();
-          s->Cancel(absl::CancelledError(e.close().message()));
+          CancelStream(s, absl::CancelledError(e.close().message()));
         }
         return;
       }
@@ -301,8 +193,10 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
             if (absl::Status st =
                     s->channel.AddSendCredit(c.window_update().increment());
                 !st.ok()) {
-              s->Cancel(absl::AbortedError(st.message()));
+              CancelStream(s, absl::AbortedError(st.message()));
               SendClose(s->id, TunnelClose::FLOW_CONTROL_ERROR, st.message());
+            } else if (!s->head.upgrade()) {
+              loop_->Wake(s);
             }
           }
         } else if (c.has_goaway()) {
@@ -357,7 +251,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
       streams.swap(streams_);
     }
     for (auto& [id, s] : streams) {
-      s->Cancel(absl::UnavailableError("the tunnel connection was lost"));
+      CancelStream(s, absl::UnavailableError("the tunnel connection was lost"));
     }
     outbox_.Clear();
     outbox_.Close();
@@ -373,6 +267,12 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
   void Remove(uint64_t id) {
     absl::MutexLock lock(&mu_);
     streams_.erase(id);
+  }
+
+  // Stops the local side of a stream (reader thread).
+  void CancelStream(const std::shared_ptr<AgentStream>& s, absl::Status why) {
+    s->Cancel(std::move(why));
+    if (!s->head.upgrade()) loop_->Cancel(s);
   }
 
   void SendClose(uint64_t id, TunnelClose::Reason reason,
@@ -428,13 +328,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     const bool has_body = !(end && r.body().empty());
     std::string body = std::move(*r.mutable_body());
     r.clear_body();
-    if (!r.upgrade()) {
-      common::StripHopByHop(r.mutable_headers());
-      // Without a body httplib writes its own "Content-Length: 0" for POST,
-      // PUT and PATCH; a second copy makes servers such as nginx answer 400.
-      if (!has_body)
-        common::RemoveHeader(r.mutable_headers(), "Content-Length");
-    }
+    if (!r.upgrade()) common::StripHopByHop(r.mutable_headers());
     auto s =
         std::make_shared<AgentStream>(id, std::move(r), has_body, target,
                                       send_window_, options_.receive_window);
@@ -449,170 +343,22 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
       absl::MutexLock lock(&mu_);
       streams_[id] = s;
     }
-    pool_->Submit([self = shared_from_this(), s] { self->Forward(s); });
-  }
-
-  // Worker thread: one request to the local service, both bodies streamed.
-  void Forward(const std::shared_ptr<AgentStream>& s) {
     if (s->head.upgrade()) {
-      WorkerPool::LongRunning();
-      ForwardUpgrade(s);
-      Remove(s->id);
+      // An upgraded connection holds a worker thread for its lifetime.
+      pool_->Submit([self = shared_from_this(), s] {
+        WorkerPool::LongRunning();
+        self->ForwardUpgrade(s);
+        self->Remove(s->id);
+      });
       return;
     }
-    ClientPool& pool = *clients_.at(s->target->slug);
-    std::unique_ptr<httplib::Client> cli = pool.Acquire();
-    {
-      absl::MutexLock lock(&s->mu);
-      if (s->cancelled) {
-        Remove(s->id);
-        return;
-      }
-      s->client = cli.get();
-    }
-    const tunnel::v1::TunnelRequest& head = s->head;
-    httplib::Request req;
-    req.method = head.method();
-    req.path = s->target->base_path + head.path();
-    const bool has_body = s->has_body;
-    for (const auto& h : head.headers()) {  // filtered by OnRequest
-      req.headers.emplace(h.name(), h.value());
-    }
-    if (!head.end_stream()) WorkerPool::LongRunning();  // a streamed upload
-    if (has_body) {
-      uint64_t length = 0;
-      const std::string* cl =
-          common::FindHeader(head.headers(), "Content-Length");
-      if (cl != nullptr && absl::SimpleAtoi(*cl, &length)) {
-        req.content_length_ = length;
-        req.is_chunked_content_provider_ = false;
-        req.content_provider_ = [this, s](size_t, size_t remaining,
-                                          httplib::DataSink& sink) {
-          return PumpRequestBody(*s, sink, remaining, /*chunked=*/false);
-        };
-      } else {
-        req.is_chunked_content_provider_ = true;
-        req.headers.emplace("Transfer-Encoding", "chunked");
-        req.content_provider_ = [this, s](size_t, size_t,
-                                          httplib::DataSink& sink) {
-          return PumpRequestBody(*s, sink, 0, /*chunked=*/true);
-        };
-      }
-    }
-    bool head_sent = false;
-    bool end_sent = false;
-    // Body bytes still to come when the length is known (Content-Length),
-    // else -1. Then the head waits in the outbox for the body, and the
-    // message that completes the response is written at once by this
-    // thread: a small response leaves as one message, with no hand-off.
-    int64_t body_left = -1;
-    // A 304 or 1xx has no body by definition, but httplib 0.11.4 would read
-    // one until the connection closes (nginx sends 304 without
-    // Content-Length): answer at once and let httplib drop the connection.
-    bool bodyless = false;
-    req.response_handler = [&](const httplib::Response& res) {
-      bodyless = res.status == 304 || (res.status >= 100 && res.status < 200);
-      if (!bodyless && head.method() != "HEAD" && res.status != 204 &&
-          !absl::SimpleAtoi(res.get_header_value("Content-Length"),
-                            &body_left)) {
-        body_left = -1;
-      }
-      // HEAD and 204 end with the call too, right after this.
-      bool ends_soon =
-          body_left >= 0 || head.method() == "HEAD" || res.status == 204;
-      SendHead(*s, res, /*end=*/bodyless, /*wait_for_body=*/ends_soon);
-      if (!ends_soon && !bodyless) WorkerPool::LongRunning();  // streamed
-      head_sent = true;
-      end_sent = bodyless;
-      return !bodyless;
-    };
-    // httplib reads a body 4 KiB at a time. While more bytes of a
-    // known-length plain-HTTP body already wait in the socket, httplib's
-    // next read returns at once, so reads are gathered into chunks of up to
-    // max_chunk_: 16 messages per MiB instead of ~128, without holding back
-    // anything the service has not sent more of yet. (A chunked or TLS body
-    // can stop mid-frame with bytes pending, so those go read by read.)
-    const bool gather = s->target->scheme == "http";
-    std::string held;
-    req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
-      bool last = body_left >= 0 && static_cast<int64_t>(n) >= body_left;
-      if (body_left >= 0) body_left -= static_cast<int64_t>(n);
-      if (!last) WorkerPool::LongRunning();  // more than one read
-      if (!last && gather && body_left > 0 && n >= CPPHTTPLIB_RECV_BUFSIZ &&
-          held.size() + 2 * n <= max_chunk_ &&
-          common::BytesWaiting(cli->socket()) > 0) {
-        held.append(data, n);
-        return true;
-      }
-      if (!held.empty()) {
-        held.append(data, n);
-        bool sent = SendBody(*s, held.data(), held.size(), last, &held);
-        held.clear();
-        if (!sent) return false;
-      } else if (!SendBody(*s, data, n, last)) {
-        return false;
-      }
-      end_sent = last;
-      return true;
-    };
-
-    httplib::Response res;
-    httplib::Error err = httplib::Error::Success;
-    bool ok = cli->send(req, res, err);
-    bool cancelled;
-    {
-      absl::MutexLock lock(&s->mu);
-      s->client = nullptr;
-      cancelled = s->cancelled;
-    }
-    if (cancelled) {
-      // The gateway already knows; the connection was shut down.
-    } else if (bodyless) {
-      // Complete already; the client's connection is not reusable.
-    } else if (ok || end_sent) {
-      if (end_sent) {
-        // The last body bytes carried the end.
-      } else if (head_sent) {
-        outbox_.PushData(s->id, "", true);
-        FlushInline();
-      } else {
-        // HEAD, 204: no body to stream.
-        SendHead(*s, res, /*end=*/true, /*wait_for_body=*/false);
-      }
-      if (ok && !absl::EqualsIgnoreCase(res.get_header_value("Connection"),
-                                        "close")) {
-        pool.Release(std::move(cli));
-      }
-    } else if (!head_sent) {
-      bool unreachable = err == httplib::Error::Connection ||
-                         err == httplib::Error::ConnectionTimeout ||
-                         err == httplib::Error::BindIPAddress;
-      std::string msg =
-          unreachable
-              ? absl::StrCat("the agent cannot reach its local service at ",
-                             s->target->url, " (", LocalErrorWords(err), ")")
-              : absl::StrCat("the local service at ", s->target->url,
-                             " failed before responding (",
-                             LocalErrorWords(err), ")");
-      TUNNEL_LOG(WARNING) << head.method() << " " << head.path() << ": " << msg
-                          << " (request " << head.request_id() << ")";
-      SendClose(s->id,
-                unreachable ? TunnelClose::LOCAL_UNREACHABLE
-                            : TunnelClose::LOCAL_ERROR,
-                msg);
-    } else {
-      // Every byte the service did send reaches the visitor.
-      if (!held.empty() && !cancelled) {
-        (void)SendBody(*s, held.data(), held.size());
-      }
-      std::string msg =
-          absl::StrCat("the local service at ", s->target->url,
-                       " broke off its response (", LocalErrorWords(err), ")");
-      TUNNEL_LOG(WARNING) << head.method() << " " << head.path() << ": " << msg
-                          << " (request " << head.request_id() << ")";
-      SendClose(s->id, TunnelClose::LOCAL_ERROR, msg);
-    }
-    Remove(s->id);
+    OriginSession session;
+    session.outbox = &outbox_;
+    session.max_chunk = max_chunk_;
+    session.max_queued_bytes = options_.max_queued_bytes;
+    session.done = [this](uint64_t done_id) { Remove(done_id); };
+    session.keep = shared_from_this();
+    loop_->Start(std::move(s), std::move(session));
   }
 
   // An upgrade request: httplib has no upgrade support, so the agent speaks
@@ -782,53 +528,6 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     finish();
   }
 
-  // Request body from the gateway to the local service; one chunk per call.
-  bool PumpRequestBody(AgentStream& s, httplib::DataSink& sink,
-                       size_t remaining, bool chunked) {
-    uint32_t ack = 0;
-    absl::StatusOr<common::Chunk> c =
-        s.channel.PopData(absl::Now() + options_.local_timeout, &ack);
-    if (ack > 0) PushControl(common::MakeWindowUpdate(s.id, ack));
-    if (!c.ok()) return false;
-    if (!chunked && c->data.size() > remaining) return false;
-    if (!c->data.empty() && !sink.write(c->data.data(), c->data.size())) {
-      return false;
-    }
-    if (c->end) {
-      if (!chunked) return c->data.size() == remaining;
-      sink.done();
-    }
-    return true;
-  }
-
-  // A head that ends the stream is written at once (FlushInline); one whose
-  // body is known to follow (`wait_for_body`) waits in the outbox for it
-  // without waking the writer; any other goes to the writer thread.
-  void SendHead(AgentStream& s, const httplib::Response& res, bool end,
-                bool wait_for_body) {
-    Envelope e;
-    auto* r = e.mutable_response();
-    r->set_stream_id(s.id);
-    r->set_status(static_cast<uint32_t>(res.status));
-    for (const auto& [name, value] : res.headers) {
-      common::AddHeader(r->mutable_headers(), name, value);
-    }
-    common::StripHopByHop(r->mutable_headers());
-    r->set_end_stream(end);
-    if (end) {
-      outbox_.Push(std::move(e));
-      FlushInline();
-    } else if (wait_for_body) {
-      // Held so that a body read right behind it leaves in the same
-      // message, but only briefly: a service may send its head at once and
-      // its body much later, and the visitor must see the head at once.
-      outbox_.Push(std::move(e));
-      outbox_.WakeWriterBy(absl::Now() + kHeadHold);
-    } else {
-      Push(std::move(e));
-    }
-  }
-
   // Response body to the gateway, against the stream's credit. With `end`
   // the last bytes end the stream and are written at once (FlushInline).
   // `owned`, if given, holds exactly [data, data + n): when one message
@@ -869,10 +568,10 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
 
   const AgentOptions& options_;
   WorkerPool* const pool_;
+  OriginLoop* const loop_;
   common::Outbox outbox_;
   WriteFn write_;
   std::atomic<bool> write_failed_{false};
-  absl::flat_hash_map<std::string, std::unique_ptr<ClientPool>> clients_;
   uint32_t send_window_ = common::kDefaultStreamWindow;
   uint32_t max_chunk_ = common::kMaxChunkBytes;
   uint32_t batch_bytes_ = 0;  // agreed at connect
@@ -903,11 +602,16 @@ Agent::Agent(AgentOptions options)
       roots_pem_(options_.insecure         ? std::string()
                  : options_.ca_pem.empty() ? common::SystemRootsPem()
                                            : options_.ca_pem),
+      // Upgraded connections only: each is long, so none waits for another.
       pool_(std::make_unique<WorkerPool>(options_.max_concurrent,
                                          absl::Seconds(30), /*eager_threads=*/0,
-                                         options_.worker_queue_wait)) {}
+                                         absl::ZeroDuration())),
+      loop_(std::make_unique<OriginLoop>(options_.max_concurrent,
+                                         options_.local_timeout)) {}
 
-size_t Agent::local_requests_queued() const { return pool_->queued(); }
+size_t Agent::local_requests_queued() const {
+  return pool_->queued() + loop_->queued();
+}
 
 Agent::~Agent() {
   Stop();
@@ -1153,7 +857,7 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
         "the gateway did not accept the connection: ", st.error_message()));
   }
 
-  auto session = std::make_shared<Session>(options_, pool_.get());
+  auto session = std::make_shared<Session>(options_, pool_.get(), loop_.get());
   session->Accept(first.accepted());
   {
     absl::MutexLock lock(&mu_);

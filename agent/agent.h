@@ -27,6 +27,7 @@ class ClientContext;
 
 namespace tunnel::agent {
 
+class OriginLoop;
 class WorkerPool;
 
 struct AgentOptions {
@@ -48,13 +49,8 @@ struct AgentOptions {
   // The name the gateway's certificate must have; empty: the host part of
   // `gateway` (a DNS name or an IP address).
   std::string tls_server_name;
-  // Local requests in flight at once (threads); further ones queue.
+  // Local requests in flight at once; further ones queue.
   size_t max_concurrent = 256;
-  // With several local requests running, a new one waits this long for a
-  // busy worker before it gets a thread of its own (see WorkerPool); zero
-  // (the default: no gain measured on x86, see DESIGN.md): every request
-  // starts on its own thread at once.
-  absl::Duration worker_queue_wait = absl::ZeroDuration();
   // Per-stream window for request bodies coming from the gateway.
   uint32_t receive_window = common::kDefaultStreamWindow;
   // Largest batch of envelopes per gRPC message, offered to the gateway
@@ -127,7 +123,8 @@ class Agent {
   // The live call, so Stop() can cancel it.
   grpc::ClientContext* current_ctx_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::shared_ptr<Session> current_session_ ABSL_GUARDED_BY(mu_);
-  std::unique_ptr<WorkerPool> pool_;
+  std::unique_ptr<WorkerPool> pool_;  // upgraded connections
+  std::unique_ptr<OriginLoop> loop_;  // every other request
 };
 
 // A permanent failure ends Run(); anything else is retried.

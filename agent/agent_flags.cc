@@ -55,10 +55,6 @@ void RegisterConnectFlags(common::FlagSet* flags, AgentFlags* v) {
                 "of --gateway)");
   flags->Int("max-concurrent", &v->max_concurrent,
              "local requests in flight at once; further ones queue");
-  flags->Duration("worker-queue-wait", &o.worker_queue_wait,
-                  "with several local requests running, a new one waits up "
-                  "to this long for a busy worker thread before it gets one "
-                  "of its own (0: every request starts on its own thread)");
   flags->Int("stream-window", &v->receive_window,
              "per-stream window for request bodies, bytes (>= 65536)");
   flags->Int("batch-bytes", &v->batch_bytes,
@@ -145,11 +141,6 @@ absl::Status ParseConnectFlags(int argc, char** argv, int first,
       v->state_refresh > absl::Hours(1)) {
     return absl::InvalidArgumentError(
         "--state-refresh must be between 100ms and 1h");
-  }
-  if (v->options.worker_queue_wait < absl::ZeroDuration() ||
-      v->options.worker_queue_wait > absl::Seconds(1)) {
-    return absl::InvalidArgumentError(
-        "--worker-queue-wait must be between 0 and 1s");
   }
   if (v->receive_window < 65536 || v->receive_window > (16 << 20)) {
     return absl::InvalidArgumentError(

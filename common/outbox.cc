@@ -240,7 +240,6 @@ bool Outbox::NextOrRelease(Envelope* out, bool* more) {
   }
   claimed_ = false;
   wake_writer_ = false;  // everything asked for is written
-  wake_writer_at_ = absl::InfiniteFuture();
   return false;
 }
 
@@ -249,40 +248,16 @@ void Outbox::WakeWriter() {
   wake_writer_ = true;
 }
 
-void Outbox::WakeWriterBy(absl::Time when) {
-  absl::MutexLock lock(&mu_);
-  wake_writer_at_ = std::min(wake_writer_at_, when);
-}
-
 bool Outbox::ClaimWait(Envelope* out, bool* more, absl::Time deadline) {
   absl::MutexLock lock(&mu_);
-  while (true) {
-    // Wait for the role to be free and a reason to write, or for the
-    // earliest WakeWriterBy time (which a later call may bring forward).
-    const absl::Time until = std::min(deadline, wake_writer_at_);
-    auto ready = [this, until]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-      return (!claimed_ && (closed_ || (wake_writer_ && (!control_.empty() ||
-                                                         !data_.empty())))) ||
-             wake_writer_at_ < until;
-    };
-    mu_.AwaitWithDeadline(absl::Condition(&ready), until);
-    if (!claimed_ &&
-        (closed_ || (wake_writer_ && (!control_.empty() || !data_.empty())))) {
-      break;
-    }
-    const absl::Time now = absl::Now();
-    if (wake_writer_at_ <= now) {
-      // Held long enough: write it (once the role is free).
-      wake_writer_at_ = absl::InfiniteFuture();
-      wake_writer_ = true;
-    } else if (deadline <= now) {
-      return false;
-    }
-  }
+  auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return !claimed_ &&
+           (closed_ || (wake_writer_ && (!control_.empty() || !data_.empty())));
+  };
+  if (!mu_.AwaitWithDeadline(absl::Condition(&ready), deadline)) return false;
   if (!PopLocked(out)) return false;  // closed and drained
   claimed_ = true;
   wake_writer_ = false;
-  wake_writer_at_ = absl::InfiniteFuture();
   *more = !control_.empty() || !data_.empty();
   return true;
 }

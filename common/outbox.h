@@ -85,10 +85,6 @@ class Outbox {
   bool NextOrRelease(tunnel::v1::Envelope* out, bool* more);
   // Asks the thread in ClaimWait to write what is queued.
   void WakeWriter();
-  // Asks for the same no later than `when`, unless a writer takes the
-  // queue first: for a message worth holding back briefly in the hope that
-  // more joins it (a response head whose body is due), but not for long.
-  void WakeWriterBy(absl::Time when);
   // Waits until nobody holds the role and either WakeWriter was called with
   // messages queued, or the outbox is closed; then takes the role and the
   // next message. False when closed and drained (no thread holds the role
@@ -122,8 +118,6 @@ class Outbox {
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   bool claimed_ ABSL_GUARDED_BY(mu_) = false;  // the writer role is taken
   bool wake_writer_ ABSL_GUARDED_BY(mu_) = false;
-  // WakeWriterBy's earliest time; InfiniteFuture when none is pending.
-  absl::Time wake_writer_at_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   size_t batch_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   PopCounts pops_ ABSL_GUARDED_BY(mu_);
   size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;

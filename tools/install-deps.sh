@@ -10,9 +10,11 @@ build_packages=(
   build-essential cmake pkg-config ninja-build ccache git ca-certificates
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libssl-dev libcpp-httplib-dev libqrencode-dev grpc-proto
-  libboost-context-dev
+  libboost-context-dev libcurl4-openssl-dev
 )
 # libboost-context-dev: the front door runs each active request on a fiber.
+# libcurl4-openssl-dev: the agent's client towards its local services
+# (agent/origin_loop: libcurl's multi interface on one thread).
 # grpc-proto: grpc.health.v1, which the gateway serves itself (it also
 # gives grpc_ops_e2e the reflection proto).
 # GoogleTest: the unit and integration tests; curl, python3-*: process-level

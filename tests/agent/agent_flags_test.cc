@@ -74,26 +74,6 @@ TEST(AgentFlagsTest, AccessCodeIsHashedAndChecked) {
   EXPECT_NE(s.message().find("--access-code"), std::string::npos) << s;
 }
 
-TEST(AgentFlagsTest, WorkerQueueWaitReachesTheOptionsAndIsBounded) {
-  auto parse = [](const std::string& wait, AgentFlags* values) {
-    return ParseConnect({"--worker-queue-wait", wait}, values);
-  };
-  AgentFlags defaults;
-  EXPECT_EQ(defaults.options.worker_queue_wait, absl::ZeroDuration());
-  AgentFlags zero;
-  ASSERT_TRUE(parse("0", &zero).ok());
-  EXPECT_EQ(zero.options.worker_queue_wait, absl::ZeroDuration());
-  AgentFlags five;
-  ASSERT_TRUE(parse("5ms", &five).ok());
-  EXPECT_EQ(five.options.worker_queue_wait, absl::Milliseconds(5));
-  for (const char* bad : {"-1ms", "2s"}) {
-    AgentFlags v;
-    absl::Status s = parse(bad, &v);
-    EXPECT_FALSE(s.ok()) << bad;
-    EXPECT_NE(s.message().find("--worker-queue-wait"), std::string::npos) << s;
-  }
-}
-
 // The half-block rendering decodes back to libqrencode's matrix with a
 // 4-module light quiet zone (light = drawn).
 TEST(QrTest, HalfBlocksRoundTripToTheModules) {

@@ -52,7 +52,7 @@ TEST(WorkerPoolTest, ATaskQueuedBehindTheEagerLimitStillGetsAThread) {
 }
 
 TEST(WorkerPoolTest, ZeroQueueWaitStartsEveryTaskOnItsOwnThreadAtOnce) {
-  // agent-tunnel --worker-queue-wait 0: the eager limit does not apply.
+  // max_queue_wait 0 (the agent's upgrades): the eager limit does not apply.
   WorkerPool pool(8, absl::Seconds(30), /*eager_threads=*/1,
                   /*max_queue_wait=*/absl::ZeroDuration());
   constexpr int kTasks = 5;

@@ -235,26 +235,5 @@ TEST(OutboxTest, HandshakeMessagesTravelAlone) {
   EXPECT_EQ(e.batch().envelopes_size(), 2);
 }
 
-TEST(OutboxTest, WakeWriterByWakesTheWriterWhenTheTimeComes) {
-  Outbox box(64);
-  Envelope e;
-  bool more = false;
-  box.Push(Head(1, false));
-  // Not yet due: the writer keeps waiting (here, until its own deadline).
-  box.WakeWriterBy(absl::Now() + absl::Hours(1));
-  EXPECT_FALSE(box.ClaimWait(&e, &more, absl::Now() + absl::Milliseconds(20)));
-  // Brought forward: the writer takes the head without any WakeWriter.
-  box.WakeWriterBy(absl::Now() + absl::Milliseconds(5));
-  ASSERT_TRUE(box.ClaimWait(&e, &more, absl::Now() + absl::Seconds(30)));
-  EXPECT_EQ(e.response().stream_id(), 1u);
-  EXPECT_FALSE(box.NextOrRelease(&e, &more));
-  // A producer that wrote the queue itself leaves nothing for the timer.
-  box.Push(Head(2, false));
-  box.WakeWriterBy(absl::Now());
-  ASSERT_TRUE(box.TryClaim(&e, &more));
-  EXPECT_FALSE(box.NextOrRelease(&e, &more));
-  EXPECT_FALSE(box.ClaimWait(&e, &more, absl::Now() + absl::Milliseconds(20)));
-}
-
 }  // namespace
 }  // namespace tunnel::common

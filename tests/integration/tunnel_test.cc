@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <map>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -19,6 +20,7 @@
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/test_certs.h"
 #include "tests/testing/tunnel_harness.h"
 
 namespace tunnel::testing {
@@ -648,6 +650,65 @@ TEST_F(TunnelTest, TwoHundredConcurrentRequestsEachGetTheirOwnBody) {
   EXPECT_EQ(ok, kRequests);
 }
 
+// The agent keeps its connections to a local service open between requests
+// (one connection for requests one after another), over plain HTTP and over
+// HTTPS with the self-signed certificate local services usually have.
+TEST_F(TunnelTest, HttpAndHttpsTargetsReuseTheirConnections) {
+  TestCa ca("local-ca");
+  const common::CertAndKey leaf = ca.Issue("localhost");
+  TempDir dir;
+  httplib::SSLServer tls_server(dir.Write("cert.pem", leaf.cert_pem).c_str(),
+                                dir.Write("key.pem", leaf.key_pem).c_str());
+  TestHttpServer plain_server;
+  absl::Mutex mu;
+  std::map<std::string, std::set<int>> ports;  // per scheme, as seen
+  auto who = [&](const std::string& scheme) {
+    return [&, scheme](const httplib::Request& req, httplib::Response& res) {
+      absl::MutexLock lock(&mu);
+      ports[scheme].insert(req.remote_port);
+      res.set_content(scheme, "text/plain");
+    };
+  };
+  tls_server.Get("/who", who("https"));
+  plain_server.Get("/who", who("http"));
+  for (httplib::Server* srv : {static_cast<httplib::Server*>(&tls_server),
+                               static_cast<httplib::Server*>(&plain_server)}) {
+    srv->set_keep_alive_max_count(1000);
+  }
+  const int tls_port = tls_server.bind_to_any_port("127.0.0.1");
+  const int plain_port = plain_server.bind_to_any_port("127.0.0.1");
+  ASSERT_GT(tls_port, 0);
+  ASSERT_GT(plain_port, 0);
+  std::thread tls_thread([&] { tls_server.listen_after_bind(); });
+  std::thread plain_thread([&] { plain_server.listen_after_bind(); });
+  {  // the agent (and its kept connections) goes before the services
+    TunnelHarness h({"cam-01", "cam-02"});
+    h.StartGateway();
+    h.StartAgent("cam-01", {absl::StrCat("https://127.0.0.1:", tls_port)});
+    h.StartAgent("cam-02", {absl::StrCat("http://127.0.0.1:", plain_port)});
+    auto v = h.Visitor();
+    for (int i = 0; i < 10; ++i) {
+      for (const auto& [slug, scheme] :
+           {std::pair<std::string, std::string>{"cam-01", "https"},
+            {"cam-02", "http"}}) {
+        auto r = v->Get(TunnelHarness::Path(slug, "/who"));
+        ASSERT_TRUE(r) << scheme;
+        EXPECT_EQ(r->status, 200) << scheme;
+        EXPECT_EQ(r->body, scheme);
+      }
+    }
+    {
+      absl::MutexLock lock(&mu);
+      EXPECT_EQ(ports["https"].size(), 1u);
+      EXPECT_EQ(ports["http"].size(), 1u);
+    }
+  }
+  tls_server.stop();
+  plain_server.stop();
+  tls_thread.join();
+  plain_thread.join();
+}
+
 // Batches are agreed at connect: the smaller offer holds, and either side
 // can turn them off; without them, every gRPC message is one envelope.
 TEST_F(TunnelTest, BatchingIsAgreedAtConnectAndEitherSideCanDeclineIt) {
@@ -666,17 +727,17 @@ TEST_F(TunnelTest, BatchingIsAgreedAtConnectAndEitherSideCanDeclineIt) {
     });
     agent::AgentOptions ao = h.AgentOptionsFor("cam-01", {svc_.url()});
     ao.max_batch_bytes = c.agent;
-    absl::Mutex mu;
+    // The agent's own view of the answer (StartAgent waits for the
+    // gateway's side only).
+    absl::Notification accepted;
     uint32_t agreed = 1;
     ao.on_accepted = [&](const tunnel::v1::ConnectAccepted& a) {
-      absl::MutexLock lock(&mu);
       agreed = a.max_batch_bytes();
+      if (!accepted.HasBeenNotified()) accepted.Notify();
     };
     h.StartAgent(std::move(ao));
-    {
-      absl::MutexLock lock(&mu);
-      EXPECT_EQ(agreed, c.agreed);
-    }
+    ASSERT_TRUE(accepted.WaitForNotificationWithTimeout(absl::Seconds(20)));
+    EXPECT_EQ(agreed, c.agreed);
     std::vector<std::thread> threads;
     std::atomic<int> ok{0};
     for (int i = 0; i < 32; ++i) {
