@@ -13,6 +13,9 @@ wait_line() {  # FILE REGEX SECONDS
 }
 rss_kb() { awk '/^VmRSS/{print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Context switches of every live thread of process $1 (the process's own
+# status line counts its main thread only).
+ctx_switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches/{s+=$2} END{print s}'; }
 TICK=$(getconf CLK_TCK)
 
 # Peak RSS during a transfer: reset the kernel's high-water mark

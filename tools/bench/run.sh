@@ -53,6 +53,7 @@ for c in 1 16 64 256; do
   for t in direct nginx tunnel; do
     if [ "$t" = tunnel ] && [ "$c" = 64 ]; then
       g0=$(cpu_ticks "$GW"); a0=$(cpu_ticks "$AG")
+      gs0=$(ctx_switches "$GW"); as0=$(ctx_switches "$AG")
     fi
     R[small_${t}_$c]=$(run_wrk "small_${t}_c$c" "$c" "${BASE[$t]}/100b")
     if [ "$t" = tunnel ] && [ "$c" = 64 ]; then
@@ -60,13 +61,36 @@ for c in 1 16 64 256; do
       reqs=$(echo "${R[small_tunnel_64]}" | awk '{print $6}')
       CPU_GW=$(awk -v d=$((g1-g0)) -v t="$TICK" -v r="$reqs" 'BEGIN{printf "%.2f", d/t/r*10000}')
       CPU_AG=$(awk -v d=$((a1-a0)) -v t="$TICK" -v r="$reqs" 'BEGIN{printf "%.2f", d/t/r*10000}')
+      CSW_GW=$(awk -v d=$(($(ctx_switches "$GW")-gs0)) -v r="$reqs" 'BEGIN{printf "%.2f", d/r}')
+      CSW_AG=$(awk -v d=$(($(ctx_switches "$AG")-as0)) -v r="$reqs" 'BEGIN{printf "%.2f", d/r}')
     fi
   done
 done
+# System calls per request (100 B, c=64), when perf is installed.
+SYSCALLS="n/a (perf not installed)"
+if command -v perf >/dev/null 2>&1; then
+  perf stat -x, -e raw_syscalls:sys_enter -p "$GW" -o "$RAW/perf-gw.csv" -- sleep "$DUR" &
+  PG=$!
+  perf stat -x, -e raw_syscalls:sys_enter -p "$AG" -o "$RAW/perf-ag.csv" -- sleep "$DUR" &
+  PA=$!
+  sc=$(run_wrk "small_tunnel_c64_syscalls" 64 "${BASE[tunnel]}/100b")
+  wait "$PG" "$PA" 2>/dev/null || true
+  sreqs=$(echo "$sc" | awk '{print $6}')
+  sg=$(awk -F, '/raw_syscalls/{print $1}' "$RAW/perf-gw.csv")
+  sa=$(awk -F, '/raw_syscalls/{print $1}' "$RAW/perf-ag.csv")
+  if [[ "$sg" =~ ^[0-9]+$ && "$sa" =~ ^[0-9]+$ ]]; then
+    SYSCALLS="gateway $(awk -v a="$sg" -v r="$sreqs" 'BEGIN{printf "%.1f", a/r}'), agent $(awk -v a="$sa" -v r="$sreqs" 'BEGIN{printf "%.1f", a/r}')"
+  else
+    SYSCALLS="n/a (perf could not count: see raw/perf-*.csv)"
+  fi
+fi
+
 echo "bench: 1 MiB responses" >&2
-for c in 1 16 64; do
+for c in 1 16 64 256; do
   for t in direct nginx tunnel; do
+    [ "$t" = tunnel ] && [ "$c" = 256 ] && reset_peak "$AG"
     R[big_${t}_$c]=$(run_wrk "big_${t}_c$c" "$c" "${BASE[$t]}/1m")
+    [ "$t" = tunnel ] && [ "$c" = 256 ] && AG_PEAK_BIG=$(peak_kb "$AG")
   done
 done
 
@@ -145,7 +169,7 @@ fmt() { awk -v v="$1" -v p="${2:-0}" 'BEGIN{printf "%.*f", p, v}'; }
   echo
   echo "| concurrency | direct MiB/s | nginx proxy MiB/s | tunnel MiB/s | tunnel ÷ direct | p50 direct / nginx / tunnel (ms) | p99 direct / nginx / tunnel (ms) |"
   echo "|---|---|---|---|---|---|---|"
-  for c in 1 16 64; do
+  for c in 1 16 64 256; do
     d=${R[big_direct_$c]}; n=${R[big_nginx_$c]}; t=${R[big_tunnel_$c]}
     echo "| $c | $(fmt "$(f "$d" 4)") | $(fmt "$(f "$n" 4)") | $(fmt "$(f "$t" 4)") | $(ratio "$(f "$t" 4)" "$(f "$d" 4)") | $(f "$d" 2) / $(f "$n" 2) / $(f "$t" 2) | $(f "$d" 3) / $(f "$n" 3) / $(f "$t" 3) |"
   done
@@ -166,6 +190,9 @@ fmt() { awk -v v="$1" -v p="${2:-0}" 'BEGIN{printf "%.*f", p, v}'; }
   echo "| 1,000 concurrent 1 s requests on one agent stream (10 s) | tunnel: $(f "$SLOW" 6) requests, $(f "$SLOW" 5) errors, p50 $(f "$SLOW" 2) ms, p99 $(f "$SLOW" 3) ms; direct: $(f "$SLOW_DIRECT" 5) errors, p99 $(f "$SLOW_DIRECT" 3) ms |"
   echo "| 64 fast visitors (100 B) alone / beside a 10 KB/s visitor | p99 $(f "$FAST_ALONE" 3) ms / $(f "$FAST_WITH" 3) ms ($(ratio "$(f "$FAST_WITH" 3)" "$(f "$FAST_ALONE" 3)")×), req/s $(fmt "$(f "$FAST_ALONE" 1)") / $(fmt "$(f "$FAST_WITH" 1)") |"
   echo "| CPU seconds per 10k requests (100 B, c=64) | gateway $CPU_GW s, agent $CPU_AG s |"
+  echo "| context switches per request (100 B, c=64) | gateway $CSW_GW, agent $CSW_AG |"
+  echo "| system calls per request (100 B, c=64) | $SYSCALLS |"
+  echo "| agent peak RSS, 256 concurrent 1 MiB responses | $(mib "$AG_PEAK_BIG") MiB |"
   echo "| agent idle RSS | $(mib "$AGENT_IDLE_RSS") MiB, of which $(mib "$AGENT_IDLE_PRIVATE") MiB private (the rest is shared library pages) |"
   for n in $AGENT_COUNTS; do
     v=${IDLE[$n]}
