@@ -18,7 +18,9 @@
 #include "absl/time/clock.h"
 #include "agent/agent_stream.h"
 #include "agent/origin_loop.h"
+#include "agent/supervisor.h"
 #include "agent/tls_probe.h"
+#include "agent/upgrade_relay.h"
 #include "agent/worker_pool.h"
 #include "common/envelopes.h"
 #include "common/headers.h"
@@ -92,7 +94,8 @@ absl::Status FromConnectError(const ConnectError& e) {
 // One accepted connection to the gateway. The reader (Run's thread) calls
 // Dispatch; the OriginLoop forwards ordinary requests, workers upgrades; the
 // writer thread drains the outbox.
-class Agent::Session : public std::enable_shared_from_this<Session> {
+class Agent::Session : public std::enable_shared_from_this<Session>,
+                       public StreamSender {
  public:
   Session(const AgentOptions& options, WorkerPool* pool, OriginLoop* loop)
       : options_(options),
@@ -275,18 +278,35 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     if (!s->head.upgrade()) loop_->Cancel(s);
   }
 
+  // StreamSender, for upgrade relays (each on its worker thread): every
+  // message wakes the writer thread.
+  void SendHead(Envelope head) override {
+    outbox_.Push(std::move(head));
+    outbox_.WakeWriter();
+  }
+  bool SendBody(AgentStream& s, const char* data, size_t n) override {
+    while (n > 0) {
+      absl::StatusOr<size_t> credit =
+          s.channel.AcquireSendCredit(std::min<size_t>(n, max_chunk_),
+                                      absl::Now() + options_.local_timeout);
+      if (!credit.ok()) return false;
+      if (!outbox_.WaitForRoom(options_.max_queued_bytes,
+                               absl::Now() + options_.local_timeout)) {
+        return false;
+      }
+      PushData(s.id, std::string(data, *credit), false);
+      data += *credit;
+      n -= *credit;
+    }
+    return true;
+  }
+  void SendEnd(uint64_t id) override { PushData(id, "", true); }
+  void SendControl(Envelope e) override { PushControl(std::move(e)); }
   void SendClose(uint64_t id, TunnelClose::Reason reason,
-                 absl::string_view message) {
+                 absl::string_view message) override {
     PushControl(common::MakeClose(id, reason, message));
   }
 
-  // Queueing for the writer thread. Everything but a response's last
-  // message goes this way: the writer's wake-up latency is what lets the
-  // outbox merge a head with its body and 4 KiB reads into large chunks.
-  void Push(Envelope e) {
-    outbox_.Push(std::move(e));
-    outbox_.WakeWriter();
-  }
   void PushControl(Envelope e) {
     outbox_.PushControl(std::move(e));
     outbox_.WakeWriter();
@@ -294,18 +314,6 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
   void PushData(uint64_t id, std::string data, bool end) {
     outbox_.PushData(id, std::move(data), end);
     outbox_.WakeWriter();
-  }
-  // A worker that completed a response writes the queue itself unless a
-  // write is already in progress (whose holder then writes ours too): no
-  // hand-off to the writer thread, and a small response leaves as one
-  // message (head + body + end). Never from the reader thread.
-  void FlushInline() {
-    Envelope e;
-    bool more = false;
-    if (!outbox_.TryClaim(&e, &more)) return;
-    do {
-      WriteOne(e, more);
-    } while (outbox_.NextOrRelease(&e, &more));
   }
   void WriteOne(const Envelope& e, bool more) {
     if (write_failed_.load(std::memory_order_relaxed)) return;
@@ -347,7 +355,7 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
       // An upgraded connection holds a worker thread for its lifetime.
       pool_->Submit([self = shared_from_this(), s] {
         WorkerPool::LongRunning();
-        self->ForwardUpgrade(s);
+        RelayUpgrade(s, *self, self->options_.local_timeout);
         self->Remove(s->id);
       });
       return;
@@ -359,211 +367,6 @@ class Agent::Session : public std::enable_shared_from_this<Session> {
     session.done = [this](uint64_t done_id) { Remove(done_id); };
     session.keep = shared_from_this();
     loop_->Start(std::move(s), std::move(session));
-  }
-
-  // An upgrade request: httplib has no upgrade support, so the agent speaks
-  // HTTP/1.1 itself on a raw connection: it sends the head, reads the
-  // response head, and after a 101 relays raw bytes both ways (half-close
-  // carried). Any other answer is relayed as an ordinary response.
-  void ForwardUpgrade(const std::shared_ptr<AgentStream>& s) {
-    const LocalTarget& t = *s->target;
-    const absl::Duration timeout = options_.local_timeout;
-    auto unreachable = [&](absl::string_view why) {
-      SendClose(s->id, TunnelClose::LOCAL_UNREACHABLE,
-                absl::StrCat("the agent cannot reach its local service at ",
-                             t.url, " (", why, ")"));
-    };
-    if (t.scheme != "http") {
-      SendClose(s->id, TunnelClose::LOCAL_ERROR,
-                "upgrades are relayed to http:// services only");
-      return;
-    }
-    absl::StatusOr<int> fd =
-        common::ConnectTcp(t.host, t.port, absl::Seconds(10));
-    if (!fd.ok()) {
-      unreachable(fd.status().message());
-      return;
-    }
-    {
-      absl::MutexLock lock(&s->mu);
-      if (s->cancelled) {
-        ::close(*fd);
-        return;
-      }
-      s->raw_fd = *fd;
-    }
-    auto finish = [&] {
-      absl::MutexLock lock(&s->mu);
-      s->raw_fd = -1;
-      ::close(*fd);
-    };
-    const tunnel::v1::TunnelRequest& head = s->head;
-    std::string out = absl::StrCat(head.method(), " ", t.base_path, head.path(),
-                                   " HTTP/1.1\r\n");
-    for (const auto& h : head.headers()) {
-      absl::StrAppend(&out, h.name(), ": ", h.value(), "\r\n");
-    }
-    out += "\r\n";
-    if (!common::WriteAll(*fd, out, timeout)) {
-      unreachable("writing the request failed");
-      finish();
-      return;
-    }
-    // Response head, up to 64 KiB.
-    std::string in;
-    size_t head_end = std::string::npos;
-    char buf[64 * 1024];
-    while ((head_end = in.find("\r\n\r\n")) == std::string::npos) {
-      ssize_t n = common::ReadSome(*fd, buf, sizeof(buf), timeout);
-      if (n <= 0 || in.size() + n > sizeof(buf)) {
-        SendClose(s->id, TunnelClose::LOCAL_ERROR,
-                  absl::StrCat("the local service at ", t.url,
-                               " sent no valid response to the upgrade"));
-        finish();
-        return;
-      }
-      in.append(buf, static_cast<size_t>(n));
-    }
-    Envelope e;
-    auto* r = e.mutable_response();
-    r->set_stream_id(s->id);
-    int64_t content_length = -1;
-    std::vector<absl::string_view> lines =
-        absl::StrSplit(absl::string_view(in).substr(0, head_end), "\r\n");
-    std::vector<absl::string_view> status_line =
-        absl::StrSplit(lines[0], absl::MaxSplits(' ', 2));
-    int status = 0;
-    if (status_line.size() < 2 || !absl::SimpleAtoi(status_line[1], &status) ||
-        status < 100 || status > 599) {
-      SendClose(s->id, TunnelClose::LOCAL_ERROR,
-                "the local service sent an invalid status line");
-      finish();
-      return;
-    }
-    r->set_status(static_cast<uint32_t>(status));
-    for (size_t i = 1; i < lines.size(); ++i) {
-      size_t colon = lines[i].find(':');
-      if (colon == absl::string_view::npos) continue;
-      absl::string_view name = lines[i].substr(0, colon);
-      absl::string_view value =
-          absl::StripAsciiWhitespace(lines[i].substr(colon + 1));
-      if (absl::EqualsIgnoreCase(name, "Content-Length")) {
-        (void)absl::SimpleAtoi(value, &content_length);
-      }
-      common::AddHeader(r->mutable_headers(), name, value);
-    }
-    std::string rest = in.substr(head_end + 4);
-    if (status != 101) {
-      // Refused: an ordinary response, its body read by length or to EOF.
-      common::StripHopByHop(r->mutable_headers());
-      Push(std::move(e));
-      uint64_t left = content_length >= 0
-                          ? static_cast<uint64_t>(content_length)
-                          : UINT64_MAX;
-      bool ok = true;
-      if (!rest.empty()) {
-        rest.resize(std::min<uint64_t>(rest.size(), left));
-        left -= rest.size();
-        ok = SendBody(*s, rest.data(), rest.size());
-      }
-      while (ok && left > 0) {
-        ssize_t n = common::ReadSome(
-            *fd, buf, std::min<uint64_t>(sizeof(buf), left), timeout);
-        if (n <= 0) {
-          ok = content_length < 0 && n == 0;  // EOF ends an unsized body
-          break;
-        }
-        left -= static_cast<uint64_t>(n);
-        ok = SendBody(*s, buf, static_cast<size_t>(n));
-      }
-      if (ok) {
-        PushData(s->id, "", true);
-      } else {
-        SendClose(s->id, TunnelClose::LOCAL_ERROR,
-                  "the local service broke off its response");
-      }
-      finish();
-      return;
-    }
-    Push(std::move(e));
-    if (!rest.empty() && !SendBody(*s, rest.data(), rest.size())) {
-      finish();
-      return;
-    }
-    // Gateway -> service on a second thread; service -> gateway here.
-    int raw = *fd;
-    std::thread up([this, s, raw, timeout] {
-      while (true) {
-        uint32_t ack = 0;
-        absl::StatusOr<common::Chunk> c =
-            s->channel.PopData(absl::Now() + timeout, &ack);
-        if (ack > 0) PushControl(common::MakeWindowUpdate(s->id, ack));
-        if (!c.ok() || !common::WriteAll(raw, c->data, timeout)) {
-          ::shutdown(raw, SHUT_RDWR);
-          return;
-        }
-        if (c->end) {
-          ::shutdown(raw, SHUT_WR);  // the visitor half-closed
-          return;
-        }
-      }
-    });
-    while (true) {
-      ssize_t n = common::ReadSome(raw, buf, sizeof(buf), timeout);
-      if (n == 0) {
-        PushData(s->id, "", true);  // the service half-closed
-        break;
-      }
-      if (n < 0 || !SendBody(*s, buf, static_cast<size_t>(n))) {
-        if (s->channel.status().ok()) {
-          SendClose(s->id, TunnelClose::LOCAL_ERROR,
-                    "the upgraded connection to the local service failed");
-        }
-        s->channel.Abort(absl::AbortedError("upgraded connection ended"));
-        ::shutdown(raw, SHUT_RDWR);
-        break;
-      }
-    }
-    up.join();
-    finish();
-  }
-
-  // Response body to the gateway, against the stream's credit. With `end`
-  // the last bytes end the stream and are written at once (FlushInline).
-  // `owned`, if given, holds exactly [data, data + n): when one message
-  // carries it all, its buffer moves into the outbox instead of a copy.
-  bool SendBody(AgentStream& s, const char* data, size_t n, bool end = false,
-                std::string* owned = nullptr) {
-    if (n == 0 && end) {
-      outbox_.PushData(s.id, "", true);
-      FlushInline();
-      return true;
-    }
-    auto piece = [&](size_t len) {
-      if (owned != nullptr && data == owned->data() && len == owned->size()) {
-        return std::move(*owned);
-      }
-      return std::string(data, len);
-    };
-    while (n > 0) {
-      absl::StatusOr<size_t> credit =
-          s.channel.AcquireSendCredit(std::min<size_t>(n, max_chunk_),
-                                      absl::Now() + options_.local_timeout);
-      if (!credit.ok()) return false;
-      if (!outbox_.WaitForRoom(options_.max_queued_bytes,
-                               absl::Now() + options_.local_timeout)) {
-        return false;
-      }
-      if (end && *credit == n) {
-        outbox_.PushData(s.id, piece(n), true);
-        FlushInline();
-        return true;
-      }
-      PushData(s.id, piece(*credit), false);
-      data += *credit;
-      n -= *credit;
-    }
-    return true;
   }
 
   const AgentOptions& options_;
@@ -627,7 +430,11 @@ void Agent::Stop() {
 
 absl::Status Agent::Run() {
   std::mt19937_64 rng(std::random_device{}());
-  int attempt = 0;
+  std::uniform_real_distribution<double> uniform(0.0, 1.0);
+  Supervisor supervisor(
+      BackoffPolicy{options_.initial_backoff, options_.max_backoff,
+                    options_.healthy_after},
+      [] { return absl::Now(); }, [&] { return uniform(rng); });
   while (true) {
     size_t before;
     {
@@ -635,7 +442,7 @@ absl::Status Agent::Run() {
       if (stopping_) return absl::OkStatus();
       before = sessions_started_;
     }
-    absl::Time started = absl::Now();
+    supervisor.AttemptStarted();
     absl::Duration retry_after = absl::ZeroDuration();
     absl::Status s = RunSession(&retry_after);
     size_t after;
@@ -647,17 +454,8 @@ absl::Status Agent::Run() {
     }
     if (options_.on_session_ended) options_.on_session_ended(s);
     if (IsPermanent(s)) return s;
-    if (after != before && absl::Now() - started >= options_.healthy_after) {
-      attempt = 0;  // it was healthy for a while: start over
-    }
-    absl::Duration cap =
-        std::min(options_.max_backoff,
-                 options_.initial_backoff *
-                     static_cast<double>(1 << std::min(attempt, 20)));
-    ++attempt;
-    // Full jitter: agents that lost the same gateway do not return in step.
-    std::uniform_real_distribution<double> jitter(0.0, 1.0);
-    absl::Duration wait = std::max(cap * jitter(rng), retry_after);
+    const absl::Duration wait =
+        supervisor.NextWait(/*accepted=*/after != before, retry_after);
     TUNNEL_LOG(WARNING) << s.message() << "; reconnecting in "
                         << absl::FormatDuration(
                                absl::Trunc(wait, absl::Milliseconds(1)));
@@ -871,10 +669,9 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
                    << first.accepted().session_id() << ")";
   if (options_.on_accepted) options_.on_accepted(first.accepted());
 
-  // Workers write the messages that complete responses themselves (one
-  // Write at a time, see Outbox::TryClaim); this thread writes the rest.
-  // It returns only when no worker can write any more (the outbox is
-  // closed and nobody holds the writer role), so `stream` outlives them.
+  // This thread writes everything (the origin loop and upgrade relays only
+  // queue and wake it); it returns once the outbox is closed and drained,
+  // so `stream` outlives every write.
   session->SetWriter([&](const Envelope& e, bool more) {
     grpc::WriteOptions wo;
     if (more) wo.set_buffer_hint();
