@@ -1,6 +1,9 @@
 #include "agent/origin_loop.h"
 
 #include <curl/curl.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -100,6 +103,18 @@ OriginLoop::OriginLoop(size_t max_concurrent, absl::Duration local_timeout,
       connect_timeout_(connect_timeout) {
   GlobalInit();
   multi_ = curl_multi_init();
+  epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
+  event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.fd = event_fd_;
+  epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, event_fd_, &ev);
+  curl_multi_setopt(Multi(multi_), CURLMOPT_SOCKETFUNCTION,
+                    &OriginLoop::OnSocket);
+  curl_multi_setopt(Multi(multi_), CURLMOPT_SOCKETDATA, this);
+  curl_multi_setopt(Multi(multi_), CURLMOPT_TIMERFUNCTION,
+                    &OriginLoop::OnTimer);
+  curl_multi_setopt(Multi(multi_), CURLMOPT_TIMERDATA, this);
   thread_ = std::thread([this] { Run(); });
 }
 
@@ -108,9 +123,43 @@ OriginLoop::~OriginLoop() {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
   }
-  curl_multi_wakeup(Multi(multi_));
+  WakeLoop();
   thread_.join();
   curl_multi_cleanup(Multi(multi_));
+  close(event_fd_);
+  close(epoll_fd_);
+}
+
+void OriginLoop::WakeLoop() {
+  const uint64_t one = 1;
+  (void)!write(event_fd_, &one, sizeof(one));
+}
+
+int OriginLoop::OnSocket(void*, int fd, int what, void* userp, void* socketp) {
+  auto* loop = static_cast<OriginLoop*>(userp);
+  if (what == CURL_POLL_REMOVE) {
+    epoll_ctl(loop->epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
+    return 0;
+  }
+  epoll_event ev{};
+  ev.data.fd = fd;
+  if (what & CURL_POLL_IN) ev.events |= EPOLLIN;
+  if (what & CURL_POLL_OUT) ev.events |= EPOLLOUT;
+  if (socketp == nullptr) {
+    // New to us: marked so that later calls modify instead of add.
+    epoll_ctl(loop->epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
+    curl_multi_assign(Multi(loop->multi_), fd, loop);
+  } else {
+    epoll_ctl(loop->epoll_fd_, EPOLL_CTL_MOD, fd, &ev);
+  }
+  return 0;
+}
+
+int OriginLoop::OnTimer(void*, long timeout_ms, void* userp) {
+  auto* loop = static_cast<OriginLoop*>(userp);
+  loop->timer_ = timeout_ms < 0 ? absl::InfiniteFuture()
+                                : absl::Now() + absl::Milliseconds(timeout_ms);
+  return 0;
 }
 
 void OriginLoop::Start(std::shared_ptr<AgentStream> s, OriginSession session) {
@@ -133,7 +182,7 @@ void OriginLoop::Post(Command c) {
     commands_.push_back(std::move(c));
   }
   // One wake-up per batch of commands: the loop takes them all at once.
-  if (first) curl_multi_wakeup(Multi(multi_));
+  if (first) WakeLoop();
 }
 
 void OriginLoop::Run() {
@@ -164,7 +213,11 @@ void OriginLoop::Run() {
       for (Transfer* t : retry) Resume(t);
     }
     int running = 0;
-    curl_multi_perform(Multi(multi_), &running);
+    if (timer_ <= absl::Now()) {
+      // libcurl's own deadlines, and transfers just added or unpaused.
+      timer_ = absl::InfiniteFuture();
+      curl_multi_socket_action(Multi(multi_), CURL_SOCKET_TIMEOUT, 0, &running);
+    }
     int left = 0;
     while (CURLMsg* msg = curl_multi_info_read(Multi(multi_), &left)) {
       if (msg->msg != CURLMSG_DONE) continue;
@@ -178,8 +231,33 @@ void OriginLoop::Run() {
     for (common::Outbox* o : touched_) o->WakeWriter();
     touched_.clear();
     touched_keep_.clear();
-    curl_multi_poll(Multi(multi_), nullptr, 0, room_waiters_.empty() ? 1000 : 5,
-                    nullptr);
+    // Wait for sockets, the next command, libcurl's timer, or (transfers
+    // waiting for room in an outbox) 5 ms.
+    absl::Duration wait = timer_ - absl::Now();
+    if (!room_waiters_.empty()) {
+      wait = std::min(wait, absl::Milliseconds(5));
+    }
+    const int wait_ms =
+        timer_ == absl::InfiniteFuture() && room_waiters_.empty()
+            ? -1
+            : static_cast<int>(
+                  std::max<int64_t>(0, absl::ToInt64Milliseconds(absl::Ceil(
+                                           wait, absl::Milliseconds(1)))));
+    epoll_event events[64];
+    const int n = epoll_wait(epoll_fd_, events, 64, wait_ms);
+    for (int i = 0; i < n; ++i) {
+      const int fd = events[i].data.fd;
+      if (fd == event_fd_) {
+        uint64_t count;
+        (void)!read(event_fd_, &count, sizeof(count));
+        continue;
+      }
+      int mask = 0;
+      if (events[i].events & EPOLLIN) mask |= CURL_CSELECT_IN;
+      if (events[i].events & EPOLLOUT) mask |= CURL_CSELECT_OUT;
+      if (events[i].events & (EPOLLERR | EPOLLHUP)) mask |= CURL_CSELECT_ERR;
+      curl_multi_socket_action(Multi(multi_), fd, mask, &running);
+    }
   }
   // Stopping: drop every transfer without telling sessions (they are gone).
   for (auto& [stream, t] : transfers_) {

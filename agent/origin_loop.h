@@ -9,9 +9,10 @@
 // with no credit left pauses receiving (the service's socket fills and it
 // slows down), a request body with nothing yet from the visitor pauses
 // sending. The session's reader calls Wake when credit or body bytes
-// arrive. The loop waits in curl_multi_poll (curl_multi_wakeup ends the
-// wait): simpler than curl_multi_socket_action with our own epoll, and
-// linear in the transfers only while they are many at once.
+// arrive. The loop waits in its own epoll for libcurl's sockets
+// (curl_multi_socket_action), libcurl's timer and an eventfd that commands
+// ring: a round costs the sockets that are ready, however many transfers
+// wait (an idle SSE stream costs nothing).
 //
 // Everything a transfer sends towards the gateway goes into its session's
 // Outbox without waking the writer; the loop wakes each session's writer
@@ -83,6 +84,10 @@ class OriginLoop {
 
   void Run();
   void Post(Command c);
+  void WakeLoop();
+  // libcurl's socket and timer callbacks (curl_multi_socket_action).
+  static int OnSocket(void* easy, int fd, int what, void* userp, void* socketp);
+  static int OnTimer(void* multi, long timeout_ms, void* userp);
   void Begin(std::shared_ptr<AgentStream> s, OriginSession session);
   void Launch(Transfer* t);
   void Resume(Transfer* t);
@@ -104,6 +109,9 @@ class OriginLoop {
   const absl::Duration local_timeout_;
   const absl::Duration connect_timeout_;
   void* multi_ = nullptr;  // CURLM*
+  int epoll_fd_ = -1;      // libcurl's sockets and event_fd_
+  int event_fd_ = -1;      // commands waiting
+  absl::Time timer_ = absl::InfiniteFuture();  // libcurl's next deadline
   std::atomic<size_t> queued_{0};
 
   absl::Mutex mu_;
