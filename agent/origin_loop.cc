@@ -28,6 +28,9 @@ using tunnel::v1::TunnelClose;
 
 CURLM* Multi(void* m) { return static_cast<CURLM*>(m); }
 
+// Easy handles kept for reuse (each holds a receive buffer of a chunk).
+constexpr size_t kMaxIdleHandles = 16;
+
 // What went wrong with the local service, in words (libcurl's own names mean
 // little to a user). `connected`: a connection to the service existed.
 std::string LocalErrorWords(CURLcode code, long os_errno, bool connected,
@@ -599,7 +602,12 @@ void OriginLoop::Finish(Transfer* t) {
     t->in_multi = false;
   }
   if (t->easy != nullptr) {
-    idle_handles_.push_back(t->easy);
+    // A handle keeps its buffers: reused, but only so many kept idle.
+    if (idle_handles_.size() < kMaxIdleHandles) {
+      idle_handles_.push_back(t->easy);
+    } else {
+      curl_easy_cleanup(t->easy);
+    }
     t->easy = nullptr;
   }
   curl_slist_free_all(t->headers);

@@ -138,6 +138,12 @@ const Envelope* Outbox::PeekLocked() const {
 // tag and length (at most 1 + 5 bytes).
 static size_t BatchCost(size_t envelope_bytes) { return envelope_bytes + 6; }
 
+// Larger envelopes (body chunks of a big transfer) travel alone: batching
+// them saves no write, and copying several into one message costs memory
+// bandwidth and, above glibc's mmap threshold, fresh pages for every
+// message (measured: a 1 GiB download fell from 330 to 130 MB/s).
+constexpr size_t kMaxBatchMember = 16 << 10;
+
 // Handshake messages always travel alone.
 static bool Batchable(const Envelope& e) {
   switch (e.message_case()) {
@@ -158,9 +164,12 @@ bool Outbox::PopLocked(Envelope* out) {
   if (batch_bytes_ == 0 || !Batchable(*out)) return true;
   const Envelope* next = PeekLocked();
   if (next == nullptr || !Batchable(*next)) return true;
+  const size_t first = out->ByteSizeLong();
+  size_t next_size = next->ByteSizeLong();
+  if (first > kMaxBatchMember || next_size > kMaxBatchMember) return true;
   // The batch's own tag and length, then its members.
-  size_t total = 6 + BatchCost(out->ByteSizeLong());
-  size_t next_cost = BatchCost(next->ByteSizeLong());
+  size_t total = 6 + BatchCost(first);
+  size_t next_cost = BatchCost(next_size);
   if (total + next_cost > batch_bytes_) return true;
   Envelope batch;
   auto* members = batch.mutable_batch()->mutable_envelopes();
@@ -171,7 +180,9 @@ bool Outbox::PopLocked(Envelope* out) {
     ++pops_.envelopes;
     next = PeekLocked();
     if (next == nullptr || !Batchable(*next)) break;
-    next_cost = BatchCost(next->ByteSizeLong());
+    next_size = next->ByteSizeLong();
+    if (next_size > kMaxBatchMember) break;
+    next_cost = BatchCost(next_size);
   } while (total + next_cost <= batch_bytes_);
   *out = std::move(batch);
   return true;

@@ -39,7 +39,8 @@ class Outbox {
   // Batching, once both sides agreed on it (EnvelopeBatch in tunnel.proto):
   // from now on every pop takes all queued messages (control first, in
   // order) whose encoded size fits in `max_bytes` into one EnvelopeBatch;
-  // a message that is alone, or too large to share, stays plain. 0: off.
+  // a message that is alone, or over 16 KiB (a chunk of a large body),
+  // stays plain. 0: off.
   void EnableBatching(size_t max_bytes);
   // Counts since construction: gRPC messages popped, and the envelopes they
   // carried (equal without batching).

@@ -220,6 +220,27 @@ TEST(OutboxTest, BatchesNeverExceedTheBudgetAndBigMessagesGoAlone) {
   EXPECT_LT(box.pop_counts().messages, 200u);  // some were batched
 }
 
+TEST(OutboxTest, LargeChunksTravelAloneBetweenBatches) {
+  Outbox box(64 << 10);
+  box.EnableBatching(256 << 10);
+  box.PushData(1, "a", false);
+  box.PushData(2, "b", false);
+  box.PushData(3, std::string(20 << 10, 'x'), false);  // over 16 KiB
+  box.PushData(4, std::string(20 << 10, 'y'), false);
+  box.PushData(5, "c", false);
+  box.PushData(6, "d", false);
+  Envelope e;
+  ASSERT_TRUE(box.TryPop(&e));
+  EXPECT_EQ(e.batch().envelopes_size(), 2);
+  ASSERT_TRUE(box.TryPop(&e));
+  EXPECT_EQ(e.data().stream_id(), 3u);
+  ASSERT_TRUE(box.TryPop(&e));
+  EXPECT_EQ(e.data().stream_id(), 4u);
+  ASSERT_TRUE(box.TryPop(&e));
+  EXPECT_EQ(e.batch().envelopes_size(), 2);
+  EXPECT_FALSE(box.TryPop(&e));
+}
+
 TEST(OutboxTest, HandshakeMessagesTravelAlone) {
   Outbox box(64);
   box.EnableBatching(4096);
