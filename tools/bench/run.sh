@@ -39,7 +39,8 @@ start_tunnel build/server/gateway-tunnel 1200 -- \
   --to "http://127.0.0.1:$ORIGIN" --to "sink=http://127.0.0.1:$SINK"
 AGENT_IDLE_RSS=$(rss_kb "$AG")
 # Most of that RSS is shared library text; what the agent itself holds:
-AGENT_IDLE_PRIVATE=$(awk '/^Private_(Clean|Dirty)/{s+=$2} END{print s}' "/proc/$AG/smaps_rollup")
+AGENT_IDLE_DIRTY=$(awk '/^Private_Dirty/{s+=$2} END{print s}' "/proc/$AG/smaps_rollup")
+AGENT_IDLE_CLEAN=$(awk '/^Private_Clean/{s+=$2} END{print s}' "/proc/$AG/smaps_rollup")
 
 declare -A BASE=(
   [direct]="http://127.0.0.1:$ORIGIN"
@@ -193,7 +194,7 @@ fmt() { awk -v v="$1" -v p="${2:-0}" 'BEGIN{printf "%.*f", p, v}'; }
   echo "| context switches per request (100 B, c=64) | gateway $CSW_GW, agent $CSW_AG |"
   echo "| system calls per request (100 B, c=64) | $SYSCALLS |"
   echo "| agent peak RSS, 256 concurrent 1 MiB responses | $(mib "$AG_PEAK_BIG") MiB |"
-  echo "| agent idle RSS | $(mib "$AGENT_IDLE_RSS") MiB, of which $(mib "$AGENT_IDLE_PRIVATE") MiB private (the rest is shared library pages) |"
+  echo "| agent idle RSS | $(mib "$AGENT_IDLE_RSS") MiB: $(mib "$AGENT_IDLE_DIRTY") MiB private dirty (heap, stacks, relocated data: the agent's own memory), $(mib "$AGENT_IDLE_CLEAN") MiB private clean (library code no other process maps now), the rest shared library pages |"
   for n in $AGENT_COUNTS; do
     v=${IDLE[$n]}
     echo "| $n idle agents | gateway $(f "$v" 1) KiB RSS per agent ($(mib "$(f "$v" 4)") → $(mib "$(f "$v" 5)") MiB); all connected in $(f "$v" 2) s; after a gateway kill -9 and restart, all back in $(f "$v" 3) s |"
