@@ -69,7 +69,7 @@ measure() {
   curl -sf -o /dev/null "http://$GWHTTP/t/dev/100b"
   local idle idle_priv
   idle=$(rss_kb "$ag")
-  idle_priv=$(awk '/^Private_(Clean|Dirty)/{s+=$2} END{print s}' "/proc/$ag/smaps_rollup")
+  idle_priv=$(awk '/^Private_Dirty/{s+=$2} END{print s}' "/proc/$ag/smaps_rollup")
   reset_peak "$ag"
   local a0 a1 small big
   a0=$(cpu_ticks "$ag")
@@ -114,7 +114,7 @@ mib() { awk -v v="$1" 'BEGIN{printf "%.1f", v/1024}'; }
   echo
   echo "| native ($(uname -m)) | --max-concurrent $DEFAULT_MC (default) | --max-concurrent $SMALL |"
   echo "|---|---|---|"
-  echo "| idle RSS (private) | $(mib "$(f "$M_DEFAULT" 1)") MiB ($(mib "$(f "$M_DEFAULT" 2)") MiB) | $(mib "$(f "$M_SMALL" 1)") MiB ($(mib "$(f "$M_SMALL" 2)") MiB) |"
+  echo "| idle RSS (private dirty) | $(mib "$(f "$M_DEFAULT" 1)") MiB ($(mib "$(f "$M_DEFAULT" 2)") MiB) | $(mib "$(f "$M_SMALL" 1)") MiB ($(mib "$(f "$M_SMALL" 2)") MiB) |"
   echo "| peak RSS, 100 B responses | $(mib "$(f "$M_DEFAULT" 3)") MiB | $(mib "$(f "$M_SMALL" 3)") MiB |"
   echo "| peak RSS, 1 MiB responses | $(mib "$(f "$M_DEFAULT" 6)") MiB | $(mib "$(f "$M_SMALL" 6)") MiB |"
   echo "| CPU seconds per 10k requests (100 B) | $(f "$M_DEFAULT" 4) s | $(f "$M_SMALL" 4) s |"
