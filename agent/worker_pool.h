@@ -1,6 +1,8 @@
-// Threads for local requests: grows on demand up to `max_threads`, and lets
-// threads that sat idle for `idle_exit` go, so an idle agent on a small
-// device holds almost none. Tasks beyond max_threads wait in FIFO order.
+// Threads for tasks that block (the agent's upgraded connections, one
+// each; ordinary requests run on the OriginLoop): grows on demand up to
+// `max_threads`, and lets threads that sat idle for `idle_exit` go, so an
+// idle agent on a small device holds almost none. Tasks beyond max_threads wait
+// in FIFO order.
 //
 // Waking a parked thread costs more than most local requests (a futex wake,
 // a context switch, cold caches), so the pool does not start a task at
