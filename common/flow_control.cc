@@ -106,7 +106,13 @@ absl::StatusOr<tunnel::v1::TunnelResponse> StreamChannel::AwaitHead(
     return absl::DeadlineExceededError("no response head before the deadline");
   }
   if (!abort_.ok()) return abort_;
-  return *head_;
+  // Moved out, not copied (a head may carry 64 KiB of fields); head_ stays
+  // set, so a second head from the peer is still refused.
+  if (head_taken_) {
+    return absl::FailedPreconditionError("the response head was taken already");
+  }
+  head_taken_ = true;
+  return std::move(*head_);
 }
 
 void StreamChannel::Abort(absl::Status why) {

@@ -62,6 +62,8 @@ class StreamChannel {
 
   // --- response head (gateway side only) ---
   absl::Status SetHead(tunnel::v1::TunnelResponse head);
+  // The head, once: it is moved to the caller, and a second call fails
+  // (FAILED_PRECONDITION).
   absl::StatusOr<tunnel::v1::TunnelResponse> AwaitHead(absl::Time deadline);
 
   // Terminal failure: wakes every waiter, which then returns `why`. Data not
@@ -96,6 +98,7 @@ class StreamChannel {
   bool end_received_ ABSL_GUARDED_BY(mu_) = false;
   bool end_popped_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<tunnel::v1::TunnelResponse> head_ ABSL_GUARDED_BY(mu_);
+  bool head_taken_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status abort_ ABSL_GUARDED_BY(mu_);
   // Fibers waiting for credit (the producer) and for a head or data (the
   // consumer); threads wait on mu_ itself.

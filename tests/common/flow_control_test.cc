@@ -127,6 +127,10 @@ TEST(StreamChannelTest, HeadArrivesOnceAndTimesOut) {
   ASSERT_TRUE(ch.SetHead(r).ok());
   EXPECT_FALSE(ch.SetHead(r).ok());
   EXPECT_EQ(ch.AwaitHead(Past())->status(), 201u);
+  // The head was moved to its reader: it is not handed out twice, and a
+  // second head from the peer is still refused.
+  EXPECT_TRUE(absl::IsFailedPrecondition(ch.AwaitHead(Past()).status()));
+  EXPECT_FALSE(ch.SetHead(r).ok());
 }
 
 TEST(StreamChannelTest, OverflowingWindowUpdateIsAnError) {
