@@ -123,11 +123,6 @@ void Outbox::EnableBatching(size_t max_bytes) {
   batch_bytes_ = max_bytes;
 }
 
-Outbox::PopCounts Outbox::pop_counts() const {
-  absl::MutexLock lock(&mu_);
-  return pops_;
-}
-
 const Envelope* Outbox::PeekLocked() const {
   if (!control_.empty()) return &control_.front();
   if (!data_.empty()) return &data_.front();
@@ -159,8 +154,6 @@ static bool Batchable(const Envelope& e) {
 
 bool Outbox::PopLocked(Envelope* out) {
   if (!PopOneLocked(out)) return false;
-  ++pops_.messages;
-  ++pops_.envelopes;
   if (batch_bytes_ == 0 || !Batchable(*out)) return true;
   const Envelope* next = PeekLocked();
   if (next == nullptr || !Batchable(*next)) return true;
@@ -177,7 +170,6 @@ bool Outbox::PopLocked(Envelope* out) {
   do {
     total += next_cost;
     PopOneLocked(members->Add());
-    ++pops_.envelopes;
     next = PeekLocked();
     if (next == nullptr || !Batchable(*next)) break;
     next_size = next->ByteSizeLong();

@@ -42,13 +42,6 @@ class Outbox {
   // a message that is alone, or over 16 KiB (a chunk of a large body),
   // stays plain. 0: off.
   void EnableBatching(size_t max_bytes);
-  // Counts since construction: gRPC messages popped, and the envelopes they
-  // carried (equal without batching).
-  struct PopCounts {
-    uint64_t messages = 0;
-    uint64_t envelopes = 0;
-  };
-  PopCounts pop_counts() const;
 
   // Control lane.
   void PushControl(tunnel::v1::Envelope e);
@@ -120,7 +113,6 @@ class Outbox {
   bool claimed_ ABSL_GUARDED_BY(mu_) = false;  // the writer role is taken
   bool wake_writer_ ABSL_GUARDED_BY(mu_) = false;
   size_t batch_bytes_ ABSL_GUARDED_BY(mu_) = 0;
-  PopCounts pops_ ABSL_GUARDED_BY(mu_);
   size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
   // Fibers in WaitForRoom (threads wait on mu_ itself): woken once the
   // queued bytes are down to the smallest limit any of them waits for.

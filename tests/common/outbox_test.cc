@@ -179,9 +179,7 @@ TEST(OutboxTest, BatchesEverythingQueuedControlFirstInOrder) {
   EXPECT_EQ(m[2].response().stream_id(), 2u);
   EXPECT_EQ(m[2].response().body(), "two");
   EXPECT_TRUE(m[2].response().end_stream());
-  EXPECT_FALSE(box.TryPop(&e));
-  EXPECT_EQ(box.pop_counts().messages, 1u);
-  EXPECT_EQ(box.pop_counts().envelopes, 3u);
+  EXPECT_FALSE(box.TryPop(&e));  // one message carried all three
   // A lone envelope stays plain.
   box.PushControl(Ping(8));
   ASSERT_TRUE(box.TryPop(&e));
@@ -201,8 +199,10 @@ TEST(OutboxTest, BatchesNeverExceedTheBudgetAndBigMessagesGoAlone) {
   }
   size_t received = 0;
   size_t envelopes = 0;
+  size_t messages = 0;
   Envelope e;
   while (box.TryPop(&e)) {
+    ++messages;
     if (e.has_batch()) {
       EXPECT_LE(e.ByteSizeLong(), budget);
       EXPECT_GE(e.batch().envelopes_size(), 2);
@@ -217,7 +217,7 @@ TEST(OutboxTest, BatchesNeverExceedTheBudgetAndBigMessagesGoAlone) {
   }
   EXPECT_EQ(received, sent);
   EXPECT_EQ(envelopes, 200u);
-  EXPECT_LT(box.pop_counts().messages, 200u);  // some were batched
+  EXPECT_LT(messages, 200u);  // some were batched
 }
 
 TEST(OutboxTest, LargeChunksTravelAloneBetweenBatches) {
