@@ -620,8 +620,8 @@ void OriginLoop::Finish(Transfer* t) {
     queued_.store(waiting_.size(), std::memory_order_relaxed);
   }
   if (t->session.done) t->session.done(t->s->id);
-  auto owned = std::move(transfers_[t->s.get()]);
-  transfers_.erase(t->s.get());
+  AgentStream* const key = t->s.get();
+  transfers_.erase(key);  // destroys *t
   // The next waiting transfer takes the freed place.
   while (running_ < max_concurrent_ && !waiting_.empty()) {
     Transfer* next = waiting_.front();
