@@ -67,8 +67,10 @@ struct AgentOptions {
   absl::Duration healthy_after = absl::Seconds(30);
   // Gateway silent this long (no ping, no data): reconnect.
   absl::Duration heartbeat_timeout = absl::Seconds(10);
-  // Body bytes queued towards the gateway before workers wait.
-  size_t max_queued_bytes = 16 << 20;
+  // Body bytes queued towards the gateway beyond which local services wait
+  // (their transfers pause): with the stream credit, what bounds the
+  // agent's memory however many requests run.
+  size_t max_queued_bytes = 2 << 20;
   // Called once per accepted session (e.g. to print the URLs).
   std::function<void(const tunnel::v1::ConnectAccepted&)> on_accepted;
   // Called on Run()'s thread when a connection attempt fails or a session

@@ -19,6 +19,7 @@ void RegisterConnectFlags(common::FlagSet* flags, AgentFlags* v) {
   v->max_concurrent = static_cast<int64_t>(o.max_concurrent);
   v->receive_window = o.receive_window;
   v->batch_bytes = o.max_batch_bytes;
+  v->send_queue = static_cast<int64_t>(o.max_queued_bytes);
   v->state_file = kDefaultStateFile;
 
   flags->String("config", &v->config,
@@ -61,6 +62,10 @@ void RegisterConnectFlags(common::FlagSet* flags, AgentFlags* v) {
              "largest batch of envelopes in one gRPC message to and from "
              "the gateway, bytes (the gateway may choose less); 0: one "
              "envelope per message");
+  flags->Int("send-queue", &v->send_queue,
+             "response bytes queued towards the gateway beyond which local "
+             "services are paused (bounds the agent's memory however many "
+             "requests run), bytes");
   flags->Duration("local-timeout", &o.local_timeout,
                   "local service silent this long mid-request: it fails");
   flags->Duration("connect-timeout", &o.connect_timeout,
@@ -151,6 +156,10 @@ absl::Status ParseConnectFlags(int argc, char** argv, int first,
     return absl::InvalidArgumentError(
         "--batch-bytes must be 0 (no batches) or between 4096 and 1048576");
   }
+  if (v->send_queue < 65536 || v->send_queue > (1 << 30)) {
+    return absl::InvalidArgumentError(
+        "--send-queue must be between 65536 and 1073741824");
+  }
   AgentOptions& o = v->options;
   if (o.insecure &&
       (!v->ca_file.empty() || !v->client_cert_file.empty() ||
@@ -192,6 +201,7 @@ absl::Status ParseConnectFlags(int argc, char** argv, int first,
   o.max_concurrent = static_cast<size_t>(v->max_concurrent);
   o.receive_window = static_cast<uint32_t>(v->receive_window);
   o.max_batch_bytes = static_cast<uint32_t>(v->batch_bytes);
+  o.max_queued_bytes = static_cast<size_t>(v->send_queue);
   std::string slug = v->slug;
   if (slug.empty()) slug = absl::AsciiStrToLower(o.agent_id);
   auto targets = ParseTargets(v->to, slug);

@@ -107,11 +107,10 @@ OriginLoop::OriginLoop(size_t max_concurrent, absl::Duration local_timeout,
   GlobalInit();
   multi_ = curl_multi_init();
   epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
-  event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   epoll_event ev{};
   ev.events = EPOLLIN;
-  ev.data.fd = event_fd_;
-  epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, event_fd_, &ev);
+  ev.data.fd = wakeup_->fd;
+  epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wakeup_->fd, &ev);
   curl_multi_setopt(Multi(multi_), CURLMOPT_SOCKETFUNCTION,
                     &OriginLoop::OnSocket);
   curl_multi_setopt(Multi(multi_), CURLMOPT_SOCKETDATA, this);
@@ -129,14 +128,19 @@ OriginLoop::~OriginLoop() {
   WakeLoop();
   thread_.join();
   curl_multi_cleanup(Multi(multi_));
-  close(event_fd_);
   close(epoll_fd_);
 }
 
-void OriginLoop::WakeLoop() {
+OriginLoop::Wakeup::Wakeup() : fd(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
+
+OriginLoop::Wakeup::~Wakeup() { close(fd); }
+
+void OriginLoop::Wakeup::Wake() const {
   const uint64_t one = 1;
-  (void)!write(event_fd_, &one, sizeof(one));
+  (void)!write(fd, &one, sizeof(one));
 }
+
+void OriginLoop::WakeLoop() { wakeup_->Wake(); }
 
 int OriginLoop::OnSocket(void*, int fd, int what, void* userp, void* socketp) {
   auto* loop = static_cast<OriginLoop*>(userp);
@@ -210,9 +214,12 @@ void OriginLoop::Run() {
       }
     }
     commands.clear();
-    if (!room_waiters_.empty()) {
+    if (wakeup_->room.exchange(false, std::memory_order_acq_rel)) {
+      // Some outbox has room: everyone who waited tries again (those whose
+      // outbox is still full ask it again).
       std::vector<Transfer*> retry(room_waiters_.begin(), room_waiters_.end());
       room_waiters_.clear();
+      room_asked_.clear();
       for (Transfer* t : retry) Resume(t);
     }
     int running = 0;
@@ -234,25 +241,21 @@ void OriginLoop::Run() {
     for (common::Outbox* o : touched_) o->WakeWriter();
     touched_.clear();
     touched_keep_.clear();
-    // Wait for sockets, the next command, libcurl's timer, or (transfers
-    // waiting for room in an outbox) 5 ms.
-    absl::Duration wait = timer_ - absl::Now();
-    if (!room_waiters_.empty()) {
-      wait = std::min(wait, absl::Milliseconds(5));
-    }
+    // Wait for sockets, the next command, room in an outbox, or libcurl's
+    // timer.
     const int wait_ms =
-        timer_ == absl::InfiniteFuture() && room_waiters_.empty()
+        timer_ == absl::InfiniteFuture()
             ? -1
-            : static_cast<int>(
-                  std::max<int64_t>(0, absl::ToInt64Milliseconds(absl::Ceil(
-                                           wait, absl::Milliseconds(1)))));
+            : static_cast<int>(std::max<int64_t>(
+                  0, absl::ToInt64Milliseconds(absl::Ceil(
+                         timer_ - absl::Now(), absl::Milliseconds(1)))));
     epoll_event events[64];
     const int n = epoll_wait(epoll_fd_, events, 64, wait_ms);
     for (int i = 0; i < n; ++i) {
       const int fd = events[i].data.fd;
-      if (fd == event_fd_) {
+      if (fd == wakeup_->fd) {
         uint64_t count;
-        (void)!read(event_fd_, &count, sizeof(count));
+        (void)!read(wakeup_->fd, &count, sizeof(count));
         continue;
       }
       int mask = 0;
@@ -457,6 +460,12 @@ bool OriginLoop::FlushPending(Transfer* t) {
   while (sent < t->pending.size()) {
     if (session.outbox->queued_bytes() > session.max_queued_bytes) {
       room_waiters_.insert(t);
+      if (room_asked_.emplace(session.outbox, session.keep).second) {
+        session.outbox->OnRoom(session.max_queued_bytes, [w = wakeup_] {
+          w->room.store(true, std::memory_order_release);
+          w->Wake();
+        });
+      }
       break;
     }
     absl::StatusOr<size_t> credit = t->s->channel.AcquireSendCredit(

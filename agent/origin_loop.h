@@ -50,7 +50,7 @@ struct OriginSession {
   common::Outbox* outbox = nullptr;
   uint32_t max_chunk = common::kMaxChunkBytes;
   // Body bytes queued towards the gateway beyond which transfers pause.
-  size_t max_queued_bytes = 16 << 20;
+  size_t max_queued_bytes = 2 << 20;
   // The stream is over (called on the loop's thread).
   std::function<void(uint64_t id)> done;
   // Keeps `outbox` and `done` valid while the transfer lives.
@@ -75,6 +75,15 @@ class OriginLoop {
 
  private:
   struct Transfer;
+  // The loop's eventfd, shared with the outboxes' room callbacks (which may
+  // outlive the loop): closed when the last of them goes.
+  struct Wakeup {
+    Wakeup();
+    ~Wakeup();
+    void Wake() const;
+    int fd;
+    std::atomic<bool> room{false};  // an outbox has room again
+  };
   enum class Op { kStart, kWake, kCancel };
   struct Command {
     Op op;
@@ -109,8 +118,9 @@ class OriginLoop {
   const absl::Duration local_timeout_;
   const absl::Duration connect_timeout_;
   void* multi_ = nullptr;  // CURLM*
-  int epoll_fd_ = -1;      // libcurl's sockets and event_fd_
-  int event_fd_ = -1;      // commands waiting
+  int epoll_fd_ = -1;      // libcurl's sockets and the wakeup's eventfd
+  // Commands waiting, or room in an outbox.
+  const std::shared_ptr<Wakeup> wakeup_ = std::make_shared<Wakeup>();
   absl::Time timer_ = absl::InfiniteFuture();  // libcurl's next deadline
   std::atomic<size_t> queued_{0};
 
@@ -122,9 +132,11 @@ class OriginLoop {
   absl::flat_hash_map<AgentStream*, std::unique_ptr<Transfer>> transfers_;
   std::deque<Transfer*> waiting_;  // not started: max_concurrent run
   size_t running_ = 0;
-  // Transfers paused because their session's outbox is full: retried
-  // every round (the loop then polls briefly).
+  // Transfers paused because their session's outbox is full, retried when
+  // an outbox has room again (Outbox::OnRoom); the outboxes asked, with
+  // their sessions kept alive until then.
   absl::flat_hash_set<Transfer*> room_waiters_;
+  absl::flat_hash_map<common::Outbox*, std::shared_ptr<void>> room_asked_;
   absl::flat_hash_set<common::Outbox*> touched_;
   std::vector<std::shared_ptr<void>> touched_keep_;  // their sessions
   std::vector<void*> idle_handles_;                  // CURL* for reuse

@@ -199,7 +199,14 @@ bool Outbox::PopOneLocked(Envelope* out) {
   if (!room_waiters_.empty() && bytes_ <= room_threshold_) {
     room_waiters_.WakeAll();
   }
+  if (room_cb_ && bytes_ <= room_cb_threshold_) RunRoomCallbackLocked();
   return true;
+}
+
+void Outbox::RunRoomCallbackLocked() {
+  absl::AnyInvocable<void()> cb = std::move(room_cb_);
+  room_cb_ = nullptr;
+  cb();
 }
 
 bool Outbox::TryPop(Envelope* out) {
@@ -225,6 +232,13 @@ bool Outbox::WaitForRoom(size_t max_bytes, absl::Time deadline) {
       room_waiters_.empty() ? max_bytes : std::min(room_threshold_, max_bytes);
   AwaitWithDeadline(mu_, absl::Condition(&room), deadline, room_waiters_);
   return !closed_ && bytes_ <= max_bytes;
+}
+
+void Outbox::OnRoom(size_t max_bytes, absl::AnyInvocable<void()> cb) {
+  absl::MutexLock lock(&mu_);
+  room_cb_ = std::move(cb);
+  room_cb_threshold_ = max_bytes;
+  if (closed_ || bytes_ <= max_bytes) RunRoomCallbackLocked();
 }
 
 bool Outbox::TryClaim(Envelope* out, bool* more) {
@@ -274,6 +288,7 @@ void Outbox::Close() {
   absl::MutexLock lock(&mu_);
   closed_ = true;
   room_waiters_.WakeAll();
+  if (room_cb_) RunRoomCallbackLocked();
 }
 
 void Outbox::Clear() {
@@ -283,6 +298,7 @@ void Outbox::Clear() {
   open_tail_.clear();
   bytes_ = 0;
   room_waiters_.WakeAll();
+  if (room_cb_) RunRoomCallbackLocked();
 }
 
 size_t Outbox::control_size() const {

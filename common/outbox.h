@@ -25,6 +25,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/fiber_wait.h"
@@ -58,6 +59,12 @@ class Outbox {
   // Blocks while more than `max_bytes` of body bytes are queued. False on
   // deadline or Close().
   bool WaitForRoom(size_t max_bytes, absl::Time deadline);
+  // The event-driven form of WaitForRoom: calls `cb` once, as soon as no
+  // more than `max_bytes` are queued or the outbox is closed or cleared (at
+  // once, on this thread, if that is so already). A later call replaces a
+  // callback that has not run. `cb` runs with the outbox's lock held, on
+  // the thread that popped: it must be short and must not call the outbox.
+  void OnRoom(size_t max_bytes, absl::AnyInvocable<void()> cb);
   // Body bytes currently queued, and the heads' paths and fields (a head
   // can carry 64 KiB of them: they count against WaitForRoom's bound too).
   size_t queued_bytes() const;
@@ -118,6 +125,10 @@ class Outbox {
   // queued bytes are down to the smallest limit any of them waits for.
   FiberWaitList room_waiters_ ABSL_GUARDED_BY(mu_);
   size_t room_threshold_ ABSL_GUARDED_BY(mu_) = 0;
+  // OnRoom's callback and its limit.
+  absl::AnyInvocable<void()> room_cb_ ABSL_GUARDED_BY(mu_);
+  size_t room_cb_threshold_ ABSL_GUARDED_BY(mu_) = 0;
+  void RunRoomCallbackLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 };
 
 }  // namespace tunnel::common

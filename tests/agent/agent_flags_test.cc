@@ -74,6 +74,22 @@ TEST(AgentFlagsTest, AccessCodeIsHashedAndChecked) {
   EXPECT_NE(s.message().find("--access-code"), std::string::npos) << s;
 }
 
+TEST(AgentFlagsTest, SendQueueReachesTheOptionsAndIsBounded) {
+  AgentFlags defaults;
+  ASSERT_TRUE(ParseConnect({}, &defaults).ok());
+  EXPECT_EQ(defaults.options.max_queued_bytes, size_t{2} << 20);
+  AgentFlags set;
+  absl::Status s = ParseConnect({"--send-queue", "131072"}, &set);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(set.options.max_queued_bytes, 131072u);
+  for (const char* bad : {"1000", "2147483648"}) {
+    AgentFlags v;
+    s = ParseConnect({"--send-queue", bad}, &v);
+    EXPECT_FALSE(s.ok()) << bad;
+    EXPECT_NE(s.message().find("--send-queue"), std::string::npos) << s;
+  }
+}
+
 // The half-block rendering decodes back to libqrencode's matrix with a
 // 4-module light quiet zone (light = drawn).
 TEST(QrTest, HalfBlocksRoundTripToTheModules) {

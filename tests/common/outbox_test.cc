@@ -109,6 +109,47 @@ TEST(OutboxTest, WaitForRoomHoldsProducersUntilTheWriterDrains) {
   EXPECT_EQ(box.queued_bytes(), 0u);
 }
 
+TEST(OutboxTest, OnRoomCallsOnceWhenTheWriterDrainsBelowTheLimit) {
+  Outbox box(64);
+  int calls = 0;
+  box.OnRoom(100, [&] { ++calls; });  // room already: called at once
+  EXPECT_EQ(calls, 1);
+
+  box.PushData(1, std::string(60, 'a'), false);
+  box.PushData(2, std::string(60, 'b'), false);
+  box.PushData(3, std::string(60, 'c'), false);
+  box.OnRoom(100, [&] { ++calls; });
+  EXPECT_EQ(calls, 1);  // 180 bytes queued: waits
+  Envelope e;
+  ASSERT_TRUE(box.TryPop(&e));
+  EXPECT_EQ(calls, 1);  // 120 still over the limit
+  ASSERT_TRUE(box.TryPop(&e));
+  EXPECT_EQ(calls, 2);  // 60: called
+  box.PushData(4, std::string(60, 'd'), false);
+  ASSERT_TRUE(box.TryPop(&e));
+  EXPECT_EQ(calls, 2);  // once only
+
+  // A later call replaces one that has not run; Close runs it.
+  box.PushData(5, std::string(60, 'e'), false);
+  box.PushData(6, std::string(60, 'f'), false);
+  int replaced = 0;
+  box.OnRoom(10, [&] { ++replaced; });
+  box.OnRoom(10, [&] { ++calls; });
+  box.Close();
+  EXPECT_EQ(replaced, 0);
+  EXPECT_EQ(calls, 3);
+}
+
+TEST(OutboxTest, ClearRunsTheRoomCallback) {
+  Outbox box(64);
+  box.PushData(1, std::string(60, 'a'), false);
+  bool called = false;
+  box.OnRoom(10, [&] { called = true; });
+  EXPECT_FALSE(called);
+  box.Clear();
+  EXPECT_TRUE(called);
+}
+
 TEST(OutboxTest, OneWriterRoleAtATimeDrainsEverythingQueued) {
   Outbox box(64);
   Envelope e;

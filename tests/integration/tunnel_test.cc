@@ -650,6 +650,45 @@ TEST_F(TunnelTest, TwoHundredConcurrentRequestsEachGetTheirOwnBody) {
   EXPECT_EQ(ok, kRequests);
 }
 
+// With the agent's send queue at its smallest, concurrent downloads keep
+// filling it: their transfers pause for room and resume when the writer has
+// drained it, and every body still arrives whole.
+TEST_F(TunnelTest, DownloadsThroughAFullSendQueueArriveWhole) {
+  TunnelHarness h;
+  h.StartGateway();
+  agent::AgentOptions o = h.AgentOptionsFor("cam-01", {svc_.url()});
+  o.max_queued_bytes = 65536;
+  h.StartAgent(std::move(o));
+  constexpr int kDownloads = 16;
+  const uint64_t size = 4 * kMiB;
+  std::vector<std::string> failures(kDownloads);
+  std::vector<std::thread> visitors;
+  for (int i = 0; i < kDownloads; ++i) {
+    visitors.emplace_back([&, i] {
+      Sha256 got;
+      uint64_t n = 0;
+      auto r = h.Visitor()->Get(
+          TunnelHarness::Path(
+              "cam-01", absl::StrCat("/download?size=", size, "&seed=", i)),
+          [&](const char* d, size_t len) {
+            got.Update(d, len);
+            n += len;
+            return true;
+          });
+      if (!r) {
+        failures[i] = httplib::to_string(r.error());
+      } else if (r->status != 200 || n != size ||
+                 got.HexDigest() != PatternSha256(i, size)) {
+        failures[i] = absl::StrCat("status ", r->status, ", ", n, " bytes");
+      }
+    });
+  }
+  for (auto& t : visitors) t.join();
+  for (int i = 0; i < kDownloads; ++i) {
+    EXPECT_EQ(failures[i], "") << "download " << i;
+  }
+}
+
 // The agent keeps its connections to a local service open between requests
 // (one connection for requests one after another), over plain HTTP and over
 // HTTPS with the self-signed certificate local services usually have.

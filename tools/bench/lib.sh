@@ -112,7 +112,8 @@ NGINX
 
 # start_tunnel GATEWAY_BIN MAX_CONCURRENT [GATEWAY FLAGS...] -- [--to SPEC...]:
 # gateway-tunnel (plaintext, port 0) and agent "bench" with the agent flags
-# after "--"; waits until the agent is connected and nginx answers.
+# after "--" (run under $AGENT_WRAP if set, e.g. "heaptrack -o FILE"); waits
+# until the agent is connected and nginx answers.
 # Sets GW, AG (pids), GRPC and GWHTTP (addresses).
 start_tunnel() {
   local gw_bin=$1 max=$2 gw_flags=() ag_flags=()
@@ -129,7 +130,7 @@ start_tunnel() {
   GW=$!; pids+=($GW)
   GRPC=$(wait_line "$W/gw.out" '^grpc ' 10 | awk '{print $2}')
   GWHTTP=$(wait_line "$W/gw.out" '^http ' 10 | awk '{print $2}')
-  TUNNEL_SECRET="$secret" build/agent/agent-tunnel connect --gateway "$GRPC" \
+  TUNNEL_SECRET="$secret" ${AGENT_WRAP:-} build/agent/agent-tunnel connect --gateway "$GRPC" \
     --id bench --token "$token" --insecure --max-concurrent "$max" \
     --log-level warning "${ag_flags[@]}" >"$W/agent.out" 2>"$RAW/agent.err" &
   AG=$!; pids+=($AG)
