@@ -266,10 +266,7 @@ class FrontDoor::Handler {
       return;
     }
     std::shared_ptr<TunnelStream> stream = std::move(*opened);
-    record.bytes_in = log_.metrics().bytes->WithLabels(
-        {record.tunnel, std::string(kVisitorToAgent)});
-    record.bytes_out = log_.metrics().bytes->WithLabels(
-        {record.tunnel, std::string(kAgentToVisitor)});
+    log_.BodyCounters(record.tunnel, &record.bytes_in, &record.bytes_out);
 
     if (!Upload(req, res, reader, streamed_body, *stream, record)) return;
 

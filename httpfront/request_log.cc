@@ -64,21 +64,58 @@ std::string PathOf(absl::string_view target) {
   return std::string(path);
 }
 
+namespace {
+
+constexpr absl::string_view kStatusClasses[] = {"other", "1xx", "2xx",
+                                                "3xx",   "4xx", "5xx"};
+
+int StatusClassIndex(int status) {
+  const int c = status / 100;
+  return c >= 1 && c <= 5 ? c : 0;
+}
+
+}  // namespace
+
 absl::string_view StatusClass(int status) {
-  switch (status / 100) {
-    case 1:
-      return "1xx";
-    case 2:
-      return "2xx";
-    case 3:
-      return "3xx";
-    case 4:
-      return "4xx";
-    case 5:
-      return "5xx";
-    default:
-      return "other";
+  return kStatusClasses[StatusClassIndex(status)];
+}
+
+RequestLog::TunnelCounters& RequestLog::CountersLocked(
+    absl::string_view tunnel) {
+  std::unique_ptr<TunnelCounters>& c = tunnels_[tunnel];
+  if (c == nullptr) {
+    c = std::make_unique<TunnelCounters>();
+    c->bytes_in = metrics_.bytes->WithLabels(
+        {std::string(tunnel), std::string(kVisitorToAgent)});
+    c->bytes_out = metrics_.bytes->WithLabels(
+        {std::string(tunnel), std::string(kAgentToVisitor)});
   }
+  return *c;
+}
+
+void RequestLog::BodyCounters(absl::string_view tunnel, common::Counter** in,
+                              common::Counter** out) {
+  absl::MutexLock lock(&mu_);
+  TunnelCounters& c = CountersLocked(tunnel);
+  *in = c.bytes_in;
+  *out = c.bytes_out;
+}
+
+common::Counter* RequestLog::RequestCounter(absl::string_view tunnel,
+                                            int status,
+                                            const std::string& error) {
+  const int cls = StatusClassIndex(status);
+  if (!error.empty()) {  // rare: looked up each time
+    return metrics_.requests->WithLabels(
+        {std::string(tunnel), std::string(kStatusClasses[cls]), error});
+  }
+  absl::MutexLock lock(&mu_);
+  common::Counter*& counter = CountersLocked(tunnel).answered[cls];
+  if (counter == nullptr) {
+    counter = metrics_.requests->WithLabels(
+        {std::string(tunnel), std::string(kStatusClasses[cls]), ""});
+  }
+  return counter;
 }
 
 void RequestLog::Start(RequestRecord& r, const httplib::Request& req) {
@@ -112,9 +149,7 @@ void RequestLog::Finish(RequestRecord& r) {
   // visitor got nothing.
   if (!r.logged && r.status == 0) r.cut = true;
   std::string error = r.cut && r.error.empty() ? "response_cut" : r.error;
-  metrics_.requests
-      ->WithLabels({r.tunnel, std::string(StatusClass(status)), error})
-      ->Increment();
+  RequestCounter(r.tunnel, status, error)->Increment();
   metrics_.duration->Observe(absl::ToDoubleSeconds(took));
   common::LogEvent e(common::LogLevel::kInfo, "access");
   e.Str("request_id", r.request_id);

@@ -12,9 +12,13 @@
 #ifndef TUNNEL_HTTPFRONT_REQUEST_LOG_H_
 #define TUNNEL_HTTPFRONT_REQUEST_LOG_H_
 
+#include <memory>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "common/metrics.h"
 #include "httpfront/request_record.h"
 #include "httplib.h"
@@ -76,8 +80,32 @@ class RequestLog {
   void HeadRejected(int status, absl::string_view code,
                     const std::string& remote, const std::string& request_id);
 
+  // `tunnel`'s tunnel_body_bytes_total counters (both directions).
+  void BodyCounters(absl::string_view tunnel, common::Counter** in,
+                    common::Counter** out);
+
  private:
+  // A tunnel's counters for the labels nearly every request has, each
+  // looked up in its family once: a request then formats no labels and
+  // allocates nothing to be counted.
+  struct TunnelCounters {
+    common::Counter* bytes_in = nullptr;
+    common::Counter* bytes_out = nullptr;
+    // tunnel_requests_total with error "", by StatusClass (made on first
+    // use, so /metrics shows only classes that occurred).
+    common::Counter* answered[6] = {};
+  };
+  TunnelCounters& CountersLocked(absl::string_view tunnel)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  common::Counter* RequestCounter(absl::string_view tunnel, int status,
+                                  const std::string& error);
+
   FrontMetrics metrics_;
+  absl::Mutex mu_;
+  // Known tunnels only (see the labels above), so bounded like the
+  // families' own children.
+  absl::flat_hash_map<std::string, std::unique_ptr<TunnelCounters>> tunnels_
+      ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace tunnel::httpfront
