@@ -80,13 +80,18 @@ struct OriginLoop::Transfer {
   std::shared_ptr<AgentStream> s;
   OriginSession session;
   CURL* easy = nullptr;
-  curl_slist* headers = nullptr;
+  // The request's fields for curl: their lines, NUL-terminated, in one
+  // buffer, and list nodes pointing into it (curl only reads the list), so
+  // a request's fields cost two allocations instead of three each.
+  std::string header_lines;
+  std::vector<curl_slist> header_list;
   bool launched = false;  // counted in running_
   bool in_multi = false;
   char error[CURL_ERROR_SIZE] = {};
   // Response.
   int status = 0;
-  std::vector<std::pair<std::string, std::string>> fields;
+  // The head as it arrives (moved into its envelope when complete).
+  tunnel::v1::TunnelResponse response;
   bool head_sent = false;
   bool end_sent = false;
   bool curl_done = false;  // complete; body bytes may still wait for credit
@@ -269,7 +274,6 @@ void OriginLoop::Run() {
   for (auto& [stream, t] : transfers_) {
     if (t->in_multi) curl_multi_remove_handle(Multi(multi_), t->easy);
     if (t->easy != nullptr) curl_easy_cleanup(t->easy);
-    curl_slist_free_all(t->headers);
   }
   transfers_.clear();
   for (void* h : idle_handles_) curl_easy_cleanup(static_cast<CURL*>(h));
@@ -341,29 +345,60 @@ void OriginLoop::Launch(Transfer* t) {
   // of curl's own), no redirects followed (the visitor follows them).
   bool has_accept = false;
   int64_t length = -1;
-  for (const auto& h : head.headers()) {
+  // Which fields go, and the room their lines take (so that the buffer
+  // never moves while nodes point into it).
+  size_t room = sizeof("Accept:") + sizeof("Expect:");
+  size_t lines = 2;
+  std::vector<bool>& skip = skip_scratch_;
+  skip.assign(static_cast<size_t>(head.headers_size()), false);
+  for (int i = 0; i < head.headers_size(); ++i) {
+    const tunnel::v1::Header& h = head.headers(i);
     const std::string& name = h.name();
     if (absl::EqualsIgnoreCase(name, "Content-Length")) {
       if (s.has_body) {
         // curl writes it from CURLOPT_INFILESIZE_LARGE.
         if (!absl::SimpleAtoi(h.value(), &length)) length = -1;
+        skip[i] = true;
         continue;
       }
     } else if (absl::EqualsIgnoreCase(name, "Expect")) {
-      continue;  // the gateway answered 100-continue already
+      skip[i] = true;  // the gateway answered 100-continue already
+      continue;
     } else if (absl::EqualsIgnoreCase(name, "Accept")) {
       has_accept = true;
     }
+    room += name.size() + h.value().size() + 3;
+    ++lines;
+  }
+  t->header_lines.clear();
+  t->header_lines.reserve(room);
+  t->header_list.clear();
+  t->header_list.reserve(lines);
+  auto add_line = [t](absl::string_view a, absl::string_view b,
+                      absl::string_view c) {
+    const size_t at = t->header_lines.size();
+    absl::StrAppend(&t->header_lines, a, b, c);
+    t->header_lines.push_back('\0');
+    t->header_list.push_back(curl_slist{t->header_lines.data() + at, nullptr});
+  };
+  for (int i = 0; i < head.headers_size(); ++i) {
+    if (skip[i]) continue;
+    const tunnel::v1::Header& h = head.headers(i);
     // "Name;" is how curl sends a field with an empty value.
-    const std::string line = h.value().empty()
-                                 ? absl::StrCat(name, ";")
-                                 : absl::StrCat(name, ": ", h.value());
-    t->headers = curl_slist_append(t->headers, line.c_str());
+    if (h.value().empty()) {
+      add_line(h.name(), ";", "");
+    } else {
+      add_line(h.name(), ": ", h.value());
+    }
   }
   // No fields of curl's own that the visitor did not send.
-  if (!has_accept) t->headers = curl_slist_append(t->headers, "Accept:");
-  if (s.has_body) t->headers = curl_slist_append(t->headers, "Expect:");
-  curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
+  if (!has_accept) add_line("Accept:", "", "");
+  if (s.has_body) add_line("Expect:", "", "");
+  for (size_t i = 0; i + 1 < t->header_list.size(); ++i) {
+    t->header_list[i].next = &t->header_list[i + 1];
+  }
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER,
+                   t->header_list.empty() ? nullptr : t->header_list.data());
   const std::string& method = head.method();
   if (method == "HEAD") {
     curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
@@ -390,7 +425,7 @@ size_t OriginLoop::OnHeader(char* data, size_t size, size_t n, void* ud) {
   absl::string_view line(data, len);
   if (absl::StartsWith(line, "HTTP/")) {
     // A new head (after a 1xx, the final one).
-    t->fields.clear();
+    t->response.clear_headers();
     t->status = 0;
     absl::string_view rest = line.substr(line.find(' ') + 1);
     (void)absl::SimpleAtoi(rest.substr(0, 3), &t->status);
@@ -403,17 +438,17 @@ size_t OriginLoop::OnHeader(char* data, size_t size, size_t n, void* ud) {
     t->loop->OnHead(t);
     return len;
   }
-  if ((line[0] == ' ' || line[0] == '\t') && !t->fields.empty()) {
+  auto* headers = t->response.mutable_headers();
+  if ((line[0] == ' ' || line[0] == '\t') && !headers->empty()) {
     // An obsolete folded continuation.
-    absl::StrAppend(&t->fields.back().second, " ",
+    absl::StrAppend(headers->rbegin()->mutable_value(), " ",
                     absl::StripAsciiWhitespace(line));
     return len;
   }
   size_t colon = stripped.find(':');
   if (colon == absl::string_view::npos) return len;
-  t->fields.emplace_back(
-      std::string(stripped.substr(0, colon)),
-      std::string(absl::StripAsciiWhitespace(stripped.substr(colon + 1))));
+  common::AddHeader(headers, stripped.substr(0, colon),
+                    absl::StripAsciiWhitespace(stripped.substr(colon + 1)));
   return len;
 }
 
@@ -425,11 +460,9 @@ void OriginLoop::OnHead(Transfer* t) {
       method == "HEAD" || t->status == 204 || t->status == 304;
   Envelope e;
   auto* r = e.mutable_response();
+  *r = std::move(t->response);
   r->set_stream_id(t->s->id);
   r->set_status(static_cast<uint32_t>(t->status));
-  for (auto& [name, value] : t->fields) {
-    common::AddHeader(r->mutable_headers(), name, value);
-  }
   common::StripHopByHop(r->mutable_headers());
   r->set_end_stream(bodyless);
   t->session.outbox->Push(std::move(e));
@@ -619,8 +652,6 @@ void OriginLoop::Finish(Transfer* t) {
     }
     t->easy = nullptr;
   }
-  curl_slist_free_all(t->headers);
-  t->headers = nullptr;
   room_waiters_.erase(t);
   if (t->launched) {
     --running_;

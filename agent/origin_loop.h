@@ -140,6 +140,7 @@ class OriginLoop {
   absl::flat_hash_set<common::Outbox*> touched_;
   std::vector<std::shared_ptr<void>> touched_keep_;  // their sessions
   std::vector<void*> idle_handles_;                  // CURL* for reuse
+  std::vector<bool> skip_scratch_;                   // Launch's, reused
   std::thread thread_;
 };
 

@@ -112,7 +112,8 @@ NGINX
 
 # start_tunnel GATEWAY_BIN MAX_CONCURRENT [GATEWAY FLAGS...] -- [--to SPEC...]:
 # gateway-tunnel (plaintext, port 0) and agent "bench" with the agent flags
-# after "--" (run under $AGENT_WRAP if set, e.g. "heaptrack -o FILE"); waits
+# after "--" (the agent run under $AGENT_WRAP and the gateway under $GW_WRAP
+# if set, e.g. "heaptrack -o FILE"); waits
 # until the agent is connected and nginx answers.
 # Sets GW, AG (pids), GRPC and GWHTTP (addresses).
 start_tunnel() {
@@ -124,7 +125,7 @@ start_tunnel() {
   build/tools/tunnelctl token issue --id bench --credentials "$W/creds.txtpb" >"$W/issued" 2>/dev/null
   local token secret
   token=$(awk '/^token:/{print $2}' "$W/issued"); secret=$(awk '/^secret:/{print $2}' "$W/issued")
-  "$gw_bin" --insecure --admin-addr "" --grpc-addr 127.0.0.1:0 \
+  ${GW_WRAP:-} "$gw_bin" --insecure --admin-addr "" --grpc-addr 127.0.0.1:0 \
     --http-addr 127.0.0.1:0 --ops-addr 127.0.0.1:0 --credentials "$W/creds.txtpb" \
     --log-level warning "${gw_flags[@]}" >"$W/gw.out" 2>"$RAW/gateway.err" &
   GW=$!; pids+=($GW)
