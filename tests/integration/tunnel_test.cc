@@ -266,6 +266,19 @@ class TunnelTest : public ::testing::Test {
                 return sink.write("later", 5);
               });
         });
+    // Held until a whole wave of kGatherWave requests is in, so that each
+    // wave needs that many connections at once; keeps their client ports.
+    s.Get("/gather", [this](const httplib::Request& req,
+                            httplib::Response& res) {
+      absl::MutexLock lock(&gather_mu_);
+      gather_ports_.insert(req.remote_port);
+      const int wave = gather_in_++ / kGatherWave;
+      auto all_in = [this, wave]() ABSL_SHARED_LOCKS_REQUIRED(gather_mu_) {
+        return gather_in_ >= (wave + 1) * kGatherWave;
+      };
+      gather_mu_.AwaitWithTimeout(absl::Condition(&all_in), absl::Seconds(20));
+      res.set_content("gathered", "text/plain");
+    });
     s.Get("/slow", [this](const httplib::Request&, httplib::Response& res) {
       slow_release_.WaitForNotificationWithTimeout(absl::Seconds(30));
       res.set_content("late", "text/plain");
@@ -297,6 +310,10 @@ class TunnelTest : public ::testing::Test {
   int held_max_ ABSL_GUARDED_BY(held_mu_) = 0;
   absl::Notification held_release_;
   absl::Notification endless_done_;
+  static constexpr int kGatherWave = 32;
+  absl::Mutex gather_mu_;
+  int gather_in_ ABSL_GUARDED_BY(gather_mu_) = 0;
+  std::set<int> gather_ports_ ABSL_GUARDED_BY(gather_mu_);
   static constexpr int kEvents = 5;
   std::atomic<int> events_sent_{0};
   std::atomic<int> events_produced_unseen_{0};
@@ -687,6 +704,30 @@ TEST_F(TunnelTest, DownloadsThroughAFullSendQueueArriveWhole) {
   for (int i = 0; i < kDownloads; ++i) {
     EXPECT_EQ(failures[i], "") << "download " << i;
   }
+}
+
+// Connections the agent opened for a burst of requests are kept for the
+// next burst: three waves of 32 concurrent requests reach the service over
+// the same 32 connections (libcurl's default cache, four connections per
+// running transfer, closed most of them as the first wave ended).
+TEST_F(TunnelTest, BurstAfterBurstReusesTheSameConnections) {
+  TunnelHarness h;
+  h.StartGateway();
+  h.StartAgent("cam-01", {svc_.url()});
+  for (int wave = 0; wave < 3; ++wave) {
+    std::atomic<int> ok{0};
+    std::vector<std::thread> visitors;
+    for (int i = 0; i < kGatherWave; ++i) {
+      visitors.emplace_back([&] {
+        auto r = h.Visitor()->Get(TunnelHarness::Path("cam-01", "/gather"));
+        if (r && r->status == 200 && r->body == "gathered") ++ok;
+      });
+    }
+    for (auto& t : visitors) t.join();
+    ASSERT_EQ(ok.load(), kGatherWave) << "wave " << wave;
+  }
+  absl::MutexLock lock(&gather_mu_);
+  EXPECT_EQ(gather_ports_.size(), static_cast<size_t>(kGatherWave));
 }
 
 // The agent keeps its connections to a local service open between requests
