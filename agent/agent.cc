@@ -20,6 +20,7 @@
 #include "agent/origin_loop.h"
 #include "agent/supervisor.h"
 #include "agent/tls_probe.h"
+#include "agent/upgrade_loop.h"
 #include "agent/upgrade_relay.h"
 #include "agent/worker_pool.h"
 #include "common/envelopes.h"
@@ -92,15 +93,18 @@ absl::Status FromConnectError(const ConnectError& e) {
 }  // namespace
 
 // One accepted connection to the gateway. The reader (Run's thread) calls
-// Dispatch; the OriginLoop forwards ordinary requests, workers upgrades; the
-// writer thread drains the outbox.
+// Dispatch; the OriginLoop forwards ordinary requests; an upgrade's
+// handshake runs on a worker, its relay then on the UpgradeLoop; the writer
+// thread drains the outbox.
 class Agent::Session : public std::enable_shared_from_this<Session>,
                        public StreamSender {
  public:
-  Session(const AgentOptions& options, WorkerPool* pool, OriginLoop* loop)
+  Session(const AgentOptions& options, WorkerPool* pool, OriginLoop* loop,
+          UpgradeLoop* upgrades)
       : options_(options),
         pool_(pool),
         loop_(loop),
+        upgrades_(upgrades),
         outbox_(common::kMaxChunkBytes) {}
 
   void Accept(const tunnel::v1::ConnectAccepted& a) {
@@ -171,8 +175,8 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
             !st.ok()) {
           CancelStream(s, absl::AbortedError(st.message()));
           SendClose(s->id, TunnelClose::FLOW_CONTROL_ERROR, st.message());
-        } else if (!s->head.upgrade()) {
-          loop_->Wake(s);
+        } else {
+          WakeStream(s);
         }
         return;
       }
@@ -198,8 +202,8 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
                 !st.ok()) {
               CancelStream(s, absl::AbortedError(st.message()));
               SendClose(s->id, TunnelClose::FLOW_CONTROL_ERROR, st.message());
-            } else if (!s->head.upgrade()) {
-              loop_->Wake(s);
+            } else {
+              WakeStream(s);
             }
           }
         } else if (c.has_goaway()) {
@@ -275,10 +279,34 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
   // Stops the local side of a stream (reader thread).
   void CancelStream(const std::shared_ptr<AgentStream>& s, absl::Status why) {
     s->Cancel(std::move(why));
-    if (!s->head.upgrade()) loop_->Cancel(s);
+    if (s->head.upgrade()) {
+      upgrades_->Cancel(s);
+    } else {
+      loop_->Cancel(s);
+    }
   }
 
-  // StreamSender, for upgrade relays (each on its worker thread): every
+  // Body bytes or credit arrived for `s`: whoever forwards it goes on.
+  void WakeStream(const std::shared_ptr<AgentStream>& s) {
+    if (s->head.upgrade()) {
+      upgrades_->Wake(s);
+    } else {
+      loop_->Wake(s);
+    }
+  }
+
+  // What the loops need to answer on this session.
+  OriginSession ForLoops() {
+    OriginSession session;
+    session.outbox = &outbox_;
+    session.max_chunk = max_chunk_;
+    session.max_queued_bytes = options_.max_queued_bytes;
+    session.done = [this](uint64_t done_id) { Remove(done_id); };
+    session.keep = shared_from_this();
+    return session;
+  }
+
+  // StreamSender, for upgrade handshakes (each on a worker thread): every
   // message wakes the writer thread.
   void SendHead(Envelope head) override {
     outbox_.Push(std::move(head));
@@ -352,26 +380,27 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
       streams_[id] = s;
     }
     if (s->head.upgrade()) {
-      // An upgraded connection holds a worker thread for its lifetime.
+      // The handshake blocks (a connect, then the service's answer) on a
+      // worker; after a 101 the UpgradeLoop relays the connection.
       pool_->Submit([self = shared_from_this(), s] {
         WorkerPool::LongRunning();
-        RelayUpgrade(s, *self, self->options_.local_timeout);
-        self->Remove(s->id);
+        std::optional<UpgradedConnection> c =
+            UpgradeHandshake(s, *self, self->options_.local_timeout);
+        if (!c.has_value()) {
+          self->Remove(s->id);
+          return;
+        }
+        self->upgrades_->Start(s, self->ForLoops(), c->fd, std::move(c->early));
       });
       return;
     }
-    OriginSession session;
-    session.outbox = &outbox_;
-    session.max_chunk = max_chunk_;
-    session.max_queued_bytes = options_.max_queued_bytes;
-    session.done = [this](uint64_t done_id) { Remove(done_id); };
-    session.keep = shared_from_this();
-    loop_->Start(std::move(s), std::move(session));
+    loop_->Start(std::move(s), ForLoops());
   }
 
   const AgentOptions& options_;
   WorkerPool* const pool_;
   OriginLoop* const loop_;
+  UpgradeLoop* const upgrades_;
   common::Outbox outbox_;
   WriteFn write_;
   std::atomic<bool> write_failed_{false};
@@ -405,12 +434,14 @@ Agent::Agent(AgentOptions options)
       roots_pem_(options_.insecure         ? std::string()
                  : options_.ca_pem.empty() ? common::SystemRootsPem()
                                            : options_.ca_pem),
-      // Upgraded connections only: each is long, so none waits for another.
+      // Upgrade handshakes only: each may wait long for its service, so
+      // none waits for another.
       pool_(std::make_unique<WorkerPool>(options_.max_concurrent,
                                          absl::Seconds(30), /*eager_threads=*/0,
                                          absl::ZeroDuration())),
       loop_(std::make_unique<OriginLoop>(options_.max_concurrent,
-                                         options_.local_timeout)) {}
+                                         options_.local_timeout)),
+      upgrades_(std::make_unique<UpgradeLoop>(options_.local_timeout)) {}
 
 size_t Agent::local_requests_queued() const {
   return pool_->queued() + loop_->queued();
@@ -655,7 +686,8 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
         "the gateway did not accept the connection: ", st.error_message()));
   }
 
-  auto session = std::make_shared<Session>(options_, pool_.get(), loop_.get());
+  auto session = std::make_shared<Session>(options_, pool_.get(), loop_.get(),
+                                           upgrades_.get());
   session->Accept(first.accepted());
   {
     absl::MutexLock lock(&mu_);

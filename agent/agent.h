@@ -2,8 +2,10 @@
 // (reconnecting with backoff) and forwards every stream to a local service.
 //
 // Threads: Run() blocks its caller; it reads the stream on that thread, writes
-// it from one writer thread, and forwards requests on a WorkerPool. Stop(),
-// WaitUntilConnected() and the accessors are safe from any thread.
+// it from one writer thread, forwards ordinary requests on the OriginLoop's
+// thread and upgraded connections on the UpgradeLoop's (their handshakes on a
+// WorkerPool). Stop(), WaitUntilConnected() and the accessors are safe from
+// any thread.
 #ifndef TUNNEL_AGENT_AGENT_H_
 #define TUNNEL_AGENT_AGENT_H_
 
@@ -28,6 +30,7 @@ class ClientContext;
 namespace tunnel::agent {
 
 class OriginLoop;
+class UpgradeLoop;
 class WorkerPool;
 
 struct AgentOptions {
@@ -125,8 +128,9 @@ class Agent {
   // The live call, so Stop() can cancel it.
   grpc::ClientContext* current_ctx_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::shared_ptr<Session> current_session_ ABSL_GUARDED_BY(mu_);
-  std::unique_ptr<WorkerPool> pool_;  // upgraded connections
-  std::unique_ptr<OriginLoop> loop_;  // every other request
+  std::unique_ptr<WorkerPool> pool_;       // upgrade handshakes
+  std::unique_ptr<OriginLoop> loop_;       // every other request
+  std::unique_ptr<UpgradeLoop> upgrades_;  // upgraded connections
 };
 
 // A permanent failure ends Run(); anything else is retried.

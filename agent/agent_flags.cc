@@ -67,7 +67,8 @@ void RegisterConnectFlags(common::FlagSet* flags, AgentFlags* v) {
              "services are paused (bounds the agent's memory however many "
              "requests run), bytes");
   flags->Duration("local-timeout", &o.local_timeout,
-                  "local service silent this long mid-request: it fails");
+                  "local service silent this long mid-request: it fails "
+                  "(an upgraded connection: no byte either way)");
   flags->Duration("connect-timeout", &o.connect_timeout,
                   "give up one connection attempt to the gateway after this");
   flags->Duration("max-backoff", &o.max_backoff,

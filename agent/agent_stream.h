@@ -1,7 +1,7 @@
 // One stream on the agent side: a request from the gateway to forward to a
 // local service, shared by the session's reader (which feeds it request
 // body bytes and credit), and whoever forwards it: the OriginLoop for an
-// ordinary request, a worker thread for an upgrade.
+// ordinary request, a worker thread and then the UpgradeLoop for an upgrade.
 #ifndef TUNNEL_AGENT_AGENT_STREAM_H_
 #define TUNNEL_AGENT_AGENT_STREAM_H_
 

@@ -142,15 +142,6 @@ OriginLoop::~OriginLoop() {
   close(epoll_fd_);
 }
 
-OriginLoop::Wakeup::Wakeup() : fd(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
-
-OriginLoop::Wakeup::~Wakeup() { close(fd); }
-
-void OriginLoop::Wakeup::Wake() const {
-  const uint64_t one = 1;
-  (void)!write(fd, &one, sizeof(one));
-}
-
 void OriginLoop::WakeLoop() { wakeup_->Wake(); }
 
 int OriginLoop::OnSocket(void*, int fd, int what, void* userp, void* socketp) {
@@ -265,8 +256,7 @@ void OriginLoop::Run() {
     for (int i = 0; i < n; ++i) {
       const int fd = events[i].data.fd;
       if (fd == wakeup_->fd) {
-        uint64_t count;
-        (void)!read(wakeup_->fd, &count, sizeof(count));
+        wakeup_->Drain();
         continue;
       }
       int mask = 0;
@@ -500,10 +490,7 @@ bool OriginLoop::FlushPending(Transfer* t) {
     if (session.outbox->queued_bytes() > session.max_queued_bytes) {
       room_waiters_.insert(t);
       if (room_asked_.emplace(session.outbox, session.keep).second) {
-        session.outbox->OnRoom(session.max_queued_bytes, [w = wakeup_] {
-          w->room.store(true, std::memory_order_release);
-          w->Wake();
-        });
+        LoopWakeup::AskRoom(wakeup_, session.outbox, session.max_queued_bytes);
       }
       break;
     }

@@ -41,6 +41,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "agent/agent_stream.h"
+#include "agent/loop_wakeup.h"
 #include "common/outbox.h"
 
 namespace tunnel::agent {
@@ -75,15 +76,6 @@ class OriginLoop {
 
  private:
   struct Transfer;
-  // The loop's eventfd, shared with the outboxes' room callbacks (which may
-  // outlive the loop): closed when the last of them goes.
-  struct Wakeup {
-    Wakeup();
-    ~Wakeup();
-    void Wake() const;
-    int fd;
-    std::atomic<bool> room{false};  // an outbox has room again
-  };
   enum class Op { kStart, kWake, kCancel };
   struct Command {
     Op op;
@@ -120,7 +112,7 @@ class OriginLoop {
   void* multi_ = nullptr;  // CURLM*
   int epoll_fd_ = -1;      // libcurl's sockets and the wakeup's eventfd
   // Commands waiting, or room in an outbox.
-  const std::shared_ptr<Wakeup> wakeup_ = std::make_shared<Wakeup>();
+  const std::shared_ptr<LoopWakeup> wakeup_ = std::make_shared<LoopWakeup>();
   absl::Time timer_ = absl::InfiniteFuture();  // libcurl's next deadline
   std::atomic<size_t> queued_{0};
 

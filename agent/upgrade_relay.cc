@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -21,8 +20,9 @@ namespace tunnel::agent {
 using tunnel::v1::Envelope;
 using tunnel::v1::TunnelClose;
 
-void RelayUpgrade(const std::shared_ptr<AgentStream>& s, StreamSender& out,
-                  absl::Duration timeout) {
+std::optional<UpgradedConnection> UpgradeHandshake(
+    const std::shared_ptr<AgentStream>& s, StreamSender& out,
+    absl::Duration timeout) {
   const LocalTarget& t = *s->target;
   auto unreachable = [&](absl::string_view why) {
     out.SendClose(s->id, TunnelClose::LOCAL_UNREACHABLE,
@@ -32,19 +32,19 @@ void RelayUpgrade(const std::shared_ptr<AgentStream>& s, StreamSender& out,
   if (t.scheme != "http") {
     out.SendClose(s->id, TunnelClose::LOCAL_ERROR,
                   "upgrades are relayed to http:// services only");
-    return;
+    return std::nullopt;
   }
   absl::StatusOr<int> fd =
       common::ConnectTcp(t.host, t.port, absl::Seconds(10));
   if (!fd.ok()) {
     unreachable(fd.status().message());
-    return;
+    return std::nullopt;
   }
   {
     absl::MutexLock lock(&s->mu);
     if (s->cancelled) {
       ::close(*fd);
-      return;
+      return std::nullopt;
     }
     s->raw_fd = *fd;
   }
@@ -63,7 +63,7 @@ void RelayUpgrade(const std::shared_ptr<AgentStream>& s, StreamSender& out,
   if (!common::WriteAll(*fd, request, timeout)) {
     unreachable("writing the request failed");
     finish();
-    return;
+    return std::nullopt;
   }
   // Response head, up to 64 KiB.
   std::string in;
@@ -76,7 +76,7 @@ void RelayUpgrade(const std::shared_ptr<AgentStream>& s, StreamSender& out,
                     absl::StrCat("the local service at ", t.url,
                                  " sent no valid response to the upgrade"));
       finish();
-      return;
+      return std::nullopt;
     }
     in.append(buf, static_cast<size_t>(n));
   }
@@ -94,7 +94,7 @@ void RelayUpgrade(const std::shared_ptr<AgentStream>& s, StreamSender& out,
     out.SendClose(s->id, TunnelClose::LOCAL_ERROR,
                   "the local service sent an invalid status line");
     finish();
-    return;
+    return std::nullopt;
   }
   r->set_status(static_cast<uint32_t>(status));
   for (size_t i = 1; i < lines.size(); ++i) {
@@ -138,49 +138,12 @@ void RelayUpgrade(const std::shared_ptr<AgentStream>& s, StreamSender& out,
                     "the local service broke off its response");
     }
     finish();
-    return;
+    return std::nullopt;
   }
   out.SendHead(std::move(e));
-  if (!rest.empty() && !out.SendBody(*s, rest.data(), rest.size())) {
-    finish();
-    return;
-  }
-  // Gateway -> service on a second thread; service -> gateway here.
-  int raw = *fd;
-  std::thread up([&out, s, raw, timeout] {
-    while (true) {
-      uint32_t ack = 0;
-      absl::StatusOr<common::Chunk> c =
-          s->channel.PopData(absl::Now() + timeout, &ack);
-      if (ack > 0) out.SendControl(common::MakeWindowUpdate(s->id, ack));
-      if (!c.ok() || !common::WriteAll(raw, c->data, timeout)) {
-        ::shutdown(raw, SHUT_RDWR);
-        return;
-      }
-      if (c->end) {
-        ::shutdown(raw, SHUT_WR);  // the visitor half-closed
-        return;
-      }
-    }
-  });
-  while (true) {
-    ssize_t n = common::ReadSome(raw, buf, sizeof(buf), timeout);
-    if (n == 0) {
-      out.SendEnd(s->id);  // the service half-closed
-      break;
-    }
-    if (n < 0 || !out.SendBody(*s, buf, static_cast<size_t>(n))) {
-      if (s->channel.status().ok()) {
-        out.SendClose(s->id, TunnelClose::LOCAL_ERROR,
-                      "the upgraded connection to the local service failed");
-      }
-      s->channel.Abort(absl::AbortedError("upgraded connection ended"));
-      ::shutdown(raw, SHUT_RDWR);
-      break;
-    }
-  }
-  up.join();
-  finish();
+  // The connection now belongs to the caller (and s->raw_fd still lets a
+  // cancel shut it down until the relay closes it).
+  return UpgradedConnection{*fd, std::move(rest)};
 }
 
 }  // namespace tunnel::agent

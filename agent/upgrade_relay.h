@@ -1,15 +1,17 @@
-// An upgrade request (WebSocket or any HTTP/1.1 Upgrade) relayed to a local
-// service. Neither cpp-httplib nor libcurl relays a generic upgrade, so the
-// agent speaks HTTP/1.1 itself on a raw connection: it sends the head, reads
-// the response head, and after a 101 relays raw bytes both ways (half-close
-// carried, against the stream's credit). Any other answer is relayed as an
-// ordinary response. Runs on a thread of its own for the connection's life.
+// An upgrade request (WebSocket or any HTTP/1.1 Upgrade) to a local service,
+// up to the service's answer. Neither cpp-httplib nor libcurl relays a
+// generic upgrade, so the agent speaks HTTP/1.1 itself on a raw connection:
+// it sends the head and reads the response head. A 101 is sent on towards
+// the gateway and the connection handed back for the UpgradeLoop to relay;
+// any other answer is relayed here as an ordinary response. Blocking: runs
+// on a worker thread, for the handshake only.
 #ifndef TUNNEL_AGENT_UPGRADE_RELAY_H_
 #define TUNNEL_AGENT_UPGRADE_RELAY_H_
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/strings/string_view.h"
@@ -36,10 +38,20 @@ class StreamSender {
                          absl::string_view message) = 0;
 };
 
-// Relays `s` (an upgrade) until either side ends it; `timeout`: the local
-// service or the visitor silent this long ends it.
-void RelayUpgrade(const std::shared_ptr<AgentStream>& s, StreamSender& out,
-                  absl::Duration timeout);
+// The connection to the service after its 101, and the bytes it sent after
+// its head.
+struct UpgradedConnection {
+  int fd = -1;
+  std::string early;
+};
+
+// Sends `s`'s upgrade request and relays the answer's head; `timeout`: the
+// service silent this long fails it. The connection after a 101 (the head
+// sent on already), nullopt when the stream is over (refused, failed,
+// cancelled: the gateway has been told).
+std::optional<UpgradedConnection> UpgradeHandshake(
+    const std::shared_ptr<AgentStream>& s, StreamSender& out,
+    absl::Duration timeout);
 
 }  // namespace tunnel::agent
 

@@ -1,5 +1,6 @@
-// Threads for tasks that block (the agent's upgraded connections, one
-// each; ordinary requests run on the OriginLoop): grows on demand up to
+// Threads for tasks that block (the handshakes of the agent's upgraded
+// connections; ordinary requests run on the OriginLoop, upgraded
+// connections then on the UpgradeLoop): grows on demand up to
 // `max_threads`, and lets threads that sat idle for `idle_exit` go, so an
 // idle agent on a small device holds almost none. Tasks beyond max_threads wait
 // in FIFO order.

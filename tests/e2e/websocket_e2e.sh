@@ -23,10 +23,11 @@ HTTP=$(wait_for_line gw.out '^http ' 10 | awk '{print $2}')
 TUNNEL_SECRET="$SECRET" "$BUILD/agent/agent-tunnel" connect \
   --gateway "$GRPC" --id cam-01 --token "$TOKEN" --insecure \
   --to "http://127.0.0.1:$WS_PORT" >agent.out 2>agent.err &
-pids+=($!)
+AGENT=$!
+pids+=($AGENT)
 wait_for_line agent.out '/t/cam-01/$' 20 >/dev/null
 
-if timeout 120 $PY "$HERE/ws_client_check.py" "ws://$HTTP/t/cam-01" >client.out 2>&1; then
+if AGENT_PID=$AGENT timeout 120 $PY "$HERE/ws_client_check.py" "ws://$HTTP/t/cam-01" >client.out 2>&1; then
   pass "websocket checks (path routing)"
 else
   fail "websocket checks (path routing)"

@@ -2,6 +2,8 @@
 Usage: ws_client_check.py BASE [CA_FILE]   (e.g. ws://127.0.0.1:8082/t/cam-01,
 or wss://localhost:8443/t/cam-01 with the CA that signed the gateway's
 certificate)
+With AGENT_PID set, also checks that the agent's thread count does not grow
+with the upgraded connections it holds open.
 Prints ok:/FAIL: lines and "websocket: N passed, M failed"; exit 1 on failure.
 """
 import asyncio
@@ -96,6 +98,27 @@ async def main():
     check("50 concurrent websockets echo correctly",
           all(outcomes[:50]))
     check("50 plain HTTP requests beside them succeed", all(outcomes[50:]))
+
+    agent_pid = os.environ.get("AGENT_PID")
+    if agent_pid:
+        def threads():
+            return len(os.listdir(f"/proc/{agent_pid}/task"))
+        before = threads()
+        held = []
+        for i in range(100):  # one after another: one handshake at a time
+            held.append(await websockets.connect(BASE + "/echo"))
+        for i, ws in enumerate(held):
+            await ws.send(f"held-{i}")
+        echoed = [await asyncio.wait_for(ws.recv(), 10) for ws in held]
+        during = threads()
+        for ws in held:
+            await ws.close()
+        print(f"agent threads: {before} before, {during} with 100 open "
+              "websockets", flush=True)
+        check("100 open websockets all echo",
+              echoed == [f"held-{i}" for i in range(100)])
+        check("the agent holds no thread per open websocket",
+              during - before < 20)
 
 
 asyncio.run(main())

@@ -116,6 +116,80 @@ class RawService {
   std::vector<std::string> heads_ ABSL_GUARDED_BY(mu_);
 };
 
+// A local service that answers every upgrade request with 101 and then
+// echoes what it receives until the visitor's side ends.
+class UpgradeEchoService {
+ public:
+  UpgradeEchoService() {
+    listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    ::inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+    EXPECT_EQ(
+        ::bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    EXPECT_EQ(::listen(listener_, 16), 0);
+    socklen_t len = sizeof(addr);
+    ::getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~UpgradeEchoService() {
+    ::shutdown(listener_, SHUT_RDWR);
+    ::close(listener_);
+    thread_.join();
+  }
+  std::string url() const { return absl::StrCat("http://127.0.0.1:", port_); }
+
+ private:
+  void Serve() {
+    while (true) {
+      int fd = ::accept(listener_, nullptr, nullptr);
+      if (fd < 0) return;
+      std::string in;
+      char buf[4096];
+      while (in.find("\r\n\r\n") == std::string::npos) {
+        ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+        if (n <= 0) break;
+        in.append(buf, static_cast<size_t>(n));
+      }
+      const std::string answer =
+          "HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\n"
+          "Connection: Upgrade\r\n\r\n";
+      (void)::send(fd, answer.data(), answer.size(), MSG_NOSIGNAL);
+      while (true) {
+        ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+        if (n <= 0) break;
+        (void)::send(fd, buf, static_cast<size_t>(n), MSG_NOSIGNAL);
+      }
+      ::close(fd);
+    }
+  }
+
+  int listener_ = -1;
+  int port_ = 0;
+  std::thread thread_;
+};
+
+// Sends an upgrade request for `slug` on a new connection to the front door
+// and reads the answer's head; the connection, or -1.
+int OpenUpgrade(int http_port, const std::string& slug, std::string* head) {
+  int fd = ConnectLoopback(http_port);
+  if (fd < 0) return -1;
+  timeval tv{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  const std::string req =
+      absl::StrCat("GET ", TunnelHarness::Path(slug, "/ws"),
+                   " HTTP/1.1\r\nHost: localhost\r\nUpgrade: echo\r\n"
+                   "Connection: Upgrade\r\n\r\n");
+  (void)::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+  char c;
+  while (head->find("\r\n\r\n") == std::string::npos &&
+         ::recv(fd, &c, 1, 0) == 1) {
+    head->push_back(c);
+  }
+  return fd;
+}
+
 class TunnelTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -665,6 +739,43 @@ TEST_F(TunnelTest, TwoHundredConcurrentRequestsEachGetTheirOwnBody) {
     EXPECT_EQ(failures[i], "") << "request " << i;
   }
   EXPECT_EQ(ok, kRequests);
+}
+
+// An upgraded connection carries bytes both ways, and one on which nothing
+// moves either way for the agent's --local-timeout is ended by the agent:
+// the visitor's connection closes.
+TEST_F(TunnelTest, AnUpgradedConnectionRelaysUntilItIsIdleTooLong) {
+  UpgradeEchoService echo;
+  TunnelHarness h;
+  h.StartGateway();
+  agent::AgentOptions o = h.AgentOptionsFor("cam-01", {echo.url()});
+  o.local_timeout = absl::Seconds(1);
+  h.StartAgent(std::move(o));
+  std::string head;
+  int fd = OpenUpgrade(h.gateway().http_port(), "cam-01", &head);
+  ASSERT_GE(fd, 0);
+  EXPECT_THAT(head, HasSubstr(" 101 ")) << head;
+  // Echoed, in several rounds (each well within the idle limit).
+  for (int i = 0; i < 3; ++i) {
+    const std::string msg =
+        absl::StrCat("round ", i, " ", std::string(i * 100000, 'x'));
+    ASSERT_EQ(::send(fd, msg.data(), msg.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(msg.size()));
+    std::string got;
+    char buf[65536];
+    while (got.size() < msg.size()) {
+      ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+      ASSERT_GT(n, 0) << "round " << i;
+      got.append(buf, static_cast<size_t>(n));
+    }
+    EXPECT_EQ(got, msg);
+  }
+  // Then silence: the agent ends the connection after about a second.
+  const absl::Time quiet = absl::Now();
+  char c;
+  EXPECT_EQ(::recv(fd, &c, 1, 0), 0);  // closed (a timeout would be -1)
+  EXPECT_LT(absl::Now() - quiet, absl::Seconds(8));
+  ::close(fd);
 }
 
 // With the agent's send queue at its smallest, concurrent downloads keep
