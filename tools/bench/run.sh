@@ -50,13 +50,21 @@ declare -A BASE=(
 
 echo "bench: small responses" >&2
 declare -A R
+# nginx's one worker serves both the origin and the proxy: what proxying
+# costs it is its CPU in the proxy run less its CPU in the direct run.
+NGX=$(pgrep -P "$(cat "$W/nginx.pid")" | head -1)
+declare -A NGX_CPU
 for c in 1 16 64 256; do
   for t in direct nginx tunnel; do
+    [ "$c" = 64 ] && n0=$(cpu_ticks "$NGX")
     if [ "$t" = tunnel ] && [ "$c" = 64 ]; then
       g0=$(cpu_ticks "$GW"); a0=$(cpu_ticks "$AG")
       gs0=$(ctx_switches "$GW"); as0=$(ctx_switches "$AG")
     fi
     R[small_${t}_$c]=$(run_wrk "small_${t}_c$c" "$c" "${BASE[$t]}/100b")
+    if [ "$c" = 64 ]; then
+      NGX_CPU[$t]=$(awk -v d=$(($(cpu_ticks "$NGX")-n0)) -v t="$TICK" -v r="$(echo "${R[small_${t}_64]}" | awk '{print $6}')" 'BEGIN{printf "%.3f", d/t/r*10000}')
+    fi
     if [ "$t" = tunnel ] && [ "$c" = 64 ]; then
       g1=$(cpu_ticks "$GW"); a1=$(cpu_ticks "$AG")
       reqs=$(echo "${R[small_tunnel_64]}" | awk '{print $6}')
@@ -190,7 +198,7 @@ fmt() { awk -v v="$1" -v p="${2:-0}" 'BEGIN{printf "%.*f", p, v}'; }
   echo "|---|---|"
   echo "| 1,000 concurrent 1 s requests on one agent stream (10 s) | tunnel: $(f "$SLOW" 6) requests, $(f "$SLOW" 5) errors, p50 $(f "$SLOW" 2) ms, p99 $(f "$SLOW" 3) ms; direct: $(f "$SLOW_DIRECT" 5) errors, p99 $(f "$SLOW_DIRECT" 3) ms |"
   echo "| 64 fast visitors (100 B) alone / beside a 10 KB/s visitor | p99 $(f "$FAST_ALONE" 3) ms / $(f "$FAST_WITH" 3) ms ($(ratio "$(f "$FAST_WITH" 3)" "$(f "$FAST_ALONE" 3)")×), req/s $(fmt "$(f "$FAST_ALONE" 1)") / $(fmt "$(f "$FAST_WITH" 1)") |"
-  echo "| CPU seconds per 10k requests (100 B, c=64) | gateway $CPU_GW s, agent $CPU_AG s |"
+  echo "| CPU seconds per 10k requests (100 B, c=64) | gateway $CPU_GW s, agent $CPU_AG s; nginx's proxying $(awk -v a="${NGX_CPU[nginx]}" -v b="${NGX_CPU[direct]}" 'BEGIN{printf "%.2f", a-b}') s (its worker: $(fmt "${NGX_CPU[nginx]}" 2) s as origin and proxy, $(fmt "${NGX_CPU[direct]}" 2) s as origin alone) |"
   echo "| context switches per request (100 B, c=64) | gateway $CSW_GW, agent $CSW_AG |"
   echo "| system calls per request (100 B, c=64) | $SYSCALLS |"
   echo "| agent peak RSS, 256 concurrent 1 MiB responses | $(mib "$AG_PEAK_BIG") MiB |"
