@@ -85,6 +85,9 @@ absl::Status FromConnectError(const ConnectError& e) {
       return absl::UnauthenticatedError(
           absl::StrCat("the gateway closed the session: ", e.message(),
                        "; issue a new token with `tunnelctl token issue`"));
+    case ConnectError::CREDENTIALS_EXPIRED:
+      return absl::UnauthenticatedError(
+          absl::StrCat("the gateway closed the session: ", e.message()));
     default:
       return absl::UnavailableError(msg);
   }
@@ -415,6 +418,24 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
       ABSL_GUARDED_BY(mu_);
 };
 
+std::string TokenExpiryWarning(absl::string_view token_id, absl::Time expires,
+                               absl::Time now) {
+  const std::string at =
+      absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", expires, absl::UTCTimeZone());
+  const std::string extend =
+      absl::StrCat("extend it with `tunnelctl token extend ", token_id,
+                   " --ttl 24h` on the gateway's host (then reload the "
+                   "gateway) or issue a new one");
+  if (expires <= now) {
+    return absl::StrCat("the token ", token_id, " expired at ", at, ": ",
+                        extend);
+  }
+  return absl::StrCat(
+      "the token ", token_id, " expires at ", at, " (in ",
+      absl::FormatDuration(absl::Trunc(expires - now, absl::Minutes(1))),
+      "): ", extend);
+}
+
 bool IsPermanent(const absl::Status& status) {
   switch (status.code()) {
     case absl::StatusCode::kUnauthenticated:
@@ -699,6 +720,14 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
   }
   TUNNEL_LOG(INFO) << "connected to " << options_.gateway << " (session "
                    << first.accepted().session_id() << ")";
+  if (const int64_t expires = first.accepted().token_expires_unix();
+      expires != 0) {
+    const absl::Time at = absl::FromUnixSeconds(expires);
+    if (at - absl::Now() < kTokenExpiryWarning) {
+      TUNNEL_LOG(WARNING) << TokenExpiryWarning(options_.token_id, at,
+                                                absl::Now());
+    }
+  }
   if (options_.on_accepted) options_.on_accepted(first.accepted());
 
   // This thread writes everything (the origin loop and upgrade relays only

@@ -17,6 +17,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "agent/local_target.h"
@@ -32,6 +33,14 @@ namespace tunnel::agent {
 class OriginLoop;
 class UpgradeLoop;
 class WorkerPool;
+
+// A token expiring sooner than this is warned about (the agent's log at each
+// connect, `agent-tunnel status`).
+inline constexpr absl::Duration kTokenExpiryWarning = absl::Hours(24);
+// "the token tok_… expires at … (in 5h 0m): extend it with …" (or "expired
+// at …" once `now` is past it).
+std::string TokenExpiryWarning(absl::string_view token_id, absl::Time expires,
+                               absl::Time now);
 
 struct AgentOptions {
   std::string gateway;  // host:port of the gateway's gRPC listener

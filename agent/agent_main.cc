@@ -85,6 +85,7 @@ class StateWriter {
       : path_(std::move(path)), refresh_(refresh) {
     state_.set_gateway(o.gateway);
     state_.set_agent_id(o.agent_id);
+    state_.set_token_id(o.token_id);
     state_.set_pid(getpid());
     state_.set_since(Now());
     state_.set_refresh_seconds(static_cast<int32_t>(std::max<int64_t>(
@@ -102,6 +103,13 @@ class StateWriter {
       state_.add_urls(t.path_url());
     }
     state_.set_since(Now());
+    if (a.token_expires_unix() != 0) {
+      state_.set_token_expires(absl::FormatTime(
+          "%Y-%m-%dT%H:%M:%SZ", absl::FromUnixSeconds(a.token_expires_unix()),
+          absl::UTCTimeZone()));
+    } else {
+      state_.clear_token_expires();
+    }
     // Connected again: an earlier failure is history.
     state_.clear_last_error();
     WriteLocked();
@@ -252,6 +260,18 @@ int Status(int argc, char** argv) {
     std::printf("  session     %s\n", state->session_id().c_str());
     for (const std::string& url : state->urls()) {
       std::printf("  url         %s\n", url.c_str());
+    }
+    absl::Time expires;
+    if (!state->token_expires().empty() &&
+        absl::ParseTime(absl::RFC3339_full, state->token_expires(), &expires,
+                        &err)) {
+      std::printf("  token       expires %s\n", state->token_expires().c_str());
+      if (expires - absl::Now() < tunnel::agent::kTokenExpiryWarning) {
+        std::printf("warning: %s\n",
+                    tunnel::agent::TokenExpiryWarning(state->token_id(),
+                                                      expires, absl::Now())
+                        .c_str());
+      }
     }
   } else {
     std::printf("not connected: agent %s to %s since %s (retrying)\n",

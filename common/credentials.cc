@@ -249,8 +249,36 @@ absl::Status WriteFileAtomically(const std::string& path,
   return absl::OkStatus();
 }
 
+absl::Time CredentialExpiry(const tunnel::v1::Credential& c) {
+  return c.expires_unix() == 0 ? absl::InfiniteFuture()
+                               : absl::FromUnixSeconds(c.expires_unix());
+}
+
+void SetCredentialExpiry(tunnel::v1::Credential& c, absl::Time expires) {
+  if (expires == absl::InfiniteFuture()) {
+    c.set_expires_unix(0);
+    return;
+  }
+  int64_t seconds = absl::ToUnixSeconds(expires);  // rounds down
+  if (absl::FromUnixSeconds(seconds) < expires) ++seconds;
+  c.set_expires_unix(seconds);
+}
+
+std::string FormatUtc(absl::Time t) {
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", t, absl::UTCTimeZone());
+}
+
+std::string ExpiredTokenMessage(absl::string_view token_id,
+                                absl::Time expired) {
+  return absl::StrCat(
+      "token \"", absl::CHexEscape(token_id), "\" expired at ",
+      FormatUtc(expired), "; extend it with `tunnelctl token extend ",
+      absl::CHexEscape(token_id),
+      " --ttl 24h` (and reload the gateway) or issue a new one");
+}
+
 absl::StatusOr<tunnel::v1::Credential> IssueCredential(
-    absl::string_view agent_id, absl::Time now) {
+    absl::string_view agent_id, absl::Time now, absl::Time expires) {
   if (!IsValidAgentId(agent_id)) {
     return absl::InvalidArgumentError(
         absl::StrCat("invalid agent id \"", absl::CHexEscape(agent_id),
@@ -262,6 +290,7 @@ absl::StatusOr<tunnel::v1::Credential> IssueCredential(
   c.set_secret(Base64UrlEncode(RandomBytes(kSecretBytes)));
   c.set_created_unix(absl::ToUnixSeconds(now));
   c.set_revoked(false);
+  SetCredentialExpiry(c, expires);
   return c;
 }
 

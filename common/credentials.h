@@ -36,7 +36,18 @@ absl::Status WriteFileAtomically(const std::string& path,
 // A fresh credential for `agent_id`: token id "tok_" + 16 hex chars, secret
 // 32 random bytes in unpadded base64url. Fails for an invalid agent id.
 absl::StatusOr<tunnel::v1::Credential> IssueCredential(
-    absl::string_view agent_id, absl::Time now);
+    absl::string_view agent_id, absl::Time now,
+    absl::Time expires = absl::InfiniteFuture());
+
+// When `c` expires: InfiniteFuture for a token without an expiry.
+absl::Time CredentialExpiry(const tunnel::v1::Credential& c);
+// Sets (InfiniteFuture: clears) the expiry, to the second.
+void SetCredentialExpiry(tunnel::v1::Credential& c, absl::Time expires);
+// "2026-12-05T10:00:00Z": how expiries are shown and parsed (RFC 3339).
+std::string FormatUtc(absl::Time t);
+
+// "token tok_… expired at …; …" — how an expired token is refused.
+std::string ExpiredTokenMessage(absl::string_view token_id, absl::Time expired);
 
 // Agent ids: 1-64 chars of [A-Za-z0-9._-].
 bool IsValidAgentId(absl::string_view id);

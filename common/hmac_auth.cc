@@ -121,6 +121,8 @@ absl::string_view AuthFailureName(AuthFailure f) {
       return "unknown_token";
     case AuthFailure::kRevokedToken:
       return "revoked_token";
+    case AuthFailure::kExpiredToken:
+      return "expired_token";
     case AuthFailure::kAgentMismatch:
       return "agent_mismatch";
     case AuthFailure::kClockSkew:
@@ -186,6 +188,10 @@ AuthResult AuthVerifier::Verify(
   if (cred->revoked()) {
     return Fail(AuthFailure::kRevokedToken,
                 absl::StrCat("token ", Quote(token_id), " is revoked"));
+  }
+  if (const absl::Time expiry = CredentialExpiry(*cred); now >= expiry) {
+    return Fail(AuthFailure::kExpiredToken,
+                ExpiredTokenMessage(token_id, expiry));
   }
   if (cred->agent_id() != agent_id) {
     return Fail(

@@ -61,6 +61,7 @@ enum class AuthFailure {
   kMalformed,
   kUnknownToken,
   kRevokedToken,
+  kExpiredToken,
   kAgentMismatch,
   kClockSkew,
   kBadSignature,

@@ -112,6 +112,13 @@ CoreMetrics::CoreMetrics(common::MetricsRegistry* registry) {
                        "Live agent sessions closed because a credentials "
                        "reload revoked or removed their token.")
           ->WithLabels({});
+  sessions_expired =
+      registry
+          ->AddCounter("tunnel_agent_sessions_expired_total",
+                       "Live agent sessions ended because their token "
+                       "expired (new requests refused at once, the session "
+                       "closed once those in flight finished).")
+          ->WithLabels({});
   common::CounterFamily* reloads = registry->AddCounter(
       "tunnel_credentials_reloads_total",
       "Reloads of the credentials file (SIGHUP or the admin API), by result; "

@@ -70,6 +70,8 @@ struct CoreMetrics {
   common::Counter* auth_rate_limited;
   // Live sessions closed because a reload revoked or removed their token.
   common::Counter* sessions_revoked;
+  // Live agent sessions retired because their token expired.
+  common::Counter* sessions_expired;
   // Credentials reloads (SIGHUP, admin API) that took effect / were refused.
   common::Counter* credential_reloads_ok;
   common::Counter* credential_reloads_failed;

@@ -329,6 +329,9 @@ void Gateway::HeartbeatLoop() {
         s->SendPing(++nonce);
       }
     }
+    // Tokens that expired: checked here, so an expiry takes effect within
+    // one heartbeat interval.
+    service_->ExpireSessions(now, options_.drain_timeout);
   }
 }
 

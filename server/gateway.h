@@ -78,6 +78,9 @@ struct GatewayOptions {
   absl::Duration heartbeat_timeout = absl::Seconds(7);
   // Told to agents (GoAway) and visitors (Retry-After) while draining.
   absl::Duration drain_retry_after = absl::Seconds(5);
+  // How long requests in flight may finish when the gateway drains, and
+  // when a session's token expired.
+  absl::Duration drain_timeout = absl::Seconds(30);
   TunnelServiceOptions service;
   httpfront::FrontDoorOptions front;
 };

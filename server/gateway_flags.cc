@@ -159,8 +159,9 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
   flags->Duration("heartbeat-timeout", &o.heartbeat_timeout,
                   "an agent silent this long is disconnected and its "
                   "requests fail");
-  flags->Duration("drain-timeout", &v->drain_timeout,
-                  "on SIGTERM/SIGINT, how long requests in flight may finish");
+  flags->Duration("drain-timeout", &o.drain_timeout,
+                  "on SIGTERM/SIGINT (and for an agent whose token expired), "
+                  "how long requests in flight may finish");
   flags->Duration("drain-retry-after", &o.drain_retry_after,
                   "Retry-After for visitors and reconnect hint for agents "
                   "while draining");

@@ -37,7 +37,6 @@ struct GatewayFlags {
   bool insecure = false;  // --insecure: plaintext on both listeners
   std::string log_level = "info";
   std::string log_format = "text";
-  absl::Duration drain_timeout = absl::Seconds(30);
 };
 
 // Sets `*values` to the defaults and registers every flag on `flags`

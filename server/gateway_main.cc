@@ -63,7 +63,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   tunnel::server::GatewayOptions& o = values.options;
-  const absl::Duration drain_timeout = values.drain_timeout;
+  const absl::Duration drain_timeout = values.options.drain_timeout;
 
   // Signals are taken synchronously by sigwait below (so nothing runs in a
   // signal handler); block them before any thread starts so every thread

@@ -178,6 +178,32 @@ void Session::SendGoAway(absl::string_view reason, absl::Duration retry_after) {
 
 bool Session::draining() const { return draining_; }
 
+void Session::set_token_expiry(absl::Time t) {
+  token_expiry_s_ = t == absl::InfiniteFuture() ? 0 : absl::ToUnixSeconds(t);
+}
+
+absl::Time Session::token_expiry() const {
+  const int64_t s = token_expiry_s_.load();
+  return s == 0 ? absl::InfiniteFuture() : absl::FromUnixSeconds(s);
+}
+
+bool Session::Retire(const std::string& agent_why,
+                     const std::string& visitor_why) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (retired_at_ != absl::InfiniteFuture()) return false;
+    retired_why_ = visitor_why;
+    retired_at_ = absl::Now();
+  }
+  SendGoAway(agent_why, absl::ZeroDuration());
+  return true;
+}
+
+absl::Time Session::retired_at() const {
+  absl::MutexLock lock(&mu_);
+  return retired_at_;
+}
+
 Session::~Session() = default;
 
 void Session::SetTunnels(std::vector<SessionTunnel> tunnels, absl::Time now) {
@@ -336,6 +362,7 @@ absl::StatusOr<std::unique_ptr<TunnelStream>> Session::OpenStream(
     if (finish_requested_ || done_) {
       return absl::UnavailableError("the agent is disconnecting");
     }
+    if (!retired_why_.empty()) return absl::UnavailableError(retired_why_);
     if (draining_) {
       return absl::UnavailableError(
           "the agent is shutting down; it should be back shortly");

@@ -136,6 +136,17 @@ class Session : public std::enable_shared_from_this<Session> {
   void SendGoAway(absl::string_view reason, absl::Duration retry_after);
   // The agent said it is shutting down: no new streams for it.
   bool draining() const;
+  // When the session's token expires (InfiniteFuture: never); set at the
+  // handshake and again by a credentials reload.
+  void set_token_expiry(absl::Time t);
+  absl::Time token_expiry() const;
+  // The session may serve no more (its token expired): from now on
+  // OpenStream fails UNAVAILABLE with `visitor_why`, and the agent gets a
+  // GoAway with `agent_why`; streams in flight go on. True the first time
+  // only.
+  bool Retire(const std::string& agent_why, const std::string& visitor_why);
+  // When Retire first ran (InfiniteFuture: it did not).
+  absl::Time retired_at() const;
   // Opens a stream and sends its request head. Fails UNAVAILABLE once the
   // session is closing, RESOURCE_EXHAUSTED at max_streams.
   absl::StatusOr<std::unique_ptr<TunnelStream>> OpenStream(
@@ -217,6 +228,9 @@ class Session : public std::enable_shared_from_this<Session> {
   std::atomic<uint64_t> unknown_stream_messages_{0};
   std::atomic<int64_t> last_seen_ns_;
   std::atomic<bool> draining_{false};
+  std::atomic<int64_t> token_expiry_s_{0};  // 0: never
+  std::string retired_why_ ABSL_GUARDED_BY(mu_);
+  absl::Time retired_at_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
 };
 
 }  // namespace tunnel::server

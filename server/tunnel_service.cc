@@ -321,6 +321,10 @@ class AgentConnection final : public EnvelopeWriter {
       tunnels.push_back(PublicTunnel(opts, t.name(), t.slug()));
     }
     session_->SetTunnels(tunnels, absl::Now());
+    if (std::optional<tunnel::v1::Credential> cred =
+            service_->verifier_->store()->Find(session_->token_id())) {
+      session_->set_token_expiry(common::CredentialExpiry(*cred));
+    }
     // At capacity: a new agent is told to come back later (an agent that
     // replaces its own session does not add one).
     if (service_->registry_->session_count() >= opts.max_agents &&
@@ -388,6 +392,10 @@ class AgentConnection final : public EnvelopeWriter {
             ? 0
             : std::min(req.max_batch_bytes(), opts.max_batch_bytes);
     acc->set_max_batch_bytes(batch_bytes);
+    if (const absl::Time expiry = session_->token_expiry();
+        expiry != absl::InfiniteFuture()) {
+      acc->set_token_expires_unix(absl::ToUnixSeconds(expiry));
+    }
     for (const SessionTunnel& t : tunnels) {
       auto* at = acc->add_tunnels();
       at->set_name(t.name);
@@ -522,7 +530,44 @@ size_t TunnelServiceImpl::CloseSessionsWithoutLiveToken() {
         !live.ok()) {
       CloseRevoked(s, live);
       ++closed;
+    } else if (std::optional<tunnel::v1::Credential> c =
+                   verifier_->store()->Find(s->token_id())) {
+      s->set_token_expiry(common::CredentialExpiry(*c));  // extended?
     }
+  }
+  return closed;
+}
+
+size_t TunnelServiceImpl::ExpireSessions(absl::Time now,
+                                         absl::Duration drain_timeout) {
+  size_t closed = 0;
+  for (const std::shared_ptr<Session>& s : registry_->Sessions()) {
+    const absl::Time expiry = s->token_expiry();
+    if (now < expiry || s->closing()) continue;
+    const std::string why = common::ExpiredTokenMessage(s->token_id(), expiry);
+    if (s->Retire(why, absl::StrCat("the agent's token expired at ",
+                                    common::FormatUtc(expiry)))) {
+      metrics_->sessions_expired->Increment();
+      common::LogEvent(common::LogLevel::kWarning, "agent_token_expired")
+          .Str("agent_id", s->agent_id())
+          .Str("session", s->id())
+          .Str("token", s->token_id())
+          .Str("expired_at", common::FormatUtc(expiry))
+          .Int("requests_in_flight", static_cast<int64_t>(s->stream_count()));
+    }
+    if (s->stream_count() > 0 && now - s->retired_at() < drain_timeout) {
+      continue;  // its requests in flight finish first
+    }
+    const std::string message = absl::StrCat(why, "; the session of agent ",
+                                             s->agent_id(), " is closed");
+    Envelope bye;
+    auto* err = bye.mutable_connect_error();
+    err->set_code(ConnectError::CREDENTIALS_EXPIRED);
+    err->set_message(message);
+    s->Send(std::move(bye));
+    s->Close(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, message),
+             /*drain=*/true);
+    ++closed;
   }
   return closed;
 }

@@ -92,6 +92,12 @@ class TunnelServiceImpl final : public tunnel::v1::TunnelService::AsyncService {
   // telling its agent why (ConnectError CREDENTIALS_REVOKED, then the call
   // ends UNAUTHENTICATED). Returns how many it closed. Any thread.
   size_t CloseSessionsWithoutLiveToken();
+  // For the heartbeat thread: sessions whose token expired by `now` are
+  // retired (no new requests; the agent hears why in a GoAway), and a
+  // retired one is closed once its requests in flight are done or after
+  // `drain_timeout` (ConnectError CREDENTIALS_EXPIRED, the call ends
+  // UNAUTHENTICATED). Returns how many it closed.
+  size_t ExpireSessions(absl::Time now, absl::Duration drain_timeout);
 
  private:
   friend class AgentConnection;

@@ -1,9 +1,12 @@
 // tunnelctl: manages the gateway's credentials file and talks to a running
 // gateway's admin API.
 //
-//   tunnelctl token issue --id AGENT_ID [--credentials FILE]
+//   tunnelctl token issue --id AGENT_ID [--ttl D | --expires T]
+//                         [--credentials FILE]
 //   tunnelctl token list [--credentials FILE]
 //   tunnelctl token revoke TOKEN_ID [--credentials FILE]
+//   tunnelctl token extend TOKEN_ID (--ttl D | --expires T)
+//                          [--credentials FILE]
 //   tunnelctl list [--json]                  (admin API)
 //   tunnelctl status SLUG [--json]           (admin API)
 //   tunnelctl disconnect AGENT_ID [--json]   (admin API)
@@ -65,6 +68,7 @@ constexpr char kTopUsage[] =
     "secret once\n"
     "  token list                  list tokens (never shows secrets)\n"
     "  token revoke TOKEN_ID       revoke a token\n"
+    "  token extend TOKEN_ID --ttl D  move a token's expiry (same secret)\n"
     "  list                        connected agents, their tunnels and "
     "counters\n"
     "  status SLUG                 one tunnel: URL, online/offline, access, "
@@ -139,17 +143,33 @@ constexpr char kAdminTokenUsage[] =
     "replace an existing file unless --force.\n";
 
 constexpr char kIssueUsage[] =
-    "Usage: tunnelctl token issue --id AGENT_ID [--credentials FILE]\n"
+    "Usage: tunnelctl token issue --id AGENT_ID [--ttl DURATION | --expires "
+    "RFC3339]\n"
+    "                             [--credentials FILE]\n"
     "\n"
     "Adds a fresh token for AGENT_ID to the credentials file (creating it if\n"
     "needed) and prints agent_id, token and secret on stdout, one\n"
-    "\"key: value\" line each. The secret is not recoverable later.\n";
+    "\"key: value\" line each (and expires: when it has an expiry). The\n"
+    "secret is not recoverable later. With --ttl (e.g. 24h) or --expires\n"
+    "(e.g. 2027-01-31T00:00:00Z) the gateway refuses the token from then on\n"
+    "and ends its sessions, letting requests in flight finish; without,\n"
+    "the token never expires.\n";
 
 constexpr char kListUsage[] =
     "Usage: tunnelctl token list [--credentials FILE]\n"
     "\n"
-    "Prints every token with its agent, creation time (UTC) and status.\n"
-    "Secrets are never shown.\n";
+    "Prints every token with its agent, creation and expiry times (UTC) and\n"
+    "status (active, expired, revoked). Secrets are never shown.\n";
+
+constexpr char kExtendUsage[] =
+    "Usage: tunnelctl token extend TOKEN_ID (--ttl DURATION | --expires "
+    "RFC3339)\n"
+    "                              [--credentials FILE]\n"
+    "\n"
+    "Sets TOKEN_ID's expiry to DURATION from now (or to the given time),\n"
+    "keeping its secret: the agent goes on with the same credentials. An\n"
+    "expired token can be extended; a revoked one cannot. A running gateway\n"
+    "applies it when it reloads the file (SIGHUP or `tunnelctl reload`).\n";
 
 constexpr char kRevokeUsage[] =
     "Usage: tunnelctl token revoke TOKEN_ID [--credentials FILE]\n"
@@ -196,6 +216,36 @@ std::optional<int> ParseFlags(tunnel::common::FlagSet& flags,
   return std::nullopt;
 }
 
+// The expiry --ttl or --expires asks for (InfiniteFuture: neither was
+// given), or a message for the usage error.
+absl::StatusOr<absl::Time> ExpiryFromFlags(absl::Duration ttl,
+                                           const std::string& expires,
+                                           absl::Time now) {
+  if (ttl != absl::ZeroDuration() && !expires.empty()) {
+    return absl::InvalidArgumentError("give --ttl or --expires, not both");
+  }
+  if (ttl != absl::ZeroDuration()) {
+    if (ttl < absl::Seconds(1) || ttl > absl::Hours(24 * 365 * 100)) {
+      return absl::InvalidArgumentError(
+          "--ttl must be between 1s and 100 years (e.g. 24h, 720h)");
+    }
+    return now + ttl;
+  }
+  if (expires.empty()) return absl::InfiniteFuture();
+  absl::Time t;
+  std::string err;
+  if (!absl::ParseTime(absl::RFC3339_full, expires, &t, &err)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--expires \"", Printable(expires),
+        "\" is not an RFC 3339 time (e.g. 2027-01-31T00:00:00Z): ", err));
+  }
+  if (t <= now) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--expires ", expires, " is in the past"));
+  }
+  return t;
+}
+
 int TokenIssue(const std::vector<std::string>& args) {
   constexpr char kCommand[] = "tunnelctl token issue";
   std::string credentials = kDefaultCredentials;
@@ -203,6 +253,12 @@ int TokenIssue(const std::vector<std::string>& args) {
   tunnel::common::FlagSet flags(kIssueUsage);
   flags.String("id", &agent_id, "agent id the token authenticates (required)");
   flags.String("credentials", &credentials, "credentials file to update");
+  absl::Duration ttl = absl::ZeroDuration();
+  std::string expires_text;
+  flags.Duration("ttl", &ttl,
+                 "the token expires this long from now (default: never)");
+  flags.String("expires", &expires_text,
+               "the token expires at this RFC 3339 time instead");
   std::vector<std::string> positional;
   if (auto done = ParseFlags(flags, args, kCommand, &positional)) return *done;
   if (!positional.empty()) {
@@ -210,6 +266,9 @@ int TokenIssue(const std::vector<std::string>& args) {
         absl::StrCat("unexpected argument \"", positional[0], "\""), kCommand);
   }
   if (agent_id.empty()) return UsageError("--id is required", kCommand);
+  const absl::Time now = absl::Now();
+  absl::StatusOr<absl::Time> expires = ExpiryFromFlags(ttl, expires_text, now);
+  if (!expires.ok()) return UsageError(expires.status().message(), kCommand);
   if (!tunnel::common::IsValidAgentId(agent_id)) {
     return UsageError(absl::StrCat("invalid --id \"", Printable(agent_id),
                                    "\": use 1-64 chars of A-Z a-z 0-9 . _ -"),
@@ -242,7 +301,7 @@ int TokenIssue(const std::vector<std::string>& args) {
     return RuntimeError(loaded.status());
   }
   absl::StatusOr<tunnel::v1::Credential> cred =
-      tunnel::common::IssueCredential(agent_id, absl::Now());
+      tunnel::common::IssueCredential(agent_id, now, *expires);
   if (!cred.ok()) return RuntimeError(cred.status());
   *file.add_credentials() = *cred;
   if (absl::Status s = tunnel::common::SaveCredentialsFile(credentials, file);
@@ -253,6 +312,9 @@ int TokenIssue(const std::vector<std::string>& args) {
   std::cout << "agent_id: " << cred->agent_id() << "\n"
             << "token: " << cred->token_id() << "\n"
             << "secret: " << cred->secret() << "\n";
+  if (cred->expires_unix() != 0) {
+    std::cout << "expires: " << FormatCreated(cred->expires_unix()) << "\n";
+  }
   std::cout.flush();
   std::cerr << "tunnelctl: the secret is shown only once; store it now. "
                "Connect the agent with:\n"
@@ -288,11 +350,17 @@ int TokenList(const std::vector<std::string>& args) {
 
   // Columns sized to their widest cell; no secret is ever a cell.
   std::vector<std::vector<std::string>> rows = {
-      {"TOKEN", "AGENT", "CREATED (UTC)", "STATUS"}};
+      {"TOKEN", "AGENT", "CREATED (UTC)", "EXPIRES (UTC)", "STATUS"}};
+  const absl::Time now = absl::Now();
   for (const tunnel::v1::Credential& c : file->credentials()) {
-    rows.push_back({Printable(c.token_id()), Printable(c.agent_id()),
-                    FormatCreated(c.created_unix()),
-                    c.revoked() ? "revoked" : "active"});
+    const bool expired = tunnel::common::CredentialExpiry(c) <= now;
+    rows.push_back(
+        {Printable(c.token_id()), Printable(c.agent_id()),
+         FormatCreated(c.created_unix()),
+         c.expires_unix() == 0 ? "never" : FormatCreated(c.expires_unix()),
+         c.revoked() ? "revoked"
+         : expired   ? "expired"
+                     : "active"});
   }
   std::vector<size_t> widths(rows[0].size(), 0);
   for (const auto& row : rows) {
@@ -354,6 +422,62 @@ int TokenRevoke(const std::vector<std::string>& args) {
   }
   std::cout << "revoked token " << Printable(token_id) << " (agent "
             << target->agent_id() << ")\n";
+  std::cerr << "tunnelctl: a running gateway applies this when it reloads "
+               "the file (kill -HUP, or tunnelctl reload)\n";
+  return kExitOk;
+}
+
+int TokenExtend(const std::vector<std::string>& args) {
+  constexpr char kCommand[] = "tunnelctl token extend";
+  std::string credentials = kDefaultCredentials;
+  absl::Duration ttl = absl::ZeroDuration();
+  std::string expires_text;
+  tunnel::common::FlagSet flags(kExtendUsage);
+  flags.String("credentials", &credentials, "credentials file to update");
+  flags.Duration("ttl", &ttl, "the token expires this long from now");
+  flags.String("expires", &expires_text,
+               "the token expires at this RFC 3339 time instead");
+  std::vector<std::string> positional;
+  if (auto done = ParseFlags(flags, args, kCommand, &positional)) return *done;
+  if (positional.size() != 1) {
+    return UsageError(positional.empty() ? "missing TOKEN_ID"
+                                         : "expected exactly one TOKEN_ID",
+                      kCommand);
+  }
+  if (ttl == absl::ZeroDuration() && expires_text.empty()) {
+    return UsageError("--ttl or --expires is required", kCommand);
+  }
+  absl::StatusOr<absl::Time> expires =
+      ExpiryFromFlags(ttl, expires_text, absl::Now());
+  if (!expires.ok()) return UsageError(expires.status().message(), kCommand);
+  const std::string& token_id = positional[0];
+
+  absl::StatusOr<tunnel::v1::CredentialsFile> file =
+      tunnel::common::LoadCredentialsFile(credentials);
+  if (!file.ok()) return RuntimeError(file.status());
+  tunnel::v1::Credential* target = nullptr;
+  for (tunnel::v1::Credential& c : *file->mutable_credentials()) {
+    if (c.token_id() == token_id) target = &c;
+  }
+  if (target == nullptr) {
+    return RuntimeError(absl::NotFoundError(absl::StrCat(
+        "no token \"", Printable(token_id), "\" in ", credentials)));
+  }
+  if (target->revoked()) {
+    return RuntimeError(absl::FailedPreconditionError(
+        absl::StrCat("token ", Printable(token_id),
+                     " is revoked; issue a new one with `tunnelctl token "
+                     "issue --id ",
+                     Printable(target->agent_id()), "`")));
+  }
+  tunnel::common::SetCredentialExpiry(*target, *expires);
+  if (absl::Status s = tunnel::common::SaveCredentialsFile(credentials, *file);
+      !s.ok()) {
+    return RuntimeError(s);
+  }
+  std::cout << "token " << Printable(token_id) << " (agent "
+            << target->agent_id() << ") now expires at "
+            << FormatCreated(target->expires_unix()) << "\n";
   std::cerr << "tunnelctl: a running gateway applies this when it reloads "
                "the file (kill -HUP, or tunnelctl reload)\n";
   return kExitOk;
@@ -791,7 +915,8 @@ int main(int argc, char** argv) {
   if (command == "issue") return TokenIssue(rest);
   if (command == "list") return TokenList(rest);
   if (command == "revoke") return TokenRevoke(rest);
+  if (command == "extend") return TokenExtend(rest);
   return UsageError(absl::StrCat("unknown token command \"", Printable(command),
-                                 "\" (want issue, list or revoke)"),
+                                 "\" (want issue, list, revoke or extend)"),
                     "tunnelctl");
 }

@@ -251,6 +251,22 @@ TEST(IssueCredentialTest, Format) {
   EXPECT_NE(other->secret(), c->secret());
 }
 
+TEST(IssueCredentialTest, AnExpiryIsKeptToTheSecondRoundedUp) {
+  const absl::Time now = absl::FromUnixSeconds(1700000123);
+  auto never = IssueCredential("agent-1", now);
+  ASSERT_TRUE(never.ok());
+  EXPECT_EQ(never->expires_unix(), 0);
+  EXPECT_EQ(CredentialExpiry(*never), absl::InfiniteFuture());
+  auto day = IssueCredential("agent-1", now,
+                             now + absl::Hours(24) + absl::Milliseconds(1));
+  ASSERT_TRUE(day.ok());
+  EXPECT_EQ(day->expires_unix(), 1700000123 + 86400 + 1);
+  EXPECT_EQ(CredentialExpiry(*day), absl::FromUnixSeconds(1700086524));
+  EXPECT_EQ(FormatUtc(CredentialExpiry(*day)), "2023-11-15T22:15:24Z");
+  SetCredentialExpiry(*day, absl::InfiniteFuture());
+  EXPECT_EQ(day->expires_unix(), 0);
+}
+
 TEST(IssueCredentialTest, RejectsInvalidAgentId) {
   for (const char* id : {"", "has space", "slash/y"}) {
     auto c = IssueCredential(id, absl::FromUnixSeconds(1700000000));

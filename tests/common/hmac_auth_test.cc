@@ -272,6 +272,23 @@ TEST_F(AuthVerifierTest, RevokedToken) {
   EXPECT_EQ(r.failure, AuthFailure::kRevokedToken);
 }
 
+TEST_F(AuthVerifierTest, ATokenIsRefusedFromTheSecondItExpires) {
+  tunnel::v1::CredentialsFile file;
+  Add(&file, "tok_a", "agent-a", secret_a_, false);
+  file.mutable_credentials(0)->set_expires_unix(kNowUnix + 60);
+  store_.Replace(file);
+  const absl::Time before = now_ + absl::Seconds(59);
+  EXPECT_TRUE(Verify(verifier_, SignA(before), before).ok);
+  const absl::Time at = now_ + absl::Seconds(60);
+  AuthResult r = Verify(verifier_, SignA(at), at);
+  EXPECT_EQ(r.failure, AuthFailure::kExpiredToken);
+  EXPECT_THAT(r.message, HasSubstr("tok_a\" expired at "));
+  EXPECT_THAT(r.message,
+              HasSubstr(FormatUtc(absl::FromUnixSeconds(kNowUnix + 60))));
+  EXPECT_THAT(r.message, HasSubstr("tunnelctl token extend tok_a"));
+  EXPECT_EQ(AuthFailureName(AuthFailure::kExpiredToken), "expired_token");
+}
+
 TEST_F(AuthVerifierTest, AgentMismatch) {
   // A correctly signed call whose token belongs to a different agent.
   AuthResult r =

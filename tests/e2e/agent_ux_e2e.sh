@@ -53,7 +53,8 @@ admin_addr: ""
 EOT
 TUNNEL_PUBLIC_PORT=9999 "$BUILD/server/gateway-tunnel" --config gw.txtpb \
   --ops-addr 127.0.0.1:0 >gw.out 2>gw.err &
-pids+=($!)
+GW=$!
+pids+=($GW)
 GRPC=$(wait_for_line gw.out '^grpc ' 10 | awk '{print $2}')
 check "gateway from a config file printed its grpc address" test -n "$GRPC"
 check "the --ops-addr flag beat the file's empty ops_addr" \
@@ -234,6 +235,28 @@ check "once it is, the agent connects" \
 "$AGENT_BIN" status --state-file state/late.json >late.txt
 check "and status no longer shows the old error" \
   bash -c "! grep -q 'last error' late.txt"
+
+# --- a token that expires within a day is warned about ---
+"$BUILD/tools/tunnelctl" token issue --id cam-03 --ttl 5h --credentials creds.txtpb \
+  >issued3.txt 2>/dev/null
+TOKEN3=$(awk '/^token:/{print $2}' issued3.txt)
+EXPIRES3=$(awk '/^expires:/{print $2}' issued3.txt)
+kill -HUP "$GW"
+check "the gateway reloads the new token" \
+  wait_until 10 grep -q '"credentials_reloaded".*"live_tokens":3\|credentials_reloaded.*live_tokens=3' gw.err
+TUNNEL_SECRET="$(awk '/^secret:/{print $2}' issued3.txt)" "$AGENT_BIN" connect \
+  --gateway "$GRPC" --id cam-03 --token "$TOKEN3" --insecure \
+  --to http://127.0.0.1:9 --state-file state/expiring.json >exp.out 2>exp.err &
+pids+=($!)
+check "an agent whose token expires in 5 h connects" \
+  wait_until 20 "$AGENT_BIN" status --state-file state/expiring.json
+check "and warns in its log when the token expires" \
+  grep -Eq "the token $TOKEN3 expires at $EXPIRES3 \(in (5h|4h5[89]m)\): extend it with .tunnelctl token extend $TOKEN3" exp.err
+"$AGENT_BIN" status --state-file state/expiring.json >expiring.txt
+check "status shows the expiry" grep -q "^  token  *expires $EXPIRES3$" expiring.txt
+check "and the warning" grep -q "^warning: the token $TOKEN3 expires at $EXPIRES3" expiring.txt
+"$AGENT_BIN" status --state-file state/agent.json >never.txt 2>/dev/null || true
+check "a token without expiry shows none" bash -c "! grep -q 'token  *expires' never.txt"
 
 echo "agent_ux_e2e: $passed passed, $failed failed"
 test "$failed" = 0

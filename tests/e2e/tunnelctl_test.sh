@@ -82,7 +82,7 @@ run code list.out list.err token list --credentials creds.txtpb
 check "list exits 0" test "$code" -eq 0
 check "list has a header" grep -Eq '^TOKEN +AGENT +CREATED' list.out
 check "list shows the first token as active" \
-  grep -Eq "^$token +web-1 +[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}Z +active$" list.out
+  grep -Eq "^$token +web-1 +[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}Z +never +active$" list.out
 check "list shows the second token" grep -q "$token2" list.out
 check "list never prints a secret" bash -c "! grep -q -- '$secret' list.out list.err"
 
@@ -97,6 +97,53 @@ check "file mode still 600 after revoke" test "$(file_mode creds.txtpb)" = 600
 run code unk.out unk.err token revoke tok_0000000000000000 --credentials creds.txtpb
 check "revoking an unknown token exits 1" test "$code" -eq 1
 check "unknown token error names the token" grep -q tok_0000000000000000 unk.err
+
+# --- expiry: issue --ttl/--expires, list, extend ---------------------------------
+run code ttl.out ttl.err token issue --id web-2 --ttl 2h --credentials creds.txtpb
+check "issue --ttl exits 0" test "$code" -eq 0
+check "issue --ttl prints an expires line" \
+  grep -Eqx 'expires: [0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z' ttl.out
+ttl_token=$(awk '/^token:/{print $2}' ttl.out)
+ttl_expires=$(awk '/^expires:/{print $2}' ttl.out)
+in_2h=$(( $(date -u +%s) + 7200 ))
+check "the expiry is two hours from now" \
+  test $(( $(date -u -d "$ttl_expires" +%s) - in_2h )) -le 2 -a \
+       $(( in_2h - $(date -u -d "$ttl_expires" +%s) )) -le 2
+run code exp.out exp.err token issue --id web-3 --expires 2099-01-31T00:00:00Z --credentials creds.txtpb
+check "issue --expires exits 0" test "$code" -eq 0
+check "issue --expires keeps the time" grep -qx 'expires: 2099-01-31T00:00:00Z' exp.out
+run code list3.out list3.err token list --credentials creds.txtpb
+check "list has an EXPIRES column" grep -Eq '^TOKEN +AGENT +CREATED \(UTC\) +EXPIRES \(UTC\) +STATUS' list3.out
+check "list shows the expiry" grep -Eq "^$ttl_token +web-2 .* $ttl_expires +active$" list3.out
+check "list shows never for a token without one" grep -Eq "^$token2 .* never +active$" list3.out
+secret_before=$(grep -A3 "token_id: \"$ttl_token\"" creds.txtpb | awk '/secret:/{print $2}')
+run code ext.out ext.err token extend "$ttl_token" --expires 2098-06-01T12:00:00Z --credentials creds.txtpb
+check "extend exits 0" test "$code" -eq 0
+check "extend says the new expiry" grep -q "now expires at 2098-06-01T12:00:00Z" ext.out
+check "extend says a gateway needs a reload" grep -q 'reloads the file' ext.err
+secret_after=$(grep -A3 "token_id: \"$ttl_token\"" creds.txtpb | awk '/secret:/{print $2}')
+check "extend keeps the secret" test -n "$secret_before" -a "$secret_before" = "$secret_after"
+run code list4.out list4.err token list --credentials creds.txtpb
+check "list shows the extended expiry" grep -Eq "^$ttl_token .* 2098-06-01T12:00:00Z +active$" list4.out
+# An expiry in the past (hand-edited) lists as expired.
+sed -i "s/^\(  *expires_unix: \)$(date -u -d 2098-06-01T12:00:00Z +%s)\$/\11/" creds.txtpb
+run code list5.out list5.err token list --credentials creds.txtpb
+check "a past expiry lists as expired" grep -Eq "^$ttl_token .* expired$" list5.out
+run code ext2.out ext2.err token extend "$ttl_token" --ttl 24h --credentials creds.txtpb
+check "an expired token can be extended" test "$code" -eq 0
+run code ext3.out ext3.err token extend "$token" --ttl 24h --credentials creds.txtpb
+check "a revoked token cannot be extended (exit 1)" test "$code" -eq 1
+check "and is told to issue a new one" grep -q 'is revoked; issue a new one' ext3.err
+run code ext4.out ext4.err token extend "$ttl_token" --credentials creds.txtpb
+check "extend without --ttl or --expires exits 2" test "$code" -eq 2
+run code both.out both.err token issue --id web-4 --ttl 1h --expires 2099-01-01T00:00:00Z --credentials creds.txtpb
+check "--ttl and --expires together exit 2" test "$code" -eq 2
+check "and say so" grep -q 'not both' both.err
+run code past.out past.err token issue --id web-4 --expires 2001-01-01T00:00:00Z --credentials creds.txtpb
+check "an --expires in the past exits 2" test "$code" -eq 2
+run code badt.out badt.err token issue --id web-4 --expires tomorrow --credentials creds.txtpb
+check "a bad --expires exits 2 naming RFC 3339" grep -q 'RFC 3339' badt.err
+check "and issued nothing" bash -c "! grep -q web-4 creds.txtpb"
 
 # --- usage and runtime errors ------------------------------------------------
 run code bad.out bad.err token list --no-such-flag

@@ -175,6 +175,103 @@ TEST_F(CredentialsTest,
   EXPECT_EQ(Metric(gw, "tunnel_credentials_live_tokens"), 2);
 }
 
+// A token past its expiry is refused at connect, the agent told when it
+// expired and how to extend it; the agent stops (retrying cannot help).
+TEST_F(CredentialsTest, AnExpiredTokenIsRefusedAtConnectNamingItsExpiry) {
+  StartGatewayWithFile();
+  server::Gateway& gw = harness_.gateway();
+  const absl::Time now = absl::Now();
+  absl::StatusOr<tunnel::v1::Credential> c = common::IssueCredential(
+      "cam-01", now - absl::Hours(2), now - absl::Hours(1));
+  ASSERT_TRUE(c.ok()) << c.status();
+  *file_.add_credentials() = *c;
+  ASSERT_TRUE(common::SaveCredentialsFile(path_, file_).ok());
+  ASSERT_TRUE(gw.ReloadCredentials().ok());
+  RunningAgent a(WithToken("cam-01", *c));
+  absl::Status end = a.WaitForExit(absl::Seconds(20));
+  EXPECT_EQ(end.code(), absl::StatusCode::kUnauthenticated) << end;
+  EXPECT_THAT(
+      end.message(),
+      HasSubstr(absl::StrCat(c->token_id(), "\" expired at ",
+                             common::FormatUtc(common::CredentialExpiry(*c)))));
+  EXPECT_THAT(end.message(), HasSubstr("tunnelctl token extend"));
+  EXPECT_EQ(
+      Metric(gw, "tunnel_agent_auth_failures_total{reason=\"expired_token\"}"),
+      1);
+}
+
+// A token that expires during a session: from then on new requests are
+// refused (502 saying why, the token id not shown to visitors), the request
+// in flight finishes whole, then the session is closed and the agent stops
+// with the reason. An extended token (and a reload) keeps its session.
+TEST_F(CredentialsTest, ATokenExpiringMidSessionLetsItsRequestInFlightFinish) {
+  StartGatewayWithFile([](server::GatewayOptions& o) {
+    o.service.heartbeat_interval = absl::Milliseconds(100);
+  });
+  server::Gateway& gw = harness_.gateway();
+  const absl::Time now = absl::Now();
+  absl::StatusOr<tunnel::v1::Credential> soon =
+      common::IssueCredential("cam-01", now, now + absl::Seconds(2));
+  absl::StatusOr<tunnel::v1::Credential> extended =
+      common::IssueCredential("cam-02", now, now + absl::Seconds(2));
+  ASSERT_TRUE(soon.ok() && extended.ok());
+  *file_.add_credentials() = *soon;
+  *file_.add_credentials() = *extended;
+  ASSERT_TRUE(common::SaveCredentialsFile(path_, file_).ok());
+  ASSERT_TRUE(gw.ReloadCredentials().ok());
+  RunningAgent* a = harness_.StartAgent(WithToken("cam-01", *soon));
+  RunningAgent* b = harness_.StartAgent(WithToken("cam-02", *extended));
+  const absl::Time expiry = common::CredentialExpiry(*soon);
+
+  // cam-02's token is extended by an hour before it expires.
+  for (auto& c : *file_.mutable_credentials()) {
+    if (c.token_id() == extended->token_id()) {
+      common::SetCredentialExpiry(c, now + absl::Hours(1));
+    }
+  }
+  ASSERT_TRUE(common::SaveCredentialsFile(path_, file_).ok());
+  ASSERT_TRUE(gw.ReloadCredentials().ok());
+
+  std::pair<int, std::string> slow;
+  std::thread visitor([&] { slow = Get("cam-01", "/slow"); });
+  ASSERT_TRUE(slow_entered_.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  // Past the expiry the session is retired within a heartbeat.
+  std::shared_ptr<server::Session> s = gw.registry().FindByAgent("cam-01");
+  ASSERT_NE(s, nullptr);
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (s->retired_at() == absl::InfiniteFuture() && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_NE(s->retired_at(), absl::InfiniteFuture());
+  EXPECT_GE(s->retired_at(), expiry);
+  auto refused = harness_.Visitor()->Get(TunnelHarness::Path("cam-01", "/"));
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->status, 502);
+  EXPECT_EQ(refused->get_header_value("X-Tunnel-Error"), "agent_offline");
+  EXPECT_THAT(refused->body,
+              HasSubstr(absl::StrCat("the agent's token expired at ",
+                                     common::FormatUtc(expiry))));
+  EXPECT_THAT(refused->body, ::testing::Not(HasSubstr(soon->token_id())));
+  EXPECT_EQ(a->agent().sessions_started(), 1u);  // still connected
+
+  slow_release_.Notify();
+  visitor.join();
+  EXPECT_EQ(slow, std::make_pair(200, std::string("slow but fine")));
+  absl::Status end = a->WaitForExit(absl::Seconds(20));
+  EXPECT_EQ(end.code(), absl::StatusCode::kUnauthenticated) << end;
+  EXPECT_THAT(end.message(),
+              HasSubstr(absl::StrCat(soon->token_id(), "\" expired at ",
+                                     common::FormatUtc(expiry))));
+  EXPECT_EQ(Metric(gw, "tunnel_agent_sessions_expired_total"), 1);
+
+  // cam-02 is past its first expiry too, and serves on in its first session.
+  EXPECT_GE(absl::Now(), common::CredentialExpiry(*extended));
+  EXPECT_EQ(Get("cam-02"), std::make_pair(200, std::string("hello")));
+  EXPECT_EQ(b->agent().sessions_started(), 1u);
+  EXPECT_EQ(gw.registry().FindByAgent("cam-02")->retired_at(),
+            absl::InfiniteFuture());
+}
+
 TEST_F(CredentialsTest, NewTokenTakesOverThenRevokingTheOldOneClosesNothing) {
   StartGatewayWithFile();
   server::Gateway& gw = harness_.gateway();
