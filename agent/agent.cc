@@ -111,6 +111,14 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
         outbox_(common::kMaxChunkBytes) {}
 
   void Accept(const tunnel::v1::ConnectAccepted& a) {
+    // The slugs as the gateway routes them (it chose them for --slug
+    // random): one AcceptedTunnel per TunnelSpec, in order.
+    targets_ = options_.tunnels;
+    for (LocalTarget& t : targets_) {
+      for (const auto& at : a.tunnels()) {
+        if (at.name() == t.name) t.slug = at.slug();
+      }
+    }
     // The gateway never agrees to more than was offered; an old gateway
     // sends 0 (no batches).
     batch_bytes_ = std::min(a.max_batch_bytes(), options_.max_batch_bytes);
@@ -353,7 +361,7 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
 
   void OnRequest(tunnel::v1::TunnelRequest r) {
     const LocalTarget* target = nullptr;
-    for (const LocalTarget& t : options_.tunnels) {
+    for (const LocalTarget& t : targets_) {
       if (t.slug == r.tunnel_slug()) target = &t;
     }
     if (target == nullptr) {
@@ -404,6 +412,7 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
   WorkerPool* const pool_;
   OriginLoop* const loop_;
   UpgradeLoop* const upgrades_;
+  std::vector<LocalTarget> targets_;  // set by Accept, then read-only
   common::Outbox outbox_;
   WriteFn write_;
   std::atomic<bool> write_failed_{false};
@@ -637,10 +646,19 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
   if (options_.access_code.has_value()) {
     *c->mutable_access_code() = *options_.access_code;
   }
-  for (const LocalTarget& t : options_.tunnels) {
-    auto* spec = c->add_tunnels();
-    spec->set_name(t.name);
-    spec->set_slug(t.slug);
+  {
+    // --slug random: the gateway chooses at the first connect; after that
+    // the agent asks for what it was given (so its URLs survive reconnects
+    // and gateway restarts).
+    absl::MutexLock lock(&mu_);
+    const bool choose = options_.random_slug && assigned_slugs_.empty();
+    c->set_random_slug(choose);
+    for (const LocalTarget& t : options_.tunnels) {
+      auto* spec = c->add_tunnels();
+      spec->set_name(t.name);
+      auto it = assigned_slugs_.find(t.name);
+      spec->set_slug(it != assigned_slugs_.end() ? it->second : t.slug);
+    }
   }
   stream->Write(hello);
 
@@ -717,6 +735,11 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
     ++sessions_started_;
     tunnels_.assign(first.accepted().tunnels().begin(),
                     first.accepted().tunnels().end());
+    if (options_.random_slug && assigned_slugs_.empty()) {
+      for (const auto& t : first.accepted().tunnels()) {
+        assigned_slugs_[t.name()] = t.slug();
+      }
+    }
   }
   TUNNEL_LOG(INFO) << "connected to " << options_.gateway << " (session "
                    << first.accepted().session_id() << ")";

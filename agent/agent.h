@@ -10,6 +10,7 @@
 #define TUNNEL_AGENT_AGENT_H_
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -48,6 +49,9 @@ struct AgentOptions {
   std::string token_id;
   std::string secret;  // base64url, from `tunnelctl token issue`
   std::vector<LocalTarget> tunnels;
+  // --slug random: the gateway chooses the slugs at the first connect
+  // (LocalTarget::slug is then empty); later connects ask for those.
+  bool random_slug = false;
   // Visitors must enter the code this hashes (common/access_code.h) for
   // every tunnel; nullopt: public tunnels. Only the hash is sent.
   std::optional<tunnel::v1::AccessCodeHash> access_code;
@@ -134,6 +138,9 @@ class Agent {
   bool connected_ ABSL_GUARDED_BY(mu_) = false;
   size_t sessions_started_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<tunnel::v1::AcceptedTunnel> tunnels_ ABSL_GUARDED_BY(mu_);
+  // --slug random: tunnel name -> the slug the gateway chose, asked for
+  // again on every reconnect.
+  std::map<std::string, std::string> assigned_slugs_ ABSL_GUARDED_BY(mu_);
   // The live call, so Stop() can cancel it.
   grpc::ClientContext* current_ctx_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::shared_ptr<Session> current_session_ ABSL_GUARDED_BY(mu_);

@@ -34,7 +34,9 @@ void RegisterConnectFlags(common::FlagSet* flags, AgentFlags* v) {
                   "local service: URL, or NAME=URL for an extra named tunnel "
                   "(slug NAME-<slug>)");
   flags->String("slug", &v->slug,
-                "public slug of the unnamed tunnel (default: "
+                "public slug of the unnamed tunnel, or \"random\" for 8 "
+                "random chars the gateway chooses and keeps for this process "
+                "(default: "
                 "the agent id, lowercased)");
   flags->String("access-code", &v->access_code,
                 "visitors must enter this code (once per browser; a cookie "
@@ -205,9 +207,14 @@ absl::Status ParseConnectFlags(int argc, char** argv, int first,
   o.max_queued_bytes = static_cast<size_t>(v->send_queue);
   std::string slug = v->slug;
   if (slug.empty()) slug = absl::AsciiStrToLower(o.agent_id);
-  auto targets = ParseTargets(v->to, slug);
+  o.random_slug = slug == "random";
+  // A random slug is 8 chars: the names are checked against one that long.
+  auto targets = ParseTargets(v->to, o.random_slug ? "r4nd0m00" : slug);
   if (!targets.ok()) return targets.status();
   o.tunnels = *std::move(targets);
+  if (o.random_slug) {
+    for (LocalTarget& t : o.tunnels) t.slug.clear();  // the gateway's to say
+  }
   return absl::OkStatus();
 }
 

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/slug.h"
 
 namespace tunnel::server {
 
@@ -11,6 +12,14 @@ void SessionRegistry::ReserveAgentSlugs(
   for (const std::string& id : agent_ids) {
     slug_owner_.emplace(id, id);
     ActivityLocked(id);
+  }
+}
+
+std::string SessionRegistry::UnusedRandomSlug() const {
+  absl::MutexLock lock(&mu_);
+  while (true) {  // 36^8 slugs: a second draw is already rare
+    std::string slug = common::RandomSlug();
+    if (!slug_owner_.contains(slug)) return slug;
   }
 }
 

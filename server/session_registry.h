@@ -41,6 +41,10 @@ class SessionRegistry : public TunnelRouter {
  public:
   SessionRegistry() = default;
 
+  // A slug from common::RandomSlug that no agent owns (nor is reserved for
+  // one) now.
+  std::string UnusedRandomSlug() const;
+
   // Reserves slug == agent id for each of these agents.
   void ReserveAgentSlugs(const std::vector<std::string>& agent_ids);
 

@@ -289,6 +289,17 @@ class AgentConnection final : public EnvelopeWriter {
              grpc::StatusCode::INVALID_ARGUMENT);
       return;
     }
+    if (req.random_slug()) {
+      // The gateway chooses: NAME-<random> for named tunnels, and the
+      // random part alone for the unnamed one.
+      const std::string base = service_->registry_->UnusedRandomSlug();
+      for (auto& t : *in_.mutable_connect()->mutable_tunnels()) {
+        t.set_slug(
+            t.name().empty()
+                ? base
+                : absl::StrCat(absl::AsciiStrToLower(t.name()), "-", base));
+      }
+    }
     std::vector<std::string> slugs;
     absl::flat_hash_set<std::string> seen;
     for (const auto& t : req.tunnels()) {

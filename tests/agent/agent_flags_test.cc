@@ -74,6 +74,29 @@ TEST(AgentFlagsTest, AccessCodeIsHashedAndChecked) {
   EXPECT_NE(s.message().find("--access-code"), std::string::npos) << s;
 }
 
+TEST(AgentFlagsTest, SlugRandomLeavesTheSlugsToTheGateway) {
+  AgentFlags v;
+  absl::Status s = ParseConnect(
+      {"--slug", "random", "--to", "api=http://127.0.0.1:3001"}, &v);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_TRUE(v.options.random_slug);
+  ASSERT_EQ(v.options.tunnels.size(), 2u);
+  for (const LocalTarget& t : v.options.tunnels)
+    EXPECT_EQ(t.slug, "") << t.name;
+  // Names are checked against an 8-char random part: "<name>-xxxxxxxx"
+  // must still be a slug of at most 32 chars.
+  AgentFlags too_long;
+  s = ParseConnect({"--slug", "random", "--to",
+                    "a-name-of-twenty-four-ch=http://127.0.0.1:3001"},
+                   &too_long);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("tunnel name"), std::string::npos) << s;
+  AgentFlags plain;
+  ASSERT_TRUE(ParseConnect({"--slug", "front"}, &plain).ok());
+  EXPECT_FALSE(plain.options.random_slug);
+  EXPECT_EQ(plain.options.tunnels[0].slug, "front");
+}
+
 TEST(AgentFlagsTest, SendQueueReachesTheOptionsAndIsBounded) {
   AgentFlags defaults;
   ASSERT_TRUE(ParseConnect({}, &defaults).ok());

@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -1144,6 +1145,90 @@ TEST_F(TunnelTest, TwoTunnelsOnOneAgentReachTheirOwnServices) {
   auto v = h.Visitor();
   EXPECT_EQ(v->Get(TunnelHarness::Path("cam-01", "/who"))->body, "main");
   EXPECT_EQ(v->Get(TunnelHarness::Path("api-cam-01", "/who"))->body, "other");
+}
+
+// --slug random: each agent process gets 8 random [a-z0-9] chars from the
+// gateway, no two alike, and a named tunnel NAME gets NAME-<those>.
+TEST_F(TunnelTest, RandomSlugsAreEightCharsAndDistinctAcross200Agents) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 200; ++i) ids.push_back(absl::StrCat("rnd-", i));
+  TunnelHarness h(ids);
+  h.StartGateway();
+  std::set<std::string> slugs;
+  std::string first;
+  for (const std::string& id : ids) {
+    agent::AgentOptions o = h.AgentOptionsFor(id, {svc_.url()});
+    o.random_slug = true;
+    for (auto& t : o.tunnels) t.slug.clear();
+    if (id == ids[0]) {
+      // The first one has a named tunnel too.
+      absl::StatusOr<agent::LocalTarget> named =
+          agent::ParseTarget(absl::StrCat("api=", svc_.url()));
+      ASSERT_TRUE(named.ok()) << named.status();
+      o.tunnels.push_back(*named);
+    }
+    o.max_concurrent = 4;
+    RunningAgent* a = h.StartAgent(std::move(o));
+    std::vector<tunnel::v1::AcceptedTunnel> t = a->agent().tunnels();
+    ASSERT_FALSE(t.empty());
+    const std::string& slug = t[0].slug();
+    EXPECT_TRUE(std::all_of(slug.begin(), slug.end(),
+                            [](char c) {
+                              return absl::ascii_islower(c) ||
+                                     absl::ascii_isdigit(c);
+                            }) &&
+                slug.size() == 8)
+        << slug;
+    EXPECT_THAT(t[0].url(), HasSubstr(absl::StrCat("//", slug, ".")));
+    slugs.insert(slug);
+    if (id == ids[0]) {
+      first = slug;
+      ASSERT_EQ(t.size(), 2u);
+      EXPECT_EQ(t[1].slug(), absl::StrCat("api-", slug));
+    }
+  }
+  EXPECT_EQ(slugs.size(), ids.size());
+  auto r = h.Visitor()->Get(TunnelHarness::Path(first, "/info"));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  r = h.Visitor()->Get(TunnelHarness::Path(absl::StrCat("api-", first), "/"));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+}
+
+// The agent asks for the slug it was given when it reconnects, so its URL
+// survives a gateway restart; no other agent can take that slug, not even
+// once the first one is gone.
+TEST_F(TunnelTest, ARandomSlugIsKeptAcrossAGatewayRestartAndNotGivenAway) {
+  TunnelHarness h({"cam-01", "cam-02"});
+  h.StartGateway();
+  agent::AgentOptions o = h.AgentOptionsFor("cam-01", {svc_.url()});
+  o.random_slug = true;
+  o.tunnels[0].slug.clear();
+  RunningAgent* a = h.StartAgent(std::move(o));
+  const std::string slug = a->agent().tunnels()[0].slug();
+  ASSERT_EQ(slug.size(), 8u);
+
+  h.RestartGateway();
+  ASSERT_TRUE(h.WaitForSessions(1));
+  EXPECT_EQ(a->agent().sessions_started(), 2u);
+  EXPECT_EQ(a->agent().tunnels()[0].slug(), slug);
+  auto r = h.Visitor()->Get(TunnelHarness::Path(slug, "/info"));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+
+  auto take = [&] {
+    agent::AgentOptions b = h.AgentOptionsFor("cam-02", {svc_.url()});
+    b.tunnels[0].slug = slug;
+    RunningAgent thief(std::move(b));
+    return thief.WaitForExit(absl::Seconds(20));
+  };
+  absl::Status refused = take();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kAlreadyExists) << refused;
+  EXPECT_THAT(refused.message(), HasSubstr(slug));
+  a->Stop();
+  refused = take();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kAlreadyExists) << refused;
 }
 
 TEST_F(TunnelTest, UnknownTunnelIs404) {
