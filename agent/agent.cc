@@ -646,6 +646,9 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
   if (options_.access_code.has_value()) {
     *c->mutable_access_code() = *options_.access_code;
   }
+  if (options_.ip_rules.allow_size() > 0 || options_.ip_rules.deny_size() > 0) {
+    *c->mutable_ip_rules() = options_.ip_rules;
+  }
   {
     // --slug random: the gateway chooses at the first connect; after that
     // the agent asks for what it was given (so its URLs survive reconnects

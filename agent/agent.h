@@ -52,6 +52,8 @@ struct AgentOptions {
   // --slug random: the gateway chooses the slugs at the first connect
   // (LocalTarget::slug is then empty); later connects ask for those.
   bool random_slug = false;
+  // Who may reach the agent's tunnels (checked CIDR text; empty: anyone).
+  tunnel::v1::IpRules ip_rules;
   // Visitors must enter the code this hashes (common/access_code.h) for
   // every tunnel; nullopt: public tunnels. Only the hash is sent.
   std::optional<tunnel::v1::AccessCodeHash> access_code;

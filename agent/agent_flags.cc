@@ -7,6 +7,7 @@
 #include "agent/local_target.h"
 #include "agent/state_file.h"
 #include "common/access_code.h"
+#include "common/cidr.h"
 #include "common/config_file.h"
 #include "common/log.h"
 #include "common/tls.h"
@@ -42,6 +43,13 @@ void RegisterConnectFlags(common::FlagSet* flags, AgentFlags* v) {
                 "visitors must enter this code (once per browser; a cookie "
                 "keeps them in) for all tunnels of this agent; only a salted "
                 "hash reaches the gateway (prefer the env var)");
+  flags->Repeated("allow-cidr", &v->allow_cidr,
+                  "only visitors from this CIDR range (e.g. 203.0.113.0/24, "
+                  "2001:db8::/32) may reach this agent's tunnels; "
+                  "repeatable");
+  flags->Repeated("deny-cidr", &v->deny_cidr,
+                  "visitors from this CIDR range may not reach this agent's "
+                  "tunnels (wins over --allow-cidr); repeatable");
   flags->Bool("insecure", &o.insecure,
               "connect without TLS (only for a gateway started with "
               "--insecure)");
@@ -201,6 +209,14 @@ absl::Status ParseConnectFlags(int argc, char** argv, int first,
     }
     o.access_code = *std::move(h);
   }
+  if (absl::StatusOr<common::IpRules> rules = common::ParseIpRules(
+          v->allow_cidr, v->deny_cidr, "--allow-cidr", "--deny-cidr");
+      !rules.ok()) {
+    return rules.status();
+  }
+  o.ip_rules.Clear();
+  for (const std::string& c : v->allow_cidr) o.ip_rules.add_allow(c);
+  for (const std::string& c : v->deny_cidr) o.ip_rules.add_deny(c);
   o.max_concurrent = static_cast<size_t>(v->max_concurrent);
   o.receive_window = static_cast<uint32_t>(v->receive_window);
   o.max_batch_bytes = static_cast<uint32_t>(v->batch_bytes);

@@ -27,6 +27,8 @@ struct AgentFlags {
   int64_t receive_window = 0;
   int64_t batch_bytes = 0;
   int64_t send_queue = 0;
+  std::vector<std::string> allow_cidr;
+  std::vector<std::string> deny_cidr;
   std::string ca_file;           // --ca
   std::string client_cert_file;  // --client-cert
   std::string client_key_file;   // --client-key

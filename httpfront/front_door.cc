@@ -8,8 +8,10 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/cidr.h"
 #include "common/random.h"
 #include "httpfront/access_gate.h"
 #include "httpfront/error_pages.h"
@@ -203,6 +205,21 @@ class FrontDoor::Handler {
       return;
     }
 
+    // IP rules come first: a refused address learns nothing more (not even
+    // whether the tunnel has an access code).
+    if (std::shared_ptr<const common::IpRules> rules =
+            router_->IpRulesFor(route->slug)) {
+      const std::optional<common::IpAddress> visitor = VisitorAddress(req);
+      if (!visitor.has_value() || !rules->Allows(*visitor)) {
+        record.tunnel = route->slug;  // it has rules, hence known
+        log_.metrics().ip_denials->WithLabels({route->slug})->Increment();
+        SetError(req, res, 403, "ip_not_allowed",
+                 absl::StrCat("your address (", VisitorAddressText(req),
+                              ") may not reach this tunnel"));
+        return;
+      }
+    }
+
     // A tunnel with an access code: only visitors with a valid cookie (or
     // the code itself) pass; ours never reach the service (`code` query
     // parameter, the access cookie, X-Tunnel-Access-Code).
@@ -330,6 +347,44 @@ class FrontDoor::Handler {
   }
 
  private:
+  // The visitor's address as the IP rules see it: the socket's, or, from a
+  // trusted proxy, the rightmost X-Forwarded-For entry that is not a
+  // trusted proxy itself. Nullopt when an address does not parse (then no
+  // rule can admit it).
+  std::optional<common::IpAddress> VisitorAddress(
+      const httplib::Request& req) const {
+    absl::StatusOr<common::IpAddress> socket =
+        common::ParseIpAddress(req.remote_addr);
+    if (!socket.ok()) return std::nullopt;
+    if (!Trusted(*socket)) return *socket;
+    std::vector<std::string> hops;
+    for (size_t i = 0, n = req.get_header_value_count("X-Forwarded-For"); i < n;
+         ++i) {
+      for (absl::string_view hop :
+           absl::StrSplit(req.get_header_value("X-Forwarded-For", i), ',')) {
+        hops.emplace_back(absl::StripAsciiWhitespace(hop));
+      }
+    }
+    common::IpAddress visitor = *socket;
+    for (auto it = hops.rbegin(); it != hops.rend(); ++it) {
+      absl::StatusOr<common::IpAddress> hop = common::ParseIpAddress(*it);
+      if (!hop.ok()) return std::nullopt;  // forged or garbled: refuse
+      visitor = *hop;
+      if (!Trusted(visitor)) break;
+    }
+    return visitor;
+  }
+  std::string VisitorAddressText(const httplib::Request& req) const {
+    std::optional<common::IpAddress> a = VisitorAddress(req);
+    return a.has_value() ? common::FormatIpAddress(*a) : "unknown";
+  }
+  bool Trusted(const common::IpAddress& a) const {
+    for (const common::Cidr& c : options_.trusted_proxies) {
+      if (c.Contains(a)) return true;
+    }
+    return false;
+  }
+
   // Sends the request body to the agent against its credit: a streamed one
   // as it arrives from the visitor, one httplib read whole at once. False:
   // `res` holds the answer (the stream is cancelled).

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/cidr.h"
 #include "common/metrics.h"
 #include "common/tls.h"
 #include "httpfront/front_server.h"
@@ -32,6 +33,10 @@ struct FrontDoorOptions {
   absl::Duration response_timeout = absl::Seconds(30);
   // A body (either way) that moves no byte for this long is aborted.
   absl::Duration body_idle_timeout = absl::Minutes(5);
+  // Proxies in front of the gateway: from one of these, the visitor's
+  // address for the IP rules is the rightmost X-Forwarded-For entry that
+  // is not one of them (never the header from anyone else).
+  std::vector<common::Cidr> trusted_proxies;
   // Retry-After on 502 "agent offline".
   absl::Duration offline_retry_after = absl::Seconds(5);
   // An upgraded connection (WebSocket) is closed after this long without a

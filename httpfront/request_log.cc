@@ -44,7 +44,12 @@ FrontMetrics::FrontMetrics(common::MetricsRegistry* r)
           "tunnel_access_grants_total",
           "Visitors let through a tunnel's access code gate, by how "
           "(cookie, form, query, header).",
-          {"via"})) {
+          {"via"})),
+      ip_denials(
+          r->AddCounter("tunnel_ip_denials_total",
+                        "Visitor requests refused by a tunnel's IP rules (403 "
+                        "ip_not_allowed), by tunnel.",
+                        {"tunnel"})) {
   common::CounterFamily* limits = r->AddCounter(
       "tunnel_limit_rejections_total",
       "Visitor requests and connections refused or cut at a configured "

@@ -49,6 +49,7 @@ struct FrontMetrics {
   common::Histogram* const duration;
   common::CounterFamily* const access_denials;
   common::CounterFamily* const access_grants;
+  common::CounterFamily* const ip_denials;
   // Resolved at start: counting a rejection takes no lock.
   common::Counter* limit_rejections[kLimitKinds] = {};
 };

@@ -7,8 +7,10 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/access_code.h"
 #include "common/admin_token.h"
+#include "common/cidr.h"
 #include "common/log.h"
 
 namespace tunnel::server {
@@ -133,6 +135,22 @@ grpc::Status AdminServiceImpl::SetAccessCode(
   return grpc::Status::OK;
 }
 
+grpc::Status AdminServiceImpl::SetIpRules(
+    grpc::ServerContext* context, const tunnel::v1::SetIpRulesRequest* request,
+    tunnel::v1::SetIpRulesResponse* response) {
+  if (absl::Status s = Authorize(*context); !s.ok()) return ToGrpcStatus(s);
+  absl::StatusOr<tunnel::v1::SetIpRulesResponse> r = SetRules(*request);
+  if (!r.ok()) return ToGrpcStatus(r.status());
+  common::LogEvent(common::LogLevel::kInfo, "admin_set_ip_rules")
+      .Str("tunnel", r->slug())
+      .Str("allow", absl::StrJoin(r->allow(), ","))
+      .Str("deny", absl::StrJoin(r->deny(), ","))
+      .Str("source", r->source())
+      .Str("peer", context->peer());
+  *response = *std::move(r);
+  return grpc::Status::OK;
+}
+
 grpc::Status AdminServiceImpl::ReloadCredentials(
     grpc::ServerContext* context, const tunnel::v1::ReloadCredentialsRequest*,
     tunnel::v1::ReloadCredentialsResponse* response) {
@@ -170,6 +188,40 @@ absl::StatusOr<tunnel::v1::SetAccessCodeResponse> AdminServiceImpl::SetAccess(
   tunnel::v1::SetAccessCodeResponse out;
   out.set_slug(request.slug());
   out.set_access(AccessModeOf(*registry_, request.slug()));
+  return out;
+}
+
+absl::StatusOr<tunnel::v1::SetIpRulesResponse> AdminServiceImpl::SetRules(
+    const tunnel::v1::SetIpRulesRequest& request) const {
+  if (request.slug().empty()) {
+    return absl::InvalidArgumentError("slug is required");
+  }
+  std::shared_ptr<const common::IpRules> rules;
+  if (request.clear()) {
+    if (request.allow_size() > 0 || request.deny_size() > 0) {
+      return absl::InvalidArgumentError(
+          "clear drops the admin's rules: give no allow or deny ranges with "
+          "it");
+    }
+  } else {
+    absl::StatusOr<common::IpRules> parsed = common::ParseIpRules(
+        {request.allow().begin(), request.allow().end()},
+        {request.deny().begin(), request.deny().end()}, "allow", "deny");
+    if (!parsed.ok()) return parsed.status();
+    rules = std::make_shared<const common::IpRules>(*std::move(parsed));
+  }
+  if (absl::Status s = registry_->SetIpRules(request.slug(), std::move(rules));
+      !s.ok()) {
+    return s;
+  }
+  tunnel::v1::SetIpRulesResponse out;
+  out.set_slug(request.slug());
+  out.set_source(registry_->IpRulesSource(request.slug()));
+  if (std::shared_ptr<const common::IpRules> now =
+          registry_->IpRulesFor(request.slug())) {
+    for (const common::Cidr& c : now->allow) out.add_allow(c.ToString());
+    for (const common::Cidr& c : now->deny) out.add_deny(c.ToString());
+  }
   return out;
 }
 

@@ -68,6 +68,9 @@ class AdminServiceImpl final : public tunnel::v1::AdminService::Service {
       grpc::ServerContext* context,
       const tunnel::v1::SetAccessCodeRequest* request,
       tunnel::v1::SetAccessCodeResponse* response) override;
+  grpc::Status SetIpRules(grpc::ServerContext* context,
+                          const tunnel::v1::SetIpRulesRequest* request,
+                          tunnel::v1::SetIpRulesResponse* response) override;
   grpc::Status ReloadCredentials(
       grpc::ServerContext* context,
       const tunnel::v1::ReloadCredentialsRequest* request,
@@ -83,6 +86,8 @@ class AdminServiceImpl final : public tunnel::v1::AdminService::Service {
       absl::string_view agent_id) const;
   absl::StatusOr<tunnel::v1::SetAccessCodeResponse> SetAccess(
       const tunnel::v1::SetAccessCodeRequest& request) const;
+  absl::StatusOr<tunnel::v1::SetIpRulesResponse> SetRules(
+      const tunnel::v1::SetIpRulesRequest& request) const;
 
   const std::optional<std::string> token_;
   SessionRegistry* const registry_;

@@ -1,6 +1,7 @@
 #include "server/gateway_flags.h"
 
 #include "absl/strings/str_cat.h"
+#include "common/cidr.h"
 #include "common/config_file.h"
 #include "common/flow_control.h"
 #include "common/log.h"
@@ -130,6 +131,10 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
   flags->Int("max-tracked-client-ips", &o.front.connection.client_ip_capacity,
              "client IPs the per-IP limits remember at most (idle ones "
              "beyond are forgotten, expired windows first)");
+  flags->Repeated("trusted-proxy", &v->trusted_proxies,
+                  "a CIDR range of proxies in front of the gateway whose "
+                  "X-Forwarded-For says who the visitor is (for the IP rules; "
+                  "repeatable)");
   flags->Int("max-request-body", &o.front.max_request_body,
              "largest request body in bytes, else 413; 0: unlimited");
   flags->Int("max-response-body", &o.front.max_response_body,
@@ -185,6 +190,14 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
         !s.ok()) {
       return s;
     }
+  }
+  for (const std::string& text : v->trusted_proxies) {
+    absl::StatusOr<common::Cidr> c = common::ParseCidr(text);
+    if (!c.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--trusted-proxy: ", c.status().message()));
+    }
+    v->options.front.trusted_proxies.push_back(*c);
   }
   if (v->options.admin_addr.empty() && !v->options.admin_token_file.empty()) {
     return absl::InvalidArgumentError(

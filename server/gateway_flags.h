@@ -16,6 +16,7 @@ namespace tunnel::server {
 // What the flags fill in: the options plus the values main() checks and
 // converts itself.
 struct GatewayFlags {
+  std::vector<std::string> trusted_proxies;
   GatewayOptions options;
   std::string config;  // --config: a tunnel.v1.GatewayConfig file
   int64_t stream_window = 0;

@@ -32,7 +32,8 @@ TunnelActivity* SessionRegistry::ActivityLocked(const std::string& slug) {
 absl::Status SessionRegistry::Register(
     const std::shared_ptr<Session>& session,
     const std::vector<std::string>& slugs, std::shared_ptr<Session>* replaced,
-    const std::optional<tunnel::v1::AccessCodeHash>& access) {
+    const std::optional<tunnel::v1::AccessCodeHash>& access,
+    std::shared_ptr<const common::IpRules> ip_rules) {
   absl::MutexLock lock(&mu_);
   const std::string& agent = session->agent_id();
   for (const std::string& slug : slugs) {
@@ -47,6 +48,7 @@ absl::Status SessionRegistry::Register(
     for (auto r = routes_.begin(); r != routes_.end();) {
       if (r->second == *replaced) {
         agent_codes_.erase(r->first);
+        agent_ip_rules_.erase(r->first);
         routes_.erase(r++);
       } else {
         ++r;
@@ -63,6 +65,11 @@ absl::Status SessionRegistry::Register(
     } else {
       agent_codes_.erase(slug);
     }
+    if (ip_rules != nullptr && !ip_rules->empty()) {
+      agent_ip_rules_[slug] = ip_rules;
+    } else {
+      agent_ip_rules_.erase(slug);
+    }
   }
   return absl::OkStatus();
 }
@@ -75,6 +82,7 @@ void SessionRegistry::Unregister(const Session* session) {
   for (auto r = routes_.begin(); r != routes_.end();) {
     if (r->second.get() == session) {
       agent_codes_.erase(r->first);
+      agent_ip_rules_.erase(r->first);
       routes_.erase(r++);
     } else {
       ++r;
@@ -149,6 +157,40 @@ size_t SessionRegistry::stream_count() const {
   size_t n = 0;
   for (const auto& s : Sessions()) n += s->stream_count();
   return n;
+}
+
+std::shared_ptr<const common::IpRules> SessionRegistry::IpRulesFor(
+    absl::string_view slug) const {
+  absl::MutexLock lock(&mu_);
+  if (auto it = admin_ip_rules_.find(slug); it != admin_ip_rules_.end()) {
+    return it->second;
+  }
+  if (auto it = agent_ip_rules_.find(slug); it != agent_ip_rules_.end()) {
+    return it->second;
+  }
+  return nullptr;
+}
+
+absl::Status SessionRegistry::SetIpRules(
+    absl::string_view slug, std::shared_ptr<const common::IpRules> rules) {
+  absl::MutexLock lock(&mu_);
+  if (!slug_owner_.contains(slug)) {
+    return absl::NotFoundError(
+        absl::StrCat("no tunnel \"", slug, "\" on this gateway"));
+  }
+  if (rules == nullptr) {
+    admin_ip_rules_.erase(slug);
+  } else {
+    admin_ip_rules_[slug] = std::move(rules);
+  }
+  return absl::OkStatus();
+}
+
+std::string SessionRegistry::IpRulesSource(absl::string_view slug) const {
+  absl::MutexLock lock(&mu_);
+  if (admin_ip_rules_.contains(slug)) return "admin";
+  if (agent_ip_rules_.contains(slug)) return "agent";
+  return "none";
 }
 
 }  // namespace tunnel::server

@@ -56,7 +56,8 @@ class SessionRegistry : public TunnelRouter {
   absl::Status Register(
       const std::shared_ptr<Session>& session,
       const std::vector<std::string>& slugs, std::shared_ptr<Session>* replaced,
-      const std::optional<tunnel::v1::AccessCodeHash>& access = std::nullopt);
+      const std::optional<tunnel::v1::AccessCodeHash>& access = std::nullopt,
+      std::shared_ptr<const common::IpRules> ip_rules = nullptr);
   // Removes `session` if it is still the live one of its agent.
   void Unregister(const Session* session);
 
@@ -78,6 +79,15 @@ class SessionRegistry : public TunnelRouter {
   // public (whatever its agent asked for). NOT_FOUND for an unknown slug.
   absl::Status SetAccess(absl::string_view slug,
                          std::optional<tunnel::v1::AccessCodeHash> code);
+
+  std::shared_ptr<const common::IpRules> IpRulesFor(
+      absl::string_view slug) const override;
+  // Admin override of a known slug's IP rules (null: drop the override).
+  // NOT_FOUND for an unknown slug.
+  absl::Status SetIpRules(absl::string_view slug,
+                          std::shared_ptr<const common::IpRules> rules);
+  // Whose rules are in force for `slug`: "admin", "agent" or "none".
+  std::string IpRulesSource(absl::string_view slug) const;
 
  private:
   mutable absl::Mutex mu_;
@@ -101,6 +111,12 @@ class SessionRegistry : public TunnelRouter {
   // Slug -> admin override (nullopt: public). Bounded by the owned slugs.
   absl::flat_hash_map<std::string, std::optional<tunnel::v1::AccessCodeHash>>
       admin_codes_ ABSL_GUARDED_BY(mu_);
+  // Live slug -> its agent's IP rules (only slugs with rules).
+  absl::flat_hash_map<std::string, std::shared_ptr<const common::IpRules>>
+      agent_ip_rules_ ABSL_GUARDED_BY(mu_);
+  // Slug -> admin's IP rules. Bounded by the owned slugs.
+  absl::flat_hash_map<std::string, std::shared_ptr<const common::IpRules>>
+      admin_ip_rules_ ABSL_GUARDED_BY(mu_);
   TunnelActivity* ActivityLocked(const std::string& slug)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 };

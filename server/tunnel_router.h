@@ -22,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "common/cidr.h"
 #include "common/flow_control.h"
 #include "tunnel/v1/tunnel.pb.h"
 
@@ -64,6 +65,11 @@ class TunnelRouter {
   virtual std::optional<tunnel::v1::AccessCodeHash> AccessCodeFor(
       absl::string_view /*slug*/) const {
     return std::nullopt;
+  }
+  // Who may reach `slug` (null: everyone). Thread-safe; cheap.
+  virtual std::shared_ptr<const common::IpRules> IpRulesFor(
+      absl::string_view /*slug*/) const {
+    return nullptr;
   }
 };
 

@@ -17,6 +17,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "common/access_code.h"
+#include "common/cidr.h"
 #include "common/log.h"
 #include "common/random.h"
 #include "common/slug.h"
@@ -326,6 +327,21 @@ class AgentConnection final : public EnvelopeWriter {
       }
       access = req.access_code();
     }
+    std::shared_ptr<const common::IpRules> ip_rules;
+    if (req.has_ip_rules()) {
+      absl::StatusOr<common::IpRules> r = common::ParseIpRules(
+          {req.ip_rules().allow().begin(), req.ip_rules().allow().end()},
+          {req.ip_rules().deny().begin(), req.ip_rules().deny().end()},
+          "ip_rules.allow", "ip_rules.deny");
+      if (!r.ok()) {
+        Refuse(ConnectError::INVALID_REQUEST, std::string(r.status().message()),
+               grpc::StatusCode::INVALID_ARGUMENT);
+        return;
+      }
+      if (!r->empty()) {
+        ip_rules = std::make_shared<const common::IpRules>(*std::move(r));
+      }
+    }
     session_->SetAgentReceiveWindow(req.receive_window());
     std::vector<SessionTunnel> tunnels;
     for (const auto& t : req.tunnels()) {
@@ -358,8 +374,8 @@ class AgentConnection final : public EnvelopeWriter {
       return;
     }
     std::shared_ptr<Session> replaced;
-    if (absl::Status s =
-            service_->registry_->Register(session_, slugs, &replaced, access);
+    if (absl::Status s = service_->registry_->Register(
+            session_, slugs, &replaced, access, ip_rules);
         !s.ok()) {
       Refuse(ConnectError::SLUG_TAKEN, std::string(s.message()),
              grpc::StatusCode::ALREADY_EXISTS);

@@ -11,6 +11,8 @@
 //   tunnelctl status SLUG [--json]           (admin API)
 //   tunnelctl disconnect AGENT_ID [--json]   (admin API)
 //   tunnelctl set-code SLUG [CODE | --stdin | --public] [--json] (admin API)
+//   tunnelctl set-ip-rules SLUG [--allow CIDR]... [--deny CIDR]... | --clear
+//                                                         (admin API)
 //   tunnelctl reload [--json]                (admin API)
 //   tunnelctl admin-token issue --file FILE [--force]
 //
@@ -38,6 +40,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/admin_token.h"
+#include "common/cidr.h"
 #include "common/credentials.h"
 #include "common/flags.h"
 #include "common/grpc_log.h"
@@ -81,6 +84,7 @@ constexpr char kTopUsage[] =
     "  set-code SLUG [CODE]        gate a tunnel behind a visitor access "
     "code\n"
     "  set-code SLUG --public      remove any access code (the agent's too)\n"
+    "  set-ip-rules SLUG --allow CIDR --deny CIDR  who may reach a tunnel\n"
     "  reload                      make the gateway re-read its credentials\n"
     "                              file (as SIGHUP does)\n"
     "  admin-token issue --file F  write a new random admin token to F "
@@ -133,6 +137,19 @@ constexpr char kSetCodeUsage[] =
     "TUNNEL_ACCESS_CODE (the last two keep it out of shell history). The\n"
     "gateway keeps only a salted hash. The setting overrides the agent's\n"
     "and lasts until changed or the gateway restarts.\n";
+
+constexpr char kSetIpRulesUsage[] =
+    "Usage: tunnelctl set-ip-rules SLUG [--allow CIDR]... [--deny CIDR]...\n"
+    "       tunnelctl set-ip-rules SLUG --clear\n"
+    "                          [--admin ADDR] [--admin-token-file FILE] "
+    "[--json]\n"
+    "\n"
+    "Sets which visitor addresses may reach tunnel SLUG: refused when a\n"
+    "--deny range holds the address, or when there are --allow ranges and\n"
+    "none holds it (403 ip_not_allowed). Overrides the agent's\n"
+    "--allow-cidr/--deny-cidr until changed or the gateway restarts; with\n"
+    "neither list, everyone may reach it. --clear drops the override (the\n"
+    "agent's rules apply again).\n";
 
 constexpr char kAdminTokenUsage[] =
     "Usage: tunnelctl admin-token issue --file FILE [--force]\n"
@@ -830,6 +847,71 @@ int AdminSetCode(const std::vector<std::string>& args) {
   return kExitOk;
 }
 
+int AdminSetIpRules(const std::vector<std::string>& args) {
+  constexpr char kCommand[] = "tunnelctl set-ip-rules";
+  AdminFlags f;
+  std::vector<std::string> allow, deny;
+  bool clear = false;
+  tunnel::common::FlagSet flags(kSetIpRulesUsage);
+  f.Register(flags);
+  flags.Repeated("allow", &allow, "a CIDR range that may reach the tunnel");
+  flags.Repeated("deny", &deny, "a CIDR range that may not (wins)");
+  flags.Bool("clear", &clear, "drop the admin's rules");
+  std::vector<std::string> positional;
+  if (auto done = ParseFlags(flags, args, kCommand, &positional)) return *done;
+  if (f.timeout <= absl::ZeroDuration()) {
+    return UsageError("--timeout must be positive", kCommand);
+  }
+  if (positional.size() != 1) return UsageError("want one SLUG", kCommand);
+  if (clear && (!allow.empty() || !deny.empty())) {
+    return UsageError("--clear takes no --allow or --deny", kCommand);
+  }
+  if (absl::StatusOr<tunnel::common::IpRules> rules =
+          tunnel::common::ParseIpRules(allow, deny, "--allow", "--deny");
+      !rules.ok()) {
+    return UsageError(rules.status().message(), kCommand);
+  }
+  grpc::ClientContext ctx;
+  if (absl::Status s = PrepareContext(f, &ctx); !s.ok()) {
+    return RuntimeError(s);
+  }
+  tunnel::v1::SetIpRulesRequest req;
+  req.set_slug(positional[0]);
+  for (const std::string& c : allow) req.add_allow(c);
+  for (const std::string& c : deny) req.add_deny(c);
+  req.set_clear(clear);
+  tunnel::v1::SetIpRulesResponse resp;
+  grpc::Status st = AdminStub(f)->SetIpRules(&ctx, req, &resp);
+  if (!st.ok()) return RpcError(f, st);
+  auto list = [](const auto& items) {
+    std::string out;
+    for (const std::string& i : items) {
+      absl::StrAppend(&out, out.empty() ? "" : ",", Quote(i));
+    }
+    return absl::StrCat("[", out, "]");
+  };
+  if (f.json) {
+    std::cout << "{\"slug\":" << Quote(resp.slug())
+              << ",\"allow\":" << list(resp.allow())
+              << ",\"deny\":" << list(resp.deny())
+              << ",\"source\":" << Quote(resp.source()) << "}\n";
+  } else if (resp.allow().empty() && resp.deny().empty()) {
+    std::cout << "tunnel " << Printable(resp.slug())
+              << " may be reached from any address (rules: " << resp.source()
+              << ")\n";
+  } else {
+    std::cout << "tunnel " << Printable(resp.slug()) << " (" << resp.source()
+              << "'s rules): allow "
+              << (resp.allow().empty() ? "any"
+                                       : absl::StrJoin(resp.allow(), " "))
+              << "; deny "
+              << (resp.deny().empty() ? "none"
+                                      : absl::StrJoin(resp.deny(), " "))
+              << "\n";
+  }
+  return kExitOk;
+}
+
 int AdminTokenIssue(const std::vector<std::string>& args) {
   constexpr char kCommand[] = "tunnelctl admin-token issue";
   std::string file;
@@ -880,6 +962,7 @@ int main(int argc, char** argv) {
   if (args[0] == "status") return AdminStatus(after);
   if (args[0] == "disconnect") return AdminDisconnect(after);
   if (args[0] == "set-code") return AdminSetCode(after);
+  if (args[0] == "set-ip-rules") return AdminSetIpRules(after);
   if (args[0] == "reload") return AdminReload(after);
   if (args[0] == "admin-token") {
     if (after.empty()) {

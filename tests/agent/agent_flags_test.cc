@@ -97,6 +97,24 @@ TEST(AgentFlagsTest, SlugRandomLeavesTheSlugsToTheGateway) {
   EXPECT_EQ(plain.options.tunnels[0].slug, "front");
 }
 
+TEST(AgentFlagsTest, IpRulesAreCheckedAndSent) {
+  AgentFlags v;
+  absl::Status s =
+      ParseConnect({"--allow-cidr", "203.0.113.0/24", "--allow-cidr",
+                    "2001:db8::/32", "--deny-cidr", "203.0.113.9"},
+                   &v);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(v.options.ip_rules.allow_size(), 2);
+  EXPECT_EQ(v.options.ip_rules.deny(0), "203.0.113.9");
+  AgentFlags bad;
+  s = ParseConnect({"--deny-cidr", "203.0.113.9/24"}, &bad);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("--deny-cidr: \"203.0.113.9/24\" has host bits "
+                             "set; did you mean 203.0.113.0/24?"),
+            std::string::npos)
+      << s;
+}
+
 TEST(AgentFlagsTest, SendQueueReachesTheOptionsAndIsBounded) {
   AgentFlags defaults;
   ASSERT_TRUE(ParseConnect({}, &defaults).ok());

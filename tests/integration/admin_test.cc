@@ -1,10 +1,18 @@
 // The admin API (tunnel.v1.AdminService) against a real gateway, real agents
 // and a real local service on loopback, through a real gRPC client.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <functional>
 #include <memory>
 #include <string>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/cidr.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -35,10 +43,12 @@ class AdminTest : public ::testing::Test {
   }
 
   // cam-02 has credentials (so its slug is reserved) but never connects.
-  void Start(std::optional<std::string> token = kToken) {
-    h_.StartGateway([token](server::GatewayOptions& o) {
+  void Start(std::optional<std::string> token = kToken,
+             std::function<void(server::GatewayOptions&)> more = nullptr) {
+    h_.StartGateway([token, more](server::GatewayOptions& o) {
       o.admin_addr = "127.0.0.1:0";
       o.admin_token = token;
+      if (more) more(o);
     });
     ASSERT_GT(h_.gateway().admin_port(), 0);
     stub_ = tunnel::v1::AdminService::NewStub(grpc::CreateChannel(
@@ -64,6 +74,122 @@ class AdminTest : public ::testing::Test {
   TunnelHarness h_{{"cam-01", "cam-02"}};
   std::unique_ptr<tunnel::v1::AdminService::Stub> stub_;
 };
+
+// GET `path` from the front door over a connection from `from` (any
+// 127.0.0.0/8 address is local), with `extra` header lines: the whole
+// response as received.
+std::string GetFrom(const std::string& from, int port, const std::string& path,
+                    const std::string& extra = "") {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in src{};
+  src.sin_family = AF_INET;
+  ::inet_pton(AF_INET, from.c_str(), &src.sin_addr);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&src), sizeof(src)) != 0) {
+    ::close(fd);
+    return "bind failed";
+  }
+  sockaddr_in dst{};
+  dst.sin_family = AF_INET;
+  dst.sin_port = htons(static_cast<uint16_t>(port));
+  ::inet_pton(AF_INET, "127.0.0.1", &dst.sin_addr);
+  timeval tv{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&dst), sizeof(dst)) != 0) {
+    ::close(fd);
+    return "connect failed";
+  }
+  const std::string req =
+      absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: localhost\r\n", extra,
+                   "Connection: close\r\n\r\n");
+  (void)::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) {
+    out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return out;
+}
+
+// IP rules: the agent's (--allow-cidr/--deny-cidr), an admin override that
+// wins and can be cleared, and X-Forwarded-For believed from a trusted
+// proxy only.
+TEST_F(AdminTest, IpRulesFromTheAgentTheAdminAndBehindATrustedProxy) {
+  Start(kToken, [](server::GatewayOptions& o) {
+    absl::StatusOr<common::Cidr> proxy = common::ParseCidr("127.0.0.5");
+    ASSERT_TRUE(proxy.ok());
+    o.front.trusted_proxies.push_back(*proxy);
+  });
+  agent::AgentOptions o = h_.AgentOptionsFor("cam-01", {svc_.url()});
+  o.ip_rules.add_allow("127.0.0.0/8");
+  o.ip_rules.add_deny("127.0.0.3");
+  h_.StartAgent(std::move(o));
+  const int port = h_.gateway().http_port();
+  const std::string path = TunnelHarness::Path("cam-01", "/hello");
+  auto allowed = [&](const std::string& from, const std::string& extra = "") {
+    return absl::StartsWith(GetFrom(from, port, path, extra), "HTTP/1.1 200");
+  };
+  const std::string refused = GetFrom("127.0.0.3", port, path);
+  EXPECT_TRUE(absl::StartsWith(refused, "HTTP/1.1 403")) << refused;
+  EXPECT_THAT(refused, HasSubstr("X-Tunnel-Error: ip_not_allowed"));
+  EXPECT_THAT(refused, HasSubstr("your address (127.0.0.3)"));
+  EXPECT_TRUE(allowed("127.0.0.2"));
+
+  // The admin's rules win over the agent's...
+  tunnel::v1::SetIpRulesRequest req;
+  req.set_slug("cam-01");
+  req.add_allow("127.0.0.3/32");
+  tunnel::v1::SetIpRulesResponse resp;
+  grpc::Status st = stub_->SetIpRules(Ctx().get(), req, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(resp.source(), "admin");
+  EXPECT_THAT(resp.allow(), ::testing::ElementsAre("127.0.0.3/32"));
+  EXPECT_TRUE(allowed("127.0.0.3"));
+  EXPECT_FALSE(allowed("127.0.0.2"));
+  // ...until cleared.
+  req.Clear();
+  req.set_slug("cam-01");
+  req.set_clear(true);
+  st = stub_->SetIpRules(Ctx().get(), req, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(resp.source(), "agent");
+  EXPECT_THAT(resp.deny(), ::testing::ElementsAre("127.0.0.3/32"));
+  EXPECT_FALSE(allowed("127.0.0.3"));
+  EXPECT_TRUE(allowed("127.0.0.2"));
+
+  // X-Forwarded-For counts from the trusted proxy only.
+  EXPECT_FALSE(allowed("127.0.0.5", "X-Forwarded-For: 127.0.0.3\r\n"));
+  EXPECT_TRUE(
+      allowed("127.0.0.5", "X-Forwarded-For: 127.0.0.3, 127.0.0.2\r\n"));
+  EXPECT_TRUE(allowed("127.0.0.5", "X-Forwarded-For: 127.0.0.2\r\n"));
+  EXPECT_TRUE(allowed("127.0.0.2", "X-Forwarded-For: 127.0.0.3\r\n"));
+  EXPECT_FALSE(allowed("127.0.0.5", "X-Forwarded-For: nonsense\r\n"));
+  EXPECT_EQ(Metric("tunnel_ip_denials_total{tunnel=\"cam-01\"}"), 5);
+
+  // Bad requests say what is wrong.
+  req.Clear();
+  req.set_slug("nope");
+  st = stub_->SetIpRules(Ctx().get(), req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND);
+  req.set_slug("cam-01");
+  req.add_deny("10.1.2.3/8");
+  st = stub_->SetIpRules(Ctx().get(), req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(st.error_message(), HasSubstr("did you mean 10.0.0.0/8?"));
+}
+
+// An agent that sends a range the gateway cannot read is refused, and
+// told which.
+TEST_F(AdminTest, AnAgentWithABadIpRuleIsRefusedNamingIt) {
+  Start();
+  agent::AgentOptions o = h_.AgentOptionsFor("cam-01", {svc_.url()});
+  o.ip_rules.add_allow("300.1.2.3/8");
+  RunningAgent a(std::move(o));
+  absl::Status end = a.WaitForExit(absl::Seconds(20));
+  EXPECT_EQ(end.code(), absl::StatusCode::kInvalidArgument) << end;
+  EXPECT_THAT(end.message(), HasSubstr("ip_rules.allow: \"300.1.2.3/8\""));
+}
 
 TEST_F(AdminTest, ListShowsAConnectedAgentWithItsTunnelsAndCounters) {
   Start();

@@ -59,6 +59,22 @@ TEST(GatewayFlagsTest, BadAuthFailureLimitsAreRefused) {
   EXPECT_EQ(s.message(), "--auth-failure-max-ips must be at least 1");
 }
 
+TEST(GatewayFlagsTest, TrustedProxiesReachTheFrontDoorAndAreChecked) {
+  GatewayFlags values;
+  ASSERT_TRUE(ParseArgs({"--insecure", "--trusted-proxy", "10.0.0.0/8",
+                         "--trusted-proxy", "fd00::/8"},
+                        &values)
+                  .ok());
+  ASSERT_EQ(values.options.front.trusted_proxies.size(), 2u);
+  EXPECT_EQ(values.options.front.trusted_proxies[1].ToString(), "fd00::/8");
+  GatewayFlags bad;
+  absl::Status s = ParseArgs({"--insecure", "--trusted-proxy", "10.0.0"}, &bad);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("--trusted-proxy: \"10.0.0\" is not a CIDR"),
+            std::string::npos)
+      << s;
+}
+
 TEST(GatewayFlagsTest, LimitsDefaultToUnlimitedAndReachTheFrontDoor) {
   GatewayFlags defaults;
   ASSERT_TRUE(ParseArgs({"--insecure"}, &defaults).ok());
