@@ -110,6 +110,27 @@ check "an unknown slug exits 1" test $? = 1
 "$CTL" set-code cam-01 xyz12 --admin "$ADMIN" >/dev/null 2>na.err
 check "set-code without the admin token exits 1" test $? = 1
 
+# IP rules set with tunnelctl: checked before the access gate.
+"$CTL" set-ip-rules cam-02 --deny 127.0.0.1 "${A[@]}" >ip1.out 2>ip1.err
+check "set-ip-rules exits 0" test $? = 0
+check "and says the rules in force" \
+  grep -qx "tunnel cam-02 (admin's rules): allow any; deny 127.0.0.1/32" ip1.out
+curl -s --max-time 10 -D ip.h -o ip.json "$BASE/t/cam-02/"
+check "a denied address gets 403 before the access gate" grep -q '^HTTP/1.1 403' ip.h
+check "with X-Tunnel-Error: ip_not_allowed" grep -qi '^X-Tunnel-Error: ip_not_allowed' ip.h
+"$CTL" set-ip-rules cam-02 --clear "${A[@]}" --json >ip2.json 2>ip2.err
+check "--clear --json says no rules are left" \
+  test "$(json 'd["source"]' <ip2.json)" = none
+check "and the access gate answers again" \
+  test "$(code "$BASE/t/cam-02/")" != 403
+"$CTL" set-ip-rules cam-02 --allow 10.1.2.3/8 "${A[@]}" >/dev/null 2>ip3.err
+check "a range with host bits set is usage (exit 2)" test $? = 2
+check "naming the network meant" grep -q 'did you mean 10.0.0.0/8?' ip3.err
+"$CTL" set-ip-rules nobody --allow 10.0.0.0/8 "${A[@]}" >/dev/null 2>ip4.err
+check "set-ip-rules on an unknown slug exits 1" test $? = 1
+"$CTL" set-ip-rules cam-02 --clear --deny 10.0.0.0/8 "${A[@]}" >/dev/null 2>ip5.err
+check "--clear with ranges is usage (exit 2)" test $? = 2
+
 # cam-02 is gated by the admin's code now.
 for _ in 1 2 3; do code "$BASE/t/cam-02/?code=wrong" >/dev/null; done
 curl -s --max-time 10 -D limited.h -o /dev/null "$BASE/t/cam-02/?code=wrong"
@@ -121,6 +142,8 @@ check "wrong codes are counted (3 + the replaced agent code)" \
   grep -q '^tunnel_access_denials_total{reason="wrong_code"} 4$' <<<"$METRICS"
 check "429s are counted" \
   grep -q '^tunnel_access_denials_total{reason="rate_limited"} 1$' <<<"$METRICS"
+check "IP denials are counted" \
+  grep -q '^tunnel_ip_denials_total{tunnel="cam-02"} 1$' <<<"$METRICS"
 check "the gateway never printed a code" \
   bash -c "! grep -q -e '$AGENT_CODE' -e '$ADMIN_CODE' gw.out gw.err"
 
