@@ -210,10 +210,12 @@ TEST_F(CredentialsTest, ATokenExpiringMidSessionLetsItsRequestInFlightFinish) {
   });
   server::Gateway& gw = harness_.gateway();
   const absl::Time now = absl::Now();
+  // Three seconds leave room for the setup below on a loaded machine: the
+  // request must be in flight before the expiry.
   absl::StatusOr<tunnel::v1::Credential> soon =
-      common::IssueCredential("cam-01", now, now + absl::Seconds(2));
+      common::IssueCredential("cam-01", now, now + absl::Seconds(3));
   absl::StatusOr<tunnel::v1::Credential> extended =
-      common::IssueCredential("cam-02", now, now + absl::Seconds(2));
+      common::IssueCredential("cam-02", now, now + absl::Seconds(3));
   ASSERT_TRUE(soon.ok() && extended.ok());
   *file_.add_credentials() = *soon;
   *file_.add_credentials() = *extended;
@@ -235,6 +237,8 @@ TEST_F(CredentialsTest, ATokenExpiringMidSessionLetsItsRequestInFlightFinish) {
   std::pair<int, std::string> slow;
   std::thread visitor([&] { slow = Get("cam-01", "/slow"); });
   ASSERT_TRUE(slow_entered_.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  EXPECT_LT(absl::Now(), common::CredentialExpiry(*soon))
+      << "the setup took longer than the token's life";
   // Past the expiry the session is retired within a heartbeat.
   std::shared_ptr<server::Session> s = gw.registry().FindByAgent("cam-01");
   ASSERT_NE(s, nullptr);
