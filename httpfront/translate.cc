@@ -125,10 +125,16 @@ struct BodyPump {
       record->AddOut(c->data.size());
       if (!chunked && !c->end && c->data.size() == length) {
         // httplib stops calling once Content-Length bytes are out; take
-        // the end marker now so the stream ends cleanly at the agent.
+        // the end marker now so the stream ends cleanly at the agent. The
+        // visitor has the whole body already and may have gone (which
+        // aborts the stream): that is no cut.
         absl::StatusOr<common::Chunk> tail =
             ReadWhileVisitorStays(*stream, absl::Now() + idle);
-        if (!tail.ok() || !tail->end || !tail->data.empty()) {
+        if (!tail.ok()) {
+          stream->Cancel(tail.status().message());
+          return true;
+        }
+        if (!tail->end || !tail->data.empty()) {
           stream->Cancel("the service sent more than its Content-Length");
           return false;
         }
