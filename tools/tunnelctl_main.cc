@@ -402,6 +402,18 @@ int TokenList(const std::vector<std::string>& args) {
   return kExitOk;
 }
 
+// The credential with `token_id` in `file` (read from `path`), or
+// NOT_FOUND saying so.
+absl::StatusOr<tunnel::v1::Credential*> FindToken(
+    tunnel::v1::CredentialsFile& file, const std::string& token_id,
+    const std::string& path) {
+  for (tunnel::v1::Credential& c : *file.mutable_credentials()) {
+    if (c.token_id() == token_id) return &c;
+  }
+  return absl::NotFoundError(
+      absl::StrCat("no token \"", Printable(token_id), "\" in ", path));
+}
+
 int TokenRevoke(const std::vector<std::string>& args) {
   constexpr char kCommand[] = "tunnelctl token revoke";
   std::string credentials = kDefaultCredentials;
@@ -419,14 +431,10 @@ int TokenRevoke(const std::vector<std::string>& args) {
   absl::StatusOr<tunnel::v1::CredentialsFile> file =
       tunnel::common::LoadCredentialsFile(credentials);
   if (!file.ok()) return RuntimeError(file.status());
-  tunnel::v1::Credential* target = nullptr;
-  for (tunnel::v1::Credential& c : *file->mutable_credentials()) {
-    if (c.token_id() == token_id) target = &c;
-  }
-  if (target == nullptr) {
-    return RuntimeError(absl::NotFoundError(absl::StrCat(
-        "no token \"", Printable(token_id), "\" in ", credentials)));
-  }
+  absl::StatusOr<tunnel::v1::Credential*> found =
+      FindToken(*file, token_id, credentials);
+  if (!found.ok()) return RuntimeError(found.status());
+  tunnel::v1::Credential* target = *found;
   if (target->revoked()) {
     std::cout << "token " << Printable(token_id) << " (agent "
               << target->agent_id() << ") was already revoked\n";
@@ -472,14 +480,10 @@ int TokenExtend(const std::vector<std::string>& args) {
   absl::StatusOr<tunnel::v1::CredentialsFile> file =
       tunnel::common::LoadCredentialsFile(credentials);
   if (!file.ok()) return RuntimeError(file.status());
-  tunnel::v1::Credential* target = nullptr;
-  for (tunnel::v1::Credential& c : *file->mutable_credentials()) {
-    if (c.token_id() == token_id) target = &c;
-  }
-  if (target == nullptr) {
-    return RuntimeError(absl::NotFoundError(absl::StrCat(
-        "no token \"", Printable(token_id), "\" in ", credentials)));
-  }
+  absl::StatusOr<tunnel::v1::Credential*> found =
+      FindToken(*file, token_id, credentials);
+  if (!found.ok()) return RuntimeError(found.status());
+  tunnel::v1::Credential* target = *found;
   if (target->revoked()) {
     return RuntimeError(absl::FailedPreconditionError(
         absl::StrCat("token ", Printable(token_id),
