@@ -537,16 +537,21 @@ void TunnelServiceImpl::CloseRevoked(const std::shared_ptr<Session>& session,
       .Str("token", session->token_id())
       .Str("peer", session->peer())
       .Str("reason", why.message());
-  const std::string message =
-      absl::StrCat(why.message(), "; the session of agent ",
-                   session->agent_id(), " is closed");
+  EndForCredentials(*session, ConnectError::CREDENTIALS_REVOKED, why.message());
+}
+
+void TunnelServiceImpl::EndForCredentials(Session& session,
+                                          ConnectError::Code code,
+                                          absl::string_view why) {
+  const std::string message = absl::StrCat(why, "; the session of agent ",
+                                           session.agent_id(), " is closed");
   Envelope bye;
   auto* err = bye.mutable_connect_error();
-  err->set_code(ConnectError::CREDENTIALS_REVOKED);
+  err->set_code(code);
   err->set_message(message);
-  session->Send(std::move(bye));
-  session->Close(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, message),
-                 /*drain=*/true);
+  session.Send(std::move(bye));
+  session.Close(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, message),
+                /*drain=*/true);
 }
 
 size_t TunnelServiceImpl::CloseSessionsWithoutLiveToken() {
@@ -585,15 +590,7 @@ size_t TunnelServiceImpl::ExpireSessions(absl::Time now,
     if (s->stream_count() > 0 && now - s->retired_at() < drain_timeout) {
       continue;  // its requests in flight finish first
     }
-    const std::string message = absl::StrCat(why, "; the session of agent ",
-                                             s->agent_id(), " is closed");
-    Envelope bye;
-    auto* err = bye.mutable_connect_error();
-    err->set_code(ConnectError::CREDENTIALS_EXPIRED);
-    err->set_message(message);
-    s->Send(std::move(bye));
-    s->Close(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, message),
-             /*drain=*/true);
+    EndForCredentials(*s, ConnectError::CREDENTIALS_EXPIRED, why);
     ++closed;
   }
   return closed;

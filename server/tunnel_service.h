@@ -103,6 +103,11 @@ class TunnelServiceImpl final : public tunnel::v1::TunnelService::AsyncService {
   friend class AgentConnection;
   void CloseRevoked(const std::shared_ptr<Session>& session,
                     const absl::Status& why);
+  // Tells the agent `why` (ConnectError `code`) and ends the call
+  // UNAUTHENTICATED, delivering what is queued first.
+  static void EndForCredentials(Session& session,
+                                tunnel::v1::ConnectError::Code code,
+                                absl::string_view why);
   TunnelServiceOptions options_;
   SessionRegistry* const registry_;
   common::AuthVerifier* const verifier_;
