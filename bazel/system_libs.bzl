@@ -21,6 +21,7 @@ _LIBS = {
     ],
     "grpc": ["grpc++", "protobuf"],
     "gtest_main": ["gmock", "gtest_main", "gtest"],
+    "crypt": ["libcrypt"],
     "curl": ["libcurl"],
     "httplib": ["cpp-httplib"],
     "openssl": ["openssl"],

@@ -10,21 +10,23 @@ build_packages=(
   build-essential cmake pkg-config ninja-build ccache git ca-certificates
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libssl-dev libcpp-httplib-dev libqrencode-dev grpc-proto
-  libboost-context-dev libcurl4-openssl-dev
+  libboost-context-dev libcurl4-openssl-dev libcrypt-dev
 )
 # libboost-context-dev: the front door runs each active request on a fiber.
 # libcurl4-openssl-dev: the agent's client towards its local services
 # (agent/origin_loop: libcurl's multi interface on one thread).
+# libcrypt-dev: bcrypt for basic auth (crypt_rn; libxcrypt).
 # grpc-proto: grpc.health.v1, which the gateway serves itself (it also
 # gives grpc_ops_e2e the reflection proto).
 # GoogleTest: the unit and integration tests; curl, python3-*: process-level
 # tests; systemd: systemd-analyze for install_tree;
+# apache2-utils: htpasswd -B makes a bcrypt file for access_e2e;
 # zbar-tools: zbarimg decodes the agent's QR code and bsdutils' `script`
 # gives it a terminal (agent_ux_e2e).
 test_packages=(
   libgtest-dev libgmock-dev curl python3 python3-websockets clang-format
   python3-grpcio python3-protobuf systemd python3-prometheus-client
-  zbar-tools bsdutils
+  zbar-tools bsdutils apache2-utils
 )
 
 case "${1:-}" in

@@ -44,7 +44,7 @@ if [ "$install" = 1 ]; then
     "g++-$TRIPLET" qemu-user-static
     "libgrpc++-dev:$ARCH" "libprotobuf-dev:$ARCH" "libabsl-dev:$ARCH"
     "libssl-dev:$ARCH" "libcpp-httplib-dev:$ARCH" "libqrencode-dev:$ARCH"
-    "libcurl4-openssl-dev:$ARCH"
+    "libcurl4-openssl-dev:$ARCH" "libcrypt-dev:$ARCH"
     "libgtest-dev:$ARCH" "libgmock-dev:$ARCH"
   )
   missing=()
