@@ -649,6 +649,9 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
   if (options_.ip_rules.allow_size() > 0 || options_.ip_rules.deny_size() > 0) {
     *c->mutable_ip_rules() = options_.ip_rules;
   }
+  for (const tunnel::v1::BasicAuthUser& u : options_.basic_auth) {
+    *c->add_basic_auth() = u;
+  }
   {
     // --slug random: the gateway chooses at the first connect; after that
     // the agent asks for what it was given (so its URLs survive reconnects

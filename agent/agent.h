@@ -57,6 +57,9 @@ struct AgentOptions {
   // Visitors must enter the code this hashes (common/access_code.h) for
   // every tunnel; nullopt: public tunnels. Only the hash is sent.
   std::optional<tunnel::v1::AccessCodeHash> access_code;
+  // Visitors must send one of these users and its password (HTTP basic
+  // auth) for every tunnel; only the hashes are sent. Checked entries.
+  std::vector<tunnel::v1::BasicAuthUser> basic_auth;
   bool insecure = false;  // plaintext gRPC (no TLS)
   // TLS (unless insecure). Roots that verify the gateway, PEM; empty: the
   // system's roots.

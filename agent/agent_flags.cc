@@ -10,6 +10,7 @@
 #include "common/cidr.h"
 #include "common/config_file.h"
 #include "common/log.h"
+#include "common/password_hash.h"
 #include "common/tls.h"
 #include "tunnel/v1/config.pb.h"
 
@@ -50,6 +51,15 @@ void RegisterConnectFlags(common::FlagSet* flags, AgentFlags* v) {
   flags->Repeated("deny-cidr", &v->deny_cidr,
                   "visitors from this CIDR range may not reach this agent's "
                   "tunnels (wins over --allow-cidr); repeatable");
+  flags->Repeated("basic-auth", &v->basic_auth,
+                  "visitors must log in as USER with the password HASH was "
+                  "made from (HTTP basic auth) for all of this agent's "
+                  "tunnels: USER:HASH, a bcrypt or PBKDF2 hash from "
+                  "`tunnelctl hash-password USER` or `htpasswd -nB USER`; "
+                  "repeatable");
+  flags->String("basic-auth-file", &v->basic_auth_file,
+                "like --basic-auth, one USER:HASH per line (an htpasswd "
+                "file of bcrypt hashes works)");
   flags->Bool("insecure", &o.insecure,
               "connect without TLS (only for a gateway started with "
               "--insecure)");
@@ -213,6 +223,29 @@ absl::Status ParseConnectFlags(int argc, char** argv, int first,
           v->allow_cidr, v->deny_cidr, "--allow-cidr", "--deny-cidr");
       !rules.ok()) {
     return rules.status();
+  }
+  std::vector<std::string> basic_auth = v->basic_auth;
+  if (!v->basic_auth_file.empty()) {
+    absl::StatusOr<std::vector<std::string>> lines =
+        common::ReadBasicAuthFile(v->basic_auth_file);
+    if (!lines.ok()) return lines.status();
+    if (lines->empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--basic-auth-file: ", v->basic_auth_file, " holds no USER:HASH"));
+    }
+    basic_auth.insert(basic_auth.end(), lines->begin(), lines->end());
+  }
+  absl::StatusOr<std::vector<common::BasicAuthUser>> users =
+      common::ParseBasicAuthUsers(basic_auth,
+                                  v->basic_auth_file.empty()
+                                      ? "--basic-auth"
+                                      : "--basic-auth/--basic-auth-file");
+  if (!users.ok()) return users.status();
+  o.basic_auth.clear();
+  for (const common::BasicAuthUser& u : *users) {
+    tunnel::v1::BasicAuthUser& out = o.basic_auth.emplace_back();
+    out.set_user(u.user);
+    out.set_hash(u.hash.text);
   }
   o.ip_rules.Clear();
   for (const std::string& c : v->allow_cidr) o.ip_rules.add_allow(c);

@@ -3,6 +3,8 @@
 #include <openssl/crypto.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -14,6 +16,7 @@
 #include "absl/time/clock.h"
 #include "common/access_code.h"
 #include "common/hmac_auth.h"
+#include "common/password_hash.h"
 #include "common/random.h"
 #include "httpfront/error_pages.h"
 #include "httpfront/translate.h"
@@ -140,13 +143,97 @@ std::string TakeCookie(absl::string_view cookie_header, absl::string_view name,
   return absl::StrJoin(kept, "; ");
 }
 
+VerifiedCredentials::VerifiedCredentials(absl::Duration ttl, size_t capacity)
+    : ttl_(ttl), capacity_(capacity), key_(common::RandomBytes(32)) {}
+
+std::string VerifiedCredentials::Key(absl::string_view slug, uint64_t set_id,
+                                     absl::string_view authorization) const {
+  return common::HmacSha256(
+      key_, absl::StrCat(slug, "\n", set_id, "\n", authorization));
+}
+
+bool VerifiedCredentials::Contains(absl::string_view slug, uint64_t set_id,
+                                   absl::string_view authorization,
+                                   absl::Time now) {
+  if (ttl_ <= absl::ZeroDuration() || capacity_ == 0) return false;
+  const std::string key = Key(slug, set_id, authorization);
+  absl::MutexLock lock(&mu_);
+  auto it = expiry_.find(key);
+  if (it == expiry_.end()) return false;
+  if (it->second <= now) {
+    expiry_.erase(it);
+    return false;
+  }
+  return true;
+}
+
+void VerifiedCredentials::Add(absl::string_view slug, uint64_t set_id,
+                              absl::string_view authorization, absl::Time now) {
+  if (ttl_ <= absl::ZeroDuration() || capacity_ == 0) return;
+  std::string key = Key(slug, set_id, authorization);
+  absl::MutexLock lock(&mu_);
+  if (expiry_.size() >= capacity_ && !expiry_.contains(key)) {
+    absl::erase_if(expiry_, [&](const auto& e) { return e.second <= now; });
+    if (expiry_.size() >= capacity_) {
+      auto nearest = std::min_element(
+          expiry_.begin(), expiry_.end(),
+          [](const auto& a, const auto& b) { return a.second < b.second; });
+      expiry_.erase(nearest);
+    }
+  }
+  expiry_[std::move(key)] = now + ttl_;
+}
+
+size_t VerifiedCredentials::size() const {
+  absl::MutexLock lock(&mu_);
+  return expiry_.size();
+}
+
+bool ParseBasicAuthorization(absl::string_view value, std::string* user,
+                             std::string* password) {
+  value = absl::StripAsciiWhitespace(value);
+  constexpr absl::string_view kBasic = "basic ";
+  if (!absl::StartsWithIgnoreCase(value, kBasic)) return false;
+  std::string b64(
+      absl::StripLeadingAsciiWhitespace(value.substr(kBasic.size())));
+  // Standard base64 -> the base64url alphabet Base64UrlDecode reads.
+  for (char& c : b64) {
+    if (c == '-' || c == '_') return false;
+    if (c == '+') c = '-';
+    if (c == '/') c = '_';
+  }
+  std::optional<std::string> decoded = common::Base64UrlDecode(b64);
+  if (!decoded.has_value()) return false;
+  const size_t colon = decoded->find(':');
+  if (colon == std::string::npos) return false;
+  *user = decoded->substr(0, colon);
+  *password = decoded->substr(colon + 1);
+  return true;
+}
+
 AccessGate::AccessGate(const AccessGateOptions& options, FrontMetrics* metrics)
     : options_(options),
       metrics_(metrics),
-      attempts_(options.attempts_per_minute) {}
+      attempts_(options.attempts_per_minute),
+      verified_(options.basic_auth_cache_ttl,
+                options.basic_auth_cache_entries) {}
 
 void AccessGate::Deny(absl::string_view reason) {
   metrics_->access_denials->WithLabels({std::string(reason)})->Increment();
+}
+
+bool AccessGate::TooManyAttempts(const httplib::Request& req,
+                                 httplib::Response& res, const std::string& key,
+                                 absl::Time now, absl::string_view code,
+                                 absl::string_view message) {
+  const absl::Duration wait = attempts_.Blocked(key, now);
+  if (wait <= absl::ZeroDuration()) return false;
+  Deny("rate_limited");
+  SetError(req, res, 429, code, message);
+  res.set_header(
+      "Retry-After",
+      absl::StrCat(absl::ToInt64Seconds(absl::Ceil(wait, absl::Seconds(1)))));
+  return true;
 }
 
 bool AccessGate::Admit(const httplib::Request& req, httplib::Response& res,
@@ -205,14 +292,8 @@ bool AccessGate::Admit(const httplib::Request& req, httplib::Response& res,
     return false;
   }
   const std::string key = absl::StrCat(req.remote_addr, " ", route.slug);
-  if (absl::Duration wait = attempts_.Blocked(key, now);
-      wait > absl::ZeroDuration()) {
-    Deny("rate_limited");
-    SetError(req, res, 429, "access_code_rate_limited",
-             "too many wrong access codes; wait and try again");
-    res.set_header(
-        "Retry-After",
-        absl::StrCat(absl::ToInt64Seconds(absl::Ceil(wait, absl::Seconds(1)))));
+  if (TooManyAttempts(req, res, key, now, "access_code_rate_limited",
+                      "too many wrong access codes; wait and try again")) {
     return false;
   }
   bool matches = false;
@@ -242,6 +323,69 @@ bool AccessGate::Admit(const httplib::Request& req, httplib::Response& res,
   res.set_header("Set-Cookie", cookie);
   res.set_header("Cache-Control", "no-store");
   return false;
+}
+
+bool AccessGate::AdmitBasicAuth(const httplib::Request& req,
+                                httplib::Response& res, const Route& route,
+                                const server::BasicAuthUsers& users) {
+  const absl::Time now = absl::Now();
+  auto challenge = [&](absl::string_view code, absl::string_view message) {
+    SetError(req, res, 401, code, message);
+    // The slug is [a-z0-9-]: safe inside the quotes.
+    res.set_header(
+        "WWW-Authenticate",
+        absl::StrCat("Basic realm=\"", route.slug, "\", charset=\"UTF-8\""));
+    return false;
+  };
+  const std::string authorization = req.get_header_value("Authorization");
+  std::string user;
+  std::string password;
+  if (authorization.empty() ||
+      !absl::StartsWithIgnoreCase(
+          absl::StripLeadingAsciiWhitespace(authorization), "basic ")) {
+    Deny("basic_auth_required");
+    return challenge("basic_auth_required",
+                     "this tunnel needs a user name and password (HTTP "
+                     "basic auth)");
+  }
+  if (verified_.Contains(route.slug, users.id, authorization, now)) {
+    metrics_->access_grants->WithLabels({"basic_auth"})->Increment();
+    return true;
+  }
+  const std::string key = absl::StrCat(req.remote_addr, " ", route.slug);
+  if (TooManyAttempts(
+          req, res, key, now, "basic_auth_rate_limited",
+          "too many wrong user names or passwords; wait and try again")) {
+    return false;
+  }
+  bool matches = false;
+  if (ParseBasicAuthorization(authorization, &user, &password)) {
+    const common::BasicAuthUser* found = nullptr;
+    for (const common::BasicAuthUser& u : users.users) {
+      if (u.user == user) found = &u;
+    }
+    // An unknown user costs the same slow hash as a known one, so timing
+    // does not tell which names exist.
+    const common::BasicAuthUser* timed =
+        found != nullptr ? found
+                         : (users.users.empty() ? nullptr : &users.users[0]);
+    if (timed != nullptr) {
+      metrics_->basic_auth_hashes->Increment();
+      slow_work_.Run([&] {
+        matches =
+            common::PasswordMatches(timed->hash, password) && found != nullptr;
+      });
+    }
+  }
+  if (!matches) {
+    attempts_.Failed(key, now);
+    Deny("wrong_password");
+    return challenge("basic_auth_invalid",
+                     "wrong user name or password; try again");
+  }
+  verified_.Add(route.slug, users.id, authorization, now);
+  metrics_->access_grants->WithLabels({"basic_auth"})->Increment();
+  return true;
 }
 
 }  // namespace tunnel::httpfront

@@ -20,6 +20,7 @@
 #include "httpfront/request_log.h"
 #include "httpfront/routing.h"
 #include "httplib.h"
+#include "server/tunnel_router.h"
 #include "tunnel/v1/tunnel.pb.h"
 
 namespace tunnel::httpfront {
@@ -48,6 +49,38 @@ class AccessCookieSigner {
   const std::string key_;
 };
 
+// Basic-auth credentials the gate has verified, so an API client that sends
+// them with every request pays one HMAC per request, not one slow hash. An
+// entry's key is an HMAC (random key made at construction) of the tunnel,
+// its user set's id and the whole Authorization value: no password is kept,
+// and a changed user set (an agent reconnecting with other users) misses.
+// Bounded: at `capacity`, expired entries go first, then the one nearest
+// its expiry. Thread-safe.
+class VerifiedCredentials {
+ public:
+  VerifiedCredentials(absl::Duration ttl, size_t capacity);
+  bool Contains(absl::string_view slug, uint64_t set_id,
+                absl::string_view authorization, absl::Time now);
+  void Add(absl::string_view slug, uint64_t set_id,
+           absl::string_view authorization, absl::Time now);
+  size_t size() const;
+
+ private:
+  std::string Key(absl::string_view slug, uint64_t set_id,
+                  absl::string_view authorization) const;
+  const absl::Duration ttl_;
+  const size_t capacity_;
+  const std::string key_;
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<std::string, absl::Time> expiry_ ABSL_GUARDED_BY(mu_);
+};
+
+// The user and password of an `Authorization: Basic` value (the scheme
+// case-insensitive, standard base64, split at the first ':'). False if it
+// is not one.
+bool ParseBasicAuthorization(absl::string_view value, std::string* user,
+                             std::string* password);
+
 // Wrong codes per (client IP, slug) key: the shared limiter in common.
 using common::AttemptLimiter;
 
@@ -71,11 +104,17 @@ struct AccessGateOptions {
   int attempts_per_minute = 5;
   // "https": the cookie is Secure.
   std::string scheme = "http";
+  // Basic auth: how long a verified user and password pass without being
+  // hashed again, and how many such credentials are remembered. ttl 0:
+  // every request is verified.
+  absl::Duration basic_auth_cache_ttl = absl::Minutes(5);
+  size_t basic_auth_cache_entries = 10000;
 };
 
-// Decides whether a visitor may pass a tunnel's code. Threads: any; the
-// PBKDF2 of a presented code runs on a pool, so a loop thread never spends
-// tens of milliseconds on it.
+// Decides whether a visitor may pass a tunnel's code or basic auth.
+// Threads: any; the slow hash of a presented code or password runs on a
+// pool, so a loop thread never spends tens of milliseconds on it. Wrong codes
+// and wrong passwords share one limit per (client IP, tunnel).
 class AccessGate {
  public:
   AccessGate(const AccessGateOptions& options, FrontMetrics* metrics);
@@ -90,13 +129,26 @@ class AccessGate {
              const httplib::ContentReader* reader, std::string* target,
              std::string* cookie_out, bool* body_read);
 
+  // True: the Authorization header holds one of `users` with its password
+  // (the caller strips the header before the service). False: `res` holds
+  // 401 with WWW-Authenticate (missing, malformed or wrong credentials) or
+  // 429 after too many wrong ones.
+  bool AdmitBasicAuth(const httplib::Request& req, httplib::Response& res,
+                      const Route& route, const server::BasicAuthUsers& users);
+
  private:
   void Deny(absl::string_view reason);
+  // True (and `res` is a 429 with Retry-After and X-Tunnel-Error `code`)
+  // while `key` has used up its wrong attempts this minute.
+  bool TooManyAttempts(const httplib::Request& req, httplib::Response& res,
+                       const std::string& key, absl::Time now,
+                       absl::string_view code, absl::string_view message);
 
   const AccessGateOptions options_;
   FrontMetrics* const metrics_;
   const AccessCookieSigner cookie_signer_;
   AttemptLimiter attempts_;
+  VerifiedCredentials verified_;
   BlockingPool slow_work_{2};
 };
 

@@ -60,6 +60,8 @@ AccessGateOptions GateOptions(const FrontDoorOptions& o) {
   g.cookie_ttl = o.access_cookie_ttl;
   g.attempts_per_minute = o.access_code_attempts_per_minute;
   g.scheme = o.scheme;
+  g.basic_auth_cache_ttl = o.basic_auth_cache_ttl;
+  g.basic_auth_cache_entries = o.basic_auth_cache_entries;
   return g;
 }
 
@@ -206,12 +208,13 @@ class FrontDoor::Handler {
     }
 
     // IP rules come first: a refused address learns nothing more (not even
-    // whether the tunnel has an access code).
-    if (std::shared_ptr<const common::IpRules> rules =
-            router_->IpRulesFor(route->slug)) {
+    // whether the tunnel has basic auth or an access code). Then basic
+    // auth, then the access code; a tunnel may have both.
+    const server::VisitorPolicy policy = router_->PolicyFor(route->slug);
+    if (!policy.empty()) record.tunnel = route->slug;  // hence known
+    if (policy.ip_rules != nullptr) {
       const std::optional<common::IpAddress> visitor = VisitorAddress(req);
-      if (!visitor.has_value() || !rules->Allows(*visitor)) {
-        record.tunnel = route->slug;  // it has rules, hence known
+      if (!visitor.has_value() || !policy.ip_rules->Allows(*visitor)) {
         log_.metrics().ip_denials->WithLabels({route->slug})->Increment();
         SetError(req, res, 403, "ip_not_allowed",
                  absl::StrCat("your address (", VisitorAddressText(req),
@@ -219,20 +222,22 @@ class FrontDoor::Handler {
         return;
       }
     }
-
-    // A tunnel with an access code: only visitors with a valid cookie (or
-    // the code itself) pass; ours never reach the service (`code` query
-    // parameter, the access cookie, X-Tunnel-Access-Code).
     std::string target = route->target;
     RequestHeadOptions head_options;
     head_options.scheme = options_.scheme;
     head_options.request_id = record.request_id;
-    const std::optional<tunnel::v1::AccessCodeHash> access =
-        router_->AccessCodeFor(route->slug);
-    if (access.has_value()) {
-      record.tunnel = route->slug;  // gated, hence a known tunnel
+    if (policy.basic_auth != nullptr) {
+      if (!gate_.AdmitBasicAuth(req, res, *route, *policy.basic_auth)) {
+        return;
+      }
+      head_options.strip_authorization = true;  // it was ours, not theirs
+    }
+    // A tunnel with an access code: only visitors with a valid cookie (or
+    // the code itself) pass; ours never reach the service (`code` query
+    // parameter, the access cookie, X-Tunnel-Access-Code).
+    if (policy.access_code != nullptr) {
       head_options.gated = true;
-      if (!gate_.Admit(req, res, *route, *access, reader, &target,
+      if (!gate_.Admit(req, res, *route, *policy.access_code, reader, &target,
                        &head_options.cookie, &record.body_read)) {
         return;
       }

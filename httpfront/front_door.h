@@ -47,6 +47,10 @@ struct FrontDoorOptions {
   // minute before 429.
   absl::Duration access_cookie_ttl = absl::Hours(24);
   int access_code_attempts_per_minute = 5;
+  // Tunnels with basic auth: how long a verified user and password pass
+  // without being hashed again (0: never cached), and how many are kept.
+  absl::Duration basic_auth_cache_ttl = absl::Minutes(5);
+  size_t basic_auth_cache_entries = 10000;
   // Per tunnel (slug): requests admitted per minute (fixed windows, see
   // X-RateLimit-*), and requests in flight at once. 0: unlimited. Over
   // either: 429 + Retry-After, and the agent never sees the request.

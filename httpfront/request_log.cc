@@ -37,19 +37,27 @@ FrontMetrics::FrontMetrics(common::MetricsRegistry* r)
               ->WithLabels({})),
       access_denials(r->AddCounter(
           "tunnel_access_denials_total",
-          "Visitors stopped by a tunnel's access code gate, by reason "
-          "(code_required, bad_cookie, wrong_code, rate_limited).",
+          "Visitors stopped by a tunnel's access code or basic auth, by "
+          "reason (code_required, bad_cookie, wrong_code, "
+          "basic_auth_required, wrong_password, rate_limited).",
           {"reason"})),
       access_grants(r->AddCounter(
           "tunnel_access_grants_total",
-          "Visitors let through a tunnel's access code gate, by how "
-          "(cookie, form, query, header).",
+          "Visitors let through a tunnel's access code or basic auth, by "
+          "how (cookie, form, query, header, basic_auth).",
           {"via"})),
       ip_denials(
           r->AddCounter("tunnel_ip_denials_total",
                         "Visitor requests refused by a tunnel's IP rules (403 "
                         "ip_not_allowed), by tunnel.",
-                        {"tunnel"})) {
+                        {"tunnel"})),
+      basic_auth_hashes(
+          r->AddCounter("tunnel_basic_auth_hashes_total",
+                        "Slow password hashes (bcrypt, PBKDF2) the front "
+                        "door ran to check basic auth; a credential verified "
+                        "within --basic-auth-cache-ttl runs none.",
+                        {})
+              ->WithLabels({})) {
   common::CounterFamily* limits = r->AddCounter(
       "tunnel_limit_rejections_total",
       "Visitor requests and connections refused or cut at a configured "

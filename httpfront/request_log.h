@@ -50,6 +50,8 @@ struct FrontMetrics {
   common::CounterFamily* const access_denials;
   common::CounterFamily* const access_grants;
   common::CounterFamily* const ip_denials;
+  // Slow password hashes run for basic auth (a cached credential runs none).
+  common::Counter* const basic_auth_hashes;
   // Resolved at start: counting a rejection takes no lock.
   common::Counter* limit_rejections[kLimitKinds] = {};
 };

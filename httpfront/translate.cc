@@ -223,6 +223,10 @@ tunnel::v1::TunnelRequest BuildRequestHead(const httplib::Request& req,
                     absl::EqualsIgnoreCase(*name, kAccessCodeHeader))) {
       continue;  // the Cookie header goes on without ours, below
     }
+    if (o.strip_authorization &&
+        absl::EqualsIgnoreCase(*name, "Authorization")) {
+      continue;
+    }
     if (absl::EqualsIgnoreCase(*name, "X-Forwarded-For")) {
       prior_xff =
           prior_xff.empty() ? value : absl::StrCat(prior_xff, ", ", value);

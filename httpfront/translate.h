@@ -58,6 +58,8 @@ struct RequestHeadOptions {
   // `cookie` (the rest of the visitor's cookies) is.
   bool gated = false;
   std::string cookie;
+  // A tunnel with basic auth: the visitor's Authorization was for us.
+  bool strip_authorization = false;
   bool upgrade = false;
   // No body follows the head (end_stream).
   bool end_stream = true;

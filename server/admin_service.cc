@@ -24,7 +24,11 @@ int64_t UnixMillis(absl::Time t) { return absl::ToUnixMillis(t); }
 
 std::string AccessModeOf(const SessionRegistry& registry,
                          absl::string_view slug) {
-  return registry.AccessCodeFor(slug).has_value() ? "code" : "public";
+  const VisitorPolicy p = registry.PolicyFor(slug);
+  if (p.basic_auth != nullptr) {
+    return p.access_code != nullptr ? "basic_auth+code" : "basic_auth";
+  }
+  return p.access_code != nullptr ? "code" : "public";
 }
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
@@ -218,7 +222,7 @@ absl::StatusOr<tunnel::v1::SetIpRulesResponse> AdminServiceImpl::SetRules(
   out.set_slug(request.slug());
   out.set_source(registry_->IpRulesSource(request.slug()));
   if (std::shared_ptr<const common::IpRules> now =
-          registry_->IpRulesFor(request.slug())) {
+          registry_->PolicyFor(request.slug()).ip_rules) {
     for (const common::Cidr& c : now->allow) out.add_allow(c.ToString());
     for (const common::Cidr& c : now->deny) out.add_deny(c.ToString());
   }

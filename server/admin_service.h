@@ -33,7 +33,9 @@ inline constexpr char kDisconnectedByAdmin[] =
     "disconnected by an administrator";
 
 // The visitor access mode of a tunnel: "code" when visitors need an access
-// code (the agent's or one set by SetAccessCode), else "public".
+// code (the agent's or one set by SetAccessCode), "basic_auth" when they
+// need a user and password (the agent's --basic-auth), "basic_auth+code"
+// for both, else "public". IP rules are reported apart.
 std::string AccessModeOf(const SessionRegistry& registry,
                          absl::string_view slug);
 

@@ -22,6 +22,8 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
   v->max_connections = o.front.connection.max_connections;
   v->public_port = o.public_port;
   v->access_code_attempts = o.front.access_code_attempts_per_minute;
+  v->basic_auth_cache_entries =
+      static_cast<int64_t>(o.front.basic_auth_cache_entries);
   v->auth_failures = o.service.auth_failures_per_minute;
   v->auth_failure_ips = static_cast<int64_t>(o.service.auth_failure_max_ips);
   v->max_agent_message = o.service.max_message_bytes;
@@ -113,8 +115,14 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
                   "how long the cookie a correct access code earns stays "
                   "valid (a gateway restart ends every cookie sooner)");
   flags->Int("access-code-attempts-per-minute", &v->access_code_attempts,
-             "wrong access codes one client IP may try per tunnel and "
-             "minute; beyond: 429");
+             "wrong access codes or basic-auth passwords one client IP may "
+             "try per tunnel and minute; beyond: 429");
+  flags->Duration("basic-auth-cache-ttl", &o.front.basic_auth_cache_ttl,
+                  "tunnels with basic auth: a verified user and password "
+                  "pass this long without being hashed again (0: hash "
+                  "every request)");
+  flags->Int("basic-auth-cache-entries", &v->basic_auth_cache_entries,
+             "verified basic-auth credentials remembered at once (0: none)");
   flags->Int("tunnel-requests-per-minute", &o.front.tunnel_requests_per_minute,
              "requests one tunnel accepts per minute (fixed windows), then "
              "429 with Retry-After; 0: unlimited");
@@ -276,6 +284,16 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
     return absl::InvalidArgumentError(
         "--max-tracked-client-ips must be at least 1");
   }
+  if (v->options.front.basic_auth_cache_ttl < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "--basic-auth-cache-ttl must be 0 (no cache) or more");
+  }
+  if (v->basic_auth_cache_entries < 0 ||
+      v->basic_auth_cache_entries > 10000000) {
+    return absl::InvalidArgumentError(
+        "--basic-auth-cache-entries must be between 0 (no cache) and "
+        "10000000");
+  }
   if (v->options.front.access_cookie_ttl < absl::Seconds(1)) {
     return absl::InvalidArgumentError(
         "--access-cookie-ttl must be at least 1s");
@@ -339,6 +357,8 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
   o.public_port = static_cast<int>(v->public_port);
   o.front.access_code_attempts_per_minute =
       static_cast<int>(v->access_code_attempts);
+  o.front.basic_auth_cache_entries =
+      static_cast<size_t>(v->basic_auth_cache_entries);
   o.service.auth_failures_per_minute = static_cast<int>(v->auth_failures);
   o.service.auth_failure_max_ips = static_cast<size_t>(v->auth_failure_ips);
   o.service.max_message_bytes = static_cast<int>(v->max_agent_message);

@@ -27,6 +27,7 @@ struct GatewayFlags {
   int64_t max_connections = 0;
   int64_t public_port = 0;
   int64_t access_code_attempts = 0;
+  int64_t basic_auth_cache_entries = 0;
   int64_t auth_failures = 0;
   int64_t auth_failure_ips = 0;
   int64_t max_agent_message = 0;

@@ -29,11 +29,12 @@ TunnelActivity* SessionRegistry::ActivityLocked(const std::string& slug) {
   return a.get();
 }
 
-absl::Status SessionRegistry::Register(
-    const std::shared_ptr<Session>& session,
-    const std::vector<std::string>& slugs, std::shared_ptr<Session>* replaced,
-    const std::optional<tunnel::v1::AccessCodeHash>& access,
-    std::shared_ptr<const common::IpRules> ip_rules) {
+absl::Status SessionRegistry::Register(const std::shared_ptr<Session>& session,
+                                       const std::vector<std::string>& slugs,
+                                       std::shared_ptr<Session>* replaced,
+                                       const VisitorPolicy& policy) {
+  std::shared_ptr<const VisitorPolicy> shared =
+      policy.empty() ? nullptr : std::make_shared<const VisitorPolicy>(policy);
   absl::MutexLock lock(&mu_);
   const std::string& agent = session->agent_id();
   for (const std::string& slug : slugs) {
@@ -47,8 +48,7 @@ absl::Status SessionRegistry::Register(
     *replaced = it->second;
     for (auto r = routes_.begin(); r != routes_.end();) {
       if (r->second == *replaced) {
-        agent_codes_.erase(r->first);
-        agent_ip_rules_.erase(r->first);
+        agent_policy_.erase(r->first);
         routes_.erase(r++);
       } else {
         ++r;
@@ -60,15 +60,10 @@ absl::Status SessionRegistry::Register(
     slug_owner_[slug] = agent;
     routes_[slug] = session;
     ActivityLocked(slug);
-    if (access.has_value()) {
-      agent_codes_[slug] = *access;
+    if (shared != nullptr) {
+      agent_policy_[slug] = shared;
     } else {
-      agent_codes_.erase(slug);
-    }
-    if (ip_rules != nullptr && !ip_rules->empty()) {
-      agent_ip_rules_[slug] = ip_rules;
-    } else {
-      agent_ip_rules_.erase(slug);
+      agent_policy_.erase(slug);
     }
   }
   return absl::OkStatus();
@@ -81,8 +76,7 @@ void SessionRegistry::Unregister(const Session* session) {
   live_.erase(it);
   for (auto r = routes_.begin(); r != routes_.end();) {
     if (r->second.get() == session) {
-      agent_codes_.erase(r->first);
-      agent_ip_rules_.erase(r->first);
+      agent_policy_.erase(r->first);
       routes_.erase(r++);
     } else {
       ++r;
@@ -159,16 +153,19 @@ size_t SessionRegistry::stream_count() const {
   return n;
 }
 
-std::shared_ptr<const common::IpRules> SessionRegistry::IpRulesFor(
-    absl::string_view slug) const {
+VisitorPolicy SessionRegistry::PolicyFor(absl::string_view slug) const {
   absl::MutexLock lock(&mu_);
+  VisitorPolicy p;
+  if (auto it = agent_policy_.find(slug); it != agent_policy_.end()) {
+    p = *it->second;
+  }
+  if (auto it = admin_codes_.find(slug); it != admin_codes_.end()) {
+    p.access_code = it->second;
+  }
   if (auto it = admin_ip_rules_.find(slug); it != admin_ip_rules_.end()) {
-    return it->second;
+    p.ip_rules = it->second;
   }
-  if (auto it = agent_ip_rules_.find(slug); it != agent_ip_rules_.end()) {
-    return it->second;
-  }
-  return nullptr;
+  return p;
 }
 
 absl::Status SessionRegistry::SetIpRules(
@@ -189,24 +186,11 @@ absl::Status SessionRegistry::SetIpRules(
 std::string SessionRegistry::IpRulesSource(absl::string_view slug) const {
   absl::MutexLock lock(&mu_);
   if (admin_ip_rules_.contains(slug)) return "admin";
-  if (agent_ip_rules_.contains(slug)) return "agent";
+  if (auto it = agent_policy_.find(slug);
+      it != agent_policy_.end() && it->second->ip_rules != nullptr) {
+    return "agent";
+  }
   return "none";
-}
-
-}  // namespace tunnel::server
-
-namespace tunnel::server {
-
-std::optional<tunnel::v1::AccessCodeHash> SessionRegistry::AccessCodeFor(
-    absl::string_view slug) const {
-  absl::MutexLock lock(&mu_);
-  if (auto it = admin_codes_.find(slug); it != admin_codes_.end()) {
-    return it->second;
-  }
-  if (auto it = agent_codes_.find(slug); it != agent_codes_.end()) {
-    return it->second;
-  }
-  return std::nullopt;
 }
 
 absl::Status SessionRegistry::SetAccess(
@@ -216,7 +200,10 @@ absl::Status SessionRegistry::SetAccess(
     return absl::NotFoundError(
         absl::StrCat("no tunnel \"", slug, "\" on this gateway"));
   }
-  admin_codes_[slug] = std::move(code);
+  admin_codes_[slug] =
+      code.has_value()
+          ? std::make_shared<const tunnel::v1::AccessCodeHash>(*std::move(code))
+          : nullptr;
   return absl::OkStatus();
 }
 

@@ -7,10 +7,11 @@
 // its id from the start), so a slug never silently moves to another agent.
 // While its agent is offline the slug is "known": visitors get 502, not 404.
 //
-// Access codes: an agent's code (ConnectRequest.access_code) applies to the
-// slugs of its live session and is replaced on every reconnect. An admin
-// setting (SetAccess) overrides it per slug, survives reconnects and lasts
-// for the gateway's lifetime; only hashes are stored.
+// Visitor policy: what an agent asks of visitors (ConnectRequest's access
+// code, IP rules, basic auth users) applies to the slugs of its live session
+// and is replaced on every reconnect. An admin setting of a slug's access
+// code (SetAccess) or IP rules (SetIpRules) overrides the agent's, survives
+// reconnects and lasts for the gateway's lifetime; only hashes are stored.
 #ifndef TUNNEL_SERVER_SESSION_REGISTRY_H_
 #define TUNNEL_SERVER_SESSION_REGISTRY_H_
 
@@ -52,12 +53,12 @@ class SessionRegistry : public TunnelRouter {
   // ALREADY_EXISTS naming the slug if another agent owns one of them. If the
   // agent already had a live session, it is returned in `*replaced` (the
   // caller tells it why and closes it) and its slugs pass to the new one.
-  // `access`: the agent's access code for all of `slugs` (nullopt: public).
-  absl::Status Register(
-      const std::shared_ptr<Session>& session,
-      const std::vector<std::string>& slugs, std::shared_ptr<Session>* replaced,
-      const std::optional<tunnel::v1::AccessCodeHash>& access = std::nullopt,
-      std::shared_ptr<const common::IpRules> ip_rules = nullptr);
+  // `policy`: what the agent asked visitors of all of `slugs` to satisfy
+  // (an admin setting for a slug wins part by part).
+  absl::Status Register(const std::shared_ptr<Session>& session,
+                        const std::vector<std::string>& slugs,
+                        std::shared_ptr<Session>* replaced,
+                        const VisitorPolicy& policy = {});
   // Removes `session` if it is still the live one of its agent.
   void Unregister(const Session* session);
 
@@ -73,15 +74,13 @@ class SessionRegistry : public TunnelRouter {
   // NOT_FOUND for a slug no agent owns.
   absl::StatusOr<TunnelEntry> FindTunnel(absl::string_view slug) const;
 
-  std::optional<tunnel::v1::AccessCodeHash> AccessCodeFor(
-      absl::string_view slug) const override;
+  VisitorPolicy PolicyFor(absl::string_view slug) const override;
+
   // Admin override for a known slug: `code` gates it, nullopt makes it
   // public (whatever its agent asked for). NOT_FOUND for an unknown slug.
   absl::Status SetAccess(absl::string_view slug,
                          std::optional<tunnel::v1::AccessCodeHash> code);
 
-  std::shared_ptr<const common::IpRules> IpRulesFor(
-      absl::string_view slug) const override;
   // Admin override of a known slug's IP rules (null: drop the override).
   // NOT_FOUND for an unknown slug.
   absl::Status SetIpRules(absl::string_view slug,
@@ -105,15 +104,13 @@ class SessionRegistry : public TunnelRouter {
   // and the map grows only with the set of owned slugs.
   absl::flat_hash_map<std::string, std::unique_ptr<TunnelActivity>> activity_
       ABSL_GUARDED_BY(mu_);
-  // Live slug -> its agent's access code (only gated slugs).
-  absl::flat_hash_map<std::string, tunnel::v1::AccessCodeHash> agent_codes_
-      ABSL_GUARDED_BY(mu_);
-  // Slug -> admin override (nullopt: public). Bounded by the owned slugs.
-  absl::flat_hash_map<std::string, std::optional<tunnel::v1::AccessCodeHash>>
+  // Live slug -> what its agent asked of visitors (only slugs with rules).
+  absl::flat_hash_map<std::string, std::shared_ptr<const VisitorPolicy>>
+      agent_policy_ ABSL_GUARDED_BY(mu_);
+  // Slug -> admin's access code (null: public). Bounded by the owned slugs.
+  absl::flat_hash_map<std::string,
+                      std::shared_ptr<const tunnel::v1::AccessCodeHash>>
       admin_codes_ ABSL_GUARDED_BY(mu_);
-  // Live slug -> its agent's IP rules (only slugs with rules).
-  absl::flat_hash_map<std::string, std::shared_ptr<const common::IpRules>>
-      agent_ip_rules_ ABSL_GUARDED_BY(mu_);
   // Slug -> admin's IP rules. Bounded by the owned slugs.
   absl::flat_hash_map<std::string, std::shared_ptr<const common::IpRules>>
       admin_ip_rules_ ABSL_GUARDED_BY(mu_);

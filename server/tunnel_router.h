@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -24,9 +25,31 @@
 #include "absl/time/time.h"
 #include "common/cidr.h"
 #include "common/flow_control.h"
+#include "common/password_hash.h"
 #include "tunnel/v1/tunnel.pb.h"
 
 namespace tunnel::server {
+
+// The users a tunnel's basic auth admits. `id` is unique per set the
+// gateway made (a random 64-bit value), so what the front door caches about
+// verified credentials dies with the set.
+struct BasicAuthUsers {
+  uint64_t id = 0;
+  std::vector<common::BasicAuthUser> users;
+};
+
+// What a visitor must satisfy to reach a tunnel, in the order the front door
+// checks: its address (ip_rules), basic auth, the access code. Null: no such
+// rule. Each part is immutable and shared, so a lookup copies pointers only.
+struct VisitorPolicy {
+  std::shared_ptr<const common::IpRules> ip_rules;
+  std::shared_ptr<const BasicAuthUsers> basic_auth;
+  std::shared_ptr<const tunnel::v1::AccessCodeHash> access_code;
+  bool empty() const {
+    return ip_rules == nullptr && basic_auth == nullptr &&
+           access_code == nullptr;
+  }
+};
 
 // One HTTP exchange in flight on an agent session. Owned by one front-door
 // worker thread; for an upgraded connection, one thread sends (SendBody,
@@ -60,16 +83,10 @@ class TunnelRouter {
   // stream_id is filled in here). Thread-safe.
   virtual absl::StatusOr<std::unique_ptr<TunnelStream>> Open(
       absl::string_view slug, tunnel::v1::TunnelRequest head) = 0;
-  // The hash of the code visitors must present for `slug`, or nullopt for a
-  // public (or unknown) tunnel. Thread-safe; cheap (a map lookup).
-  virtual std::optional<tunnel::v1::AccessCodeHash> AccessCodeFor(
-      absl::string_view /*slug*/) const {
-    return std::nullopt;
-  }
-  // Who may reach `slug` (null: everyone). Thread-safe; cheap.
-  virtual std::shared_ptr<const common::IpRules> IpRulesFor(
-      absl::string_view /*slug*/) const {
-    return nullptr;
+  // What visitors must satisfy to reach `slug` (empty for a public or
+  // unknown tunnel). Thread-safe; cheap (one lock, map lookups).
+  virtual VisitorPolicy PolicyFor(absl::string_view /*slug*/) const {
+    return {};
   }
 };
 

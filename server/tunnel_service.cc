@@ -19,6 +19,7 @@
 #include "common/access_code.h"
 #include "common/cidr.h"
 #include "common/log.h"
+#include "common/password_hash.h"
 #include "common/random.h"
 #include "common/slug.h"
 
@@ -28,6 +29,58 @@ using tunnel::v1::ConnectError;
 using tunnel::v1::Envelope;
 
 namespace {
+
+// What the agent asks of visitors, checked: INVALID_ARGUMENT naming the
+// bad field.
+absl::StatusOr<VisitorPolicy> AgentPolicy(
+    const tunnel::v1::ConnectRequest& req) {
+  VisitorPolicy p;
+  if (req.has_access_code()) {
+    if (absl::Status s = common::CheckAccessCodeHash(req.access_code());
+        !s.ok()) {
+      return s;
+    }
+    p.access_code =
+        std::make_shared<const tunnel::v1::AccessCodeHash>(req.access_code());
+  }
+  if (req.has_ip_rules()) {
+    absl::StatusOr<common::IpRules> r = common::ParseIpRules(
+        {req.ip_rules().allow().begin(), req.ip_rules().allow().end()},
+        {req.ip_rules().deny().begin(), req.ip_rules().deny().end()},
+        "ip_rules.allow", "ip_rules.deny");
+    if (!r.ok()) return r.status();
+    if (!r->empty()) {
+      p.ip_rules = std::make_shared<const common::IpRules>(*std::move(r));
+    }
+  }
+  if (req.basic_auth_size() > 0) {
+    std::vector<std::string> entries;
+    for (const tunnel::v1::BasicAuthUser& u : req.basic_auth()) {
+      if (u.user().find(':') != std::string::npos) {
+        return absl::InvalidArgumentError(
+            "basic_auth: a user name must not contain ':'");
+      }
+      entries.push_back(absl::StrCat(u.user(), ":", u.hash()));
+    }
+    absl::StatusOr<std::vector<common::BasicAuthUser>> users =
+        common::ParseBasicAuthUsers(entries, "basic_auth");
+    if (!users.ok()) return users.status();
+    auto set = std::make_shared<BasicAuthUsers>();
+    set->id = common::RandomU64();
+    set->users = *std::move(users);
+    p.basic_auth = std::move(set);
+  }
+  return p;
+}
+
+// For the agent_connected log line.
+std::string AccessMode(const VisitorPolicy& p) {
+  std::vector<absl::string_view> parts;
+  if (p.ip_rules != nullptr) parts.push_back("ip_rules");
+  if (p.basic_auth != nullptr) parts.push_back("basic_auth");
+  if (p.access_code != nullptr) parts.push_back("code");
+  return parts.empty() ? "public" : absl::StrJoin(parts, "+");
+}
 
 int HexDigit(char c) {
   if (c >= '0' && c <= '9') return c - '0';
@@ -317,30 +370,12 @@ class AgentConnection final : public EnvelopeWriter {
       }
       slugs.push_back(t.slug());
     }
-    std::optional<tunnel::v1::AccessCodeHash> access;
-    if (req.has_access_code()) {
-      if (absl::Status s = common::CheckAccessCodeHash(req.access_code());
-          !s.ok()) {
-        Refuse(ConnectError::INVALID_REQUEST, std::string(s.message()),
-               grpc::StatusCode::INVALID_ARGUMENT);
-        return;
-      }
-      access = req.access_code();
-    }
-    std::shared_ptr<const common::IpRules> ip_rules;
-    if (req.has_ip_rules()) {
-      absl::StatusOr<common::IpRules> r = common::ParseIpRules(
-          {req.ip_rules().allow().begin(), req.ip_rules().allow().end()},
-          {req.ip_rules().deny().begin(), req.ip_rules().deny().end()},
-          "ip_rules.allow", "ip_rules.deny");
-      if (!r.ok()) {
-        Refuse(ConnectError::INVALID_REQUEST, std::string(r.status().message()),
-               grpc::StatusCode::INVALID_ARGUMENT);
-        return;
-      }
-      if (!r->empty()) {
-        ip_rules = std::make_shared<const common::IpRules>(*std::move(r));
-      }
+    absl::StatusOr<VisitorPolicy> policy = AgentPolicy(req);
+    if (!policy.ok()) {
+      Refuse(ConnectError::INVALID_REQUEST,
+             std::string(policy.status().message()),
+             grpc::StatusCode::INVALID_ARGUMENT);
+      return;
     }
     session_->SetAgentReceiveWindow(req.receive_window());
     std::vector<SessionTunnel> tunnels;
@@ -374,8 +409,8 @@ class AgentConnection final : public EnvelopeWriter {
       return;
     }
     std::shared_ptr<Session> replaced;
-    if (absl::Status s = service_->registry_->Register(
-            session_, slugs, &replaced, access, ip_rules);
+    if (absl::Status s =
+            service_->registry_->Register(session_, slugs, &replaced, *policy);
         !s.ok()) {
       Refuse(ConnectError::SLUG_TAKEN, std::string(s.message()),
              grpc::StatusCode::ALREADY_EXISTS);
@@ -441,7 +476,7 @@ class AgentConnection final : public EnvelopeWriter {
         .Str("token", session_->token_id())
         .Str("peer", peer_)
         .Str("tunnels", absl::StrJoin(slugs, ","))
-        .Str("access", access.has_value() ? "code" : "public");
+        .Str("access", AccessMode(*policy));
   }
 
   TunnelServiceImpl* const service_;

@@ -21,6 +21,7 @@
 // 2 bad usage. `token issue` prints machine-readable "key: value" lines on
 // stdout; everything meant for humans goes to stderr.
 #include <sys/stat.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -45,6 +46,7 @@
 #include "common/flags.h"
 #include "common/grpc_log.h"
 #include "common/log.h"
+#include "common/password_hash.h"
 #include "common/slug.h"
 #include "grpcpp/grpcpp.h"
 #include "tunnel/v1/admin.grpc.pb.h"
@@ -89,6 +91,8 @@ constexpr char kTopUsage[] =
     "                              file (as SIGHUP does)\n"
     "  admin-token issue --file F  write a new random admin token to F "
     "(0600)\n"
+    "  hash-password USER          print USER:HASH for agent-tunnel "
+    "--basic-auth\n"
     "\n"
     "Run 'tunnelctl <command> --help' for a command's flags.\n";
 
@@ -125,6 +129,16 @@ constexpr char kReloadUsage[] =
     "still in force keep running; those whose token was revoked or removed\n"
     "are closed and their agents exit. A file with errors is refused (the\n"
     "error names file and line, exit 1) and the old credentials stay.\n";
+
+constexpr char kHashPasswordUsage[] =
+    "Usage: tunnelctl hash-password USER [--bcrypt] [--rounds N]\n"
+    "\n"
+    "Reads a password (asked twice without echo on a terminal, else the\n"
+    "first line of stdin) and prints USER:HASH for agent-tunnel\n"
+    "--basic-auth or a --basic-auth-file line. The hash is PBKDF2-SHA256\n"
+    "(passlib's $pbkdf2-sha256$ format, 100000 rounds) or, with --bcrypt,\n"
+    "bcrypt (cost 10; it reads at most 72 bytes of a password). Quote it in\n"
+    "a shell: it holds '$'. Nothing is sent anywhere.\n";
 
 constexpr char kSetCodeUsage[] =
     "Usage: tunnelctl set-code SLUG [CODE | --stdin | --public] [--admin "
@@ -792,6 +806,77 @@ int AdminReload(const std::vector<std::string>& args) {
   return kExitOk;
 }
 
+// One line from the terminal with echo off (prompt on stderr).
+std::optional<std::string> ReadHidden(const char* prompt) {
+  std::cerr << prompt << std::flush;
+  termios old{};
+  const bool tty = tcgetattr(STDIN_FILENO, &old) == 0;
+  if (tty) {
+    termios quiet = old;
+    quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
+    tcsetattr(STDIN_FILENO, TCSANOW, &quiet);
+  }
+  std::string line;
+  const bool got = static_cast<bool>(std::getline(std::cin, line));
+  if (tty) tcsetattr(STDIN_FILENO, TCSANOW, &old);
+  std::cerr << "\n";
+  if (!got) return std::nullopt;
+  return line;
+}
+
+int HashPasswordCommand(const std::vector<std::string>& args) {
+  constexpr char kCommand[] = "tunnelctl hash-password";
+  bool bcrypt = false;
+  int64_t rounds = 0;
+  tunnel::common::FlagSet flags(kHashPasswordUsage);
+  flags.Bool("bcrypt", &bcrypt, "bcrypt instead of PBKDF2-SHA256");
+  flags.Int("rounds", &rounds,
+            "PBKDF2 iterations (10000 to 2000000, default 100000) or bcrypt "
+            "cost (4 to 14, default 10)");
+  std::vector<std::string> positional;
+  if (auto done = ParseFlags(flags, args, kCommand, &positional)) return *done;
+  if (positional.size() != 1) return UsageError("want one USER", kCommand);
+  const std::string& user = positional[0];
+  if (user.empty() || user.find(':') != std::string::npos) {
+    return UsageError("USER must be non-empty and without ':'", kCommand);
+  }
+  if (rounds < 0 || rounds > tunnel::common::kMaxPbkdf2Rounds) {
+    return UsageError("--rounds is out of range", kCommand);
+  }
+  std::string password;
+  if (isatty(STDIN_FILENO)) {
+    std::optional<std::string> a = ReadHidden("Password: ");
+    std::optional<std::string> b =
+        a.has_value() ? ReadHidden("Again: ") : std::nullopt;
+    if (!a.has_value() || !b.has_value()) {
+      return RuntimeError(absl::InvalidArgumentError("no password given"));
+    }
+    if (*a != *b) {
+      return RuntimeError(
+          absl::InvalidArgumentError("the two passwords differ"));
+    }
+    password = *a;
+  } else if (!std::getline(std::cin, password)) {
+    return RuntimeError(absl::InvalidArgumentError("no password on stdin"));
+  }
+  if (!password.empty() && password.back() == '\r') password.pop_back();
+  absl::StatusOr<std::string> hash = tunnel::common::HashPassword(
+      password,
+      bcrypt ? tunnel::common::PasswordScheme::kBcrypt
+             : tunnel::common::PasswordScheme::kPbkdf2Sha256,
+      static_cast<uint32_t>(rounds));
+  if (!hash.ok()) return RuntimeError(hash.status());
+  // The line the agent will read: checked the same way.
+  const std::string entry = absl::StrCat(user, ":", *hash);
+  if (absl::StatusOr<std::vector<tunnel::common::BasicAuthUser>> users =
+          tunnel::common::ParseBasicAuthUsers({entry}, "USER");
+      !users.ok()) {
+    return RuntimeError(users.status());
+  }
+  std::cout << entry << "\n";
+  return kExitOk;
+}
+
 int AdminSetCode(const std::vector<std::string>& args) {
   constexpr char kCommand[] = "tunnelctl set-code";
   AdminFlags f;
@@ -967,6 +1052,7 @@ int main(int argc, char** argv) {
   if (args[0] == "disconnect") return AdminDisconnect(after);
   if (args[0] == "set-code") return AdminSetCode(after);
   if (args[0] == "set-ip-rules") return AdminSetIpRules(after);
+  if (args[0] == "hash-password") return HashPasswordCommand(after);
   if (args[0] == "reload") return AdminReload(after);
   if (args[0] == "admin-token") {
     if (after.empty()) {

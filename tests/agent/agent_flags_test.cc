@@ -1,5 +1,9 @@
 #include "agent/agent_flags.h"
 
+#include <cstdio>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
 #include "agent/qr.h"
 #include "common/access_code.h"
 #include "common/config_file.h"
@@ -113,6 +117,54 @@ TEST(AgentFlagsTest, IpRulesAreCheckedAndSent) {
                              "set; did you mean 203.0.113.0/24?"),
             std::string::npos)
       << s;
+}
+
+constexpr char kBcrypt[] =
+    "$2y$05$a7Mq3.eTQOcQvXJ3nhwS9ekDDArBy5Im7AuzFXZ7sfNMznRdKw.Be";
+constexpr char kPbkdf2[] =
+    "$pbkdf2-sha256$10000$MDEyMzQ1Njc4OWFiY2RlZg$"
+    "TI2grtvV1HW5nz2rBY4tctlrmOj5bZs0dw9j8NHpRRc";
+
+TEST(AgentFlagsTest, BasicAuthUsersFromFlagsAndAFileAreCheckedAndSent) {
+  const std::string file =
+      absl::StrCat(::testing::TempDir(), "/htpasswd-flags-test");
+  {
+    std::ofstream out(file);
+    out << "# made by htpasswd -B\n\ncarol:" << kBcrypt << "\n";
+  }
+  AgentFlags v;
+  absl::Status s = ParseConnect(
+      {"--basic-auth", absl::StrCat("alice:", kPbkdf2), "--basic-auth",
+       absl::StrCat("bob:", kBcrypt), "--basic-auth-file", file},
+      &v);
+  ASSERT_TRUE(s.ok()) << s;
+  ASSERT_EQ(v.options.basic_auth.size(), 3u);
+  EXPECT_EQ(v.options.basic_auth[0].user(), "alice");
+  EXPECT_EQ(v.options.basic_auth[0].hash(), kPbkdf2);
+  EXPECT_EQ(v.options.basic_auth[2].user(), "carol");
+  EXPECT_EQ(v.options.basic_auth[2].hash(), kBcrypt);
+
+  // A password where the hash belongs says how to make one.
+  AgentFlags plain;
+  s = ParseConnect({"--basic-auth", "alice:hunter2"}, &plain);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("--basic-auth: user \"alice\": not a password "
+                             "hash we accept"),
+            std::string::npos)
+      << s;
+  EXPECT_NE(s.message().find("tunnelctl hash-password"), std::string::npos);
+  AgentFlags twice;
+  s = ParseConnect({"--basic-auth", absl::StrCat("carol:", kPbkdf2),
+                    "--basic-auth-file", file},
+                   &twice);
+  EXPECT_NE(s.message().find("user \"carol\" appears twice"), std::string::npos)
+      << s;
+  AgentFlags missing;
+  s = ParseConnect({"--basic-auth-file", file + ".nope"}, &missing);
+  EXPECT_NE(s.message().find("--basic-auth-file: cannot read"),
+            std::string::npos)
+      << s;
+  std::remove(file.c_str());
 }
 
 TEST(AgentFlagsTest, SendQueueReachesTheOptionsAndIsBounded) {

@@ -3,7 +3,10 @@
 # agent started with --access-code (curl without the code, with a wrong one,
 # with ?code=, with the cookie it earns, with X-Tunnel-Access-Code), and
 # `tunnelctl set-code` (code from stdin, --public, --json, exit codes)
-# against the binaries. The codes never show up in the gateway's output.
+# against the binaries; basic auth from `tunnelctl hash-password` (PBKDF2)
+# and an `htpasswd -B` file (bcrypt), and the agent refusing a password
+# where a hash belongs. Codes and passwords never show up in the gateway's
+# output.
 # Usage: access_e2e.sh BUILD_DIR
 set -uo pipefail
 BUILD="$(cd "$1" && pwd)"
@@ -23,6 +26,8 @@ json() { "$PY" -c "import json,sys; d=json.loads(sys.stdin.read()); print($1)"; 
 AGENT_CODE="agent-code-8812"
 ADMIN_CODE="admin-code-5519"
 
+issue_token "$BUILD" cam-03
+TOKEN3=$TOKEN SECRET3=$SECRET
 issue_token "$BUILD" cam-02
 TOKEN2=$TOKEN SECRET2=$SECRET
 issue_token "$BUILD" cam-01
@@ -137,6 +142,39 @@ curl -s --max-time 10 -D limited.h -o /dev/null "$BASE/t/cam-02/?code=wrong"
 check "wrong codes past the limit: 429" grep -q '^HTTP/1.1 429' limited.h
 check "with Retry-After" grep -qi '^Retry-After: [0-9]' limited.h
 
+# Basic auth for API clients: one user hashed by tunnelctl, one by htpasswd.
+echo 'alice-pw' | "$CTL" hash-password alice >alice.line 2>hp.err
+check "hash-password prints USER:HASH (PBKDF2)" \
+  grep -q '^alice:\$pbkdf2-sha256\$100000\$' alice.line
+htpasswd -nbB -C 5 bob 'bob pw' | grep . >users.htpasswd
+TUNNEL_SECRET="$SECRET3" TUNNEL_TOKEN="$TOKEN3" "$BUILD/agent/agent-tunnel" \
+  connect --gateway "$GRPC" --id cam-03 --insecure \
+  --basic-auth "$(cat alice.line)" --basic-auth-file users.htpasswd \
+  --to "http://127.0.0.1:$SVC_PORT" >agent3.out 2>agent3.err &
+pids+=($!)
+check "basic-auth agent connected" test -n "$(wait_for_line agent3.out '/t/cam-03/$' 20)"
+curl -s --max-time 10 -D ba.h -o ba.json "$BASE/t/cam-03/"
+check "no credentials: 401" grep -q '^HTTP/1.1 401' ba.h
+check "with a Basic challenge naming the tunnel" \
+  grep -qi '^WWW-Authenticate: Basic realm="cam-03", charset="UTF-8"' ba.h
+check "and basic_auth_required" test "$(json 'd["error"]' <ba.json)" = basic_auth_required
+check "alice (tunnelctl's PBKDF2 hash) gets in" \
+  test "$(code -u alice:alice-pw "$BASE/t/cam-03/")" = 200
+check "bob (htpasswd's bcrypt hash) gets in" \
+  test "$(code -u 'bob:bob pw' "$BASE/t/cam-03/")" = 200
+curl -s --max-time 10 -u alice:bob-pw -D bw.h -o /dev/null "$BASE/t/cam-03/"
+check "a wrong password: 401 basic_auth_invalid" \
+  grep -qi '^X-Tunnel-Error: basic_auth_invalid' bw.h
+"$CTL" status cam-03 "${A[@]}" --json >s3.json
+check "status shows basic_auth" test "$(json 'd["access"]' <s3.json)" = basic_auth
+TUNNEL_SECRET="$SECRET3" TUNNEL_TOKEN="$TOKEN3" "$BUILD/agent/agent-tunnel" \
+  connect --gateway "$GRPC" --id cam-03 --insecure --basic-auth alice:alice-pw \
+  --to "http://127.0.0.1:$SVC_PORT" >plain.out 2>plain.err
+check "a password where the hash belongs is usage (exit 2)" test $? = 2
+check "and says how to make a hash" grep -q 'tunnelctl hash-password' plain.err
+check "the first agent kept its tunnel" \
+  test "$(code -u alice:alice-pw "$BASE/t/cam-03/")" = 200
+
 METRICS=$(curl -s --max-time 10 "http://$OPS/metrics")
 check "wrong codes are counted (3 + the replaced agent code)" \
   grep -q '^tunnel_access_denials_total{reason="wrong_code"} 4$' <<<"$METRICS"
@@ -144,8 +182,12 @@ check "429s are counted" \
   grep -q '^tunnel_access_denials_total{reason="rate_limited"} 1$' <<<"$METRICS"
 check "IP denials are counted" \
   grep -q '^tunnel_ip_denials_total{tunnel="cam-02"} 1$' <<<"$METRICS"
-check "the gateway never printed a code" \
-  bash -c "! grep -q -e '$AGENT_CODE' -e '$ADMIN_CODE' gw.out gw.err"
+check "basic-auth grants are counted" \
+  grep -q '^tunnel_access_grants_total{via="basic_auth"} 3$' <<<"$METRICS"
+check "wrong passwords are counted" \
+  grep -q '^tunnel_access_denials_total{reason="wrong_password"} 1$' <<<"$METRICS"
+check "the gateway never printed a code or password" \
+  bash -c "! grep -q -e '$AGENT_CODE' -e '$ADMIN_CODE' -e alice-pw -e 'bob pw' gw.out gw.err"
 
 echo "passed: $passed, failed: $failed"
 test "$failed" = 0

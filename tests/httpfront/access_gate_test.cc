@@ -3,6 +3,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/access_code.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -80,6 +81,61 @@ TEST(AccessGateParsingTest, FormFieldAndCookie) {
   EXPECT_EQ(TakeCookie("a=1; tunnel_access=xyz;b=2", "tunnel_access", &ours),
             "a=1; b=2");
   EXPECT_THAT(ours, ElementsAre("xyz"));
+}
+
+TEST(BasicAuthParsingTest, UserAndPasswordFromTheHeader) {
+  std::string user;
+  std::string password;
+  // "alice:open sesame:2" in standard base64 (with '+' and '/' from the
+  // bytes below); the password may hold ':'.
+  ASSERT_TRUE(ParseBasicAuthorization(
+      "Basic YWxpY2U6b3BlbiBzZXNhbWU6Mg==", &user, &password));
+  EXPECT_EQ(user, "alice");
+  EXPECT_EQ(password, "open sesame:2");
+  ASSERT_TRUE(ParseBasicAuthorization("bAsIc   Pz8/Oj4+Pg", &user, &password));
+  EXPECT_EQ(user, "???");
+  EXPECT_EQ(password, ">>>");
+  ASSERT_TRUE(ParseBasicAuthorization("Basic Ym9iOg==", &user, &password));
+  EXPECT_EQ(user, "bob");
+  EXPECT_EQ(password, "");
+  for (const char* bad :
+       {"", "Basic", "Basic ", "Bearer YWxpY2U6eA==", "Basic YWxpY2U=",
+        "Basic Pz8_Oj4-Pg", "Basic !!!", "BasicYWxpY2U6eA=="}) {
+    EXPECT_FALSE(ParseBasicAuthorization(bad, &user, &password)) << bad;
+  }
+}
+
+TEST(VerifiedCredentialsTest, EntriesAreBoundAndExpire) {
+  VerifiedCredentials c(absl::Minutes(5), 100);
+  const absl::Time now = absl::FromUnixSeconds(1700000000);
+  c.Add("cam", 7, "Basic abc", now);
+  EXPECT_TRUE(c.Contains("cam", 7, "Basic abc", now + absl::Minutes(4)));
+  EXPECT_FALSE(c.Contains("cam2", 7, "Basic abc", now));
+  EXPECT_FALSE(c.Contains("cam", 8, "Basic abc", now));  // other user set
+  EXPECT_FALSE(c.Contains("cam", 7, "Basic abd", now));
+  EXPECT_FALSE(c.Contains("cam", 7, "Basic abc", now + absl::Minutes(5)));
+  EXPECT_EQ(c.size(), 0u);  // the expired entry went when seen
+}
+
+TEST(VerifiedCredentialsTest, MemoryIsCappedAndTheNearestExpiryGoesFirst) {
+  VerifiedCredentials c(absl::Minutes(5), 3);
+  const absl::Time now = absl::FromUnixSeconds(1700000000);
+  for (int i = 0; i < 3; ++i) {
+    c.Add("cam", 1, absl::StrCat("Basic ", i), now + absl::Seconds(i));
+  }
+  c.Add("cam", 1, "Basic new", now + absl::Seconds(10));
+  EXPECT_EQ(c.size(), 3u);
+  EXPECT_FALSE(c.Contains("cam", 1, "Basic 0", now + absl::Seconds(10)));
+  EXPECT_TRUE(c.Contains("cam", 1, "Basic 1", now + absl::Seconds(10)));
+  EXPECT_TRUE(c.Contains("cam", 1, "Basic new", now + absl::Seconds(10)));
+  // Expired entries make room before a live one is dropped.
+  c.Add("cam", 1, "Basic later", now + absl::Minutes(5) + absl::Seconds(2));
+  EXPECT_EQ(c.size(), 2u);
+  // Off: nothing is kept.
+  VerifiedCredentials off(absl::ZeroDuration(), 100);
+  off.Add("cam", 1, "Basic x", now);
+  EXPECT_FALSE(off.Contains("cam", 1, "Basic x", now));
+  EXPECT_EQ(off.size(), 0u);
 }
 
 }  // namespace

@@ -1,12 +1,17 @@
-// Visitor access codes against a real gateway, real agents and a real local
-// service on loopback: the front door's gate (401 form/JSON, cookie, ?code=,
-// rate limit) and the admin API's SetAccessCode through a real gRPC client.
+// Visitor access codes and basic auth against a real gateway, real agents
+// and a real local service on loopback: the front door's gate (401 form/JSON,
+// cookie, ?code=, rate limit; 401 with WWW-Authenticate, the verified-
+// credential cache) and the admin API's SetAccessCode through a real gRPC
+// client.
 #include <memory>
 #include <string>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/access_code.h"
+#include "common/password_hash.h"
+#include "common/random.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -30,19 +35,23 @@ class AccessTest : public ::testing::Test {
     svc_.server().Get(".*", [](const httplib::Request& req,
                                httplib::Response& res) {
       res.set_content(
-          absl::StrCat("target=", req.target,
-                       "\ncookie=", req.get_header_value("Cookie"), "\nheader=",
-                       req.get_header_value("X-Tunnel-Access-Code"), "\n"),
+          absl::StrCat(
+              "target=", req.target,
+              "\ncookie=", req.get_header_value("Cookie"),
+              "\nheader=", req.get_header_value("X-Tunnel-Access-Code"),
+              "\nauthorization=", req.get_header_value("Authorization"), "\n"),
           "text/plain");
     });
     svc_.Start();
   }
 
-  void Start(int attempts_per_minute = 5) {
-    h_.StartGateway([attempts_per_minute](server::GatewayOptions& o) {
+  void Start(int attempts_per_minute = 5,
+             absl::Duration basic_auth_cache_ttl = absl::Minutes(5)) {
+    h_.StartGateway([=](server::GatewayOptions& o) {
       o.admin_addr = "127.0.0.1:0";
       o.admin_token = kToken;
       o.front.access_code_attempts_per_minute = attempts_per_minute;
+      o.front.basic_auth_cache_ttl = basic_auth_cache_ttl;
     });
     stub_ = tunnel::v1::AdminService::NewStub(grpc::CreateChannel(
         absl::StrCat("127.0.0.1:", h_.gateway().admin_port()),
@@ -58,6 +67,37 @@ class AccessTest : public ::testing::Test {
     ASSERT_TRUE(hash.ok()) << hash.status();
     o.access_code = *hash;
     h_.StartAgent(std::move(o));
+  }
+
+  // cam-01 behind basic auth: alice (PBKDF2) and bob (bcrypt), with the
+  // cheapest costs the gateway accepts, so the test is quick.
+  RunningAgent* StartBasicAuthAgent(const std::vector<std::string>& users = {
+                                        "alice", "bob"}) {
+    agent::AgentOptions o = h_.AgentOptionsFor("cam-01", {svc_.url()});
+    for (const std::string& user : users) {
+      absl::StatusOr<std::string> hash = common::HashPassword(
+          absl::StrCat(user, "-pw"),
+          user == "bob" ? common::PasswordScheme::kBcrypt
+                        : common::PasswordScheme::kPbkdf2Sha256,
+          user == "bob" ? common::kMinBcryptCost : common::kMinPbkdf2Rounds);
+      EXPECT_TRUE(hash.ok()) << hash.status();
+      tunnel::v1::BasicAuthUser& u = o.basic_auth.emplace_back();
+      u.set_user(user);
+      u.set_hash(*hash);
+    }
+    return h_.StartAgent(std::move(o));
+  }
+
+  static httplib::Headers Basic(absl::string_view user,
+                                absl::string_view password) {
+    std::string b64 =
+        common::Base64UrlEncode(absl::StrCat(user, ":", password));
+    for (char& c : b64) {
+      if (c == '-') c = '+';
+      if (c == '_') c = '/';
+    }
+    while (b64.size() % 4 != 0) b64 += '=';
+    return {{"Authorization", absl::StrCat("Basic ", b64)}};
   }
 
   static std::unique_ptr<grpc::ClientContext> Ctx() {
@@ -390,6 +430,193 @@ TEST_F(AccessTest, AnAbsurdHashFromAnAgentIsAConnectError) {
   absl::Status s = agent.WaitForExit(absl::Seconds(30));
   EXPECT_FALSE(s.ok());
   EXPECT_THAT(std::string(s.message()), HasSubstr("iterations"));
+  EXPECT_EQ(h_.gateway().registry().session_count(), 0u);
+}
+
+TEST_F(AccessTest, BasicAuthAdmitsItsUsersOnlyAndStripsTheHeader) {
+  Start();
+  StartBasicAuthAgent();
+  auto v = h_.Visitor();
+  const std::string path = TunnelHarness::Path("cam-01", "/page");
+
+  auto missing = v->Get(path);
+  ASSERT_TRUE(missing);
+  EXPECT_EQ(missing->status, 401);
+  EXPECT_EQ(missing->get_header_value("X-Tunnel-Error"), "basic_auth_required");
+  EXPECT_EQ(missing->get_header_value("WWW-Authenticate"),
+            "Basic realm=\"cam-01\", charset=\"UTF-8\"");
+  // A token meant for the service is not ours to pass on.
+  auto bearer = v->Get(path, {{"Authorization", "Bearer abc"}});
+  ASSERT_TRUE(bearer);
+  EXPECT_EQ(bearer->status, 401);
+  EXPECT_EQ(bearer->get_header_value("X-Tunnel-Error"), "basic_auth_required");
+
+  for (const auto& [user, password] :
+       std::vector<std::pair<std::string, std::string>>{
+           {"alice", "bob-pw"}, {"carol", "alice-pw"}, {"alice", ""}}) {
+    auto wrong = v->Get(path, Basic(user, password));
+    ASSERT_TRUE(wrong);
+    EXPECT_EQ(wrong->status, 401) << user;
+    EXPECT_EQ(wrong->get_header_value("X-Tunnel-Error"), "basic_auth_invalid");
+    EXPECT_THAT(wrong->get_header_value("WWW-Authenticate"),
+                HasSubstr("Basic realm"));
+    EXPECT_THAT(wrong->body, Not(HasSubstr("target=")));
+  }
+  auto garbage = v->Get(path, {{"Authorization", "Basic !!!"}});
+  ASSERT_TRUE(garbage);
+  EXPECT_EQ(garbage->get_header_value("X-Tunnel-Error"), "basic_auth_invalid");
+
+  for (const char* user : {"alice", "bob"}) {
+    auto ok = v->Get(path, Basic(user, absl::StrCat(user, "-pw")));
+    ASSERT_TRUE(ok);
+    EXPECT_EQ(ok->status, 200) << user << ": " << ok->body;
+    EXPECT_THAT(ok->body, HasSubstr("target=/page\n"));
+    EXPECT_THAT(ok->body, HasSubstr("authorization=\n"));
+  }
+  // The scheme name is case-insensitive (RFC 7617).
+  httplib::Headers lower = Basic("bob", "bob-pw");
+  lower.begin()->second.replace(0, 5, "basic");
+  auto ok = v->Get(path, lower);
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 200);
+
+  EXPECT_EQ(Metric("tunnel_access_grants_total{via=\"basic_auth\"}"), 3);
+  EXPECT_EQ(
+      Metric("tunnel_access_denials_total{reason=\"basic_auth_required\"}"), 2);
+  EXPECT_EQ(Metric("tunnel_access_denials_total{reason=\"wrong_password\"}"),
+            4);
+  EXPECT_EQ(Access("cam-01"), "basic_auth");
+}
+
+// An API client sends its credentials with every request: the slow hash
+// runs once, until the cache entry expires; with the cache off, every time.
+TEST_F(AccessTest, VerifiedBasicAuthIsHashedOncePerCacheTtl) {
+  Start();
+  StartBasicAuthAgent();
+  auto v = h_.Visitor();
+  for (int i = 0; i < 5; ++i) {
+    auto r = v->Get(TunnelHarness::Path("cam-01", "/"), Basic("bob", "bob-pw"));
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+  }
+  EXPECT_EQ(Metric("tunnel_basic_auth_hashes_total"), 1);
+  // A wrong password is never cached as right.
+  for (int i = 0; i < 2; ++i) {
+    auto r = v->Get(TunnelHarness::Path("cam-01", "/"), Basic("bob", "bob-px"));
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 401);
+  }
+  EXPECT_EQ(Metric("tunnel_basic_auth_hashes_total"), 3);
+}
+
+TEST_F(AccessTest, WithoutTheCacheEveryBasicAuthRequestIsHashed) {
+  Start(5, absl::ZeroDuration());
+  StartBasicAuthAgent();
+  auto v = h_.Visitor();
+  for (int i = 0; i < 3; ++i) {
+    auto r =
+        v->Get(TunnelHarness::Path("cam-01", "/"), Basic("alice", "alice-pw"));
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+  }
+  EXPECT_EQ(Metric("tunnel_basic_auth_hashes_total"), 3);
+}
+
+// A user the agent no longer lists is out at once, cache or not.
+TEST_F(AccessTest, AReconnectWithOtherUsersDropsTheOldOnes) {
+  Start();
+  RunningAgent* first = StartBasicAuthAgent({"alice", "bob"});
+  auto v = h_.Visitor();
+  auto r =
+      v->Get(TunnelHarness::Path("cam-01", "/"), Basic("alice", "alice-pw"));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  first->Stop();
+  StartBasicAuthAgent({"bob"});
+  r = v->Get(TunnelHarness::Path("cam-01", "/"), Basic("alice", "alice-pw"));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 401);
+  EXPECT_EQ(r->get_header_value("X-Tunnel-Error"), "basic_auth_invalid");
+  r = v->Get(TunnelHarness::Path("cam-01", "/"), Basic("bob", "bob-pw"));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+}
+
+TEST_F(AccessTest, WrongPasswordsAreRateLimitedPerClientAndTunnel) {
+  Start(/*attempts_per_minute=*/2);
+  StartBasicAuthAgent();
+  auto v = h_.Visitor();
+  const std::string path = TunnelHarness::Path("cam-01", "/");
+  for (int i = 0; i < 2; ++i) {
+    auto r = v->Get(path, Basic("alice", "guess"));
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 401);
+  }
+  // Even the right password waits now: guessing must not go on.
+  auto limited = v->Get(path, Basic("alice", "alice-pw"));
+  ASSERT_TRUE(limited);
+  EXPECT_EQ(limited->status, 429);
+  EXPECT_EQ(limited->get_header_value("X-Tunnel-Error"),
+            "basic_auth_rate_limited");
+  int64_t retry = 0;
+  EXPECT_TRUE(
+      absl::SimpleAtoi(limited->get_header_value("Retry-After"), &retry));
+  EXPECT_GE(retry, 1);
+  EXPECT_LE(retry, 60);
+  EXPECT_EQ(Metric("tunnel_basic_auth_hashes_total"), 2);
+}
+
+// Both gates: the password first, then the code; neither reaches the
+// service.
+TEST_F(AccessTest, BasicAuthAndAnAccessCodeAreBothRequired) {
+  Start();
+  agent::AgentOptions o = h_.AgentOptionsFor("cam-01", {svc_.url()});
+  absl::StatusOr<std::string> hash =
+      common::HashPassword("alice-pw", common::PasswordScheme::kPbkdf2Sha256,
+                           common::kMinPbkdf2Rounds);
+  ASSERT_TRUE(hash.ok());
+  tunnel::v1::BasicAuthUser& u = o.basic_auth.emplace_back();
+  u.set_user("alice");
+  u.set_hash(*hash);
+  absl::StatusOr<tunnel::v1::AccessCodeHash> code =
+      common::HashAccessCode(kCode, common::kMinAccessCodeIterations);
+  ASSERT_TRUE(code.ok());
+  o.access_code = *code;
+  h_.StartAgent(std::move(o));
+  auto v = h_.Visitor();
+  const std::string path = TunnelHarness::Path("cam-01", "/x");
+  auto code_only = v->Get(path, {{"X-Tunnel-Access-Code", kCode}});
+  ASSERT_TRUE(code_only);
+  EXPECT_EQ(code_only->status, 401);
+  EXPECT_EQ(code_only->get_header_value("X-Tunnel-Error"),
+            "basic_auth_required");
+  auto auth_only = v->Get(path, Basic("alice", "alice-pw"));
+  ASSERT_TRUE(auth_only);
+  EXPECT_EQ(auth_only->status, 401);
+  EXPECT_EQ(auth_only->get_header_value("X-Tunnel-Error"),
+            "access_code_required");
+  httplib::Headers both = Basic("alice", "alice-pw");
+  both.emplace("X-Tunnel-Access-Code", kCode);
+  auto ok = v->Get(path, both);
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 200);
+  EXPECT_THAT(ok->body, HasSubstr("authorization=\n"));
+  EXPECT_THAT(ok->body, HasSubstr("header=\n"));
+  EXPECT_EQ(Access("cam-01"), "basic_auth+code");
+}
+
+TEST_F(AccessTest, ABadBasicAuthHashFromAnAgentIsAConnectError) {
+  Start();
+  agent::AgentOptions o = h_.AgentOptionsFor("cam-01", {svc_.url()});
+  tunnel::v1::BasicAuthUser& u = o.basic_auth.emplace_back();
+  u.set_user("alice");
+  u.set_hash("$2y$31$a7Mq3.eTQOcQvXJ3nhwS9ekDDArBy5Im7AuzFXZ7sfNMznRdKw.Be");
+  RunningAgent agent(std::move(o));
+  absl::Status s = agent.WaitForExit(absl::Seconds(30));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr("basic_auth: user \"alice\": bcrypt cost must be "
+                        "between 4 and 14, not 31"));
   EXPECT_EQ(h_.gateway().registry().session_count(), 0u);
 }
 
