@@ -77,6 +77,7 @@ absl::Status FromConnectError(const ConnectError& e) {
     case ConnectError::SLUG_TAKEN:
       return absl::AlreadyExistsError(msg);
     case ConnectError::AGENT_ID_MISMATCH:
+    case ConnectError::POOL_NOT_ALLOWED:
       return absl::PermissionDeniedError(msg);
     case ConnectError::REPLACED:
       return absl::FailedPreconditionError(
@@ -122,6 +123,7 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
     // The gateway never agrees to more than was offered; an old gateway
     // sends 0 (no batches).
     batch_bytes_ = std::min(a.max_batch_bytes(), options_.max_batch_bytes);
+    goaway_ack_ = a.goaway_ack();
     outbox_.EnableBatching(batch_bytes_);
     send_window_ = std::max(a.stream_window(), common::kMinStreamWindow);
     max_chunk_ = a.max_chunk_bytes() == 0
@@ -217,6 +219,11 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
               WakeStream(s);
             }
           }
+        } else if (c.has_goaway() && c.goaway().ack()) {
+          // The answer to our GoAway (DrainStreams).
+          absl::MutexLock lock(&mu_);
+          drain_acked_ = true;
+          last_stream_id_ = c.goaway().last_stream_id();
         } else if (c.has_goaway()) {
           TUNNEL_LOG(INFO) << "gateway is going away: " << c.goaway().reason();
           retry_after_ms_ = c.goaway().retry_after_ms();
@@ -250,13 +257,17 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
   }
 
   // Asks the gateway for no new streams, then waits (bounded) until the
-  // streams in flight are done.
+  // streams in flight are done: with a gateway that answers, until every
+  // stream it opened before the answer has arrived and finished (so a
+  // request already on its way is served, not lost).
   bool DrainStreams(absl::Time deadline) {
     PushControl(
         common::MakeGoAway("the agent is shutting down", absl::ZeroDuration()));
     absl::MutexLock lock(&mu_);
     auto idle = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-      return streams_.empty();
+      return streams_.empty() &&
+             (!goaway_ack_ ||
+              (drain_acked_ && requests_received_ >= last_stream_id_));
     };
     return mu_.AwaitWithDeadline(absl::Condition(&idle), deadline);
   }
@@ -365,6 +376,10 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
       if (t.slug == r.tunnel_slug()) target = &t;
     }
     if (target == nullptr) {
+      {
+        absl::MutexLock lock(&mu_);
+        ++requests_received_;
+      }
       SendClose(r.stream_id(), TunnelClose::UNKNOWN_TUNNEL,
                 absl::StrCat("this agent serves no tunnel \"", r.tunnel_slug(),
                              "\""));
@@ -382,6 +397,10 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
     if (!body.empty() || end) {
       if (absl::Status st = s->channel.PushData(std::move(body), end);
           !st.ok()) {
+        {
+          absl::MutexLock lock(&mu_);
+          ++requests_received_;
+        }
         SendClose(id, TunnelClose::FLOW_CONTROL_ERROR, st.message());
         return;
       }
@@ -389,6 +408,7 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
     {
       absl::MutexLock lock(&mu_);
       streams_[id] = s;
+      ++requests_received_;  // every head counts once, on every path
     }
     if (s->head.upgrade()) {
       // The handshake blocks (a connect, then the service's answer) on a
@@ -425,6 +445,12 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
   absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<AgentStream>> streams_
       ABSL_GUARDED_BY(mu_);
+  // Draining: whether the gateway answers our GoAway (agreed at connect),
+  // its answer, and how many request heads have arrived.
+  bool goaway_ack_ = false;  // set by Accept, then read-only
+  bool drain_acked_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t last_stream_id_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t requests_received_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 std::string TokenExpiryWarning(absl::string_view token_id, absl::Time expires,
@@ -643,6 +669,7 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
   c->set_agent_version(kAgentVersion);
   c->set_receive_window(options_.receive_window);
   c->set_max_batch_bytes(options_.max_batch_bytes);
+  c->set_pool(options_.pool);
   if (options_.access_code.has_value()) {
     *c->mutable_access_code() = *options_.access_code;
   }

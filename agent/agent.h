@@ -52,6 +52,9 @@ struct AgentOptions {
   // --slug random: the gateway chooses the slugs at the first connect
   // (LocalTarget::slug is then empty); later connects ask for those.
   bool random_slug = false;
+  // --pool: the tunnels are pool NAME's (slug NAME, named ones NAME-<pool>),
+  // served beside other agents of the pool. Empty: the agent's own.
+  std::string pool;
   // Who may reach the agent's tunnels (checked CIDR text; empty: anyone).
   tunnel::v1::IpRules ip_rules;
   // Visitors must enter the code this hashes (common/access_code.h) for

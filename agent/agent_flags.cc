@@ -11,6 +11,7 @@
 #include "common/config_file.h"
 #include "common/log.h"
 #include "common/password_hash.h"
+#include "common/slug.h"
 #include "common/tls.h"
 #include "tunnel/v1/config.pb.h"
 
@@ -40,6 +41,11 @@ void RegisterConnectFlags(common::FlagSet* flags, AgentFlags* v) {
                 "random chars the gateway chooses and keeps for this process "
                 "(default: "
                 "the agent id, lowercased)");
+  flags->String("pool", &o.pool,
+                "serve the public slug NAME as one member of pool NAME, "
+                "beside other agents (needs a token issued with --pool "
+                "NAME); requests go to the member with the fewest in "
+                "flight");
   flags->String("access-code", &v->access_code,
                 "visitors must enter this code (once per browser; a cookie "
                 "keeps them in) for all tunnels of this agent; only a salted "
@@ -254,7 +260,16 @@ absl::Status ParseConnectFlags(int argc, char** argv, int first,
   o.receive_window = static_cast<uint32_t>(v->receive_window);
   o.max_batch_bytes = static_cast<uint32_t>(v->batch_bytes);
   o.max_queued_bytes = static_cast<size_t>(v->send_queue);
-  std::string slug = v->slug;
+  if (!o.pool.empty()) {
+    if (!v->slug.empty()) {
+      return absl::InvalidArgumentError(
+          "--pool NAME is the slug; leave --slug out");
+    }
+    if (absl::Status s = common::CheckSlug(o.pool); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--pool: ", s.message()));
+    }
+  }
+  std::string slug = !o.pool.empty() ? o.pool : v->slug;
   if (slug.empty()) slug = absl::AsciiStrToLower(o.agent_id);
   o.random_slug = slug == "random";
   // A random slug is 8 chars: the names are checked against one that long.

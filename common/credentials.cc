@@ -14,6 +14,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/random.h"
+#include "common/slug.h"
 #include "google/protobuf/io/tokenizer.h"
 #include "google/protobuf/text_format.h"
 
@@ -124,6 +125,13 @@ absl::Status Validate(const std::string& path,
     if (c.secret().empty()) {
       return absl::InvalidArgumentError(
           absl::StrCat(path, ": ", token, ": empty secret"));
+    }
+    for (const std::string& pool : c.pools()) {
+      if (absl::Status s = CheckSlug(pool); !s.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": ", token, ": pool \"", absl::CHexEscape(pool),
+                         "\": ", s.message()));
+      }
     }
     std::optional<std::string> key = Base64UrlDecode(c.secret());
     if (!key.has_value() || key->size() < kMinSecretBytes) {

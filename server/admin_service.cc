@@ -283,6 +283,16 @@ absl::StatusOr<tunnel::v1::TunnelStatus> AdminServiceImpl::Tunnel(
   } else {
     out.set_status("offline");
   }
+  out.set_pool(entry->pool);
+  if (!entry->pool.empty()) {
+    for (const std::shared_ptr<Session>& m : entry->members) {
+      tunnel::v1::PoolMember* pm = out.add_members();
+      pm->set_agent_id(m->agent_id());
+      pm->set_session_id(m->id());
+      pm->set_streams_in_flight(m->stream_count());
+      pm->set_state(m->draining() ? "draining" : "serving");
+    }
+  }
   out.set_url(urls.url);
   out.set_path_url(urls.path_url);
   if (entry->activity != nullptr) {

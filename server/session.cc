@@ -353,7 +353,7 @@ bool Session::closing() const {
 }
 
 absl::StatusOr<std::unique_ptr<TunnelStream>> Session::OpenStream(
-    tunnel::v1::TunnelRequest head) {
+    tunnel::v1::TunnelRequest&& head) {
   auto channel = std::make_shared<common::StreamChannel>(
       limits_.agent_receive_window, limits_.gateway_receive_window);
   uint64_t id;
@@ -526,7 +526,19 @@ bool Session::OnOne(Envelope& e) {
       } else if (c.has_goaway()) {
         TUNNEL_LOG(INFO) << "agent " << agent_id_
                          << " is shutting down: " << c.goaway().reason();
-        draining_ = true;
+        uint64_t last = 0;
+        {
+          // Under mu_: an OpenStream either saw draining_ (and refused) or
+          // took its id before `last` was read.
+          absl::MutexLock lock(&mu_);
+          draining_ = true;
+          last = next_stream_id_ - 1;
+        }
+        Envelope ack = common::MakeGoAway("no new requests will come",
+                                          absl::ZeroDuration());
+        ack.mutable_control()->mutable_goaway()->set_ack(true);
+        ack.mutable_control()->mutable_goaway()->set_last_stream_id(last);
+        SendControl(std::move(ack));
       } else if (c.has_window_update()) {
         return OnStreamMessage(e);
       }

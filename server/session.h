@@ -148,9 +148,10 @@ class Session : public std::enable_shared_from_this<Session> {
   // When Retire first ran (InfiniteFuture: it did not).
   absl::Time retired_at() const;
   // Opens a stream and sends its request head. Fails UNAVAILABLE once the
-  // session is closing, RESOURCE_EXHAUSTED at max_streams.
+  // session is closing or draining, RESOURCE_EXHAUSTED at max_streams.
+  // `head` is taken only on success (a pool tries the next member with it).
   absl::StatusOr<std::unique_ptr<TunnelStream>> OpenStream(
-      tunnel::v1::TunnelRequest head);
+      tunnel::v1::TunnelRequest&& head);
   size_t stream_count() const;
   // Takes the session's and each stream's lock briefly: for scrapes, not
   // for the data path.

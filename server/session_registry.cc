@@ -1,5 +1,9 @@
 #include "server/session_registry.h"
 
+#include <algorithm>
+#include <cstdint>
+#include <utility>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/slug.h"
@@ -32,34 +36,47 @@ TunnelActivity* SessionRegistry::ActivityLocked(const std::string& slug) {
 absl::Status SessionRegistry::Register(const std::shared_ptr<Session>& session,
                                        const std::vector<std::string>& slugs,
                                        std::shared_ptr<Session>* replaced,
-                                       const VisitorPolicy& policy) {
+                                       const VisitorPolicy& policy,
+                                       absl::string_view pool) {
   std::shared_ptr<const VisitorPolicy> shared =
       policy.empty() ? nullptr : std::make_shared<const VisitorPolicy>(policy);
   absl::MutexLock lock(&mu_);
   const std::string& agent = session->agent_id();
   for (const std::string& slug : slugs) {
     auto it = slug_owner_.find(slug);
-    if (it != slug_owner_.end() && it->second != agent) {
+    if (it == slug_owner_.end()) continue;
+    auto p = pool_of_.find(slug);
+    if (!pool.empty() && p == pool_of_.end()) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("slug \"", slug, "\" belongs to agent ", it->second,
+                       ", not to a pool; choose another pool name"));
+    }
+    if (pool.empty() && p != pool_of_.end()) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("slug \"", slug, "\" is pool \"", p->second,
+                       "\"'s; join it with --pool ", p->second,
+                       " and a token issued with --pool ", p->second));
+    }
+    if (pool.empty() && it->second != agent) {
       return absl::AlreadyExistsError(absl::StrCat(
           "slug \"", slug, "\" belongs to another agent; choose another"));
     }
   }
   if (auto it = live_.find(agent); it != live_.end()) {
     *replaced = it->second;
-    for (auto r = routes_.begin(); r != routes_.end();) {
-      if (r->second == *replaced) {
-        agent_policy_.erase(r->first);
-        routes_.erase(r++);
-      } else {
-        ++r;
-      }
-    }
+    RemoveRoutesLocked(replaced->get());
   }
   live_[agent] = session;
   for (const std::string& slug : slugs) {
-    slug_owner_[slug] = agent;
-    routes_[slug] = session;
+    if (pool.empty()) {
+      slug_owner_[slug] = agent;
+    } else {
+      slug_owner_[slug] = "";
+      pool_of_[slug] = std::string(pool);
+    }
+    routes_[slug].members.push_back(session);
     ActivityLocked(slug);
+    // A pool's policy is what its latest member asked for.
     if (shared != nullptr) {
       agent_policy_[slug] = shared;
     } else {
@@ -69,13 +86,15 @@ absl::Status SessionRegistry::Register(const std::shared_ptr<Session>& session,
   return absl::OkStatus();
 }
 
-void SessionRegistry::Unregister(const Session* session) {
-  absl::MutexLock lock(&mu_);
-  auto it = live_.find(session->agent_id());
-  if (it == live_.end() || it->second.get() != session) return;
-  live_.erase(it);
+void SessionRegistry::RemoveRoutesLocked(const Session* session) {
   for (auto r = routes_.begin(); r != routes_.end();) {
-    if (r->second.get() == session) {
+    std::vector<std::shared_ptr<Session>>& m = r->second.members;
+    m.erase(std::remove_if(m.begin(), m.end(),
+                           [&](const std::shared_ptr<Session>& s) {
+                             return s.get() == session;
+                           }),
+            m.end());
+    if (m.empty()) {
       agent_policy_.erase(r->first);
       routes_.erase(r++);
     } else {
@@ -84,17 +103,35 @@ void SessionRegistry::Unregister(const Session* session) {
   }
 }
 
+void SessionRegistry::Unregister(const Session* session) {
+  absl::MutexLock lock(&mu_);
+  auto it = live_.find(session->agent_id());
+  if (it == live_.end() || it->second.get() != session) return;
+  live_.erase(it);
+  RemoveRoutesLocked(session);
+}
+
 absl::StatusOr<std::unique_ptr<TunnelStream>> SessionRegistry::Open(
     absl::string_view slug, tunnel::v1::TunnelRequest head) {
-  std::shared_ptr<Session> session;
+  std::vector<std::shared_ptr<Session>> candidates;
   TunnelActivity* activity = nullptr;
   {
     absl::MutexLock lock(&mu_);
     if (auto it = routes_.find(slug); it != routes_.end()) {
-      session = it->second;
+      Route& route = it->second;
+      const size_t n = route.members.size();
+      const size_t start = n > 1 ? route.turn++ % n : 0;
+      candidates.reserve(n);
+      for (size_t i = 0; i < n; ++i) {
+        candidates.push_back(route.members[(start + i) % n]);
+      }
       if (auto a = activity_.find(slug); a != activity_.end()) {
         activity = a->second.get();
       }
+    } else if (auto p = pool_of_.find(slug); p != pool_of_.end()) {
+      return absl::UnavailableError(
+          absl::StrCat("tunnel \"", slug, "\" is offline: no agent of pool \"",
+                       p->second, "\" is connected"));
     } else if (slug_owner_.contains(slug)) {
       return absl::UnavailableError(absl::StrCat(
           "tunnel \"", slug, "\" is offline: its agent is not connected"));
@@ -103,8 +140,31 @@ absl::StatusOr<std::unique_ptr<TunnelStream>> SessionRegistry::Open(
           absl::StrCat("tunnel \"", slug, "\" does not exist"));
     }
   }
+  if (candidates.size() > 1) {
+    // Fewest streams in flight first; equal ones keep the rotated order,
+    // and draining members last (they refuse, and the next is tried).
+    std::vector<std::pair<size_t, size_t>> load;  // (load, index)
+    load.reserve(candidates.size());
+    for (size_t i = 0; i < candidates.size(); ++i) {
+      const Session& s = *candidates[i];
+      load.emplace_back(s.draining() ? SIZE_MAX : s.stream_count(), i);
+    }
+    std::stable_sort(
+        load.begin(), load.end(),
+        [](const auto& a, const auto& b) { return a.first < b.first; });
+    std::vector<std::shared_ptr<Session>> ordered;
+    ordered.reserve(candidates.size());
+    for (const auto& [l, i] : load) ordered.push_back(candidates[i]);
+    candidates.swap(ordered);
+  }
   absl::StatusOr<std::unique_ptr<TunnelStream>> stream =
-      session->OpenStream(std::move(head));
+      absl::UnavailableError("no member");
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    // Only a call that succeeds takes the head.
+    stream = candidates[i]->OpenStream(std::move(head));
+    // A draining or closing member refuses (UNAVAILABLE): try the next.
+    if (stream.ok() || !absl::IsUnavailable(stream.status())) break;
+  }
   if (stream.ok() && activity != nullptr) activity->Record(absl::Now());
   return stream;
 }
@@ -120,7 +180,11 @@ absl::StatusOr<TunnelEntry> SessionRegistry::FindTunnel(
   TunnelEntry e;
   e.slug = std::string(slug);
   e.owner = owner->second;
-  if (auto r = routes_.find(slug); r != routes_.end()) e.session = r->second;
+  if (auto p = pool_of_.find(slug); p != pool_of_.end()) e.pool = p->second;
+  if (auto r = routes_.find(slug); r != routes_.end()) {
+    e.members = r->second.members;
+    e.session = e.members.front();
+  }
   if (auto a = activity_.find(slug); a != activity_.end()) {
     e.activity = a->second.get();
   }

@@ -6,6 +6,9 @@
 // lifetime (and an agent id named in the credentials owns the slug equal to
 // its id from the start), so a slug never silently moves to another agent.
 // While its agent is offline the slug is "known": visitors get 502, not 404.
+// A pool slug belongs to its pool instead: every agent whose token may serve
+// the pool joins it, and Open() picks, per request, the member with the
+// fewest streams in flight (ties: round-robin), skipping draining ones.
 //
 // Visitor policy: what an agent asks of visitors (ConnectRequest's access
 // code, IP rules, basic auth users) applies to the slugs of its live session
@@ -33,8 +36,11 @@ namespace tunnel::server {
 // A known slug as the admin API sees it.
 struct TunnelEntry {
   std::string slug;
-  std::string owner;                         // agent id that owns the slug
-  std::shared_ptr<Session> session;          // null while the agent is offline
+  std::string owner;  // agent id that owns the slug ("" for a pool)
+  std::string pool;   // the pool's name for a pool slug, else ""
+  std::shared_ptr<Session> session;  // null while offline; a pool: the first
+                                     // member
+  std::vector<std::shared_ptr<Session>> members;  // every live session
   const TunnelActivity* activity = nullptr;  // lives as long as the registry
 };
 
@@ -54,11 +60,16 @@ class SessionRegistry : public TunnelRouter {
   // agent already had a live session, it is returned in `*replaced` (the
   // caller tells it why and closes it) and its slugs pass to the new one.
   // `policy`: what the agent asked visitors of all of `slugs` to satisfy
-  // (an admin setting for a slug wins part by part).
+  // (an admin setting for a slug wins part by part). `pool` non-empty: the
+  // slugs are that pool's (the caller checked the right to it); the
+  // session joins them as a member beside other agents' sessions, and the
+  // first member creates them. A pool slug is never an agent's, nor the
+  // reverse (ALREADY_EXISTS naming whose it is).
   absl::Status Register(const std::shared_ptr<Session>& session,
                         const std::vector<std::string>& slugs,
                         std::shared_ptr<Session>* replaced,
-                        const VisitorPolicy& policy = {});
+                        const VisitorPolicy& policy = {},
+                        absl::string_view pool = "");
   // Removes `session` if it is still the live one of its agent.
   void Unregister(const Session* session);
 
@@ -93,12 +104,21 @@ class SessionRegistry : public TunnelRouter {
   // slug -> owning agent id.
   absl::flat_hash_map<std::string, std::string> slug_owner_
       ABSL_GUARDED_BY(mu_);
+  // Pool slug -> the pool's name (slug_owner_ holds "" for these).
+  absl::flat_hash_map<std::string, std::string> pool_of_ ABSL_GUARDED_BY(mu_);
   // agent id -> live session.
   absl::flat_hash_map<std::string, std::shared_ptr<Session>> live_
       ABSL_GUARDED_BY(mu_);
-  // live slug -> session (only slugs of live sessions).
-  absl::flat_hash_map<std::string, std::shared_ptr<Session>> routes_
-      ABSL_GUARDED_BY(mu_);
+  // Live slug -> the sessions serving it: one, or a pool's members.
+  struct Route {
+    std::vector<std::shared_ptr<Session>> members;
+    uint64_t turn = 0;  // round-robin start among equally loaded members
+  };
+  absl::flat_hash_map<std::string, Route> routes_ ABSL_GUARDED_BY(mu_);
+  // Takes `session` out of every route; a route left empty goes, with its
+  // agent policy.
+  void RemoveRoutesLocked(const Session* session)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Owned slug -> its request counters. Entries are never removed (slugs
   // keep their owner for the gateway's lifetime), so the pointers stay valid
   // and the map grows only with the set of owned slugs.

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -12,6 +13,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
@@ -71,6 +73,34 @@ absl::StatusOr<VisitorPolicy> AgentPolicy(
     p.basic_auth = std::move(set);
   }
   return p;
+}
+
+// A pool member's request: the token carries the pool (PERMISSION_DENIED
+// otherwise), and each slug is the pool's name or NAME-<pool>
+// (INVALID_ARGUMENT).
+absl::Status CheckPool(const tunnel::v1::ConnectRequest& req,
+                       const std::optional<tunnel::v1::Credential>& cred) {
+  const std::string& pool = req.pool();
+  if (absl::Status s = common::CheckSlug(pool); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("pool name: ", s.message()));
+  }
+  if (!cred.has_value() || std::find(cred->pools().begin(), cred->pools().end(),
+                                     pool) == cred->pools().end()) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("token ", cred.has_value() ? cred->token_id() : "?",
+                     " may not serve pool \"", pool,
+                     "\"; issue one with `tunnelctl token issue --id ",
+                     req.agent_id(), " --pool ", pool, "`"));
+  }
+  for (const auto& t : req.tunnels()) {
+    if (t.slug() != pool &&
+        !absl::EndsWith(t.slug(), absl::StrCat("-", pool))) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("a member of pool \"", pool, "\" serves \"", pool,
+                       "\" and NAME-", pool, ", not \"", t.slug(), "\""));
+    }
+  }
+  return absl::OkStatus();
 }
 
 // For the agent_connected log line.
@@ -354,6 +384,19 @@ class AgentConnection final : public EnvelopeWriter {
                 : absl::StrCat(absl::AsciiStrToLower(t.name()), "-", base));
       }
     }
+    const std::optional<tunnel::v1::Credential> cred =
+        service_->verifier_->store()->Find(session_->token_id());
+    if (!req.pool().empty()) {
+      if (absl::Status s = CheckPool(req, cred); !s.ok()) {
+        Refuse(absl::IsPermissionDenied(s) ? ConnectError::POOL_NOT_ALLOWED
+                                           : ConnectError::INVALID_SLUG,
+               std::string(s.message()),
+               absl::IsPermissionDenied(s)
+                   ? grpc::StatusCode::PERMISSION_DENIED
+                   : grpc::StatusCode::INVALID_ARGUMENT);
+        return;
+      }
+    }
     std::vector<std::string> slugs;
     absl::flat_hash_set<std::string> seen;
     for (const auto& t : req.tunnels()) {
@@ -383,8 +426,7 @@ class AgentConnection final : public EnvelopeWriter {
       tunnels.push_back(PublicTunnel(opts, t.name(), t.slug()));
     }
     session_->SetTunnels(tunnels, absl::Now());
-    if (std::optional<tunnel::v1::Credential> cred =
-            service_->verifier_->store()->Find(session_->token_id())) {
+    if (cred.has_value()) {
       session_->set_token_expiry(common::CredentialExpiry(*cred));
     }
     // At capacity: a new agent is told to come back later (an agent that
@@ -409,8 +451,8 @@ class AgentConnection final : public EnvelopeWriter {
       return;
     }
     std::shared_ptr<Session> replaced;
-    if (absl::Status s =
-            service_->registry_->Register(session_, slugs, &replaced, *policy);
+    if (absl::Status s = service_->registry_->Register(
+            session_, slugs, &replaced, *policy, req.pool());
         !s.ok()) {
       Refuse(ConnectError::SLUG_TAKEN, std::string(s.message()),
              grpc::StatusCode::ALREADY_EXISTS);
@@ -454,6 +496,7 @@ class AgentConnection final : public EnvelopeWriter {
             ? 0
             : std::min(req.max_batch_bytes(), opts.max_batch_bytes);
     acc->set_max_batch_bytes(batch_bytes);
+    acc->set_goaway_ack(true);
     if (const absl::Time expiry = session_->token_expiry();
         expiry != absl::InfiniteFuture()) {
       acc->set_token_expires_unix(absl::ToUnixSeconds(expiry));
@@ -476,6 +519,7 @@ class AgentConnection final : public EnvelopeWriter {
         .Str("token", session_->token_id())
         .Str("peer", peer_)
         .Str("tunnels", absl::StrJoin(slugs, ","))
+        .Str("pool", req.pool())
         .Str("access", AccessMode(*policy));
   }
 

@@ -109,8 +109,9 @@ constexpr char kStatusUsage[] =
     "[--json]\n"
     "\n"
     "Prints one tunnel: URLs, status (online, or offline when its agent is\n"
-    "not connected), owning agent, access mode, uptime and visitor requests\n"
-    "in the last hour. An unknown slug is an error (exit 1).\n";
+    "not connected), owning agent (a pool: its name and each member with\n"
+    "its state and requests in flight), access mode, uptime and visitor\n"
+    "requests in the last hour. An unknown slug is an error (exit 1).\n";
 
 constexpr char kDisconnectUsage[] =
     "Usage: tunnelctl disconnect AGENT_ID [--admin ADDR] "
@@ -176,7 +177,7 @@ constexpr char kAdminTokenUsage[] =
 constexpr char kIssueUsage[] =
     "Usage: tunnelctl token issue --id AGENT_ID [--ttl DURATION | --expires "
     "RFC3339]\n"
-    "                             [--credentials FILE]\n"
+    "                             [--pool NAME]... [--credentials FILE]\n"
     "\n"
     "Adds a fresh token for AGENT_ID to the credentials file (creating it if\n"
     "needed) and prints agent_id, token and secret on stdout, one\n"
@@ -184,7 +185,9 @@ constexpr char kIssueUsage[] =
     "secret is not recoverable later. With --ttl (e.g. 24h) or --expires\n"
     "(e.g. 2027-01-31T00:00:00Z) the gateway refuses the token from then on\n"
     "and ends its sessions, letting requests in flight finish; without,\n"
-    "the token never expires.\n";
+    "the token never expires. --pool NAME lets the agent serve the slug\n"
+    "NAME beside other agents of that pool (agent-tunnel --pool NAME);\n"
+    "pools: lists them.\n";
 
 constexpr char kListUsage[] =
     "Usage: tunnelctl token list [--credentials FILE]\n"
@@ -290,6 +293,10 @@ int TokenIssue(const std::vector<std::string>& args) {
                  "the token expires this long from now (default: never)");
   flags.String("expires", &expires_text,
                "the token expires at this RFC 3339 time instead");
+  std::vector<std::string> pools;
+  flags.Repeated("pool", &pools,
+                 "the agent may also serve pool NAME (agent-tunnel --pool "
+                 "NAME) beside other agents; repeatable");
   std::vector<std::string> positional;
   if (auto done = ParseFlags(flags, args, kCommand, &positional)) return *done;
   if (!positional.empty()) {
@@ -297,6 +304,13 @@ int TokenIssue(const std::vector<std::string>& args) {
         absl::StrCat("unexpected argument \"", positional[0], "\""), kCommand);
   }
   if (agent_id.empty()) return UsageError("--id is required", kCommand);
+  for (const std::string& pool : pools) {
+    if (absl::Status s = tunnel::common::CheckSlug(pool); !s.ok()) {
+      return UsageError(
+          absl::StrCat("--pool \"", Printable(pool), "\": ", s.message()),
+          kCommand);
+    }
+  }
   const absl::Time now = absl::Now();
   absl::StatusOr<absl::Time> expires = ExpiryFromFlags(ttl, expires_text, now);
   if (!expires.ok()) return UsageError(expires.status().message(), kCommand);
@@ -334,6 +348,7 @@ int TokenIssue(const std::vector<std::string>& args) {
   absl::StatusOr<tunnel::v1::Credential> cred =
       tunnel::common::IssueCredential(agent_id, now, *expires);
   if (!cred.ok()) return RuntimeError(cred.status());
+  for (const std::string& pool : pools) cred->add_pools(pool);
   *file.add_credentials() = *cred;
   if (absl::Status s = tunnel::common::SaveCredentialsFile(credentials, file);
       !s.ok()) {
@@ -346,13 +361,18 @@ int TokenIssue(const std::vector<std::string>& args) {
   if (cred->expires_unix() != 0) {
     std::cout << "expires: " << FormatCreated(cred->expires_unix()) << "\n";
   }
+  if (!pools.empty()) {
+    std::cout << "pools: " << absl::StrJoin(pools, ",") << "\n";
+  }
   std::cout.flush();
   std::cerr << "tunnelctl: the secret is shown only once; store it now. "
                "Connect the agent with:\n"
             << "  TUNNEL_SECRET='" << cred->secret()
             << "' agent-tunnel connect --gateway HOST:8080 --id "
             << cred->agent_id() << " --token " << cred->token_id()
-            << (slug_ok.ok() ? "" : " --slug NAME")
+            << (!pools.empty() ? absl::StrCat(" --pool ", pools[0])
+                : slug_ok.ok() ? ""
+                               : " --slug NAME")
             << " --to http://127.0.0.1:3000\n"
             << "(add --insecure only if the gateway runs with --insecure)\n";
   if (!slug_ok.ok()) {
@@ -381,12 +401,13 @@ int TokenList(const std::vector<std::string>& args) {
 
   // Columns sized to their widest cell; no secret is ever a cell.
   std::vector<std::vector<std::string>> rows = {
-      {"TOKEN", "AGENT", "CREATED (UTC)", "EXPIRES (UTC)", "STATUS"}};
+      {"TOKEN", "AGENT", "POOLS", "CREATED (UTC)", "EXPIRES (UTC)", "STATUS"}};
   const absl::Time now = absl::Now();
   for (const tunnel::v1::Credential& c : file->credentials()) {
     const bool expired = tunnel::common::CredentialExpiry(c) <= now;
     rows.push_back(
         {Printable(c.token_id()), Printable(c.agent_id()),
+         c.pools().empty() ? "-" : Printable(absl::StrJoin(c.pools(), ",")),
          FormatCreated(c.created_unix()),
          c.expires_unix() == 0 ? "never" : FormatCreated(c.expires_unix()),
          c.revoked() ? "revoked"
@@ -745,7 +766,16 @@ int AdminStatus(const std::vector<std::string>& args) {
               << Quote(online ? FormatMillis(t.connected_since_unix_ms()) : "")
               << ",\"connected_since_unix_ms\":" << t.connected_since_unix_ms()
               << ",\"uptime_seconds\":" << t.uptime_seconds()
-              << ",\"requests_last_hour\":" << t.requests_last_hour() << "}\n";
+              << ",\"requests_last_hour\":" << t.requests_last_hour()
+              << ",\"pool\":" << Quote(t.pool()) << ",\"members\":[";
+    for (int i = 0; i < t.members_size(); ++i) {
+      const tunnel::v1::PoolMember& m = t.members(i);
+      std::cout << (i > 0 ? "," : "") << "{\"agent_id\":" << Quote(m.agent_id())
+                << ",\"session_id\":" << Quote(m.session_id())
+                << ",\"streams_in_flight\":" << m.streams_in_flight()
+                << ",\"state\":" << Quote(m.state()) << "}";
+    }
+    std::cout << "]}\n";
     return kExitOk;
   }
   std::vector<std::vector<std::string>> rows = {
@@ -760,6 +790,15 @@ int AdminStatus(const std::vector<std::string>& args) {
                              FormatMillis(t.connected_since_unix_ms()), ")")
               : "-"},
       {"requests (last hour):", absl::StrCat(t.requests_last_hour())}};
+  if (!t.pool().empty()) {
+    rows[4] = {"pool:", Printable(t.pool())};
+    for (const tunnel::v1::PoolMember& m : t.members()) {
+      rows.push_back(
+          {"member:",
+           absl::StrCat(Printable(m.agent_id()), " (", Printable(m.state()),
+                        ", ", m.streams_in_flight(), " in flight)")});
+    }
+  }
   PrintTable(rows);
   return kExitOk;
 }

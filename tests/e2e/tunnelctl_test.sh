@@ -80,9 +80,9 @@ check "TUNNEL_CREDENTIALS is honoured" grep -q "$token2" env.out
 # --- list --------------------------------------------------------------------
 run code list.out list.err token list --credentials creds.txtpb
 check "list exits 0" test "$code" -eq 0
-check "list has a header" grep -Eq '^TOKEN +AGENT +CREATED' list.out
+check "list has a header" grep -Eq '^TOKEN +AGENT +POOLS +CREATED' list.out
 check "list shows the first token as active" \
-  grep -Eq "^$token +web-1 +[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}Z +never +active$" list.out
+  grep -Eq "^$token +web-1 +- +[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}Z +never +active$" list.out
 check "list shows the second token" grep -q "$token2" list.out
 check "list never prints a secret" bash -c "! grep -q -- '$secret' list.out list.err"
 
@@ -113,7 +113,7 @@ run code exp.out exp.err token issue --id web-3 --expires 2099-01-31T00:00:00Z -
 check "issue --expires exits 0" test "$code" -eq 0
 check "issue --expires keeps the time" grep -qx 'expires: 2099-01-31T00:00:00Z' exp.out
 run code list3.out list3.err token list --credentials creds.txtpb
-check "list has an EXPIRES column" grep -Eq '^TOKEN +AGENT +CREATED \(UTC\) +EXPIRES \(UTC\) +STATUS' list3.out
+check "list has an EXPIRES column" grep -Eq '^TOKEN +AGENT +POOLS +CREATED \(UTC\) +EXPIRES \(UTC\) +STATUS' list3.out
 check "list shows the expiry" grep -Eq "^$ttl_token +web-2 .* $ttl_expires +active$" list3.out
 check "list shows never for a token without one" grep -Eq "^$token2 .* never +active$" list3.out
 secret_before=$(grep -A3 "token_id: \"$ttl_token\"" creds.txtpb | awk '/secret:/{print $2}')

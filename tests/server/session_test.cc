@@ -75,7 +75,7 @@ class SessionTest : public ::testing::Test {
   std::unique_ptr<TunnelStream> Open() {
     tunnel::v1::TunnelRequest head;
     head.set_method("GET");
-    auto s = session_->OpenStream(head);
+    auto s = session_->OpenStream(std::move(head));
     EXPECT_TRUE(s.ok()) << s.status();
     Envelope e;
     auto* r = e.mutable_response();

@@ -1,0 +1,220 @@
+// Pools against a real gateway, real agents and real local services on
+// loopback: several agents (each with its own service answering its name)
+// serve one slug; requests spread by streams in flight; the right to a pool
+// is the token's; a member that drains loses no request.
+#include <atomic>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/tunnel_harness.h"
+
+namespace tunnel::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr char kPool[] = "web";
+
+class PoolTest : public ::testing::Test {
+ protected:
+  // Members pi-a, pi-b, pi-c may serve kPool (and pi-c a pool "pi-b"
+  // too); "outsider" may serve none.
+  void Start() {
+    h_.StartGateway([](server::GatewayOptions& o) {
+      for (auto& c : *o.credentials->mutable_credentials()) {
+        if (c.agent_id() != "outsider") c.add_pools(kPool);
+        if (c.agent_id() == "pi-c") c.add_pools("pi-b");
+      }
+    });
+  }
+
+  // A local service answering "<name>\n" plus the request body (after
+  // `delay`), started and kept for the test.
+  std::string Service(const std::string& name,
+                      absl::Duration delay = absl::ZeroDuration()) {
+    auto svc = std::make_unique<LocalService>();
+    auto answer = [name, delay](const httplib::Request& req,
+                                httplib::Response& res) {
+      if (delay > absl::ZeroDuration()) absl::SleepFor(delay);
+      res.set_content(absl::StrCat(name, "\n", req.body), "text/plain");
+    };
+    svc->server().Get(".*", answer);
+    svc->server().Post(".*", answer);
+    svc->Start();
+    std::string url = svc->url();
+    services_.push_back(std::move(svc));
+    return url;
+  }
+
+  RunningAgent* Member(const std::string& id,
+                       absl::Duration delay = absl::ZeroDuration()) {
+    agent::AgentOptions o = h_.AgentOptionsFor(id, {Service(id, delay)});
+    o.pool = kPool;
+    o.tunnels[0].slug = kPool;
+    return h_.StartAgent(std::move(o));
+  }
+
+  // Which member answered a GET of the pool ("" on any failure).
+  std::string Who(httplib::Client& v) {
+    auto r = v.Get(TunnelHarness::Path(kPool, "/"));
+    if (!r || r->status != 200) return "";
+    return r->body.substr(0, r->body.find('\n'));
+  }
+
+  std::vector<std::unique_ptr<LocalService>> services_;
+  TunnelHarness h_{{"pi-a", "pi-b", "pi-c", "outsider"}};
+};
+
+TEST_F(PoolTest, MembersShareOneUrlAndIdleOnesTakeTurns) {
+  Start();
+  Member("pi-a");
+  Member("pi-b");
+  Member("pi-c");
+  absl::StatusOr<server::TunnelEntry> entry =
+      h_.gateway().registry().FindTunnel(kPool);
+  ASSERT_TRUE(entry.ok()) << entry.status();
+  EXPECT_EQ(entry->pool, kPool);
+  EXPECT_EQ(entry->owner, "");
+  EXPECT_EQ(entry->members.size(), 3u);
+
+  auto v = h_.Visitor();
+  std::map<std::string, int> count;
+  for (int i = 0; i < 30; ++i) ++count[Who(*v)];
+  EXPECT_EQ(count[""], 0) << "failed requests";
+  // One at a time, every member is idle: they take turns.
+  for (const char* m : {"pi-a", "pi-b", "pi-c"}) EXPECT_GE(count[m], 5) << m;
+}
+
+TEST_F(PoolTest, ASlowMemberGetsFewerRequests) {
+  Start();
+  Member("pi-a", absl::Milliseconds(200));
+  Member("pi-b");
+  Member("pi-c");
+  absl::Mutex mu;
+  std::map<std::string, int> count;
+  std::vector<std::thread> visitors;
+  for (int t = 0; t < 8; ++t) {
+    visitors.emplace_back([&] {
+      auto v = h_.Visitor();
+      for (int i = 0; i < 15; ++i) {
+        std::string who = Who(*v);
+        absl::MutexLock lock(&mu);
+        ++count[who];
+      }
+    });
+  }
+  for (auto& t : visitors) t.join();
+  EXPECT_EQ(count[""], 0) << "failed requests";
+  // The slow member holds its requests 200 ms, so it has more in flight
+  // whenever a new request is placed.
+  EXPECT_LT(count["pi-a"] * 2, count["pi-b"])
+      << count["pi-a"] << " vs " << count["pi-b"];
+  EXPECT_LT(count["pi-a"] * 2, count["pi-c"])
+      << count["pi-a"] << " vs " << count["pi-c"];
+}
+
+TEST_F(PoolTest, ATokenWithoutThePoolIsRefusedNamingIt) {
+  Start();
+  agent::AgentOptions o = h_.AgentOptionsFor("outsider", {Service("o")});
+  o.pool = kPool;
+  o.tunnels[0].slug = kPool;
+  RunningAgent agent(std::move(o));
+  absl::Status s = agent.WaitForExit(absl::Seconds(30));
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr("may not serve pool \"web\"; issue one with "
+                        "`tunnelctl token issue --id outsider --pool web`"));
+}
+
+TEST_F(PoolTest, APoolSlugIsNoAgentsAndAnAgentsSlugIsNoPool) {
+  Start();
+  Member("pi-a");
+  // An agent without --pool cannot take the pool's slug...
+  agent::AgentOptions own = h_.AgentOptionsFor("outsider", {Service("o")});
+  own.tunnels[0].slug = kPool;
+  RunningAgent taker(std::move(own));
+  absl::Status s = taker.WaitForExit(absl::Seconds(30));
+  EXPECT_EQ(s.code(), absl::StatusCode::kAlreadyExists) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("is pool \"web\"'s"));
+  // ...and a pool cannot take an agent's slug (agent pi-b's id reserves
+  // "pi-b").
+  agent::AgentOptions pool = h_.AgentOptionsFor("pi-c", {Service("c")});
+  pool.pool = "pi-b";
+  pool.tunnels[0].slug = "pi-b";
+  RunningAgent grabber(std::move(pool));
+  s = grabber.WaitForExit(absl::Seconds(30));
+  EXPECT_EQ(s.code(), absl::StatusCode::kAlreadyExists) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("belongs to agent pi-b"));
+}
+
+// Visitors keep sending (with bodies checked) while one member drains:
+// none of their requests fails, and the other member takes over.
+TEST_F(PoolTest, ADrainingMemberLosesNoRequest) {
+  Start();
+  Member("pi-a");
+  RunningAgent* b = Member("pi-b");
+  std::atomic<bool> stop{false};
+  absl::Mutex done_mu;
+  int done = 0;  // guarded by done_mu
+  std::atomic<int> errors{0};
+  absl::Mutex mu;
+  std::map<std::string, int> after_drain;
+  std::atomic<bool> drained{false};
+  std::vector<std::thread> visitors;
+  for (int t = 0; t < 16; ++t) {
+    visitors.emplace_back([&, t] {
+      auto v = h_.Visitor();
+      for (int i = 0; !stop.load(); ++i) {
+        const std::string body = absl::StrCat("visitor ", t, " request ", i);
+        const bool late = drained.load();
+        auto r =
+            v->Post(TunnelHarness::Path(kPool, "/echo"), body, "text/plain");
+        if (!r || r->status != 200 ||
+            r->body.substr(r->body.find('\n') + 1) != body) {
+          ++errors;
+          ADD_FAILURE() << (r ? absl::StrCat(r->status, " ", r->body)
+                              : httplib::to_string(r.error()));
+        } else if (late) {
+          absl::MutexLock lock(&mu);
+          ++after_drain[r->body.substr(0, r->body.find('\n'))];
+        }
+        absl::MutexLock lock(&done_mu);
+        ++done;
+      }
+    });
+  }
+  // Waits (bounded) until visitors have finished `n` requests in all.
+  auto wait_for = [&](int n) {
+    absl::MutexLock lock(&done_mu);
+    auto reached = [&]() ABSL_SHARED_LOCKS_REQUIRED(done_mu) {
+      return done >= n;
+    };
+    return done_mu.AwaitWithTimeout(absl::Condition(&reached),
+                                    absl::Seconds(30));
+  };
+  ASSERT_TRUE(wait_for(200));
+  b->agent().Drain(absl::Seconds(20));
+  drained = true;
+  int at_drain = 0;
+  {
+    absl::MutexLock lock(&done_mu);
+    at_drain = done;
+  }
+  EXPECT_TRUE(wait_for(at_drain + 200));
+  stop = true;
+  for (auto& t : visitors) t.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_GT(after_drain["pi-a"], 0);
+  EXPECT_EQ(after_drain["pi-b"], 0);
+}
+
+}  // namespace
+}  // namespace tunnel::testing
