@@ -133,6 +133,23 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
 
   common::Outbox& outbox() { return outbox_; }
 
+  // Tells the gateway the health of the tunnels in `all` (by name; the
+  // gateway knows them by slug).
+  void SendHealth(const std::vector<TargetHealth>& all) {
+    Envelope e;
+    tunnel::v1::Health* h = e.mutable_control()->mutable_health();
+    for (const TargetHealth& t : all) {
+      for (const LocalTarget& target : targets_) {
+        if (target.name != t.name) continue;
+        tunnel::v1::TunnelHealth* th = h->add_tunnels();
+        th->set_slug(target.slug);
+        th->set_healthy(t.healthy);
+        th->set_reason(t.reason);
+      }
+    }
+    PushControl(std::move(e));
+  }
+
   // How messages reach the call; set once, before the first Dispatch.
   // Returns false when the call is broken.
   using WriteFn = std::function<bool(const Envelope&, bool more)>;
@@ -497,7 +514,39 @@ Agent::Agent(AgentOptions options)
                                          absl::ZeroDuration())),
       loop_(std::make_unique<OriginLoop>(options_.max_concurrent,
                                          options_.local_timeout)),
-      upgrades_(std::make_unique<UpgradeLoop>(options_.local_timeout)) {}
+      upgrades_(std::make_unique<UpgradeLoop>(options_.local_timeout)) {
+  health_ = std::make_unique<HealthChecker>(
+      options_.tunnels, options_.health, [this](const TargetHealth& h) {
+        for (const LocalTarget& t : options_.tunnels) {
+          if (t.name != h.name) continue;
+          if (h.healthy) {
+            TUNNEL_LOG(INFO)
+                << "local service " << t.url << " is healthy again";
+          } else {
+            TUNNEL_LOG(WARNING)
+                << "local service " << t.url << " is unhealthy (" << h.reason
+                << "); the gateway sends its visitors elsewhere or answers "
+                   "503 until it recovers";
+          }
+        }
+        std::shared_ptr<Session> session;
+        {
+          absl::MutexLock lock(&mu_);
+          session = current_session_;
+        }
+        if (session != nullptr) session->SendHealth(health_->Snapshot());
+      });
+}
+
+void Agent::ReportHealth(const std::shared_ptr<Session>& session) {
+  // A new session starts with every tunnel healthy at the gateway: only
+  // the unhealthy ones need saying.
+  std::vector<TargetHealth> unhealthy;
+  for (const TargetHealth& h : health_->Snapshot()) {
+    if (!h.healthy) unhealthy.push_back(h);
+  }
+  if (!unhealthy.empty()) session->SendHealth(unhealthy);
+}
 
 size_t Agent::local_requests_queued() const {
   return pool_->queued() + loop_->queued();
@@ -516,6 +565,7 @@ void Agent::Stop() {
 }
 
 absl::Status Agent::Run() {
+  health_->Start();
   std::mt19937_64 rng(std::random_device{}());
   std::uniform_real_distribution<double> uniform(0.0, 1.0);
   Supervisor supervisor(
@@ -774,6 +824,7 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
       }
     }
   }
+  ReportHealth(session);
   TUNNEL_LOG(INFO) << "connected to " << options_.gateway << " (session "
                    << first.accepted().session_id() << ")";
   if (const int64_t expires = first.accepted().token_expires_unix();

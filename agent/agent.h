@@ -21,6 +21,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "agent/health_check.h"
 #include "agent/local_target.h"
 #include "common/flow_control.h"
 #include "tunnel/v1/tunnel.pb.h"
@@ -95,6 +96,9 @@ struct AgentOptions {
   // (their transfers pause): with the stream credit, what bounds the
   // agent's memory however many requests run.
   size_t max_queued_bytes = 2 << 20;
+  // How the agent checks its local services (HealthCheckOptions: a TCP
+  // connect every 5 s by default; interval zero: no checks).
+  HealthCheckOptions health;
   // Called once per accepted session (e.g. to print the URLs).
   std::function<void(const tunnel::v1::ConnectAccepted&)> on_accepted;
   // Called on Run()'s thread when a connection attempt fails or a session
@@ -155,6 +159,9 @@ class Agent {
   std::unique_ptr<WorkerPool> pool_;       // upgrade handshakes
   std::unique_ptr<OriginLoop> loop_;       // every other request
   std::unique_ptr<UpgradeLoop> upgrades_;  // upgraded connections
+  // Checks the local services; reports changes to the live session.
+  std::unique_ptr<HealthChecker> health_;
+  void ReportHealth(const std::shared_ptr<Session>& session);
 };
 
 // A permanent failure ends Run(); anything else is retried.

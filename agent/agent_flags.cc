@@ -23,6 +23,8 @@ void RegisterConnectFlags(common::FlagSet* flags, AgentFlags* v) {
   v->receive_window = o.receive_window;
   v->batch_bytes = o.max_batch_bytes;
   v->send_queue = static_cast<int64_t>(o.max_queued_bytes);
+  v->health_unhealthy_after = o.health.unhealthy_after;
+  v->health_healthy_after = o.health.healthy_after;
   v->state_file = kDefaultStateFile;
 
   flags->String("config", &v->config,
@@ -92,6 +94,20 @@ void RegisterConnectFlags(common::FlagSet* flags, AgentFlags* v) {
              "response bytes queued towards the gateway beyond which local "
              "services are paused (bounds the agent's memory however many "
              "requests run), bytes");
+  flags->String("health-check", &o.health.path,
+                "how the agent checks its local services: GET this path "
+                "(2xx/3xx: healthy); default: a TCP connect to the target");
+  flags->Duration("health-interval", &o.health.interval,
+                  "how often each local service is checked (0: never; the "
+                  "gateway then always takes it as healthy)");
+  flags->Duration("health-timeout", &o.health.timeout,
+                  "a check without an answer this long fails");
+  flags->Int("health-unhealthy-after", &v->health_unhealthy_after,
+             "failed checks in a row that make a service unhealthy (the "
+             "gateway then sends its visitors to another pool member, or "
+             "503 local_service_unhealthy)");
+  flags->Int("health-healthy-after", &v->health_healthy_after,
+             "good checks in a row that make it healthy again");
   flags->Duration("local-timeout", &o.local_timeout,
                   "local service silent this long mid-request: it fails "
                   "(an upgraded connection: no byte either way)");
@@ -256,6 +272,28 @@ absl::Status ParseConnectFlags(int argc, char** argv, int first,
   o.ip_rules.Clear();
   for (const std::string& c : v->allow_cidr) o.ip_rules.add_allow(c);
   for (const std::string& c : v->deny_cidr) o.ip_rules.add_deny(c);
+  if (o.health.interval < absl::ZeroDuration() ||
+      (o.health.interval > absl::ZeroDuration() &&
+       o.health.interval < absl::Milliseconds(100))) {
+    return absl::InvalidArgumentError(
+        "--health-interval must be 0 (no checks) or at least 100ms");
+  }
+  if (o.health.timeout < absl::Milliseconds(10)) {
+    return absl::InvalidArgumentError("--health-timeout must be at least 10ms");
+  }
+  if (v->health_unhealthy_after < 1 || v->health_unhealthy_after > 100 ||
+      v->health_healthy_after < 1 || v->health_healthy_after > 100) {
+    return absl::InvalidArgumentError(
+        "--health-unhealthy-after and --health-healthy-after must be between "
+        "1 and 100");
+  }
+  if (!o.health.path.empty() && o.health.path[0] != '/') {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--health-check wants a path starting with '/', not \"",
+                     o.health.path, "\""));
+  }
+  o.health.unhealthy_after = static_cast<int>(v->health_unhealthy_after);
+  o.health.healthy_after = static_cast<int>(v->health_healthy_after);
   o.max_concurrent = static_cast<size_t>(v->max_concurrent);
   o.receive_window = static_cast<uint32_t>(v->receive_window);
   o.max_batch_bytes = static_cast<uint32_t>(v->batch_bytes);

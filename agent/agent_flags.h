@@ -31,9 +31,11 @@ struct AgentFlags {
   std::vector<std::string> deny_cidr;
   std::vector<std::string> basic_auth;  // --basic-auth USER:HASH
   std::string basic_auth_file;          // --basic-auth-file
-  std::string ca_file;                  // --ca
-  std::string client_cert_file;         // --client-cert
-  std::string client_key_file;          // --client-key
+  int64_t health_unhealthy_after = 0;
+  int64_t health_healthy_after = 0;
+  std::string ca_file;           // --ca
+  std::string client_cert_file;  // --client-cert
+  std::string client_key_file;   // --client-key
   bool quiet = false;
   std::string state_file;  // "" after parsing: write none
   absl::Duration state_refresh = absl::Seconds(5);

@@ -4,6 +4,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "httpfront/front_server.h"
+#include "server/tunnel_router.h"
 
 namespace tunnel::httpfront {
 
@@ -65,6 +66,12 @@ void SetError(const httplib::Request& req, httplib::Response& res, int status,
 // Visitor status for a stream error (see server/tunnel_router.h).
 void SetStreamError(const httplib::Request& req, httplib::Response& res,
                     const absl::Status& s, absl::Duration retry_after) {
+  if (server::IsLocalServiceUnhealthy(s)) {
+    SetError(req, res, 503, "local_service_unhealthy", s.message());
+    res.set_header("Retry-After",
+                   absl::StrCat(absl::ToInt64Seconds(retry_after)));
+    return;
+  }
   switch (s.code()) {
     case absl::StatusCode::kNotFound:
       SetError(req, res, 404, "tunnel_not_found", s.message());

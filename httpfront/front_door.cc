@@ -294,6 +294,22 @@ class FrontDoor::Handler {
 
     absl::StatusOr<tunnel::v1::TunnelResponse> head_or =
         AwaitResponseHead(*stream, options_.response_timeout);
+    if (!head_or.ok() && absl::IsFailedPrecondition(head_or.status()) &&
+        !streamed_body) {
+      // The member's service refused the connection: nothing reached it,
+      // and the visitor's body (if any) is still here. Once, on another
+      // pool member.
+      absl::StatusOr<std::unique_ptr<TunnelStream>> again = router_->Open(
+          route->slug, BuildRequestHead(req, *route, target, head_options),
+          stream->owner());
+      if (again.ok()) {
+        stream->Cancel(head_or.status().message());
+        stream = std::move(*again);
+        log_.metrics().retries->Increment();
+        if (!Upload(req, res, reader, streamed_body, *stream, record)) return;
+        head_or = AwaitResponseHead(*stream, options_.response_timeout);
+      }
+    }
     if (!head_or.ok()) {
       stream->Cancel(head_or.status().message());
       SetStreamError(req, res, head_or.status(), options_.offline_retry_after);

@@ -57,7 +57,13 @@ FrontMetrics::FrontMetrics(common::MetricsRegistry* r)
                         "door ran to check basic auth; a credential verified "
                         "within --basic-auth-cache-ttl runs none.",
                         {})
-              ->WithLabels({})) {
+              ->WithLabels({})),
+      retries(r->AddCounter("tunnel_pool_retries_total",
+                            "Visitor requests sent again to another pool "
+                            "member after the first member's local service "
+                            "refused the connection.",
+                            {})
+                  ->WithLabels({})) {
   common::CounterFamily* limits = r->AddCounter(
       "tunnel_limit_rejections_total",
       "Visitor requests and connections refused or cut at a configured "

@@ -52,6 +52,9 @@ struct FrontMetrics {
   common::CounterFamily* const ip_denials;
   // Slow password hashes run for basic auth (a cached credential runs none).
   common::Counter* const basic_auth_hashes;
+  // Requests sent again to another pool member after the first one's
+  // service refused the connection.
+  common::Counter* const retries;
   // Resolved at start: counting a rejection takes no lock.
   common::Counter* limit_rejections[kLimitKinds] = {};
 };

@@ -97,6 +97,7 @@ class GatewayStream : public TunnelStream {
   }
 
   uint64_t id() const override { return id_; }
+  const void* owner() const override { return session_.get(); }
 
   absl::Status SendBody(absl::string_view data, absl::Time deadline) override {
     while (!data.empty()) {
@@ -393,6 +394,34 @@ absl::StatusOr<std::unique_ptr<TunnelStream>> Session::OpenStream(
       new GatewayStream(shared_from_this(), id, std::move(channel)));
 }
 
+void Session::OnHealth(const tunnel::v1::Health& h) {
+  absl::MutexLock lock(&mu_);
+  for (const tunnel::v1::TunnelHealth& t : h.tunnels()) {
+    // Only the session's own tunnels, and a bounded reason: the agent is
+    // not trusted with the gateway's memory.
+    bool ours = false;
+    for (const SessionTunnel& st : tunnels_) ours |= st.slug == t.slug();
+    if (!ours) continue;
+    if (t.healthy()) {
+      unhealthy_.erase(t.slug());
+    } else {
+      unhealthy_[t.slug()] = t.reason().substr(0, 200);
+    }
+    TUNNEL_LOG(INFO) << "agent " << agent_id_ << " reports tunnel " << t.slug()
+                     << (t.healthy() ? " healthy"
+                                     : absl::StrCat(" unhealthy: ",
+                                                    t.reason().substr(0, 200)));
+  }
+}
+
+std::optional<std::string> Session::UnhealthyReason(
+    absl::string_view slug) const {
+  absl::MutexLock lock(&mu_);
+  auto it = unhealthy_.find(slug);
+  if (it == unhealthy_.end()) return std::nullopt;
+  return it->second;
+}
+
 size_t Session::stream_count() const {
   absl::MutexLock lock(&mu_);
   return streams_.size();
@@ -541,6 +570,8 @@ bool Session::OnOne(Envelope& e) {
         SendControl(std::move(ack));
       } else if (c.has_window_update()) {
         return OnStreamMessage(e);
+      } else if (c.has_health()) {
+        OnHealth(c.health());
       }
       return true;
     }

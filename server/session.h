@@ -153,6 +153,9 @@ class Session : public std::enable_shared_from_this<Session> {
   absl::StatusOr<std::unique_ptr<TunnelStream>> OpenStream(
       tunnel::v1::TunnelRequest&& head);
   size_t stream_count() const;
+  // Why the agent reported `slug`'s local service unhealthy, or nullopt
+  // while it is healthy (ControlMessage.health).
+  std::optional<std::string> UnhealthyReason(absl::string_view slug) const;
   // Takes the session's and each stream's lock briefly: for scrapes, not
   // for the data path.
   SessionStats Stats() const;
@@ -194,6 +197,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool NeverOpened(uint64_t id) const;
   // One envelope; false once it closed the session.
   bool OnOne(tunnel::v1::Envelope& e);
+  void OnHealth(const tunnel::v1::Health& h);
   bool OnStreamMessage(tunnel::v1::Envelope& e);
   // Takes what to write next into current_ (counted in the metrics).
   bool PopForWriteLocked(bool* more) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -217,6 +221,8 @@ class Session : public std::enable_shared_from_this<Session> {
   // while writing_ is true.
   tunnel::v1::Envelope current_;
   uint64_t next_stream_id_ ABSL_GUARDED_BY(mu_) = 1;
+  // Slugs whose local service the agent reported unhealthy -> why.
+  absl::flat_hash_map<std::string, std::string> unhealthy_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, std::shared_ptr<common::StreamChannel>> streams_
       ABSL_GUARDED_BY(mu_);
   uint32_t batch_bytes_ = 0;            // set at the handshake only

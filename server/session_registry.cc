@@ -112,7 +112,7 @@ void SessionRegistry::Unregister(const Session* session) {
 }
 
 absl::StatusOr<std::unique_ptr<TunnelStream>> SessionRegistry::Open(
-    absl::string_view slug, tunnel::v1::TunnelRequest head) {
+    absl::string_view slug, tunnel::v1::TunnelRequest head, const void* avoid) {
   std::vector<std::shared_ptr<Session>> candidates;
   TunnelActivity* activity = nullptr;
   {
@@ -140,6 +140,32 @@ absl::StatusOr<std::unique_ptr<TunnelStream>> SessionRegistry::Open(
           absl::StrCat("tunnel \"", slug, "\" does not exist"));
     }
   }
+  if (avoid != nullptr) {
+    candidates.erase(std::remove_if(candidates.begin(), candidates.end(),
+                                    [&](const std::shared_ptr<Session>& s) {
+                                      return s.get() == avoid;
+                                    }),
+                     candidates.end());
+    if (candidates.empty()) {
+      return absl::FailedPreconditionError("no other member to try");
+    }
+  }
+  // Members whose local service is unhealthy get nothing new; with none
+  // left the visitor hears why at once (503), not after a failed connect.
+  std::optional<std::string> unhealthy;
+  candidates.erase(
+      std::remove_if(
+          candidates.begin(), candidates.end(),
+          [&](const std::shared_ptr<Session>& s) {
+            std::optional<std::string> why = s->UnhealthyReason(slug);
+            if (why.has_value() && !unhealthy.has_value()) {
+              unhealthy = absl::StrCat("the local service behind agent ",
+                                       s->agent_id(), " is unhealthy: ", *why);
+            }
+            return why.has_value();
+          }),
+      candidates.end());
+  if (candidates.empty()) return LocalServiceUnhealthyError(*unhealthy);
   if (candidates.size() > 1) {
     // Fewest streams in flight first; equal ones keep the rotated order,
     // and draining members last (they refuse, and the next is tried).

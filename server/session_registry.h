@@ -74,7 +74,8 @@ class SessionRegistry : public TunnelRouter {
   void Unregister(const Session* session);
 
   absl::StatusOr<std::unique_ptr<TunnelStream>> Open(
-      absl::string_view slug, tunnel::v1::TunnelRequest head) override;
+      absl::string_view slug, tunnel::v1::TunnelRequest head,
+      const void* avoid = nullptr) override;
 
   size_t session_count() const;
   // Snapshot of the live sessions.

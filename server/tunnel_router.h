@@ -21,6 +21,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "common/cidr.h"
@@ -51,6 +52,20 @@ struct VisitorPolicy {
   }
 };
 
+// Open()'s answer when every agent serving the slug reported its local
+// service unhealthy: UNAVAILABLE marked with a payload, which the front
+// door answers 503 local_service_unhealthy (not 502 agent_offline).
+inline constexpr char kUnhealthyPayload[] =
+    "type.googleapis.com/tunnel.v1.LocalServiceUnhealthy";
+inline absl::Status LocalServiceUnhealthyError(absl::string_view message) {
+  absl::Status s = absl::UnavailableError(message);
+  s.SetPayload(kUnhealthyPayload, absl::Cord("1"));
+  return s;
+}
+inline bool IsLocalServiceUnhealthy(const absl::Status& s) {
+  return s.GetPayload(kUnhealthyPayload).has_value();
+}
+
 // One HTTP exchange in flight on an agent session. Owned by one front-door
 // worker thread; for an upgraded connection, one thread sends (SendBody,
 // FinishBody) while another reads (ReadBody). Destroying it before the response
@@ -60,6 +75,8 @@ class TunnelStream {
   virtual ~TunnelStream() = default;
 
   virtual uint64_t id() const = 0;
+  // Which agent session carries it (for TunnelRouter::Open's `avoid`).
+  virtual const void* owner() const { return nullptr; }
   // Sends request body bytes, waiting for stream credit until `deadline`.
   // Splits into chunks of at most 64 KiB.
   virtual absl::Status SendBody(absl::string_view data,
@@ -80,9 +97,13 @@ class TunnelRouter {
  public:
   virtual ~TunnelRouter() = default;
   // Opens a stream to the agent serving `slug` and sends `head` (its
-  // stream_id is filled in here). Thread-safe.
+  // stream_id is filled in here). `avoid`: a TunnelStream::owner() not to
+  // use (a pool member whose service just refused the connection); when no
+  // other member can take it, the answer is the error of a plain Open.
+  // Thread-safe.
   virtual absl::StatusOr<std::unique_ptr<TunnelStream>> Open(
-      absl::string_view slug, tunnel::v1::TunnelRequest head) = 0;
+      absl::string_view slug, tunnel::v1::TunnelRequest head,
+      const void* avoid = nullptr) = 0;
   // What visitors must satisfy to reach `slug` (empty for a public or
   // unknown tunnel). Thread-safe; cheap (one lock, map lookups).
   virtual VisitorPolicy PolicyFor(absl::string_view /*slug*/) const {

@@ -50,16 +50,44 @@ class PoolTest : public ::testing::Test {
     svc->server().Post(".*", answer);
     svc->Start();
     std::string url = svc->url();
+    by_name_[name] = svc.get();
     services_.push_back(std::move(svc));
     return url;
   }
 
   RunningAgent* Member(const std::string& id,
-                       absl::Duration delay = absl::ZeroDuration()) {
+                       absl::Duration delay = absl::ZeroDuration(),
+                       bool health_checks = true) {
     agent::AgentOptions o = h_.AgentOptionsFor(id, {Service(id, delay)});
     o.pool = kPool;
     o.tunnels[0].slug = kPool;
+    // Quick checks: one failed TCP connect makes a service unhealthy.
+    o.health.interval =
+        health_checks ? absl::Milliseconds(100) : absl::ZeroDuration();
+    o.health.timeout = absl::Milliseconds(500);
+    o.health.unhealthy_after = 1;
+    o.health.healthy_after = 1;
     return h_.StartAgent(std::move(o));
+  }
+
+  // Waits (bounded) until the gateway holds member `id`'s service as
+  // unhealthy (or, `healthy`, as healthy), polling the registry.
+  bool WaitForHealth(const std::string& id, bool healthy) {
+    const absl::Time give_up = absl::Now() + absl::Seconds(20);
+    while (absl::Now() < give_up) {
+      absl::StatusOr<server::TunnelEntry> e =
+          h_.gateway().registry().FindTunnel(kPool);
+      if (e.ok()) {
+        for (const auto& m : e->members) {
+          if (m->agent_id() == id &&
+              m->UnhealthyReason(kPool).has_value() != healthy) {
+            return true;
+          }
+        }
+      }
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    return false;
   }
 
   // Which member answered a GET of the pool ("" on any failure).
@@ -70,6 +98,7 @@ class PoolTest : public ::testing::Test {
   }
 
   std::vector<std::unique_ptr<LocalService>> services_;
+  std::map<std::string, LocalService*> by_name_;
   TunnelHarness h_{{"pi-a", "pi-b", "pi-c", "outsider"}};
 };
 
@@ -214,6 +243,49 @@ TEST_F(PoolTest, ADrainingMemberLosesNoRequest) {
   EXPECT_EQ(errors.load(), 0);
   EXPECT_GT(after_drain["pi-a"], 0);
   EXPECT_EQ(after_drain["pi-b"], 0);
+}
+
+// A member whose service dies gets no new request once its agent says so;
+// with every member's service dead, visitors get a quick 503 that says why.
+TEST_F(PoolTest, UnhealthyMembersGetNothingAndAllUnhealthyIs503) {
+  Start();
+  Member("pi-a");
+  Member("pi-b");
+  by_name_["pi-a"]->Stop();
+  ASSERT_TRUE(WaitForHealth("pi-a", /*healthy=*/false));
+  auto v = h_.Visitor();
+  std::map<std::string, int> count;
+  for (int i = 0; i < 20; ++i) ++count[Who(*v)];
+  EXPECT_EQ(count["pi-b"], 20) << "failed: " << count[""];
+
+  by_name_["pi-b"]->Stop();
+  ASSERT_TRUE(WaitForHealth("pi-b", /*healthy=*/false));
+  auto r = v->Get(TunnelHarness::Path(kPool, "/"));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 503);
+  EXPECT_EQ(r->get_header_value("X-Tunnel-Error"), "local_service_unhealthy");
+  EXPECT_FALSE(r->get_header_value("Retry-After").empty());
+  EXPECT_THAT(r->body, HasSubstr("is unhealthy: connection refused"));
+}
+
+// Before anyone knows a member's service is gone (here: never, its checks
+// are off), a request without a streamed body that its service refused is
+// sent once to another member: the visitor sees no error.
+TEST_F(PoolTest, ARefusedConnectIsRetriedOnceOnAnotherMember) {
+  Start();
+  Member("pi-a", absl::ZeroDuration(), /*health_checks=*/false);
+  Member("pi-b");
+  by_name_["pi-a"]->Stop();
+  auto v = h_.Visitor();
+  std::map<std::string, int> count;
+  for (int i = 0; i < 10; ++i) {
+    auto r = v->Get(TunnelHarness::Path(kPool, "/"));
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200) << r->body;
+    ++count[r->body.substr(0, r->body.find('\n'))];
+  }
+  EXPECT_EQ(count["pi-b"], 10);
+  EXPECT_GE(MetricValue(h_.gateway(), "tunnel_pool_retries_total", 0), 1);
 }
 
 }  // namespace

@@ -228,6 +228,9 @@ agent::AgentOptions TunnelHarness::AgentOptionsFor(
   if (targets.ok()) o.tunnels = *targets;
   o.initial_backoff = absl::Milliseconds(50);
   o.max_backoff = absl::Milliseconds(500);
+  // No health probes unless a test asks: they are connections the tests'
+  // services would count.
+  o.health.interval = absl::ZeroDuration();
   return o;
 }
 

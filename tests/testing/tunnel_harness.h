@@ -96,7 +96,8 @@ class TunnelHarness {
       std::function<void(server::GatewayOptions&)> tweak = nullptr);
   server::Gateway& gateway() { return *gateway_; }
 
-  // Options for an agent with valid credentials for `agent_id`.
+  // Options for an agent with valid credentials for `agent_id` (health
+  // probes off: set `health.interval` to test them).
   agent::AgentOptions AgentOptionsFor(const std::string& agent_id,
                                       const std::vector<std::string>& to);
   // Starts an agent and waits until the gateway accepted it.
