@@ -216,7 +216,9 @@ AccessGate::AccessGate(const AccessGateOptions& options, FrontMetrics* metrics)
       metrics_(metrics),
       attempts_(options.attempts_per_minute),
       verified_(options.basic_auth_cache_ttl,
-                options.basic_auth_cache_entries) {}
+                options.basic_auth_cache_entries),
+      basic_auth_grants_(metrics->access_grants->WithLabels({"basic_auth"})) {
+}
 
 void AccessGate::Deny(absl::string_view reason) {
   metrics_->access_denials->WithLabels({std::string(reason)})->Increment();
@@ -349,7 +351,7 @@ bool AccessGate::AdmitBasicAuth(const httplib::Request& req,
                      "basic auth)");
   }
   if (verified_.Contains(route.slug, users.id, authorization, now)) {
-    metrics_->access_grants->WithLabels({"basic_auth"})->Increment();
+    basic_auth_grants_->Increment();
     return true;
   }
   const std::string key = absl::StrCat(req.remote_addr, " ", route.slug);
@@ -384,7 +386,7 @@ bool AccessGate::AdmitBasicAuth(const httplib::Request& req,
                      "wrong user name or password; try again");
   }
   verified_.Add(route.slug, users.id, authorization, now);
-  metrics_->access_grants->WithLabels({"basic_auth"})->Increment();
+  basic_auth_grants_->Increment();
   return true;
 }
 

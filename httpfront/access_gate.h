@@ -149,6 +149,8 @@ class AccessGate {
   const AccessCookieSigner cookie_signer_;
   AttemptLimiter attempts_;
   VerifiedCredentials verified_;
+  // Resolved once: an API client's every request counts here.
+  common::Counter* const basic_auth_grants_;
   BlockingPool slow_work_{2};
 };
 

@@ -29,7 +29,9 @@ to_mib() { awk -v v="$1" 'BEGIN{ if (v ~ /GB$/) {sub(/GB/,"",v); print v*1024} e
 run_wrk() {
   local name=$1 conc=$2 url=$3 dur=${4:-$DUR} threads=2
   [ "$conc" -lt 2 ] && threads=1
-  wrk -t"$threads" -c"$conc" -d"${dur}s" --timeout 10s --latency "$url" >"$RAW/$name.txt" 2>&1 || true
+  # WRK_HEADER: one extra request header ("Name: value"), if set.
+  wrk -t"$threads" -c"$conc" -d"${dur}s" --timeout 10s --latency \
+    ${WRK_HEADER:+-H "$WRK_HEADER"} "$url" >"$RAW/$name.txt" 2>&1 || true
   local f="$RAW/$name.txt"
   local rps p50 p99 tr errs reqs
   rps=$(awk '/^Requests\/sec/{print $2}' "$f")
