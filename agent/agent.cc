@@ -132,6 +132,9 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
   }
 
   common::Outbox& outbox() { return outbox_; }
+  // Called on the reader thread when the gateway asks for a drain; set
+  // before the first Dispatch.
+  void set_on_drain(std::function<void()> f) { on_drain_ = std::move(f); }
 
   // Tells the gateway the health of the tunnels in `all` (by name; the
   // gateway knows them by slug).
@@ -237,10 +240,20 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
             }
           }
         } else if (c.has_goaway() && c.goaway().ack()) {
-          // The answer to our GoAway (DrainStreams).
-          absl::MutexLock lock(&mu_);
-          drain_acked_ = true;
-          last_stream_id_ = c.goaway().last_stream_id();
+          // The answer to our GoAway (DrainStreams), or an administrator's
+          // drain, which says the same and asks us to stop.
+          {
+            absl::MutexLock lock(&mu_);
+            drain_acked_ = true;
+            last_stream_id_ = c.goaway().last_stream_id();
+          }
+          if (c.goaway().drain() && on_drain_) {
+            TUNNEL_LOG(INFO) << "the gateway asks this agent to drain ("
+                             << c.goaway().reason()
+                             << "): taking no new requests, finishing those "
+                                "in flight, then exiting";
+            on_drain_();
+          }
         } else if (c.has_goaway()) {
           TUNNEL_LOG(INFO) << "gateway is going away: " << c.goaway().reason();
           retry_after_ms_ = c.goaway().retry_after_ms();
@@ -465,6 +478,7 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
   // Draining: whether the gateway answers our GoAway (agreed at connect),
   // its answer, and how many request heads have arrived.
   bool goaway_ack_ = false;  // set by Accept, then read-only
+  std::function<void()> on_drain_;
   bool drain_acked_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t last_stream_id_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t requests_received_ ABSL_GUARDED_BY(mu_) = 0;
@@ -538,6 +552,12 @@ Agent::Agent(AgentOptions options)
       });
 }
 
+void Agent::RequestDrain() {
+  absl::MutexLock lock(&mu_);
+  if (drainer_.joinable()) return;
+  drainer_ = std::thread([this] { Drain(options_.drain_timeout); });
+}
+
 void Agent::ReportHealth(const std::shared_ptr<Session>& session) {
   // A new session starts with every tunnel healthy at the gateway: only
   // the unhealthy ones need saying.
@@ -554,6 +574,12 @@ size_t Agent::local_requests_queued() const {
 
 Agent::~Agent() {
   Stop();
+  std::thread drainer;
+  {
+    absl::MutexLock lock(&mu_);
+    drainer.swap(drainer_);
+  }
+  if (drainer.joinable()) drainer.join();
   // pool_ joins its threads: every stream was cancelled when its session
   // ended, so they finish promptly.
 }
@@ -811,6 +837,7 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
   auto session = std::make_shared<Session>(options_, pool_.get(), loop_.get(),
                                            upgrades_.get());
   session->Accept(first.accepted());
+  session->set_on_drain([this] { RequestDrain(); });
   {
     absl::MutexLock lock(&mu_);
     connected_ = true;

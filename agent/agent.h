@@ -14,6 +14,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -99,6 +100,9 @@ struct AgentOptions {
   // How the agent checks its local services (HealthCheckOptions: a TCP
   // connect every 5 s by default; interval zero: no checks).
   HealthCheckOptions health;
+  // How long requests in flight may finish when the agent drains (SIGTERM
+  // or an administrator's `tunnelctl drain`).
+  absl::Duration drain_timeout = absl::Seconds(30);
   // Called once per accepted session (e.g. to print the URLs).
   std::function<void(const tunnel::v1::ConnectAccepted&)> on_accepted;
   // Called on Run()'s thread when a connection attempt fails or a session
@@ -162,6 +166,10 @@ class Agent {
   // Checks the local services; reports changes to the live session.
   std::unique_ptr<HealthChecker> health_;
   void ReportHealth(const std::shared_ptr<Session>& session);
+  // The gateway asked this agent to drain (tunnelctl drain): Drain() on a
+  // thread of its own, once; Run() then returns OK.
+  void RequestDrain();
+  std::thread drainer_ ABSL_GUARDED_BY(mu_);
 };
 
 // A permanent failure ends Run(); anything else is retried.

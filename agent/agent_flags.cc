@@ -294,6 +294,7 @@ absl::Status ParseConnectFlags(int argc, char** argv, int first,
   }
   o.health.unhealthy_after = static_cast<int>(v->health_unhealthy_after);
   o.health.healthy_after = static_cast<int>(v->health_healthy_after);
+  o.drain_timeout = v->drain_timeout;
   o.max_concurrent = static_cast<size_t>(v->max_concurrent);
   o.receive_window = static_cast<uint32_t>(v->receive_window);
   o.max_batch_bytes = static_cast<uint32_t>(v->batch_bytes);

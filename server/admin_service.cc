@@ -290,7 +290,11 @@ absl::StatusOr<tunnel::v1::TunnelStatus> AdminServiceImpl::Tunnel(
       pm->set_agent_id(m->agent_id());
       pm->set_session_id(m->id());
       pm->set_streams_in_flight(m->stream_count());
-      pm->set_state(m->draining() ? "draining" : "serving");
+      const std::optional<std::string> why = m->UnhealthyReason(entry->slug);
+      pm->set_state(m->draining()     ? "draining"
+                    : why.has_value() ? "unhealthy"
+                                      : "healthy");
+      if (why.has_value()) pm->set_last_error(*why);
     }
   }
   out.set_url(urls.url);
@@ -298,6 +302,38 @@ absl::StatusOr<tunnel::v1::TunnelStatus> AdminServiceImpl::Tunnel(
   if (entry->activity != nullptr) {
     out.set_requests_last_hour(entry->activity->RequestsInLastHour(now));
   }
+  return out;
+}
+
+grpc::Status AdminServiceImpl::DrainAgent(
+    grpc::ServerContext* context, const tunnel::v1::DrainAgentRequest* request,
+    tunnel::v1::DrainAgentResponse* response) {
+  if (absl::Status s = Authorize(*context); !s.ok()) return ToGrpcStatus(s);
+  absl::StatusOr<tunnel::v1::DrainAgentResponse> r = Drain(request->agent_id());
+  if (!r.ok()) return ToGrpcStatus(r.status());
+  common::LogEvent(common::LogLevel::kInfo, "admin_drain")
+      .Str("agent_id", request->agent_id())
+      .Str("session", r->session_id())
+      .Num("streams_in_flight", static_cast<double>(r->streams_in_flight()), 0)
+      .Str("peer", context->peer());
+  *response = *std::move(r);
+  return grpc::Status::OK;
+}
+
+absl::StatusOr<tunnel::v1::DrainAgentResponse> AdminServiceImpl::Drain(
+    absl::string_view agent_id) const {
+  if (agent_id.empty()) {
+    return absl::InvalidArgumentError("agent_id is required");
+  }
+  std::shared_ptr<Session> s = registry_->FindByAgent(agent_id);
+  if (s == nullptr) {
+    return absl::NotFoundError(
+        absl::StrCat("agent \"", agent_id, "\" is not connected"));
+  }
+  s->StopTakingStreams("drained by an administrator", /*drain=*/true);
+  tunnel::v1::DrainAgentResponse out;
+  out.set_session_id(s->id());
+  out.set_streams_in_flight(s->stream_count());
   return out;
 }
 

@@ -66,6 +66,9 @@ class AdminServiceImpl final : public tunnel::v1::AdminService::Service {
       grpc::ServerContext* context,
       const tunnel::v1::DisconnectAgentRequest* request,
       tunnel::v1::DisconnectAgentResponse* response) override;
+  grpc::Status DrainAgent(grpc::ServerContext* context,
+                          const tunnel::v1::DrainAgentRequest* request,
+                          tunnel::v1::DrainAgentResponse* response) override;
   grpc::Status SetAccessCode(
       grpc::ServerContext* context,
       const tunnel::v1::SetAccessCodeRequest* request,
@@ -85,6 +88,8 @@ class AdminServiceImpl final : public tunnel::v1::AdminService::Service {
   absl::StatusOr<tunnel::v1::ListAgentsResponse> List() const;
   absl::StatusOr<tunnel::v1::TunnelStatus> Tunnel(absl::string_view slug) const;
   absl::StatusOr<tunnel::v1::DisconnectAgentResponse> Disconnect(
+      absl::string_view agent_id) const;
+  absl::StatusOr<tunnel::v1::DrainAgentResponse> Drain(
       absl::string_view agent_id) const;
   absl::StatusOr<tunnel::v1::SetAccessCodeResponse> SetAccess(
       const tunnel::v1::SetAccessCodeRequest& request) const;

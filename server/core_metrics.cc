@@ -1,6 +1,9 @@
 #include "server/core_metrics.h"
 
+#include <memory>
+#include <set>
 #include <string>
+#include <utility>
 
 #include "absl/strings/ascii.h"
 #include "server/session_registry.h"
@@ -119,6 +122,13 @@ CoreMetrics::CoreMetrics(common::MetricsRegistry* registry) {
                        "expired (new requests refused at once, the session "
                        "closed once those in flight finished).")
           ->WithLabels({});
+  common::CounterFamily* health = registry->AddCounter(
+      "tunnel_health_transitions_total",
+      "Agents' reports of a tunnel's local service turning unhealthy or "
+      "healthy again (agent-tunnel --health-check).",
+      {"to"});
+  became_unhealthy = health->WithLabels({"unhealthy"});
+  became_healthy = health->WithLabels({"healthy"});
   common::CounterFamily* reloads = registry->AddCounter(
       "tunnel_credentials_reloads_total",
       "Reloads of the credentials file (SIGHUP or the admin API), by result; "
@@ -204,6 +214,52 @@ void CoreMetrics::ObserveSessions(common::MetricsRegistry* registry,
     queued_messages->Set(static_cast<int64_t>(total.queued_messages));
     stalled_to_agent->Set(static_cast<int64_t>(total.stalled_to_agent));
     stalled_to_visitor->Set(static_cast<int64_t>(total.stalled_to_visitor));
+  });
+  // Pools: members by state, and each member's load. Series of members
+  // that left are set to 0 (a family keeps its children).
+  common::GaugeFamily* members = registry->AddGauge(
+      "tunnel_pool_members",
+      "Connected members of each pool by state: healthy (takes new "
+      "requests), unhealthy (its agent reports its local service down), "
+      "draining.",
+      {"pool", "state"});
+  common::GaugeFamily* member_streams = registry->AddGauge(
+      "tunnel_pool_member_streams",
+      "Requests in flight on each pool member's session.", {"pool", "agent"});
+  common::GaugeFamily* member_requests = registry->AddGauge(
+      "tunnel_pool_member_requests",
+      "Requests each pool member's current session has taken (starts over "
+      "when the member reconnects).",
+      {"pool", "agent"});
+  auto seen = std::make_shared<std::set<std::pair<std::string, std::string>>>();
+  registry->AddCollectHook([=] {
+    std::set<std::pair<std::string, std::string>> now;
+    for (const PoolView& p : sessions->Pools()) {
+      int64_t healthy = 0, unhealthy = 0, draining = 0;
+      for (const auto& m : p.members) {
+        if (m->draining()) {
+          ++draining;
+        } else if (m->UnhealthyReason(p.slug).has_value()) {
+          ++unhealthy;
+        } else {
+          ++healthy;
+        }
+        member_streams->WithLabels({p.pool, m->agent_id()})
+            ->Set(static_cast<int64_t>(m->stream_count()));
+        member_requests->WithLabels({p.pool, m->agent_id()})
+            ->Set(static_cast<int64_t>(m->counters().requests));
+        now.insert({p.pool, m->agent_id()});
+      }
+      members->WithLabels({p.pool, "healthy"})->Set(healthy);
+      members->WithLabels({p.pool, "unhealthy"})->Set(unhealthy);
+      members->WithLabels({p.pool, "draining"})->Set(draining);
+    }
+    for (const auto& [pool, agent] : *seen) {
+      if (now.count({pool, agent}) > 0) continue;
+      member_streams->WithLabels({pool, agent})->Set(0);
+      member_requests->WithLabels({pool, agent})->Set(0);
+    }
+    seen->insert(now.begin(), now.end());
   });
 }
 

@@ -72,6 +72,9 @@ struct CoreMetrics {
   common::Counter* sessions_revoked;
   // Live agent sessions retired because their token expired.
   common::Counter* sessions_expired;
+  // Agents' reports of a local service turning unhealthy / healthy again.
+  common::Counter* became_unhealthy;
+  common::Counter* became_healthy;
   // Credentials reloads (SIGHUP, admin API) that took effect / were refused.
   common::Counter* credential_reloads_ok;
   common::Counter* credential_reloads_failed;

@@ -179,6 +179,23 @@ void Session::SendGoAway(absl::string_view reason, absl::Duration retry_after) {
 
 bool Session::draining() const { return draining_; }
 
+void Session::StopTakingStreams(absl::string_view reason, bool drain) {
+  uint64_t last = 0;
+  {
+    // Under mu_: an OpenStream either saw draining_ (and refused) or took
+    // its id before `last` was read.
+    absl::MutexLock lock(&mu_);
+    draining_ = true;
+    last = next_stream_id_ - 1;
+  }
+  Envelope e = common::MakeGoAway(reason, absl::ZeroDuration());
+  tunnel::v1::GoAway* g = e.mutable_control()->mutable_goaway();
+  g->set_ack(true);
+  g->set_last_stream_id(last);
+  g->set_drain(drain);
+  SendControl(std::move(e));
+}
+
 void Session::set_token_expiry(absl::Time t) {
   token_expiry_s_ = t == absl::InfiniteFuture() ? 0 : absl::ToUnixSeconds(t);
 }
@@ -403,8 +420,11 @@ void Session::OnHealth(const tunnel::v1::Health& h) {
     for (const SessionTunnel& st : tunnels_) ours |= st.slug == t.slug();
     if (!ours) continue;
     if (t.healthy()) {
-      unhealthy_.erase(t.slug());
+      if (unhealthy_.erase(t.slug()) > 0) metrics_->became_healthy->Increment();
     } else {
+      if (!unhealthy_.contains(t.slug())) {
+        metrics_->became_unhealthy->Increment();
+      }
       unhealthy_[t.slug()] = t.reason().substr(0, 200);
     }
     TUNNEL_LOG(INFO) << "agent " << agent_id_ << " reports tunnel " << t.slug()
@@ -555,19 +575,7 @@ bool Session::OnOne(Envelope& e) {
       } else if (c.has_goaway()) {
         TUNNEL_LOG(INFO) << "agent " << agent_id_
                          << " is shutting down: " << c.goaway().reason();
-        uint64_t last = 0;
-        {
-          // Under mu_: an OpenStream either saw draining_ (and refused) or
-          // took its id before `last` was read.
-          absl::MutexLock lock(&mu_);
-          draining_ = true;
-          last = next_stream_id_ - 1;
-        }
-        Envelope ack = common::MakeGoAway("no new requests will come",
-                                          absl::ZeroDuration());
-        ack.mutable_control()->mutable_goaway()->set_ack(true);
-        ack.mutable_control()->mutable_goaway()->set_last_stream_id(last);
-        SendControl(std::move(ack));
+        StopTakingStreams("no new requests will come", /*drain=*/false);
       } else if (c.has_window_update()) {
         return OnStreamMessage(e);
       } else if (c.has_health()) {

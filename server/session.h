@@ -134,6 +134,11 @@ class Session : public std::enable_shared_from_this<Session> {
   void SendPing(uint64_t nonce);
   // Tells the agent this gateway takes no new streams and when to come back.
   void SendGoAway(absl::string_view reason, absl::Duration retry_after);
+  // Takes no new stream from now on and tells the agent which was the last
+  // one it gets (GoAway{ack, last_stream_id}); `drain`: asks it to finish
+  // those and exit (tunnelctl drain). The answer to an agent's own GoAway
+  // is the same without `drain`.
+  void StopTakingStreams(absl::string_view reason, bool drain);
   // The agent said it is shutting down: no new streams for it.
   bool draining() const;
   // When the session's token expires (InfiniteFuture: never); set at the

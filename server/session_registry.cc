@@ -229,6 +229,21 @@ std::shared_ptr<Session> SessionRegistry::FindByAgent(
   return it == live_.end() ? nullptr : it->second;
 }
 
+std::vector<PoolView> SessionRegistry::Pools() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<PoolView> out;
+  for (const auto& [slug, pool] : pool_of_) {
+    PoolView v;
+    v.pool = pool;
+    v.slug = slug;
+    if (auto r = routes_.find(slug); r != routes_.end()) {
+      v.members = r->second.members;
+    }
+    out.push_back(std::move(v));
+  }
+  return out;
+}
+
 std::vector<std::shared_ptr<Session>> SessionRegistry::Sessions() const {
   absl::MutexLock lock(&mu_);
   std::vector<std::shared_ptr<Session>> out;

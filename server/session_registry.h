@@ -44,6 +44,13 @@ struct TunnelEntry {
   const TunnelActivity* activity = nullptr;  // lives as long as the registry
 };
 
+// A pool slug and its connected members, for metrics.
+struct PoolView {
+  std::string pool;
+  std::string slug;
+  std::vector<std::shared_ptr<Session>> members;
+};
+
 class SessionRegistry : public TunnelRouter {
  public:
   SessionRegistry() = default;
@@ -83,6 +90,8 @@ class SessionRegistry : public TunnelRouter {
   // Streams in flight across live sessions.
   size_t stream_count() const;
   std::shared_ptr<Session> FindByAgent(absl::string_view agent_id) const;
+  // Every pool slug with its live members (none while all are offline).
+  std::vector<PoolView> Pools() const;
   // NOT_FOUND for a slug no agent owns.
   absl::StatusOr<TunnelEntry> FindTunnel(absl::string_view slug) const;
 

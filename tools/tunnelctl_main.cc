@@ -83,6 +83,8 @@ constexpr char kTopUsage[] =
     "with\n"
     "                              backoff; revoke its token and reload to\n"
     "                              keep it out)\n"
+    "  drain AGENT_ID              the agent finishes what it has and exits "
+    "0\n"
     "  set-code SLUG [CODE]        gate a tunnel behind a visitor access "
     "code\n"
     "  set-code SLUG --public      remove any access code (the agent's too)\n"
@@ -120,6 +122,14 @@ constexpr char kDisconnectUsage[] =
     "Closes the agent's session; the agent logs \"disconnected by an\n"
     "administrator\" and reconnects with backoff (stop it on the device, or\n"
     "revoke its token and reload the gateway, to keep it away).\n";
+
+constexpr char kDrainUsage[] =
+    "Usage: tunnelctl drain AGENT_ID [--admin ADDR] [--admin-token-file "
+    "FILE] [--json]\n"
+    "\n"
+    "Drains a connected agent as SIGTERM on its device would: the gateway\n"
+    "sends it no new request (a pool's other members take them), it\n"
+    "finishes those in flight (up to its --drain-timeout) and exits 0.\n";
 
 constexpr char kReloadUsage[] =
     "Usage: tunnelctl reload [--admin ADDR] [--admin-token-file FILE] "
@@ -773,7 +783,8 @@ int AdminStatus(const std::vector<std::string>& args) {
       std::cout << (i > 0 ? "," : "") << "{\"agent_id\":" << Quote(m.agent_id())
                 << ",\"session_id\":" << Quote(m.session_id())
                 << ",\"streams_in_flight\":" << m.streams_in_flight()
-                << ",\"state\":" << Quote(m.state()) << "}";
+                << ",\"state\":" << Quote(m.state())
+                << ",\"last_error\":" << Quote(m.last_error()) << "}";
     }
     std::cout << "]}\n";
     return kExitOk;
@@ -796,7 +807,10 @@ int AdminStatus(const std::vector<std::string>& args) {
       rows.push_back(
           {"member:",
            absl::StrCat(Printable(m.agent_id()), " (", Printable(m.state()),
-                        ", ", m.streams_in_flight(), " in flight)")});
+                        ", ", m.streams_in_flight(), " in flight)",
+                        m.last_error().empty()
+                            ? ""
+                            : absl::StrCat(": ", Printable(m.last_error())))});
     }
   }
   PrintTable(rows);
@@ -821,6 +835,29 @@ int AdminDisconnect(const std::vector<std::string>& args) {
               << " (session " << Printable(resp.session_id()) << ")\n";
     std::cerr << "tunnelctl: the agent reconnects with backoff unless it is "
                  "stopped or its token revoked\n";
+  }
+  return kExitOk;
+}
+
+int AdminDrain(const std::vector<std::string>& args) {
+  constexpr char kCommand[] = "tunnelctl drain";
+  AdminCall call(kDrainUsage);
+  if (auto done = call.Start(args, kCommand, 1, "AGENT_ID")) return *done;
+  const AdminFlags& f = call.f;
+  tunnel::v1::DrainAgentRequest req;
+  req.set_agent_id(call.positional[0]);
+  tunnel::v1::DrainAgentResponse resp;
+  grpc::Status st = AdminStub(f)->DrainAgent(&call.ctx, req, &resp);
+  if (!st.ok()) return RpcError(f, st);
+  if (f.json) {
+    std::cout << "{\"agent_id\":" << Quote(req.agent_id())
+              << ",\"session_id\":" << Quote(resp.session_id())
+              << ",\"streams_in_flight\":" << resp.streams_in_flight() << "}\n";
+  } else {
+    std::cout << "draining agent " << Printable(req.agent_id()) << " (session "
+              << Printable(resp.session_id())
+              << "): " << resp.streams_in_flight()
+              << " request(s) in flight finish, then it exits\n";
   }
   return kExitOk;
 }
@@ -1089,6 +1126,7 @@ int main(int argc, char** argv) {
   if (args[0] == "list") return AdminList(after);
   if (args[0] == "status") return AdminStatus(after);
   if (args[0] == "disconnect") return AdminDisconnect(after);
+  if (args[0] == "drain") return AdminDrain(after);
   if (args[0] == "set-code") return AdminSetCode(after);
   if (args[0] == "set-ip-rules") return AdminSetIpRules(after);
   if (args[0] == "hash-password") return HashPasswordCommand(after);

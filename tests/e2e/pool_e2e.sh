@@ -3,7 +3,8 @@
 # tokens issued --pool web serve one URL; `tunnelctl status` shows both
 # members; a token without the pool is refused naming the fix (exit 1);
 # SIGTERM on one member while 400 requests with checked bodies run (32 at a
-# time) costs no request, the member exits 0, and the other takes over.
+# time) costs no request, the member exits 0, and the other takes over;
+# `tunnelctl drain` makes the other exit 0 too.
 # Usage: pool_e2e.sh BUILD_DIR
 set -uo pipefail
 BUILD="$(cd "$1" && pwd)"
@@ -87,7 +88,7 @@ check "member pi-2 connected with the pool's URL" test -n "$(wait_for_line a2.ou
 "$CTL" status web --admin "$ADMIN" --admin-token-file admin.token >status.txt
 check "status names the pool" grep -Eq '^pool: +web$' status.txt
 check "status lists both members" \
-  test "$(grep -Ec '^member: +pi-[12] \(serving, [0-9]+ in flight\)$' status.txt)" = 2
+  test "$(grep -Ec '^member: +pi-[12] \(healthy, [0-9]+ in flight\)$' status.txt)" = 2
 
 TUNNEL_SECRET="$S3" "$AGENT" connect --gateway "$GRPC" --id pi-3 --token "$T3" \
   --insecure --pool web --to "http://127.0.0.1:$P1" >a3.out 2>a3.err
@@ -141,6 +142,16 @@ check "the other member took the rest" grep -Eq '^after .*pi-1=[0-9]+' load.out
 wait_for_exit "$A2" 30
 check "the drained member exited 0" test "$exit_code" = 0
 check "and said it was draining" grep -q 'taking no new requests' a2.err
+
+# An administrator drains the remaining member: it exits 0 by itself.
+"$CTL" drain pi-1 --admin "$ADMIN" --admin-token-file admin.token >drain.out 2>drain.err
+check "tunnelctl drain exits 0" test $? = 0
+check "and says what happens" grep -q '^draining agent pi-1 (session [0-9a-f]*): 0 request(s) in flight finish, then it exits$' drain.out
+wait_for_exit "$A1" 30
+check "the drained agent exited 0" test "$exit_code" = 0
+check "saying the gateway asked" grep -q 'the gateway asks this agent to drain (drained by an administrator)' a1.err
+"$CTL" drain pi-1 --admin "$ADMIN" --admin-token-file admin.token >/dev/null 2>drain2.err
+check "draining an agent that is gone exits 1" test $? = 1
 
 echo "passed: $passed, failed: $failed"
 test "$failed" = 0

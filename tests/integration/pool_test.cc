@@ -3,6 +3,7 @@
 // serve one slug; requests spread by streams in flight; the right to a pool
 // is the token's; a member that drains loses no request.
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -13,8 +14,10 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "tests/testing/tunnel_harness.h"
+#include "tunnel/v1/admin.grpc.pb.h"
 
 namespace tunnel::testing {
 namespace {
@@ -22,6 +25,7 @@ namespace {
 using ::testing::HasSubstr;
 
 constexpr char kPool[] = "web";
+constexpr char kAdminToken[] = "adm_pool-test-token-0123456789";
 
 class PoolTest : public ::testing::Test {
  protected:
@@ -97,6 +101,60 @@ class PoolTest : public ::testing::Test {
     return r->body.substr(0, r->body.find('\n'));
   }
 
+  int LoadAround(const std::function<void()>& drain,
+                 std::map<std::string, int>* after) {
+    std::atomic<bool> stop{false};
+    absl::Mutex done_mu;
+    int done = 0;  // guarded by done_mu
+    std::atomic<int> errors{0};
+    absl::Mutex mu;
+    std::atomic<bool> drained{false};
+    std::vector<std::thread> visitors;
+    for (int t = 0; t < 16; ++t) {
+      visitors.emplace_back([&, t] {
+        auto v = h_.Visitor();
+        for (int i = 0; !stop.load(); ++i) {
+          const std::string body = absl::StrCat("visitor ", t, " request ", i);
+          const bool late = drained.load();
+          auto r =
+              v->Post(TunnelHarness::Path(kPool, "/echo"), body, "text/plain");
+          if (!r || r->status != 200 ||
+              r->body.substr(r->body.find('\n') + 1) != body) {
+            ++errors;
+            ADD_FAILURE() << (r ? absl::StrCat(r->status, " ", r->body)
+                                : httplib::to_string(r.error()));
+          } else if (late) {
+            absl::MutexLock lock(&mu);
+            ++(*after)[r->body.substr(0, r->body.find('\n'))];
+          }
+          absl::MutexLock lock(&done_mu);
+          ++done;
+        }
+      });
+    }
+    // Waits (bounded) until visitors have finished `n` requests in all.
+    auto wait_for = [&](int n) {
+      absl::MutexLock lock(&done_mu);
+      auto reached = [&]() ABSL_SHARED_LOCKS_REQUIRED(done_mu) {
+        return done >= n;
+      };
+      return done_mu.AwaitWithTimeout(absl::Condition(&reached),
+                                      absl::Seconds(30));
+    };
+    EXPECT_TRUE(wait_for(200));
+    drain();
+    drained = true;
+    int at_drain = 0;
+    {
+      absl::MutexLock lock(&done_mu);
+      at_drain = done;
+    }
+    EXPECT_TRUE(wait_for(at_drain + 200));
+    stop = true;
+    for (auto& t : visitors) t.join();
+    return errors.load();
+  }
+
   std::vector<std::unique_ptr<LocalService>> services_;
   std::map<std::string, LocalService*> by_name_;
   TunnelHarness h_{{"pi-a", "pi-b", "pi-c", "outsider"}};
@@ -119,7 +177,21 @@ TEST_F(PoolTest, MembersShareOneUrlAndIdleOnesTakeTurns) {
   for (int i = 0; i < 30; ++i) ++count[Who(*v)];
   EXPECT_EQ(count[""], 0) << "failed requests";
   // One at a time, every member is idle: they take turns.
-  for (const char* m : {"pi-a", "pi-b", "pi-c"}) EXPECT_GE(count[m], 5) << m;
+  for (const char* m : {"pi-a", "pi-b", "pi-c"}) {
+    EXPECT_GE(count[m], 5) << m;
+    EXPECT_EQ(
+        MetricValue(h_.gateway(),
+                    absl::StrCat("tunnel_pool_member_requests{pool=\"web\","
+                                 "agent=\"",
+                                 m, "\"}"),
+                    -1),
+        count[m])
+        << m;
+  }
+  EXPECT_EQ(
+      MetricValue(h_.gateway(),
+                  "tunnel_pool_members{pool=\"web\",state=\"healthy\"}", -1),
+      3);
 }
 
 TEST_F(PoolTest, ASlowMemberGetsFewerRequests) {
@@ -184,65 +256,62 @@ TEST_F(PoolTest, APoolSlugIsNoAgentsAndAnAgentsSlugIsNoPool) {
   EXPECT_THAT(std::string(s.message()), HasSubstr("belongs to agent pi-b"));
 }
 
+// 16 visitors keep POSTing bodies to the pool and check each echo; after
+// 200 requests `drain` runs (and returns once the member is gone), then
+// 200 more. Returns the failed requests; `*after` counts who answered the
+// requests started after `drain` returned.
 // Visitors keep sending (with bodies checked) while one member drains:
 // none of their requests fails, and the other member takes over.
 TEST_F(PoolTest, ADrainingMemberLosesNoRequest) {
   Start();
   Member("pi-a");
   RunningAgent* b = Member("pi-b");
-  std::atomic<bool> stop{false};
-  absl::Mutex done_mu;
-  int done = 0;  // guarded by done_mu
-  std::atomic<int> errors{0};
-  absl::Mutex mu;
-  std::map<std::string, int> after_drain;
-  std::atomic<bool> drained{false};
-  std::vector<std::thread> visitors;
-  for (int t = 0; t < 16; ++t) {
-    visitors.emplace_back([&, t] {
-      auto v = h_.Visitor();
-      for (int i = 0; !stop.load(); ++i) {
-        const std::string body = absl::StrCat("visitor ", t, " request ", i);
-        const bool late = drained.load();
-        auto r =
-            v->Post(TunnelHarness::Path(kPool, "/echo"), body, "text/plain");
-        if (!r || r->status != 200 ||
-            r->body.substr(r->body.find('\n') + 1) != body) {
-          ++errors;
-          ADD_FAILURE() << (r ? absl::StrCat(r->status, " ", r->body)
-                              : httplib::to_string(r.error()));
-        } else if (late) {
-          absl::MutexLock lock(&mu);
-          ++after_drain[r->body.substr(0, r->body.find('\n'))];
-        }
-        absl::MutexLock lock(&done_mu);
-        ++done;
-      }
-    });
-  }
-  // Waits (bounded) until visitors have finished `n` requests in all.
-  auto wait_for = [&](int n) {
-    absl::MutexLock lock(&done_mu);
-    auto reached = [&]() ABSL_SHARED_LOCKS_REQUIRED(done_mu) {
-      return done >= n;
-    };
-    return done_mu.AwaitWithTimeout(absl::Condition(&reached),
-                                    absl::Seconds(30));
-  };
-  ASSERT_TRUE(wait_for(200));
-  b->agent().Drain(absl::Seconds(20));
-  drained = true;
-  int at_drain = 0;
-  {
-    absl::MutexLock lock(&done_mu);
-    at_drain = done;
-  }
-  EXPECT_TRUE(wait_for(at_drain + 200));
-  stop = true;
-  for (auto& t : visitors) t.join();
-  EXPECT_EQ(errors.load(), 0);
-  EXPECT_GT(after_drain["pi-a"], 0);
-  EXPECT_EQ(after_drain["pi-b"], 0);
+  std::map<std::string, int> after;
+  EXPECT_EQ(LoadAround([&] { b->agent().Drain(absl::Seconds(20)); }, &after),
+            0);
+  EXPECT_GT(after["pi-a"], 0);
+  EXPECT_EQ(after["pi-b"], 0);
+}
+
+// The same asked by an administrator (tunnelctl drain): the member
+// finishes its requests and its Run() ends OK (the process exits 0).
+TEST_F(PoolTest, AnAdministratorsDrainLosesNoRequestAndTheAgentEndsOk) {
+  h_.StartGateway([](server::GatewayOptions& o) {
+    o.admin_addr = "127.0.0.1:0";
+    o.admin_token = kAdminToken;
+    for (auto& c : *o.credentials->mutable_credentials()) c.add_pools(kPool);
+  });
+  auto stub = tunnel::v1::AdminService::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", h_.gateway().admin_port()),
+                          grpc::InsecureChannelCredentials()));
+  Member("pi-a");
+  RunningAgent* b = Member("pi-b");
+  std::map<std::string, int> after;
+  EXPECT_EQ(LoadAround(
+                [&] {
+                  grpc::ClientContext ctx;
+                  ctx.AddMetadata("authorization",
+                                  absl::StrCat("Bearer ", kAdminToken));
+                  tunnel::v1::DrainAgentRequest req;
+                  req.set_agent_id("pi-b");
+                  tunnel::v1::DrainAgentResponse resp;
+                  grpc::Status st = stub->DrainAgent(&ctx, req, &resp);
+                  EXPECT_TRUE(st.ok()) << st.error_message();
+                  EXPECT_FALSE(resp.session_id().empty());
+                  absl::Status end = b->WaitForExit(absl::Seconds(30));
+                  EXPECT_TRUE(end.ok()) << end;
+                },
+                &after),
+            0);
+  EXPECT_GT(after["pi-a"], 0);
+  EXPECT_EQ(after["pi-b"], 0);
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("authorization", absl::StrCat("Bearer ", kAdminToken));
+  tunnel::v1::DrainAgentRequest req;
+  req.set_agent_id("nobody");
+  tunnel::v1::DrainAgentResponse resp;
+  EXPECT_EQ(stub->DrainAgent(&ctx, req, &resp).error_code(),
+            grpc::StatusCode::NOT_FOUND);
 }
 
 // A member whose service dies gets no new request once its agent says so;
@@ -257,6 +326,18 @@ TEST_F(PoolTest, UnhealthyMembersGetNothingAndAllUnhealthyIs503) {
   std::map<std::string, int> count;
   for (int i = 0; i < 20; ++i) ++count[Who(*v)];
   EXPECT_EQ(count["pi-b"], 20) << "failed: " << count[""];
+  EXPECT_EQ(
+      MetricValue(h_.gateway(),
+                  "tunnel_pool_members{pool=\"web\",state=\"unhealthy\"}", -1),
+      1);
+  EXPECT_EQ(
+      MetricValue(h_.gateway(),
+                  "tunnel_pool_members{pool=\"web\",state=\"healthy\"}", -1),
+      1);
+  EXPECT_EQ(
+      MetricValue(h_.gateway(),
+                  "tunnel_health_transitions_total{to=\"unhealthy\"}", -1),
+      1);
 
   by_name_["pi-b"]->Stop();
   ASSERT_TRUE(WaitForHealth("pi-b", /*healthy=*/false));
