@@ -231,6 +231,16 @@ void CoreMetrics::ObserveSessions(common::MetricsRegistry* registry,
       "Requests each pool member's current session has taken (starts over "
       "when the member reconnects).",
       {"pool", "agent"});
+  common::GaugeFamily* member_errors = registry->AddGauge(
+      "tunnel_pool_member_errors",
+      "Requests each pool member's current session ended with an error "
+      "(its service unreachable or failing, a timeout; starts over when it "
+      "reconnects).",
+      {"pool", "agent"});
+  common::GaugeFamily* member_flips = registry->AddGauge(
+      "tunnel_pool_member_health_transitions",
+      "Health changes each pool member's current session reported.",
+      {"pool", "agent"});
   auto seen = std::make_shared<std::set<std::pair<std::string, std::string>>>();
   registry->AddCollectHook([=] {
     std::set<std::pair<std::string, std::string>> now;
@@ -246,8 +256,13 @@ void CoreMetrics::ObserveSessions(common::MetricsRegistry* registry,
         }
         member_streams->WithLabels({p.pool, m->agent_id()})
             ->Set(static_cast<int64_t>(m->stream_count()));
+        const SessionCounters c = m->counters();
         member_requests->WithLabels({p.pool, m->agent_id()})
-            ->Set(static_cast<int64_t>(m->counters().requests));
+            ->Set(static_cast<int64_t>(c.requests));
+        member_errors->WithLabels({p.pool, m->agent_id()})
+            ->Set(static_cast<int64_t>(c.errors));
+        member_flips->WithLabels({p.pool, m->agent_id()})
+            ->Set(static_cast<int64_t>(c.health_transitions));
         now.insert({p.pool, m->agent_id()});
       }
       members->WithLabels({p.pool, "healthy"})->Set(healthy);
@@ -258,6 +273,8 @@ void CoreMetrics::ObserveSessions(common::MetricsRegistry* registry,
       if (now.count({pool, agent}) > 0) continue;
       member_streams->WithLabels({pool, agent})->Set(0);
       member_requests->WithLabels({pool, agent})->Set(0);
+      member_errors->WithLabels({pool, agent})->Set(0);
+      member_flips->WithLabels({pool, agent})->Set(0);
     }
     seen->insert(now.begin(), now.end());
   });

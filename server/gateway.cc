@@ -332,6 +332,8 @@ void Gateway::HeartbeatLoop() {
     // Tokens that expired: checked here, so an expiry takes effect within
     // one heartbeat interval.
     service_->ExpireSessions(now, options_.drain_timeout);
+    // Sessions replaced by a reconnect that had requests in flight.
+    service_->CloseReplacedSessions(now, options_.drain_timeout);
   }
 }
 

@@ -234,6 +234,8 @@ SessionCounters Session::counters() const {
   c.requests = requests_.load(std::memory_order_relaxed);
   c.bytes_in = bytes_in_.load(std::memory_order_relaxed);
   c.bytes_out = bytes_out_.load(std::memory_order_relaxed);
+  c.errors = agent_errors_.load(std::memory_order_relaxed);
+  c.health_transitions = health_transitions_.load(std::memory_order_relaxed);
   return c;
 }
 
@@ -420,10 +422,14 @@ void Session::OnHealth(const tunnel::v1::Health& h) {
     for (const SessionTunnel& st : tunnels_) ours |= st.slug == t.slug();
     if (!ours) continue;
     if (t.healthy()) {
-      if (unhealthy_.erase(t.slug()) > 0) metrics_->became_healthy->Increment();
+      if (unhealthy_.erase(t.slug()) > 0) {
+        metrics_->became_healthy->Increment();
+        health_transitions_.fetch_add(1, std::memory_order_relaxed);
+      }
     } else {
       if (!unhealthy_.contains(t.slug())) {
         metrics_->became_unhealthy->Increment();
+        health_transitions_.fetch_add(1, std::memory_order_relaxed);
       }
       unhealthy_[t.slug()] = t.reason().substr(0, 200);
     }
@@ -596,6 +602,9 @@ bool Session::OnStreamMessage(Envelope& e) {
   if (e.has_close()) {
     metrics_->stream_close(/*from_agent=*/true, e.close().reason())
         ->Increment();
+    if (e.close().reason() != TunnelClose::CANCELLED) {
+      agent_errors_.fetch_add(1, std::memory_order_relaxed);
+    }
   }
   std::shared_ptr<common::StreamChannel> ch = FindStream(id);
   if (ch == nullptr) {

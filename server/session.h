@@ -71,6 +71,10 @@ struct SessionCounters {
   uint64_t requests = 0;   // streams opened
   uint64_t bytes_in = 0;   // body bytes visitor -> agent
   uint64_t bytes_out = 0;  // body bytes agent -> visitor
+  // Streams the agent ended with an error (its service unreachable or
+  // failing, a timeout: any TunnelClose but CANCELLED).
+  uint64_t errors = 0;
+  uint64_t health_transitions = 0;  // reported flips of a tunnel's health
 };
 
 // A point-in-time view of a session for metrics.
@@ -235,6 +239,8 @@ class Session : public std::enable_shared_from_this<Session> {
   absl::Time connected_at_;             // likewise
   // The admin API's counters; relaxed increments on the data path.
   std::atomic<uint64_t> requests_{0};
+  std::atomic<uint64_t> agent_errors_{0};
+  std::atomic<uint64_t> health_transitions_{0};
   std::atomic<uint64_t> bytes_in_{0};
   std::atomic<uint64_t> bytes_out_{0};
   std::atomic<uint64_t> unknown_stream_messages_{0};

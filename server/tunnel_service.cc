@@ -460,18 +460,26 @@ class AgentConnection final : public EnvelopeWriter {
     }
     registered_ = true;
     if (replaced != nullptr) {
+      const size_t in_flight = replaced->stream_count();
       TUNNEL_LOG(INFO) << "agent " << session_->agent_id()
-                       << " reconnected; closing its previous session "
-                       << replaced->id();
-      Envelope bye;
-      auto* err = bye.mutable_connect_error();
-      err->set_code(ConnectError::REPLACED);
-      err->set_message(
-          "another connection with the same agent id replaced this one");
-      replaced->Send(std::move(bye));
-      replaced->Close(grpc::Status(grpc::StatusCode::ABORTED,
-                                   "replaced by a newer connection"),
-                      /*drain=*/true);
+                       << " reconnected; its previous session "
+                       << replaced->id() << " closes"
+                       << (in_flight == 0
+                               ? ""
+                               : absl::StrCat(" once its ", in_flight,
+                                              " request(s) in flight finish"));
+      if (in_flight == 0) {
+        TunnelServiceImpl::CloseReplaced(*replaced);
+      } else {
+        // It left the routes already: it finishes what it has, then the
+        // heartbeat thread closes it (CloseReplacedSessions).
+        replaced->Retire(
+            "another connection with the same agent id took over; this one "
+            "finishes its requests in flight",
+            "the agent reconnected");
+        absl::MutexLock lock(&service_->replaced_mu_);
+        service_->replaced_.push_back(replaced);
+      }
     }
 
     if (absl::Status live = service_->verifier_->store()->CheckLive(
@@ -631,6 +639,38 @@ void TunnelServiceImpl::EndForCredentials(Session& session,
   session.Send(std::move(bye));
   session.Close(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, message),
                 /*drain=*/true);
+}
+
+void TunnelServiceImpl::CloseReplaced(Session& session) {
+  Envelope bye;
+  auto* err = bye.mutable_connect_error();
+  err->set_code(ConnectError::REPLACED);
+  err->set_message(
+      "another connection with the same agent id replaced this one");
+  session.Send(std::move(bye));
+  session.Close(
+      grpc::Status(grpc::StatusCode::ABORTED, "replaced by a newer connection"),
+      /*drain=*/true);
+}
+
+size_t TunnelServiceImpl::CloseReplacedSessions(absl::Time now,
+                                                absl::Duration drain_timeout) {
+  std::vector<std::shared_ptr<Session>> done;
+  {
+    absl::MutexLock lock(&replaced_mu_);
+    for (auto it = replaced_.begin(); it != replaced_.end();) {
+      Session& s = **it;
+      if (s.closing() || s.stream_count() == 0 ||
+          now - s.retired_at() >= drain_timeout) {
+        if (!s.closing()) done.push_back(*it);
+        it = replaced_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (const std::shared_ptr<Session>& s : done) CloseReplaced(*s);
+  return done.size();
 }
 
 size_t TunnelServiceImpl::CloseSessionsWithoutLiveToken() {

@@ -98,6 +98,10 @@ class TunnelServiceImpl final : public tunnel::v1::TunnelService::AsyncService {
   // `drain_timeout` (ConnectError CREDENTIALS_EXPIRED, the call ends
   // UNAUTHENTICATED). Returns how many it closed.
   size_t ExpireSessions(absl::Time now, absl::Duration drain_timeout);
+  // For the heartbeat thread: closes the sessions a newer connection of
+  // their agent replaced while they had requests in flight, once those are
+  // done or after `drain_timeout` (ConnectError REPLACED). Returns how many.
+  size_t CloseReplacedSessions(absl::Time now, absl::Duration drain_timeout);
 
  private:
   friend class AgentConnection;
@@ -108,7 +112,14 @@ class TunnelServiceImpl final : public tunnel::v1::TunnelService::AsyncService {
   static void EndForCredentials(Session& session,
                                 tunnel::v1::ConnectError::Code code,
                                 absl::string_view why);
+  // Tells a replaced session's agent so (ConnectError REPLACED) and ends
+  // the call, delivering what is queued first.
+  static void CloseReplaced(Session& session);
   TunnelServiceOptions options_;
+  // Replaced sessions finishing their requests in flight (no new ones: they
+  // left the registry when replaced).
+  absl::Mutex replaced_mu_;
+  std::vector<std::shared_ptr<Session>> replaced_ ABSL_GUARDED_BY(replaced_mu_);
   SessionRegistry* const registry_;
   common::AuthVerifier* const verifier_;
   const CoreMetrics* const metrics_;

@@ -314,6 +314,37 @@ TEST_F(PoolTest, AnAdministratorsDrainLosesNoRequestAndTheAgentEndsOk) {
             grpc::StatusCode::NOT_FOUND);
 }
 
+// A member whose gateway connection is replaced (the same agent id
+// connects again, e.g. a new process after an upgrade) finishes the
+// requests the old connection carries instead of cutting them.
+TEST_F(PoolTest, AReplacedConnectionFinishesItsRequestsInFlight) {
+  Start();
+  RunningAgent* old_one = Member("pi-a", absl::Milliseconds(800));
+  std::string answer;
+  std::thread visitor([&] {
+    auto v = h_.Visitor();
+    answer = Who(*v);
+  });
+  // Wait (bounded) until the request is on the old session.
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  std::shared_ptr<server::Session> first;
+  while (absl::Now() < give_up) {
+    first = h_.gateway().registry().FindByAgent("pi-a");
+    if (first != nullptr && first->stream_count() == 1) break;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_NE(first, nullptr);
+  ASSERT_EQ(first->stream_count(), 1u);
+  // The same agent id connects again: its new session takes the routes.
+  Member("pi-a");
+  visitor.join();
+  EXPECT_EQ(answer, "pi-a") << "the request in flight was cut";
+  EXPECT_NE(h_.gateway().registry().FindByAgent("pi-a"), first);
+  // The old connection is closed once idle, and its agent told why.
+  absl::Status end = old_one->WaitForExit(absl::Seconds(20));
+  EXPECT_THAT(std::string(end.message()), HasSubstr("replaced"));
+}
+
 // A member whose service dies gets no new request once its agent says so;
 // with every member's service dead, visitors get a quick 503 that says why.
 TEST_F(PoolTest, UnhealthyMembersGetNothingAndAllUnhealthyIs503) {
@@ -338,6 +369,11 @@ TEST_F(PoolTest, UnhealthyMembersGetNothingAndAllUnhealthyIs503) {
       MetricValue(h_.gateway(),
                   "tunnel_health_transitions_total{to=\"unhealthy\"}", -1),
       1);
+  EXPECT_EQ(MetricValue(h_.gateway(),
+                        "tunnel_pool_member_health_transitions{pool=\"web\","
+                        "agent=\"pi-a\"}",
+                        -1),
+            1);
 
   by_name_["pi-b"]->Stop();
   ASSERT_TRUE(WaitForHealth("pi-b", /*healthy=*/false));
@@ -366,7 +402,14 @@ TEST_F(PoolTest, ARefusedConnectIsRetriedOnceOnAnotherMember) {
     ++count[r->body.substr(0, r->body.find('\n'))];
   }
   EXPECT_EQ(count["pi-b"], 10);
-  EXPECT_GE(MetricValue(h_.gateway(), "tunnel_pool_retries_total", 0), 1);
+  const double retries =
+      MetricValue(h_.gateway(), "tunnel_pool_retries_total", 0);
+  EXPECT_GE(retries, 1);
+  // Each retry was a refused connect on pi-a: its error count says so.
+  EXPECT_EQ(
+      MetricValue(h_.gateway(),
+                  "tunnel_pool_member_errors{pool=\"web\",agent=\"pi-a\"}", -1),
+      retries);
 }
 
 }  // namespace
