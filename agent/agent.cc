@@ -533,6 +533,7 @@ Agent::Agent(AgentOptions options)
       options_.tunnels, options_.health, [this](const TargetHealth& h) {
         for (const LocalTarget& t : options_.tunnels) {
           if (t.name != h.name) continue;
+          if (options_.on_health) options_.on_health(t, h);
           if (h.healthy) {
             TUNNEL_LOG(INFO)
                 << "local service " << t.url << " is healthy again";

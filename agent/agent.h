@@ -103,6 +103,9 @@ struct AgentOptions {
   // How long requests in flight may finish when the agent drains (SIGTERM
   // or an administrator's `tunnelctl drain`).
   absl::Duration drain_timeout = absl::Seconds(30);
+  // Called on the health checker's thread when a local service turns
+  // unhealthy or healthy again (e.g. for the state file).
+  std::function<void(const LocalTarget&, const TargetHealth&)> on_health;
   // Called once per accepted session (e.g. to print the URLs).
   std::function<void(const tunnel::v1::ConnectAccepted&)> on_accepted;
   // Called on Run()'s thread when a connection attempt fails or a session

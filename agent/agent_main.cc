@@ -11,6 +11,7 @@
 #include <iostream>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
@@ -112,6 +113,17 @@ class StateWriter {
     }
     // Connected again: an earlier failure is history.
     state_.clear_last_error();
+    WriteLocked();
+  }
+  // A local service turned unhealthy (or healthy again).
+  void Health(const std::string& url, bool healthy, const std::string& why) {
+    absl::MutexLock lock(&mu_);
+    auto* list = state_.mutable_unhealthy();
+    const std::string prefix = absl::StrCat(url, ": ");
+    for (auto it = list->begin(); it != list->end();) {
+      it = absl::StartsWith(*it, prefix) ? list->erase(it) : it + 1;
+    }
+    if (!healthy) state_.add_unhealthy(absl::StrCat(prefix, why));
     WriteLocked();
   }
   void Ended(const absl::Status& why) {
@@ -278,6 +290,9 @@ int Status(int argc, char** argv) {
                 state->agent_id().c_str(), state->gateway().c_str(),
                 state->since().c_str());
   }
+  for (const std::string& u : state->unhealthy()) {
+    std::printf("  unhealthy   %s\n", u.c_str());
+  }
   if (!state->last_error().empty()) {
     std::printf("  last error  %s\n", state->last_error().c_str());
   }
@@ -342,6 +357,10 @@ int main(int argc, char** argv) {
     state.Accepted(a);
   };
   o.on_session_ended = [&](const absl::Status& why) { state.Ended(why); };
+  o.on_health = [&](const tunnel::agent::LocalTarget& t,
+                    const tunnel::agent::TargetHealth& h) {
+    state.Health(t.url, h.healthy, h.reason);
+  };
 
   // Before any thread starts: every thread inherits the blocked signals,
   // and only the signal waiter below takes them.

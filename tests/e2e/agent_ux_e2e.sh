@@ -69,6 +69,8 @@ cat >agent.json <<EOT
   "secret": "$SECRET",
   "to": ["http://127.0.0.1:9"],
   "insecure": true,
+  "health_interval": "200ms",
+  "health_unhealthy_after": 1,
   "state_file": "$WORK/state/agent.json"
 }
 EOT
@@ -85,6 +87,10 @@ check "status of a connected agent exits 0" \
 check "status says connected" grep -q '^connected: agent cam-01' status.txt
 check "status lists the URL" grep -q "url  *http://cam-01.cfg.test:9999/" \
   status.txt
+check "status shows the local service its checks find down" \
+  wait_until 10 bash -c "'$AGENT_BIN' status --state-file state/agent.json | grep -q '^  unhealthy   http://127.0.0.1:9: connection refused$'"
+check "and the agent logged it" \
+  grep -q 'local service http://127.0.0.1:9 is unhealthy (connection refused)' tty.err
 "$AGENT_BIN" status --json --state-file state/agent.json >status.json
 check "status --json has running, connected and the URLs" python3 -c '
 import json, sys
