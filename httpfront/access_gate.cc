@@ -215,10 +215,8 @@ AccessGate::AccessGate(const AccessGateOptions& options, FrontMetrics* metrics)
     : options_(options),
       metrics_(metrics),
       attempts_(options.attempts_per_minute),
-      verified_(options.basic_auth_cache_ttl,
-                options.basic_auth_cache_entries),
-      basic_auth_grants_(metrics->access_grants->WithLabels({"basic_auth"})) {
-}
+      verified_(options.basic_auth_cache_ttl, options.basic_auth_cache_entries),
+      basic_auth_grants_(metrics->access_grants->WithLabels({"basic_auth"})) {}
 
 void AccessGate::Deny(absl::string_view reason) {
   metrics_->access_denials->WithLabels({std::string(reason)})->Increment();
