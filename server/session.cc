@@ -387,6 +387,14 @@ absl::StatusOr<std::unique_ptr<TunnelStream>> Session::OpenStream(
       return absl::UnavailableError(
           "the agent is shutting down; it should be back shortly");
     }
+    if (!unhealthy_.empty()) {
+      if (auto it = unhealthy_.find(head.tunnel_slug());
+          it != unhealthy_.end()) {
+        return LocalServiceUnhealthyError(
+            absl::StrCat("the local service behind agent ", agent_id_,
+                         " is unhealthy: ", it->second));
+      }
+    }
     if (streams_.size() >= limits_.max_streams) {
       metrics_->max_streams_rejections->Increment();
       return absl::ResourceExhaustedError(absl::StrCat(

@@ -157,7 +157,9 @@ class Session : public std::enable_shared_from_this<Session> {
   // When Retire first ran (InfiniteFuture: it did not).
   absl::Time retired_at() const;
   // Opens a stream and sends its request head. Fails UNAVAILABLE once the
-  // session is closing or draining, RESOURCE_EXHAUSTED at max_streams.
+  // session is closing or draining, LocalServiceUnhealthyError while the
+  // agent reports head.tunnel_slug()'s service unhealthy,
+  // RESOURCE_EXHAUSTED at max_streams.
   // `head` is taken only on success (a pool tries the next member with it).
   absl::StatusOr<std::unique_ptr<TunnelStream>> OpenStream(
       tunnel::v1::TunnelRequest&& head);

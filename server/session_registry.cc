@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <utility>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/slug.h"
@@ -113,7 +114,8 @@ void SessionRegistry::Unregister(const Session* session) {
 
 absl::StatusOr<std::unique_ptr<TunnelStream>> SessionRegistry::Open(
     absl::string_view slug, tunnel::v1::TunnelRequest head, const void* avoid) {
-  std::vector<std::shared_ptr<Session>> candidates;
+  // Inline room for small pools: an agent's own slug costs no allocation.
+  absl::InlinedVector<std::shared_ptr<Session>, 4> candidates;
   TunnelActivity* activity = nullptr;
   {
     absl::MutexLock lock(&mu_);
@@ -121,9 +123,9 @@ absl::StatusOr<std::unique_ptr<TunnelStream>> SessionRegistry::Open(
       Route& route = it->second;
       const size_t n = route.members.size();
       const size_t start = n > 1 ? route.turn++ % n : 0;
-      candidates.reserve(n);
       for (size_t i = 0; i < n; ++i) {
-        candidates.push_back(route.members[(start + i) % n]);
+        const std::shared_ptr<Session>& m = route.members[(start + i) % n];
+        if (m.get() != avoid) candidates.push_back(m);
       }
       if (auto a = activity_.find(slug); a != activity_.end()) {
         activity = a->second.get();
@@ -140,56 +142,45 @@ absl::StatusOr<std::unique_ptr<TunnelStream>> SessionRegistry::Open(
           absl::StrCat("tunnel \"", slug, "\" does not exist"));
     }
   }
-  if (avoid != nullptr) {
-    candidates.erase(std::remove_if(candidates.begin(), candidates.end(),
-                                    [&](const std::shared_ptr<Session>& s) {
-                                      return s.get() == avoid;
-                                    }),
-                     candidates.end());
-    if (candidates.empty()) {
-      return absl::FailedPreconditionError("no other member to try");
-    }
+  if (candidates.empty()) {
+    return absl::FailedPreconditionError("no other member to try");
   }
-  // Members whose local service is unhealthy get nothing new; with none
-  // left the visitor hears why at once (503), not after a failed connect.
-  std::optional<std::string> unhealthy;
-  candidates.erase(
-      std::remove_if(
-          candidates.begin(), candidates.end(),
-          [&](const std::shared_ptr<Session>& s) {
-            std::optional<std::string> why = s->UnhealthyReason(slug);
-            if (why.has_value() && !unhealthy.has_value()) {
-              unhealthy = absl::StrCat("the local service behind agent ",
-                                       s->agent_id(), " is unhealthy: ", *why);
-            }
-            return why.has_value();
-          }),
-      candidates.end());
-  if (candidates.empty()) return LocalServiceUnhealthyError(*unhealthy);
   if (candidates.size() > 1) {
-    // Fewest streams in flight first; equal ones keep the rotated order,
-    // and draining members last (they refuse, and the next is tried).
+    // Fewest streams in flight first; equal ones keep the rotated order;
+    // draining and unhealthy members last (they refuse, and the next is
+    // tried).
     std::vector<std::pair<size_t, size_t>> load;  // (load, index)
     load.reserve(candidates.size());
     for (size_t i = 0; i < candidates.size(); ++i) {
       const Session& s = *candidates[i];
-      load.emplace_back(s.draining() ? SIZE_MAX : s.stream_count(), i);
+      const bool out = s.draining() || s.UnhealthyReason(slug).has_value();
+      load.emplace_back(out ? SIZE_MAX : s.stream_count(), i);
     }
     std::stable_sort(
         load.begin(), load.end(),
         [](const auto& a, const auto& b) { return a.first < b.first; });
-    std::vector<std::shared_ptr<Session>> ordered;
-    ordered.reserve(candidates.size());
+    absl::InlinedVector<std::shared_ptr<Session>, 4> ordered;
     for (const auto& [l, i] : load) ordered.push_back(candidates[i]);
     candidates.swap(ordered);
   }
   absl::StatusOr<std::unique_ptr<TunnelStream>> stream =
       absl::UnavailableError("no member");
-  for (size_t i = 0; i < candidates.size(); ++i) {
-    // Only a call that succeeds takes the head.
-    stream = candidates[i]->OpenStream(std::move(head));
-    // A draining or closing member refuses (UNAVAILABLE): try the next.
-    if (stream.ok() || !absl::IsUnavailable(stream.status())) break;
+  absl::Status unhealthy;  // the first member that refused as unhealthy
+  for (const std::shared_ptr<Session>& c : candidates) {
+    // Only a call that succeeds takes the head. A member whose service is
+    // unhealthy, draining or closing refuses (UNAVAILABLE): try the next.
+    stream = c->OpenStream(std::move(head));
+    if (stream.ok()) break;
+    if (IsLocalServiceUnhealthy(stream.status())) {
+      if (unhealthy.ok()) unhealthy = stream.status();
+      continue;
+    }
+    if (!absl::IsUnavailable(stream.status())) break;
+  }
+  // No member took it and one was unhealthy: the visitor hears why (503),
+  // not after a failed connect.
+  if (!stream.ok() && !unhealthy.ok() && absl::IsUnavailable(stream.status())) {
+    return unhealthy;
   }
   if (stream.ok() && activity != nullptr) activity->Record(absl::Now());
   return stream;
