@@ -30,16 +30,14 @@ constexpr char kFormats[] =
     "use $pbkdf2-sha256$... or bcrypt ($2b$/$2y$, `htpasswd -B`); make one "
     "with `tunnelctl hash-password USER`";
 
-// passlib's "ab64": standard base64 with '.' for '+', without padding. The
-// same alphabet as base64url after swapping two characters.
+// passlib's "ab64": standard base64 with '.' for '+', without padding.
 std::optional<std::string> Ab64Decode(absl::string_view text) {
-  std::string url(text);
-  for (char& c : url) {
-    if (c == '-' || c == '_' || c == '=') return std::nullopt;
-    if (c == '.') c = '-';
-    if (c == '/') c = '_';
+  std::string std64(text);
+  for (char& c : std64) {
+    if (c == '+' || c == '=') return std::nullopt;
+    if (c == '.') c = '+';
   }
-  return Base64UrlDecode(url);
+  return Base64Decode(std64);
 }
 
 std::string Ab64Encode(absl::string_view bytes) {

@@ -133,6 +133,16 @@ std::optional<std::string> Base64UrlDecode(absl::string_view text) {
   return out;
 }
 
+std::optional<std::string> Base64Decode(absl::string_view text) {
+  std::string url(text);
+  for (char& c : url) {
+    if (c == '-' || c == '_') return std::nullopt;  // not this alphabet
+    if (c == '+') c = '-';
+    if (c == '/') c = '_';
+  }
+  return Base64UrlDecode(url);
+}
+
 std::string HexEncode(absl::string_view bytes) {
   std::string out;
   out.reserve(bytes.size() * 2);

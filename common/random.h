@@ -23,6 +23,8 @@ std::string NewUuid();
 std::string Base64UrlEncode(absl::string_view bytes);
 // Accepts padded or unpadded input; nullopt on any invalid character.
 std::optional<std::string> Base64UrlDecode(absl::string_view text);
+// The same for standard base64 (RFC 4648 section 4: '+' and '/').
+std::optional<std::string> Base64Decode(absl::string_view text);
 std::string HexEncode(absl::string_view bytes);
 
 }  // namespace tunnel::common

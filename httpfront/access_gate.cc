@@ -194,15 +194,8 @@ bool ParseBasicAuthorization(absl::string_view value, std::string* user,
   value = absl::StripAsciiWhitespace(value);
   constexpr absl::string_view kBasic = "basic ";
   if (!absl::StartsWithIgnoreCase(value, kBasic)) return false;
-  std::string b64(
+  std::optional<std::string> decoded = common::Base64Decode(
       absl::StripLeadingAsciiWhitespace(value.substr(kBasic.size())));
-  // Standard base64 -> the base64url alphabet Base64UrlDecode reads.
-  for (char& c : b64) {
-    if (c == '-' || c == '_') return false;
-    if (c == '+') c = '-';
-    if (c == '/') c = '_';
-  }
-  std::optional<std::string> decoded = common::Base64UrlDecode(b64);
   if (!decoded.has_value()) return false;
   const size_t colon = decoded->find(':');
   if (colon == std::string::npos) return false;

@@ -367,6 +367,14 @@ TEST(Base64UrlTest, RejectsInvalidInput) {
   }
 }
 
+TEST(Base64Test, StandardAlphabetOnly) {
+  EXPECT_EQ(Base64Decode("+/8="), "\xfb\xff");
+  EXPECT_EQ(Base64Decode("+/8"), "\xfb\xff");
+  EXPECT_EQ(Base64Decode("Zm9vYmFy"), "foobar");
+  EXPECT_EQ(Base64Decode("-_8"), std::nullopt);
+  EXPECT_EQ(Base64Decode("Zm9v!"), std::nullopt);
+}
+
 TEST(RandomTest, Formats) {
   EXPECT_EQ(RandomBytes(0), "");
   EXPECT_EQ(RandomBytes(17).size(), 17u);
