@@ -112,6 +112,14 @@ NGINX
   pids+=($!)
 }
 
+# start_100b_origin: nginx (start_nginx) serving a 100-byte file as /100b.
+start_100b_origin() {
+  mkdir -p "$W/www"
+  head -c 100 /dev/urandom >"$W/www/100b"
+  chmod -R a+rX "$W"  # nginx workers run as www-data
+  start_nginx
+}
+
 # start_tunnel GATEWAY_BIN MAX_CONCURRENT [GATEWAY FLAGS...] -- [--to SPEC...]:
 # gateway-tunnel (plaintext, port 0) and agent "bench" with the agent flags
 # after "--" (the agent run under $AGENT_WRAP and the gateway under $GW_WRAP

@@ -18,10 +18,7 @@ if [[ "${1:-}" == "--quick" ]]; then DUR=2; fi
 
 bench_setup
 bench_workdir policy
-mkdir -p "$W/www"
-head -c 100 /dev/urandom >"$W/www/100b"
-chmod -R a+rX "$W"
-start_nginx
+start_100b_origin
 
 ENTRY=$(echo 'bench-pw' | build/tools/tunnelctl hash-password bench)
 AUTH="Authorization: Basic $(printf 'bench:bench-pw' | base64)"

@@ -19,10 +19,7 @@ if [[ "${1:-}" == "--quick" ]]; then DUR=2; fi
 
 bench_setup
 bench_workdir pool
-mkdir -p "$W/www"
-head -c 100 /dev/urandom >"$W/www/100b"
-chmod -R a+rX "$W"
-start_nginx
+start_100b_origin
 
 CTL=build/tools/tunnelctl
 declare -A TOKEN SECRET
