@@ -1,5 +1,6 @@
 #include "common/socket_io.h"
 
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -10,6 +11,9 @@
 
 #include <cerrno>
 #include <cstring>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 
 namespace tunnel::common {
 namespace {
@@ -87,6 +91,35 @@ size_t BytesWaiting(int fd) {
   int n = 0;
   if (ioctl(fd, FIONREAD, &n) != 0 || n < 0) return 0;
   return static_cast<size_t>(n);
+}
+
+absl::Status SplitHostPort(absl::string_view addr, std::string* host,
+                           int* port) {
+  size_t colon = addr.rfind(':');
+  if (colon == absl::string_view::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("address \"", addr, "\" needs the form host:port"));
+  }
+  absl::string_view h = addr.substr(0, colon);
+  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') {
+    h = h.substr(1, h.size() - 2);
+  }
+  int p;
+  if (!absl::SimpleAtoi(addr.substr(colon + 1), &p) || p < 0 || p > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("address \"", addr, "\" has an invalid port"));
+  }
+  *host = h.empty() ? "0.0.0.0" : std::string(h);
+  *port = p;
+  return absl::OkStatus();
+}
+
+bool IsLoopbackHost(absl::string_view host) {
+  if (host == "localhost" || host == "::1") return true;
+  in_addr a4;
+  const std::string h(host);
+  return inet_pton(AF_INET, h.c_str(), &a4) == 1 &&
+         (ntohl(a4.s_addr) >> 24) == 127;
 }
 
 }  // namespace tunnel::common

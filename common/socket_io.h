@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
@@ -22,6 +23,11 @@ ssize_t ReadSome(int fd, char* buf, size_t n, absl::Duration timeout);
 bool WriteAll(int fd, absl::string_view data, absl::Duration timeout);
 // Bytes received on a socket and not read yet (FIONREAD); 0 on error.
 size_t BytesWaiting(int fd);
+// "host:port" -> parts. Accepts "[v6]:port" and ":port" (all interfaces).
+absl::Status SplitHostPort(absl::string_view addr, std::string* host,
+                           int* port);
+// 127.0.0.0/8, ::1 or "localhost".
+bool IsLoopbackHost(absl::string_view host);
 
 }  // namespace tunnel::common
 

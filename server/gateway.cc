@@ -38,27 +38,6 @@ void WarnIfOthersMayRead(const std::string& path) {
 
 }  // namespace
 
-absl::Status SplitHostPort(absl::string_view addr, std::string* host,
-                           int* port) {
-  size_t colon = addr.rfind(':');
-  if (colon == absl::string_view::npos) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("address \"", addr, "\" needs the form host:port"));
-  }
-  absl::string_view h = addr.substr(0, colon);
-  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') {
-    h = h.substr(1, h.size() - 2);
-  }
-  int p;
-  if (!absl::SimpleAtoi(addr.substr(colon + 1), &p) || p < 0 || p > 65535) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("address \"", addr, "\" has an invalid port"));
-  }
-  *host = h.empty() ? "0.0.0.0" : std::string(h);
-  *port = p;
-  return absl::OkStatus();
-}
-
 Gateway::Gateway(GatewayOptions options) : options_(std::move(options)) {}
 
 Gateway::~Gateway() { Shutdown(); }

@@ -20,6 +20,7 @@
 #include "common/credentials.h"
 #include "common/hmac_auth.h"
 #include "common/metrics.h"
+#include "common/socket_io.h"
 #include "httpfront/front_door.h"
 #include "httpfront/ops_server.h"
 #include "server/admin_service.h"
@@ -161,9 +162,7 @@ class Gateway {
   bool shut_down_ = false;
 };
 
-// "host:port" -> parts. Accepts "[v6]:port" and ":port" (all interfaces).
-absl::Status SplitHostPort(absl::string_view addr, std::string* host,
-                           int* port);
+using common::SplitHostPort;  // common/socket_io.h
 
 }  // namespace tunnel::server
 
