@@ -424,6 +424,10 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
     auto s =
         std::make_shared<AgentStream>(id, std::move(r), has_body, target,
                                       send_window_, options_.receive_window);
+    if (options_.inspector != nullptr) {
+      s->capture = options_.inspector->Begin(s->head, target->slug,
+                                             target->name, s->head.upgrade());
+    }
     if (!body.empty() || end) {
       if (absl::Status st = s->channel.PushData(std::move(body), end);
           !st.ok()) {

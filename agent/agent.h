@@ -23,6 +23,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "agent/health_check.h"
+#include "agent/inspector.h"
 #include "agent/local_target.h"
 #include "common/flow_control.h"
 #include "tunnel/v1/tunnel.pb.h"
@@ -106,6 +107,8 @@ struct AgentOptions {
   // Called on the health checker's thread when a local service turns
   // unhealthy or healthy again (e.g. for the state file).
   std::function<void(const LocalTarget&, const TargetHealth&)> on_health;
+  // Records every request for the inspector (--inspect); null: none.
+  std::shared_ptr<Inspector> inspector;
   // Called once per accepted session (e.g. to print the URLs).
   std::function<void(const tunnel::v1::ConnectAccepted&)> on_accepted;
   // Called on Run()'s thread when a connection attempt fails or a session

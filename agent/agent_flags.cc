@@ -12,6 +12,7 @@
 #include "common/log.h"
 #include "common/password_hash.h"
 #include "common/slug.h"
+#include "common/socket_io.h"
 #include "common/tls.h"
 #include "tunnel/v1/config.pb.h"
 
@@ -26,6 +27,10 @@ void RegisterConnectFlags(common::FlagSet* flags, AgentFlags* v) {
   v->health_unhealthy_after = o.health.unhealthy_after;
   v->health_healthy_after = o.health.healthy_after;
   v->state_file = kDefaultStateFile;
+  const InspectorOptions inspect_defaults;
+  v->inspect_max_requests = static_cast<int64_t>(inspect_defaults.max_requests);
+  v->inspect_max_body = static_cast<int64_t>(inspect_defaults.max_body);
+  v->inspect_max_memory = static_cast<int64_t>(inspect_defaults.max_memory);
 
   flags->String("config", &v->config,
                 "config file (tunnel.v1.AgentConfig, text format or .json); "
@@ -131,11 +136,63 @@ void RegisterConnectFlags(common::FlagSet* flags, AgentFlags* v) {
                 absl::StrCat("where the agent keeps its state for "
                              "`agent-tunnel status` (\"auto\": ",
                              DefaultStateDir(), "/<id>.json; empty: none)"));
+  flags->String("inspect", &v->inspect,
+                absl::StrCat("a local web page and JSON API showing every "
+                             "request through this agent, with replay, at "
+                             "HOST:PORT; \"auto\": at ",
+                             kInspectDefaultAddr,
+                             " when stdout is a terminal; \"\": off"));
+  flags->Int("inspect-max-requests", &v->inspect_max_requests,
+             "requests the inspector keeps (the oldest go first)");
+  flags->Int("inspect-max-body", &v->inspect_max_body,
+             "body bytes the inspector keeps per request and direction "
+             "(0: none)");
+  flags->Int("inspect-max-memory", &v->inspect_max_memory,
+             "body bytes the inspector keeps in all, bytes (the oldest "
+             "requests go first)");
+  flags->Bool("inspect-show-secrets", &v->inspect_show_secrets,
+              "show Authorization, Cookie, Set-Cookie and access-code values "
+              "in the inspector instead of masking them");
   flags->Duration("state-refresh", &v->state_refresh,
                   "how often the agent rewrites its state file (status "
                   "calls an agent whose file is 3 times older not "
                   "responding)");
 }
+
+namespace {
+
+absl::Status CheckInspectFlags(AgentFlags* v) {
+  v->inspect_auto = v->inspect == kInspectAuto;
+  if (v->inspect_auto) {
+    v->inspect = v->stdout_is_terminal ? kInspectDefaultAddr : "";
+  } else if (!v->inspect.empty()) {
+    std::string host;
+    int port = 0;
+    if (absl::Status s = common::SplitHostPort(v->inspect, &host, &port);
+        !s.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--inspect: ", s.message(),
+                       " (e.g. 127.0.0.1:4040; \"\" turns it off)"));
+    }
+  }
+  if (v->inspect_max_requests < 1 || v->inspect_max_requests > 100000) {
+    return absl::InvalidArgumentError(
+        "--inspect-max-requests must be between 1 and 100000");
+  }
+  if (v->inspect_max_body < 0 || v->inspect_max_body > (64 << 20)) {
+    return absl::InvalidArgumentError(
+        "--inspect-max-body must be between 0 and 67108864");
+  }
+  if (v->inspect_max_memory < v->inspect_max_body ||
+      v->inspect_max_memory > (int64_t{4} << 30)) {
+    return absl::InvalidArgumentError(
+        "--inspect-max-memory must be at least --inspect-max-body and at "
+        "most 4294967296");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 absl::Status ParseConnectFlags(int argc, char** argv, int first,
                                common::FlagSet* flags, AgentFlags* v) {
@@ -292,6 +349,7 @@ absl::Status ParseConnectFlags(int argc, char** argv, int first,
         absl::StrCat("--health-check wants a path starting with '/', not \"",
                      o.health.path, "\""));
   }
+  if (absl::Status s = CheckInspectFlags(v); !s.ok()) return s;
   o.health.unhealthy_after = static_cast<int>(v->health_unhealthy_after);
   o.health.healthy_after = static_cast<int>(v->health_healthy_after);
   o.drain_timeout = v->drain_timeout;

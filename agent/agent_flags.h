@@ -14,6 +14,11 @@
 
 namespace tunnel::agent {
 
+// --inspect's default: on, at kInspectDefaultAddr, when stdout is a
+// terminal.
+inline constexpr char kInspectAuto[] = "auto";
+inline constexpr char kInspectDefaultAddr[] = "127.0.0.1:4040";
+
 struct AgentFlags {
   AgentOptions options;
   std::string config;  // --config: a tunnel.v1.AgentConfig file
@@ -37,6 +42,15 @@ struct AgentFlags {
   std::string client_cert_file;  // --client-cert
   std::string client_key_file;   // --client-key
   bool quiet = false;
+  // --inspect: "auto", "" or HOST:PORT; after parsing "" (off) or HOST:PORT
+  // ("auto" resolved with stdout_is_terminal).
+  std::string inspect = kInspectAuto;
+  bool inspect_auto = false;        // after parsing: it was "auto"
+  bool stdout_is_terminal = false;  // set by main before parsing
+  int64_t inspect_max_requests = 0;
+  int64_t inspect_max_body = 0;
+  int64_t inspect_max_memory = 0;
+  bool inspect_show_secrets = false;
   std::string state_file;  // "" after parsing: write none
   absl::Duration state_refresh = absl::Seconds(5);
 };

@@ -20,12 +20,14 @@
 #include "absl/time/time.h"
 #include "agent/agent.h"
 #include "agent/agent_flags.h"
+#include "agent/inspect_server.h"
 #include "agent/qr.h"
 #include "agent/state_file.h"
 #include "common/allocator.h"
 #include "common/flags.h"
 #include "common/grpc_log.h"
 #include "common/log.h"
+#include "common/socket_io.h"
 #include "google/protobuf/util/json_util.h"
 #include "tunnel/v1/agent_state.pb.h"
 
@@ -47,6 +49,9 @@ constexpr char kUsage[] =
     "gateway certificate that --ca does not trust, a client certificate the\n"
     "gateway refuses). TLS is on unless --insecure: the gateway is verified\n"
     "with the system's roots, or --ca FILE for a private CA.\n"
+    "When stdout is a terminal, the request inspector shows every request\n"
+    "at http://127.0.0.1:4040/ and can replay it (--inspect; README\n"
+    "\"Inspecting and replaying requests\").\n"
     "--config FILE reads the flags from a tunnel.v1.AgentConfig in the\n"
     "protobuf text format or JSON (.json); see README \"Config files\".\n"
     "\n"
@@ -93,6 +98,11 @@ class StateWriter {
         1, absl::ToInt64Seconds(absl::Ceil(refresh, absl::Seconds(1))))));
   }
   ~StateWriter() { StopRefreshing(); }
+
+  void SetInspector(const std::string& url) {
+    absl::MutexLock lock(&mu_);
+    state_.set_inspector(url);
+  }
 
   void Accepted(const tunnel::v1::ConnectAccepted& a) {
     absl::MutexLock lock(&mu_);
@@ -173,6 +183,60 @@ class StateWriter {
   absl::Notification stop_;
   std::thread refresher_;
 };
+
+// --inspect: the inspector's page and API, and values.options.inspector for
+// the agent to record into. With "auto", the next ports are tried when the
+// first is taken (another agent runs), and none free is only a warning.
+absl::StatusOr<std::unique_ptr<tunnel::agent::InspectServer>> StartInspector(
+    tunnel::agent::AgentFlags& values) {
+  tunnel::agent::AgentOptions& o = values.options;
+  tunnel::agent::InspectorOptions io;
+  io.max_requests = static_cast<size_t>(values.inspect_max_requests);
+  io.max_body = static_cast<size_t>(values.inspect_max_body);
+  io.max_memory = static_cast<size_t>(values.inspect_max_memory);
+  io.show_secrets = values.inspect_show_secrets;
+  auto inspector = std::make_shared<tunnel::agent::Inspector>(io);
+  std::string host;
+  int port = 0;
+  if (absl::Status s =
+          tunnel::common::SplitHostPort(values.inspect, &host, &port);
+      !s.ok()) {
+    return s;
+  }
+  tunnel::agent::ReplayTimeouts timeouts;
+  timeouts.connect = absl::Seconds(10);
+  timeouts.silence = o.local_timeout;
+  const int tries = values.inspect_auto ? 10 : 1;
+  absl::Status last;
+  for (int i = 0; i < tries; ++i) {
+    auto server = std::make_unique<tunnel::agent::InspectServer>(
+        inspector, o.tunnels, timeouts);
+    absl::StatusOr<int> bound = server->Listen(host, port + i);
+    if (!bound.ok()) {
+      last = bound.status();
+      continue;
+    }
+    const bool loopback = tunnel::common::IsLoopbackHost(host);
+    TUNNEL_LOG(INFO) << "inspector: " << server->url()
+                     << " (every request through this agent, with replay; "
+                        "--inspect \"\" turns it off)";
+    if (!loopback) {
+      TUNNEL_LOG(WARNING)
+          << "the inspector listens on " << values.inspect
+          << ", not a loopback address: anyone who reaches it sees every "
+             "request's bodies and can replay them";
+    }
+    o.inspector = std::move(inspector);
+    return server;
+  }
+  if (values.inspect_auto) {
+    TUNNEL_LOG(WARNING) << "no inspector: ports " << port << "-"
+                        << port + tries - 1 << " on " << host
+                        << " are taken (--inspect HOST:PORT picks another)";
+    return std::unique_ptr<tunnel::agent::InspectServer>();
+  }
+  return last;
+}
 
 int Status(int argc, char** argv) {
   std::string state_file;
@@ -290,6 +354,9 @@ int Status(int argc, char** argv) {
                 state->agent_id().c_str(), state->gateway().c_str(),
                 state->since().c_str());
   }
+  if (running && !state->inspector().empty()) {
+    std::printf("  inspector   %s\n", state->inspector().c_str());
+  }
   for (const std::string& u : state->unhealthy()) {
     std::printf("  unhealthy   %s\n", u.c_str());
   }
@@ -320,6 +387,7 @@ int main(int argc, char** argv) {
                              "(see --help)"),
                 2);
   }
+  values.stdout_is_terminal = isatty(STDOUT_FILENO) == 1;
   if (absl::Status s =
           tunnel::agent::ParseConnectFlags(argc, argv, 2, &flags, &values);
       !s.ok()) {
@@ -333,7 +401,16 @@ int main(int argc, char** argv) {
   const absl::Duration drain_timeout = values.drain_timeout;
   const bool show_qr = !values.quiet && isatty(STDOUT_FILENO) == 1;
 
+  std::unique_ptr<tunnel::agent::InspectServer> inspector;
+  if (!values.inspect.empty()) {
+    absl::StatusOr<std::unique_ptr<tunnel::agent::InspectServer>> started =
+        StartInspector(values);
+    if (!started.ok()) return Fail(std::string(started.status().message()), 1);
+    inspector = *std::move(started);  // null: "auto" found no free port
+  }
+
   StateWriter state(values.state_file, o, values.state_refresh);
+  if (inspector != nullptr) state.SetInspector(inspector->url());
   state.Write();
   std::string last_qr;
   o.on_accepted = [&](const tunnel::v1::ConnectAccepted& a) {
@@ -389,6 +466,7 @@ int main(int argc, char** argv) {
   pthread_kill(signal_waiter.native_handle(), SIGTERM);
   signal_waiter.join();
   if (drainer.joinable()) drainer.join();
+  if (inspector != nullptr) inspector->Stop();
   state.StopRefreshing();
   state.Ended(result);
   if (!result.ok()) return Fail(std::string(result.message()), 1);

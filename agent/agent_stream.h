@@ -8,11 +8,13 @@
 #include <sys/socket.h>
 
 #include <cstdint>
+#include <memory>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "agent/inspector.h"
 #include "agent/local_target.h"
 #include "common/flow_control.h"
 #include "tunnel/v1/tunnel.pb.h"
@@ -52,6 +54,9 @@ struct AgentStream {
   absl::Mutex mu;
   bool cancelled ABSL_GUARDED_BY(mu) = false;
   int raw_fd ABSL_GUARDED_BY(mu) = -1;  // upgrade streams: the raw socket
+  // The inspector's record of it (--inspect), or null; set before the
+  // stream is shared, then used by whoever forwards it.
+  std::unique_ptr<Inspector::Capture> capture;
 };
 
 }  // namespace tunnel::agent

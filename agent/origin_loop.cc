@@ -418,33 +418,13 @@ void OriginLoop::Launch(Transfer* t) {
 size_t OriginLoop::OnHeader(char* data, size_t size, size_t n, void* ud) {
   auto* t = static_cast<Transfer*>(ud);
   const size_t len = size * n;
-  absl::string_view line(data, len);
-  if (absl::StartsWith(line, "HTTP/")) {
-    // A new head (after a 1xx, the final one).
-    t->response.clear_headers();
-    t->status = 0;
-    absl::string_view rest = line.substr(line.find(' ') + 1);
-    (void)absl::SimpleAtoi(rest.substr(0, 3), &t->status);
-    return len;
-  }
-  absl::string_view stripped = absl::StripTrailingAsciiWhitespace(line);
-  if (stripped.empty()) {
-    // End of a head: informational ones (100, 103) are not the answer.
-    if (t->status >= 100 && t->status < 200) return len;
+  // The end of a head: informational ones (100, 103) are not the answer.
+  if (common::ParseResponseHeadLine(absl::string_view(data, len), &t->status,
+                                    t->response.mutable_headers()) ==
+          common::ResponseHeadLine::kEnd &&
+      (t->status < 100 || t->status >= 200)) {
     t->loop->OnHead(t);
-    return len;
   }
-  auto* headers = t->response.mutable_headers();
-  if ((line[0] == ' ' || line[0] == '\t') && !headers->empty()) {
-    // An obsolete folded continuation.
-    absl::StrAppend(headers->rbegin()->mutable_value(), " ",
-                    absl::StripAsciiWhitespace(line));
-    return len;
-  }
-  size_t colon = stripped.find(':');
-  if (colon == absl::string_view::npos) return len;
-  common::AddHeader(headers, stripped.substr(0, colon),
-                    absl::StripAsciiWhitespace(stripped.substr(colon + 1)));
   return len;
 }
 
@@ -454,6 +434,9 @@ void OriginLoop::OnHead(Transfer* t) {
   // No body by definition: the response is complete with its head.
   const bool bodyless =
       method == "HEAD" || t->status == 204 || t->status == 304;
+  if (t->s->capture != nullptr) {
+    t->s->capture->ResponseHead(t->status, t->response.headers());
+  }
   Envelope e;
   auto* r = e.mutable_response();
   *r = std::move(t->response);
@@ -472,6 +455,9 @@ size_t OriginLoop::OnBody(char* data, size_t size, size_t n, void* ud) {
   const size_t len = size * n;
   if (!t->head_sent) t->loop->OnHead(t);
   if (t->end_sent) return len;  // a body where none may be: ignored
+  if (t->s->capture != nullptr) {
+    t->s->capture->ResponseBody(absl::string_view(data, len));
+  }
   t->pending.append(data, len);
   if (!t->loop->FlushPending(t)) {
     if (!t->s->channel.status().ok()) return 0;  // cancelled: stop
@@ -533,6 +519,7 @@ size_t OriginLoop::OnRead(char* data, size_t size, size_t n, void* ud) {
     t->up = std::move(c->data);
     t->up_off = 0;
     t->up_end = c->end;
+    if (s.capture != nullptr) s.capture->RequestBody(t->up);
   }
   const size_t k = std::min(cap, t->up.size() - t->up_off);
   std::memcpy(data, t->up.data() + t->up_off, k);
@@ -604,6 +591,9 @@ void OriginLoop::OnDone(Transfer* t, int result) {
                            " failed before responding (", words, ")");
     TUNNEL_LOG(WARNING) << head.method() << " " << head.path() << ": " << msg
                         << " (request " << head.request_id() << ")";
+    if (t->s->capture != nullptr) {
+      t->s->capture->Finish(Inspector::Outcome::kLocalError, msg);
+    }
     SendClose(
         t,
         unreachable ? TunnelClose::LOCAL_UNREACHABLE : TunnelClose::LOCAL_ERROR,
@@ -613,6 +603,9 @@ void OriginLoop::OnDone(Transfer* t, int result) {
         "the local service at ", url, " broke off its response (", words, ")");
     TUNNEL_LOG(WARNING) << head.method() << " " << head.path() << ": " << msg
                         << " (request " << head.request_id() << ")";
+    if (t->s->capture != nullptr) {
+      t->s->capture->Finish(Inspector::Outcome::kLocalError, msg);
+    }
     SendClose(t, TunnelClose::LOCAL_ERROR, msg);
   }
   Finish(t);
@@ -646,6 +639,13 @@ void OriginLoop::Finish(Transfer* t) {
     t->easy = nullptr;
   }
   room_waiters_.erase(t);
+  if (t->s->capture != nullptr) {
+    // Unless it failed already (OnDone): complete, or the gateway ended it.
+    const absl::Status why = t->s->channel.status();
+    t->s->capture->Finish(t->end_sent ? Inspector::Outcome::kComplete
+                                      : Inspector::Outcome::kCancelled,
+                          why.ok() ? "" : why.message());
+  }
   if (t->launched) {
     --running_;
   } else {

@@ -180,6 +180,9 @@ void UpgradeLoop::Begin(Command c) {
   r->session = std::move(c.session);
   r->fd = c.fd;
   r->pending = std::move(c.early);
+  if (r->s->capture != nullptr) {
+    r->s->capture->CountUpgradeBytes(0, r->pending.size());
+  }
   r->last_moved = absl::Now();
   by_fd_[r->fd] = r;
   relays_[r->s.get()] = std::move(owned);
@@ -215,6 +218,9 @@ bool UpgradeLoop::FromService(Relay* r) {
     if (n > 0) {
       r->pending.assign(buf, static_cast<size_t>(n));
       r->last_moved = absl::Now();
+      if (r->s->capture != nullptr) {
+        r->s->capture->CountUpgradeBytes(0, static_cast<uint64_t>(n));
+      }
     } else if (n == 0) {
       r->service_eof = true;
     } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -258,6 +264,9 @@ bool UpgradeLoop::ToService(Relay* r) {
       if (n > 0) {
         r->out_off += static_cast<size_t>(n);
         r->last_moved = absl::Now();
+        if (r->s->capture != nullptr) {
+          r->s->capture->CountUpgradeBytes(static_cast<uint64_t>(n), 0);
+        }
       } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
         return true;  // EPOLLOUT says when to go on
       } else if (n < 0 && errno != EINTR) {
@@ -304,6 +313,9 @@ void UpgradeLoop::Watch(Relay* r) {
 }
 
 void UpgradeLoop::Fail(Relay* r, const std::string& message) {
+  if (r->s->capture != nullptr) {
+    r->s->capture->Finish(Inspector::Outcome::kLocalError, message);
+  }
   if (r->s->channel.status().ok()) {
     r->session.outbox->PushControl(
         common::MakeClose(r->s->id, TunnelClose::LOCAL_ERROR, message));
@@ -314,6 +326,12 @@ void UpgradeLoop::Fail(Relay* r, const std::string& message) {
 }
 
 void UpgradeLoop::End(Relay* r) {
+  if (r->s->capture != nullptr) {
+    // Unless it failed (Fail): both sides closed, or the gateway ended it.
+    const bool done = r->end_sent && r->shut_wr;
+    r->s->capture->Finish(done ? Inspector::Outcome::kComplete
+                               : Inspector::Outcome::kCancelled);
+  }
   if (r->events != 0) epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, r->fd, nullptr);
   by_fd_.erase(r->fd);
   CloseRaw(*r->s, r->fd);

@@ -24,14 +24,22 @@ std::optional<UpgradedConnection> UpgradeHandshake(
     const std::shared_ptr<AgentStream>& s, StreamSender& out,
     absl::Duration timeout) {
   const LocalTarget& t = *s->target;
+  Inspector::Capture* capture = s->capture.get();
+  // Tells the gateway, and the inspector, why the stream ends.
+  auto fail = [&](TunnelClose::Reason reason, const std::string& why) {
+    out.SendClose(s->id, reason, why);
+    if (capture != nullptr) {
+      capture->Finish(Inspector::Outcome::kLocalError, why);
+    }
+  };
   auto unreachable = [&](absl::string_view why) {
-    out.SendClose(s->id, TunnelClose::LOCAL_UNREACHABLE,
-                  absl::StrCat("the agent cannot reach its local service at ",
-                               t.url, " (", why, ")"));
+    fail(TunnelClose::LOCAL_UNREACHABLE,
+         absl::StrCat("the agent cannot reach its local service at ", t.url,
+                      " (", why, ")"));
   };
   if (t.scheme != "http") {
-    out.SendClose(s->id, TunnelClose::LOCAL_ERROR,
-                  "upgrades are relayed to http:// services only");
+    fail(TunnelClose::LOCAL_ERROR,
+         "upgrades are relayed to http:// services only");
     return std::nullopt;
   }
   absl::StatusOr<int> fd =
@@ -72,9 +80,9 @@ std::optional<UpgradedConnection> UpgradeHandshake(
   while ((head_end = in.find("\r\n\r\n")) == std::string::npos) {
     ssize_t n = common::ReadSome(*fd, buf, sizeof(buf), timeout);
     if (n <= 0 || in.size() + n > sizeof(buf)) {
-      out.SendClose(s->id, TunnelClose::LOCAL_ERROR,
-                    absl::StrCat("the local service at ", t.url,
-                                 " sent no valid response to the upgrade"));
+      fail(TunnelClose::LOCAL_ERROR,
+           absl::StrCat("the local service at ", t.url,
+                        " sent no valid response to the upgrade"));
       finish();
       return std::nullopt;
     }
@@ -91,8 +99,8 @@ std::optional<UpgradedConnection> UpgradeHandshake(
   int status = 0;
   if (status_line.size() < 2 || !absl::SimpleAtoi(status_line[1], &status) ||
       status < 100 || status > 599) {
-    out.SendClose(s->id, TunnelClose::LOCAL_ERROR,
-                  "the local service sent an invalid status line");
+    fail(TunnelClose::LOCAL_ERROR,
+         "the local service sent an invalid status line");
     finish();
     return std::nullopt;
   }
@@ -109,6 +117,7 @@ std::optional<UpgradedConnection> UpgradeHandshake(
     common::AddHeader(r->mutable_headers(), name, value);
   }
   std::string rest = in.substr(head_end + 4);
+  if (capture != nullptr) capture->ResponseHead(status, r->headers());
   if (status != 101) {
     // Refused: an ordinary response, its body read by length or to EOF.
     common::StripHopByHop(r->mutable_headers());
@@ -119,6 +128,7 @@ std::optional<UpgradedConnection> UpgradeHandshake(
     if (!rest.empty()) {
       rest.resize(std::min<uint64_t>(rest.size(), left));
       left -= rest.size();
+      if (capture != nullptr) capture->ResponseBody(rest);
       ok = out.SendBody(*s, rest.data(), rest.size());
     }
     while (ok && left > 0) {
@@ -129,13 +139,17 @@ std::optional<UpgradedConnection> UpgradeHandshake(
         break;
       }
       left -= static_cast<uint64_t>(n);
+      if (capture != nullptr) {
+        capture->ResponseBody(absl::string_view(buf, static_cast<size_t>(n)));
+      }
       ok = out.SendBody(*s, buf, static_cast<size_t>(n));
     }
     if (ok) {
       out.SendEnd(s->id);
+      if (capture != nullptr) capture->Finish(Inspector::Outcome::kComplete);
     } else {
-      out.SendClose(s->id, TunnelClose::LOCAL_ERROR,
-                    "the local service broke off its response");
+      fail(TunnelClose::LOCAL_ERROR,
+           "the local service broke off its response");
     }
     finish();
     return std::nullopt;

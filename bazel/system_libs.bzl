@@ -21,11 +21,13 @@ _LIBS = {
     ],
     "grpc": ["grpc++", "protobuf"],
     "gtest_main": ["gmock", "gtest_main", "gtest"],
+    "brotli": ["libbrotlidec", "libbrotlienc"],
     "crypt": ["libcrypt"],
     "curl": ["libcurl"],
     "httplib": ["cpp-httplib"],
     "openssl": ["openssl"],
     "qrencode": ["libqrencode"],
+    "zlib": ["zlib"],
 }
 
 # Debian libraries without a pkg-config module: their linker flags.

@@ -4,7 +4,10 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 
 namespace tunnel::common {
 namespace {
@@ -107,6 +110,30 @@ void AddHeader(HeaderList* headers, absl::string_view name,
   tunnel::v1::Header* h = headers->Add();
   h->set_name(std::string(name));
   h->set_value(std::string(value));
+}
+
+ResponseHeadLine ParseResponseHeadLine(absl::string_view line, int* status,
+                                       HeaderList* headers) {
+  if (absl::StartsWith(line, "HTTP/")) {
+    headers->Clear();
+    *status = 0;
+    absl::string_view rest = line.substr(line.find(' ') + 1);
+    (void)absl::SimpleAtoi(rest.substr(0, 3), status);
+    return ResponseHeadLine::kStatus;
+  }
+  absl::string_view stripped = absl::StripTrailingAsciiWhitespace(line);
+  if (stripped.empty()) return ResponseHeadLine::kEnd;
+  if ((line[0] == ' ' || line[0] == '\t') && !headers->empty()) {
+    absl::StrAppend(headers->rbegin()->mutable_value(), " ",
+                    absl::StripAsciiWhitespace(line));
+    return ResponseHeadLine::kField;
+  }
+  const size_t colon = stripped.find(':');
+  if (colon != absl::string_view::npos) {
+    AddHeader(headers, stripped.substr(0, colon),
+              absl::StripAsciiWhitespace(stripped.substr(colon + 1)));
+  }
+  return ResponseHeadLine::kField;
 }
 
 }  // namespace tunnel::common

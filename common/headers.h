@@ -39,6 +39,15 @@ void RemoveHeader(HeaderList* headers, absl::string_view name);
 void AddHeader(HeaderList* headers, absl::string_view name,
                absl::string_view value);
 
+// One line of an HTTP/1.x response head, as libcurl's header callback
+// hands them over: a status line ("HTTP/1.1 200 OK": `*headers` cleared,
+// `*status` set; a 1xx head is followed by the final one), a field (added
+// to `*headers`; an obsolete folded continuation joins the one before), or
+// the blank line that ends a head.
+enum class ResponseHeadLine { kStatus, kField, kEnd };
+ResponseHeadLine ParseResponseHeadLine(absl::string_view line, int* status,
+                                       HeaderList* headers);
+
 }  // namespace tunnel::common
 
 #endif  // TUNNEL_COMMON_HEADERS_H_

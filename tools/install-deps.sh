@@ -21,12 +21,14 @@ build_packages=(
 # GoogleTest: the unit and integration tests; curl, python3-*: process-level
 # tests; systemd: systemd-analyze for install_tree;
 # apache2-utils: htpasswd -B makes a bcrypt file for access_e2e;
+# chromium: the inspector's page checked in a real browser
+# (inspect_browser_e2e, over the DevTools protocol);
 # zbar-tools: zbarimg decodes the agent's QR code and bsdutils' `script`
 # gives it a terminal (agent_ux_e2e).
 test_packages=(
   libgtest-dev libgmock-dev curl python3 python3-websockets clang-format
   python3-grpcio python3-protobuf systemd python3-prometheus-client
-  zbar-tools bsdutils apache2-utils
+  zbar-tools bsdutils apache2-utils chromium
 )
 
 case "${1:-}" in

@@ -185,6 +185,48 @@ TEST(AgentFlagsTest, SendQueueReachesTheOptionsAndIsBounded) {
 
 // The half-block rendering decodes back to libqrencode's matrix with a
 // 4-module light quiet zone (light = drawn).
+TEST(AgentFlagsTest, InspectIsOnForATerminalOnlyUnlessNamed) {
+  AgentFlags tty;
+  tty.stdout_is_terminal = true;
+  ASSERT_TRUE(ParseConnect({}, &tty).ok());
+  EXPECT_EQ(tty.inspect, "127.0.0.1:4040");
+  EXPECT_TRUE(tty.inspect_auto);
+  AgentFlags piped;  // stdout not a terminal: off
+  ASSERT_TRUE(ParseConnect({}, &piped).ok());
+  EXPECT_EQ(piped.inspect, "");
+  AgentFlags off;
+  off.stdout_is_terminal = true;
+  ASSERT_TRUE(ParseConnect({"--inspect", ""}, &off).ok());
+  EXPECT_EQ(off.inspect, "");
+  AgentFlags named;
+  ASSERT_TRUE(ParseConnect({"--inspect", "127.0.0.1:0", "--inspect-max-body",
+                            "0", "--inspect-max-requests", "3"},
+                           &named)
+                  .ok());
+  EXPECT_EQ(named.inspect, "127.0.0.1:0");
+  EXPECT_FALSE(named.inspect_auto);
+  EXPECT_EQ(named.inspect_max_body, 0);
+  EXPECT_EQ(named.inspect_max_requests, 3);
+
+  struct Bad {
+    std::vector<std::string> args;
+    std::string says;
+  };
+  for (const Bad& b : std::vector<Bad>{
+           {{"--inspect", "4040"}, "--inspect: address \"4040\" needs"},
+           {{"--inspect-max-requests", "0"}, "--inspect-max-requests must"},
+           {{"--inspect-max-body", "-1"}, "--inspect-max-body must"},
+           {{"--inspect-max-body", "2000000", "--inspect-max-memory",
+             "1000000"},
+            "--inspect-max-memory must be at least --inspect-max-body"},
+       }) {
+    AgentFlags v;
+    absl::Status s = ParseConnect(b.args, &v);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << b.args[0];
+    EXPECT_NE(s.message().find(b.says), std::string::npos) << s;
+  }
+}
+
 TEST(QrTest, HalfBlocksRoundTripToTheModules) {
   auto modules = QrModules("http://cam-01.localhost:8082/");
   ASSERT_TRUE(modules.ok()) << modules.status();

@@ -54,5 +54,26 @@ TEST(HeadersTest, FindAndRemoveAreCaseInsensitive) {
   EXPECT_EQ(Names(h), (std::vector<std::string>{"Content-Length=5"}));
 }
 
+TEST(HeadersTest, ResponseHeadLinesAsLibcurlHandsThemOver) {
+  HeaderList h;
+  int status = 0;
+  auto line = [&](const char* l) {
+    return ParseResponseHeadLine(l, &status, &h);
+  };
+  EXPECT_EQ(line("HTTP/1.1 100 Continue\r\n"), ResponseHeadLine::kStatus);
+  EXPECT_EQ(status, 100);
+  EXPECT_EQ(line("\r\n"), ResponseHeadLine::kEnd);
+  // The final head replaces what a 1xx head had.
+  EXPECT_EQ(line("HTTP/1.1 201 Created\r\n"), ResponseHeadLine::kStatus);
+  EXPECT_EQ(status, 201);
+  EXPECT_EQ(line("Content-Type:  text/plain \r\n"), ResponseHeadLine::kField);
+  EXPECT_EQ(line("X-Long: a\r\n"), ResponseHeadLine::kField);
+  EXPECT_EQ(line("\t b\r\n"), ResponseHeadLine::kField);  // folded
+  EXPECT_EQ(line("no colon here\r\n"), ResponseHeadLine::kField);
+  EXPECT_EQ(line("\r\n"), ResponseHeadLine::kEnd);
+  EXPECT_EQ(Names(h), (std::vector<std::string>{"Content-Type=text/plain",
+                                                "X-Long=a b"}));
+}
+
 }  // namespace
 }  // namespace tunnel::common
