@@ -98,6 +98,7 @@ const char kInspectPageJs[] = R"inspect('use strict';
 const $ = (id) => document.getElementById(id);
 const rows = new Map();  // id (string) -> summary
 let selected = null;
+let shownInFlight = false;  // the detail shows the selected one in flight
 let maxRows = 500;
 let events = null;
 
@@ -215,7 +216,12 @@ async function connect() {
     const r = JSON.parse(m.data);
     keep(r);
     scheduleRender();
-    if (r.id === selected && r.outcome !== 'in_flight') select(r.id);
+    // The detail shown in flight is shown again once it ended (never
+    // while an edit form is open in it).
+    if (r.id === selected && shownInFlight && r.outcome !== 'in_flight' &&
+        !document.getElementById('edit-form')) {
+      select(r.id);
+    }
   };
   events.onerror = () => {
     // The agent restarted or went away: list again, then follow anew.
@@ -340,6 +346,7 @@ async function select(id) {
     d.replaceChildren(el('p', {class: 'error'}, r.message));
     return;
   }
+  shownInFlight = r.outcome === 'in_flight';
   const replay = el('button', {id: 'replay', type: 'button'}, 'Replay');
   const edit = el('button', {id: 'edit-replay', type: 'button'}, 'Edit and replay');
   replay.addEventListener('click', () => sendReplay(r.id, null));

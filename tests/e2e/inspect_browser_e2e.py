@@ -179,6 +179,8 @@ async def drive(browser_ws, inspector, http_addr):
             "document.querySelectorAll('tr.row.replay').length") == 1)
         # Edit and replay: a new path and body.
         await page.eval("document.getElementById('edit-replay').click()")
+        await page.wait_for("!!document.getElementById('edit-path')", 10,
+                            "the edit form")
         await page.eval("document.getElementById('edit-path').value = '/api/edited';"
                         "document.getElementById('edit-body').value = '{\"x\":1}';"
                         "document.getElementById('replay-send').click()")
