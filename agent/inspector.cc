@@ -265,8 +265,13 @@ void Inspector::EvictOldest() {
 }
 
 bool Inspector::TakeSpare(size_t cap, std::string* into) {
+  // Only big bodies take them, and only buffers about their size: a small
+  // body in a 1 MiB buffer would hold memory that keeps other records.
+  if (cap < kSpareMin) return false;
   for (size_t i = 0; i < spare_.size(); ++i) {
-    if (spare_[i].capacity() < cap) continue;
+    if (spare_[i].capacity() < cap || spare_[i].capacity() > 2 * cap) {
+      continue;
+    }
     spare_bytes_ -= spare_[i].capacity();
     into->swap(spare_[i]);  // held_ unchanged: a spare is counted
     spare_[i].swap(spare_.back());
@@ -304,7 +309,7 @@ void Inspector::Keep(Record* r, std::string* into, bool* cut, uint64_t length,
     // A new body takes a kept buffer that fits: no allocation, no fresh
     // pages. When memory is full, the oldest record goes first and its
     // buffer is taken as it frees.
-    while (into->empty() && !TakeSpare(cap, into) &&
+    while (into->empty() && cap >= kSpareMin && !TakeSpare(cap, into) &&
            held_ + cap > options_.max_memory && !records_.empty() &&
            records_.front().get() != r) {
       EvictOldest();

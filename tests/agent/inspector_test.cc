@@ -190,6 +190,31 @@ TEST(InspectorTest, MemoryStaysBoundedAsBigBodiesComeAndGo) {
   EXPECT_LE(ins.Status().requests(), 10u);
 }
 
+TEST(InspectorTest, SmallBodiesDoNotTakeTheBigBuffersKeptForReuse) {
+  InspectorOptions o;
+  o.max_body = 512 << 10;
+  o.max_memory = 4 << 20;
+  Inspector ins(o);
+  // Big bodies fill memory; the oldest go, and some of their buffers stay.
+  for (int i = 0; i < 12; ++i) {
+    auto c = ins.Begin(Head("POST", absl::StrCat("/big", i)), "cam", "", false);
+    c->RequestBody(std::string(o.max_body, 'b'));
+    c->Finish(Inspector::Outcome::kComplete);
+  }
+  const uint64_t before = ins.Status().body_bytes();
+  // A hundred small bodies: each holds its own few bytes, not 512 KiB.
+  for (int i = 0; i < 100; ++i) {
+    auto c =
+        ins.Begin(Head("POST", absl::StrCat("/small", i)), "cam", "", false);
+    c->RequestBody(std::string(100, 's'));
+    c->Finish(Inspector::Outcome::kComplete);
+  }
+  EXPECT_LE(ins.Status().body_bytes(), before + 100 * 256);
+  // Memory was full with 8 big bodies: the first small one made room by
+  // evicting one (and dropping its buffer), the others fit beside 7.
+  EXPECT_EQ(ins.Status().requests(), 107u);
+}
+
 TEST(InspectorTest, MaxBodyZeroKeepsNoBodiesButCountsThem) {
   InspectorOptions o;
   o.max_body = 0;
