@@ -2,6 +2,8 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "agent/local_target.h"
@@ -148,8 +150,8 @@ void RegisterConnectFlags(common::FlagSet* flags, AgentFlags* v) {
              "body bytes the inspector keeps per request and direction "
              "(0: none)");
   flags->Int("inspect-max-memory", &v->inspect_max_memory,
-             "body bytes the inspector keeps in all, bytes (the oldest "
-             "requests go first)");
+             "bytes of bodies and heads the inspector keeps in all (the "
+             "oldest requests go first)");
   flags->Bool("inspect-show-secrets", &v->inspect_show_secrets,
               "show Authorization, Cookie, Set-Cookie and access-code values "
               "in the inspector instead of masking them");
@@ -183,11 +185,11 @@ absl::Status CheckInspectFlags(AgentFlags* v) {
     return absl::InvalidArgumentError(
         "--inspect-max-body must be between 0 and 67108864");
   }
-  if (v->inspect_max_memory < v->inspect_max_body ||
+  if (v->inspect_max_memory < std::max<int64_t>(v->inspect_max_body, 1 << 20) ||
       v->inspect_max_memory > (int64_t{4} << 30)) {
     return absl::InvalidArgumentError(
-        "--inspect-max-memory must be at least --inspect-max-body and at "
-        "most 4294967296");
+        "--inspect-max-memory must be at least --inspect-max-body and "
+        "1048576 (it holds the heads too), and at most 4294967296");
   }
   return absl::OkStatus();
 }

@@ -18,6 +18,15 @@ namespace {
 // Buffers this big are kept for reuse when their record goes.
 constexpr size_t kSpareMin = 64 << 10;
 
+// What a head's fields take, about (names, values, and per-field overhead).
+size_t HeadBytes(const common::HeaderList& headers) {
+  size_t n = 0;
+  for (const tunnel::v1::Header& h : headers) {
+    n += h.name().size() + h.value().size() + 64;
+  }
+  return n;
+}
+
 // Heap bytes a body's buffer holds (short strings live inside the record).
 size_t Held(const std::string& s) {
   static const size_t kInline = std::string().capacity();
@@ -135,8 +144,9 @@ struct Inspector::Capture::Record {
   std::string error;
   uint64_t replay_of = 0;
   bool upgrade = false;
-  bool evicted = false;  // left the ring: bytes no longer kept
-  uint64_t seq = 0;      // last change
+  bool evicted = false;   // left the ring: bytes no longer kept
+  size_t head_bytes = 0;  // its fields' names and values, as counted
+  uint64_t seq = 0;       // last change
 };
 
 Inspector::Capture::Capture(Inspector* inspector,
@@ -162,6 +172,13 @@ void Inspector::Capture::ResponseHead(int status,
   absl::MutexLock lock(&inspector_->mu_);
   Record* r = record_.get();
   r->status = static_cast<uint32_t>(status);
+  if (!r->evicted) {
+    const size_t bytes = HeadBytes(headers);
+    inspector_->MakeRoom(r, bytes);  // heads count within max_memory too
+    r->head_bytes += bytes;
+    inspector_->held_ += bytes;
+    inspector_->head_bytes_ += bytes;
+  }
   r->response_headers = headers;
   r->response_length = ContentLength(headers);
   inspector_->Changed(r);
@@ -236,6 +253,10 @@ std::unique_ptr<Inspector::Capture> Inspector::Add(std::shared_ptr<Record> r) {
   while (!records_.empty() && records_.size() >= options_.max_requests) {
     EvictOldest();
   }
+  r->head_bytes = HeadBytes(r->request_headers);
+  MakeRoom(r.get(), r->head_bytes);
+  held_ += r->head_bytes;
+  head_bytes_ += r->head_bytes;
   records_.push_back(r);
   Changed(r.get());
   return std::unique_ptr<Capture>(new Capture(this, std::move(r)));
@@ -259,6 +280,8 @@ void Inspector::EvictOldest() {
     }
     *body = std::string();
   }
+  held_ -= old->head_bytes;
+  head_bytes_ -= old->head_bytes;
   old->evicted = true;
   records_.pop_front();
   ++evicted_;
@@ -453,7 +476,8 @@ tunnel::v1::InspectorStatus Inspector::StatusLocked() const {
   s.set_requests(records_.size());
   s.set_max_requests(options_.max_requests);
   s.set_max_body(options_.max_body);
-  s.set_body_bytes(held_);
+  s.set_body_bytes(held_ - head_bytes_);
+  s.set_head_bytes(head_bytes_);
   s.set_max_memory(options_.max_memory);
   s.set_evicted(evicted_);
   s.set_seen(next_id_ - 1);

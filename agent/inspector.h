@@ -3,10 +3,11 @@
 // the first bytes of their bodies, kept on the device only.
 //
 // Bounds: at most `max_requests` records; of each body at most `max_body`
-// bytes per direction; of all bodies together at most `max_memory` bytes
-// (the oldest records go first to make room; a body that finds no room is
-// cut). Secrets (Authorization, Cookie, ...) are kept as they were, for
-// replays, and masked whenever a record is shown unless `show_secrets`.
+// bytes per direction; of all bodies and heads together at most
+// `max_memory` bytes (the oldest records go first to make room; a body that
+// finds no room is cut). Secrets (Authorization, Cookie, ...) are kept as they
+// were, for replays, and masked whenever a record is shown unless
+// `show_secrets`.
 //
 // Forwarders record through a Capture (one per request); the inspector's
 // page and API read snapshots. Thread-safe.
@@ -154,9 +155,10 @@ class Inspector {
   std::deque<std::shared_ptr<Record>> records_ ABSL_GUARDED_BY(mu_);  // by id
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t seq_ ABSL_GUARDED_BY(mu_) = 0;
-  // Memory held for bodies: the buffers of the records (their capacity)
-  // and the spare ones; at most max_memory.
+  // Memory held: the records' body buffers (their capacity), their heads'
+  // fields, and the spare buffers; at most max_memory.
   size_t held_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t head_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // of held_: the heads
   std::vector<std::string> spare_ ABSL_GUARDED_BY(mu_);
   size_t spare_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t evicted_ ABSL_GUARDED_BY(mu_) = 0;

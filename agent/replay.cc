@@ -131,8 +131,10 @@ absl::StatusOr<uint64_t> Replay(Inspector& inspector, const LocalTarget& target,
   common::RemoveHeader(&headers, "Transfer-Encoding");
   common::RemoveHeader(&headers, "Expect");
   std::unique_ptr<Inspector::Capture> capture =
-      inspector.BeginReplay(target.slug, target.name, request.method,
-                            request.path, headers, replay_of);
+      // The slug as recorded: with --slug random the target has none.
+      inspector.BeginReplay(request.slug.empty() ? target.slug : request.slug,
+                            target.name, request.method, request.path, headers,
+                            replay_of);
   const uint64_t id = capture->id();
   capture->RequestBody(request.body);
 

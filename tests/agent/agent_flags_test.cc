@@ -219,6 +219,9 @@ TEST(AgentFlagsTest, InspectIsOnForATerminalOnlyUnlessNamed) {
            {{"--inspect-max-body", "2000000", "--inspect-max-memory",
              "1000000"},
             "--inspect-max-memory must be at least --inspect-max-body"},
+           {{"--inspect-max-memory", "65536"},
+            "--inspect-max-memory must be at least --inspect-max-body and "
+            "1048576"},
        }) {
     AgentFlags v;
     absl::Status s = ParseConnect(b.args, &v);

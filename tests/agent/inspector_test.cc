@@ -218,7 +218,6 @@ TEST(InspectorTest, SmallBodiesDoNotTakeTheBigBuffersKeptForReuse) {
 TEST(InspectorTest, MaxBodyZeroKeepsNoBodiesButCountsThem) {
   InspectorOptions o;
   o.max_body = 0;
-  o.max_memory = 0;
   Inspector ins(o);
   auto c = ins.Begin(Head("POST", "/a"), "cam", "", false);
   c->RequestBody("hello");
@@ -227,6 +226,27 @@ TEST(InspectorTest, MaxBodyZeroKeepsNoBodiesButCountsThem) {
   EXPECT_EQ(r->bytes_in(), 5u);
   EXPECT_EQ(r->request_body().captured(), 0u);
   EXPECT_TRUE(r->request_body().truncated());
+}
+
+TEST(InspectorTest, HeadsCountWithinMaxMemoryToo) {
+  InspectorOptions o;
+  o.max_memory = 1 << 20;
+  Inspector ins(o);
+  tunnel::v1::TunnelRequest head = Head("GET", "/");
+  common::AddHeader(head.mutable_headers(), "X-Big", std::string(10000, 'h'));
+  common::HeaderList response;
+  common::AddHeader(&response, "X-Big", std::string(10000, 'r'));
+  for (int i = 0; i < 200; ++i) {
+    auto c = ins.Begin(head, "cam", "", false);
+    c->ResponseHead(200, response);
+    c->Finish(Inspector::Outcome::kComplete);
+    const auto st = ins.Status();
+    ASSERT_LE(st.head_bytes() + st.body_bytes(), o.max_memory) << i;
+  }
+  // About 20 KB a record: some 50 fit, not 200 (nor max_requests).
+  EXPECT_GT(ins.Status().requests(), 40u);
+  EXPECT_LT(ins.Status().requests(), 60u);
+  EXPECT_GT(ins.Status().evicted(), 100u);
 }
 
 TEST(InspectorTest, MasksSecretsUnlessAskedToShowThem) {
