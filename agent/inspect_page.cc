@@ -186,8 +186,11 @@ function keep(r) {
 function showStatus(s) {
   maxRows = Number(s.max_requests) || maxRows;
   $('summary').textContent = s.requests + ' of ' + s.max_requests +
-      ' requests held, bodies ' + fmtBytes(s.body_bytes) + ' of ' +
-      fmtBytes(s.max_memory) + (s.show_secrets ? ' · secrets shown' : '');
+      ' requests held, memory ' +
+      fmtBytes(Number(s.body_bytes) + Number(s.head_bytes)) + ' of ' +
+      fmtBytes(s.max_memory) + ' (bodies ' + fmtBytes(s.body_bytes) +
+      ', heads ' + fmtBytes(s.head_bytes) + ')' +
+      (s.show_secrets ? ' · secrets shown' : '');
 }
 
 async function connect() {

@@ -131,6 +131,13 @@ async def drive(browser_ws, inspector, http_addr):
         top = await page.eval(
             "[...document.querySelectorAll('tr.row')].map(r => "
             "r.querySelector('.path').textContent)")
+        summary = await page.wait_for(
+            "(t => t.startsWith('5 of') && t)("
+            "document.getElementById('summary').textContent)", 10,
+            "the header to count 5 requests")
+        check("the header says what is held and the bound",
+              summary.startswith("5 of 500 requests held, memory ") and
+              " of 64.0 MiB (bodies " in summary, repr(summary))
         check("newest first", top[0] == "/missing-but-200" and top[-1] == "/page/1",
               repr(top))
 
