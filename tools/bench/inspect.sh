@@ -41,7 +41,7 @@ for mode in off on; do
   load "big_$mode" 1m
   if [ "$mode" = on ]; then
     # The ring is full now (500 of the last 1 MiB responses would be 500 MiB:
-    # the 64 MiB memory bound holds it to 64 of them).
+    # the 64 MiB memory bound holds it to about 64 of them).
     STATUS=$(curl -s "http://127.0.0.1:$IPORT/api/status")
     RSS_ON=$(rss_kb "$AG")
   else
@@ -67,7 +67,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2f", a / b; else 
     "$(ratio "$(field big_on 4)" "$(field big_off 4)")" \
     "$(field big_off 3)" "$(field big_on 3)" "$(field big_off 5)" "$(field big_on 5)"
   echo
-  echo "Agent RSS after the loads: inspector off $((RSS_OFF / 1024)) MiB; on, ring full of 500 small requests $((RSS_SMALL / 1024)) MiB, ring full of 1 MiB responses (64 MiB of bodies) $((RSS_ON / 1024)) MiB."
+  echo "Agent RSS after the loads: inspector off $((RSS_OFF / 1024)) MiB; on, ring full of 500 small requests $((RSS_SMALL / 1024)) MiB, ring full of 1 MiB responses (64 MiB of bodies and heads) $((RSS_ON / 1024)) MiB."
   echo "Inspector status at the end: $STATUS"
 } | tee "$OUT/results.md"
 echo
