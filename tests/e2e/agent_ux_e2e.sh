@@ -75,6 +75,18 @@ cat >agent.json <<EOT
 }
 EOT
 chmod 600 agent.json
+# Hold 127.0.0.1:4040: on a terminal the agent's inspector is on by default
+# there, and must move on to the next free port. (If another process holds
+# it already, the same holds.)
+python3 -c '
+import signal, socket
+s = socket.socket()
+s.bind(("127.0.0.1", 4040))
+s.listen()
+print("held", flush=True)
+signal.pause()' >hold4040.out 2>&1 &
+pids+=($!)
+wait_for_line hold4040.out held 5 >/dev/null || true
 script -qec "'$AGENT_BIN' connect --config agent.json 2>tty.err" /dev/null \
   >tty.out </dev/null &
 pids+=($!)
@@ -87,6 +99,13 @@ check "status of a connected agent exits 0" \
 check "status says connected" grep -q '^connected: agent cam-01' status.txt
 check "status lists the URL" grep -q "url  *http://cam-01.cfg.test:9999/" \
   status.txt
+INSPECT=$(wait_for_line tty.err 'inspector: http://127\.0\.0\.1:404[1-9]/' 10 |
+  sed -E 's|.*inspector: (http://[^ ]*/).*|\1|')
+check "on a terminal the inspector is on, past the taken port 4040" \
+  test -n "$INSPECT"
+check "its API answers" bash -c "curl -sf '${INSPECT}api/status' | grep -q '\"max_requests\":\"500\"'"
+check "status shows the inspector's address" \
+  grep -qx "  inspector   $INSPECT" status.txt
 check "status shows the local service its checks find down" \
   wait_until 10 bash -c "'$AGENT_BIN' status --state-file state/agent.json | grep -q '^  unhealthy   http://127.0.0.1:9: connection refused$'"
 check "and the agent logged it" \
@@ -162,6 +181,7 @@ pids+=($PIPE)
 check "on a pipe the agent prints the URL lines" \
   has_line pipe.out '/t/cam-01/$' 20
 check "on a pipe: no QR code" bash -c "! grep -q $'\u2588' pipe.out"
+check "on a pipe: no inspector" bash -c "! grep -q 'inspector:' pipe.err"
 check "on a pipe: stdout has only the two URL lines" \
   test "$(grep -c . pipe.out)" = 2
 check "--state-file \"\" (flag over file) writes no state" \

@@ -62,6 +62,19 @@ def test(procs, svc_port):
     check("agent-tunnel status shows the inspector's address",
           f"  inspector   {base}/\n" in status, status)
 
+    # An address named with --inspect that is taken: exit 1, saying so.
+    port = base.rsplit(":", 1)[1]
+    taken = subprocess.run(
+        [os.path.join(BUILD, "agent", "agent-tunnel"), "connect", "--gateway",
+         "127.0.0.1:1", "--id", "cam-x", "--token", "t", "--secret", "c2VjcmV0",
+         "--insecure", "--to", "http://127.0.0.1:9", "--state-file", "",
+         "--inspect", f"127.0.0.1:{port}"],
+        capture_output=True, text=True, timeout=30)
+    check("a taken --inspect address: exit 1 naming it",
+          taken.returncode == 1 and
+          f"cannot listen for --inspect on 127.0.0.1:{port}" in taken.stderr,
+          f"{taken.returncode} {taken.stderr}")
+
     # --- 50 requests of mixed kinds ---
     sent = []  # (kind, method, path, request body, X-Request-Id)
     uploads = {}
