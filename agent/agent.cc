@@ -427,6 +427,7 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
     if (options_.inspector != nullptr) {
       s->capture = options_.inspector->Begin(s->head, target->slug,
                                              target->name, s->head.upgrade());
+      if (!has_body) s->capture->RequestEnd();
     }
     if (!body.empty() || end) {
       if (absl::Status st = s->channel.PushData(std::move(body), end);

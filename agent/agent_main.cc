@@ -401,6 +401,12 @@ int main(int argc, char** argv) {
   const absl::Duration drain_timeout = values.drain_timeout;
   const bool show_qr = !values.quiet && isatty(STDOUT_FILENO) == 1;
 
+  // Before any thread starts (the inspector's are the first): every thread
+  // inherits the blocked signals, and only the signal waiter below takes
+  // them. A thread that did not block them would take a Ctrl-C with the
+  // default action: the process gone, nothing drained.
+  sigset_t signals = tunnel::common::BlockTerminationSignals();
+  tunnel::common::DisableMutexDeadlockDetection();
   std::unique_ptr<tunnel::agent::InspectServer> inspector;
   if (!values.inspect.empty()) {
     absl::StatusOr<std::unique_ptr<tunnel::agent::InspectServer>> started =
@@ -439,10 +445,6 @@ int main(int argc, char** argv) {
     state.Health(t.url, h.healthy, h.reason);
   };
 
-  // Before any thread starts: every thread inherits the blocked signals,
-  // and only the signal waiter below takes them.
-  sigset_t signals = tunnel::common::BlockTerminationSignals();
-  tunnel::common::DisableMutexDeadlockDetection();
   state.StartRefreshing();
 
   tunnel::agent::Agent agent(o);

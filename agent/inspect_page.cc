@@ -366,14 +366,17 @@ async function select(id) {
 
 function editForm(r) {
   const b = r.request_body;
-  const editable = b.kind === 'empty' || ((b.kind === 'json' || b.kind === 'form' ||
-      b.kind === 'text') && !b.decompressed);
+  // The body can be shown for editing only when it was kept whole, as text.
+  const editable = !b.truncated && (b.kind === 'empty' ||
+      ((b.kind === 'json' || b.kind === 'form' || b.kind === 'text') &&
+       !b.decompressed));
   const method = el('input', {id: 'edit-method', value: r.method});
   const path = el('input', {id: 'edit-path', value: r.path});
   const headers = el('textarea', {id: 'edit-headers'});
   headers.value = r.request_headers.map((h) => h.name + ': ' + h.value).join('\n');
   const body = el('textarea', {id: 'edit-body'});
-  body.value = editable && !b.truncated ? (b.text || '') : '';
+  body.value = editable ? (b.text || '') : '';
+  const shownBody = body.value;
   const send = el('button', {id: 'replay-send', type: 'button'}, 'Send');
   send.addEventListener('click', () => {
     const edits = {method: method.value, path: path.value, replace_headers: true, headers: []};
@@ -382,7 +385,9 @@ function editForm(r) {
       if (line.trim() === '') continue;
       edits.headers.push({name: line.slice(0, i).trim(), value: line.slice(i + 1).trim()});
     }
-    if (editable || body.value !== '') edits.body_text = body.value;
+    // Otherwise the body goes as captured (or the replay is refused when
+    // only its first bytes were kept).
+    if (editable || body.value !== shownBody) edits.body_text = body.value;
     sendReplay(r.id, edits);
   });
   const note = editable ? '' :

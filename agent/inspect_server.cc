@@ -75,6 +75,13 @@ InspectServer::InspectServer(std::shared_ptr<Inspector> inspector,
                 "the inspector answers requests for its own address only");
       return httplib::Server::HandlerResponse::Handled;
     }
+    // A page of another site (a link, an image, a script's request) gets
+    // nothing, not even a live view's slot.
+    if (req.get_header_value("Sec-Fetch-Site") == "cross-site") {
+      JsonError(res, 403, "cross_origin",
+                "the inspector takes no requests from other sites' pages");
+      return httplib::Server::HandlerResponse::Handled;
+    }
     const std::string origin = req.get_header_value("Origin");
     if (req.method != "GET" && !origin.empty() &&
         absl::StripPrefix(origin, "http://") != req.get_header_value("Host")) {
@@ -245,8 +252,10 @@ InspectServer::~InspectServer() { Stop(); }
 
 bool InspectServer::HostAllowed(const std::string& host_header) const {
   const std::string host = HostOnly(host_header);
-  if (!common::IsLoopbackHost(host_)) return true;  // the user chose so
-  return common::IsLoopbackHost(host);
+  if (common::IsLoopbackHost(host)) return true;
+  // Listening on another address (the user chose so): IP addresses only. A
+  // DNS name could be a site's own name rebound to this device.
+  return !common::IsLoopbackHost(host_) && common::IsIpAddress(host);
 }
 
 const LocalTarget* InspectServer::TargetFor(

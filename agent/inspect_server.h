@@ -3,10 +3,11 @@
 // protos/tunnel/v1/inspect.proto). A cpp-httplib server on its own few
 // threads: it serves one person's browser and scripts, not the public.
 //
-// Only requests whose Host names the address it listens on (or localhost)
-// are answered, and a POST from a page of another origin is refused, so a
-// web site open in the same browser can neither read captured requests
-// (DNS rebinding) nor trigger replays.
+// Only requests whose Host is a loopback address or localhost (or, when it
+// listens elsewhere, an IP address) are answered, so a site's DNS name
+// rebound to the device reads nothing; requests a browser marks cross-site
+// and non-GET requests from a page of another origin are refused, so a web
+// site open in the same browser cannot trigger replays either.
 #ifndef TUNNEL_AGENT_INSPECT_SERVER_H_
 #define TUNNEL_AGENT_INSPECT_SERVER_H_
 

@@ -133,6 +133,7 @@ struct Inspector::Capture::Record {
   std::string request_body;
   std::string response_body;
   bool request_cut = false;
+  bool request_done = false;  // the request body arrived whole
   bool response_cut = false;
   // Content-Length of each body, when sent: its buffer is allocated once
   // (growing a 1 MiB buffer copied it twice over and faulted in fresh
@@ -165,6 +166,11 @@ void Inspector::Capture::RequestBody(absl::string_view bytes) {
   r->bytes_in += bytes.size();
   inspector_->Keep(r, &r->request_body, &r->request_cut, r->request_length,
                    bytes);
+}
+
+void Inspector::Capture::RequestEnd() {
+  absl::MutexLock lock(&inspector_->mu_);
+  record_->request_done = true;
 }
 
 void Inspector::Capture::ResponseHead(int status,
@@ -333,9 +339,17 @@ void Inspector::Keep(Record* r, std::string* into, bool* cut, uint64_t length,
     // pages. When memory is full, the oldest record goes first and its
     // buffer is taken as it frees.
     while (into->empty() && cap >= kSpareMin && !TakeSpare(cap, into) &&
-           held_ + cap > options_.max_memory && !records_.empty() &&
-           records_.front().get() != r) {
-      EvictOldest();
+           held_ + cap > options_.max_memory) {
+      if (!spare_.empty()) {
+        // None fits this body (TakeSpare said so): free one.
+        held_ -= spare_.back().capacity();
+        spare_bytes_ -= spare_.back().capacity();
+        spare_.pop_back();
+      } else if (!records_.empty() && records_.front().get() != r) {
+        EvictOldest();  // its buffer may fit: TakeSpare tries again
+      } else {
+        break;
+      }
     }
     if (need > into->capacity()) {
       if (!MakeRoom(r, cap - Held(*into))) {
@@ -400,24 +414,25 @@ tunnel::v1::InspectedRequest Inspector::Show(const Record& r,
     copy_headers(r.request_headers, out.mutable_request_headers());
     copy_headers(r.response_headers, out.mutable_response_headers());
   }
+  // `ended`: all of the body passed (else only its first bytes did).
   auto body = [&](const common::HeaderList& headers, const std::string& data,
-                  bool cut, uint64_t size, bool done,
+                  bool cut, uint64_t size, bool ended,
                   tunnel::v1::InspectedBody* b) {
     const std::string* type = common::FindHeader(headers, "Content-Type");
     const std::string* enc = common::FindHeader(headers, "Content-Encoding");
     b->set_size(size);
     b->set_captured(data.size());
     // Cut, or it never got to its end (cancelled mid-body).
-    b->set_truncated(cut || (done && r.outcome != "complete" && size > 0));
+    b->set_truncated(cut || (!ended && size > 0));
     if (type != nullptr) b->set_content_type(*type);
     if (enc != nullptr) b->set_content_encoding(*enc);
     if (whole) b->set_data(data);  // viewed in Get(), outside the lock
   };
   if (!r.upgrade) {
     body(r.request_headers, r.request_body, r.request_cut, r.bytes_in,
-         r.finished, out.mutable_request_body());
+         r.request_done || !r.finished, out.mutable_request_body());
     body(r.response_headers, r.response_body, r.response_cut, r.bytes_out,
-         r.finished, out.mutable_response_body());
+         r.outcome == "complete" || !r.finished, out.mutable_response_body());
   }
   return out;
 }
@@ -497,7 +512,7 @@ std::optional<Inspector::Original> Inspector::GetOriginal(uint64_t id) const {
   o.path = r->path;
   o.headers = r->request_headers;
   o.body = r->request_body;
-  o.body_complete = !r->request_cut && r->finished;
+  o.body_complete = !r->request_cut && r->request_done;
   o.upgrade = r->upgrade;
   return o;
 }

@@ -55,6 +55,8 @@ class Inspector {
    public:
     ~Capture();
     void RequestBody(absl::string_view bytes);
+    // The request body is whole (also: a request without one).
+    void RequestEnd();
     void ResponseHead(int status, const common::HeaderList& headers);
     void ResponseBody(absl::string_view bytes);
     // Upgraded connections: bytes relayed each way (not kept).

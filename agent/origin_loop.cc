@@ -519,7 +519,10 @@ size_t OriginLoop::OnRead(char* data, size_t size, size_t n, void* ud) {
     t->up = std::move(c->data);
     t->up_off = 0;
     t->up_end = c->end;
-    if (s.capture != nullptr) s.capture->RequestBody(t->up);
+    if (s.capture != nullptr) {
+      s.capture->RequestBody(t->up);
+      if (t->up_end) s.capture->RequestEnd();
+    }
   }
   const size_t k = std::min(cap, t->up.size() - t->up_off);
   std::memcpy(data, t->up.data() + t->up_off, k);

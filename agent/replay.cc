@@ -137,20 +137,25 @@ absl::StatusOr<uint64_t> Replay(Inspector& inspector, const LocalTarget& target,
                             replay_of);
   const uint64_t id = capture->id();
   capture->RequestBody(request.body);
+  capture->RequestEnd();
 
   std::string request_target = target.base_path + request.path;
   const std::string url =
       absl::StrCat(target.scheme, "://", target.host, ":", target.port, "/");
   curl_slist* list = nullptr;
   bool has_accept = false;
+  bool has_type = false;
   for (const tunnel::v1::Header& h : headers) {
     if (absl::EqualsIgnoreCase(h.name(), "Accept")) has_accept = true;
+    if (absl::EqualsIgnoreCase(h.name(), "Content-Type")) has_type = true;
     const std::string line = h.value().empty()
                                  ? absl::StrCat(h.name(), ";")
                                  : absl::StrCat(h.name(), ": ", h.value());
     list = curl_slist_append(list, line.c_str());
   }
+  // No fields of curl's own (a body would get a form Content-Type).
   if (!has_accept) list = curl_slist_append(list, "Accept:");
+  if (!has_type) list = curl_slist_append(list, "Content-Type:");
   list = curl_slist_append(list, "Expect:");
   Received received;
   received.capture = capture.get();
@@ -175,15 +180,18 @@ absl::StatusOr<uint64_t> Replay(Inspector& inspector, const LocalTarget& target,
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
   }
-  if (request.method == "HEAD") {
+  // A body (perhaps empty) where the request had one.
+  const bool with_body =
+      !request.body.empty() ||
+      common::FindHeader(request.headers, "Content-Length") != nullptr ||
+      common::FindHeader(request.headers, "Transfer-Encoding") != nullptr;
+  if (request.method == "HEAD" && !with_body) {
     curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-  } else if (request.method != "GET" || !request.body.empty()) {
+  } else if (request.method != "GET" || with_body) {
+    // The method as recorded, whatever a body would make curl send.
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, request.method.c_str());
   }
-  // A body (perhaps empty) where the request had one.
-  if (!request.body.empty() ||
-      common::FindHeader(request.headers, "Content-Length") != nullptr ||
-      common::FindHeader(request.headers, "Transfer-Encoding") != nullptr) {
+  if (with_body) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, request.body.data());
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
                      static_cast<curl_off_t>(request.body.size()));

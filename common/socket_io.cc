@@ -114,6 +114,14 @@ absl::Status SplitHostPort(absl::string_view addr, std::string* host,
   return absl::OkStatus();
 }
 
+bool IsIpAddress(absl::string_view host) {
+  const std::string h(host);
+  in_addr a4;
+  in6_addr a6;
+  return inet_pton(AF_INET, h.c_str(), &a4) == 1 ||
+         inet_pton(AF_INET6, h.c_str(), &a6) == 1;
+}
+
 bool IsLoopbackHost(absl::string_view host) {
   if (host == "localhost" || host == "::1") return true;
   in_addr a4;

@@ -28,6 +28,8 @@ absl::Status SplitHostPort(absl::string_view addr, std::string* host,
                            int* port);
 // 127.0.0.0/8, ::1 or "localhost".
 bool IsLoopbackHost(absl::string_view host);
+// An IPv4 or IPv6 address (not a name).
+bool IsIpAddress(absl::string_view host);
 
 }  // namespace tunnel::common
 

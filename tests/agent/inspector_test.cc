@@ -70,6 +70,7 @@ TEST(InspectorTest, RecordsARequestWithItsBodiesAndOutcome) {
   auto c = ins.Begin(Head("POST", "/hook?x=1"), "cam", "", false);
   c->RequestBody("{\"a\":");
   c->RequestBody("1}");
+  c->RequestEnd();
   common::HeaderList response;
   common::AddHeader(&response, "Content-Type", "text/plain");
   c->ResponseHead(201, response);
@@ -92,6 +93,24 @@ TEST(InspectorTest, RecordsARequestWithItsBodiesAndOutcome) {
   EXPECT_EQ(r->response_body().text(), "made");
   EXPECT_EQ(r->response_body().kind(), "text");
   EXPECT_FALSE(r->response_body().truncated());
+  EXPECT_FALSE(r->request_body().truncated());
+  EXPECT_TRUE(ins.GetOriginal(c->id())->body_complete);
+}
+
+TEST(InspectorTest, AnUploadThatBrokeOffIsMarkedAndNotReplayedAsIfWhole) {
+  Inspector ins({});
+  auto c = ins.Begin(Head("POST", "/up"), "cam", "", false);
+  c->RequestBody("first half");
+  c->Finish(Inspector::Outcome::kCancelled, "the visitor went away");
+  EXPECT_TRUE(ins.Get(c->id())->request_body().truncated());
+  EXPECT_FALSE(ins.GetOriginal(c->id())->body_complete);
+  // A whole upload whose service failed afterwards is not cut.
+  auto d = ins.Begin(Head("POST", "/up"), "cam", "", false);
+  d->RequestBody("all of it");
+  d->RequestEnd();
+  d->Finish(Inspector::Outcome::kLocalError, "the service broke off");
+  EXPECT_FALSE(ins.Get(d->id())->request_body().truncated());
+  EXPECT_TRUE(ins.GetOriginal(d->id())->body_complete);
 }
 
 TEST(InspectorTest, UnfinishedCaptureIsRecordedCancelled) {
@@ -452,17 +471,22 @@ TEST(ReplayEditsTest, ChecksEditsAndKeepsMaskedSecrets) {
 class EchoService {
  public:
   EchoService() {
-    server_.Post("/hook",
-                 [this](const httplib::Request& req, httplib::Response& res) {
-                   {
-                     std::lock_guard<std::mutex> lock(mu_);
-                     method_ = req.method;
-                     body_ = req.body;
-                     auth_ = req.get_header_value("Authorization");
-                     target_ = req.target;
-                   }
-                   res.set_content("{\"ok\":true}", "application/json");
-                 });
+    auto remember = [this](const httplib::Request& req,
+                           httplib::Response& res) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        method_ = req.method;
+        body_ = req.body;
+        auth_ = req.get_header_value("Authorization");
+        type_ = req.has_header("Content-Type")
+                    ? req.get_header_value("Content-Type")
+                    : "(none)";
+        target_ = req.target;
+      }
+      res.set_content("{\"ok\":true}", "application/json");
+    };
+    server_.Post("/hook", remember);
+    server_.Get("/hook", remember);
     port_ = server_.bind_to_any_port("127.0.0.1");
     thread_ = std::thread([this] { server_.listen_after_bind(); });
     const absl::Time give_up = absl::Now() + absl::Seconds(10);
@@ -499,13 +523,17 @@ class EchoService {
     std::lock_guard<std::mutex> lock(mu_);
     return target_;
   }
+  std::string type() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return type_;
+  }
 
  private:
   httplib::Server server_;
   int port_ = 0;
   std::thread thread_;
   std::mutex mu_;
-  std::string method_, body_, auth_, target_;
+  std::string method_, body_, auth_, target_, type_;
 };
 
 TEST(ReplayTest, SendsTheRequestAgainAndRecordsItAsAReplay) {
@@ -532,6 +560,24 @@ TEST(ReplayTest, SendsTheRequestAgainAndRecordsItAsAReplay) {
   EXPECT_EQ(r->outcome(), "complete");
   EXPECT_EQ(r->response_body().kind(), "json");
   EXPECT_EQ(r->request_body().text(), o.body);
+}
+
+TEST(ReplayTest, KeepsTheMethodAndAddsNoFieldsOfItsOwn) {
+  EchoService service;
+  Inspector ins({});
+  Inspector::Original o;
+  o.method = "GET";
+  o.path = "/hook";
+  common::AddHeader(&o.headers, "Content-Length", "0");  // an empty body
+  ASSERT_TRUE(Replay(ins, service.Target(), o, 1, {}).ok());
+  EXPECT_EQ(service.method(), "GET");   // not POST, as a body makes curl do
+  EXPECT_EQ(service.type(), "(none)");  // no form Content-Type of curl's
+  o.method = "POST";
+  o.body = "raw";
+  ASSERT_TRUE(Replay(ins, service.Target(), o, 1, {}).ok());
+  EXPECT_EQ(service.method(), "POST");
+  EXPECT_EQ(service.body(), "raw");
+  EXPECT_EQ(service.type(), "(none)");
 }
 
 TEST(ReplayTest, AServiceThatIsDownIsRecordedAsALocalError) {

@@ -39,5 +39,14 @@ TEST(SocketIoTest, LoopbackHosts) {
   }
 }
 
+TEST(SocketIoTest, IpAddressesAreNotNames) {
+  for (const char* h : {"192.168.1.10", "::1", "2001:db8::1", "127.0.0.1"}) {
+    EXPECT_TRUE(IsIpAddress(h)) << h;
+  }
+  for (const char* h : {"localhost", "rebind.example", "192.168.1", ""}) {
+    EXPECT_FALSE(IsIpAddress(h)) << h;
+  }
+}
+
 }  // namespace
 }  // namespace tunnel::common

@@ -155,6 +155,7 @@ chmod 644 agent.txtpb
 script -qec "'$AGENT_BIN' connect --config agent.txtpb 2>quiet.err" /dev/null \
   >quiet.out </dev/null &
 pids+=($!)
+QUIET_SCRIPT=$!
 check "--quiet still prints the URL lines" \
   has_line quiet.out '^http://cfg\.test:9999/t/cam-01/' 20
 check "--quiet: connected per status" \
@@ -171,6 +172,11 @@ QUIET_PID=$("$AGENT_BIN" status --json --state-file state/quiet.json |
 kill -TERM "$QUIET_PID"
 check "status after SIGTERM: not running" \
   wait_until 20 bash -c "'$AGENT_BIN' status --state-file state/quiet.json | grep -q '^not running'"
+# The inspector is on here (a terminal): its threads must leave SIGTERM to
+# the agent, which drains and exits 0 (`script -e` passes the code on).
+wait_for_exit "$QUIET_SCRIPT" 20
+check "SIGTERM with the inspector on: the agent drains and exits 0" \
+  test "$exit_code" = 0
 
 # --- not a terminal: exactly the URL lines, no QR code ---
 rm -f state/agent.json

@@ -266,6 +266,11 @@ def test(procs, svc_port):
     r = c.getresponse()
     r.read()
     check("a foreign Host (DNS rebinding) is refused", r.status == 403)
+    c = http.client.HTTPConnection("127.0.0.1", int(port), timeout=10)
+    c.request("GET", "/api/requests", headers={"Sec-Fetch-Site": "cross-site"})
+    r = c.getresponse()
+    r.read()
+    check("a request a browser marks cross-site is refused", r.status == 403)
 
     # --- an upgraded connection ---
     s = socket.create_connection((host, int(http_addr.rsplit(":", 1)[1])),
