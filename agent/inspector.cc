@@ -164,6 +164,11 @@ void Inspector::Capture::RequestBody(absl::string_view bytes) {
   absl::MutexLock lock(&inspector_->mu_);
   Record* r = record_.get();
   r->bytes_in += bytes.size();
+  // All of a body of known length: whole (the forwarder stops reading at
+  // its length, before the stream's end marker).
+  if (r->request_length > 0 && r->bytes_in >= r->request_length) {
+    r->request_done = true;
+  }
   inspector_->Keep(r, &r->request_body, &r->request_cut, r->request_length,
                    bytes);
 }

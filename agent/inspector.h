@@ -55,7 +55,8 @@ class Inspector {
    public:
     ~Capture();
     void RequestBody(absl::string_view bytes);
-    // The request body is whole (also: a request without one).
+    // The request body is whole (also: a request without one). A body of
+    // known Content-Length is whole once that much arrived.
     void RequestEnd();
     void ResponseHead(int status, const common::HeaderList& headers);
     void ResponseBody(absl::string_view bytes);

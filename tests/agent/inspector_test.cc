@@ -111,6 +111,17 @@ TEST(InspectorTest, AnUploadThatBrokeOffIsMarkedAndNotReplayedAsIfWhole) {
   d->Finish(Inspector::Outcome::kLocalError, "the service broke off");
   EXPECT_FALSE(ins.Get(d->id())->request_body().truncated());
   EXPECT_TRUE(ins.GetOriginal(d->id())->body_complete);
+  // Content-Length bytes arrived: whole, with or without the end marker
+  // (the forwarder stops reading there).
+  tunnel::v1::TunnelRequest sized = Head("POST", "/up");
+  common::AddHeader(sized.mutable_headers(), "Content-Length", "9");
+  auto e = ins.Begin(sized, "cam", "", false);
+  e->RequestBody("all ");
+  EXPECT_FALSE(ins.GetOriginal(e->id())->body_complete);
+  e->RequestBody("of it");
+  e->Finish(Inspector::Outcome::kComplete);
+  EXPECT_FALSE(ins.Get(e->id())->request_body().truncated());
+  EXPECT_TRUE(ins.GetOriginal(e->id())->body_complete);
 }
 
 TEST(InspectorTest, UnfinishedCaptureIsRecordedCancelled) {
