@@ -9,6 +9,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "agent/inspect_page.h"
+#include "common/log.h"
 #include "common/socket_io.h"
 #include "google/protobuf/util/json_util.h"
 #include "httplib.h"
@@ -28,15 +29,10 @@ std::string ToJson(const google::protobuf::Message& m) {
 void JsonError(httplib::Response& res, int status, absl::string_view code,
                absl::string_view message) {
   res.status = status;
-  // Our own words: nothing in them needs escaping but quotes.
-  std::string m(message);
-  std::string escaped;
-  for (char c : m) {
-    if (c == '"' || c == '\\') escaped.push_back('\\');
-    escaped.push_back(c);
-  }
+  // Messages may quote what a request carried (a header name, protobuf's
+  // parse error): escaped like every JSON string the project writes.
   res.set_content(absl::StrCat("{\"error\":\"", code, "\",\"message\":\"",
-                               escaped, "\"}\n"),
+                               common::JsonEscape(message), "\"}\n"),
                   "application/json");
 }
 
