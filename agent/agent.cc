@@ -522,6 +522,7 @@ bool IsPermanent(const absl::Status& status) {
 
 Agent::Agent(AgentOptions options)
     : options_(std::move(options)),
+      gateways_(SplitGateways(options_.gateway)),
       // Plaintext needs no roots: the system bundle is ~200 KiB of heap.
       roots_pem_(options_.insecure         ? std::string()
                  : options_.ca_pem.empty() ? common::SystemRootsPem()
@@ -596,6 +597,14 @@ void Agent::Stop() {
   if (current_ctx_ != nullptr) current_ctx_->TryCancel();
 }
 
+std::vector<std::string> SplitGateways(const std::string& list) {
+  std::vector<std::string> out =
+      absl::StrSplit(list, ',', absl::SkipWhitespace());
+  for (std::string& g : out) g = std::string(absl::StripAsciiWhitespace(g));
+  if (out.empty()) out.push_back(list);
+  return out;
+}
+
 absl::Status Agent::Run() {
   health_->Start();
   std::mt19937_64 rng(std::random_device{}());
@@ -623,6 +632,12 @@ absl::Status Agent::Run() {
     }
     if (options_.on_session_ended) options_.on_session_ended(s);
     if (IsPermanent(s)) return s;
+    // With several gateways (a cluster's replicas), the next one: the one
+    // that just failed may be gone for good.
+    if (gateways_.size() > 1) {
+      gateway_index_ = (gateway_index_ + 1) % gateways_.size();
+      TUNNEL_LOG(INFO) << "next attempt: " << gateway();
+    }
     const absl::Duration wait =
         supervisor.NextWait(/*accepted=*/after != before, retry_after);
     TUNNEL_LOG(WARNING) << s.message() << "; reconnecting in "
@@ -679,7 +694,7 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
       args.SetSslTargetNameOverride(options_.tls_server_name);
     }
   }
-  auto channel = grpc::CreateCustomChannel(options_.gateway, creds, args);
+  auto channel = grpc::CreateCustomChannel(gateway(), creds, args);
   auto deadline = std::chrono::system_clock::now() +
                   absl::ToChronoMilliseconds(options_.connect_timeout);
   // gRPC retries a failed connection by itself until the deadline and says
@@ -715,8 +730,7 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
       if (absl::Status why = DescribeConnectFailure(); !why.ok()) return why;
     }
     return absl::UnavailableError(absl::StrCat(
-        "cannot reach the gateway at ", options_.gateway,
-        failed ? "" : " within ",
+        "cannot reach the gateway at ", gateway(), failed ? "" : " within ",
         failed ? "" : absl::FormatDuration(options_.connect_timeout),
         options_.insecure
             ? " (plaintext; if the gateway runs TLS, drop --insecure)"
@@ -858,7 +872,7 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
     }
   }
   ReportHealth(session);
-  TUNNEL_LOG(INFO) << "connected to " << options_.gateway << " (session "
+  TUNNEL_LOG(INFO) << "connected to " << gateway() << " (session "
                    << first.accepted().session_id() << ")";
   if (const int64_t expires = first.accepted().token_expires_unix();
       expires != 0) {
@@ -935,12 +949,12 @@ absl::Status Agent::DescribeConnectFailure() const {
   // First the network: is anything listening there at all?
   std::string host;
   int port = 0;
-  if (SplitGateway(options_.gateway, &host, &port)) {
+  if (SplitGateway(gateway(), &host, &port)) {
     absl::StatusOr<int> fd = common::ConnectTcp(
         host, port, std::min(options_.connect_timeout, absl::Seconds(5)));
     if (!fd.ok()) {
       return absl::UnavailableError(
-          absl::StrCat("cannot reach the gateway at ", options_.gateway, ": ",
+          absl::StrCat("cannot reach the gateway at ", gateway(), ": ",
                        absl::AsciiStrToLower(fd.status().message()),
                        absl::StrContains(fd.status().message(), "refused")
                            ? " (is gateway-tunnel running there, with this "
@@ -955,7 +969,7 @@ absl::Status Agent::DescribeConnectFailure() const {
 absl::Status Agent::DiagnoseTls() const {
   if (options_.insecure) return absl::OkStatus();
   TlsProbeOptions probe;
-  probe.gateway = options_.gateway;
+  probe.gateway = gateway();
   probe.server_name = options_.tls_server_name;
   probe.roots_pem = roots_pem_;
   probe.client.cert_pem = options_.client_cert_pem;

@@ -47,7 +47,10 @@ std::string TokenExpiryWarning(absl::string_view token_id, absl::Time expires,
                                absl::Time now);
 
 struct AgentOptions {
-  std::string gateway;  // host:port of the gateway's gRPC listener
+  // host:port of the gateway's gRPC listener; several, comma-separated
+  // (replicas of a gateway cluster): after a session ends or an attempt
+  // fails, the next one is tried.
+  std::string gateway;
   std::string agent_id;
   std::string token_id;
   std::string secret;  // base64url, from `tunnelctl token issue`
@@ -116,6 +119,9 @@ struct AgentOptions {
   std::function<void(const absl::Status&)> on_session_ended;
 };
 
+// --gateway's list: "A,B" -> {"A", "B"} (never empty).
+std::vector<std::string> SplitGateways(const std::string& list);
+
 class Agent {
  public:
   explicit Agent(AgentOptions options);
@@ -153,6 +159,12 @@ class Agent {
   absl::Status DiagnoseTls() const;
 
   const AgentOptions options_;
+  // options_.gateway split at commas; Run's thread moves gateway_index_ on.
+  const std::vector<std::string> gateways_;
+  size_t gateway_index_ = 0;
+  const std::string& gateway() const {
+    return gateways_[gateway_index_ % gateways_.size()];
+  }
   // options_.ca_pem, or the system's roots; empty with insecure.
   const std::string roots_pem_;
   mutable absl::Mutex mu_;

@@ -6,8 +6,10 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "agent/agent.h"
 #include "agent/local_target.h"
 #include "agent/state_file.h"
+#include "agent/tls_probe.h"
 #include "common/access_code.h"
 #include "common/cidr.h"
 #include "common/config_file.h"
@@ -37,7 +39,10 @@ void RegisterConnectFlags(common::FlagSet* flags, AgentFlags* v) {
   flags->String("config", &v->config,
                 "config file (tunnel.v1.AgentConfig, text format or .json); "
                 "flags and environment override it");
-  flags->String("gateway", &o.gateway, "gateway gRPC address, HOST:PORT");
+  flags->String("gateway", &o.gateway,
+                "gateway gRPC address, HOST:PORT; several, comma-separated "
+                "(replicas of a gateway cluster): the next is tried when a "
+                "session ends or an attempt fails");
   flags->String("id", &o.agent_id, "agent id the token was issued for");
   flags->String("token", &o.token_id, "token id from `tunnelctl token issue`");
   flags->String("secret", &o.secret,
@@ -223,6 +228,15 @@ absl::Status ParseConnectFlags(int argc, char** argv, int first,
       return absl::InvalidArgumentError(absl::StrCat(
           "--", name, " is required (or set ", flags->EnvName(name), ", or `",
           name, "` in the --config file)"));
+    }
+  }
+  for (const std::string& g : SplitGateways(v->options.gateway)) {
+    std::string host;
+    int port = 0;
+    if (!SplitGateway(g, &host, &port)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--gateway \"", g,
+                       "\" must be HOST:PORT (several: comma-separated)"));
     }
   }
   if (v->quiet && !flags->WasSet("log-level")) v->log_level = "warning";
