@@ -24,6 +24,7 @@ _LIBS = {
     "brotli": ["libbrotlidec", "libbrotlienc"],
     "crypt": ["libcrypt"],
     "curl": ["libcurl"],
+    "hiredis": ["hiredis"],
     "httplib": ["cpp-httplib"],
     "openssl": ["openssl"],
     "qrencode": ["libqrencode"],

@@ -31,11 +31,16 @@ std::string GenerateAdminToken() {
 }
 
 absl::StatusOr<std::string> LoadAdminToken(const std::string& path) {
+  return LoadSecretFile(path, "admin token file");
+}
+
+absl::StatusOr<std::string> LoadSecretFile(const std::string& path,
+                                           absl::string_view what) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     int err = errno;
-    return absl::ErrnoToStatus(
-        err, absl::StrCat("cannot open admin token file ", path));
+    return absl::ErrnoToStatus(err,
+                               absl::StrCat("cannot open ", what, " ", path));
   }
   struct stat st;
   if (fstat(fd, &st) != 0) {
@@ -45,10 +50,10 @@ absl::StatusOr<std::string> LoadAdminToken(const std::string& path) {
   }
   if ((st.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
     close(fd);
-    return absl::PermissionDeniedError(absl::StrFormat(
-        "admin token file %s has mode %04o; it must not be accessible to "
-        "group or others (chmod 600 %s)",
-        path, st.st_mode & 07777, path));
+    return absl::PermissionDeniedError(
+        absl::StrFormat("%s %s has mode %04o; it must not be accessible to "
+                        "group or others (chmod 600 %s)",
+                        what, path, st.st_mode & 07777, path));
   }
   std::string text;
   char buf[512];
@@ -67,19 +72,19 @@ absl::StatusOr<std::string> LoadAdminToken(const std::string& path) {
   absl::string_view token = absl::StripAsciiWhitespace(text);
   if (text.size() > kMaxTokenFileBytes) {
     return absl::InvalidArgumentError(
-        absl::StrCat("admin token file ", path, " is too large"));
+        absl::StrCat(what, " ", path, " is too large"));
   }
   for (char c : token) {
     if (absl::ascii_isspace(static_cast<unsigned char>(c)) ||
         absl::ascii_iscntrl(static_cast<unsigned char>(c))) {
       return absl::InvalidArgumentError(
-          absl::StrCat("admin token file ", path,
+          absl::StrCat(what, " ", path,
                        " must hold one token on one line (no spaces inside)"));
     }
   }
   if (token.size() < kMinAdminTokenLength) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "the admin token in ", path, " is ",
+        "the secret in ", what, " ", path, " is ",
         token.empty() ? "empty" : "too short", " (at least ",
         kMinAdminTokenLength,
         " characters; `tunnelctl admin-token issue --file FILE` makes one)"));

@@ -26,6 +26,10 @@ std::string GenerateAdminToken();
 // is empty, shorter than kMinAdminTokenLength or has whitespace or control
 // characters inside.
 absl::StatusOr<std::string> LoadAdminToken(const std::string& path);
+// The same rules for another secret file (`what` names it in errors, e.g.
+// "cluster secret file").
+absl::StatusOr<std::string> LoadSecretFile(const std::string& path,
+                                           absl::string_view what);
 
 // Writes `token` and a newline atomically with mode 0600.
 absl::Status SaveAdminToken(const std::string& path, absl::string_view token);

@@ -139,6 +139,23 @@ AuthVerifier::AuthVerifier(const CredentialStore* store, absl::Duration skew,
                            size_t max_nonces)
     : store_(store), skew_(skew), max_nonces_(max_nonces) {}
 
+bool SignatureValid(absl::string_view secret_b64, absl::string_view agent_id,
+                    absl::string_view token_id, int64_t timestamp,
+                    absl::string_view nonce, absl::string_view signature_hex) {
+  if (!IsHex(signature_hex, kSignatureHexChars)) return false;
+  std::optional<std::string> key = Base64UrlDecode(secret_b64);
+  // The hex is decoded rather than compared as text so upper- and lowercase
+  // signatures are judged alike; the length was checked above, so both sides
+  // of CRYPTO_memcmp are kMacBytes long and the compare is constant-time.
+  std::string presented = absl::HexStringToBytes(signature_hex);
+  std::string expected =
+      key.has_value() ? HmacSha256(*key, CanonicalAuthString(agent_id, token_id,
+                                                             timestamp, nonce))
+                      : std::string();
+  return expected.size() == kMacBytes && presented.size() == kMacBytes &&
+         CRYPTO_memcmp(expected.data(), presented.data(), kMacBytes) == 0;
+}
+
 AuthResult AuthVerifier::Verify(
     const std::map<std::string, std::string>& metadata, absl::Time now) {
   // The checks run cheapest and least revealing first; each failure kind is
@@ -212,17 +229,8 @@ AuthResult AuthVerifier::Verify(
             "); check the agent's clock (NTP)"));
   }
 
-  std::optional<std::string> key = Base64UrlDecode(cred->secret());
-  // The hex is decoded rather than compared as text so upper- and lowercase
-  // signatures are judged alike; the length was checked above, so both sides
-  // of CRYPTO_memcmp are kMacBytes long and the compare is constant-time.
-  std::string presented = absl::HexStringToBytes(signature_hex);
-  std::string expected =
-      key.has_value() ? HmacSha256(*key, CanonicalAuthString(agent_id, token_id,
-                                                             *timestamp, nonce))
-                      : std::string();
-  if (expected.size() != kMacBytes || presented.size() != kMacBytes ||
-      CRYPTO_memcmp(expected.data(), presented.data(), kMacBytes) != 0) {
+  if (!SignatureValid(cred->secret(), agent_id, token_id, *timestamp, nonce,
+                      signature_hex)) {
     return Fail(AuthFailure::kBadSignature,
                 absl::StrCat("bad signature for token ", Quote(token_id),
                              " (wrong secret, or metadata altered)"));

@@ -55,6 +55,12 @@ SignAuthMetadata(absl::string_view agent_id, absl::string_view token_id,
                  absl::string_view secret_b64, absl::Time now,
                  absl::string_view nonce = "");
 
+// Whether `signature_hex` is the signature of the canonical string under
+// `secret_b64` (constant-time; false for a malformed signature or secret).
+bool SignatureValid(absl::string_view secret_b64, absl::string_view agent_id,
+                    absl::string_view token_id, int64_t timestamp,
+                    absl::string_view nonce, absl::string_view signature_hex);
+
 // Why a call was refused; also the label of the auth-failure metric.
 enum class AuthFailure {
   kMissingField,

@@ -583,6 +583,11 @@ void FrontDoor::SetDraining(absl::Duration retry_after) {
 
 void FrontDoor::SetPublicPort(int port) { handler_->SetPublicPort(port); }
 
+void FrontDoor::RunDetached(std::function<void()> fn,
+                            std::function<void()> refused) {
+  server_->RunDetached(std::move(fn), std::move(refused));
+}
+
 void FrontDoor::Stop() { server_->Stop(); }
 
 }  // namespace tunnel::httpfront

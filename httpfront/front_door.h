@@ -7,6 +7,7 @@
 #ifndef TUNNEL_HTTPFRONT_FRONT_DOOR_H_
 #define TUNNEL_HTTPFRONT_FRONT_DOOR_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -88,6 +89,11 @@ class FrontDoor {
   // The port in the public URLs (0: none, e.g. 443 behind a proxy), for the
   // hints on the gateway's own pages. Any thread.
   void SetPublicPort(int port);
+
+  // Runs `fn` on a fiber of the front door's loops, where TunnelStream's
+  // waits yield (the gateway cluster's forwarded requests); `refused`
+  // instead when none can be had. Any thread.
+  void RunDetached(std::function<void()> fn, std::function<void()> refused);
 
  private:
   class Handler;

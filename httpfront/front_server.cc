@@ -1232,6 +1232,42 @@ class SiblingFiber final : public FrontServer::Sibling, public FiberTask {
 
 }  // namespace
 
+namespace {
+
+// RunDetached's task: frees itself when `fn` returned.
+class DetachedFiber final : public FiberTask {
+ public:
+  explicit DetachedFiber(std::function<void()> fn) : fn_(std::move(fn)) {}
+  void RunOnFiber() override {
+    fn_();
+    delete this;
+  }
+
+ private:
+  std::function<void()> fn_;
+};
+
+}  // namespace
+
+void FrontServer::RunDetached(std::function<void()> fn,
+                              std::function<void()> refused) {
+  if (stopped_ || loops_.empty()) {
+    refused();
+    return;
+  }
+  Loop* loop = loops_[next_detached_.fetch_add(1, std::memory_order_relaxed) %
+                      loops_.size()]
+                   .get();
+  loop->loop.Post(
+      [loop, fn = std::move(fn), refused = std::move(refused)]() mutable {
+        auto* task = new DetachedFiber(std::move(fn));
+        if (loop->loop.stopping() || !loop->loop.Spawn(task, nullptr)) {
+          delete task;
+          refused();
+        }
+      });
+}
+
 std::unique_ptr<FrontServer::Sibling> FrontServer::RunOnSiblingFiber(
     std::function<void()> fn) {
   EventLoop* loop = EventLoop::Current();

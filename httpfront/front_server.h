@@ -221,6 +221,12 @@ class FrontServer : public httplib::Server {
   };
   static std::unique_ptr<Sibling> RunOnSiblingFiber(std::function<void()> fn);
 
+  // Any thread: runs `fn` on a new fiber of one of the loops (in turn), not
+  // tied to any connection. When no fiber can be had (the server is
+  // stopping, or out of memory), `refused` runs instead, on a loop thread
+  // or, when the server has stopped, on the caller's.
+  void RunDetached(std::function<void()> fn, std::function<void()> refused);
+
   // For a handler whose response body is complete in memory (res.body):
   // the head httplib writes next is held and goes out with the body in one
   // send, not two (one packet, one wake-up of the visitor, one syscall).
@@ -255,6 +261,7 @@ class FrontServer : public httplib::Server {
   std::vector<std::unique_ptr<Loop>> loops_;
   std::atomic<int64_t> open_{0};
   std::atomic<bool> stopped_{false};
+  std::atomic<size_t> next_detached_{0};  // RunDetached's turn
 };
 
 }  // namespace tunnel::httpfront

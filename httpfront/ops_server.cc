@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/log.h"
 #include "httplib.h"
 
 namespace tunnel::httpfront {
@@ -47,11 +48,21 @@ OpsServer::~OpsServer() { Stop(); }
 
 std::string OpsServer::HealthJson(const Health& h) const {
   // version_ is ours (the build's version), nothing to escape.
-  return absl::StrCat("{\"status\":\"", h.draining ? "draining" : "ok",
-                      "\",\"sessions\":", h.sessions,
-                      ",\"streams\":", h.streams, ",\"version\":\"", version_,
-                      "\",\"uptime_seconds\":",
-                      absl::ToInt64Seconds(absl::Now() - started_), "}\n");
+  std::string cluster;
+  if (h.cluster.has_value()) {
+    const ClusterHealth& c = *h.cluster;
+    cluster = absl::StrCat(",\"cluster\":{\"id\":\"", common::JsonEscape(c.id),
+                           "\",\"redis\":\"", c.redis_up ? "up" : "down",
+                           "\",\"error\":\"", common::JsonEscape(c.error),
+                           "\",\"replicas\":", c.replicas,
+                           ",\"remote_tunnels\":", c.remote_tunnels, "}");
+  }
+  return absl::StrCat(
+      "{\"status\":\"", h.draining ? "draining" : "ok",
+      "\",\"sessions\":", h.sessions, ",\"streams\":", h.streams,
+      ",\"version\":\"", version_,
+      "\",\"uptime_seconds\":", absl::ToInt64Seconds(absl::Now() - started_),
+      cluster, "}\n");
 }
 
 absl::StatusOr<int> OpsServer::Listen(const std::string& host, int port) {

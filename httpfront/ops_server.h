@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -25,10 +26,20 @@ class Server;
 
 namespace tunnel::httpfront {
 
+// A replica of a gateway cluster (server/cluster_directory.h).
+struct ClusterHealth {
+  std::string id;
+  bool redis_up = false;
+  std::string error;  // why Redis cannot be reached
+  size_t replicas = 0;
+  size_t remote_tunnels = 0;
+};
+
 struct Health {
   bool draining = false;
   size_t sessions = 0;
   size_t streams = 0;
+  std::optional<ClusterHealth> cluster;
 };
 
 class OpsServer {
@@ -43,7 +54,10 @@ class OpsServer {
   void Stop();
 
   // The /healthz body: {"status":"ok"|"draining","sessions":N,"streams":N,
-  // "version":"…","uptime_seconds":N}. Exposed for tests.
+  // "version":"…","uptime_seconds":N}, and in a cluster "cluster":{"id":…,
+  // "redis":"up"|"down","error":…,"replicas":N,"remote_tunnels":N}. A
+  // replica that lost Redis still says "ok": it serves its own agents.
+  // Exposed for tests.
   std::string HealthJson(const Health& h) const;
 
  private:

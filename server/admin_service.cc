@@ -169,6 +169,16 @@ grpc::Status AdminServiceImpl::ReloadCredentials(
   return grpc::Status::OK;
 }
 
+absl::StatusOr<bool> AdminServiceImpl::KnownElsewhere(
+    absl::string_view slug) const {
+  ClusterHooks* cluster = tunnels_->cluster();
+  if (cluster == nullptr) return false;  // the registry says NOT_FOUND
+  if (cluster->KnowsSlug(slug)) return true;
+  if (registry_->KnowsSlug(slug)) return false;
+  return absl::NotFoundError(
+      absl::StrCat("no tunnel \"", slug, "\" in the cluster"));
+}
+
 absl::StatusOr<tunnel::v1::SetAccessCodeResponse> AdminServiceImpl::SetAccess(
     const tunnel::v1::SetAccessCodeRequest& request) const {
   if (request.slug().empty()) {
@@ -185,7 +195,17 @@ absl::StatusOr<tunnel::v1::SetAccessCodeResponse> AdminServiceImpl::SetAccess(
     if (!h.ok()) return h.status();
     hash = *std::move(h);
   }
-  if (absl::Status s = registry_->SetAccess(request.slug(), std::move(hash));
+  absl::StatusOr<bool> elsewhere = KnownElsewhere(request.slug());
+  if (!elsewhere.ok()) return elsewhere.status();
+  // Redis first: a setting the other replicas cannot see is not made.
+  if (ClusterHooks* cluster = tunnels_->cluster(); cluster != nullptr) {
+    if (absl::Status s = cluster->PublishAccess(request.slug(), hash);
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (absl::Status s =
+          registry_->SetAccess(request.slug(), std::move(hash), *elsewhere);
       !s.ok()) {
     return s;
   }
@@ -214,7 +234,16 @@ absl::StatusOr<tunnel::v1::SetIpRulesResponse> AdminServiceImpl::SetRules(
     if (!parsed.ok()) return parsed.status();
     rules = std::make_shared<const common::IpRules>(*std::move(parsed));
   }
-  if (absl::Status s = registry_->SetIpRules(request.slug(), std::move(rules));
+  absl::StatusOr<bool> elsewhere = KnownElsewhere(request.slug());
+  if (!elsewhere.ok()) return elsewhere.status();
+  if (ClusterHooks* cluster = tunnels_->cluster(); cluster != nullptr) {
+    if (absl::Status s = cluster->PublishIpRules(request.slug(), rules.get());
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (absl::Status s =
+          registry_->SetIpRules(request.slug(), std::move(rules), *elsewhere);
       !s.ok()) {
     return s;
   }

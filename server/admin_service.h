@@ -98,6 +98,10 @@ class AdminServiceImpl final : public tunnel::v1::AdminService::Service {
 
   const std::optional<std::string> token_;
   SessionRegistry* const registry_;
+  // In a gateway cluster: true when another replica knows `slug` (the
+  // registry then takes a setting for a slug it has not seen); NOT_FOUND
+  // when no replica does. Without a cluster: false.
+  absl::StatusOr<bool> KnownElsewhere(absl::string_view slug) const;
   const TunnelServiceImpl* const tunnels_;
   const ReloadFn reload_;
   const std::function<absl::Time()> clock_;

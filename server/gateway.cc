@@ -1,6 +1,7 @@
 #include "server/gateway.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 
@@ -9,6 +10,7 @@
 #include "absl/time/clock.h"
 #include "common/admin_token.h"
 #include "common/log.h"
+#include "common/random.h"
 #include "common/tls.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
@@ -121,8 +123,27 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
       ->WithLabels({kVersion})
       ->Set(1);
   gw->core_metrics_.ObserveSessions(&gw->metrics_, &gw->registry_);
-  gw->front_ = std::make_unique<httpfront::FrontDoor>(o.front, &gw->registry_,
-                                                      &gw->metrics_);
+  TunnelRouter* router = &gw->registry_;
+  if (!o.cluster.redis_url.empty()) {
+    absl::StatusOr<RedisAddress> redis = ParseRedisUrl(o.cluster.redis_url);
+    if (!redis.ok()) return redis.status();
+    if (o.cluster.secret.empty()) {
+      absl::StatusOr<std::string> secret =
+          common::LoadSecretFile(o.cluster_secret_file, "cluster secret file");
+      if (!secret.ok()) return secret.status();
+      o.cluster.secret = common::Base64UrlEncode(*secret);
+    }
+    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> peers =
+        ClusterCredentials(o.tls.enabled(), o.cluster.ca_file, o.tls.cert_file);
+    if (!peers.ok()) return peers.status();
+    gw->cluster_ = std::make_unique<ClusterDirectory>(
+        o.cluster, *redis, &gw->registry_, &gw->metrics_);
+    gw->cluster_router_ = std::make_unique<ClusterRouter>(
+        &gw->registry_, gw->cluster_.get(), *std::move(peers), &gw->metrics_);
+    router = gw->cluster_router_.get();
+  }
+  gw->front_ =
+      std::make_unique<httpfront::FrontDoor>(o.front, router, &gw->metrics_);
   absl::StatusOr<int> bound = gw->front_->Listen(http_host, http_port);
   if (!bound.ok()) return bound.status();
   gw->http_port_ = *bound;
@@ -143,6 +164,18 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
   builder.AddListeningPort(o.grpc_addr, grpc_creds, &gw->grpc_port_);
   builder.RegisterService(gw->service_.get());
   builder.RegisterService(gw->health_.get());
+  if (gw->cluster_ != nullptr) {
+    ForwardServiceOptions fo;
+    fo.secret = o.cluster.secret;
+    fo.auth_skew = o.auth_skew;
+    fo.response_timeout = o.front.response_timeout;
+    fo.idle_timeout =
+        std::max(o.front.body_idle_timeout, o.front.upgrade_idle_timeout);
+    gw->forward_service_ = std::make_unique<ForwardService>(
+        fo, &gw->registry_, gw->front_.get(), &gw->metrics_);
+    builder.RegisterService(gw->forward_service_.get());
+    gw->service_->set_cluster(gw->cluster_.get());
+  }
   // Agents ping through NATs that drop idle flows; allow it and answer.
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(
@@ -177,6 +210,38 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
         absl::StrCat("cannot listen for gRPC on ", o.grpc_addr,
                      " (address in use or not available)"));
   }
+  if (gw->cluster_ != nullptr) {
+    // The advertised port 0 is the bound one; the default name says where.
+    std::string host;
+    int port = 0;
+    if (absl::Status s = SplitHostPort(
+            o.cluster.advertise.empty() ? o.grpc_addr : o.cluster.advertise,
+            &host, &port);
+        !s.ok()) {
+      gw->Shutdown();
+      return s;
+    }
+    if (port == 0) port = gw->grpc_port_;
+    std::string advertise = absl::StrCat(host.find(':') != std::string::npos
+                                             ? absl::StrCat("[", host, "]")
+                                             : host,
+                                         ":", port);
+    std::string id = o.cluster.id;
+    if (id.empty()) {
+      char name[256] = {};
+      gethostname(name, sizeof(name) - 1);
+      id = absl::StrCat(name, "-", port);
+    }
+    gw->cluster_->SetAddress(advertise, id);
+    gw->cluster_->Start();
+    const ClusterState cs = gw->cluster_->state();
+    TUNNEL_LOG(INFO) << "cluster: replica " << id << " at " << advertise
+                     << (cs.redis_up
+                             ? absl::StrCat(", ", cs.replicas,
+                                            " replica(s) in the directory")
+                             : absl::StrCat(", Redis unreachable for now (",
+                                            cs.error, ")"));
+  }
   // "" (the whole server) and the tunnel service are SERVING, so a probe
   // can ask for either. Drain() turns both to NOT_SERVING.
   if (!o.ops_addr.empty()) {
@@ -195,6 +260,12 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
           h.draining = g->draining_;
           h.sessions = g->registry_.session_count();
           h.streams = g->registry_.stream_count();
+          if (g->cluster_ != nullptr) {
+            const ClusterState cs = g->cluster_->state();
+            h.cluster = httpfront::ClusterHealth{
+                g->cluster_->options().id, cs.redis_up, cs.error, cs.replicas,
+                cs.remote_tunnels};
+          }
           return h;
         },
         kVersion);
@@ -347,6 +418,8 @@ void Gateway::Shutdown() {
   shut_down_ = true;
   stop_heartbeats_.Notify();
   if (heartbeats_.joinable()) heartbeats_.join();
+  // The other replicas stop sending visitors here first.
+  if (cluster_ != nullptr) cluster_->Stop();
   if (front_ != nullptr) front_->StopAccepting();
   // End every session cleanly first: what is queued (a GoAway, the end of a
   // response) is still written, then the call finishes.

@@ -24,6 +24,8 @@
 #include "httpfront/front_door.h"
 #include "httpfront/ops_server.h"
 #include "server/admin_service.h"
+#include "server/cluster_directory.h"
+#include "server/cluster_forward.h"
 #include "server/core_metrics.h"
 #include "server/health_service.h"
 #include "server/session_registry.h"
@@ -84,6 +86,11 @@ struct GatewayOptions {
   absl::Duration drain_timeout = absl::Seconds(30);
   TunnelServiceOptions service;
   httpfront::FrontDoorOptions front;
+  // A gateway cluster (several replicas sharing a directory in Redis):
+  // on when cluster.redis_url is set. The secret comes from
+  // `cluster_secret_file` (mode 0600), or is given directly (tests).
+  ClusterOptions cluster;
+  std::string cluster_secret_file;
 };
 
 class Gateway {
@@ -103,6 +110,8 @@ class Gateway {
   // 0 when there is no admin listener.
   int admin_port() const { return admin_port_; }
   SessionRegistry& registry() { return registry_; }
+  // Null without a cluster.
+  ClusterDirectory* cluster() { return cluster_.get(); }
   common::MetricsRegistry& metrics() { return metrics_; }
 
   // What a credentials reload did.
@@ -140,6 +149,9 @@ class Gateway {
   absl::Mutex reload_mu_;  // one reload at a time
   std::unique_ptr<common::AuthVerifier> verifier_;
   SessionRegistry registry_;
+  std::unique_ptr<ClusterDirectory> cluster_;
+  std::unique_ptr<ClusterRouter> cluster_router_;
+  std::unique_ptr<ForwardService> forward_service_;
   std::unique_ptr<TunnelServiceImpl> service_;
   std::unique_ptr<HealthService> health_;
   std::unique_ptr<grpc::Server> grpc_server_;

@@ -178,10 +178,111 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
   flags->Duration("drain-retry-after", &o.drain_retry_after,
                   "Retry-After for visitors and reconnect hint for agents "
                   "while draining");
+  flags->String("cluster-redis", &o.cluster.redis_url,
+                "redis://[:PASSWORD@]HOST[:PORT][/DB] of the directory "
+                "shared by the replicas of a gateway cluster (empty: a single "
+                "gateway, no Redis)");
+  flags->String("cluster-advertise", &o.cluster.advertise,
+                "HOST:PORT where the other replicas reach this one's gRPC "
+                "listener (default: --grpc-addr when it names a host)");
+  flags->String("cluster-id", &o.cluster.id,
+                "this replica's name, unique in the cluster (default: the "
+                "host name and the --cluster-advertise port)");
+  flags->String("cluster-secret-file", &o.cluster_secret_file,
+                "file holding the secret every replica shares, mode 0600 "
+                "(`tunnelctl admin-token issue --file FILE` makes one); it "
+                "signs the requests replicas forward to each other");
+  flags->Duration("cluster-heartbeat", &o.cluster.heartbeat,
+                  "how often this replica renews its lease and reads the "
+                  "directory (the staleness of the others' view)");
+  flags->Duration("cluster-lease", &o.cluster.lease,
+                  "a replica that stops renewing disappears from the "
+                  "directory this long after its last heartbeat");
+  flags->Duration("cluster-redis-timeout", &o.cluster.redis_timeout,
+                  "connecting to Redis and each of its answers");
+  flags->Duration("cluster-forward-timeout", &o.cluster.forward_open_timeout,
+                  "a request forwarded to another replica must be open there "
+                  "within this, else 502");
+  flags->String("cluster-ca", &o.cluster.ca_file,
+                "with TLS: PEM CA the other replicas' certificates are "
+                "checked against (default: --tls-cert itself)");
+  flags->String("cluster-tls-name", &o.cluster.tls_name,
+                "with TLS: the name the other replicas' certificates carry "
+                "(default: the host of their --cluster-advertise)");
   flags->String("log-level", &v->log_level, "debug, info, warning or error");
   flags->String("log-format", &v->log_format,
                 "text (lines for people) or json (one object per line)");
 }
+
+namespace {
+
+// The --cluster-* flags: checked, and the defaults that depend on others
+// filled in.
+absl::Status CheckClusterFlags(GatewayOptions* o) {
+  ClusterOptions& c = o->cluster;
+  if (c.redis_url.empty()) {
+    if (!c.advertise.empty() || !c.id.empty() ||
+        !o->cluster_secret_file.empty()) {
+      return absl::InvalidArgumentError(
+          "--cluster-advertise, --cluster-id and --cluster-secret-file need "
+          "--cluster-redis");
+    }
+    return absl::OkStatus();
+  }
+  if (absl::StatusOr<RedisAddress> a = ParseRedisUrl(c.redis_url); !a.ok()) {
+    return a.status();
+  }
+  if (o->cluster_secret_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--cluster-redis needs --cluster-secret-file (the secret every "
+        "replica shares; `tunnelctl admin-token issue --file FILE` makes "
+        "one)");
+  }
+  if (c.advertise.empty()) {
+    std::string host;
+    int port = 0;
+    if (!SplitHostPort(o->grpc_addr, &host, &port).ok() || host.empty() ||
+        host == "0.0.0.0" || host == "::") {
+      return absl::InvalidArgumentError(
+          "--cluster-redis needs --cluster-advertise HOST:PORT (where the "
+          "other replicas reach this one): --grpc-addr names no single "
+          "host and port");
+    }
+    c.advertise = o->grpc_addr;
+  }
+  std::string host;
+  int port = 0;
+  if (absl::Status s = SplitHostPort(c.advertise, &host, &port); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--cluster-advertise \"", c.advertise,
+                     "\" must be HOST:PORT (port 0: the bound gRPC port)"));
+  }
+  if (c.id.size() > 128 || c.id.find_first_of(" \t\r\n") != std::string::npos) {
+    return absl::InvalidArgumentError(
+        "--cluster-id must be at most 128 characters without spaces");
+  }
+  if (c.heartbeat < absl::Milliseconds(50)) {
+    return absl::InvalidArgumentError(
+        "--cluster-heartbeat must be at least 50ms");
+  }
+  if (c.lease < 2 * c.heartbeat) {
+    return absl::InvalidArgumentError(
+        "--cluster-lease must be at least twice --cluster-heartbeat");
+  }
+  if (c.redis_timeout < absl::Milliseconds(10) ||
+      c.redis_timeout >= c.heartbeat * 4) {
+    return absl::InvalidArgumentError(
+        "--cluster-redis-timeout must be at least 10ms and less than four "
+        "--cluster-heartbeat");
+  }
+  if (c.forward_open_timeout < absl::Milliseconds(100)) {
+    return absl::InvalidArgumentError(
+        "--cluster-forward-timeout must be at least 100ms");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
                                GatewayFlags* v) {
@@ -368,7 +469,7 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
   o.service.limits.max_queued_bytes = static_cast<size_t>(v->send_queue_bytes);
   o.service.limits.max_queued_control = static_cast<size_t>(v->control_queue);
   o.service.max_batch_bytes = static_cast<uint32_t>(v->max_batch_bytes);
-  return absl::OkStatus();
+  return CheckClusterFlags(&o);
 }
 
 }  // namespace tunnel::server

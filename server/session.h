@@ -27,6 +27,7 @@
 #include "grpcpp/support/status.h"
 #include "server/core_metrics.h"
 #include "server/tunnel_router.h"
+#include "tunnel/v1/cluster.pb.h"
 #include "tunnel/v1/tunnel.pb.h"
 
 namespace tunnel::server {
@@ -115,6 +116,15 @@ class Session : public std::enable_shared_from_this<Session> {
   void EnableBatching(uint32_t max_bytes);
   uint32_t batch_bytes() const { return batch_bytes_; }
   const std::vector<SessionTunnel>& tunnels() const { return tunnels_; }
+  // Handshake only, before the session is registered: what the agent asked
+  // of visitors, and the pool it serves ("" for none), as the cluster
+  // directory publishes them.
+  void SetPolicy(tunnel::v1::TunnelPolicy policy, std::string pool) {
+    policy_ = std::move(policy);
+    pool_ = std::move(pool);
+  }
+  const tunnel::v1::TunnelPolicy& policy() const { return policy_; }
+  const std::string& pool() const { return pool_; }
   absl::Time connected_at() const { return connected_at_; }
   SessionCounters counters() const;
 
@@ -239,6 +249,8 @@ class Session : public std::enable_shared_from_this<Session> {
   uint32_t batch_bytes_ = 0;            // set at the handshake only
   std::vector<SessionTunnel> tunnels_;  // set before registration only
   absl::Time connected_at_;             // likewise
+  tunnel::v1::TunnelPolicy policy_;     // likewise
+  std::string pool_;                    // likewise
   // The admin API's counters; relaxed increments on the data path.
   std::atomic<uint64_t> requests_{0};
   std::atomic<uint64_t> agent_errors_{0};

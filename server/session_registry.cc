@@ -250,10 +250,17 @@ size_t SessionRegistry::stream_count() const {
 }
 
 VisitorPolicy SessionRegistry::PolicyFor(absl::string_view slug) const {
+  return PolicyFor(slug, VisitorPolicy{});
+}
+
+VisitorPolicy SessionRegistry::PolicyFor(absl::string_view slug,
+                                         const VisitorPolicy& remote) const {
   absl::MutexLock lock(&mu_);
-  VisitorPolicy p;
+  VisitorPolicy p = remote;
   if (auto it = agent_policy_.find(slug); it != agent_policy_.end()) {
     p = *it->second;
+  } else if (routes_.contains(slug)) {
+    p = VisitorPolicy{};  // live here without rules
   }
   if (auto it = admin_codes_.find(slug); it != admin_codes_.end()) {
     p.access_code = it->second;
@@ -264,10 +271,34 @@ VisitorPolicy SessionRegistry::PolicyFor(absl::string_view slug) const {
   return p;
 }
 
-absl::Status SessionRegistry::SetIpRules(
-    absl::string_view slug, std::shared_ptr<const common::IpRules> rules) {
+bool SessionRegistry::IsLive(absl::string_view slug) const {
   absl::MutexLock lock(&mu_);
-  if (!slug_owner_.contains(slug)) {
+  return routes_.contains(slug);
+}
+
+bool SessionRegistry::KnowsSlug(absl::string_view slug) const {
+  absl::MutexLock lock(&mu_);
+  return slug_owner_.contains(slug);
+}
+
+void SessionRegistry::ReplaceAdminSettings(AdminCodes codes,
+                                           AdminIpRules rules) {
+  absl::MutexLock lock(&mu_);
+  admin_codes_ = std::move(codes);
+  admin_ip_rules_ = std::move(rules);
+}
+
+std::pair<SessionRegistry::AdminCodes, SessionRegistry::AdminIpRules>
+SessionRegistry::AdminSettings() const {
+  absl::MutexLock lock(&mu_);
+  return {admin_codes_, admin_ip_rules_};
+}
+
+absl::Status SessionRegistry::SetIpRules(
+    absl::string_view slug, std::shared_ptr<const common::IpRules> rules,
+    bool known_elsewhere) {
+  absl::MutexLock lock(&mu_);
+  if (!known_elsewhere && !slug_owner_.contains(slug)) {
     return absl::NotFoundError(
         absl::StrCat("no tunnel \"", slug, "\" on this gateway"));
   }
@@ -290,9 +321,10 @@ std::string SessionRegistry::IpRulesSource(absl::string_view slug) const {
 }
 
 absl::Status SessionRegistry::SetAccess(
-    absl::string_view slug, std::optional<tunnel::v1::AccessCodeHash> code) {
+    absl::string_view slug, std::optional<tunnel::v1::AccessCodeHash> code,
+    bool known_elsewhere) {
   absl::MutexLock lock(&mu_);
-  if (!slug_owner_.contains(slug)) {
+  if (!known_elsewhere && !slug_owner_.contains(slug)) {
     return absl::NotFoundError(
         absl::StrCat("no tunnel \"", slug, "\" on this gateway"));
   }

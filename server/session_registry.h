@@ -97,15 +97,38 @@ class SessionRegistry : public TunnelRouter {
 
   VisitorPolicy PolicyFor(absl::string_view slug) const override;
 
+  // The policy of a slug whose agent is connected to another replica of a
+  // gateway cluster: `remote` (what that agent asked) unless the slug is
+  // live here, with the admin's settings over it as in PolicyFor.
+  VisitorPolicy PolicyFor(absl::string_view slug,
+                          const VisitorPolicy& remote) const;
+  // Some session here serves `slug` now.
+  bool IsLive(absl::string_view slug) const;
+  // Some agent or pool owns `slug` on this gateway.
+  bool KnowsSlug(absl::string_view slug) const;
+
   // Admin override for a known slug: `code` gates it, nullopt makes it
-  // public (whatever its agent asked for). NOT_FOUND for an unknown slug.
+  // public (whatever its agent asked for). NOT_FOUND for an unknown slug,
+  // unless `known_elsewhere` (a cluster replica knows it).
   absl::Status SetAccess(absl::string_view slug,
-                         std::optional<tunnel::v1::AccessCodeHash> code);
+                         std::optional<tunnel::v1::AccessCodeHash> code,
+                         bool known_elsewhere = false);
 
   // Admin override of a known slug's IP rules (null: drop the override).
-  // NOT_FOUND for an unknown slug.
+  // NOT_FOUND for an unknown slug, unless `known_elsewhere`.
   absl::Status SetIpRules(absl::string_view slug,
-                          std::shared_ptr<const common::IpRules> rules);
+                          std::shared_ptr<const common::IpRules> rules,
+                          bool known_elsewhere = false);
+
+  // Every admin setting at once, as a gateway cluster shares them: the
+  // access settings (null: public) and IP rules of each slug that has one.
+  using AdminCodes =
+      absl::flat_hash_map<std::string,
+                          std::shared_ptr<const tunnel::v1::AccessCodeHash>>;
+  using AdminIpRules =
+      absl::flat_hash_map<std::string, std::shared_ptr<const common::IpRules>>;
+  void ReplaceAdminSettings(AdminCodes codes, AdminIpRules rules);
+  std::pair<AdminCodes, AdminIpRules> AdminSettings() const;
   // Whose rules are in force for `slug`: "admin", "agent" or "none".
   std::string IpRulesSource(absl::string_view slug) const;
 
@@ -138,12 +161,10 @@ class SessionRegistry : public TunnelRouter {
   absl::flat_hash_map<std::string, std::shared_ptr<const VisitorPolicy>>
       agent_policy_ ABSL_GUARDED_BY(mu_);
   // Slug -> admin's access code (null: public). Bounded by the owned slugs.
-  absl::flat_hash_map<std::string,
-                      std::shared_ptr<const tunnel::v1::AccessCodeHash>>
-      admin_codes_ ABSL_GUARDED_BY(mu_);
+  // (In a cluster: by the slugs the cluster's admins set.)
+  AdminCodes admin_codes_ ABSL_GUARDED_BY(mu_);
   // Slug -> admin's IP rules. Bounded by the owned slugs.
-  absl::flat_hash_map<std::string, std::shared_ptr<const common::IpRules>>
-      admin_ip_rules_ ABSL_GUARDED_BY(mu_);
+  AdminIpRules admin_ip_rules_ ABSL_GUARDED_BY(mu_);
   TunnelActivity* ActivityLocked(const std::string& slug)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 };

@@ -24,6 +24,7 @@
 #include "common/password_hash.h"
 #include "common/random.h"
 #include "common/slug.h"
+#include "server/visitor_policy.h"
 
 namespace tunnel::server {
 
@@ -31,49 +32,6 @@ using tunnel::v1::ConnectError;
 using tunnel::v1::Envelope;
 
 namespace {
-
-// What the agent asks of visitors, checked: INVALID_ARGUMENT naming the
-// bad field.
-absl::StatusOr<VisitorPolicy> AgentPolicy(
-    const tunnel::v1::ConnectRequest& req) {
-  VisitorPolicy p;
-  if (req.has_access_code()) {
-    if (absl::Status s = common::CheckAccessCodeHash(req.access_code());
-        !s.ok()) {
-      return s;
-    }
-    p.access_code =
-        std::make_shared<const tunnel::v1::AccessCodeHash>(req.access_code());
-  }
-  if (req.has_ip_rules()) {
-    absl::StatusOr<common::IpRules> r = common::ParseIpRules(
-        {req.ip_rules().allow().begin(), req.ip_rules().allow().end()},
-        {req.ip_rules().deny().begin(), req.ip_rules().deny().end()},
-        "ip_rules.allow", "ip_rules.deny");
-    if (!r.ok()) return r.status();
-    if (!r->empty()) {
-      p.ip_rules = std::make_shared<const common::IpRules>(*std::move(r));
-    }
-  }
-  if (req.basic_auth_size() > 0) {
-    std::vector<std::string> entries;
-    for (const tunnel::v1::BasicAuthUser& u : req.basic_auth()) {
-      if (u.user().find(':') != std::string::npos) {
-        return absl::InvalidArgumentError(
-            "basic_auth: a user name must not contain ':'");
-      }
-      entries.push_back(absl::StrCat(u.user(), ":", u.hash()));
-    }
-    absl::StatusOr<std::vector<common::BasicAuthUser>> users =
-        common::ParseBasicAuthUsers(entries, "basic_auth");
-    if (!users.ok()) return users.status();
-    auto set = std::make_shared<BasicAuthUsers>();
-    set->id = common::RandomU64();
-    set->users = *std::move(users);
-    p.basic_auth = std::move(set);
-  }
-  return p;
-}
 
 // A pool member's request: the token carries the pool (PERMISSION_DENIED
 // otherwise), and each slug is the pool's name or NAME-<pool>
@@ -303,7 +261,10 @@ class AgentConnection final : public EnvelopeWriter {
 
   void OnDone() {
     if (session_ != nullptr) {
-      if (registered_) service_->registry_->Unregister(session_.get());
+      if (registered_) {
+        service_->registry_->Unregister(session_.get());
+        if (service_->cluster_ != nullptr) service_->cluster_->Changed();
+      }
       if (accepted_) {
         service_->metrics_->agent_disconnects->Increment();
         grpc::Status why = session_->end_status();
@@ -413,7 +374,8 @@ class AgentConnection final : public EnvelopeWriter {
       }
       slugs.push_back(t.slug());
     }
-    absl::StatusOr<VisitorPolicy> policy = AgentPolicy(req);
+    absl::StatusOr<VisitorPolicy> policy =
+        ParseTunnelPolicy(TunnelPolicyOf(req));
     if (!policy.ok()) {
       Refuse(ConnectError::INVALID_REQUEST,
              std::string(policy.status().message()),
@@ -426,6 +388,7 @@ class AgentConnection final : public EnvelopeWriter {
       tunnels.push_back(PublicTunnel(opts, t.name(), t.slug()));
     }
     session_->SetTunnels(tunnels, absl::Now());
+    session_->SetPolicy(TunnelPolicyOf(req), req.pool());
     if (cred.has_value()) {
       session_->set_token_expiry(common::CredentialExpiry(*cred));
     }
@@ -450,6 +413,15 @@ class AgentConnection final : public EnvelopeWriter {
       service_->CloseRevoked(session_, live);
       return;
     }
+    if (service_->cluster_ != nullptr) {
+      if (absl::Status s = service_->cluster_->Claim(
+              slugs, session_->agent_id(), req.pool());
+          !s.ok()) {
+        Refuse(ConnectError::SLUG_TAKEN, std::string(s.message()),
+               grpc::StatusCode::ALREADY_EXISTS);
+        return;
+      }
+    }
     std::shared_ptr<Session> replaced;
     if (absl::Status s = service_->registry_->Register(
             session_, slugs, &replaced, *policy, req.pool());
@@ -459,6 +431,7 @@ class AgentConnection final : public EnvelopeWriter {
       return;
     }
     registered_ = true;
+    if (service_->cluster_ != nullptr) service_->cluster_->Changed();
     if (replaced != nullptr) {
       const size_t in_flight = replaced->stream_count();
       TUNNEL_LOG(INFO) << "agent " << session_->agent_id()

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -17,6 +18,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "common/attempt_limiter.h"
+#include "common/cidr.h"
 #include "common/hmac_auth.h"
 #include "server/core_metrics.h"
 #include "server/session.h"
@@ -66,6 +68,32 @@ std::string AuthLimitKey(absl::string_view peer);
 SessionTunnel PublicTunnel(const TunnelServiceOptions& options,
                            absl::string_view name, absl::string_view slug);
 
+// The gateway cluster's part in an agent's handshake
+// (server/cluster_directory.h). Called on a completion-queue thread.
+class ClusterHooks {
+ public:
+  virtual ~ClusterHooks() = default;
+  // ALREADY_EXISTS naming the owner when another agent (or pool) owns one
+  // of `slugs` anywhere in the cluster; OK when they are free (and now this
+  // agent's or pool's) or when the cluster cannot be asked (counted).
+  virtual absl::Status Claim(const std::vector<std::string>& slugs,
+                             absl::string_view agent_id,
+                             absl::string_view pool) = 0;
+  // A session was registered or unregistered.
+  virtual void Changed() = 0;
+
+  // For the admin API (any thread): whether some agent or pool owns `slug`
+  // anywhere in the cluster; and the admin's settings shared with every
+  // replica (UNAVAILABLE, nothing changed, when Redis cannot be reached).
+  // nullopt / null: public / no admin rules.
+  virtual bool KnowsSlug(absl::string_view slug) = 0;
+  virtual absl::Status PublishAccess(
+      absl::string_view slug,
+      const std::optional<tunnel::v1::AccessCodeHash>& code) = 0;
+  virtual absl::Status PublishIpRules(absl::string_view slug,
+                                      const common::IpRules* rules) = 0;
+};
+
 class TunnelServiceImpl final : public tunnel::v1::TunnelService::AsyncService {
  public:
   // `registry`, `verifier` and `metrics` must outlive the service.
@@ -83,6 +111,9 @@ class TunnelServiceImpl final : public tunnel::v1::TunnelService::AsyncService {
 
   // Set once the front door knows its port (before agents connect).
   void set_public_port(int port) { options_.public_port = port; }
+  // Before agents connect; `cluster` must outlive the service.
+  void set_cluster(ClusterHooks* cluster) { cluster_ = cluster; }
+  ClusterHooks* cluster() const { return cluster_; }
   const TunnelServiceOptions& options() const { return options_; }
 
   uint64_t auth_failures() const { return auth_failures_; }
@@ -121,6 +152,7 @@ class TunnelServiceImpl final : public tunnel::v1::TunnelService::AsyncService {
   absl::Mutex replaced_mu_;
   std::vector<std::shared_ptr<Session>> replaced_ ABSL_GUARDED_BY(replaced_mu_);
   SessionRegistry* const registry_;
+  ClusterHooks* cluster_ = nullptr;
   common::AuthVerifier* const verifier_;
   const CoreMetrics* const metrics_;
   std::atomic<uint64_t> auth_failures_{0};

@@ -10,17 +10,20 @@ build_packages=(
   build-essential cmake pkg-config ninja-build ccache git ca-certificates
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libssl-dev libcpp-httplib-dev libqrencode-dev grpc-proto
-  libboost-context-dev libcurl4-openssl-dev libcrypt-dev
+  libboost-context-dev libcurl4-openssl-dev libcrypt-dev libhiredis-dev
 )
 # libboost-context-dev: the front door runs each active request on a fiber.
 # libcurl4-openssl-dev: the agent's client towards its local services
 # (agent/origin_loop: libcurl's multi interface on one thread).
 # libcrypt-dev: bcrypt for basic auth (crypt_rn; libxcrypt).
+# libhiredis-dev: the gateway cluster's directory in Redis (hiredis, a
+# maintained C client, instead of a hand-written RESP client).
 # grpc-proto: grpc.health.v1, which the gateway serves itself (it also
 # gives grpc_ops_e2e the reflection proto).
 # GoogleTest: the unit and integration tests; curl, python3-*: process-level
 # tests; systemd: systemd-analyze for install_tree;
 # apache2-utils: htpasswd -B makes a bcrypt file for access_e2e;
+# redis-server: the gateway cluster's tests start their own (cluster_e2e);
 # chromium: the inspector's page checked in a real browser
 # (inspect_browser_e2e, over the DevTools protocol);
 # zbar-tools: zbarimg decodes the agent's QR code and bsdutils' `script`
@@ -28,7 +31,7 @@ build_packages=(
 test_packages=(
   libgtest-dev libgmock-dev curl python3 python3-websockets clang-format
   python3-grpcio python3-protobuf systemd python3-prometheus-client
-  zbar-tools bsdutils apache2-utils chromium
+  zbar-tools bsdutils apache2-utils chromium redis-server
 )
 
 case "${1:-}" in

@@ -1,0 +1,559 @@
+#!/usr/bin/env python3
+"""A gateway cluster end to end: a real redis-server on a free port of
+127.0.0.1, three real gateway-tunnel replicas sharing it, real agents and
+local services, visitors over HTTP and WebSocket.
+
+Checks: a visitor at each replica reaches each tunnel (the agent's own
+replica or through a forwarding hop) with the same answer and an
+X-Request-Id; 64 MiB down and up through a forwarding replica, by SHA-256; a
+WebSocket through a forwarding replica; a slug owned by an agent on one
+replica is refused to another agent on another; an access code set through
+one replica's admin API holds on the others; an unknown slug is 404 and an
+offline one 502 everywhere; the cluster's state in /healthz and /metrics;
+Redis stopped: every replica keeps serving (its own agents, and the last
+directory) and says so; Redis restarted empty: the directory and the admin
+settings come back; a replica killed with -9 under load: the download in
+flight through it is cut (never a short body taken as whole), its agent
+(given every replica's address) is back through another replica within the
+reconnect bound, and every tunnel is reachable from the survivors.
+
+Usage: cluster_e2e.py BUILD_DIR. Needs /usr/sbin/redis-server (skips with 77
+when it is missing, unless TUNNEL_REQUIRE_REDIS=1).
+"""
+import hashlib
+import http.client
+import http.server
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from e2e_util import check, failures, read_line, wait_until
+
+BUILD = os.path.abspath(sys.argv[1])
+HERE = os.path.dirname(os.path.abspath(__file__))
+REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
+BLOCK = random.Random(7).randbytes(1 << 20)  # what /blob repeats
+MIB = 1 << 20
+
+
+def blob_sha(mib):
+    h = hashlib.sha256()
+    for _ in range(mib):
+        h.update(BLOCK)
+    return h.hexdigest()
+
+
+class Service(http.server.BaseHTTPRequestHandler):
+    """GET /who: the service's name; GET /blob/N: N MiB; GET /slow: 64 KiB
+    every 20 ms, 400 times; POST /sha: the body's SHA-256."""
+    protocol_version = "HTTP/1.1"
+    name = "?"
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, body, ctype="text/plain"):
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path == "/who":
+            self._send(self.name.encode())
+        elif self.path.startswith("/blob/"):
+            n = int(self.path.split("/")[2])
+            self.send_response(200)
+            self.send_header("Content-Length", str(n * MIB))
+            self.end_headers()
+            try:
+                for _ in range(n):
+                    self.wfile.write(BLOCK)
+            except OSError:
+                pass
+        elif self.path == "/slow":
+            self.send_response(200)
+            self.send_header("Content-Length", str(400 * 65536))
+            self.end_headers()
+            try:
+                for _ in range(400):
+                    self.wfile.write(b"s" * 65536)
+                    self.wfile.flush()
+                    time.sleep(0.02)
+            except OSError:
+                pass
+        else:
+            self._send(("hello " + self.path).encode())
+
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        h = hashlib.sha256()
+        while n > 0:
+            chunk = self.rfile.read(min(n, MIB))
+            if not chunk:
+                break
+            h.update(chunk)
+            n -= len(chunk)
+        self._send(h.hexdigest().encode())
+
+
+def start_service(name):
+    handler = type("Svc_" + name, (Service,), {"name": name})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_cmd(port, *args):
+    """One command over RESP; the raw reply bytes (None when unreachable)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            out = f"*{len(args)}\r\n".encode()
+            for a in args:
+                a = a.encode() if isinstance(a, str) else a
+                out += f"${len(a)}\r\n".encode() + a + b"\r\n"
+            s.sendall(out)
+            return s.recv(65536)
+    except OSError:
+        return None
+
+
+class Cluster:
+    def __init__(self):
+        self.procs = {}
+        self.redis_port = None
+        self.gw = {}  # name -> {"grpc","http","ops","admin"}
+        self.ctl = os.path.join(BUILD, "tools", "tunnelctl")
+        self.creds = {}
+
+    def start_redis(self, port=None):
+        for _ in range(5):  # a free port may be taken again before we bind
+            self.redis_port = port or free_port()
+            p = subprocess.Popen(
+                [REDIS, "--port", str(self.redis_port), "--bind", "127.0.0.1",
+                 "--save", "", "--appendonly", "no"],
+                stdout=open("redis.out", "a"), stderr=subprocess.STDOUT)
+            try:
+                wait_until(lambda: p.poll() is not None or
+                           redis_cmd(self.redis_port, "PING") == b"+PONG\r\n",
+                           10, "redis-server to answer PING")
+            except TimeoutError:
+                p.kill()
+                continue
+            if p.poll() is None:
+                self.procs["redis"] = p
+                return
+        raise RuntimeError("redis-server did not start")
+
+    def issue(self, agent_id):
+        out = subprocess.run(
+            [self.ctl, "token", "issue", "--id", agent_id, "--credentials",
+             "creds.txtpb"], capture_output=True, text=True, timeout=30,
+            check=True).stdout
+        self.creds[agent_id] = (
+            re.search(r"^token: (\S+)", out, re.M).group(1),
+            re.search(r"^secret: (\S+)", out, re.M).group(1))
+
+    def start_gateway(self, name):
+        out = f"gw-{name}.out"
+        p = subprocess.Popen(
+            [os.path.join(BUILD, "server", "gateway-tunnel"), "--insecure",
+             "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
+             "--ops-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
+             "--admin-token-file", "admin.token", "--credentials",
+             "creds.txtpb", "--cluster-redis",
+             f"redis://127.0.0.1:{self.redis_port}", "--cluster-secret-file",
+             "cluster.secret", "--cluster-id", f"gw-{name}",
+             "--cluster-heartbeat", "200ms", "--cluster-lease", "1s",
+             "--cluster-redis-timeout", "300ms"],
+            stdout=open(out, "w"), stderr=open(f"gw-{name}.err", "w"))
+        self.procs[f"gw-{name}"] = p
+        read_line(out, r"^admin ", 15)
+        addrs = dict(line.split(" ", 1) for line in
+                     open(out).read().strip().split("\n"))
+        self.gw[name] = addrs
+
+    def start_agent(self, agent_id, target, gateways, extra=()):
+        token, secret = self.creds[agent_id]
+        env = dict(os.environ, TUNNEL_SECRET=secret)
+        out = f"agent-{agent_id}.out"
+        p = subprocess.Popen(
+            [os.path.join(BUILD, "agent", "agent-tunnel"), "connect",
+             "--gateway", ",".join(self.gw[g]["grpc"] for g in gateways),
+             "--id", agent_id, "--token", token, "--insecure", "--to", target,
+             "--inspect", "", "--state-file", f"state-{agent_id}.json",
+             "--max-backoff", "1s", *extra],
+            env=env, stdout=open(out, "w"), stderr=open(f"agent-{agent_id}.err",
+                                                        "w"))
+        self.procs[f"agent-{agent_id}"] = p
+        return p
+
+    def stop(self):
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def get(addr, path, headers=None, timeout=30):
+    """(status, headers dict (lowercase), body) of one GET; (0, {}, b"") when
+    the connection fails."""
+    host, port = addr.rsplit(":", 1)
+    c = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        c.request("GET", path, headers=headers or {})
+        r = c.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    except (OSError, http.client.HTTPException):
+        return 0, {}, b""
+    finally:
+        c.close()
+
+
+def health(cluster, name):
+    s, _, body = get(cluster.gw[name]["ops"], "/healthz")
+    return json.loads(body) if s == 200 else {}
+
+
+def metric(cluster, name, metric_name):
+    _, _, body = get(cluster.gw[name]["ops"], "/metrics")
+    m = re.search(rf"^{re.escape(metric_name)} (\S+)$", body.decode(), re.M)
+    return float(m.group(1)) if m else None
+
+
+def reaches(cluster, gw, slug, who):
+    s, h, body = get(cluster.gw[gw]["http"], f"/t/{slug}/who", timeout=10)
+    return s == 200 and body == who.encode() and "x-request-id" in h
+
+
+def sha_download(addr, path):
+    host, port = addr.rsplit(":", 1)
+    c = http.client.HTTPConnection(host, int(port), timeout=60)
+    c.request("GET", path)
+    r = c.getresponse()
+    h = hashlib.sha256()
+    n = 0
+    while True:
+        chunk = r.read(MIB)
+        if not chunk:
+            break
+        h.update(chunk)
+        n += len(chunk)
+    c.close()
+    return r.status, n, h.hexdigest()
+
+
+def sha_upload(addr, path, mib):
+    host, port = addr.rsplit(":", 1)
+    c = http.client.HTTPConnection(host, int(port), timeout=60)
+    c.request("POST", path, body=(BLOCK for _ in range(mib)),
+              headers={"Content-Length": str(mib * MIB)})
+    r = c.getresponse()
+    body = r.read()
+    c.close()
+    return r.status, body.decode()
+
+
+def main(cluster):
+    subprocess.run([cluster.ctl, "admin-token", "issue", "--file",
+                    "admin.token"], check=True, capture_output=True)
+    subprocess.run([cluster.ctl, "admin-token", "issue", "--file",
+                    "cluster.secret"], check=True, capture_output=True)
+    for a in ("cam-a", "cam-b", "cam-c", "ws-01", "thief", "cam-d"):
+        cluster.issue(a)
+    cluster.start_redis()
+    for name in "abc":
+        cluster.start_gateway(name)
+    services = {n: start_service(n) for n in ("cam-a", "cam-b", "cam-c")}
+    ws = subprocess.Popen(["/usr/bin/python3", "-u",
+                           os.path.join(HERE, "ws_echo.py")],
+                          stdout=open("ws.out", "w"), stderr=subprocess.STDOUT)
+    cluster.procs["ws"] = ws
+    ws_port = re.search(r"port (\d+)", read_line("ws.out", r"port \d+",
+                                                 10)).group(1)
+    home = {"cam-a": "a", "cam-b": "b", "cam-c": "c"}
+    for agent_id, g in home.items():
+        port = services[agent_id].server_address[1]
+        # Every replica's address, its own first: after losing it, the agent
+        # goes on to the next.
+        order = [g] + [x for x in "abc" if x != g]
+        cluster.start_agent(agent_id, f"http://127.0.0.1:{port}", order)
+    cluster.start_agent("ws-01", f"http://127.0.0.1:{ws_port}", ["a"])
+    for agent_id in list(home) + ["ws-01"]:
+        read_line(f"agent-{agent_id}.out", rf"/t/{agent_id}/$", 20)
+
+    # --- every replica reaches every tunnel ---
+    for gw in "abc":
+        for slug in home:
+            try:
+                wait_until(lambda: reaches(cluster, gw, slug, slug), 10,
+                           f"{slug} through gw-{gw}")
+                ok = True
+            except TimeoutError:
+                ok = False
+            where = "its own replica" if home[slug] == gw else "a forward"
+            check(f"gw-{gw} reaches {slug} ({where})", ok)
+    for gw in "abc":
+        h = health(cluster, gw)
+        c = h.get("cluster", {})
+        check(f"gw-{gw} /healthz: redis up, 3 replicas",
+              c.get("redis") == "up" and c.get("replicas") == 3, str(h))
+    fwd = metric(cluster, "c", 'tunnel_cluster_forwarded_out_total{outcome="opened"}')
+    check("gw-c counted its forwarded requests", fwd is not None and fwd >= 2,
+          str(fwd))
+
+    # --- 64 MiB both ways through a forwarding replica ---
+    status, n, digest = sha_download(cluster.gw["c"]["http"], "/t/cam-a/blob/64")
+    check("64 MiB download of cam-a (on gw-a) through gw-c: SHA-256 matches",
+          status == 200 and n == 64 * MIB and digest == blob_sha(64),
+          f"status {status}, {n} bytes")
+    status, body = sha_upload(cluster.gw["b"]["http"], "/t/cam-c/sha", 64)
+    check("64 MiB upload to cam-c (on gw-c) through gw-b: SHA-256 matches",
+          status == 200 and body == blob_sha(64), f"status {status} {body}")
+
+    # --- a WebSocket through a forwarding replica ---
+    r = subprocess.run(["/usr/bin/python3", "-u",
+                        os.path.join(HERE, "ws_client_check.py"),
+                        f"ws://{cluster.gw['c']['http']}/t/ws-01"],
+                       capture_output=True, text=True, timeout=120)
+    check("WebSocket traffic to ws-01 (on gw-a) through gw-c",
+          r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:])
+
+    # --- slug ownership is cluster-wide ---
+    thief = cluster.start_agent("thief", "http://127.0.0.1:9", ["c"],
+                                ["--slug", "cam-a"])
+    try:
+        thief.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        thief.kill()
+    err = open("agent-thief.err").read()
+    check("slug cam-a (agent on gw-a) refused to another agent on gw-c",
+          thief.returncode not in (0, None) and
+          "belongs to another agent in the gateway cluster" in err,
+          f"exit {thief.returncode}: {err[-500:]}")
+    check("cam-a still served after the refused claim",
+          reaches(cluster, "c", "cam-a", "cam-a"))
+
+    # --- unknown and offline slugs ---
+    for gw in "abc":
+        s, _, _ = get(cluster.gw[gw]["http"], "/t/nobody-here/")
+        check(f"gw-{gw}: unknown slug 404", s == 404, str(s))
+
+    # --- an access code set through gw-b holds on gw-a and gw-c ---
+    admin = ["--admin", cluster.gw["b"]["admin"], "--admin-token-file",
+             "admin.token"]
+    r = subprocess.run([cluster.ctl, "set-code", "cam-a", "7431-9090", *admin],
+                       capture_output=True, text=True, timeout=30)
+    check("set-code cam-a through gw-b", r.returncode == 0, r.stderr)
+    for gw in "ac":
+        try:
+            wait_until(lambda: get(cluster.gw[gw]["http"], "/t/cam-a/who")[0]
+                       == 401, 5, f"401 on gw-{gw}")
+            gated = True
+        except TimeoutError:
+            gated = False
+        check(f"gw-{gw}: cam-a now asks for the code (401)", gated)
+        s, _, body = get(cluster.gw[gw]["http"], "/t/cam-a/who",
+                         {"X-Tunnel-Access-Code": "7431-9090"})
+        check(f"gw-{gw}: the right code passes", s == 200 and body == b"cam-a",
+              str(s))
+    r = subprocess.run([cluster.ctl, "set-code", "cam-b", "5555-1234", *admin],
+                       capture_output=True, text=True, timeout=30)
+    check("set-code cam-b through gw-b", r.returncode == 0, r.stderr)
+    r = subprocess.run([cluster.ctl, "set-code", "nobody-here", "5555-1234",
+                        *admin], capture_output=True, text=True, timeout=30)
+    check("set-code for a slug no replica knows: refused",
+          r.returncode != 0 and "in the cluster" in r.stderr, r.stderr)
+    r = subprocess.run([cluster.ctl, "set-code", "cam-a", "--public", "--admin",
+                        cluster.gw["c"]["admin"], "--admin-token-file",
+                        "admin.token"], capture_output=True, text=True,
+                       timeout=30)
+    check("set-code cam-a --public through gw-c", r.returncode == 0, r.stderr)
+    try:
+        wait_until(lambda: get(cluster.gw["a"]["http"], "/t/cam-a/who")[0] ==
+                   200, 5, "cam-a public on gw-a")
+        public = True
+    except TimeoutError:
+        public = False
+    check("gw-a: cam-a public again", public)
+
+    # --- Redis stopped: everyone keeps serving, and says so ---
+    cluster.procs["redis"].kill()
+    cluster.procs["redis"].wait()
+    for gw in "abc":
+        try:
+            wait_until(lambda: health(cluster, gw).get("cluster", {}).get(
+                "redis") == "down", 5, f"gw-{gw} to see Redis down")
+            down = True
+        except TimeoutError:
+            down = False
+        check(f"gw-{gw} /healthz says Redis is down", down)
+    check("gw-a still serves its own agent", reaches(cluster, "a", "cam-a",
+                                                     "cam-a"))
+    check("gw-b still forwards to cam-c (last known directory)",
+          reaches(cluster, "b", "cam-c", "cam-c"))
+    check("tunnel_cluster_redis_up is 0",
+          metric(cluster, "b", "tunnel_cluster_redis_up") == 0)
+    s, _, _ = get(cluster.gw["a"]["http"], "/t/cam-b/who")
+    check("cam-b keeps its access code while Redis is down", s == 401, str(s))
+
+    # --- Redis back, empty: the directory is rebuilt ---
+    cluster.start_redis(cluster.redis_port)
+    for gw in "abc":
+        try:
+            wait_until(lambda: health(cluster, gw).get("cluster", {}) .get(
+                "replicas") == 3 and health(cluster, gw)["cluster"]["redis"]
+                == "up", 10, f"gw-{gw} back in sync")
+            synced = True
+        except TimeoutError:
+            synced = False
+        check(f"gw-{gw} back in sync with the restarted Redis (3 replicas)",
+              synced)
+    try:
+        wait_until(lambda: (redis_cmd(cluster.redis_port, "HEXISTS",
+                                      "admin:access", "cam-b") or b"")
+                   .startswith(b":1"), 5, "cam-b's access code back in Redis")
+        restored = True
+    except TimeoutError:
+        restored = False
+    check("the replicas wrote cam-b's access code back into Redis", restored)
+    owners = redis_cmd(cluster.redis_port, "HGETALL", "owners") or b""
+    check("the slug owners are back in Redis",
+          all(s.encode() in owners for s in ("cam-a", "cam-b", "cam-c")),
+          str(owners))
+    cluster.start_agent("cam-d", f"http://127.0.0.1:{services['cam-a'].server_address[1]}", ["b"])
+    read_line("agent-cam-d.out", r"/t/cam-d/$", 20)
+    try:
+        wait_until(lambda: reaches(cluster, "a", "cam-d", "cam-a"), 5,
+                   "cam-d through gw-a")
+        new_ok = True
+    except TimeoutError:
+        new_ok = False
+    check("a tunnel that connected after the restart is reachable everywhere",
+          new_ok)
+
+    r = subprocess.run([cluster.ctl, "set-code", "cam-b", "--public",
+                        "--admin", cluster.gw["a"]["admin"],
+                        "--admin-token-file", "admin.token"],
+                       capture_output=True, text=True, timeout=30)
+    check("set-code cam-b --public through gw-a (after the restart)",
+          r.returncode == 0, r.stderr)
+    try:
+        wait_until(lambda: reaches(cluster, "c", "cam-b", "cam-b"), 5,
+                   "cam-b public on gw-c")
+        public = True
+    except TimeoutError:
+        public = False
+    check("gw-c: cam-b public again", public)
+
+    # --- offline: 502 everywhere ---
+    cluster.procs["agent-cam-d"].terminate()
+    cluster.procs["agent-cam-d"].wait(timeout=20)
+    for gw in "ac":
+        try:
+            wait_until(lambda: get(cluster.gw[gw]["http"], "/t/cam-d/")[0] ==
+                       502, 5, f"502 for cam-d on gw-{gw}")
+            offline = True
+        except TimeoutError:
+            offline = False
+        check(f"gw-{gw}: cam-d (agent gone from gw-b) is 502, not 404",
+              offline)
+
+    # --- kill -9 of a replica under load ---
+    result = {}
+
+    def slow_download():
+        host, port = cluster.gw["a"]["http"].rsplit(":", 1)
+        c = http.client.HTTPConnection(host, int(port), timeout=30)
+        c.request("GET", "/t/cam-b/slow")
+        r = c.getresponse()
+        result["status"] = r.status
+        n = 0
+        try:
+            while True:
+                chunk = r.read(65536)
+                if not chunk:
+                    break
+                n += len(chunk)
+                result["started"] = True
+            # http.client ends a read early at EOF without complaint.
+            result["outcome"] = ("complete" if n == 400 * 65536 else
+                                 "cut: the connection closed early")
+        except (OSError, http.client.HTTPException) as e:
+            result["outcome"] = f"cut: {type(e).__name__}"
+        result["bytes"] = n
+
+    t = threading.Thread(target=slow_download)
+    t.start()
+    wait_until(lambda: result.get("started"), 10, "the slow download to start")
+    cluster.procs["gw-b"].send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    t.join(timeout=60)
+    check("the download in flight through the killed replica is cut, not "
+          "taken as complete",
+          result.get("outcome", "").startswith("cut") and
+          result.get("bytes", 0) < 400 * 65536, str(result))
+    try:
+        wait_until(lambda: reaches(cluster, "a", "cam-b", "cam-b") and
+                   reaches(cluster, "c", "cam-b", "cam-b"), 15,
+                   "cam-b back through the survivors")
+        back = time.monotonic() - killed_at
+    except TimeoutError:
+        back = None
+    check("cam-b's agent is back through another replica, reachable from "
+          "both survivors", back is not None,
+          open("agent-cam-b.err").read()[-1000:])
+    if back is not None:
+        print(f"cam-b reachable again {back:.2f}s after kill -9 of gw-b")
+    for gw in "ac":
+        for slug in ("cam-a", "cam-c"):
+            check(f"gw-{gw} still reaches {slug}",
+                  reaches(cluster, gw, slug, slug))
+    status, n, digest = sha_download(cluster.gw["a"]["http"], "/t/cam-b/blob/8")
+    check("8 MiB of cam-b through gw-a after the failover: SHA-256 matches",
+          status == 200 and digest == blob_sha(8), f"{status} {n}")
+
+
+if __name__ == "__main__":
+    if not os.path.exists(REDIS):
+        if os.environ.get("TUNNEL_REQUIRE_REDIS") == "1":
+            print("FAIL: redis-server not installed", file=sys.stderr)
+            sys.exit(1)
+        print("SKIP: redis-server not installed")
+        sys.exit(77)
+    work = tempfile.mkdtemp(prefix="cluster_e2e.")
+    os.chdir(work)
+    cluster = Cluster()
+    try:
+        main(cluster)
+    except Exception as e:  # a timeout or a crash is a failure with logs
+        check("no unexpected error", False, repr(e))
+    finally:
+        cluster.stop()
+    if failures:
+        print(f"logs and outputs kept in {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"cluster_e2e: {len(failures)} failed")
+    sys.exit(1 if failures else 0)
