@@ -52,6 +52,7 @@ RequestLimitOptions LimitOptions(const FrontDoorOptions& o) {
   l.max_request_body = o.max_request_body;
   l.max_response_body = o.max_response_body;
   l.clock = o.clock;
+  l.shared = o.shared_tunnel_counts;
   return l;
 }
 

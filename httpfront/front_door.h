@@ -57,6 +57,9 @@ struct FrontDoorOptions {
   // either: 429 + Retry-After, and the agent never sees the request.
   int64_t tunnel_requests_per_minute = 0;
   int64_t tunnel_concurrent_requests = 0;
+  // In a gateway cluster: the per-minute windows are shared by the
+  // replicas (common/shared_counts.h). Must outlive the front door.
+  common::SharedCounts* shared_tunnel_counts = nullptr;
   // Body bytes per request: a larger request body gets 413 (the service gets
   // at most this many bytes), a larger response body 502 before its head or
   // a cut connection after. 0: unlimited. Upgraded connections are exempt.

@@ -27,13 +27,26 @@ RateLimiter::Decision RateLimiter::Acquire(absl::string_view key,
     it->second.start = now;
   }
   Slot& s = it->second;
-  if (now >= s.start + kWindow) {
+  common::SharedCounts* shared = options_.shared;
+  if (shared != nullptr) {
+    // The wall-clock minute: the same window on every replica.
+    const int64_t minute = absl::ToUnixSeconds(now) / 60;
+    if (minute != s.minute || s.count < 0) {
+      s.minute = minute;
+      s.start = absl::FromUnixSeconds(minute * 60);
+      s.count = 0;
+    }
+  } else if (now >= s.start + kWindow) {
     s.start = now;
     s.count = 0;
   }
+  const int64_t others =
+      shared != nullptr && options_.per_minute > 0
+          ? std::max<int64_t>(0, shared->Others(key, s.minute))
+          : 0;
   d.reset = s.start + kWindow - now;
   d.confirmed = s.confirmed.load(std::memory_order_relaxed);
-  if (options_.per_minute > 0 && s.count >= options_.per_minute) {
+  if (options_.per_minute > 0 && s.count + others >= options_.per_minute) {
     d.verdict = Verdict::kRateLimited;
   } else if (options_.concurrent > 0 &&
              s.in_flight.load(std::memory_order_relaxed) >=
@@ -43,10 +56,14 @@ RateLimiter::Decision RateLimiter::Acquire(absl::string_view key,
     ++s.count;
     s.in_flight.fetch_add(1, std::memory_order_relaxed);
     d.slot = &s;
+    if (shared != nullptr && options_.per_minute > 0) {
+      shared->Add(key, s.minute, 1);
+    }
   }
-  d.remaining = options_.per_minute > 0
-                    ? std::max<int64_t>(0, options_.per_minute - s.count)
-                    : 0;
+  d.remaining =
+      options_.per_minute > 0
+          ? std::max<int64_t>(0, options_.per_minute - s.count - others)
+          : 0;
   if (d.verdict != Verdict::kAllowed && s.count == 0 &&
       s.in_flight.load(std::memory_order_acquire) == 0 && !d.confirmed) {
     keys_.erase(it);  // refused on arrival: nothing worth remembering
@@ -67,7 +84,12 @@ void RateLimiter::Release(Slot* slot, bool counted) {
   }
   absl::MutexLock lock(&mu_);
   slot->in_flight.fetch_sub(1, std::memory_order_relaxed);
-  if (slot->count > 0) --slot->count;
+  if (slot->count > 0) {
+    --slot->count;
+    if (options_.shared != nullptr && options_.per_minute > 0) {
+      options_.shared->Add(slot->key, slot->minute, -1);
+    }
+  }
   if (slot->count == 0 &&
       slot->in_flight.load(std::memory_order_relaxed) == 0 &&
       !slot->confirmed.load(std::memory_order_relaxed)) {

@@ -16,6 +16,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/shared_counts.h"
 
 namespace tunnel::httpfront {
 
@@ -35,6 +36,12 @@ class RateLimiter {
     int64_t per_minute = 0;
     int64_t concurrent = 0;
     size_t capacity = 100000;
+    // A gateway cluster's shared counts (must outlive the limiter): then
+    // windows are wall-clock minutes, the same on every replica, and a
+    // window admits `per_minute` across all of them (what the others
+    // admitted as last heard, so a little more when several replicas take
+    // a burst at once). Null: counts of this process only.
+    common::SharedCounts* shared = nullptr;
   };
   enum class Verdict { kAllowed, kRateLimited, kConcurrencyLimited };
 
@@ -88,8 +95,9 @@ class RateLimiter::Slot {
  private:
   friend class RateLimiter;
   std::string key;
-  absl::Time start;   // of the current window
-  int64_t count = 0;  // guarded by the limiter's mutex
+  absl::Time start;    // of the current window
+  int64_t minute = 0;  // shared windows: start as a unix minute
+  int64_t count = 0;   // guarded by the limiter's mutex
   // Raised under the limiter's mutex; a counted Release lowers it without
   // (the only access after which the slot may go).
   std::atomic<int64_t> in_flight{0};

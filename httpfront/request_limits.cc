@@ -12,6 +12,7 @@ RateLimiter::Options TunnelLimits(const RequestLimitOptions& o) {
   RateLimiter::Options limits;
   limits.per_minute = o.tunnel_requests_per_minute;
   limits.concurrent = o.tunnel_concurrent_requests;
+  limits.shared = o.shared;
   return limits;
 }
 

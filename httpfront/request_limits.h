@@ -28,6 +28,8 @@ struct RequestLimitOptions {
   int64_t max_request_body = 0;
   int64_t max_response_body = 0;
   absl::Time (*clock)() = &absl::Now;
+  // A gateway cluster's shared per-tunnel counts (RateLimiter::Options).
+  common::SharedCounts* shared = nullptr;
 };
 
 class RequestLimits {

@@ -239,10 +239,41 @@ absl::Status ClusterDirectory::Sync() {
     cmds.push_back({"HSETNX", kOwnersKey, slug, owner});
     cmds.push_back({"HGET", kOwnersKey, slug});
   }
+  // This minute's admissions per tunnel: ours added, the total read back.
+  const int64_t minute = absl::ToUnixSeconds(absl::Now()) / 60;
+  std::vector<std::pair<std::string, int64_t>> sent;  // key, delta
+  {
+    absl::MutexLock lock(&counts_mu_);
+    for (auto it = counts_.begin(); it != counts_.end();) {
+      if (it->second.minute < minute) {
+        counts_.erase(it++);
+        continue;
+      }
+      sent.emplace_back(it->first, it->second.pending);
+      ++it;
+    }
+  }
+  const size_t rates_at = cmds.size();
+  for (const auto& [key, delta] : sent) {
+    const std::string rkey = absl::StrCat("rate:", minute, ":", key);
+    cmds.push_back({"INCRBY", rkey, absl::StrCat(delta)});
+    cmds.push_back({"EXPIRE", rkey, "120"});
+  }
   absl::StatusOr<std::vector<RedisReply>> r = heartbeat_redis_.Pipeline(cmds);
   if (!r.ok()) return r.status();
   if (absl::Status s = FirstError(*r); !s.ok()) return s;
   const std::vector<RedisReply>& rep = *r;
+  {
+    absl::MutexLock lock(&counts_mu_);
+    for (size_t i = 0; i < sent.size(); ++i) {
+      auto it = counts_.find(sent[i].first);
+      if (it == counts_.end() || it->second.minute != minute) continue;
+      Count& c = it->second;
+      c.pending -= sent[i].second;
+      c.own += sent[i].second;
+      c.others = std::max<int64_t>(0, rep[rates_at + 2 * i].integer - c.own);
+    }
+  }
 
   // Redis lost its data (restarted without persistence, flushed): the
   // leases and owners come back with this heartbeat; the admin settings
@@ -545,6 +576,21 @@ std::vector<RemoteRoute> ClusterDirectory::Lookup(
   auto it = routes->find(slug);
   if (it == routes->end()) return {};
   return it->second;
+}
+
+int64_t ClusterDirectory::Others(absl::string_view key, int64_t minute) {
+  absl::MutexLock lock(&counts_mu_);
+  auto it = counts_.find(key);
+  return it == counts_.end() || it->second.minute != minute ? 0
+                                                            : it->second.others;
+}
+
+void ClusterDirectory::Add(absl::string_view key, int64_t minute,
+                           int64_t delta) {
+  absl::MutexLock lock(&counts_mu_);
+  Count& c = counts_[key];
+  if (c.minute != minute) c = Count{minute, 0, 0, 0};
+  c.pending += delta;
 }
 
 std::string ClusterDirectory::OwnerOf(absl::string_view slug) const {

@@ -19,6 +19,10 @@
 //                  script checks), so a replica that writes back what it
 //                  knows after Redis lost its data never undoes a newer
 //                  setting it had not seen yet;
+//   rate:<minute>:<slug>
+//                  requests admitted for a tunnel in a wall-clock minute,
+//                  by every replica (INCRBY of what each admitted since its
+//                  last heartbeat; expire after two minutes);
 //   cluster:epoch  a random value set once: when it changes, Redis lost its
 //                  data, and each replica writes back the admin settings it
 //                  holds (the leases and owners come back by themselves).
@@ -49,6 +53,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/metrics.h"
+#include "common/shared_counts.h"
 #include "server/redis_client.h"
 #include "server/session_registry.h"
 #include "server/tunnel_service.h"
@@ -100,7 +105,8 @@ struct ClusterState {
   absl::Time last_sync = absl::InfinitePast();
 };
 
-class ClusterDirectory final : public ClusterHooks {
+class ClusterDirectory final : public ClusterHooks,
+                               public common::SharedCounts {
  public:
   // `registry` and `metrics` must outlive the directory.
   ClusterDirectory(ClusterOptions options, const RedisAddress& address,
@@ -130,6 +136,10 @@ class ClusterDirectory final : public ClusterHooks {
       const std::optional<tunnel::v1::AccessCodeHash>& code) override;
   absl::Status PublishIpRules(absl::string_view slug,
                               const common::IpRules* rules) override;
+
+  // --- common::SharedCounts (per-tunnel requests per minute) ---
+  int64_t Others(absl::string_view key, int64_t minute) override;
+  void Add(absl::string_view key, int64_t minute, int64_t delta) override;
 
   // The other replicas whose agents serve `slug` now (empty: none).
   std::vector<RemoteRoute> Lookup(absl::string_view slug) const;
@@ -174,6 +184,17 @@ class ClusterDirectory final : public ClusterHooks {
   // Claims and admin writes from other threads.
   absl::Mutex calls_mu_;
   RedisClient calls_redis_ ABSL_GUARDED_BY(calls_mu_);
+
+  // Per key (slug): this replica's admissions in the current minute not
+  // yet sent, sent, and the others' (total as Redis said, minus ours).
+  struct Count {
+    int64_t minute = 0;
+    int64_t pending = 0;
+    int64_t own = 0;
+    int64_t others = 0;
+  };
+  absl::Mutex counts_mu_;
+  absl::flat_hash_map<std::string, Count> counts_ ABSL_GUARDED_BY(counts_mu_);
 
   mutable absl::Mutex mu_;
   // What this replica knows of admin:access and admin:ip.

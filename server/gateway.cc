@@ -141,6 +141,7 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
     gw->cluster_router_ = std::make_unique<ClusterRouter>(
         &gw->registry_, gw->cluster_.get(), *std::move(peers), &gw->metrics_);
     router = gw->cluster_router_.get();
+    o.front.shared_tunnel_counts = gw->cluster_.get();
   }
   gw->front_ =
       std::make_unique<httpfront::FrontDoor>(o.front, router, &gw->metrics_);

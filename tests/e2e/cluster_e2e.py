@@ -171,7 +171,7 @@ class Cluster:
             re.search(r"^token: (\S+)", out, re.M).group(1),
             re.search(r"^secret: (\S+)", out, re.M).group(1))
 
-    def start_gateway(self, name):
+    def start_gateway(self, name, extra=()):
         out = f"gw-{name}.out"
         p = subprocess.Popen(
             [os.path.join(BUILD, "server", "gateway-tunnel"), "--insecure",
@@ -182,7 +182,7 @@ class Cluster:
              f"redis://127.0.0.1:{self.redis_port}", "--cluster-secret-file",
              "cluster.secret", "--cluster-id", f"gw-{name}",
              "--cluster-heartbeat", "200ms", "--cluster-lease", "1s",
-             "--cluster-redis-timeout", "300ms"],
+             "--cluster-redis-timeout", "300ms", *extra],
             stdout=open(out, "w"), stderr=open(f"gw-{name}.err", "w"))
         self.procs[f"gw-{name}"] = p
         read_line(out, r"^admin ", 15)
@@ -280,7 +280,7 @@ def main(cluster):
                     "admin.token"], check=True, capture_output=True)
     subprocess.run([cluster.ctl, "admin-token", "issue", "--file",
                     "cluster.secret"], check=True, capture_output=True)
-    for a in ("cam-a", "cam-b", "cam-c", "ws-01", "thief", "cam-d"):
+    for a in ("cam-a", "cam-b", "cam-c", "ws-01", "thief", "cam-d", "cam-r"):
         cluster.issue(a)
     cluster.start_redis()
     for name in "abc":
@@ -479,6 +479,56 @@ def main(cluster):
             offline = False
         check(f"gw-{gw}: cam-d (agent gone from gw-b) is 502, not 404",
               offline)
+
+    # --- a per-tunnel rate limit counted across replicas ---
+    # Windows are wall-clock minutes: keep the phase inside one.
+    if int(time.time()) % 60 > 40:
+        wait_until(lambda: int(time.time()) % 60 < 5, 25, "a fresh minute")
+    limit = ["--tunnel-requests-per-minute", "20"]
+    cluster.start_gateway("d", limit)
+    cluster.start_gateway("e", limit)
+    cluster.start_agent("cam-r", f"http://127.0.0.1:{services['cam-a'].server_address[1]}", ["d"])
+    read_line("agent-cam-r.out", r"/t/cam-r/$", 20)
+    wait_until(lambda: reaches(cluster, "e", "cam-r", "cam-a"), 10,
+               "cam-r through gw-e")
+    wait_until(lambda: reaches(cluster, "d", "cam-r", "cam-a"), 10,
+               "cam-r through gw-d")
+
+    def counted():
+        minute = int(time.time()) // 60
+        reply = redis_cmd(cluster.redis_port, "GET", f"rate:{minute}:cam-r")
+        m = re.search(rb"\r\n(\d+)\r\n", reply or b"")
+        return int(m.group(1)) if m else 0
+
+    # The requests that found the tunnel above count too.
+    wait_until(lambda: counted() > 0, 5, "the first counts in Redis")
+    base = counted()
+    admitted = {"d": 0, "e": 0}
+    refused = None
+    for i in range(40):
+        gw = "d" if i % 2 == 0 else "e"
+        before = counted()
+        s, h, _ = get(cluster.gw[gw]["http"], "/t/cam-r/who")
+        if s == 429:
+            refused = (gw, h)
+            break
+        admitted[gw] += 1
+        # The next request is decided on what this one's replica told Redis.
+        wait_until(lambda: counted() > before, 5, "the count to reach Redis")
+        wait_until(lambda: health(cluster, "d") and health(cluster, "e"), 5,
+                   "both replicas to answer")
+    total = base + admitted["d"] + admitted["e"]
+    print(f"rate limit 20/min: {base} before, then admitted {admitted}, "
+          f"then refused on gw-{refused and refused[0]}")
+    check("a limit of 20 per minute holds across two replicas (20 or 21 "
+          "admitted in all, both replicas admitting)",
+          refused is not None and 20 <= total <= 21 and
+          min(admitted.values()) >= 1, f"{base} + {admitted}")
+    check("the refusal is a 429 with Retry-After",
+          refused is not None and "retry-after" in refused[1])
+    cluster.procs["agent-cam-r"].terminate()
+    for name in "de":
+        cluster.procs[f"gw-{name}"].terminate()
 
     # --- kill -9 of a replica under load ---
     result = {}
