@@ -316,16 +316,39 @@ std::optional<tunnel::v1::Credential> CredentialStore::Find(
   // Linear: credential files hold a handful of entries and lookups happen
   // once per agent connect, not per request.
   for (const tunnel::v1::Credential& c : file_.credentials()) {
-    if (c.token_id() == token_id) return c;
+    if (c.token_id() == token_id) {
+      tunnel::v1::Credential found = c;
+      if (revoked_elsewhere_.contains(token_id)) found.set_revoked(true);
+      return found;
+    }
   }
   return std::nullopt;
+}
+
+std::vector<std::string> CredentialStore::RevokedTokenIds() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> ids;
+  for (const tunnel::v1::Credential& c : file_.credentials()) {
+    if (c.revoked()) ids.push_back(c.token_id());
+  }
+  return ids;
+}
+
+bool CredentialStore::SetRevokedElsewhere(
+    absl::flat_hash_set<std::string> ids) {
+  absl::MutexLock lock(&mu_);
+  if (ids == revoked_elsewhere_) return false;
+  revoked_elsewhere_ = std::move(ids);
+  return true;
 }
 
 std::vector<std::string> CredentialStore::AgentIds() const {
   absl::MutexLock lock(&mu_);
   std::set<std::string> ids;
   for (const tunnel::v1::Credential& c : file_.credentials()) {
-    if (!c.revoked()) ids.insert(c.agent_id());
+    if (!c.revoked() && !revoked_elsewhere_.contains(c.token_id())) {
+      ids.insert(c.agent_id());
+    }
   }
   return std::vector<std::string>(ids.begin(), ids.end());
 }
@@ -334,7 +357,7 @@ size_t CredentialStore::LiveTokenCount() const {
   absl::MutexLock lock(&mu_);
   size_t n = 0;
   for (const tunnel::v1::Credential& c : file_.credentials()) {
-    if (!c.revoked()) ++n;
+    if (!c.revoked() && !revoked_elsewhere_.contains(c.token_id())) ++n;
   }
   return n;
 }

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -71,9 +72,17 @@ class CredentialStore {
   absl::Status CheckLive(absl::string_view token_id,
                          absl::string_view agent_id) const;
 
+  // The token ids the file marks revoked.
+  std::vector<std::string> RevokedTokenIds() const;
+  // Token ids revoked elsewhere (another replica of a gateway cluster):
+  // from now on they count as revoked here too, whatever the file says
+  // (Replace keeps them). True when the set changed.
+  bool SetRevokedElsewhere(absl::flat_hash_set<std::string> ids);
+
  private:
   mutable absl::Mutex mu_;
   tunnel::v1::CredentialsFile file_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<std::string> revoked_elsewhere_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace tunnel::common

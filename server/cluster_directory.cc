@@ -21,6 +21,7 @@ constexpr char kOwnersKey[] = "owners";
 constexpr char kAdminAccessKey[] = "admin:access";
 constexpr char kAdminIpKey[] = "admin:ip";
 constexpr char kTsSuffix[] = ":ts";
+constexpr char kRevokedKey[] = "revoked";
 // KEYS: the settings hash and its :ts hash; ARGV: slug, value, unix ms.
 // Writes the setting unless the one there is newer; 1 if written.
 constexpr char kSetIfNewer[] = R"lua(
@@ -234,7 +235,15 @@ absl::Status ClusterDirectory::Sync() {
       {"HGETALL", absl::StrCat(kAdminAccessKey, kTsSuffix)},
       {"HGETALL", absl::StrCat(kAdminIpKey, kTsSuffix)},
   };
-  constexpr size_t kFixed = 10;
+  // Our revocations in, everyone's out.
+  std::vector<std::string> sadd = {"SADD", kRevokedKey};
+  if (local_revoked_) {
+    for (std::string& id : local_revoked_()) sadd.push_back(std::move(id));
+  }
+  if (sadd.size() == 2) sadd = {"EXISTS", kRevokedKey};  // same reply shape
+  cmds.push_back(std::move(sadd));
+  cmds.push_back({"SMEMBERS", kRevokedKey});
+  constexpr size_t kFixed = 12;
   for (const auto& [slug, owner] : claims) {
     cmds.push_back({"HSETNX", kOwnersKey, slug, owner});
     cmds.push_back({"HGET", kOwnersKey, slug});
@@ -274,6 +283,14 @@ absl::Status ClusterDirectory::Sync() {
       c.others = std::max<int64_t>(0, rep[rates_at + 2 * i].integer - c.own);
     }
   }
+
+  // Revocations are for good: the set only grows here, even when Redis
+  // lost it and the replicas are still writing it back.
+  bool grew = false;
+  for (const RedisReply& id : rep[11].elements) {
+    grew |= revoked_.insert(id.str).second;
+  }
+  if (grew && on_revoked_) on_revoked_(revoked_);
 
   // Redis lost its data (restarted without persistence, flushed): the
   // leases and owners come back with this heartbeat; the admin settings

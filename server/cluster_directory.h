@@ -19,6 +19,10 @@
 //                  script checks), so a replica that writes back what it
 //                  knows after Redis lost its data never undoes a newer
 //                  setting it had not seen yet;
+//   revoked        set of token ids some replica's credentials file marks
+//                  revoked: every replica refuses them and closes their
+//                  sessions (a revocation cannot be undone, only a new
+//                  token issued);
 //   rate:<minute>:<slug>
 //                  requests admitted for a tunnel in a wall-clock minute,
 //                  by every replica (INCRBY of what each admitted since its
@@ -41,6 +45,7 @@
 #define TUNNEL_SERVER_CLUSTER_DIRECTORY_H_
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -119,6 +124,15 @@ class ClusterDirectory final : public ClusterHooks,
     options_.advertise = std::move(advertise);
     options_.id = std::move(id);
   }
+  // Before Start: the token ids this replica's credentials revoke
+  // (published every heartbeat), and what to do when the cluster's set of
+  // revoked ids changed (called on the heartbeat thread).
+  void SetRevocations(
+      std::function<std::vector<std::string>()> local,
+      std::function<void(absl::flat_hash_set<std::string>)> changed) {
+    local_revoked_ = std::move(local);
+    on_revoked_ = std::move(changed);
+  }
   // Runs the first heartbeat (Redis need not answer) and starts the thread.
   void Start();
   // Stops the heartbeats and removes this replica's lease, so the others
@@ -174,6 +188,10 @@ class ClusterDirectory final : public ClusterHooks,
 
   ClusterOptions options_;  // fixed from Start on
   SessionRegistry* const registry_;
+
+  std::function<std::vector<std::string>()> local_revoked_;
+  std::function<void(absl::flat_hash_set<std::string>)> on_revoked_;
+  absl::flat_hash_set<std::string> revoked_;  // heartbeat thread only
 
   // The heartbeat thread's connection.
   RedisClient heartbeat_redis_;

@@ -234,6 +234,20 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
       id = absl::StrCat(name, "-", port);
     }
     gw->cluster_->SetAddress(advertise, id);
+    Gateway* g = gw.get();
+    gw->cluster_->SetRevocations(
+        [g] { return g->credentials_.RevokedTokenIds(); },
+        [g](absl::flat_hash_set<std::string> revoked) {
+          if (!g->credentials_.SetRevokedElsewhere(std::move(revoked))) return;
+          g->core_metrics_.live_tokens->Set(
+              static_cast<int64_t>(g->credentials_.LiveTokenCount()));
+          const size_t closed = g->service_->CloseSessionsWithoutLiveToken();
+          if (closed > 0) {
+            TUNNEL_LOG(INFO) << "cluster: closed " << closed
+                             << " session(s) whose token another replica "
+                                "revoked";
+          }
+        });
     gw->cluster_->Start();
     const ClusterState cs = gw->cluster_->state();
     TUNNEL_LOG(INFO) << "cluster: replica " << id << " at " << advertise
@@ -354,6 +368,8 @@ Gateway::ReloadResult Gateway::ApplyCredentialsLocked(
   core_metrics_.live_tokens->Set(static_cast<int64_t>(r.live_tokens));
   r.sessions_closed = service_->CloseSessionsWithoutLiveToken();
   core_metrics_.credential_reloads_ok->Increment();
+  // The other replicas hear of new revocations at once.
+  if (cluster_ != nullptr) cluster_->Changed();
   common::LogEvent(common::LogLevel::kInfo, "credentials_reloaded")
       .Str("file", options_.credentials.has_value() ? std::string("(in memory)")
                                                     : options_.credentials_path)
