@@ -258,32 +258,49 @@ absl::StatusOr<tunnel::v1::SetIpRulesResponse> AdminServiceImpl::SetRules(
   return out;
 }
 
+tunnel::v1::Agent AgentOf(const Session& s, const SessionRegistry& registry) {
+  tunnel::v1::Agent a;
+  a.set_agent_id(s.agent_id());
+  a.set_session_id(s.id());
+  a.set_remote_address(s.peer());
+  a.set_connected_since_unix_ms(UnixMillis(s.connected_at()));
+  for (const SessionTunnel& t : s.tunnels()) {
+    tunnel::v1::AgentTunnel* at = a.add_tunnels();
+    at->set_slug(t.slug);
+    at->set_name(t.name);
+    at->set_url(t.url);
+    at->set_path_url(t.path_url);
+    at->set_access(AccessModeOf(registry, t.slug));
+  }
+  SessionCounters c = s.counters();
+  a.set_requests(c.requests);
+  a.set_bytes_in(c.bytes_in);
+  a.set_bytes_out(c.bytes_out);
+  a.set_streams_in_flight(s.stream_count());
+  return a;
+}
+
 absl::StatusOr<tunnel::v1::ListAgentsResponse> AdminServiceImpl::List() const {
-  std::vector<std::shared_ptr<Session>> sessions = registry_->Sessions();
-  std::sort(sessions.begin(), sessions.end(), [](const auto& a, const auto& b) {
-    return a->agent_id() < b->agent_id();
+  std::vector<tunnel::v1::Agent> agents;
+  ClusterHooks* cluster = tunnels_->cluster();
+  for (const auto& s : registry_->Sessions()) {
+    agents.push_back(AgentOf(*s, *registry_));
+    if (cluster != nullptr) agents.back().set_replica(cluster->ReplicaId());
+  }
+  if (cluster != nullptr) {
+    for (tunnel::v1::ReplicaRecord& r : cluster->OtherReplicas()) {
+      for (tunnel::v1::Agent& a : *r.mutable_agents()) {
+        a.set_replica(r.id());
+        agents.push_back(std::move(a));
+      }
+    }
+  }
+  std::sort(agents.begin(), agents.end(), [](const auto& a, const auto& b) {
+    return std::tie(a.agent_id(), a.replica()) <
+           std::tie(b.agent_id(), b.replica());
   });
   tunnel::v1::ListAgentsResponse out;
-  for (const auto& s : sessions) {
-    tunnel::v1::Agent* a = out.add_agents();
-    a->set_agent_id(s->agent_id());
-    a->set_session_id(s->id());
-    a->set_remote_address(s->peer());
-    a->set_connected_since_unix_ms(UnixMillis(s->connected_at()));
-    for (const SessionTunnel& t : s->tunnels()) {
-      tunnel::v1::AgentTunnel* at = a->add_tunnels();
-      at->set_slug(t.slug);
-      at->set_name(t.name);
-      at->set_url(t.url);
-      at->set_path_url(t.path_url);
-      at->set_access(AccessModeOf(*registry_, t.slug));
-    }
-    SessionCounters c = s->counters();
-    a->set_requests(c.requests);
-    a->set_bytes_in(c.bytes_in);
-    a->set_bytes_out(c.bytes_out);
-    a->set_streams_in_flight(s->stream_count());
-  }
+  for (tunnel::v1::Agent& a : agents) *out.add_agents() = std::move(a);
   return out;
 }
 
@@ -291,9 +308,19 @@ absl::StatusOr<tunnel::v1::TunnelStatus> AdminServiceImpl::Tunnel(
     absl::string_view slug) const {
   if (slug.empty()) return absl::InvalidArgumentError("slug is required");
   absl::StatusOr<TunnelEntry> entry = registry_->FindTunnel(slug);
-  if (!entry.ok()) return entry.status();
   const absl::Time now = clock_();
+  ClusterHooks* cluster = tunnels_->cluster();
+  if (cluster != nullptr && (!entry.ok() || entry->session == nullptr)) {
+    // Served through another replica, or known only to the cluster.
+    std::optional<tunnel::v1::TunnelStatus> remote =
+        RemoteTunnel(slug, *cluster, now);
+    if (remote.has_value()) return *std::move(remote);
+  }
+  if (!entry.ok()) return entry.status();
   tunnel::v1::TunnelStatus out;
+  if (cluster != nullptr && entry->session != nullptr) {
+    out.set_replica(cluster->ReplicaId());
+  }
   out.set_slug(entry->slug);
   out.set_agent_id(entry->owner);
   out.set_access(AccessModeOf(*registry_, entry->slug));
@@ -331,6 +358,64 @@ absl::StatusOr<tunnel::v1::TunnelStatus> AdminServiceImpl::Tunnel(
   if (entry->activity != nullptr) {
     out.set_requests_last_hour(entry->activity->RequestsInLastHour(now));
   }
+  return out;
+}
+
+std::optional<tunnel::v1::TunnelStatus> AdminServiceImpl::RemoteTunnel(
+    absl::string_view slug, const ClusterHooks& cluster, absl::Time now) const {
+  std::optional<tunnel::v1::TunnelStatus> out;
+  for (const tunnel::v1::ReplicaRecord& r : cluster.OtherReplicas()) {
+    for (const tunnel::v1::ReplicaTunnel& rt : r.tunnels()) {
+      if (rt.slug() != slug) continue;
+      for (const tunnel::v1::Agent& a : r.agents()) {
+        if (a.agent_id() != rt.agent_id()) continue;
+        for (const tunnel::v1::AgentTunnel& t : a.tunnels()) {
+          if (t.slug() != slug) continue;
+          if (!out.has_value()) {
+            out.emplace();
+            out->set_slug(t.slug());
+            out->set_url(t.url());
+            out->set_path_url(t.path_url());
+            out->set_status("online");
+            out->set_agent_id(rt.pool().empty() ? a.agent_id() : "");
+            out->set_access(t.access());
+            out->set_connected_since_unix_ms(a.connected_since_unix_ms());
+            out->set_uptime_seconds(std::max<int64_t>(
+                0,
+                absl::ToInt64Seconds(
+                    now - absl::FromUnixMillis(a.connected_since_unix_ms()))));
+            out->set_session_id(a.session_id());
+            out->set_pool(rt.pool());
+            out->set_replica(r.id());
+          }
+          if (!rt.pool().empty()) {
+            tunnel::v1::PoolMember* pm = out->add_members();
+            pm->set_agent_id(a.agent_id());
+            pm->set_session_id(a.session_id());
+            pm->set_streams_in_flight(a.streams_in_flight());
+            pm->set_state(rt.unhealthy() ? "unhealthy" : "healthy");
+          }
+        }
+      }
+    }
+  }
+  if (out.has_value()) return out;
+  // Owned in the cluster, connected nowhere: offline, as the owner's
+  // replica would say.
+  const std::string owner = cluster.OwnerOf(slug);
+  if (owner.empty() || registry_->KnowsSlug(slug)) return std::nullopt;
+  out.emplace();
+  out->set_slug(std::string(slug));
+  SessionTunnel urls = PublicTunnel(tunnels_->options(), "", slug);
+  out->set_url(urls.url);
+  out->set_path_url(urls.path_url);
+  out->set_status("offline");
+  if (absl::StartsWith(owner, "pool:")) {
+    out->set_pool(owner.substr(5));
+  } else if (absl::StartsWith(owner, "agent:")) {
+    out->set_agent_id(owner.substr(6));
+  }
+  out->set_access(AccessModeOf(*registry_, slug));
   return out;
 }
 

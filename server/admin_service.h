@@ -42,6 +42,10 @@ std::string AccessModeOf(const SessionRegistry& registry,
 // absl::Status -> grpc::Status at the admin RPC boundary (same codes).
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
+// A session as the admin API lists it (also what a cluster replica
+// publishes of its agents).
+tunnel::v1::Agent AgentOf(const Session& s, const SessionRegistry& registry);
+
 class AdminServiceImpl final : public tunnel::v1::AdminService::Service {
  public:
   // What ReloadCredentials runs (Gateway::ReloadCredentials).
@@ -102,6 +106,12 @@ class AdminServiceImpl final : public tunnel::v1::AdminService::Service {
   // registry then takes a setting for a slug it has not seen); NOT_FOUND
   // when no replica does. Without a cluster: false.
   absl::StatusOr<bool> KnownElsewhere(absl::string_view slug) const;
+  // GetTunnel for a slug served through another replica (its record), or
+  // owned in the cluster but connected nowhere (offline); nullopt: the
+  // cluster does not know it either.
+  std::optional<tunnel::v1::TunnelStatus> RemoteTunnel(
+      absl::string_view slug, const ClusterHooks& cluster,
+      absl::Time now) const;
   const TunnelServiceImpl* const tunnels_;
   const ReloadFn reload_;
   const std::function<absl::Time()> clock_;

@@ -9,6 +9,7 @@
 #include "absl/time/clock.h"
 #include "common/log.h"
 #include "common/random.h"
+#include "server/admin_service.h"
 #include "server/visitor_policy.h"
 #include "tunnel/v1/cluster.pb.h"
 
@@ -90,7 +91,9 @@ ClusterDirectory::ClusterDirectory(ClusterOptions options,
       calls_redis_(address, options_.redis_timeout),
       routes_(std::make_shared<const Routes>()),
       owners_(std::make_shared<
-              const absl::flat_hash_map<std::string, std::string>>()) {
+              const absl::flat_hash_map<std::string, std::string>>()),
+      others_(
+          std::make_shared<const std::vector<tunnel::v1::ReplicaRecord>>()) {
   redis_up_ =
       metrics
           ->AddGauge("tunnel_cluster_redis_up",
@@ -219,6 +222,7 @@ absl::Status ClusterDirectory::Sync() {
       rt->set_unhealthy(s->UnhealthyReason(t.slug).has_value());
       claims.emplace_back(t.slug, owner);
     }
+    *rec.add_agents() = AgentOf(*s, *registry_);
   }
   const int64_t lease_ms =
       std::max<int64_t>(1, absl::ToInt64Milliseconds(options_.lease));
@@ -341,6 +345,7 @@ absl::Status ClusterDirectory::Sync() {
   if (!got.ok()) return got.status();
   std::vector<std::vector<std::string>> expired;
   auto routes = std::make_shared<Routes>();
+  auto others = std::make_shared<std::vector<tunnel::v1::ReplicaRecord>>();
   size_t replicas = 0;
   size_t remote = 0;
   absl::flat_hash_map<std::string, VisitorPolicy> parsed;
@@ -374,6 +379,7 @@ absl::Status ClusterDirectory::Sync() {
       (*routes)[t.slug()].push_back(std::move(route));
       ++remote;
     }
+    others->push_back(std::move(other));
   }
   parsed_ = std::move(parsed);
   if (!expired.empty()) (void)heartbeat_redis_.Pipeline(expired);
@@ -382,6 +388,7 @@ absl::Status ClusterDirectory::Sync() {
   absl::MutexLock lock(&mu_);
   routes_ = std::move(routes);
   owners_ = std::move(owners);
+  others_ = std::move(others);
   state_.replicas = replicas;
   state_.remote_tunnels = remote;
   return absl::OkStatus();
@@ -608,6 +615,11 @@ void ClusterDirectory::Add(absl::string_view key, int64_t minute,
   Count& c = counts_[key];
   if (c.minute != minute) c = Count{minute, 0, 0, 0};
   c.pending += delta;
+}
+
+std::vector<tunnel::v1::ReplicaRecord> ClusterDirectory::OtherReplicas() const {
+  absl::MutexLock lock(&mu_);
+  return *others_;
 }
 
 std::string ClusterDirectory::OwnerOf(absl::string_view slug) const {

@@ -151,6 +151,9 @@ class ClusterDirectory final : public ClusterHooks,
   absl::Status PublishIpRules(absl::string_view slug,
                               const common::IpRules* rules) override;
 
+  const std::string& ReplicaId() const override { return options_.id; }
+  std::vector<tunnel::v1::ReplicaRecord> OtherReplicas() const override;
+
   // --- common::SharedCounts (per-tunnel requests per minute) ---
   int64_t Others(absl::string_view key, int64_t minute) override;
   void Add(absl::string_view key, int64_t minute, int64_t delta) override;
@@ -159,7 +162,7 @@ class ClusterDirectory final : public ClusterHooks,
   std::vector<RemoteRoute> Lookup(absl::string_view slug) const;
   // Who owns `slug` in the cluster as of the last heartbeat:
   // "agent:<id>", "pool:<name>", or "" for nobody.
-  std::string OwnerOf(absl::string_view slug) const;
+  std::string OwnerOf(absl::string_view slug) const override;
   ClusterState state() const;
   const ClusterOptions& options() const { return options_; }
 
@@ -220,6 +223,8 @@ class ClusterDirectory final : public ClusterHooks,
   AdminValues known_ip_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const Routes> routes_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const absl::flat_hash_map<std::string, std::string>> owners_
+      ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<const std::vector<tunnel::v1::ReplicaRecord>> others_
       ABSL_GUARDED_BY(mu_);
   ClusterState state_ ABSL_GUARDED_BY(mu_);
   bool wake_ ABSL_GUARDED_BY(mu_) = false;

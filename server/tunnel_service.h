@@ -23,6 +23,7 @@
 #include "server/core_metrics.h"
 #include "server/session.h"
 #include "server/session_registry.h"
+#include "tunnel/v1/cluster.pb.h"
 #include "tunnel/v1/tunnel.grpc.pb.h"
 
 namespace tunnel::server {
@@ -92,6 +93,11 @@ class ClusterHooks {
       const std::optional<tunnel::v1::AccessCodeHash>& code) = 0;
   virtual absl::Status PublishIpRules(absl::string_view slug,
                                       const common::IpRules* rules) = 0;
+  // This replica's name, and the other replicas as of the last heartbeat.
+  virtual const std::string& ReplicaId() const = 0;
+  virtual std::vector<tunnel::v1::ReplicaRecord> OtherReplicas() const = 0;
+  // "agent:<id>", "pool:<name>" or "" (as of the last heartbeat).
+  virtual std::string OwnerOf(absl::string_view slug) const = 0;
 };
 
 class TunnelServiceImpl final : public tunnel::v1::TunnelService::AsyncService {

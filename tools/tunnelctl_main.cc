@@ -714,16 +714,21 @@ int AdminList(const std::vector<std::string>& args) {
           Quote(FormatMillis(a.connected_since_unix_ms())),
           ",\"connected_since_unix_ms\":", a.connected_since_unix_ms(),
           ",\"requests\":", a.requests(), ",\"bytes_in\":", a.bytes_in(),
-          ",\"bytes_out\":", a.bytes_out(),
-          ",\"streams_in_flight\":", a.streams_in_flight(), ",\"tunnels\":[",
-          absl::StrJoin(tunnels, ","), "]}"));
+          ",\"bytes_out\":", a.bytes_out(), ",\"streams_in_flight\":",
+          a.streams_in_flight(), ",\"replica\":", Quote(a.replica()),
+          ",\"tunnels\":[", absl::StrJoin(tunnels, ","), "]}"));
     }
     std::cout << "{\"agents\":[" << absl::StrJoin(agents, ",") << "]}\n";
     return kExitOk;
   }
+  // A cluster's listing says which replica each agent is on.
+  const bool cluster = std::any_of(
+      resp.agents().begin(), resp.agents().end(),
+      [](const tunnel::v1::Agent& a) { return !a.replica().empty(); });
   std::vector<std::vector<std::string>> rows = {
       {"AGENT", "SESSION", "REMOTE", "CONNECTED (UTC)", "REQUESTS", "BYTES IN",
        "BYTES OUT", "STREAMS", "TUNNEL", "ACCESS", "URL"}};
+  if (cluster) rows[0].insert(rows[0].begin() + 1, "REPLICA");
   for (const tunnel::v1::Agent& a : resp.agents()) {
     std::vector<std::string> first = {Printable(a.agent_id()),
                                       Printable(a.session_id()),
@@ -733,6 +738,7 @@ int AdminList(const std::vector<std::string>& args) {
                                       absl::StrCat(a.bytes_in()),
                                       absl::StrCat(a.bytes_out()),
                                       absl::StrCat(a.streams_in_flight())};
+    if (cluster) first.insert(first.begin() + 1, Printable(a.replica()));
     if (a.tunnels().empty()) {
       first.insert(first.end(), {"-", "-", "-"});
       rows.push_back(first);
@@ -777,7 +783,8 @@ int AdminStatus(const std::vector<std::string>& args) {
               << ",\"connected_since_unix_ms\":" << t.connected_since_unix_ms()
               << ",\"uptime_seconds\":" << t.uptime_seconds()
               << ",\"requests_last_hour\":" << t.requests_last_hour()
-              << ",\"pool\":" << Quote(t.pool()) << ",\"members\":[";
+              << ",\"pool\":" << Quote(t.pool())
+              << ",\"replica\":" << Quote(t.replica()) << ",\"members\":[";
     for (int i = 0; i < t.members_size(); ++i) {
       const tunnel::v1::PoolMember& m = t.members(i);
       std::cout << (i > 0 ? "," : "") << "{\"agent_id\":" << Quote(m.agent_id())
@@ -801,6 +808,9 @@ int AdminStatus(const std::vector<std::string>& args) {
                              FormatMillis(t.connected_since_unix_ms()), ")")
               : "-"},
       {"requests (last hour):", absl::StrCat(t.requests_last_hour())}};
+  if (!t.replica().empty()) {
+    rows.push_back({"replica:", Printable(t.replica())});
+  }
   if (!t.pool().empty()) {
     rows[4] = {"pool:", Printable(t.pool())};
     for (const tunnel::v1::PoolMember& m : t.members()) {

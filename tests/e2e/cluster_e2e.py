@@ -323,6 +323,28 @@ def main(cluster):
     check("gw-c counted its forwarded requests", fwd is not None and fwd >= 2,
           str(fwd))
 
+    # --- tunnelctl list / status against any replica show the cluster ---
+    admin_c = ["--admin", cluster.gw["c"]["admin"], "--admin-token-file",
+               "admin.token"]
+    r = subprocess.run([cluster.ctl, "list", "--json", *admin_c],
+                       capture_output=True, text=True, timeout=30)
+    listed = {a["agent_id"]: a["replica"]
+              for a in json.loads(r.stdout or "{}").get("agents", [])}
+    check("tunnelctl list on gw-c shows every replica's agents",
+          listed.get("cam-a") == "gw-a" and listed.get("cam-b") == "gw-b" and
+          listed.get("cam-c") == "gw-c" and listed.get("ws-01") == "gw-a",
+          str(listed) + r.stderr)
+    r = subprocess.run([cluster.ctl, "list", *admin_c], capture_output=True,
+                       text=True, timeout=30)
+    check("tunnelctl list's table has a REPLICA column",
+          "REPLICA" in r.stdout and "gw-b" in r.stdout, r.stdout)
+    r = subprocess.run([cluster.ctl, "status", "cam-b", "--json", *admin_c],
+                       capture_output=True, text=True, timeout=30)
+    st = json.loads(r.stdout or "{}")
+    check("tunnelctl status cam-b on gw-c: online on gw-b",
+          st.get("status") == "online" and st.get("replica") == "gw-b" and
+          st.get("agent_id") == "cam-b", r.stdout + r.stderr)
+
     # --- 64 MiB both ways through a forwarding replica ---
     status, n, digest = sha_download(cluster.gw["c"]["http"], "/t/cam-a/blob/64")
     check("64 MiB download of cam-a (on gw-a) through gw-c: SHA-256 matches",
@@ -479,6 +501,14 @@ def main(cluster):
             offline = False
         check(f"gw-{gw}: cam-d (agent gone from gw-b) is 502, not 404",
               offline)
+    r = subprocess.run([cluster.ctl, "status", "cam-d", "--json", "--admin",
+                        cluster.gw["a"]["admin"], "--admin-token-file",
+                        "admin.token"], capture_output=True, text=True,
+                       timeout=30)
+    st = json.loads(r.stdout or "{}")
+    check("tunnelctl status cam-d on gw-a (never connected there): offline, "
+          "owned by cam-d", st.get("status") == "offline" and
+          st.get("agent_id") == "cam-d", r.stdout + r.stderr)
 
     # --- a per-tunnel rate limit counted across replicas ---
     # Windows are wall-clock minutes: keep the phase inside one.
