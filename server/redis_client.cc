@@ -155,19 +155,29 @@ absl::Status RedisClient::Connect() {
 
 absl::StatusOr<std::vector<RedisReply>> RedisClient::Pipeline(
     const std::vector<std::vector<std::string>>& commands) {
-  if (absl::Status s = Connect(); !s.ok()) return s;
-  for (const auto& cmd : commands) AppendArgv(ctx_, cmd);
-  std::vector<RedisReply> replies;
-  replies.reserve(commands.size());
-  for (size_t i = 0; i < commands.size(); ++i) {
-    void* raw = nullptr;
-    if (redisGetReply(ctx_, &raw) != REDIS_OK || raw == nullptr) {
-      return Fail(absl::StrCat("no answer to ", commands[i][0]));
+  for (int attempt = 0;; ++attempt) {
+    const bool reused = ctx_ != nullptr;
+    if (absl::Status s = Connect(); !s.ok()) return s;
+    for (const auto& cmd : commands) AppendArgv(ctx_, cmd);
+    std::vector<RedisReply> replies;
+    replies.reserve(commands.size());
+    for (size_t i = 0; i < commands.size(); ++i) {
+      void* raw = nullptr;
+      if (redisGetReply(ctx_, &raw) != REDIS_OK || raw == nullptr) {
+        // A connection kept from before that the server closed (Redis
+        // restarted, or dropped an idle client): closed before it read a
+        // thing, so nothing ran; once more on a new connection.
+        if (reused && attempt == 0 && i == 0 && ctx_->err == REDIS_ERR_EOF) {
+          Disconnect();
+          break;
+        }
+        return Fail(absl::StrCat("no answer to ", commands[i][0]));
+      }
+      replies.push_back(Convert(static_cast<redisReply*>(raw)));
+      freeReplyObject(raw);
     }
-    replies.push_back(Convert(static_cast<redisReply*>(raw)));
-    freeReplyObject(raw);
+    if (replies.size() == commands.size()) return replies;
   }
-  return replies;
 }
 
 absl::StatusOr<RedisReply> RedisClient::Command(

@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "agent/agent.h"
 #include "agent/qr.h"
 #include "common/access_code.h"
 #include "common/config_file.h"
@@ -59,6 +60,23 @@ absl::Status ParseConnect(std::vector<std::string> extra, AgentFlags* values) {
   for (std::string& a : args) argv.push_back(a.data());
   return ParseConnectFlags(static_cast<int>(argv.size()), argv.data(), 1,
                            &flags, values);
+}
+
+TEST(AgentFlagsTest, SeveralGatewaysAreTriedInTurn) {
+  EXPECT_EQ(SplitGateways("a:1, b:2,,[::1]:3"),
+            (std::vector<std::string>{"a:1", "b:2", "[::1]:3"}));
+  EXPECT_EQ(SplitGateways("a:1"), (std::vector<std::string>{"a:1"}));
+  AgentFlags ok;
+  // A later --gateway replaces the first one of ParseConnect's.
+  ASSERT_TRUE(
+      ParseConnect({"--gateway", "10.0.0.1:8080,10.0.0.2:8080"}, &ok).ok());
+  EXPECT_EQ(ok.options.gateway, "10.0.0.1:8080,10.0.0.2:8080");
+  AgentFlags bad;
+  absl::Status s = ParseConnect({"--gateway", "10.0.0.1:8080,nohost"}, &bad);
+  EXPECT_FALSE(s.ok());
+  EXPECT_EQ(s.message(),
+            "--gateway \"nohost\" must be HOST:PORT (several: "
+            "comma-separated)");
 }
 
 TEST(AgentFlagsTest, AccessCodeIsHashedAndChecked) {

@@ -183,5 +183,43 @@ TEST(GatewayFlagsTest, HostileInputLimitsOutOfRangeAreRefused) {
   }
 }
 
+TEST(GatewayFlagsTest, ClusterFlagsAreCheckedAndFilledIn) {
+  GatewayFlags v;
+  ASSERT_TRUE(ParseArgs({"--insecure", "--grpc-addr", "10.0.0.5:8080",
+                         "--cluster-redis", "redis://127.0.0.1:6380/2",
+                         "--cluster-secret-file", "cluster.secret"},
+                        &v)
+                  .ok());
+  // The advertised address defaults to a --grpc-addr that names a host.
+  EXPECT_EQ(v.options.cluster.advertise, "10.0.0.5:8080");
+  EXPECT_EQ(v.options.cluster.heartbeat, absl::Seconds(1));
+
+  for (const auto& [args, message] :
+       std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"--cluster-id", "x"},
+            "--cluster-advertise, --cluster-id and --cluster-secret-file need "
+            "--cluster-redis"},
+           {{"--cluster-redis", "http://r:6379"}, "not a redis:// URL"},
+           {{"--cluster-redis", "redis://r:6379/x"},
+            "the database must be a number"},
+           {{"--cluster-redis", "redis://r"}, "needs --cluster-secret-file"},
+           {{"--cluster-redis", "redis://r", "--cluster-secret-file", "s"},
+            "needs --cluster-advertise HOST:PORT"},
+           {{"--cluster-redis", "redis://r", "--cluster-secret-file", "s",
+             "--cluster-advertise", "10.0.0.5:1", "--cluster-lease", "1s"},
+            "--cluster-lease must be at least twice --cluster-heartbeat"},
+           {{"--cluster-redis", "redis://r", "--cluster-secret-file", "s",
+             "--cluster-advertise", "10.0.0.5:1", "--cluster-id", "a b"},
+            "--cluster-id must be at most 128 characters without spaces"},
+       }) {
+    GatewayFlags bad;
+    std::vector<std::string> all = {"--insecure"};
+    all.insert(all.end(), args.begin(), args.end());
+    absl::Status s = ParseArgs(all, &bad);
+    EXPECT_FALSE(s.ok()) << message;
+    EXPECT_TRUE(absl::StrContains(s.message(), message)) << s.message();
+  }
+}
+
 }  // namespace
 }  // namespace tunnel::server
