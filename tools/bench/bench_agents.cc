@@ -3,10 +3,12 @@
 //
 //   bench_agents --write-credentials FILE --count N
 //       writes credentials for agents idle-0 .. idle-N-1 and exits.
-//   bench_agents --gateway HOST:PORT --credentials FILE --count N
+//   bench_agents --gateway HOST:PORT[,HOST:PORT...] --credentials FILE
+//                --count N
 //       connects N agents, each on its own TCP connection (own channel, own
 //       subchannel pool), answers pings, and reconnects with full-jitter
-//       backoff when a session ends. Prints one line per event a script can
+//       backoff when a session ends (with several gateways, as agent-tunnel
+//       does: each agent to the next one). Prints one line per event a script can
 //       wait for:
 //         "connected N in S"      all N accepted (S seconds since start)
 //         "lost K"                 sessions ended (first loss of a wave)
@@ -24,6 +26,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/credentials.h"
@@ -62,8 +65,8 @@ class IdleAgent : public grpc::ClientBidiReactor<Envelope, Envelope> {
 
 class Fleet {
  public:
-  Fleet(std::string gateway, tunnel::v1::CredentialsFile creds)
-      : gateway_(std::move(gateway)), creds_(std::move(creds)) {
+  Fleet(std::vector<std::string> gateways, tunnel::v1::CredentialsFile creds)
+      : gateways_(std::move(gateways)), creds_(std::move(creds)) {
     start_ = absl::Now();
   }
 
@@ -72,14 +75,13 @@ class Fleet {
   }
   int count() const { return creds_.credentials_size(); }
 
-  std::shared_ptr<grpc::Channel> NewChannel() {
+  std::shared_ptr<grpc::Channel> NewChannel(const std::string& gateway) {
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 60000);
-    return grpc::CreateCustomChannel(gateway_,
+    return grpc::CreateCustomChannel(gateway,
                                      grpc::InsecureChannelCredentials(), args);
   }
-  const std::string& gateway() const { return gateway_; }
 
   void Accepted() {
     absl::MutexLock lock(&mu_);
@@ -102,6 +104,8 @@ class Fleet {
   void Lost(int index, bool was_accepted, int attempt) {
     {
       absl::MutexLock lock(&mu_);
+      // The next gateway for this agent's next attempt.
+      gateway_of_[index] = (gateway_of_[index] + 1) % gateways_.size();
       if (was_accepted) {
         --connected_;
         if (!in_wave_ && first_done_) {
@@ -145,10 +149,16 @@ class Fleet {
   // real agent process would, and never destroyed inside a gRPC callback.
   void Init() {
     attempts_ = std::vector<std::atomic<int>>(count());
-    for (int i = 0; i < count(); ++i) channels_.push_back(NewChannel());
+    gateway_of_ = std::vector<std::atomic<size_t>>(count());
+    channels_.resize(gateways_.size());
+    for (size_t g = 0; g < gateways_.size(); ++g) {
+      for (int i = 0; i < count(); ++i) {
+        channels_[g].push_back(NewChannel(gateways_[g]));
+      }
+    }
   }
   const std::shared_ptr<grpc::Channel>& channel(int i) const {
-    return channels_[i];
+    return channels_[gateway_of_[i]][i];
   }
 
  private:
@@ -158,7 +168,7 @@ class Fleet {
     int attempt;
     bool operator<(const Timer& o) const { return when > o.when; }
   };
-  const std::string gateway_;
+  const std::vector<std::string> gateways_;
   const tunnel::v1::CredentialsFile creds_;
   absl::Mutex mu_;
   int connected_ ABSL_GUARDED_BY(mu_) = 0;
@@ -169,7 +179,9 @@ class Fleet {
   std::priority_queue<Timer> timers_ ABSL_GUARDED_BY(mu_);
   std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_){42};
   std::vector<std::atomic<int>> attempts_;
-  std::vector<std::shared_ptr<grpc::Channel>> channels_;
+  std::vector<std::atomic<size_t>> gateway_of_;  // index into gateways_
+  // Per gateway, one channel per agent.
+  std::vector<std::vector<std::shared_ptr<grpc::Channel>>> channels_;
 };
 
 IdleAgent::IdleAgent(Fleet* fleet, int index) : fleet_(fleet), index_(index) {
@@ -239,7 +251,8 @@ int main(int argc, char** argv) {
   int64_t count = 1000;
   tunnel::common::FlagSet flags("bench_agents: many idle agents\n",
                                 "BENCH_AGENTS_");
-  flags.String("gateway", &gateway, "gateway gRPC address");
+  flags.String("gateway", &gateway,
+               "gateway gRPC address; several, comma-separated");
   flags.String("credentials", &credentials, "credentials file to use");
   flags.String("write-credentials", &write_credentials,
                "write credentials for --count agents here and exit");
@@ -281,7 +294,7 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  Fleet fleet(gateway, mine);
+  Fleet fleet(absl::StrSplit(gateway, ',', absl::SkipEmpty()), mine);
   fleet.Init();
   for (int i = 0; i < fleet.count(); ++i) fleet.Start(i, 0);
   std::thread timers([&] { fleet.TimerLoop(&g_stop); });
