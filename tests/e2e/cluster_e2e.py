@@ -501,14 +501,24 @@ def main(cluster):
             offline = False
         check(f"gw-{gw}: cam-d (agent gone from gw-b) is 502, not 404",
               offline)
-    r = subprocess.run([cluster.ctl, "status", "cam-d", "--json", "--admin",
-                        cluster.gw["a"]["admin"], "--admin-token-file",
-                        "admin.token"], capture_output=True, text=True,
-                       timeout=30)
-    st = json.loads(r.stdout or "{}")
+
+    def status_d():
+        r = subprocess.run([cluster.ctl, "status", "cam-d", "--json",
+                            "--admin", cluster.gw["a"]["admin"],
+                            "--admin-token-file", "admin.token"],
+                           capture_output=True, text=True, timeout=30)
+        return json.loads(r.stdout or "{}")
+
+    # gw-a's directory drops cam-d at gw-b's next heartbeat.
+    try:
+        st = wait_until(lambda: (lambda d: d if d.get("status") == "offline"
+                                 else None)(status_d()), 5,
+                        "cam-d offline in gw-a's status")
+    except TimeoutError:
+        st = status_d()
     check("tunnelctl status cam-d on gw-a (never connected there): offline, "
           "owned by cam-d", st.get("status") == "offline" and
-          st.get("agent_id") == "cam-d", r.stdout + r.stderr)
+          st.get("agent_id") == "cam-d", str(st))
 
     # --- a per-tunnel rate limit counted across replicas ---
     # Windows are wall-clock minutes: keep the phase inside one.
