@@ -495,6 +495,10 @@ absl::StatusOr<std::unique_ptr<TunnelStream>> ClusterRouter::Open(
   for (const RemoteRoute* route : order) {
     Peer* peer = PeerFor(*route);
     if (peer == avoid) continue;
+    absl::StatusOr<std::vector<std::pair<std::string, std::string>>> md =
+        common::SignAuthMetadata(kClusterAuthId, kClusterAuthId, opts.secret,
+                                 absl::Now());
+    if (!md.ok()) return md.status();
     auto link = std::make_shared<Link>();
     auto* call = new ForwardCall(link);
     const uint64_t id = next_forward_id.fetch_add(1);
@@ -503,10 +507,6 @@ absl::StatusOr<std::unique_ptr<TunnelStream>> ClusterRouter::Open(
     *open.mutable_open() = head;
     const bool request_finished = head.end_stream();
     grpc::ClientContext* ctx = call->context();
-    absl::StatusOr<std::vector<std::pair<std::string, std::string>>> md =
-        common::SignAuthMetadata(kClusterAuthId, kClusterAuthId, opts.secret,
-                                 absl::Now());
-    if (!md.ok()) return md.status();
     for (auto& [k, v] : *md) ctx->AddMetadata(k, v);
     ctx->AddMetadata(kClusterReplicaKey, opts.id);
     call->Begin(peer->stub.get(), std::move(open));
@@ -811,12 +811,19 @@ grpc::ServerBidiReactor<ForwardFrame, ForwardFrame>* ForwardService::Forward(
                               field(common::kAuthSignatureKey)) ||
       field(common::kAuthAgentIdKey) != kClusterAuthId) {
     counters_->refused->Increment();
-    TUNNEL_LOG(WARNING) << "cluster: refused a forwarded request from "
-                        << context->peer() << " (replica \"" << caller
-                        << "\"): "
-                        << (fresh ? "bad signature (another cluster secret?)"
-                                  : "timestamp missing or outside the "
-                                    "allowed clock skew");
+    // The gRPC port is public: at most one line a second, however many.
+    static std::atomic<int64_t> last_log_s{0};
+    const int64_t now_s = absl::ToUnixSeconds(now);
+    if (last_log_s.exchange(now_s) != now_s) {
+      TUNNEL_LOG(WARNING) << "cluster: refused a forwarded request from "
+                          << context->peer() << " (replica \"" << caller
+                          << "\"): "
+                          << (fresh ? "bad signature (another cluster secret?)"
+                                    : "timestamp missing or outside the "
+                                      "allowed clock skew")
+                          << " (tunnel_cluster_forwarded_in_total"
+                             "{outcome=\"refused\"} counts them all)";
+    }
     return new ForwardRefusal(grpc::Status(
         grpc::StatusCode::UNAUTHENTICATED,
         fresh ? "bad cluster signature: the replicas' --cluster-secret-file "

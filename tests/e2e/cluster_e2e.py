@@ -171,7 +171,7 @@ class Cluster:
             re.search(r"^token: (\S+)", out, re.M).group(1),
             re.search(r"^secret: (\S+)", out, re.M).group(1))
 
-    def start_gateway(self, name, extra=()):
+    def start_gateway(self, name, extra=(), secret="cluster.secret"):
         out = f"gw-{name}.out"
         p = subprocess.Popen(
             [os.path.join(BUILD, "server", "gateway-tunnel"), "--insecure",
@@ -180,7 +180,7 @@ class Cluster:
              "--admin-token-file", "admin.token", "--credentials",
              "creds.txtpb", "--cluster-redis",
              f"redis://127.0.0.1:{self.redis_port}", "--cluster-secret-file",
-             "cluster.secret", "--cluster-id", f"gw-{name}",
+             secret, "--cluster-id", f"gw-{name}",
              "--cluster-heartbeat", "200ms", "--cluster-lease", "1s",
              "--cluster-redis-timeout", "300ms", *extra],
             stdout=open(out, "w"), stderr=open(f"gw-{name}.err", "w"))
@@ -280,7 +280,8 @@ def main(cluster):
                     "admin.token"], check=True, capture_output=True)
     subprocess.run([cluster.ctl, "admin-token", "issue", "--file",
                     "cluster.secret"], check=True, capture_output=True)
-    for a in ("cam-a", "cam-b", "cam-c", "ws-01", "thief", "cam-d", "cam-r"):
+    for a in ("cam-a", "cam-b", "cam-c", "ws-01", "thief", "cam-d", "cam-r",
+              "cam-x"):
         cluster.issue(a)
     cluster.start_redis()
     for name in "abc":
@@ -571,6 +572,35 @@ def main(cluster):
     cluster.procs["agent-cam-r"].terminate()
     for name in "de":
         cluster.procs[f"gw-{name}"].terminate()
+
+    # --- a replica with another cluster secret is refused by the others ---
+    subprocess.run([cluster.ctl, "admin-token", "issue", "--file",
+                    "other.secret"], check=True, capture_output=True)
+    cluster.start_gateway("x", secret="other.secret")
+    cluster.start_agent("cam-x", f"http://127.0.0.1:{services['cam-a'].server_address[1]}", ["x"])
+    read_line("agent-cam-x.out", r"/t/cam-x/$", 20)
+
+    def refused_by_x():
+        return (metric(cluster, "x",
+                       'tunnel_cluster_forwarded_in_total{outcome="refused"}')
+                or 0) >= 1
+
+    # Until gw-a's directory has cam-x's route it answers 502 offline by
+    # itself; then it forwards, and gw-x refuses.
+    try:
+        wait_until(lambda: get(cluster.gw["a"]["http"], "/t/cam-x/who")[0] ==
+                   502 and refused_by_x(), 5, "gw-x to refuse gw-a's forward")
+        refused_fwd = get(cluster.gw["a"]["http"], "/t/cam-x/who")[0] == 502
+    except TimeoutError:
+        refused_fwd = False
+    check("a request forwarded to a replica with another secret: refused "
+          "there (counted), 502 to the visitor", refused_fwd)
+    check("... and that replica logged why",
+          "bad signature" in open("gw-x.err").read())
+    check("... while its own agent is served through it",
+          reaches(cluster, "x", "cam-x", "cam-a"))
+    cluster.procs["agent-cam-x"].terminate()
+    cluster.procs["gw-x"].terminate()
 
     # --- kill -9 of a replica under load ---
     result = {}
