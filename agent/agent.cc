@@ -64,6 +64,9 @@ using tunnel::v1::Envelope;
 using tunnel::v1::TunnelClose;
 
 constexpr char kAgentVersion[] = "0.1.0";
+// Marks the status of a session the gateway closed because the same agent
+// id connected again (REPLACED).
+constexpr char kReplacedPayload[] = "tunnel.v1/replaced";
 
 absl::Status FromConnectError(const ConnectError& e) {
   std::string msg =
@@ -79,9 +82,12 @@ absl::Status FromConnectError(const ConnectError& e) {
     case ConnectError::AGENT_ID_MISMATCH:
     case ConnectError::POOL_NOT_ALLOWED:
       return absl::PermissionDeniedError(msg);
-    case ConnectError::REPLACED:
-      return absl::FailedPreconditionError(
+    case ConnectError::REPLACED: {
+      absl::Status st = absl::FailedPreconditionError(
           absl::StrCat("this agent was replaced: ", e.message()));
+      st.SetPayload(kReplacedPayload, absl::Cord("1"));
+      return st;
+    }
     case ConnectError::CREDENTIALS_REVOKED:
       return absl::UnauthenticatedError(
           absl::StrCat("the gateway closed the session: ", e.message(),
@@ -535,6 +541,12 @@ Agent::Agent(AgentOptions options)
       loop_(std::make_unique<OriginLoop>(options_.max_concurrent,
                                          options_.local_timeout)),
       upgrades_(std::make_unique<UpgradeLoop>(options_.local_timeout)) {
+  {
+    absl::MutexLock lock(&mu_);
+    links_.resize(
+        std::clamp<size_t>(options_.connections, 1, gateways_.size()));
+    for (size_t k = 0; k < links_.size(); ++k) links_[k].gateway = k;
+  }
   health_ = std::make_unique<HealthChecker>(
       options_.tunnels, options_.health, [this](const TargetHealth& h) {
         for (const LocalTarget& t : options_.tunnels) {
@@ -550,12 +562,14 @@ Agent::Agent(AgentOptions options)
                    "503 until it recovers";
           }
         }
-        std::shared_ptr<Session> session;
+        std::vector<std::shared_ptr<Session>> sessions;
         {
           absl::MutexLock lock(&mu_);
-          session = current_session_;
+          sessions = SessionsLocked();
         }
-        if (session != nullptr) session->SendHealth(health_->Snapshot());
+        for (const auto& session : sessions) {
+          session->SendHealth(health_->Snapshot());
+        }
       });
 }
 
@@ -594,7 +608,38 @@ Agent::~Agent() {
 void Agent::Stop() {
   absl::MutexLock lock(&mu_);
   stopping_ = true;
-  if (current_ctx_ != nullptr) current_ctx_->TryCancel();
+  for (Link& l : links_) {
+    if (l.ctx != nullptr) l.ctx->TryCancel();
+  }
+}
+
+std::vector<std::shared_ptr<Agent::Session>> Agent::SessionsLocked() const {
+  std::vector<std::shared_ptr<Session>> out;
+  for (const Link& l : links_) {
+    if (l.session != nullptr) out.push_back(l.session);
+  }
+  return out;
+}
+
+std::string Agent::GatewayOf(size_t k) const {
+  absl::MutexLock lock(&mu_);
+  return gateways_[links_[k].gateway % gateways_.size()];
+}
+
+void Agent::MoveOn(size_t k) {
+  absl::MutexLock lock(&mu_);
+  const size_t n = gateways_.size();
+  for (size_t i = 1; i < n; ++i) {
+    const size_t candidate = (links_[k].gateway + i) % n;
+    bool taken = false;
+    for (size_t j = 0; j < links_.size(); ++j) {
+      taken |= j != k && links_[j].gateway == candidate;
+    }
+    if (!taken) {
+      links_[k].gateway = candidate;
+      return;
+    }
+  }
 }
 
 std::vector<std::string> SplitGateways(const std::string& list) {
@@ -607,6 +652,48 @@ std::vector<std::string> SplitGateways(const std::string& list) {
 
 absl::Status Agent::Run() {
   health_->Start();
+  size_t n;
+  {
+    absl::MutexLock lock(&mu_);
+    n = links_.size();
+  }
+  // The others connect once the first is accepted (with --slug random the
+  // gateway chooses the slugs then, and they ask for the same ones).
+  std::vector<std::thread> others;
+  for (size_t k = 1; k < n; ++k) {
+    others.emplace_back([this, k] {
+      {
+        absl::MutexLock lock(&mu_);
+        auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+          return connected_links_ > 0 || stopping_;
+        };
+        mu_.Await(absl::Condition(&ready));
+        if (stopping_) return;
+      }
+      absl::Status s = RunLink(k);
+      if (!s.ok()) {
+        {
+          absl::MutexLock lock(&mu_);
+          if (permanent_.ok()) permanent_ = s;
+        }
+        Stop();
+      }
+    });
+  }
+  absl::Status s = RunLink(0);
+  if (!s.ok()) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (permanent_.ok()) permanent_ = s;
+    }
+    Stop();
+  }
+  for (std::thread& t : others) t.join();
+  absl::MutexLock lock(&mu_);
+  return permanent_;
+}
+
+absl::Status Agent::RunLink(size_t k) {
   std::mt19937_64 rng(std::random_device{}());
   std::uniform_real_distribution<double> uniform(0.0, 1.0);
   Supervisor supervisor(
@@ -615,28 +702,54 @@ absl::Status Agent::Run() {
       [] { return absl::Now(); }, [&] { return uniform(rng); });
   while (true) {
     size_t before;
+    bool several;
     {
       absl::MutexLock lock(&mu_);
       if (stopping_) return absl::OkStatus();
       before = sessions_started_;
+      several = links_.size() > 1;
     }
     supervisor.AttemptStarted();
     absl::Duration retry_after = absl::ZeroDuration();
-    absl::Status s = RunSession(&retry_after);
+    absl::Status s = RunSession(k, &retry_after);
     size_t after;
     {
       absl::MutexLock lock(&mu_);
-      connected_ = false;
+      if (links_[k].connected) {
+        links_[k].connected = false;
+        --connected_links_;
+      }
       if (stopping_) return absl::OkStatus();
       after = sessions_started_;
     }
     if (options_.on_session_ended) options_.on_session_ended(s);
+    // With several connections, one replaced while another is up was
+    // replaced by that one (two addresses of one gateway): it gives way
+    // for good rather than take the gateway back and forth.
+    if (several && s.GetPayload(kReplacedPayload).has_value()) {
+      bool others = false;
+      {
+        absl::MutexLock lock(&mu_);
+        // (Connected, or in its handshake: the gateway replaces the old
+        // session before the new one hears it was accepted.)
+        for (size_t j = 0; j < links_.size(); ++j) {
+          others |= j != k && (links_[j].connected || links_[j].ctx != nullptr);
+        }
+      }
+      if (others) {
+        TUNNEL_LOG(WARNING)
+            << "the connection to " << GatewayOf(k)
+            << " was replaced by another connection of this agent (two "
+               "--gateway addresses reach the same gateway); keeping one";
+        return absl::OkStatus();
+      }
+    }
     if (IsPermanent(s)) return s;
     // With several gateways (a cluster's replicas), the next one: the one
     // that just failed may be gone for good.
     if (gateways_.size() > 1) {
-      gateway_index_ = (gateway_index_ + 1) % gateways_.size();
-      TUNNEL_LOG(INFO) << "next attempt: " << gateway();
+      MoveOn(k);
+      TUNNEL_LOG(INFO) << "next attempt: " << GatewayOf(k);
     }
     const absl::Duration wait =
         supervisor.NextWait(/*accepted=*/after != before, retry_after);
@@ -652,22 +765,29 @@ absl::Status Agent::Run() {
 
 void Agent::Drain(absl::Duration timeout) {
   absl::Time deadline = absl::Now() + timeout;
-  std::shared_ptr<Session> session;
+  std::vector<std::shared_ptr<Session>> sessions;
   {
     absl::MutexLock lock(&mu_);
-    stopping_ = true;  // no reconnect after this session
-    session = current_session_;
+    stopping_ = true;  // no reconnect after these sessions
+    sessions = SessionsLocked();
   }
-  if (session != nullptr) {
+  for (const auto& session : sessions) {
     if (!session->DrainStreams(deadline)) {
       TUNNEL_LOG(WARNING) << "drain timeout: requests still in flight are cut";
     }
-    // The writer sends what is queued, then half-closes; the gateway then
-    // ends the call. Wait (bounded) for that before cancelling.
-    session->outbox().Close();
+  }
+  if (!sessions.empty()) {
+    // The writers send what is queued, then half-close; each gateway then
+    // ends its call. Wait (bounded) for that before cancelling.
+    for (const auto& session : sessions) session->outbox().Close();
     absl::MutexLock lock(&mu_);
-    auto ended = [this, &session]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-      return current_session_ != session;
+    auto ended = [this, &sessions]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+      for (const Link& l : links_) {
+        for (const auto& s : sessions) {
+          if (l.session == s) return false;
+        }
+      }
+      return true;
     };
     mu_.AwaitWithDeadline(absl::Condition(&ended),
                           std::min(deadline, absl::Now() + absl::Seconds(5)));
@@ -675,7 +795,8 @@ void Agent::Drain(absl::Duration timeout) {
   Stop();
 }
 
-absl::Status Agent::RunSession(absl::Duration* retry_after) {
+absl::Status Agent::RunSession(size_t k, absl::Duration* retry_after) {
+  const std::string gateway = GatewayOf(k);
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
@@ -694,7 +815,7 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
       args.SetSslTargetNameOverride(options_.tls_server_name);
     }
   }
-  auto channel = grpc::CreateCustomChannel(gateway(), creds, args);
+  auto channel = grpc::CreateCustomChannel(gateway, creds, args);
   auto deadline = std::chrono::system_clock::now() +
                   absl::ToChronoMilliseconds(options_.connect_timeout);
   // gRPC retries a failed connection by itself until the deadline and says
@@ -727,10 +848,11 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
     // The probe reconnects: only after a failure, not after a silent
     // deadline (which would double an unreachable gateway's wait).
     if (failed) {
-      if (absl::Status why = DescribeConnectFailure(); !why.ok()) return why;
+      if (absl::Status why = DescribeConnectFailure(gateway); !why.ok())
+        return why;
     }
     return absl::UnavailableError(absl::StrCat(
-        "cannot reach the gateway at ", gateway(), failed ? "" : " within ",
+        "cannot reach the gateway at ", gateway, failed ? "" : " within ",
         failed ? "" : absl::FormatDuration(options_.connect_timeout),
         options_.insecure
             ? " (plaintext; if the gateway runs TLS, drop --insecure)"
@@ -750,11 +872,11 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
   {
     absl::MutexLock lock(&mu_);
     if (stopping_) return absl::OkStatus();
-    current_ctx_ = &ctx;
+    links_[k].ctx = &ctx;
   }
-  auto clear_ctx = [this] {
+  auto clear_ctx = [this, k] {
     absl::MutexLock lock(&mu_);
-    current_ctx_ = nullptr;
+    links_[k].ctx = nullptr;
   };
 
   auto stream = stub->Connect(&ctx);
@@ -848,7 +970,7 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
     // TLS 1.3: a refused client certificate ends the connection only after
     // our side of the handshake finished.
     if (st.error_code() == grpc::StatusCode::UNAVAILABLE) {
-      if (absl::Status why = DiagnoseTls(); !why.ok()) return why;
+      if (absl::Status why = DiagnoseTls(gateway); !why.ok()) return why;
     }
     return absl::UnavailableError(absl::StrCat(
         "the gateway did not accept the connection: ", st.error_message()));
@@ -860,8 +982,9 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
   session->set_on_drain([this] { RequestDrain(); });
   {
     absl::MutexLock lock(&mu_);
-    connected_ = true;
-    current_session_ = session;
+    links_[k].connected = true;
+    ++connected_links_;
+    links_[k].session = session;
     ++sessions_started_;
     tunnels_.assign(first.accepted().tunnels().begin(),
                     first.accepted().tunnels().end());
@@ -872,7 +995,7 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
     }
   }
   ReportHealth(session);
-  TUNNEL_LOG(INFO) << "connected to " << gateway() << " (session "
+  TUNNEL_LOG(INFO) << "connected to " << gateway << " (session "
                    << first.accepted().session_id() << ")";
   if (const int64_t expires = first.accepted().token_expires_unix();
       expires != 0) {
@@ -932,7 +1055,7 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
   clear_ctx();
   {
     absl::MutexLock lock(&mu_);
-    current_session_ = nullptr;
+    links_[k].session = nullptr;
   }
   *retry_after = session->retry_after();
   if (absl::Status end = session->end_status(); !end.ok()) return end;
@@ -945,16 +1068,16 @@ absl::Status Agent::RunSession(absl::Duration* retry_after) {
   return absl::UnavailableError(LostConnectionMessage(st));
 }
 
-absl::Status Agent::DescribeConnectFailure() const {
+absl::Status Agent::DescribeConnectFailure(const std::string& gateway) const {
   // First the network: is anything listening there at all?
   std::string host;
   int port = 0;
-  if (SplitGateway(gateway(), &host, &port)) {
+  if (SplitGateway(gateway, &host, &port)) {
     absl::StatusOr<int> fd = common::ConnectTcp(
         host, port, std::min(options_.connect_timeout, absl::Seconds(5)));
     if (!fd.ok()) {
       return absl::UnavailableError(
-          absl::StrCat("cannot reach the gateway at ", gateway(), ": ",
+          absl::StrCat("cannot reach the gateway at ", gateway, ": ",
                        absl::AsciiStrToLower(fd.status().message()),
                        absl::StrContains(fd.status().message(), "refused")
                            ? " (is gateway-tunnel running there, with this "
@@ -963,13 +1086,13 @@ absl::Status Agent::DescribeConnectFailure() const {
     }
     ::close(*fd);
   }
-  return DiagnoseTls();
+  return DiagnoseTls(gateway);
 }
 
-absl::Status Agent::DiagnoseTls() const {
+absl::Status Agent::DiagnoseTls(const std::string& gateway) const {
   if (options_.insecure) return absl::OkStatus();
   TlsProbeOptions probe;
-  probe.gateway = gateway();
+  probe.gateway = gateway;
   probe.server_name = options_.tls_server_name;
   probe.roots_pem = roots_pem_;
   probe.client.cert_pem = options_.client_cert_pem;
@@ -981,10 +1104,10 @@ absl::Status Agent::DiagnoseTls() const {
 bool Agent::WaitUntilConnected(absl::Duration timeout) {
   absl::MutexLock lock(&mu_);
   auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-    return connected_ || stopping_;
+    return connected_links_ > 0 || stopping_;
   };
   mu_.AwaitWithTimeout(absl::Condition(&ready), timeout);
-  return connected_;
+  return connected_links_ > 0;
 }
 
 std::vector<tunnel::v1::AcceptedTunnel> Agent::tunnels() const {

@@ -51,6 +51,10 @@ struct AgentOptions {
   // (replicas of a gateway cluster): after a session ends or an attempt
   // fails, the next one is tried.
   std::string gateway;
+  // With several gateway addresses: connections held at once, each to
+  // another address (the replicas of a cluster serve the agent's tunnels
+  // through each), at most one per address.
+  size_t connections = 2;
   std::string agent_id;
   std::string token_id;
   std::string secret;  // base64url, from `tunnelctl token issue`
@@ -147,37 +151,51 @@ class Agent {
 
  private:
   class Session;
-  // One connection attempt and its session; returns why it ended, and in
-  // `*retry_after` the least wait the gateway asked for before reconnecting.
-  absl::Status RunSession(absl::Duration* retry_after);
+  // Connection `k`: connects and reconnects until Stop() (OK) or a
+  // permanent error.
+  absl::Status RunLink(size_t k);
+  // One connection attempt of connection `k` and its session; returns why
+  // it ended, and in `*retry_after` the least wait the gateway asked for
+  // before reconnecting.
+  absl::Status RunSession(size_t k, absl::Duration* retry_after);
   // After a failed TLS connection attempt: why it failed (a fresh TCP
   // connection and handshake, see agent/tls_probe.h); OK if TLS comes up,
   // and always with --insecure.
   // After a failed connection attempt: connection refused (or another
   // network error) in words, else what was wrong with TLS (DiagnoseTls).
-  absl::Status DescribeConnectFailure() const;
-  absl::Status DiagnoseTls() const;
+  absl::Status DescribeConnectFailure(const std::string& gateway) const;
+  absl::Status DiagnoseTls(const std::string& gateway) const;
 
   const AgentOptions options_;
-  // options_.gateway split at commas; Run's thread moves gateway_index_ on.
+  // options_.gateway split at commas.
   const std::vector<std::string> gateways_;
-  size_t gateway_index_ = 0;
-  const std::string& gateway() const {
-    return gateways_[gateway_index_ % gateways_.size()];
-  }
   // options_.ca_pem, or the system's roots; empty with insecure.
   const std::string roots_pem_;
   mutable absl::Mutex mu_;
+  // One connection to a gateway: the address it uses (an index into
+  // gateways_), its live call and session.
+  struct Link {
+    size_t gateway = 0;
+    grpc::ClientContext* ctx = nullptr;  // so Stop() can cancel it
+    std::shared_ptr<Session> session;
+    bool connected = false;
+  };
+  std::vector<Link> links_ ABSL_GUARDED_BY(mu_);
+  std::string GatewayOf(size_t k) const;
+  // After connection `k` ended: the next address no other connection
+  // uses (or its own again when every other one is taken).
+  void MoveOn(size_t k);
+  std::vector<std::shared_ptr<Session>> SessionsLocked() const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  size_t connected_links_ ABSL_GUARDED_BY(mu_) = 0;
+  // The first permanent error of any connection (Run returns it).
+  absl::Status permanent_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  bool connected_ ABSL_GUARDED_BY(mu_) = false;
   size_t sessions_started_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<tunnel::v1::AcceptedTunnel> tunnels_ ABSL_GUARDED_BY(mu_);
   // --slug random: tunnel name -> the slug the gateway chose, asked for
   // again on every reconnect.
   std::map<std::string, std::string> assigned_slugs_ ABSL_GUARDED_BY(mu_);
-  // The live call, so Stop() can cancel it.
-  grpc::ClientContext* current_ctx_ ABSL_GUARDED_BY(mu_) = nullptr;
-  std::shared_ptr<Session> current_session_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<WorkerPool> pool_;       // upgrade handshakes
   std::unique_ptr<OriginLoop> loop_;       // every other request
   std::unique_ptr<UpgradeLoop> upgrades_;  // upgraded connections

@@ -25,6 +25,7 @@ namespace tunnel::agent {
 void RegisterConnectFlags(common::FlagSet* flags, AgentFlags* v) {
   AgentOptions& o = v->options;
   v->max_concurrent = static_cast<int64_t>(o.max_concurrent);
+  v->connections = static_cast<int64_t>(o.connections);
   v->receive_window = o.receive_window;
   v->batch_bytes = o.max_batch_bytes;
   v->send_queue = static_cast<int64_t>(o.max_queued_bytes);
@@ -94,6 +95,10 @@ void RegisterConnectFlags(common::FlagSet* flags, AgentFlags* v) {
   flags->String("tls-server-name", &o.tls_server_name,
                 "name the gateway's certificate must have (default: the host "
                 "of --gateway)");
+  flags->Int("connections", &v->connections,
+             "with several --gateway addresses: connections held at once, "
+             "each to another address (a cluster's replicas all serve the "
+             "tunnels; losing one loses none); at most one per address");
   flags->Int("max-concurrent", &v->max_concurrent,
              "local requests in flight at once; further ones queue");
   flags->Int("stream-window", &v->receive_window,
@@ -252,6 +257,9 @@ absl::Status ParseConnectFlags(int argc, char** argv, int first,
                         << " holds a secret and is readable by group or "
                            "others; chmod 600 it";
   }
+  if (v->connections < 1 || v->connections > 16) {
+    return absl::InvalidArgumentError("--connections must be between 1 and 16");
+  }
   if (v->max_concurrent < 1) {
     return absl::InvalidArgumentError("--max-concurrent must be >= 1");
   }
@@ -370,6 +378,7 @@ absl::Status ParseConnectFlags(int argc, char** argv, int first,
   o.health.healthy_after = static_cast<int>(v->health_healthy_after);
   o.drain_timeout = v->drain_timeout;
   o.max_concurrent = static_cast<size_t>(v->max_concurrent);
+  o.connections = static_cast<size_t>(v->connections);
   o.receive_window = static_cast<uint32_t>(v->receive_window);
   o.max_batch_bytes = static_cast<uint32_t>(v->batch_bytes);
   o.max_queued_bytes = static_cast<size_t>(v->send_queue);

@@ -29,6 +29,7 @@ struct AgentFlags {
   std::string log_format = "text";
   absl::Duration drain_timeout = absl::Seconds(30);
   int64_t max_concurrent = 0;
+  int64_t connections = 0;
   int64_t receive_window = 0;
   int64_t batch_bytes = 0;
   int64_t send_queue = 0;
