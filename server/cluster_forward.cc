@@ -230,7 +230,8 @@ class ForwardCall final
     : public grpc::ClientBidiReactor<ForwardFrame, ForwardFrame>,
       public CallOps {
  public:
-  explicit ForwardCall(std::shared_ptr<Link> link) : link_(std::move(link)) {
+  ForwardCall(std::shared_ptr<Link> link, std::string replica)
+      : link_(std::move(link)), replica_(std::move(replica)) {
     link_->Attach(this);
   }
 
@@ -255,7 +256,9 @@ class ForwardCall final
 
   void OnReadDone(bool ok) override {
     if (!ok) {
-      Ended(ReplicaGone());
+      // Why comes with OnDone, which waits for the stream to let go; an
+      // open waiting for the answer learns now that there is none.
+      Ended(opened() ? ReplicaGone() : Unreachable());
       return;
     }
     common::StreamChannel& chan = link_->chan;
@@ -310,11 +313,17 @@ class ForwardCall final
   }
 
   void OnDone(const grpc::Status& s) override {
-    Ended(s.ok() ? ReplicaGone()
-                 : absl::UnavailableError(absl::StrCat(
-                       "the gateway replica serving this tunnel cannot be "
-                       "reached: ",
-                       s.error_message())));
+    if (!s.ok() && !opened() && s.error_code() != grpc::StatusCode::CANCELLED) {
+      // The call never got through (refused connection, TLS, a wrong
+      // secret): say why, at most once a second.
+      static std::atomic<int64_t> last_log_s{0};
+      const int64_t now_s = absl::ToUnixSeconds(absl::Now());
+      if (last_log_s.exchange(now_s) != now_s) {
+        TUNNEL_LOG(WARNING) << "cluster: cannot forward to replica " << replica_
+                            << ": " << s.error_message();
+      }
+    }
+    Ended(s.ok() ? ReplicaGone() : Unreachable());
     link_->Detach();
     delete this;
   }
@@ -330,6 +339,14 @@ class ForwardCall final
                      why.message())));
     context_.TryCancel();
   }
+  bool opened() {
+    absl::MutexLock lock(&link_->mu);
+    return link_->opened;
+  }
+  static absl::Status Unreachable() {
+    return absl::UnavailableError(
+        "the gateway replica serving this tunnel cannot be reached");
+  }
   void Ended(const absl::Status& why) {
     absl::MutexLock lock(&link_->mu);
     if (!link_->opened && link_->open_error.ok()) {
@@ -341,6 +358,7 @@ class ForwardCall final
   }
 
   std::shared_ptr<Link> link_;
+  const std::string replica_;
   grpc::ClientContext context_;
   ForwardFrame in_;
 };
@@ -500,7 +518,7 @@ absl::StatusOr<std::unique_ptr<TunnelStream>> ClusterRouter::Open(
                                  absl::Now());
     if (!md.ok()) return md.status();
     auto link = std::make_shared<Link>();
-    auto* call = new ForwardCall(link);
+    auto* call = new ForwardCall(link, route->replica_id);
     const uint64_t id = next_forward_id.fetch_add(1);
     head.set_stream_id(id);
     ForwardFrame open;

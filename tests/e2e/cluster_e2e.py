@@ -29,6 +29,7 @@ import random
 import re
 import shutil
 import signal
+import ssl
 import socket
 import subprocess
 import sys
@@ -171,10 +172,11 @@ class Cluster:
             re.search(r"^token: (\S+)", out, re.M).group(1),
             re.search(r"^secret: (\S+)", out, re.M).group(1))
 
-    def start_gateway(self, name, extra=(), secret="cluster.secret"):
+    def start_gateway(self, name, extra=(), secret="cluster.secret",
+                      tls=("--insecure",)):
         out = f"gw-{name}.out"
         p = subprocess.Popen(
-            [os.path.join(BUILD, "server", "gateway-tunnel"), "--insecure",
+            [os.path.join(BUILD, "server", "gateway-tunnel"), *tls,
              "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
              "--ops-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
              "--admin-token-file", "admin.token", "--credentials",
@@ -190,14 +192,15 @@ class Cluster:
                      open(out).read().strip().split("\n"))
         self.gw[name] = addrs
 
-    def start_agent(self, agent_id, target, gateways, extra=()):
+    def start_agent(self, agent_id, target, gateways, extra=(),
+                    tls=("--insecure",)):
         token, secret = self.creds[agent_id]
         env = dict(os.environ, TUNNEL_SECRET=secret)
         out = f"agent-{agent_id}.out"
         p = subprocess.Popen(
             [os.path.join(BUILD, "agent", "agent-tunnel"), "connect",
              "--gateway", ",".join(self.gw[g]["grpc"] for g in gateways),
-             "--id", agent_id, "--token", token, "--insecure", "--to", target,
+             "--id", agent_id, "--token", token, *tls, "--to", target,
              "--inspect", "", "--state-file", f"state-{agent_id}.json",
              "--max-backoff", "1s", *extra],
             env=env, stdout=open(out, "w"), stderr=open(f"agent-{agent_id}.err",
@@ -229,6 +232,45 @@ def get(addr, path, headers=None, timeout=30):
         return 0, {}, b""
     finally:
         c.close()
+
+
+def get_tls(addr, path, ca):
+    """(status, body) of one GET over HTTPS checked against `ca`; (0, b"")
+    when the connection fails."""
+    host, port = addr.rsplit(":", 1)
+    ctx = ssl.create_default_context(cafile=ca)
+    c = http.client.HTTPSConnection(host, int(port), timeout=10, context=ctx)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read()
+    except (OSError, http.client.HTTPException):
+        return 0, b""
+    finally:
+        c.close()
+
+
+def make_certs():
+    """ca.crt and gateway.crt/.key for localhost and 127.0.0.1; and
+    other-ca.crt, a CA that signed nothing here."""
+    def run(*args):
+        subprocess.run(args, check=True, capture_output=True)
+
+    for ca in ("ca", "other-ca"):
+        run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+            "ec_paramgen_curve:P-256", "-nodes", "-keyout", f"{ca}.key",
+            "-out", f"{ca}.crt", "-days", "1", "-subj", f"/CN={ca}",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign")
+    run("openssl", "req", "-newkey", "ec", "-pkeyopt",
+        "ec_paramgen_curve:P-256", "-nodes", "-keyout", "gateway.key", "-out",
+        "gateway.csr", "-subj", "/CN=gateway")
+    with open("gateway.ext", "w") as f:
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+                "extendedKeyUsage=serverAuth,clientAuth\n")
+    run("openssl", "x509", "-req", "-in", "gateway.csr", "-CA", "ca.crt",
+        "-CAkey", "ca.key", "-CAcreateserial", "-days", "1", "-extfile",
+        "gateway.ext", "-out", "gateway.crt")
 
 
 def health(cluster, name):
@@ -281,7 +323,7 @@ def main(cluster):
     subprocess.run([cluster.ctl, "admin-token", "issue", "--file",
                     "cluster.secret"], check=True, capture_output=True)
     for a in ("cam-a", "cam-b", "cam-c", "ws-01", "thief", "cam-d", "cam-r",
-              "cam-x", "cam-k"):
+              "cam-x", "cam-k", "cam-t"):
         cluster.issue(a)
     cluster.start_redis()
     for name in "abc":
@@ -761,6 +803,39 @@ def main(cluster):
           "one connection and stays up", kept and twice.poll() is None and
           len(sessions) == 1 and reaches(cluster, "a", "cam-r", "cam-a"),
           f"{sessions} {open('agent-cam-r.err').read()[-800:]}")
+
+    # --- TLS between replicas ---
+    make_certs()
+    tls = ("--tls-cert", "gateway.crt", "--tls-key", "gateway.key")
+    cluster.start_gateway("t1", ["--cluster-ca", "ca.crt"], tls=tls)
+    cluster.start_gateway("t2", ["--cluster-ca", "ca.crt"], tls=tls)
+    # t3 checks the others against a CA that signed none of them.
+    cluster.start_gateway("t3", ["--cluster-ca", "other-ca.crt"], tls=tls)
+    cluster.start_agent(
+        "cam-t", f"http://127.0.0.1:{services['cam-a'].server_address[1]}",
+        ["t1"], tls=("--ca", "ca.crt"))
+    read_line("agent-cam-t.out", r"/t/cam-t/$", 20)
+    try:
+        wait_until(lambda: get_tls(cluster.gw["t2"]["http"], "/t/cam-t/who",
+                                   "ca.crt") == (200, b"cam-a"), 10,
+                   "cam-t through gw-t2 over TLS")
+        tls_ok = True
+    except TimeoutError:
+        tls_ok = False
+    check("TLS replicas: a visitor at gw-t2 reaches cam-t on gw-t1 (the "
+          "forward over TLS, the certificate checked against --cluster-ca)",
+          tls_ok)
+    try:
+        wait_until(lambda: get_tls(cluster.gw["t3"]["http"], "/t/cam-t/who",
+                                   "ca.crt")[0] == 502 and
+                   "cannot be reached" in open("gw-t3.err").read(), 10,
+                   "gw-t3 to fail the forward")
+        untrusted = True
+    except TimeoutError:
+        untrusted = False
+    check("a replica that does not trust the others' certificate: 502, and "
+          "it says it cannot reach the owner", untrusted,
+          open("gw-t3.err").read()[-600:])
 
 
 if __name__ == "__main__":
