@@ -50,7 +50,8 @@ std::string FormDecode(absl::string_view s) {
 
 }  // namespace
 
-AccessCookieSigner::AccessCookieSigner() : key_(common::RandomBytes(32)) {}
+AccessCookieSigner::AccessCookieSigner(std::string key)
+    : key_(key.empty() ? common::RandomBytes(32) : std::move(key)) {}
 
 std::string AccessCookieSigner::Mac(
     int64_t expires, absl::string_view slug,
@@ -207,6 +208,7 @@ bool ParseBasicAuthorization(absl::string_view value, std::string* user,
 AccessGate::AccessGate(const AccessGateOptions& options, FrontMetrics* metrics)
     : options_(options),
       metrics_(metrics),
+      cookie_signer_(options.cookie_key),
       attempts_(options.attempts_per_minute),
       verified_(options.basic_auth_cache_ttl, options.basic_auth_cache_entries),
       basic_auth_grants_(metrics->access_grants->WithLabels({"basic_auth"})) {}

@@ -35,7 +35,9 @@ inline constexpr char kAccessCookieName[] = "tunnel_access";
 // Thread-safe (immutable after construction).
 class AccessCookieSigner {
  public:
-  AccessCookieSigner();
+  // `key` empty: a random one (cookies die with the process); the replicas
+  // of a gateway cluster share one, so a cookie earned at one passes all.
+  explicit AccessCookieSigner(std::string key = "");
   std::string Issue(absl::string_view slug,
                     const tunnel::v1::AccessCodeHash& code,
                     absl::Time expires) const;
@@ -104,6 +106,9 @@ struct AccessGateOptions {
   int attempts_per_minute = 5;
   // "https": the cookie is Secure.
   std::string scheme = "http";
+  // Key of the cookies' HMAC; empty: random per process (see
+  // AccessCookieSigner).
+  std::string cookie_key;
   // Basic auth: how long a verified user and password pass without being
   // hashed again, and how many such credentials are remembered. ttl 0:
   // every request is verified.

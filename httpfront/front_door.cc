@@ -61,6 +61,7 @@ AccessGateOptions GateOptions(const FrontDoorOptions& o) {
   g.cookie_ttl = o.access_cookie_ttl;
   g.attempts_per_minute = o.access_code_attempts_per_minute;
   g.scheme = o.scheme;
+  g.cookie_key = o.access_cookie_key;
   g.basic_auth_cache_ttl = o.basic_auth_cache_ttl;
   g.basic_auth_cache_entries = o.basic_auth_cache_entries;
   return g;

@@ -47,6 +47,9 @@ struct FrontDoorOptions {
   // is valid, and how many wrong codes one client IP may try per tunnel and
   // minute before 429.
   absl::Duration access_cookie_ttl = absl::Hours(24);
+  // Key of the access cookies' HMAC; empty: random per process. A gateway
+  // cluster derives it from its secret, so every replica honours them.
+  std::string access_cookie_key;
   int access_code_attempts_per_minute = 5;
   // Tunnels with basic auth: how long a verified user and password pass
   // without being hashed again (0: never cached), and how many are kept.

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/admin_token.h"
+#include "common/hmac_auth.h"
 #include "common/log.h"
 #include "common/random.h"
 #include "common/tls.h"
@@ -133,6 +134,10 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
       if (!secret.ok()) return secret.status();
       o.cluster.secret = common::Base64UrlEncode(*secret);
     }
+    // Access cookies earned at any replica pass every replica.
+    o.front.access_cookie_key = common::HmacSha256(
+        common::Base64UrlDecode(o.cluster.secret).value_or(o.cluster.secret),
+        "tunnel-access-cookie-v1");
     absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> peers =
         ClusterCredentials(o.tls.enabled(), o.cluster.ca_file, o.tls.cert_file);
     if (!peers.ok()) return peers.status();

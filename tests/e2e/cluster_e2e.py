@@ -451,6 +451,18 @@ def main(cluster):
                          {"X-Tunnel-Access-Code": "7431-9090"})
         check(f"gw-{gw}: the right code passes", s == 200 and body == b"cam-a",
               str(s))
+    # A visitor who typed the code at one replica is not asked again at
+    # another (behind one name, any replica may take the next request).
+    s_code, h_code, _ = get(cluster.gw["a"]["http"],
+                            "/t/cam-a/who?code=7431-9090")
+    cookie = (h_code.get("set-cookie") or "").split(";")[0]
+    check("?code= at gw-a earns the access cookie (303)",
+          s_code == 303 and cookie.startswith("tunnel_access="),
+          f"{s_code} {h_code}")
+    s_c, _, body_c = get(cluster.gw["c"]["http"], "/t/cam-a/who",
+                         {"Cookie": cookie})
+    check("the cookie earned at gw-a opens cam-a at gw-c",
+          s_c == 200 and body_c == b"cam-a", str(s_c))
     r = subprocess.run([cluster.ctl, "set-code", "cam-b", "5555-1234", *admin],
                        capture_output=True, text=True, timeout=30)
     check("set-code cam-b through gw-b", r.returncode == 0, r.stderr)
