@@ -8,8 +8,8 @@
 //       connects N agents, each on its own TCP connection (own channel, own
 //       subchannel pool), answers pings, and reconnects with full-jitter
 //       backoff when a session ends (with several gateways, as agent-tunnel
-//       does: each agent to the next one). Prints one line per event a script can
-//       wait for:
+//       does: each agent to the next one). Prints one line per event a
+//       script can wait for:
 //         "connected N in S"      all N accepted (S seconds since start)
 //         "lost K"                 sessions ended (first loss of a wave)
 //         "reconnected N in S"     all N back, S seconds after the first loss
