@@ -590,7 +590,7 @@ absl::Status ClusterDirectory::PublishAdmin(const char* key,
   return absl::OkStatus();
 }
 
-std::vector<RemoteRoute> ClusterDirectory::Lookup(
+std::shared_ptr<const std::vector<RemoteRoute>> ClusterDirectory::Lookup(
     absl::string_view slug) const {
   std::shared_ptr<const Routes> routes;
   {
@@ -598,8 +598,9 @@ std::vector<RemoteRoute> ClusterDirectory::Lookup(
     routes = routes_;
   }
   auto it = routes->find(slug);
-  if (it == routes->end()) return {};
-  return it->second;
+  if (it == routes->end()) return nullptr;
+  // Aliasing: keeps the whole snapshot alive, points at one entry.
+  return std::shared_ptr<const std::vector<RemoteRoute>>(routes, &it->second);
 }
 
 int64_t ClusterDirectory::Others(absl::string_view key, int64_t minute) {

@@ -158,8 +158,10 @@ class ClusterDirectory final : public ClusterHooks,
   int64_t Others(absl::string_view key, int64_t minute) override;
   void Add(absl::string_view key, int64_t minute, int64_t delta) override;
 
-  // The other replicas whose agents serve `slug` now (empty: none).
-  std::vector<RemoteRoute> Lookup(absl::string_view slug) const;
+  // The other replicas whose agents serve `slug` now (null: none). Shares
+  // the snapshot it comes from: no copy on the request path.
+  std::shared_ptr<const std::vector<RemoteRoute>> Lookup(
+      absl::string_view slug) const;
   // Who owns `slug` in the cluster as of the last heartbeat:
   // "agent:<id>", "pool:<name>", or "" for nobody.
   std::string OwnerOf(absl::string_view slug) const override;

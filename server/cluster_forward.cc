@@ -37,11 +37,14 @@ struct ForwardCounters {
         {"outcome"});
     opened = requests->WithLabels({"opened"});
     refused = requests->WithLabels({"refused"});
-    failed = requests->WithLabels({"unreachable"});
+    // Only a caller can fail to reach the other side.
+    if (std::string(side) == "out") {
+      failed = requests->WithLabels({"unreachable"});
+    }
   }
   common::Counter* opened;   // the owner opened the stream
-  common::Counter* refused;  // the owner answered with an error
-  common::Counter* failed;   // the owner could not be reached / timed out
+  common::Counter* refused;  // the owner said no (out) / a bad signature (in)
+  common::Counter* failed = nullptr;  // out: the owner could not be reached
 };
 
 namespace {
@@ -460,8 +463,9 @@ ClusterRouter::Peer* ClusterRouter::PeerFor(const RemoteRoute& route) {
 
 absl::StatusOr<std::unique_ptr<TunnelStream>> ClusterRouter::Open(
     absl::string_view slug, tunnel::v1::TunnelRequest head, const void* avoid) {
-  std::vector<RemoteRoute> routes = directory_->Lookup(slug);
-  if (routes.empty()) {
+  std::shared_ptr<const std::vector<RemoteRoute>> found =
+      directory_->Lookup(slug);
+  if (found == nullptr) {
     absl::StatusOr<std::unique_ptr<TunnelStream>> s =
         local_->Open(slug, std::move(head), avoid);
     if (!absl::IsNotFound(s.status())) return s;
@@ -481,6 +485,7 @@ absl::StatusOr<std::unique_ptr<TunnelStream>> ClusterRouter::Open(
     }
     return s;
   }
+  const std::vector<RemoteRoute>& routes = *found;
   if (local_->IsLive(slug)) {
     // A pool with members here and elsewhere: here first (no hop); the
     // others when every member here refuses.
@@ -570,9 +575,10 @@ absl::StatusOr<std::unique_ptr<TunnelStream>> ClusterRouter::Open(
 }
 
 VisitorPolicy ClusterRouter::PolicyFor(absl::string_view slug) const {
-  std::vector<RemoteRoute> routes = directory_->Lookup(slug);
-  if (routes.empty()) return local_->PolicyFor(slug);
-  return local_->PolicyFor(slug, routes.front().policy);
+  std::shared_ptr<const std::vector<RemoteRoute>> routes =
+      directory_->Lookup(slug);
+  if (routes == nullptr) return local_->PolicyFor(slug);
+  return local_->PolicyFor(slug, routes->front().policy);
 }
 
 // --- The owner's side ----------------------------------------------------
