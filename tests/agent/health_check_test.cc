@@ -10,6 +10,7 @@
 #include "absl/synchronization/mutex.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/loopback_port.h"
 #include "tests/testing/tunnel_harness.h"
 
 namespace tunnel::agent {
@@ -26,18 +27,7 @@ LocalTarget Target(int port) {
   return t;
 }
 
-// A loopback port nothing listens on (bound, then closed).
-int ClosedPort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
+int ClosedPort() { return testing::UnusedLoopbackPort(); }
 
 TEST(HealthCheckTest, TcpProbeSaysWhetherTheServiceListens) {
   testing::LocalService svc;

@@ -3,10 +3,8 @@
 // cluster_e2e cannot pin down one by one.
 #include "server/cluster_directory.h"
 
-#include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,6 +20,7 @@
 #include "gtest/gtest.h"
 #include "server/redis_client.h"
 #include "server/session_registry.h"
+#include "tests/testing/loopback_port.h"
 
 extern char** environ;
 
@@ -29,18 +28,6 @@ namespace tunnel::server {
 namespace {
 
 constexpr char kRedisServer[] = "/usr/bin/redis-server";
-
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
 
 // A redis-server of our own, without persistence.
 class RedisProcess {
@@ -95,7 +82,8 @@ class ClusterDirectoryTest : public ::testing::Test {
       }
       GTEST_SKIP() << "redis-server is not installed";
     }
-    for (int i = 0; i < 5 && !redis_.Start(FreePort()); ++i) {
+    for (int i = 0; i < 5 && !redis_.Start(testing::UnusedLoopbackPort());
+         ++i) {
     }
     ASSERT_GT(redis_.port(), 0);
     address_ = RedisAddress{"127.0.0.1", redis_.port(), 0, ""};
