@@ -219,6 +219,15 @@ class Cluster:
                 p.kill()
 
 
+def eventually(predicate, seconds, what):
+    """True once `predicate` holds within `seconds` (wait_until), else False."""
+    try:
+        wait_until(predicate, seconds, what)
+        return True
+    except TimeoutError:
+        return False
+
+
 def get(addr, path, headers=None, timeout=30):
     """(status, headers dict (lowercase), body) of one GET; (0, {}, b"") when
     the connection fails."""
@@ -352,12 +361,8 @@ def main(cluster):
     # --- every replica reaches every tunnel ---
     for gw in "abc":
         for slug in home:
-            try:
-                wait_until(lambda: reaches(cluster, gw, slug, slug), 10,
-                           f"{slug} through gw-{gw}")
-                ok = True
-            except TimeoutError:
-                ok = False
+            ok = eventually(lambda: reaches(cluster, gw, slug, slug), 10,
+                            f"{slug} through gw-{gw}")
             where = "its own replica" if home[slug] == gw else "a forward"
             check(f"gw-{gw} reaches {slug} ({where})", ok)
     for gw in "abc":
@@ -440,12 +445,8 @@ def main(cluster):
                        capture_output=True, text=True, timeout=30)
     check("set-code cam-a through gw-b", r.returncode == 0, r.stderr)
     for gw in "ac":
-        try:
-            wait_until(lambda: get(cluster.gw[gw]["http"], "/t/cam-a/who")[0]
-                       == 401, 5, f"401 on gw-{gw}")
-            gated = True
-        except TimeoutError:
-            gated = False
+        gated = eventually(lambda: get(cluster.gw[gw]["http"], "/t/cam-a/who")[0]
+                           == 401, 5, f"401 on gw-{gw}")
         check(f"gw-{gw}: cam-a now asks for the code (401)", gated)
         s, _, body = get(cluster.gw[gw]["http"], "/t/cam-a/who",
                          {"X-Tunnel-Access-Code": "7431-9090"})
@@ -475,24 +476,16 @@ def main(cluster):
                         "admin.token"], capture_output=True, text=True,
                        timeout=30)
     check("set-code cam-a --public through gw-c", r.returncode == 0, r.stderr)
-    try:
-        wait_until(lambda: get(cluster.gw["a"]["http"], "/t/cam-a/who")[0] ==
-                   200, 5, "cam-a public on gw-a")
-        public = True
-    except TimeoutError:
-        public = False
+    public = eventually(lambda: get(cluster.gw["a"]["http"], "/t/cam-a/who")[0] ==
+                        200, 5, "cam-a public on gw-a")
     check("gw-a: cam-a public again", public)
 
     # --- Redis stopped: everyone keeps serving, and says so ---
     cluster.procs["redis"].kill()
     cluster.procs["redis"].wait()
     for gw in "abc":
-        try:
-            wait_until(lambda: health(cluster, gw).get("cluster", {}).get(
-                "redis") == "down", 5, f"gw-{gw} to see Redis down")
-            down = True
-        except TimeoutError:
-            down = False
+        down = eventually(lambda: health(cluster, gw).get("cluster", {}).get(
+                   "redis") == "down", 5, f"gw-{gw} to see Redis down")
         check(f"gw-{gw} /healthz says Redis is down", down)
     check("gw-a still serves its own agent", reaches(cluster, "a", "cam-a",
                                                      "cam-a"))
@@ -506,22 +499,14 @@ def main(cluster):
     # --- Redis back, empty: the directory is rebuilt ---
     cluster.start_redis(cluster.redis_port)
     for gw in "abc":
-        try:
-            wait_until(lambda: health(cluster, gw).get("cluster", {}) .get(
-                "replicas") == 3 and health(cluster, gw)["cluster"]["redis"]
-                == "up", 10, f"gw-{gw} back in sync")
-            synced = True
-        except TimeoutError:
-            synced = False
+        synced = eventually(lambda: health(cluster, gw).get("cluster", {}) .get(
+                     "replicas") == 3 and health(cluster, gw)["cluster"]["redis"]
+                     == "up", 10, f"gw-{gw} back in sync")
         check(f"gw-{gw} back in sync with the restarted Redis (3 replicas)",
               synced)
-    try:
-        wait_until(lambda: (redis_cmd(cluster.redis_port, "HEXISTS",
-                                      "admin:access", "cam-b") or b"")
-                   .startswith(b":1"), 5, "cam-b's access code back in Redis")
-        restored = True
-    except TimeoutError:
-        restored = False
+    restored = eventually(lambda: (redis_cmd(cluster.redis_port, "HEXISTS",
+                                             "admin:access", "cam-b") or b"")
+                          .startswith(b":1"), 5, "cam-b's access code back in Redis")
     check("the replicas wrote cam-b's access code back into Redis", restored)
     owners = redis_cmd(cluster.redis_port, "HGETALL", "owners") or b""
     check("the slug owners are back in Redis",
@@ -529,12 +514,8 @@ def main(cluster):
           str(owners))
     cluster.start_agent("cam-d", f"http://127.0.0.1:{services['cam-a'].server_address[1]}", ["b"])
     read_line("agent-cam-d.out", r"/t/cam-d/$", 20)
-    try:
-        wait_until(lambda: reaches(cluster, "a", "cam-d", "cam-a"), 5,
-                   "cam-d through gw-a")
-        new_ok = True
-    except TimeoutError:
-        new_ok = False
+    new_ok = eventually(lambda: reaches(cluster, "a", "cam-d", "cam-a"), 5,
+                        "cam-d through gw-a")
     check("a tunnel that connected after the restart is reachable everywhere",
           new_ok)
 
@@ -544,24 +525,16 @@ def main(cluster):
                        capture_output=True, text=True, timeout=30)
     check("set-code cam-b --public through gw-a (after the restart)",
           r.returncode == 0, r.stderr)
-    try:
-        wait_until(lambda: reaches(cluster, "c", "cam-b", "cam-b"), 5,
-                   "cam-b public on gw-c")
-        public = True
-    except TimeoutError:
-        public = False
+    public = eventually(lambda: reaches(cluster, "c", "cam-b", "cam-b"), 5,
+                        "cam-b public on gw-c")
     check("gw-c: cam-b public again", public)
 
     # --- offline: 502 everywhere ---
     cluster.procs["agent-cam-d"].terminate()
     cluster.procs["agent-cam-d"].wait(timeout=20)
     for gw in "ac":
-        try:
-            wait_until(lambda: get(cluster.gw[gw]["http"], "/t/cam-d/")[0] ==
-                       502, 5, f"502 for cam-d on gw-{gw}")
-            offline = True
-        except TimeoutError:
-            offline = False
+        offline = eventually(lambda: get(cluster.gw[gw]["http"], "/t/cam-d/")[0] ==
+                             502, 5, f"502 for cam-d on gw-{gw}")
         check(f"gw-{gw}: cam-d (agent gone from gw-b) is 502, not 404",
               offline)
 
@@ -731,12 +704,8 @@ def main(cluster):
     check("cam-b (connected to gw-b and gw-c) loses no request started after "
           "gw-b's kill -9, through either survivor",
           len(after) >= 200 and not failed, f"{len(failed)} of {len(after)}")
-    try:
-        wait_until(lambda: get(cluster.gw["a"]["http"], "/t/cam-k/who")[0] ==
-                   502, 5, "cam-k offline")
-        k_offline = True
-    except TimeoutError:
-        k_offline = False
+    k_offline = eventually(lambda: get(cluster.gw["a"]["http"], "/t/cam-k/who")[0] ==
+                           502, 5, "cam-k offline")
     check("cam-k (on gw-b only) is 502 once gw-b's lease expired", k_offline)
     for gw in "ac":
         for slug in ("cam-a", "cam-c"):
@@ -746,15 +715,11 @@ def main(cluster):
     check("8 MiB of cam-b through gw-a after the kill: SHA-256 matches",
           status == 200 and digest == blob_sha(8), f"{status} {n}")
     # cam-a's second connection (gw-b) moves on to gw-c: two again.
-    try:
-        wait_until(lambda: (lambda r: {a["replica"] for a in json.loads(
-            r.stdout or "{}").get("agents", []) if a["agent_id"] == "cam-a"})(
-                subprocess.run([cluster.ctl, "list", "--json", *admin_c],
-                               capture_output=True, text=True, timeout=30))
-                   == {"gw-a", "gw-c"}, 10, "cam-a on gw-a and gw-c")
-        moved = True
-    except TimeoutError:
-        moved = False
+    moved = eventually(lambda: (lambda r: {a["replica"] for a in json.loads(
+                r.stdout or "{}").get("agents", []) if a["agent_id"] == "cam-a"})(
+                    subprocess.run([cluster.ctl, "list", "--json", *admin_c],
+                                   capture_output=True, text=True, timeout=30))
+                       == {"gw-a", "gw-c"}, 10, "cam-a on gw-a and gw-c")
     check("cam-a's connection to the dead replica moved on to the third "
           "address", moved)
 
@@ -777,12 +742,8 @@ def main(cluster):
     check("cam-c's session on gw-c is closed for the token gw-a revoked, and "
           "the agent stops", agent_c.returncode not in (None, 0) and
           "revoked" in err, f"exit {agent_c.returncode}: {err[-600:]}")
-    try:
-        wait_until(lambda: get(cluster.gw["a"]["http"], "/t/cam-c/who")[0] ==
-                   502, 5, "cam-c offline on gw-a")
-        gone = True
-    except TimeoutError:
-        gone = False
+    gone = eventually(lambda: get(cluster.gw["a"]["http"], "/t/cam-c/who")[0] ==
+                      502, 5, "cam-c offline on gw-a")
     check("cam-c is offline (502) everywhere after the revocation", gone)
     out = subprocess.run(
         [os.path.join(BUILD, "agent", "agent-tunnel"), "connect", "--gateway",
@@ -829,24 +790,16 @@ def main(cluster):
         "cam-t", f"http://127.0.0.1:{services['cam-a'].server_address[1]}",
         ["t1"], tls=("--ca", "ca.crt"))
     read_line("agent-cam-t.out", r"/t/cam-t/$", 20)
-    try:
-        wait_until(lambda: get_tls(cluster.gw["t2"]["http"], "/t/cam-t/who",
-                                   "ca.crt") == (200, b"cam-a"), 10,
-                   "cam-t through gw-t2 over TLS")
-        tls_ok = True
-    except TimeoutError:
-        tls_ok = False
+    tls_ok = eventually(lambda: get_tls(cluster.gw["t2"]["http"], "/t/cam-t/who",
+                                        "ca.crt") == (200, b"cam-a"), 10,
+                        "cam-t through gw-t2 over TLS")
     check("TLS replicas: a visitor at gw-t2 reaches cam-t on gw-t1 (the "
           "forward over TLS, the certificate checked against --cluster-ca)",
           tls_ok)
-    try:
-        wait_until(lambda: get_tls(cluster.gw["t3"]["http"], "/t/cam-t/who",
-                                   "ca.crt")[0] == 502 and
-                   "cannot be reached" in open("gw-t3.err").read(), 10,
-                   "gw-t3 to fail the forward")
-        untrusted = True
-    except TimeoutError:
-        untrusted = False
+    untrusted = eventually(lambda: get_tls(cluster.gw["t3"]["http"], "/t/cam-t/who",
+                                           "ca.crt")[0] == 502 and
+                           "cannot be reached" in open("gw-t3.err").read(), 10,
+                           "gw-t3 to fail the forward")
     check("a replica that does not trust the others' certificate: 502, and "
           "it says it cannot reach the owner", untrusted,
           open("gw-t3.err").read()[-600:])
