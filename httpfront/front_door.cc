@@ -79,7 +79,12 @@ class FrontDoor::Handler {
         router_(router),
         log_(metrics),
         limits_(LimitOptions(options), &log_),
-        gate_(GateOptions(options), &log_.metrics()) {}
+        gate_(GateOptions(options), &log_.metrics()) {
+    if (options.relay != nullptr) {
+      relay_ = std::make_unique<RelayFront>(options.relay_options,
+                                            options.relay, metrics);
+    }
+  }
 
   RequestLog& log() { return log_; }
 
@@ -187,6 +192,13 @@ class FrontDoor::Handler {
     }
     std::optional<Route> route =
         ResolveRoute(req.get_header_value("Host"), req.target, options_.domain);
+    // The encrypted relay lives on the gateway's own host (a tunnel's
+    // subdomain keeps /relay/ for its service).
+    if (!route.has_value() && relay_ != nullptr &&
+        RelayFront::IsRelayPath(RelayFront::PathOf(req.target))) {
+      relay_->Handle(req, res);
+      return;
+    }
     if (!route.has_value()) {
       const int port = public_port_.load(std::memory_order_relaxed);
       const std::string at =
@@ -465,6 +477,7 @@ class FrontDoor::Handler {
   RequestLog log_;
   RequestLimits limits_;
   AccessGate gate_;
+  std::unique_ptr<RelayFront> relay_;  // null without a relay
   // > 0 while draining: the Retry-After to send, in seconds.
   std::atomic<int64_t> drain_retry_after_s_{0};
   std::atomic<int> public_port_{0};

@@ -19,6 +19,8 @@
 #include "common/metrics.h"
 #include "common/tls.h"
 #include "httpfront/front_server.h"
+#include "httpfront/relay_front.h"
+#include "server/relay_router.h"
 #include "server/tunnel_router.h"
 
 namespace tunnel::httpfront {
@@ -71,6 +73,10 @@ struct FrontDoorOptions {
   // The tunnel limits' clock (tests move it forward).
   absl::Time (*clock)() = &absl::Now;
   ConnectionOptions connection;
+  // The encrypted relay (docs/RELAY.md) at /relay/ on the gateway's own
+  // host; null: none. Must outlive the front door.
+  server::RelayRouter* relay = nullptr;
+  RelayFrontOptions relay_options;
 };
 
 class FrontDoor {

@@ -57,12 +57,17 @@ std::string OpsServer::HealthJson(const Health& h) const {
                            "\",\"replicas\":", c.replicas,
                            ",\"remote_tunnels\":", c.remote_tunnels, "}");
   }
+  std::string relay;
+  if (h.relay.has_value()) {
+    relay = absl::StrCat(",\"relay\":{\"sessions\":", h.relay->sessions,
+                         ",\"clients\":", h.relay->clients, "}");
+  }
   return absl::StrCat(
       "{\"status\":\"", h.draining ? "draining" : "ok",
       "\",\"sessions\":", h.sessions, ",\"streams\":", h.streams,
       ",\"version\":\"", version_,
       "\",\"uptime_seconds\":", absl::ToInt64Seconds(absl::Now() - started_),
-      cluster, "}\n");
+      relay, cluster, "}\n");
 }
 
 absl::StatusOr<int> OpsServer::Listen(const std::string& host, int port) {

@@ -35,8 +35,14 @@ struct ClusterHealth {
   size_t remote_tunnels = 0;
 };
 
+struct RelayHealth {
+  int64_t sessions = 0;  // encrypted shares hosted
+  int64_t clients = 0;   // browsers connected to them
+};
+
 struct Health {
   bool draining = false;
+  std::optional<RelayHealth> relay;
   size_t sessions = 0;
   size_t streams = 0;
   std::optional<ClusterHealth> cluster;

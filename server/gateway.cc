@@ -148,6 +148,10 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
     router = gw->cluster_router_.get();
     o.front.shared_tunnel_counts = gw->cluster_.get();
   }
+  if (o.relay.max_sessions > 0) {
+    gw->relay_ = std::make_unique<RelayHub>(o.relay);
+    o.front.relay = gw->relay_.get();
+  }
   gw->front_ =
       std::make_unique<httpfront::FrontDoor>(o.front, router, &gw->metrics_);
   absl::StatusOr<int> bound = gw->front_->Listen(http_host, http_port);
@@ -158,6 +162,7 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
 
   gw->service_ = std::make_unique<TunnelServiceImpl>(
       o.service, &gw->registry_, gw->verifier_.get(), &gw->core_metrics_);
+  gw->service_->set_relay(gw->relay_.get());
   // Operators' tools on the agent port: server reflection (`grpcurl list`,
   // `describe`; a process-wide switch read when a builder is made and
   // built) and grpc.health.v1.Health (ours, not gRPC's default: see
@@ -280,6 +285,10 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Start(
           h.draining = g->draining_;
           h.sessions = g->registry_.session_count();
           h.streams = g->registry_.stream_count();
+          if (g->relay_ != nullptr) {
+            const RelayCounts rc = g->relay_->counts();
+            h.relay = httpfront::RelayHealth{rc.sessions, rc.clients};
+          }
           if (g->cluster_ != nullptr) {
             const ClusterState cs = g->cluster_->state();
             h.cluster = httpfront::ClusterHealth{

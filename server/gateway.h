@@ -28,6 +28,7 @@
 #include "server/cluster_forward.h"
 #include "server/core_metrics.h"
 #include "server/health_service.h"
+#include "server/relay_hub.h"
 #include "server/session_registry.h"
 #include "server/tunnel_service.h"
 #include "tunnel/v1/credentials.pb.h"
@@ -91,6 +92,10 @@ struct GatewayOptions {
   // `cluster_secret_file` (mode 0600), or is given directly (tests).
   ClusterOptions cluster;
   std::string cluster_secret_file;
+  // The encrypted relay (agent-tunnel share, docs/RELAY.md);
+  // relay.max_sessions 0: off (agents asking to host shares are refused).
+  // Its front-door limits are front.relay_options.
+  RelayHubOptions relay;
 };
 
 class Gateway {
@@ -149,6 +154,7 @@ class Gateway {
   absl::Mutex reload_mu_;  // one reload at a time
   std::unique_ptr<common::AuthVerifier> verifier_;
   SessionRegistry registry_;
+  std::unique_ptr<RelayHub> relay_;  // null with --relay-max-sessions 0
   std::unique_ptr<ClusterDirectory> cluster_;
   std::unique_ptr<ClusterRouter> cluster_router_;
   std::unique_ptr<ForwardService> forward_service_;

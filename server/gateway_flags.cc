@@ -33,6 +33,17 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
   v->send_queue_bytes = static_cast<int64_t>(o.service.limits.max_queued_bytes);
   v->control_queue = static_cast<int64_t>(o.service.limits.max_queued_control);
   v->max_batch_bytes = static_cast<int64_t>(o.service.max_batch_bytes);
+  const httpfront::RelayFrontOptions& rf = o.front.relay_options;
+  v->relay_max_sessions = static_cast<int64_t>(o.relay.max_sessions);
+  v->relay_max_clients = static_cast<int64_t>(o.relay.max_clients_per_session);
+  v->relay_max_frame = o.relay.max_frame_bytes;
+  v->relay_ip_connections = rf.max_connections_per_ip;
+  v->relay_ip_per_minute = rf.connections_per_ip_per_minute;
+  v->relay_frames_per_second = static_cast<int64_t>(rf.frames_per_second);
+  v->relay_bytes_per_second = static_cast<int64_t>(rf.bytes_per_second);
+  v->relay_ip_frames_per_second = static_cast<int64_t>(rf.ip_frames_per_second);
+  v->relay_ip_bytes_per_second = static_cast<int64_t>(rf.ip_bytes_per_second);
+  v->relay_client_buffer = static_cast<int64_t>(rf.client_buffer_bytes);
 
   flags->String("config", &v->config,
                 "config file (tunnel.v1.GatewayConfig, text format or .json); "
@@ -209,12 +220,87 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
   flags->String("cluster-tls-name", &o.cluster.tls_name,
                 "with TLS: the name the other replicas' certificates carry "
                 "(default: the host of their --cluster-advertise)");
+  flags->Int("relay-max-sessions", &v->relay_max_sessions,
+             "encrypted shares (agent-tunnel share) hosted at once; 0: no "
+             "relay (agents asking to host shares are refused)");
+  flags->Int("relay-max-clients-per-session", &v->relay_max_clients,
+             "browsers connected to one share at once");
+  flags->Int("relay-max-frame-bytes", &v->relay_max_frame,
+             "largest relay frame either way, in bytes; a browser sending "
+             "a bigger one is disconnected (WebSocket close 1009)");
+  flags->Int("relay-max-connections-per-ip", &v->relay_ip_connections,
+             "relay WebSocket connections one IP may hold open; 0: "
+             "unlimited");
+  flags->Int("relay-connections-per-ip-per-minute", &v->relay_ip_per_minute,
+             "new relay WebSocket connections per IP and minute; 0: "
+             "unlimited");
+  flags->Int("relay-frames-per-second", &v->relay_frames_per_second,
+             "frames per second one browser connection may send before "
+             "reading from it pauses; 0: unlimited");
+  flags->Int("relay-bytes-per-second", &v->relay_bytes_per_second,
+             "bytes per second one browser connection may send before "
+             "reading from it pauses; 0: unlimited");
+  flags->Int("relay-ip-frames-per-second", &v->relay_ip_frames_per_second,
+             "frames per second all of one IP's relay connections may send "
+             "together; 0: unlimited");
+  flags->Int("relay-ip-bytes-per-second", &v->relay_ip_bytes_per_second,
+             "bytes per second all of one IP's relay connections may send "
+             "together; 0: unlimited");
+  flags->Int("relay-client-buffer", &v->relay_client_buffer,
+             "bytes of frames waiting to be written to one browser before "
+             "it counts as stuck and is disconnected");
+  flags->Duration("relay-idle-timeout", &o.front.relay_options.idle_timeout,
+                  "a relay WebSocket silent this long is closed (the gateway "
+                  "pings browsers at a quarter of it)");
   flags->String("log-level", &v->log_level, "debug, info, warning or error");
   flags->String("log-format", &v->log_format,
                 "text (lines for people) or json (one object per line)");
 }
 
 namespace {
+
+// The --relay-* flags: in range.
+absl::Status CheckRelayFlags(const GatewayFlags* v) {
+  struct Range {
+    const char* flag;
+    int64_t value;
+    int64_t min;
+    int64_t max;
+  };
+  const Range ranges[] = {
+      {"--relay-max-sessions", v->relay_max_sessions, 0, 10000000},
+      {"--relay-max-clients-per-session", v->relay_max_clients, 1, 10000},
+      {"--relay-max-frame-bytes", v->relay_max_frame,
+       static_cast<int64_t>(common::kMaxChunkBytes) + 1024, 16 << 20},
+      {"--relay-max-connections-per-ip", v->relay_ip_connections, 0, 1000000},
+      {"--relay-connections-per-ip-per-minute", v->relay_ip_per_minute, 0,
+       1000000},
+      {"--relay-frames-per-second", v->relay_frames_per_second, 0, 10000000},
+      {"--relay-bytes-per-second", v->relay_bytes_per_second, 0, 1LL << 40},
+      {"--relay-ip-frames-per-second", v->relay_ip_frames_per_second, 0,
+       10000000},
+      {"--relay-ip-bytes-per-second", v->relay_ip_bytes_per_second, 0,
+       1LL << 40},
+      {"--relay-client-buffer", v->relay_client_buffer, 1 << 20, 1LL << 30},
+  };
+  for (const Range& r : ranges) {
+    if (r.value < r.min || r.value > r.max) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(r.flag, " must be between ", r.min, " and ", r.max,
+                       ", not ", r.value));
+    }
+  }
+  if (v->relay_max_frame > v->max_agent_message - 1024) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--relay-max-frame-bytes must be at most --max-agent-message (",
+        v->max_agent_message, ") less 1024"));
+  }
+  if (v->options.front.relay_options.idle_timeout < absl::Seconds(4)) {
+    return absl::InvalidArgumentError(
+        "--relay-idle-timeout must be at least 4s");
+  }
+  return absl::OkStatus();
+}
 
 // The --cluster-* flags: checked, and the defaults that depend on others
 // filled in.
@@ -431,6 +517,7 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
     return absl::InvalidArgumentError(
         "--grpc-threads must be between 1 and 64");
   }
+  if (absl::Status s = CheckRelayFlags(v); !s.ok()) return s;
   GatewayOptions& o = v->options;
   if (o.tls.enabled() && v->insecure) {
     return absl::InvalidArgumentError(
@@ -469,6 +556,17 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
   o.service.limits.max_queued_bytes = static_cast<size_t>(v->send_queue_bytes);
   o.service.limits.max_queued_control = static_cast<size_t>(v->control_queue);
   o.service.max_batch_bytes = static_cast<uint32_t>(v->max_batch_bytes);
+  o.relay.max_sessions = static_cast<size_t>(v->relay_max_sessions);
+  o.relay.max_clients_per_session = static_cast<size_t>(v->relay_max_clients);
+  o.relay.max_frame_bytes = static_cast<uint32_t>(v->relay_max_frame);
+  httpfront::RelayFrontOptions& rf = o.front.relay_options;
+  rf.max_connections_per_ip = v->relay_ip_connections;
+  rf.connections_per_ip_per_minute = v->relay_ip_per_minute;
+  rf.frames_per_second = static_cast<double>(v->relay_frames_per_second);
+  rf.bytes_per_second = static_cast<double>(v->relay_bytes_per_second);
+  rf.ip_frames_per_second = static_cast<double>(v->relay_ip_frames_per_second);
+  rf.ip_bytes_per_second = static_cast<double>(v->relay_ip_bytes_per_second);
+  rf.client_buffer_bytes = static_cast<size_t>(v->relay_client_buffer);
   return CheckClusterFlags(&o);
 }
 

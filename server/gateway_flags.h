@@ -36,6 +36,17 @@ struct GatewayFlags {
   int64_t send_queue_bytes = 0;
   int64_t control_queue = 0;
   int64_t max_batch_bytes = 0;
+  // The encrypted relay's limits (--relay-*).
+  int64_t relay_max_sessions = 0;
+  int64_t relay_max_clients = 0;
+  int64_t relay_max_frame = 0;
+  int64_t relay_ip_connections = 0;
+  int64_t relay_ip_per_minute = 0;
+  int64_t relay_frames_per_second = 0;
+  int64_t relay_bytes_per_second = 0;
+  int64_t relay_ip_frames_per_second = 0;
+  int64_t relay_ip_bytes_per_second = 0;
+  int64_t relay_client_buffer = 0;
   bool insecure = false;  // --insecure: plaintext on both listeners
   std::string log_level = "info";
   std::string log_format = "text";

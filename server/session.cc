@@ -8,6 +8,7 @@
 #include "common/envelopes.h"
 #include "common/headers.h"
 #include "common/log.h"
+#include "server/relay_hub.h"
 
 namespace tunnel::server {
 namespace {
@@ -576,8 +577,27 @@ void Session::OnEnvelope(Envelope e) {
   }
 }
 
+bool Session::SendRelay(Envelope e, absl::Time deadline) {
+  if (closing()) return false;
+  if (deadline == absl::InfinitePast()) {
+    Enqueue(std::move(e), /*control=*/true);
+    return true;
+  }
+  if (!outbox_.WaitForRoom(limits_.max_queued_bytes, deadline)) return false;
+  Enqueue(std::move(e), /*control=*/false);
+  return true;
+}
+
 bool Session::OnOne(Envelope& e) {
   switch (e.message_case()) {
+    case Envelope::kRelay:
+      if (relay_ == nullptr) {
+        CloseForViolation(Violation::kUnexpectedMessage,
+                          "the agent sent a relay frame but hosts no share");
+        return false;
+      }
+      relay_->FromAgent(this, e.mutable_relay());
+      return true;
     case Envelope::kResponse:
     case Envelope::kData:
     case Envelope::kClose:
@@ -724,6 +744,7 @@ void Session::OnDone() {
     // Responses that arrived whole before the call ended are still served.
     ch->AbortIfIncomplete(absl::UnavailableError("the agent disconnected"));
   }
+  if (relay_ != nullptr) relay_->Unhost(this);
 }
 
 }  // namespace tunnel::server

@@ -89,6 +89,8 @@ struct SessionStats {
   size_t stalled_to_visitor = 0;
 };
 
+class RelayHub;
+
 class Session : public std::enable_shared_from_this<Session> {
  public:
   // `metrics` must outlive the session. `token_id` is the credential the
@@ -124,6 +126,25 @@ class Session : public std::enable_shared_from_this<Session> {
     pool_ = std::move(pool);
   }
   const tunnel::v1::TunnelPolicy& policy() const { return policy_; }
+  // Handshake only, before the session is registered: the hub its relay
+  // frames go to, when the agent hosts encrypted shares (agent-tunnel
+  // share); otherwise a RelayFrame from the agent is a violation. The
+  // session leaves the hub when it ends.
+  // A share-only session (no public tunnel) is registered beside the
+  // agent's tunnel session, not in its place: `agent-tunnel share` and
+  // `agent-tunnel connect` may run with one agent id at once.
+  void SetRelay(RelayHub* hub, bool share_only) {
+    relay_ = hub;
+    if (share_only) registry_key_ = agent_id_ + "\x1f" + "share";
+  }
+  // Which session of the agent this is in the registry: the agent id, or
+  // the agent id marked as a share's.
+  const std::string& registry_key() const { return registry_key_; }
+  // Any thread (the front door's fibers): queues a relay frame or event for
+  // the agent. With a `deadline` in the future, waits until then for room
+  // in the send queue (false: no room in time, or the session is closing);
+  // InfinitePast() queues at once on the control lane (small events).
+  bool SendRelay(tunnel::v1::Envelope e, absl::Time deadline);
   const std::string& pool() const { return pool_; }
   absl::Time connected_at() const { return connected_at_; }
   SessionCounters counters() const;
@@ -246,11 +267,13 @@ class Session : public std::enable_shared_from_this<Session> {
   absl::flat_hash_map<std::string, std::string> unhealthy_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, std::shared_ptr<common::StreamChannel>> streams_
       ABSL_GUARDED_BY(mu_);
-  uint32_t batch_bytes_ = 0;            // set at the handshake only
-  std::vector<SessionTunnel> tunnels_;  // set before registration only
-  absl::Time connected_at_;             // likewise
-  tunnel::v1::TunnelPolicy policy_;     // likewise
-  std::string pool_;                    // likewise
+  uint32_t batch_bytes_ = 0;              // set at the handshake only
+  std::vector<SessionTunnel> tunnels_;    // set before registration only
+  absl::Time connected_at_;               // likewise
+  tunnel::v1::TunnelPolicy policy_;       // likewise
+  std::string pool_;                      // likewise
+  RelayHub* relay_ = nullptr;             // likewise
+  std::string registry_key_ = agent_id_;  // likewise
   // The admin API's counters; relaxed increments on the data path.
   std::atomic<uint64_t> requests_{0};
   std::atomic<uint64_t> agent_errors_{0};

@@ -63,11 +63,11 @@ absl::Status SessionRegistry::Register(const std::shared_ptr<Session>& session,
           "slug \"", slug, "\" belongs to another agent; choose another"));
     }
   }
-  if (auto it = live_.find(agent); it != live_.end()) {
+  if (auto it = live_.find(session->registry_key()); it != live_.end()) {
     *replaced = it->second;
     RemoveRoutesLocked(replaced->get());
   }
-  live_[agent] = session;
+  live_[session->registry_key()] = session;
   for (const std::string& slug : slugs) {
     if (pool.empty()) {
       slug_owner_[slug] = agent;
@@ -106,7 +106,7 @@ void SessionRegistry::RemoveRoutesLocked(const Session* session) {
 
 void SessionRegistry::Unregister(const Session* session) {
   absl::MutexLock lock(&mu_);
-  auto it = live_.find(session->agent_id());
+  auto it = live_.find(session->registry_key());
   if (it == live_.end() || it->second.get() != session) return;
   live_.erase(it);
   RemoveRoutesLocked(session);

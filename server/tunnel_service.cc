@@ -24,6 +24,7 @@
 #include "common/password_hash.h"
 #include "common/random.h"
 #include "common/slug.h"
+#include "server/relay_hub.h"
 #include "server/visitor_policy.h"
 
 namespace tunnel::server {
@@ -325,13 +326,23 @@ class AgentConnection final : public EnvelopeWriter {
              grpc::StatusCode::PERMISSION_DENIED);
       return;
     }
-    if (req.tunnels().empty() ||
+    // An agent hosting encrypted shares (agent-tunnel share) may have no
+    // public tunnel.
+    const bool hosts_shares = !req.relay_sessions().empty();
+    if ((req.tunnels().empty() && !hosts_shares) ||
         static_cast<size_t>(req.tunnels_size()) > opts.max_tunnels_per_agent) {
       Refuse(ConnectError::INVALID_REQUEST,
              absl::StrCat("an agent must ask for 1 to ",
                           opts.max_tunnels_per_agent, " tunnels, not ",
                           req.tunnels_size()),
              grpc::StatusCode::INVALID_ARGUMENT);
+      return;
+    }
+    if (hosts_shares && service_->relay_ == nullptr) {
+      Refuse(ConnectError::INVALID_REQUEST,
+             "this gateway does not relay encrypted shares (started with "
+             "--relay-max-sessions 0)",
+             grpc::StatusCode::FAILED_PRECONDITION);
       return;
     }
     if (req.random_slug()) {
@@ -422,6 +433,21 @@ class AgentConnection final : public EnvelopeWriter {
         return;
       }
     }
+    if (hosts_shares) {
+      const std::vector<std::string> ids(req.relay_sessions().begin(),
+                                         req.relay_sessions().end());
+      if (absl::Status s = service_->relay_->Host(session_, ids); !s.ok()) {
+        Refuse(absl::IsResourceExhausted(s) ? ConnectError::UNAVAILABLE
+                                            : ConnectError::INVALID_REQUEST,
+               std::string(s.message()),
+               absl::IsResourceExhausted(s)
+                   ? grpc::StatusCode::RESOURCE_EXHAUSTED
+                   : grpc::StatusCode::INVALID_ARGUMENT,
+               opts.busy_retry_after);
+        return;
+      }
+      session_->SetRelay(service_->relay_, req.tunnels().empty());
+    }
     std::shared_ptr<Session> replaced;
     if (absl::Status s = service_->registry_->Register(
             session_, slugs, &replaced, *policy, req.pool());
@@ -478,6 +504,13 @@ class AgentConnection final : public EnvelopeWriter {
             : std::min(req.max_batch_bytes(), opts.max_batch_bytes);
     acc->set_max_batch_bytes(batch_bytes);
     acc->set_goaway_ack(true);
+    if (hosts_shares) {
+      acc->set_relay_max_frame_bytes(service_->relay_->max_frame_bytes());
+      acc->set_relay_url(absl::StrCat(
+          opts.public_scheme, "://", opts.domain,
+          opts.public_port > 0 ? absl::StrCat(":", opts.public_port) : "",
+          "/relay/"));
+    }
     if (const absl::Time expiry = session_->token_expiry();
         expiry != absl::InfiniteFuture()) {
       acc->set_token_expires_unix(absl::ToUnixSeconds(expiry));
@@ -493,6 +526,7 @@ class AgentConnection final : public EnvelopeWriter {
     // ConnectAccepted is never part of a batch (Outbox keeps handshake
     // messages plain), so the agent reads it plainly first.
     session_->EnableBatching(batch_bytes);
+    if (hosts_shares) service_->relay_->Announce(session_);
     connected_at_ = absl::Now();
     common::LogEvent(common::LogLevel::kInfo, "agent_connected")
         .Str("agent_id", session_->agent_id())

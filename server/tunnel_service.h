@@ -71,6 +71,8 @@ SessionTunnel PublicTunnel(const TunnelServiceOptions& options,
 
 // The gateway cluster's part in an agent's handshake
 // (server/cluster_directory.h). Called on a completion-queue thread.
+class RelayHub;
+
 class ClusterHooks {
  public:
   virtual ~ClusterHooks() = default;
@@ -119,6 +121,9 @@ class TunnelServiceImpl final : public tunnel::v1::TunnelService::AsyncService {
   void set_public_port(int port) { options_.public_port = port; }
   // Before agents connect; `cluster` must outlive the service.
   void set_cluster(ClusterHooks* cluster) { cluster_ = cluster; }
+  // Before agents connect; `relay` must outlive the service. Without it,
+  // an agent that asks to host encrypted shares is refused.
+  void set_relay(RelayHub* relay) { relay_ = relay; }
   ClusterHooks* cluster() const { return cluster_; }
   const TunnelServiceOptions& options() const { return options_; }
 
@@ -159,6 +164,7 @@ class TunnelServiceImpl final : public tunnel::v1::TunnelService::AsyncService {
   std::vector<std::shared_ptr<Session>> replaced_ ABSL_GUARDED_BY(replaced_mu_);
   SessionRegistry* const registry_;
   ClusterHooks* cluster_ = nullptr;
+  RelayHub* relay_ = nullptr;
   common::AuthVerifier* const verifier_;
   const CoreMetrics* const metrics_;
   std::atomic<uint64_t> auth_failures_{0};

@@ -221,5 +221,61 @@ TEST(GatewayFlagsTest, ClusterFlagsAreCheckedAndFilledIn) {
   }
 }
 
+TEST(GatewayFlagsTest, RelayLimitsReachTheOptionsAndAreChecked) {
+  GatewayFlags v;
+  ASSERT_TRUE(ParseArgs({"--insecure", "--relay-max-sessions",
+                         "7",          "--relay-max-clients-per-session",
+                         "3",          "--relay-max-frame-bytes",
+                         "100000",     "--relay-max-connections-per-ip",
+                         "5",          "--relay-connections-per-ip-per-minute",
+                         "9",          "--relay-frames-per-second",
+                         "11",         "--relay-bytes-per-second",
+                         "12345",      "--relay-ip-frames-per-second",
+                         "13",         "--relay-ip-bytes-per-second",
+                         "54321",      "--relay-client-buffer",
+                         "2097152",    "--relay-idle-timeout",
+                         "30s"},
+                        &v)
+                  .ok());
+  EXPECT_EQ(v.options.relay.max_sessions, 7u);
+  EXPECT_EQ(v.options.relay.max_clients_per_session, 3u);
+  EXPECT_EQ(v.options.relay.max_frame_bytes, 100000u);
+  const httpfront::RelayFrontOptions& rf = v.options.front.relay_options;
+  EXPECT_EQ(rf.max_connections_per_ip, 5);
+  EXPECT_EQ(rf.connections_per_ip_per_minute, 9);
+  EXPECT_EQ(rf.frames_per_second, 11);
+  EXPECT_EQ(rf.bytes_per_second, 12345);
+  EXPECT_EQ(rf.ip_frames_per_second, 13);
+  EXPECT_EQ(rf.ip_bytes_per_second, 54321);
+  EXPECT_EQ(rf.client_buffer_bytes, 2097152u);
+  EXPECT_EQ(rf.idle_timeout, absl::Seconds(30));
+  GatewayFlags defaults;
+  ASSERT_TRUE(ParseArgs({"--insecure"}, &defaults).ok());
+  EXPECT_GT(defaults.options.relay.max_sessions, 0u) << "on by default";
+  for (const auto& [args, message] :
+       std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"--relay-max-clients-per-session", "0"},
+            "--relay-max-clients-per-session must be between 1 and 10000"},
+           {{"--relay-max-frame-bytes", "1000"},
+            "--relay-max-frame-bytes must be between 66560"},
+           {{"--max-agent-message", "131072", "--max-batch-bytes", "65536",
+             "--relay-max-frame-bytes", "131072"},
+            "--relay-max-frame-bytes must be at most --max-agent-message"},
+           {{"--relay-client-buffer", "10"},
+            "--relay-client-buffer must be between 1048576"},
+           {{"--relay-idle-timeout", "1s"},
+            "--relay-idle-timeout must be at least 4s"},
+           {{"--relay-frames-per-second", "-1"},
+            "--relay-frames-per-second must be between 0"},
+       }) {
+    GatewayFlags bad;
+    std::vector<std::string> all = {"--insecure"};
+    all.insert(all.end(), args.begin(), args.end());
+    absl::Status st = ParseArgs(all, &bad);
+    EXPECT_FALSE(st.ok()) << message;
+    EXPECT_TRUE(absl::StrContains(st.message(), message)) << st.message();
+  }
+}
+
 }  // namespace
 }  // namespace tunnel::server
