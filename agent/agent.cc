@@ -141,6 +141,25 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
   // Called on the reader thread when the gateway asks for a drain; set
   // before the first Dispatch.
   void set_on_drain(std::function<void()> f) { on_drain_ = std::move(f); }
+  // Where relay frames go (agent-tunnel share); set before the first
+  // Dispatch. Null: a relay frame is ignored.
+  void set_relay(RelayHost* relay) { relay_ = relay; }
+
+  // RelayHost's sink: a frame for the gateway. With `wait`, waits (bounded)
+  // for room in the send queue, like a response body.
+  bool SendRelay(Envelope e, bool wait) {
+    if (!wait) {
+      PushControl(std::move(e));
+      return true;
+    }
+    if (!outbox_.WaitForRoom(options_.max_queued_bytes,
+                             absl::Now() + options_.local_timeout)) {
+      return false;
+    }
+    outbox_.Push(std::move(e));
+    outbox_.WakeWriter();
+    return true;
+  }
 
   // Tells the gateway the health of the tunnels in `all` (by name; the
   // gateway knows them by slug).
@@ -266,6 +285,9 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
         }
         return;
       }
+      case Envelope::kRelay:
+        if (relay_ != nullptr) relay_->OnFrame(in->mutable_relay());
+        return;
       case Envelope::kConnectError:
         end_status_ = FromConnectError(e.connect_error());
         retry_after_ms_ = e.connect_error().retry_after_ms();
@@ -490,6 +512,7 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
   // its answer, and how many request heads have arrived.
   bool goaway_ack_ = false;  // set by Accept, then read-only
   std::function<void()> on_drain_;
+  RelayHost* relay_ = nullptr;  // set before the first Dispatch
   bool drain_acked_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t last_stream_id_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t requests_received_ ABSL_GUARDED_BY(mu_) = 0;
@@ -541,6 +564,9 @@ Agent::Agent(AgentOptions options)
       loop_(std::make_unique<OriginLoop>(options_.max_concurrent,
                                          options_.local_timeout)),
       upgrades_(std::make_unique<UpgradeLoop>(options_.local_timeout)) {
+  if (options_.share.has_value()) {
+    relay_ = std::make_unique<RelayHost>(*options_.share, loop_.get());
+  }
   {
     absl::MutexLock lock(&mu_);
     links_.resize(
@@ -911,6 +937,8 @@ absl::Status Agent::RunSession(size_t k, absl::Duration* retry_after) {
       spec->set_slug(it != assigned_slugs_.end() ? it->second : t.slug);
     }
   }
+  if (relay_ != nullptr)
+    c->add_relay_sessions(relay_->options().secrets.session);
   stream->Write(hello);
 
   // The handshake is bounded: a gateway that accepts the call but never
@@ -980,6 +1008,14 @@ absl::Status Agent::RunSession(size_t k, absl::Duration* retry_after) {
                                            upgrades_.get());
   session->Accept(first.accepted());
   session->set_on_drain([this] { RequestDrain(); });
+  if (relay_ != nullptr) {
+    session->set_relay(relay_.get());
+    relay_->Attach(
+        [session](Envelope e, bool wait) {
+          return session->SendRelay(std::move(e), wait);
+        },
+        first.accepted().relay_max_frame_bytes());
+  }
   {
     absl::MutexLock lock(&mu_);
     links_[k].connected = true;
@@ -1049,6 +1085,8 @@ absl::Status Agent::RunSession(size_t k, absl::Duration* retry_after) {
   session_over.Notify();
   watchdog.join();
   session->Shutdown();
+  // After the outbox is closed, so no pump still waits for room in it.
+  if (relay_ != nullptr) relay_->Detach();
   ctx.TryCancel();
   writer.join();
   grpc::Status st = stream->Finish();

@@ -25,6 +25,7 @@
 #include "agent/health_check.h"
 #include "agent/inspector.h"
 #include "agent/local_target.h"
+#include "agent/relay_host.h"
 #include "common/flow_control.h"
 #include "tunnel/v1/tunnel.pb.h"
 
@@ -116,6 +117,10 @@ struct AgentOptions {
   std::function<void(const LocalTarget&, const TargetHealth&)> on_health;
   // Records every request for the inspector (--inspect); null: none.
   std::shared_ptr<Inspector> inspector;
+  // agent-tunnel share: host this end-to-end encrypted share (its requests
+  // go to share->target); `tunnels` is then empty and the agent has no
+  // public tunnel. nullopt: no share.
+  std::optional<ShareOptions> share;
   // Called once per accepted session (e.g. to print the URLs).
   std::function<void(const tunnel::v1::ConnectAccepted&)> on_accepted;
   // Called on Run()'s thread when a connection attempt fails or a session
@@ -146,6 +151,8 @@ class Agent {
   bool WaitUntilConnected(absl::Duration timeout);
   std::vector<tunnel::v1::AcceptedTunnel> tunnels() const;
   size_t sessions_started() const;
+  // The share's host (null without options.share): its counters.
+  const RelayHost* relay() const { return relay_.get(); }
   // Local requests waiting because --max-concurrent are already running.
   size_t local_requests_queued() const;
 
@@ -198,6 +205,7 @@ class Agent {
   std::map<std::string, std::string> assigned_slugs_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<WorkerPool> pool_;       // upgrade handshakes
   std::unique_ptr<OriginLoop> loop_;       // every other request
+  std::unique_ptr<RelayHost> relay_;       // options_.share's host
   std::unique_ptr<UpgradeLoop> upgrades_;  // upgraded connections
   // Checks the local services; reports changes to the live session.
   std::unique_ptr<HealthChecker> health_;

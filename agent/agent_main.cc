@@ -22,6 +22,7 @@
 #include "agent/agent_flags.h"
 #include "agent/inspect_server.h"
 #include "agent/qr.h"
+#include "agent/share_command.h"
 #include "agent/state_file.h"
 #include "common/allocator.h"
 #include "common/flags.h"
@@ -39,6 +40,8 @@ constexpr char kUsage[] =
     "Usage: agent-tunnel connect --gateway HOST:PORT --id AGENT_ID \\\n"
     "           --token TOKEN_ID --secret SECRET --to http://127.0.0.1:3000\n"
     "       agent-tunnel connect --config agent.txtpb\n"
+    "       agent-tunnel share --gateway HOST:PORT --id AGENT_ID \\\n"
+    "           --token TOKEN_ID --secret SECRET --to http://127.0.0.1:3000\n"
     "       agent-tunnel status [--json] [--id ID | --state-file FILE]\n"
     "\n"
     "connect prints each public URL on its own line once the gateway accepts\n"
@@ -54,6 +57,9 @@ constexpr char kUsage[] =
     "\"Inspecting and replaying requests\").\n"
     "--config FILE reads the flags from a tunnel.v1.AgentConfig in the\n"
     "protobuf text format or JSON (.json); see README \"Config files\".\n"
+    "\n"
+    "share serves one local service end-to-end encrypted: the gateway only\n"
+    "relays; prints a link and a pairing code (agent-tunnel share --help).\n"
     "\n"
     "status reads the state file of a running agent and prints it; exit 0\n"
     "when that agent is connected, 1 when it is not or no agent runs.\n";
@@ -381,10 +387,13 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   if (std::string(argv[1]) == "status") return Status(argc, argv);
+  if (std::string(argv[1]) == "share") {
+    return tunnel::agent::RunShare(argc, argv);
+  }
   if (std::string(argv[1]) != "connect") {
     return Fail(absl::StrCat("unknown command \"", argv[1],
-                             "\"; the commands are `connect` and `status` "
-                             "(see --help)"),
+                             "\"; the commands are `connect`, `share` and "
+                             "`status` (see --help)"),
                 2);
   }
   values.stdout_is_terminal = isatty(STDOUT_FILENO) == 1;
