@@ -24,14 +24,17 @@ build_packages=(
 # tests; systemd: systemd-analyze for install_tree;
 # apache2-utils: htpasswd -B makes a bcrypt file for access_e2e;
 # redis-server: the gateway cluster's tests start their own (cluster_e2e);
-# chromium: the inspector's page checked in a real browser
-# (inspect_browser_e2e, over the DevTools protocol);
+# chromium: the inspector's page and the encrypted relay's page checked in
+# a real browser (inspect_browser_e2e, relay_browser_e2e, over the DevTools
+# protocol); python3-cryptography: the relay's third implementation in
+# relay_e2e; nodejs: relay.js's own tests (relay_js_test);
 # zbar-tools: zbarimg decodes the agent's QR code and bsdutils' `script`
 # gives it a terminal (agent_ux_e2e).
 test_packages=(
   libgtest-dev libgmock-dev curl python3 python3-websockets clang-format
   python3-grpcio python3-protobuf systemd python3-prometheus-client
   zbar-tools bsdutils apache2-utils chromium redis-server
+  python3-cryptography nodejs
 )
 
 case "${1:-}" in

@@ -13,74 +13,20 @@ TUNNEL_REQUIRE_BROWSER=1.
 Usage: inspect_browser_e2e.py BUILD_DIR
 """
 import asyncio
-import base64
 import http.client
-import itertools
 import json
 import os
-import shutil
-import subprocess
 import sys
-import time
-import urllib.request
 
 import websockets
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from chromium import launch, new_page, skip_without_chromium  # noqa: E402
 from e2e_util import check  # noqa: E402
 from inspect_setup import Handler, run, start_tunnel  # noqa: E402
 
 BUILD = os.path.abspath(sys.argv[1])
 ARTIFACTS = os.path.join(BUILD, "test-artifacts")
-CHROMIUM = shutil.which("chromium")
-
-
-class Page:
-    """One tab over the DevTools protocol (flattened target sessions)."""
-
-    def __init__(self, ws, session):
-        self.ws = ws
-        self.session = session
-        self.ids = itertools.count(1)
-
-    async def call(self, method, params=None, session=True):
-        mid = next(self.ids)
-        msg = {"id": mid, "method": method, "params": params or {}}
-        if session:
-            msg["sessionId"] = self.session
-        await self.ws.send(json.dumps(msg))
-        while True:
-            reply = json.loads(await asyncio.wait_for(self.ws.recv(), 30))
-            if reply.get("id") == mid:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply.get("result", {})
-
-    async def eval(self, expression):
-        # Values only: a DOM node would come back as {} (use !! for tests).
-        r = await self.call("Runtime.evaluate", {
-            "expression": expression, "returnByValue": True,
-            "awaitPromise": True})
-        if "exceptionDetails" in r:
-            raise RuntimeError(f"{expression}: {r['exceptionDetails']}")
-        return r["result"].get("value")
-
-    async def wait_for(self, expression, seconds, what):
-        """Polls `expression` in the page until truthy (bounded)."""
-        deadline = time.monotonic() + seconds
-        while True:
-            value = await self.eval(expression)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {seconds}s waiting for {what}")
-            await asyncio.sleep(0.05)
-
-    async def screenshot(self, path):
-        r = await self.call("Page.captureScreenshot", {"format": "png"})
-        with open(path, "wb") as f:
-            f.write(base64.b64decode(r["data"]))
-        return os.path.getsize(path)
 
 
 def visit(http_addr, method, path, body=None, headers=None):
@@ -95,16 +41,7 @@ def visit(http_addr, method, path, body=None, headers=None):
 
 async def drive(browser_ws, inspector, http_addr):
     async with websockets.connect(browser_ws, max_size=64 << 20) as ws:
-        page = Page(ws, None)
-        target = await page.call("Target.createTarget", {"url": "about:blank"},
-                                 session=False)
-        attached = await page.call("Target.attachToTarget", {
-            "targetId": target["targetId"], "flatten": True}, session=False)
-        page.session = attached["sessionId"]
-        await page.call("Page.enable")
-        await page.call("Emulation.setDeviceMetricsOverride", {
-            "width": 1400, "height": 900, "deviceScaleFactor": 1,
-            "mobile": False})
+        page = await new_page(ws)
         await page.call("Page.navigate", {"url": inspector + "/"})
         await page.wait_for("document.getElementById('live') && "
                             "document.getElementById('live').textContent === 'live'",
@@ -201,38 +138,15 @@ async def drive(browser_ws, inspector, http_addr):
 
 
 def main():
-    if CHROMIUM is None:
-        if os.environ.get("TUNNEL_REQUIRE_BROWSER") == "1":
-            print("FAIL: chromium is not installed (TUNNEL_REQUIRE_BROWSER=1)",
-                  file=sys.stderr)
-            return 1
-        print("chromium not installed: skipped (tools/install-deps.sh "
-              "installs it)")
-        return 77
+    skip = skip_without_chromium()
+    if skip is not None:
+        return skip
     return run("inspect_browser_e2e", test)
 
 
 def test(procs, svc_port):
     http_addr, inspector = start_tunnel(BUILD, svc_port, procs)
-    profile = os.path.join(os.getcwd(), "profile")
-    browser = subprocess.Popen(
-        [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu",
-         "--no-first-run", "--no-default-browser-check",
-         "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-         "--remote-debugging-address=127.0.0.1",
-         "--remote-debugging-port=0", "about:blank"],
-        stdout=open("chromium.out", "w"), stderr=open("chromium.err", "w"))
-    procs.append(browser)
-    port_file = os.path.join(profile, "DevToolsActivePort")
-    deadline = time.monotonic() + 60
-    while not (os.path.exists(port_file) and open(port_file).read().strip()):
-        if time.monotonic() > deadline or browser.poll() is not None:
-            raise TimeoutError("chromium did not start its DevTools endpoint")
-        time.sleep(0.05)
-    port = open(port_file).read().split("\n")[0]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/version",
-                                timeout=10) as r:
-        browser_ws = json.loads(r.read())["webSocketDebuggerUrl"]
+    browser_ws = launch(procs, os.path.join(os.getcwd(), "profile"))
     asyncio.run(asyncio.wait_for(drive(browser_ws, inspector, http_addr), 120))
 
 
