@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <deque>
+#include <functional>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -205,18 +206,28 @@ class RelayHostTest : public ::testing::Test {
         google::protobuf::util::JsonStringToMessage(head.payload, &r).ok());
     EXPECT_EQ(r.stream(), stream);
     EXPECT_EQ(r.status(), 200u);
+    EXPECT_EQ(ReadBody(stream), "hello");
+  }
+
+  // DATA of `stream` until its end (skipping WINDOW grants for uploads);
+  // `each` sees every chunk.
+  std::string ReadBody(uint32_t stream,
+                       const std::function<void(size_t)>& each = nullptr) {
     std::string body;
     bool end = false;
     while (!end) {
       relay::Message d = browser_.Next();
-      ASSERT_EQ(d.type, relay::Type::kData);
+      if (d.type == relay::Type::kWindow) continue;
+      EXPECT_EQ(d.type, relay::Type::kData);
+      if (d.type != relay::Type::kData) break;
       uint32_t s = 0;
       absl::string_view bytes;
-      ASSERT_TRUE(relay::DecodeData(d.payload, &s, &end, &bytes));
+      EXPECT_TRUE(relay::DecodeData(d.payload, &s, &end, &bytes));
       EXPECT_EQ(s, stream);
       body += std::string(bytes);
+      if (each) each(bytes.size());
     }
-    EXPECT_EQ(body, "hello");
+    return body;
   }
 
   Service service_;
@@ -266,18 +277,7 @@ TEST_F(RelayHostTest, PairsAndForwardsRequestsWithBodies) {
   browser_.Send(*host_, relay::Type::kData, relay::EncodeData(2, true, "defg"));
   relay::Message head = browser_.Next();
   ASSERT_EQ(head.type, relay::Type::kResponse) << head.payload;
-  std::string body;
-  bool end = false;
-  while (!end) {
-    relay::Message d = browser_.Next();
-    if (d.type == relay::Type::kWindow) continue;  // credit for the upload
-    ASSERT_EQ(d.type, relay::Type::kData);
-    uint32_t s = 0;
-    absl::string_view bytes;
-    ASSERT_TRUE(relay::DecodeData(d.payload, &s, &end, &bytes));
-    body += std::string(bytes);
-  }
-  EXPECT_EQ(body, "got 7");
+  EXPECT_EQ(ReadBody(2), "got 7");
   EXPECT_EQ(service_.posts(), 1);
 }
 
@@ -287,26 +287,18 @@ TEST_F(RelayHostTest, ResponseBodiesFollowTheBrowsersCredit) {
   browser_.Send(*host_, relay::Type::kRequest,
                 R"({"stream":1,"method":"GET","path":"/big","end":true})");
   ASSERT_EQ(browser_.Next().type, relay::Type::kResponse);
-  size_t got = 0;
   size_t unacked = 0;
-  bool end = false;
-  while (!end) {
-    relay::Message d = browser_.Next();
-    ASSERT_EQ(d.type, relay::Type::kData);
-    uint32_t s = 0;
-    absl::string_view bytes;
-    ASSERT_TRUE(relay::DecodeData(d.payload, &s, &end, &bytes));
-    got += bytes.size();
-    unacked += bytes.size();
+  const std::string body = ReadBody(1, [&](size_t n) {
+    unacked += n;
     // Never more in flight than the window the host announced.
-    ASSERT_LE(unacked, common::kDefaultStreamWindow);
+    EXPECT_LE(unacked, common::kDefaultStreamWindow);
     if (unacked >= 64 << 10) {
       browser_.Send(*host_, relay::Type::kWindow,
                     absl::StrCat(R"({"stream":1,"increment":)", unacked, "}"));
       unacked = 0;
     }
-  }
-  EXPECT_EQ(got, size_t{1} << 20);
+  });
+  EXPECT_EQ(body.size(), size_t{1} << 20);
 }
 
 TEST_F(RelayHostTest, ReplayedSkippedForgedAndForeignFramesAreDropped) {
@@ -416,13 +408,7 @@ TEST_F(RelayHostTest, TheServiceIsAskedForUnencodedBodies) {
                 R"("headers":[{"name":"Accept-Encoding","value":"br"}],)"
                 R"("end":true})");
   ASSERT_EQ(browser_.Next().type, relay::Type::kResponse);
-  relay::Message d = browser_.Next();
-  ASSERT_EQ(d.type, relay::Type::kData);
-  uint32_t s = 0;
-  bool end = false;
-  absl::string_view bytes;
-  ASSERT_TRUE(relay::DecodeData(d.payload, &s, &end, &bytes));
-  EXPECT_EQ(bytes, "identity");
+  EXPECT_EQ(ReadBody(1), "identity");
 }
 
 TEST_F(RelayHostTest, ANewHelloStartsTheConnectionOver) {

@@ -1,6 +1,7 @@
 """What the Python process-level tests share: checks that are counted, and
 bounded waits (never a bare sleep as synchronisation)."""
 import re
+import subprocess
 import sys
 import time
 
@@ -42,3 +43,15 @@ def read_line(path, pattern, seconds):
         return None
 
     return wait_until(find, seconds, f"/{pattern}/ in {path}")
+
+
+def stop(procs):
+    """Terminates every process still running (killed after 20 s)."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()

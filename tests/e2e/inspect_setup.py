@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 
-from e2e_util import failures, read_line
+from e2e_util import failures, read_line, stop
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -146,17 +146,6 @@ def start_tunnel(build, svc_port, procs, extra_agent_args=()):
     line = read_line("agent.err", r"inspector: http://", 10)
     inspector = re.search(r"(http://127\.0\.0\.1:\d+)/", line).group(1)
     return http_addr, inspector
-
-
-def stop(procs):
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 def run(name, test):

@@ -10,6 +10,9 @@ in the page's viewer through its Service Worker (the stylesheet applied,
 the image decoded), an absolute link and a relative one are followed, the
 form is posted and its answer shown, and a 20 MiB download through
 relay.fetch() and one through the Service Worker match the file's SHA-256.
+The gateway restarts: the page reconnects and pairs again by itself. A
+second share's link points at a copy of the page on another origin
+(--relay-client-url): it pairs and renders the site as well.
 
 Meanwhile a tap records every byte between the browser and the gateway and
 between the agent and the gateway (byte-recording proxies on both links),
@@ -22,10 +25,12 @@ Skipped (exit 77) when chromium is not installed, unless
 TUNNEL_REQUIRE_BROWSER=1. Usage: relay_browser_e2e.py BUILD_DIR
 """
 import asyncio
+import functools
 import hashlib
 import http.server
 import os
 import random
+import shutil
 import struct
 import sys
 import tempfile
@@ -36,11 +41,13 @@ import zlib
 import websockets
 
 from chromium import launch, new_page, skip_without_chromium
-from e2e_util import check, failures, wait_until
+from e2e_util import check, failures, read_line, stop
 from relay_client import parse_link
 from relay_setup import Gateway, Tap, free_port, issue, share, share_link
 
 BUILD = os.path.abspath(sys.argv[1])
+SOURCE = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 ARTIFACTS = os.path.join(BUILD, "test-artifacts")
 MARKER = "MARKER" + "".join(random.choice("QXZJKVW") for _ in range(20))
 BIG = random.Random(20).randbytes(20 << 20)
@@ -126,13 +133,19 @@ class Site(http.server.BaseHTTPRequestHandler):
 
 # The viewer's page title, once its document has loaded (as a person would
 # see it before clicking).
+def click(page, element_id):
+    """Clicks an element of the viewer's document."""
+    return page.eval("document.getElementById('frame').contentDocument"
+                     f".getElementById('{element_id}').click()")
+
+
 FRAME_TEXT = ("(() => { const d = document.getElementById('frame')"
               ".contentDocument; return d && d.readyState === 'complete' && "
               "d.getElementById('title') && "
               "d.getElementById('title').textContent; })()")
 
 
-async def drive(browser_ws, link, code):
+async def drive(browser_ws, link, code, gw):
     async with websockets.connect(browser_ws, max_size=256 << 20) as ws:
         page = await new_page(ws)
         await page.call("Page.navigate", {"url": link})
@@ -168,8 +181,7 @@ async def drive(browser_ws, link, code):
         check("the viewer's document is controlled by the Service Worker",
               await page.eval("!!document.getElementById('frame')"
                               ".contentWindow.navigator.serviceWorker.controller"))
-        await page.eval("document.getElementById('frame').contentDocument"
-                        ".getElementById('about').click()")
+        await click(page, "about")
         title = await page.wait_for(
             f"(t => t && t.startsWith('About') && t)({FRAME_TEXT})", 20,
             "the about page")
@@ -177,12 +189,10 @@ async def drive(browser_ws, link, code):
               title == f"About {MARKER}" and (await page.eval(
                   "document.getElementById('frame').contentWindow.location"
                   ".pathname")) == "/relay/app/about.html", title)
-        await page.eval("document.getElementById('frame').contentDocument"
-                        ".getElementById('home').click()")
+        await click(page, "home")
         await page.wait_for(f"(t => t && t.startsWith('Home'))({FRAME_TEXT})",
                             20, "home again")
-        await page.eval("document.getElementById('frame').contentDocument"
-                        ".getElementById('gallery').click()")
+        await click(page, "gallery")
         title = await page.wait_for(
             f"(t => t && t.startsWith('Gallery') && t)({FRAME_TEXT})", 20,
             "the gallery")
@@ -223,6 +233,42 @@ async def drive(browser_ws, link, code):
         check("20 MiB through the Service Worker match their SHA-256",
               digest == BIG_SHA, digest)
 
+        # The gateway restarts: the page reconnects and pairs again by
+        # itself (the code is not asked for again).
+        await page.eval(
+            "window.__states = []; new MutationObserver(() => "
+            "window.__states.push(document.getElementById('relay-app')"
+            ".dataset.state)).observe(document.getElementById('relay-app'), "
+            "{attributes: true, attributeFilter: ['data-state']})")
+        gw.stop()
+        gw.start("gw")
+        states = await page.wait_for(
+            "(s => s.length > 1 && s[s.length - 1] === 'paired' && s)"
+            "(window.__states)", 60, "the page to pair again")
+        check("after a gateway restart the page pairs again by itself",
+              states[0] != "paired" and
+              await page.eval("document.getElementById('pair-form').hidden"),
+              states)
+        status = await page.eval("relay.fetch('/about.html').then(r => r.status)")
+        check("and the share answers", status == 200, status)
+
+
+async def self_hosted(browser_ws, link, code):
+    """The share's link pointing at a copy of the page on another origin."""
+    async with websockets.connect(browser_ws, max_size=64 << 20) as ws:
+        page = await new_page(ws)
+        await page.call("Page.navigate", {"url": link})
+        state = ("(document.getElementById('relay-app') || "
+                 "{dataset: {}}).dataset.state")
+        await page.wait_for(f"{state} === 'connected'", 30,
+                            "the self-hosted page to reach the device")
+        await page.eval(f"document.getElementById('code').value = '{code}';"
+                        "document.getElementById('pair-button').click()")
+        await page.wait_for(f"{state} === 'paired'", 20, "pairing")
+        title = await page.wait_for(FRAME_TEXT, 30, "the site's home page")
+        check("a self-hosted copy of the page (--relay-client-url) works: "
+              "paired, the site renders", title == f"Home {MARKER}", title)
+
 
 def main():
     skip = skip_without_chromium()
@@ -234,6 +280,7 @@ def main():
     site.daemon_threads = True
     threading.Thread(target=site.serve_forever, daemon=True).start()
     creds = issue(BUILD, "cam")
+    creds_self = issue(BUILD, "cam-self")
     grpc, http_port = free_port(), free_port()
     web_tap = Tap(http_port)
     # The link names the tap's port: the browser goes through it.
@@ -248,21 +295,39 @@ def main():
         check("the link leads through the tap",
               f"127.0.0.1:{web_tap.port}/relay/#" in link, link)
         browser_ws = launch(procs, os.path.join(work, "profile"))
-        asyncio.run(asyncio.wait_for(drive(browser_ws, link, code), 240))
+        asyncio.run(asyncio.wait_for(drive(browser_ws, link, code, gw), 240))
+        # A copy of the page on another origin, as README "Encrypted
+        # shares" says to host it.
+        pages = os.path.join(work, "pages", "relay")
+        os.makedirs(pages)
+        static = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(
+                http.server.SimpleHTTPRequestHandler,
+                directory=os.path.join(work, "pages")))
+        threading.Thread(target=static.serve_forever, daemon=True).start()
+        procs.append(share(
+            BUILD, "cam-self", grpc_tap.port, site.server_address[1],
+            creds_self, ["--relay-client-url",
+            f"http://127.0.0.1:{static.server_address[1]}/relay/"]))
+        self_link, self_code = share_link("cam-self")
+        integrity = read_line("cam-self.out", r"^Client script:", 5).split()[-1]
+        client = os.path.join(SOURCE, "httpfront", "relay_client")
+        for name in ("relay.js", "sw.js", "relay.css"):
+            shutil.copy(os.path.join(client, name), pages)
+        with open(os.path.join(client, "index.html")) as f:
+            html = f.read().replace("{{RELAY_JS_INTEGRITY}}", integrity)
+        with open(os.path.join(pages, "index.html"), "w") as f:
+            f.write(html)
+        asyncio.run(asyncio.wait_for(
+            self_hosted(browser_ws, self_link, self_code), 120))
+        static.shutdown()
         with Site.lock:
             seen = set(Site.seen)
         check("the site served its pages to the share",
               {"/", "/about.html", "/gallery.html", "/css/site.css",
                "/big.bin"} <= seen, seen)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except Exception:
-                p.kill()
+        stop(procs)
         gw.stop()
         site.shutdown()
     secrets = {"the marker": MARKER.encode(), "the key": key,

@@ -96,11 +96,7 @@ class RelayClient:
             except websockets.ConnectionClosed as e:
                 raise Closed(e.code, e.reason, self.error) from None
             if isinstance(raw, str):
-                msg = json.loads(raw)
-                if msg.get("type") == "STATUS":
-                    self.statuses.append(msg["status"])
-                elif msg.get("type") == "ERROR":
-                    self.error = msg
+                self._gateway_says(raw)
                 continue
             iv, tag, ct = raw[:12], raw[12:28], raw[28:]
             plain = self.aead.decrypt(iv, ct + tag, aad(self.session, H2C))
@@ -128,11 +124,15 @@ class RelayClient:
             except websockets.ConnectionClosed as e:
                 raise Closed(e.code, e.reason, self.error) from None
             if isinstance(raw, str):
-                msg = json.loads(raw)
-                if msg.get("type") == "STATUS":
-                    self.statuses.append(msg["status"])
-                elif msg.get("type") == "ERROR":
-                    self.error = msg
+                self._gateway_says(raw)
+
+    def _gateway_says(self, text):
+        """A text message from the gateway: a status or an error."""
+        msg = json.loads(text)
+        if msg.get("type") == "STATUS":
+            self.statuses.append(msg["status"])
+        elif msg.get("type") == "ERROR":
+            self.error = msg
 
     # --- the protocol ---
     async def hello(self):

@@ -31,7 +31,7 @@ import threading
 import time
 import urllib.request
 
-from e2e_util import check, failures, read_line, wait_until
+from e2e_util import check, failures, read_line, stop, wait_until
 from relay_client import Closed, RelayClient, parse_link
 from relay_setup import (Gateway, Tap, free_port, healthz, issue, metric,
                          share, share_link)
@@ -207,7 +207,11 @@ async def scenario(gw, svc_port, agent_tap):
           closed == 4429 and err == "clients_per_session", (closed, err))
     # Connections per IP (4 here): a second share's two browsers fill it.
     link_b, code_b = share_link("cam-b")
-    _, session_b, key_b, _ = parse_link(link_b)
+    page_b, session_b, key_b, gw_b = parse_link(link_b)
+    check("--relay-client-url: the link points at that page and names the "
+          "gateway's WebSocket",
+          page_b == "https://pages.example/relay/" and
+          gw_b == f"ws://127.0.0.1:{gw.http}/relay/ws", link_b)
     b1 = await paired_client(ws_url, session_b, key_b, code_b)
     b2 = await paired_client(ws_url, session_b, key_b, code_b)
     closed, err = await refused(ws_url, session_b, key_b)
@@ -284,21 +288,17 @@ async def host_gone(c, agent):
 def flag_errors(creds):
     token, secret = creds
     agent = os.path.join(BUILD, "agent", "agent-tunnel")
-    r = subprocess.run([agent, "share", "--gateway", "127.0.0.1:1", "--id",
-                        "cam", "--token", token, "--insecure", "--to",
-                        "http://127.0.0.1:1", "--slug", "x"],
-                       env=dict(os.environ, TUNNEL_SECRET=secret),
-                       capture_output=True, text=True, timeout=30)
-    check("share --slug is refused (exit 2)",
-          r.returncode == 2 and "--slug does not apply to a share" in r.stderr,
-          r.stderr)
-    r = subprocess.run([agent, "share", "--gateway", "127.0.0.1:1", "--id",
-                        "cam", "--token", token, "--insecure", "--to",
-                        "http://127.0.0.1:1", "--to", "http://127.0.0.1:2"],
-                       env=dict(os.environ, TUNNEL_SECRET=secret),
-                       capture_output=True, text=True, timeout=30)
-    check("share with two --to is refused (exit 2)",
-          r.returncode == 2 and "exactly one --to" in r.stderr, r.stderr)
+    base = [agent, "share", "--gateway", "127.0.0.1:1", "--id", "cam",
+            "--token", token, "--insecure", "--to", "http://127.0.0.1:1"]
+    for what, extra, words in [
+            ("share --slug is refused (exit 2)", ["--slug", "x"],
+             "--slug does not apply to a share"),
+            ("share with two --to is refused (exit 2)",
+             ["--to", "http://127.0.0.1:2"], "exactly one --to")]:
+        r = subprocess.run(base + extra,
+                           env=dict(os.environ, TUNNEL_SECRET=secret),
+                           capture_output=True, text=True, timeout=30)
+        check(what, r.returncode == 2 and words in r.stderr, r.stderr)
 
 
 def main():
@@ -320,7 +320,8 @@ def main():
     gw.start("gw")
     tap = Tap(gw.grpc)
     procs = [share(BUILD, "cam", tap.port, svc_port, creds),
-             share(BUILD, "cam-b", gw.grpc, svc_port, creds_b)]
+             share(BUILD, "cam-b", gw.grpc, svc_port, creds_b,
+                   ["--relay-client-url", "https://pages.example/relay/"])]
     try:
         async def everything():
             c, link, code, session, key = await scenario(gw, svc_port, tap)
@@ -344,11 +345,7 @@ def main():
         check("the tap of the agent's gRPC link holds no marker, key or code",
               not any(s in captured for s in secrets))
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
+        stop(procs)
         if gw.proc.poll() is None:
             gw.stop()
         server.shutdown()
