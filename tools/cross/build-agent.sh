@@ -79,7 +79,7 @@ cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_TOOLCHAIN_FILE="cmake/toolchains/$TRIPLET.cmake" \
   -DTUNNEL_BUILD_GATEWAY=OFF
 targets=(agent-tunnel tunnelctl)
-if [ "$run_tests" = 1 ]; then targets+=(common_test agent_test); fi
+if [ "$run_tests" = 1 ]; then targets+=(common_test agent_test relay_test); fi
 cmake --build "$BUILD" -j2 --target "${targets[@]}"
 
 if [ "$run_tests" = 1 ]; then
