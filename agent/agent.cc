@@ -146,14 +146,12 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
   void set_relay(RelayHost* relay) { relay_ = relay; }
 
   // RelayHost's sink: a frame for the gateway. With `wait`, waits (bounded)
-  // for room in the send queue, like a response body.
+  // for room in the send queue first, like a response body. Every frame
+  // goes on the data lane: one lane keeps a browser's frames in the order
+  // of their sequence numbers.
   bool SendRelay(Envelope e, bool wait) {
-    if (!wait) {
-      PushControl(std::move(e));
-      return true;
-    }
-    if (!outbox_.WaitForRoom(options_.max_queued_bytes,
-                             absl::Now() + options_.local_timeout)) {
+    if (wait && !outbox_.WaitForRoom(options_.max_queued_bytes,
+                                     absl::Now() + options_.local_timeout)) {
       return false;
     }
     outbox_.Push(std::move(e));
@@ -627,6 +625,9 @@ Agent::~Agent() {
     drainer.swap(drainer_);
   }
   if (drainer.joinable()) drainer.join();
+  // The share's browsers are forgotten (their streams cancelled) while the
+  // loop still runs; the loop is destroyed before the host.
+  if (relay_ != nullptr) relay_->Detach();
   // pool_ joins its threads: every stream was cancelled when its session
   // ended, so they finish promptly.
 }

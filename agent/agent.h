@@ -203,9 +203,11 @@ class Agent {
   // --slug random: tunnel name -> the slug the gateway chose, asked for
   // again on every reconnect.
   std::map<std::string, std::string> assigned_slugs_ ABSL_GUARDED_BY(mu_);
+  // options_.share's host. Before the loop: it outlives it (the loop's
+  // streams point into it); ~Agent detaches it while the loop still runs.
+  std::unique_ptr<RelayHost> relay_;
   std::unique_ptr<WorkerPool> pool_;       // upgrade handshakes
   std::unique_ptr<OriginLoop> loop_;       // every other request
-  std::unique_ptr<RelayHost> relay_;       // options_.share's host
   std::unique_ptr<UpgradeLoop> upgrades_;  // upgraded connections
   // Checks the local services; reports changes to the live session.
   std::unique_ptr<HealthChecker> health_;

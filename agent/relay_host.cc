@@ -154,6 +154,22 @@ class RelayHost::Client : public std::enable_shared_from_this<Client> {
         max_chunk_(max_chunk),
         out_(max_chunk) {}
 
+  // Before the first stream: the OriginLoop's wake-ups go to the host's
+  // pump.
+  void ListenForWork(std::shared_ptr<ReadyQueue> ready) {
+    std::weak_ptr<Client> weak = weak_from_this();
+    out_.SetWakeCallback([ready, weak] {
+      std::shared_ptr<Client> c = weak.lock();
+      // Queued once until the pump takes it (a round of the loop wakes
+      // every outbox it touched).
+      if (c == nullptr || c->queued_.exchange(true)) return;
+      absl::MutexLock lock(&ready->mu);
+      ready->clients.push_back(weak);
+    });
+  }
+  // The pump took it from the ready queue: a later wake queues it again.
+  void Taken() { queued_ = false; }
+
   uint64_t id() const { return id_; }
 
   // --- reader thread ---
@@ -252,19 +268,19 @@ class RelayHost::Client : public std::enable_shared_from_this<Client> {
   }
 
   // The pump's thread: seals what the OriginLoop answered, in order.
-  void Pump() {
+  void Drain() {
     Envelope e;
     bool more = false;
-    while (out_.ClaimWait(&e, &more, absl::InfiniteFuture())) {
-      do {
-        Forward(e);
-      } while (out_.NextOrRelease(&e, &more));
-    }
+    if (!out_.TryClaim(&e, &more)) return;  // closed, empty or being drained
+    do {
+      Forward(e);
+    } while (out_.NextOrRelease(&e, &more));
   }
 
  private:
   void SendLocked(relay::Type type, const std::string& payload, bool wait)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(send_mu_) {
+    if (broken_) return;
     relay::Message m;
     m.type = type;
     m.dir = relay::Dir::kH2C;
@@ -279,7 +295,19 @@ class RelayHost::Client : public std::enable_shared_from_this<Client> {
     f->set_client(id_);
     f->set_frame(relay::SealFrame(sec.key, sec.session, relay::Dir::kH2C,
                                   relay::EncodeMessage(m)));
-    (void)sink_(std::move(e), wait);
+    if (sink_(std::move(e), wait)) return;
+    // A frame that could not be queued leaves a gap in the sequence the
+    // browser would wait on forever: this connection is over. The gateway
+    // closes it (closed_by_host); the browser reconnects and says hello.
+    broken_ = true;
+    TUNNEL_LOG(WARNING) << "share: the connection to browser " << id_
+                        << " is closed: its frames could not be queued";
+    Envelope bye;
+    RelayFrame* b = bye.mutable_relay();
+    b->set_session(sec.session);
+    b->set_client(id_);
+    b->set_event(RelayFrame::CLIENT_DISCONNECTED);
+    (void)sink_(std::move(bye), false);
   }
 
   // One envelope the OriginLoop queued for this browser, as messages.
@@ -299,7 +327,21 @@ class RelayHost::Client : public std::enable_shared_from_this<Client> {
           }
         }
         head.set_end(r.end_stream() && r.body().empty());
-        Send(relay::Type::kResponse, ToJson(head), true);
+        const std::string json = ToJson(head);
+        if (json.size() > max_chunk_) {
+          // No frame may carry it: the stream fails instead.
+          const uint32_t id = static_cast<uint32_t>(r.stream_id());
+          if (std::shared_ptr<AgentStream> s = Find(id)) {
+            s->Cancel(absl::ResourceExhaustedError("response head too big"));
+            host_->loop_->Cancel(s);
+            RemoveStream(id);
+          }
+          SendClose(id, "local_error",
+                    absl::StrCat("the service's response head is over ",
+                                 max_chunk_, " bytes"));
+          return;
+        }
+        Send(relay::Type::kResponse, json, true);
         if (!r.body().empty()) {
           Send(relay::Type::kData,
                relay::EncodeData(static_cast<uint32_t>(r.stream_id()),
@@ -337,9 +379,11 @@ class RelayHost::Client : public std::enable_shared_from_this<Client> {
   const RelaySink sink_;
   const uint32_t max_chunk_;
   common::Outbox out_;
+  std::atomic<bool> queued_{false};  // in the host's ready queue
   absl::Mutex send_mu_;
   std::string tx_conn_ ABSL_GUARDED_BY(send_mu_);
   uint64_t tx_seq_ ABSL_GUARDED_BY(send_mu_) = 0;
+  bool broken_ ABSL_GUARDED_BY(send_mu_) = false;
   absl::Mutex mu_;
   absl::flat_hash_map<uint32_t, std::shared_ptr<AgentStream>> streams_
       ABSL_GUARDED_BY(mu_);
@@ -348,9 +392,38 @@ class RelayHost::Client : public std::enable_shared_from_this<Client> {
 RelayHost::RelayHost(ShareOptions options, OriginLoop* loop)
     : options_(std::move(options)),
       loop_(loop),
-      max_chunk_(options_.max_chunk) {}
+      max_chunk_(options_.max_chunk),
+      pump_([this] { Pump(); }) {}
 
-RelayHost::~RelayHost() { Detach(); }
+RelayHost::~RelayHost() {
+  Detach();
+  {
+    absl::MutexLock lock(&ready_->mu);
+    ready_->stopping = true;
+  }
+  pump_.join();
+}
+
+void RelayHost::Pump() {
+  ReadyQueue& ready = *ready_;
+  while (true) {
+    std::weak_ptr<Client> next;
+    {
+      absl::MutexLock lock(&ready.mu);
+      auto work = [&ready]() ABSL_SHARED_LOCKS_REQUIRED(ready.mu) {
+        return ready.stopping || !ready.clients.empty();
+      };
+      ready.mu.Await(absl::Condition(&work));
+      if (ready.stopping) return;
+      next = std::move(ready.clients.front());
+      ready.clients.pop_front();
+    }
+    if (std::shared_ptr<Client> c = next.lock()) {
+      c->Taken();
+      c->Drain();
+    }
+  }
+}
 
 void RelayHost::Attach(RelaySink sink, uint32_t max_frame_bytes) {
   absl::MutexLock lock(&mu_);
@@ -371,24 +444,31 @@ void RelayHost::Detach() {
     sink_ = nullptr;
   }
   for (auto& [id, c] : clients) c->Shutdown();
-  absl::MutexLock lock(&mu_);
-  auto done = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return pumps_ == 0; };
-  mu_.Await(absl::Condition(&done));
 }
 
-std::shared_ptr<RelayHost::Client> RelayHost::FindOrAdd(uint64_t id) {
+std::shared_ptr<RelayHost::Client> RelayHost::Find(uint64_t id) {
   absl::MutexLock lock(&mu_);
   auto it = clients_.find(id);
-  if (it != clients_.end()) return it->second;
-  if (sink_ == nullptr) return nullptr;
-  auto c = std::make_shared<Client>(this, id, sink_, max_chunk_);
-  clients_.emplace(id, c);
-  ++pumps_;
-  std::thread([this, c] {
-    c->Pump();
+  return it == clients_.end() ? nullptr : it->second;
+}
+
+std::shared_ptr<RelayHost::Client> RelayHost::Add(
+    uint64_t id, const std::shared_ptr<Client>& replaces) {
+  std::shared_ptr<Client> c;
+  {
     absl::MutexLock lock(&mu_);
-    --pumps_;
-  }).detach();
+    if (sink_ == nullptr) return nullptr;
+    auto it = clients_.find(id);
+    if (it != clients_.end() && it->second != replaces) return it->second;
+    if (it == clients_.end() && clients_.size() >= kMaxClients) {
+      unknown_client_.fetch_add(1, std::memory_order_relaxed);
+      return nullptr;
+    }
+    c = std::make_shared<Client>(this, id, sink_, max_chunk_);
+    c->ListenForWork(ready_);
+    clients_[id] = c;
+  }
+  if (replaces != nullptr) replaces->Shutdown();
   return c;
 }
 
@@ -413,7 +493,7 @@ void RelayHost::OnFrame(RelayFrame* f) {
   if (f->session() != options_.secrets.session) return;
   switch (f->event()) {
     case RelayFrame::CLIENT_CONNECTED:
-      (void)FindOrAdd(f->client());
+      (void)Add(f->client());
       return;
     case RelayFrame::CLIENT_DISCONNECTED:
       Remove(f->client());
@@ -423,8 +503,12 @@ void RelayHost::OnFrame(RelayFrame* f) {
     default:
       return;
   }
-  std::shared_ptr<Client> c = FindOrAdd(f->client());
-  if (c == nullptr) return;
+  std::shared_ptr<Client> c = Find(f->client());
+  if (c == nullptr) {
+    // A browser the gateway never announced, or one that left.
+    unknown_client_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
   const relay::ShareSecrets& sec = options_.secrets;
   relay::Message m;
   relay::Drop drop = relay::OpenMessage(sec.key, sec.session, relay::Dir::kC2H,
@@ -441,6 +525,11 @@ void RelayHost::OnFrame(RelayFrame* f) {
         locked = locked_;
         attempts_left = locked ? 0 : relay::kMaxPairAttempts - wrong_codes_;
       }
+      // A connection that said hello before starts over as a new object:
+      // whatever its old streams still send goes out under the old nonce,
+      // which the browser drops.
+      if (c->state != Client::State::kNew) c = Add(f->client(), c);
+      if (c == nullptr) return;
       c->Restart(m.conn, locked, attempts_left, options_.window);
       TUNNEL_LOG(DEBUG) << "share: browser " << c->id() << " said hello";
       return;
@@ -466,7 +555,10 @@ void RelayHost::OnFrame(RelayFrame* f) {
   switch (m.type) {
     case relay::Type::kPair: {
       tunnel::v1::RelayPair pair;
-      const bool parsed = FromJson(m.payload, &pair);
+      if (!FromJson(m.payload, &pair)) {
+        malformed_payloads_.fetch_add(1, std::memory_order_relaxed);
+        return;  // counted and ignored: no attempt used
+      }
       bool locked = false;
       bool just_locked = false;
       bool ok = false;
@@ -474,7 +566,7 @@ void RelayHost::OnFrame(RelayFrame* f) {
       {
         absl::MutexLock lock(&mu_);
         if (!locked_) {
-          ok = parsed && relay::CodeMatches(sec.code, pair.code());
+          ok = relay::CodeMatches(sec.code, pair.code());
           if (!ok && ++wrong_codes_ >= relay::kMaxPairAttempts) {
             locked_ = true;
             just_locked = true;
@@ -521,11 +613,13 @@ void RelayHost::OnFrame(RelayFrame* f) {
   }
   if (m.type == relay::Type::kRequest) {
     tunnel::v1::RelayRequest r;
-    if (!FromJson(m.payload, &r) || r.stream() == 0 ||
-        !ValidMethod(r.method()) || !ValidPath(r.path())) {
+    if (!FromJson(m.payload, &r) || r.stream() == 0) {
+      malformed_payloads_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    if (!ValidMethod(r.method()) || !ValidPath(r.path())) {
       c->SendClose(r.stream(), "protocol_error",
-                   "a request needs a stream id, a method and a path "
-                   "starting with /");
+                   "a request needs a method and a path starting with /");
       return;
     }
     tunnel::v1::TunnelRequest head;
@@ -575,7 +669,7 @@ void RelayHost::OnFrame(RelayFrame* f) {
     bool end = false;
     absl::string_view bytes;
     if (!relay::DecodeData(m.payload, &stream, &end, &bytes)) {
-      dropped_[static_cast<int>(relay::Drop::kMalformed)].fetch_add(1);
+      malformed_payloads_.fetch_add(1, std::memory_order_relaxed);
       return;
     }
     std::shared_ptr<AgentStream> s = c->Find(stream);
@@ -593,7 +687,10 @@ void RelayHost::OnFrame(RelayFrame* f) {
   }
   if (m.type == relay::Type::kWindow) {
     tunnel::v1::RelayWindow w;
-    if (!FromJson(m.payload, &w)) return;
+    if (!FromJson(m.payload, &w)) {
+      malformed_payloads_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
     std::shared_ptr<AgentStream> s = c->Find(w.stream());
     if (s == nullptr) return;
     if (absl::Status st = s->channel.AddSendCredit(w.increment()); !st.ok()) {
@@ -608,7 +705,10 @@ void RelayHost::OnFrame(RelayFrame* f) {
   }
   // CLOSE: the browser gave up on a stream.
   tunnel::v1::RelayClose close;
-  if (!FromJson(m.payload, &close)) return;
+  if (!FromJson(m.payload, &close)) {
+    malformed_payloads_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
   if (std::shared_ptr<AgentStream> s = c->Find(close.stream())) {
     s->Cancel(absl::CancelledError("the browser cancelled the request"));
     loop_->Cancel(s);
@@ -623,6 +723,8 @@ RelayHostCounts RelayHost::counts() const {
   c.not_paired = not_paired_.load();
   c.paired = paired_.load();
   c.requests = requests_.load();
+  c.unknown_client = unknown_client_.load();
+  c.malformed_payloads = malformed_payloads_.load();
   absl::MutexLock lock(&mu_);
   c.wrong_codes = static_cast<uint64_t>(wrong_codes_);
   c.locked = locked_;

@@ -7,22 +7,24 @@
 // sequence) before anything is done with it; a frame that fails is dropped
 // and counted. A paired browser's REQUEST becomes an ordinary AgentStream
 // run by the agent's OriginLoop, as a tunnel request would be, except that
-// its answer goes to a per-browser Outbox; a pump thread per browser seals
-// what lands there (RESPONSE, DATA, WINDOW, CLOSE) into frames for the
-// gateway. The per-stream credit works as in the tunnel: the browser grants
-// WINDOW as its reader takes bytes, and the OriginLoop pauses the service
-// when none is left.
+// its answer goes to a per-browser Outbox; one pump thread (for every
+// browser) seals what lands there (RESPONSE, DATA, WINDOW, CLOSE) into
+// frames for the gateway. The per-stream credit works as in the tunnel: the
+// browser grants WINDOW as its reader takes bytes, and the OriginLoop pauses
+// the service when none is left.
 //
 // Threads: OnFrame, Attach and Detach from the session's reader thread;
-// the pumps run their own threads; counters from any thread.
+// the pump runs its own thread; counters from any thread.
 #ifndef TUNNEL_AGENT_RELAY_HOST_H_
 #define TUNNEL_AGENT_RELAY_HOST_H_
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -64,13 +66,19 @@ struct RelayHostCounts {
   uint64_t wrong_codes = 0;
   uint64_t paired = 0;
   uint64_t requests = 0;
+  uint64_t unknown_client = 0;      // frames of a browser never announced
+  uint64_t malformed_payloads = 0;  // accepted frames whose payload was bad
   bool locked = false;
 };
 
 class RelayHost {
  public:
+  // Browsers at once, all shares' connections together (the gateway allows
+  // --relay-max-clients-per-session, 8 by default).
+  static constexpr size_t kMaxClients = 1024;
+
   RelayHost(ShareOptions options, OriginLoop* loop);
-  // Waits for the pumps (after Detach).
+  // Detaches and joins the pump.
   ~RelayHost();
 
   const ShareOptions& options() const { return options_; }
@@ -88,9 +96,14 @@ class RelayHost {
 
  private:
   class Client;
-  std::shared_ptr<Client> FindOrAdd(uint64_t id);
+  std::shared_ptr<Client> Find(uint64_t id);
+  // A browser the gateway announced (or one starting over: `replaces` is
+  // its old object, shut down). Null when detached or at kMaxClients.
+  std::shared_ptr<Client> Add(
+      uint64_t id, const std::shared_ptr<Client>& replaces = nullptr);
   void Remove(uint64_t id);
   void Event(const std::string& what);
+  void Pump();
 
   const ShareOptions options_;
   OriginLoop* const loop_;
@@ -99,7 +112,15 @@ class RelayHost {
   uint32_t max_chunk_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, std::shared_ptr<Client>> clients_
       ABSL_GUARDED_BY(mu_);
-  int pumps_ ABSL_GUARDED_BY(mu_) = 0;  // pump threads still running
+  // Browsers whose Outbox has something for the pump, in order. Shared
+  // with the Outboxes' wake callbacks, which the OriginLoop may still call
+  // while it winds a cancelled stream down after this host is gone.
+  struct ReadyQueue {
+    absl::Mutex mu;
+    std::deque<std::weak_ptr<Client>> clients ABSL_GUARDED_BY(mu);
+    bool stopping ABSL_GUARDED_BY(mu) = false;
+  };
+  const std::shared_ptr<ReadyQueue> ready_ = std::make_shared<ReadyQueue>();
   // The share: wrong codes so far (all browsers), locked at the limit.
   int wrong_codes_ ABSL_GUARDED_BY(mu_) = 0;
   bool locked_ ABSL_GUARDED_BY(mu_) = false;
@@ -108,6 +129,9 @@ class RelayHost {
   std::atomic<uint64_t> not_paired_{0};
   std::atomic<uint64_t> paired_{0};
   std::atomic<uint64_t> requests_{0};
+  std::atomic<uint64_t> unknown_client_{0};
+  std::atomic<uint64_t> malformed_payloads_{0};
+  std::thread pump_;  // last: started once everything above exists
 };
 
 }  // namespace tunnel::agent

@@ -35,6 +35,8 @@ size_t BodySize(const Envelope& e) {
       return e.response().body().size();
     case Envelope::kRequest:
       return e.request().body().size();
+    case Envelope::kRelay:  // an encrypted share's frame: all of it
+      return e.relay().frame().size();
     default:
       return 0;
   }
@@ -261,8 +263,11 @@ bool Outbox::NextOrRelease(Envelope* out, bool* more) {
 }
 
 void Outbox::WakeWriter() {
-  absl::MutexLock lock(&mu_);
-  wake_writer_ = true;
+  {
+    absl::MutexLock lock(&mu_);
+    wake_writer_ = true;
+  }
+  if (wake_cb_) wake_cb_();
 }
 
 bool Outbox::ClaimWait(Envelope* out, bool* more, absl::Time deadline) {

@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -84,8 +85,14 @@ class Outbox {
   bool TryClaim(tunnel::v1::Envelope* out, bool* more);
   // The role holder's next message; when there is none, gives up the role.
   bool NextOrRelease(tunnel::v1::Envelope* out, bool* more);
-  // Asks the thread in ClaimWait to write what is queued.
+  // Asks the thread in ClaimWait to write what is queued (and runs the wake
+  // callback, if one is set).
   void WakeWriter();
+  // For a writer that serves many outboxes from one thread instead of a
+  // thread in ClaimWait per outbox: `fn` runs at every WakeWriter, on the
+  // caller's thread and without the outbox's lock; the writer then takes
+  // the role with TryClaim. Set before any producer runs.
+  void SetWakeCallback(std::function<void()> fn) { wake_cb_ = std::move(fn); }
   // Waits until nobody holds the role and either WakeWriter was called with
   // messages queued, or the outbox is closed; then takes the role and the
   // next message. False when closed and drained (no thread holds the role
@@ -119,6 +126,7 @@ class Outbox {
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   bool claimed_ ABSL_GUARDED_BY(mu_) = false;  // the writer role is taken
   bool wake_writer_ ABSL_GUARDED_BY(mu_) = false;
+  std::function<void()> wake_cb_;  // set before use, then read-only
   size_t batch_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
   // Fibers in WaitForRoom (threads wait on mu_ itself): woken once the

@@ -29,22 +29,31 @@ namespace beast = boost::beast;
 namespace websocket = boost::beast::websocket;
 namespace http = boost::beast::http;
 
+// How long a refused browser has to answer the closing handshake.
+constexpr absl::Duration kCloseWait = absl::Seconds(2);
+// IPs remembered for the per-IP limits at most; beyond, new IPs are refused
+// until a minute passes (the table is swept every minute).
+constexpr size_t kMaxTrackedIps = 100000;
+
 constexpr absl::string_view kPageCsp =
     "default-src 'none'; script-src 'self'; style-src 'self'; "
     "img-src 'self' blob: data:; connect-src 'self'; frame-src 'self'; "
     "child-src 'self'; worker-src 'self'; base-uri 'none'; "
     "form-action 'self'; frame-ancestors 'none'";
 
-// Waits on the calling fiber (or thread) until `deadline`. A fiber's wait
-// may end early (an interrupt meant for another wait): it waits again.
-void SleepUntil(absl::Time deadline) {
+// Waits on the calling fiber (or thread) until `deadline`; false when the
+// wait keeps ending early (the front door is stopping). A single early end
+// (an interrupt meant for another wait) is waited out.
+bool SleepUntil(absl::Time deadline) {
   absl::Mutex mu;
   common::FiberWaitList waiters;
   absl::MutexLock lock(&mu);
   auto never = [] { return false; };
-  while (absl::Now() < deadline) {
+  for (int tries = 0; absl::Now() < deadline; ++tries) {
+    if (tries == 3) return false;
     common::AwaitWithDeadline(mu, absl::Condition(&never), deadline, waiters);
   }
+  return true;
 }
 
 // A Beast synchronous stream over the front door's fiber connection: reads
@@ -146,11 +155,14 @@ class FiberSocket {
   }
 
   Connection* conn() const { return conn_; }
+  // A refusal's closing handshake waits this long for the browser's close,
+  // not the whole idle timeout.
+  void set_read_timeout(absl::Duration t) { read_timeout_ = t; }
 
  private:
   Connection* const conn_;
   std::string buffered_;  // read past the request head
-  const absl::Duration read_timeout_;
+  absl::Duration read_timeout_;
   const absl::Duration write_timeout_;
   absl::Mutex mu_;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
@@ -199,6 +211,15 @@ std::string ErrorJson(absl::string_view code, absl::string_view message) {
                       R"(","message":")", common::JsonEscape(message), R"("})");
 }
 
+// The ERROR message before a connection ends without a closing handshake:
+// the close code it stands for goes in it.
+std::string KickJson(int code, absl::string_view error,
+                     absl::string_view message) {
+  std::string json = ErrorJson(error, message);
+  json.insert(json.size() - 1, absl::StrCat(R"(,"close":)", code));
+  return json;
+}
+
 }  // namespace
 
 class RelayFront::Impl {
@@ -223,13 +244,22 @@ class RelayFront::Impl {
         "tunnel_relay_refusals_total",
         "Relay WebSocket connections refused or closed by a limit, by "
         "reason: unknown_session, clients_per_session, ip_connections, "
-        "ip_rate, frame_too_big, slow_client, host_gone, bad_request.",
+        "ip_rate, capacity, frame_too_big, slow_client (the browser did not "
+        "read), host_not_reading (the device did not), bad_request.",
         {"reason"});
     throttled_ = metrics->AddCounter(
         "tunnel_relay_throttled_total",
         "Times reading from a browser paused for a rate limit, by limit: "
         "conn_frames, conn_bytes, ip_frames, ip_bytes.",
         {"limit"});
+    auto* dropped = metrics->AddCounter(
+        "tunnel_relay_dropped_frames_total",
+        "Relay frames dropped, by reason: no_host (from a browser while the "
+        "device was away), browser_gone (from a device for a browser that "
+        "had left).",
+        {"reason"});
+    dropped_no_host_ = dropped->WithLabels({"no_host"});
+    common::Counter* browser_gone = dropped->WithLabels({"browser_gone"});
     auto* sessions =
         metrics
             ->AddGauge("tunnel_relay_sessions",
@@ -239,10 +269,17 @@ class RelayFront::Impl {
                         ->AddGauge("tunnel_relay_clients",
                                    "Browsers connected to encrypted shares.")
                         ->WithLabels({});
-    metrics->AddCollectHook([sessions, clients, router] {
+    auto last = std::make_shared<std::pair<absl::Mutex, uint64_t>>();
+    metrics->AddCollectHook([sessions, clients, browser_gone, router, last] {
       const server::RelayCounts c = router->counts();
       sessions->Set(c.sessions);
       clients->Set(c.clients);
+      // The hub counts these itself (it has no registry): the counter
+      // follows it by what is new since the last scrape.
+      absl::MutexLock lock(&last->first);
+      const uint64_t d = router->dropped();
+      if (d > last->second) browser_gone->Increment(d - last->second);
+      last->second = d;
     });
   }
 
@@ -317,6 +354,21 @@ class RelayFront::Impl {
     const absl::Time now = options_.clock();
     const int64_t minute = absl::ToUnixSeconds(now) / 60;
     absl::MutexLock lock(&mu_);
+    if (minute != swept_minute_) {
+      // Addresses with nothing open and no count for this minute are
+      // forgotten once a minute.
+      swept_minute_ = minute;
+      absl::erase_if(ips_, [minute](const auto& e) {
+        return e.second.open <= 0 && e.second.minute != minute;
+      });
+    }
+    if (ips_.size() >= kMaxTrackedIps && !ips_.contains(ip)) {
+      *reason = "capacity";
+      *why =
+          "the gateway is tracking too many addresses; try again in a "
+          "minute";
+      return false;
+    }
     IpState& s = ips_[ip];
     if (s.minute != minute) {
       s.minute = minute;
@@ -346,11 +398,7 @@ class RelayFront::Impl {
   void Release(const std::string& ip) {
     absl::MutexLock lock(&mu_);
     auto it = ips_.find(ip);
-    if (it == ips_.end()) return;
-    if (--it->second.open <= 0 &&
-        it->second.minute != absl::ToUnixSeconds(options_.clock()) / 60) {
-      ips_.erase(it);
-    }
+    if (it != ips_.end()) --it->second.open;
   }
   // Waits as long as the IP's rates ask for `bytes` more.
   absl::Duration IpWait(const std::string& ip, size_t bytes, absl::Time now) {
@@ -377,9 +425,11 @@ class RelayFront::Impl {
   common::Counter* bytes_in_;
   common::Counter* bytes_out_;
   common::CounterFamily* refusals_;
+  common::Counter* dropped_no_host_;
   common::CounterFamily* throttled_;
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, IpState> ips_ ABSL_GUARDED_BY(mu_);
+  int64_t swept_minute_ ABSL_GUARDED_BY(mu_) = -1;
 };
 
 // One browser's WebSocket as the hub sees it: what waits to be written to
@@ -400,9 +450,9 @@ class RelayFront::Impl::Client : public server::RelayClient {
       // The browser does not read what its own credit asked for: it is
       // stuck (or hostile). Nothing more is queued for it.
       slow_ = true;
-      PushLocked({Item::kKick, ErrorJson("slow_client",
-                                         "this browser did not read its "
-                                         "frames in time")});
+      PushLocked({Item::kKick, KickJson(4408, "slow_client",
+                                        "this browser did not read its "
+                                        "frames in time")});
       return;
     }
     bytes_ += frame.size();
@@ -418,9 +468,7 @@ class RelayFront::Impl::Client : public server::RelayClient {
             absl::string_view message) override {
     absl::MutexLock lock(&mu_);
     if (closed_) return;
-    std::string json = ErrorJson(error, message);
-    json.insert(json.size() - 1, absl::StrCat(R"(,"close":)", code));
-    PushLocked({Item::kKick, std::move(json)});
+    PushLocked({Item::kKick, KickJson(code, error, message)});
   }
 
   // Writer fiber: the next item, or nullopt once closed or at `deadline`
@@ -518,6 +566,7 @@ void RelayFront::Impl::ServeWebSocket(const httplib::Request& req,
     websocket::close_reason close;
     close.code = static_cast<uint16_t>(code);
     close.reason = reason;
+    ws.next_layer().set_read_timeout(kCloseWait);
     ws.close(close, ignored);
   };
   const std::string ip = req.remote_addr;
@@ -549,6 +598,8 @@ void RelayFront::Impl::ServeWebSocket(const httplib::Request& req,
           bool timed_out = false;
           if (!client->Next(&item, next_ping, &timed_out)) {
             if (!timed_out) return;  // closed by the reader
+            // Woken before the ping is due: the front door is stopping.
+            if (absl::Now() < next_ping) break;
             boost::system::error_code ping_ec;
             ws.ping({}, ping_ec);
             if (ping_ec) break;
@@ -559,8 +610,10 @@ void RelayFront::Impl::ServeWebSocket(const httplib::Request& req,
           if (item.kind == Client::Item::kBinary) {
             ws.binary(true);
             ws.write(boost::asio::buffer(item.data), wec);
-            frames_out_->Increment();
-            bytes_out_->Increment(item.data.size());
+            if (!wec) {
+              frames_out_->Increment();
+              bytes_out_->Increment(item.data.size());
+            }
           } else {
             ws.text(true);
             ws.write(boost::asio::buffer(item.data), wec);
@@ -581,15 +634,9 @@ void RelayFront::Impl::ServeWebSocket(const httplib::Request& req,
   beast::flat_buffer buf;
   Bucket frames_bucket;
   Bucket bytes_bucket;
-  while (true) {
-    buf.clear();
-    ws.read(buf, ec);
-    if (ec == websocket::error::message_too_big) {
-      refusals_->WithLabels({"frame_too_big"})->Increment();
-    }
-    if (ec) break;
-    if (!ws.got_binary()) continue;  // the page sends frames only
-    const size_t n = buf.size();
+  // What the browser sends costs it against the rates, pings and text
+  // included: reading pauses as long as they ask.
+  auto charge = [&](size_t n) {
     const absl::Time now = absl::Now();
     absl::Duration wait = IpWait(ip, n, now);
     const absl::Duration f =
@@ -603,14 +650,33 @@ void RelayFront::Impl::ServeWebSocket(const httplib::Request& req,
       throttled_->WithLabels({"conn_bytes"})->Increment();
     }
     wait = std::max({wait, f, b});
-    if (wait > absl::ZeroDuration()) SleepUntil(now + wait);
+    return wait <= absl::ZeroDuration() || SleepUntil(now + wait);
+  };
+  bool stopping = false;
+  ws.control_callback([&](websocket::frame_type, beast::string_view data) {
+    if (!charge(data.size())) stopping = true;
+  });
+  while (!stopping) {
+    buf.clear();
+    ws.read(buf, ec);
+    if (ec == websocket::error::message_too_big) {
+      refusals_->WithLabels({"frame_too_big"})->Increment();
+    }
+    if (ec || !charge(buf.size())) break;
+    if (!ws.got_binary()) continue;  // the page sends frames only
     frames_in_->Increment();
-    bytes_in_->Increment(n);
-    if (!router_->ToAgent(session, *cid, beast::buffers_to_string(buf.data()),
-                          absl::Now() + options_.send_timeout)) {
-      client->Kick(4404, "host_gone",
-                   "the device is gone or not reading; retrying");
-      refusals_->WithLabels({"host_gone"})->Increment();
+    bytes_in_->Increment(buf.size());
+    const server::RelayRouter::Delivery d =
+        router_->ToAgent(session, *cid, beast::buffers_to_string(buf.data()),
+                         absl::Now() + options_.send_timeout);
+    if (d == server::RelayRouter::Delivery::kNoHost) {
+      // The host is away (it comes back, or the hub closes this
+      // connection): as RELAY.md says, dropped.
+      dropped_no_host_->Increment();
+    } else if (d == server::RelayRouter::Delivery::kStuck) {
+      client->Kick(4408, "host_not_reading",
+                   "the device is not reading its connection; retrying");
+      refusals_->WithLabels({"host_not_reading"})->Increment();
       break;
     }
   }

@@ -51,6 +51,7 @@ absl::Status RelayHub::Host(const std::shared_ptr<Session>& host,
     Share& s = shares_[id];
     s.host = host;
     s.agent_id = host->agent_id();
+    s.live = false;
   }
   return absl::OkStatus();
 }
@@ -62,6 +63,7 @@ void RelayHub::Announce(const std::shared_ptr<Session>& host) {
     absl::MutexLock lock(&mu_);
     for (auto& [id, share] : shares_) {
       if (share.host.lock() != host) continue;
+      share.live = true;
       for (auto& [cid, c] : share.clients) {
         joined.emplace_back(id, c);
         ids.push_back(cid);
@@ -139,7 +141,7 @@ absl::StatusOr<uint64_t> RelayHub::Join(const std::string& id,
   {
     absl::MutexLock lock(&mu_);
     auto it = shares_.find(id);
-    if (it != shares_.end()) host = it->second.host.lock();
+    if (it != shares_.end() && it->second.live) host = it->second.host.lock();
     if (host == nullptr) {
       return absl::NotFoundError(
           "no device hosts this share now (it stopped, or is reconnecting)");
@@ -178,19 +180,22 @@ void RelayHub::Leave(const std::string& id, uint64_t client) {
 std::shared_ptr<Session> RelayHub::HostOf(const std::string& id) const {
   absl::MutexLock lock(&mu_);
   auto it = shares_.find(id);
-  return it == shares_.end() ? nullptr : it->second.host.lock();
+  return it == shares_.end() || !it->second.live ? nullptr
+                                                 : it->second.host.lock();
 }
 
-bool RelayHub::ToAgent(const std::string& id, uint64_t client,
-                       std::string frame, absl::Time deadline) {
+RelayRouter::Delivery RelayHub::ToAgent(const std::string& id, uint64_t client,
+                                        std::string frame,
+                                        absl::Time deadline) {
   std::shared_ptr<Session> host = HostOf(id);
-  if (host == nullptr) return false;
+  if (host == nullptr) return Delivery::kNoHost;
   Envelope e;
   RelayFrame* f = e.mutable_relay();
   f->set_session(id);
   f->set_client(client);
   *f->mutable_frame() = std::move(frame);
-  return host->SendRelay(std::move(e), deadline);
+  if (host->SendRelay(std::move(e), deadline)) return Delivery::kSent;
+  return host->closing() ? Delivery::kNoHost : Delivery::kStuck;
 }
 
 RelayCounts RelayHub::counts() const {

@@ -44,10 +44,11 @@ class RelayHub : public RelayRouter {
 
   const RelayHubOptions& options() const { return options_; }
 
-  // Handshake: `host` will serve the shares `ids` (checked session ids).
-  // A share another agent id hosts is refused (ALREADY_EXISTS), as is one
-  // beyond max_sessions (RESOURCE_EXHAUSTED); the agent's own earlier
-  // session (a reconnect) is replaced. Nothing changes on failure.
+  // Handshake: `host` will serve the shares `ids` (checked session ids),
+  // from Announce on. A share another agent id hosts is refused
+  // (ALREADY_EXISTS), as is one beyond max_sessions (RESOURCE_EXHAUSTED);
+  // the agent's own earlier session (a reconnect) is replaced. Nothing
+  // changes on failure.
   absl::Status Host(const std::shared_ptr<Session>& host,
                     const std::vector<std::string>& ids);
   // After ConnectAccepted went out: the host learns of the browsers already
@@ -65,16 +66,20 @@ class RelayHub : public RelayRouter {
   absl::StatusOr<uint64_t> Join(const std::string& id,
                                 std::shared_ptr<RelayClient> client) override;
   void Leave(const std::string& id, uint64_t client) override;
-  bool ToAgent(const std::string& id, uint64_t client, std::string frame,
-               absl::Time deadline) override;
+  Delivery ToAgent(const std::string& id, uint64_t client, std::string frame,
+                   absl::Time deadline) override;
   RelayCounts counts() const override;
   uint32_t max_frame_bytes() const override { return options_.max_frame_bytes; }
-  // Frames dropped because their share or client was gone.
-  uint64_t dropped() const { return dropped_.load(std::memory_order_relaxed); }
+  uint64_t dropped() const override {
+    return dropped_.load(std::memory_order_relaxed);
+  }
 
  private:
   struct Share {
     std::weak_ptr<Session> host;
+    // Announce ran for `host`: until then (its ConnectAccepted is not out
+    // yet) nothing may be sent to it, and browsers cannot join.
+    bool live = false;
     std::string agent_id;
     absl::flat_hash_map<uint64_t, std::shared_ptr<RelayClient>> clients;
   };

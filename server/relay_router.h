@@ -45,10 +45,16 @@ class RelayRouter {
       const std::string& id, std::shared_ptr<RelayClient> client) = 0;
   virtual void Leave(const std::string& id, uint64_t client) = 0;
   // A browser's frame for the host, waiting until `deadline` for room in
-  // the host's send queue. False when the share or its host is gone or the
-  // queue stayed full.
-  virtual bool ToAgent(const std::string& id, uint64_t client,
-                       std::string frame, absl::Time deadline) = 0;
+  // the host's send queue.
+  enum class Delivery {
+    kSent,
+    kNoHost,  // the host is away (reconnecting): dropped, as RELAY.md says
+    kStuck,   // the host's send queue stayed full until the deadline
+  };
+  virtual Delivery ToAgent(const std::string& id, uint64_t client,
+                           std::string frame, absl::Time deadline) = 0;
+  // Frames from hosts dropped because their browser had left.
+  virtual uint64_t dropped() const = 0;
   virtual RelayCounts counts() const = 0;
   // Largest frame relayed either way.
   virtual uint32_t max_frame_bytes() const = 0;

@@ -579,8 +579,10 @@ void Session::OnEnvelope(Envelope e) {
 
 bool Session::SendRelay(Envelope e, absl::Time deadline) {
   if (closing()) return false;
+  // Frames and events share the data lane: a browser's CLIENT_DISCONNECTED
+  // must not overtake its last frames, nor any event ConnectAccepted.
   if (deadline == absl::InfinitePast()) {
-    Enqueue(std::move(e), /*control=*/true);
+    Enqueue(std::move(e), /*control=*/false);
     return true;
   }
   if (!outbox_.WaitForRoom(limits_.max_queued_bytes, deadline)) return false;

@@ -143,7 +143,8 @@ class Session : public std::enable_shared_from_this<Session> {
   // Any thread (the front door's fibers): queues a relay frame or event for
   // the agent. With a `deadline` in the future, waits until then for room
   // in the send queue (false: no room in time, or the session is closing);
-  // InfinitePast() queues at once on the control lane (small events).
+  // InfinitePast() queues at once (small events). Always the data lane, so
+  // relay messages keep their order.
   bool SendRelay(tunnel::v1::Envelope e, absl::Time deadline);
   const std::string& pool() const { return pool_; }
   absl::Time connected_at() const { return connected_at_; }

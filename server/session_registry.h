@@ -89,6 +89,8 @@ class SessionRegistry : public TunnelRouter {
   std::vector<std::shared_ptr<Session>> Sessions() const;
   // Streams in flight across live sessions.
   size_t stream_count() const;
+  // The agent's tunnel session by its agent id; its share-only session
+  // (agent-tunnel share) by Session::registry_key().
   std::shared_ptr<Session> FindByAgent(absl::string_view agent_id) const;
   // Every pool slug with its live members (none while all are offline).
   std::vector<PoolView> Pools() const;

@@ -345,6 +345,21 @@ class AgentConnection final : public EnvelopeWriter {
              grpc::StatusCode::FAILED_PRECONDITION);
       return;
     }
+    if (static_cast<size_t>(req.relay_sessions_size()) >
+        opts.max_tunnels_per_agent) {
+      Refuse(
+          ConnectError::INVALID_REQUEST,
+          absl::StrCat("an agent may host at most ", opts.max_tunnels_per_agent,
+                       " shares, not ", req.relay_sessions_size()),
+          grpc::StatusCode::INVALID_ARGUMENT);
+      return;
+    }
+    // From here on the session belongs to the hub, which forgets it when
+    // it ends; a share-only one is registered beside the agent's tunnel
+    // session.
+    if (hosts_shares) {
+      session_->SetRelay(service_->relay_, req.tunnels().empty());
+    }
     if (req.random_slug()) {
       // The gateway chooses: NAME-<random> for named tunnels, and the
       // random part alone for the unnamed one.
@@ -406,7 +421,7 @@ class AgentConnection final : public EnvelopeWriter {
     // At capacity: a new agent is told to come back later (an agent that
     // replaces its own session does not add one).
     if (service_->registry_->session_count() >= opts.max_agents &&
-        service_->registry_->FindByAgent(session_->agent_id()) == nullptr) {
+        service_->registry_->FindByAgent(session_->registry_key()) == nullptr) {
       service_->metrics_->max_agents_rejections->Increment();
       Refuse(ConnectError::UNAVAILABLE,
              absl::StrCat("the gateway is at its limit of ", opts.max_agents,
@@ -446,7 +461,6 @@ class AgentConnection final : public EnvelopeWriter {
                opts.busy_retry_after);
         return;
       }
-      session_->SetRelay(service_->relay_, req.tunnels().empty());
     }
     std::shared_ptr<Session> replaced;
     if (absl::Status s = service_->registry_->Register(

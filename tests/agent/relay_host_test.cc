@@ -411,6 +411,25 @@ TEST_F(RelayHostTest, TheServiceIsAskedForUnencodedBodies) {
   EXPECT_EQ(ReadBody(1), "identity");
 }
 
+TEST_F(RelayHostTest, FramesOfABrowserTheGatewayNeverAnnouncedAreDropped) {
+  // Client 8 was never announced (CLIENT_CONNECTED): its HELLO is dropped.
+  RelayFrame f = browser_.Wrap(browser_.Frame(
+      relay::Type::kHello, "{}", 0, std::string(relay::kNonceBytes, 'n')));
+  f.set_client(8);
+  host_->OnFrame(&f);
+  EXPECT_EQ(host_->counts().unknown_client, 1u);
+  // The announced one is answered, and first.
+  browser_.Hello(*host_);
+}
+
+TEST_F(RelayHostTest, AMalformedPairUsesNoAttempt) {
+  browser_.Hello(*host_);
+  browser_.Send(*host_, relay::Type::kPair, "not json");
+  EXPECT_EQ(host_->counts().malformed_payloads, 1u);
+  EXPECT_EQ(host_->counts().wrong_codes, 0u);
+  Pair();  // the next message is the answer to the right code
+}
+
 TEST_F(RelayHostTest, ANewHelloStartsTheConnectionOver) {
   browser_.Hello(*host_);
   Pair();
