@@ -196,7 +196,8 @@ class FrontDoor::Handler {
     // subdomain keeps /relay/ for its service).
     if (!route.has_value() && relay_ != nullptr &&
         RelayFront::IsRelayPath(RelayFront::PathOf(req.target))) {
-      relay_->Handle(req, res);
+      // Its per-IP limits see the visitor behind a trusted proxy too.
+      relay_->Handle(req, res, VisitorAddressText(req));
       return;
     }
     if (!route.has_value()) {

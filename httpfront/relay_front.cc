@@ -283,7 +283,8 @@ class RelayFront::Impl {
     });
   }
 
-  void Handle(const httplib::Request& req, httplib::Response& res) {
+  void Handle(const httplib::Request& req, httplib::Response& res,
+              const std::string& visitor) {
     const std::string path(PathOf(req.target));
     res.set_header("X-Content-Type-Options", "nosniff");
     res.set_header("Referrer-Policy", "no-referrer");
@@ -293,7 +294,7 @@ class RelayFront::Impl {
       return;
     }
     if (path == "/relay/ws") {
-      ServeWebSocket(req, res);
+      ServeWebSocket(req, res, visitor);
       return;
     }
     if (req.method != "GET" && req.method != "HEAD") {
@@ -415,7 +416,8 @@ class RelayFront::Impl {
     return std::max(f, b);
   }
 
-  void ServeWebSocket(const httplib::Request& req, httplib::Response& res);
+  void ServeWebSocket(const httplib::Request& req, httplib::Response& res,
+                      const std::string& ip);
 
   const RelayFrontOptions options_;
   server::RelayRouter* const router_;
@@ -520,7 +522,8 @@ class RelayFront::Impl::Client : public server::RelayClient {
 };
 
 void RelayFront::Impl::ServeWebSocket(const httplib::Request& req,
-                                      httplib::Response& res) {
+                                      httplib::Response& res,
+                                      const std::string& ip) {
   const std::string session = req.get_param_value("session");
   if (req.get_param_value("role") != "client" ||
       !common::relay::ValidSessionId(session)) {
@@ -569,7 +572,6 @@ void RelayFront::Impl::ServeWebSocket(const httplib::Request& req,
     ws.next_layer().set_read_timeout(kCloseWait);
     ws.close(close, ignored);
   };
-  const std::string ip = req.remote_addr;
   std::string why;
   std::string reason;
   if (!Admit(ip, &why, &reason)) {
@@ -698,8 +700,9 @@ bool RelayFront::IsRelayPath(absl::string_view path) {
   return path == "/relay" || absl::StartsWith(path, "/relay/");
 }
 
-void RelayFront::Handle(const httplib::Request& req, httplib::Response& res) {
-  impl_->Handle(req, res);
+void RelayFront::Handle(const httplib::Request& req, httplib::Response& res,
+                        const std::string& visitor) {
+  impl_->Handle(req, res, visitor);
 }
 
 }  // namespace tunnel::httpfront

@@ -35,7 +35,8 @@
 namespace tunnel::httpfront {
 
 struct RelayFrontOptions {
-  // Per browser IP: WebSocket connections at once, and new ones per minute.
+  // Per browser IP (behind --trusted-proxy: the address it names):
+  // WebSocket connections at once, and new ones per minute.
   int64_t max_connections_per_ip = 32;
   int64_t connections_per_ip_per_minute = 120;
   // Frames and bytes per second a browser connection may send, and all of
@@ -72,8 +73,11 @@ class RelayFront {
     return target.substr(0, target.find('?'));
   }
   // Serves one request under /relay (on its fiber). A WebSocket request
-  // takes the connection over and returns when it is closed.
-  void Handle(const httplib::Request& req, httplib::Response& res);
+  // takes the connection over and returns when it is closed. `visitor` is
+  // the browser's address for the per-IP limits (the socket's peer, or the
+  // address a trusted proxy names).
+  void Handle(const httplib::Request& req, httplib::Response& res,
+              const std::string& visitor);
 
  private:
   class Impl;

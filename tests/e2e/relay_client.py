@@ -59,9 +59,10 @@ class RelayClient:
         self.window = 0
         self.max_chunk = 0
 
-    async def connect(self):
+    async def connect(self, headers=None):
         self.ws = await websockets.connect(self.url, max_size=None,
-                                           open_timeout=10)
+                                           open_timeout=10,
+                                           extra_headers=headers or {})
         return self
 
     async def close(self):

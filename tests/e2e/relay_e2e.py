@@ -90,11 +90,11 @@ class Service(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-async def refused(ws_url, session, key):
+async def refused(ws_url, session, key, headers=None):
     """Connects and waits for the gateway to close: (code, error code)."""
     c = RelayClient(ws_url, session, key)
     try:
-        await c.connect()
+        await c.connect(headers)
         await c.wait_status("never", timeout=20)
     except Closed as e:
         return e.code, (e.error or {}).get("code")
@@ -217,6 +217,13 @@ async def scenario(gw, svc_port, agent_tap):
     closed, err = await refused(ws_url, session_b, key_b)
     check("a fifth connection from one IP is refused (4429)",
           closed == 4429 and err == "ip_connections", (closed, err))
+    # Through the trusted proxy (127.0.0.1 here), the address it names is
+    # the one that counts: another visitor gets past the per-IP limit (to
+    # be told the session is unknown: it names none that exists).
+    closed, err = await refused(ws_url, "B" * 22, key,
+                                {"X-Forwarded-For": "198.51.100.7"})
+    check("behind a trusted proxy, the address it names is counted",
+          closed == 4404 and err == "unknown_session", (closed, err))
     for x in (b1, b2):
         await x.close()
     await c2.close()
@@ -316,7 +323,8 @@ def main():
         "--relay-max-clients-per-session", "2",
         "--relay-max-connections-per-ip", "4",
         "--relay-connections-per-ip-per-minute", "40",
-        "--relay-frames-per-second", "200"])
+        "--relay-frames-per-second", "200",
+        "--trusted-proxy", "127.0.0.1/32"])
     gw.start("gw")
     tap = Tap(gw.grpc)
     procs = [share(BUILD, "cam", tap.port, svc_port, creds),
