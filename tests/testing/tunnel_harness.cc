@@ -38,9 +38,16 @@ void TestHttpServer::RaiseBacklog() { ::listen(svr_sock_, 1024); }
 
 LocalService::LocalService() = default;
 
-LocalService::~LocalService() { Stop(); }
+LocalService::~LocalService() {
+  Stop();
+  if (reserved_fd_ >= 0) close(reserved_fd_);
+}
 
 void LocalService::Start() {
+  if (reserved_fd_ >= 0) {
+    close(reserved_fd_);
+    reserved_fd_ = -1;
+  }
   port_ = server_.bind_to_any_port("127.0.0.1");
   ASSERT_GT(port_, 0);
   server_.RaiseBacklog();
@@ -54,6 +61,20 @@ void LocalService::Start() {
 void LocalService::Stop() {
   server_.stop();
   if (thread_.joinable()) thread_.join();
+  if (port_ <= 0 || reserved_fd_ >= 0) return;
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port_));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (fd >= 0 &&
+      bind(fd, reinterpret_cast<const sockaddr*>(&a), sizeof(a)) == 0) {
+    reserved_fd_ = fd;
+  } else if (fd >= 0) {
+    close(fd);
+  }
 }
 
 std::string LocalService::url() const {

@@ -44,6 +44,10 @@ class LocalService {
  private:
   TestHttpServer server_;
   int port_ = 0;
+  // After Stop: a bound, not listening socket on port_, so connections to
+  // the stopped service are refused instead of reaching another test's
+  // server that got the freed port (ctest runs tests in parallel).
+  int reserved_fd_ = -1;
   std::thread thread_;
 };
 
