@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <iostream>
@@ -38,6 +39,8 @@ constexpr char kShareUsage[] =
     "and --state-file do not apply. See README \"Encrypted shares\".\n";
 
 constexpr char kNoSlug[] = "share";
+// A share's per-stream credit, unless --stream-window asks for more.
+constexpr uint32_t kShareWindow = 2 << 20;
 constexpr const char* kNotForShares[] = {"--slug",
                                          "--pool",
                                          "--access-code",
@@ -151,7 +154,11 @@ int RunShare(int argc, char** argv) {
   ShareOptions share;
   share.secrets = common::relay::NewShareSecrets();
   share.target = o.tunnels[0];
-  share.window = o.receive_window;
+  // A browser's round trip (WebCrypto, the page's reader, the WebSocket) is
+  // longer than a gateway's: with 256 KiB of credit a 20 MiB download in
+  // Chromium ran at 4 MiB/s, with 2 MiB at 19 MiB/s. The credit bounds
+  // what is in flight, not what anyone buffers beyond it.
+  share.window = std::max<uint32_t>(o.receive_window, kShareWindow);
   share.max_queued_bytes = o.max_queued_bytes;
   o.tunnels.clear();
   o.connections = 1;  // the share lives on one gateway
