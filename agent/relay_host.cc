@@ -97,21 +97,9 @@ bool ValidUtf8(absl::string_view s) {
   return true;
 }
 
-bool HasHeader(const tunnel::v1::TunnelRequest& r, absl::string_view name) {
-  for (const auto& h : r.headers()) {
-    if (absl::EqualsIgnoreCase(h.name(), name)) return true;
-  }
-  return false;
-}
-
+// A method is an RFC 9110 token, as a header name is.
 bool ValidMethod(const std::string& m) {
-  if (m.empty() || m.size() > 32) return false;
-  for (char c : m) {
-    if (!absl::ascii_isalpha(static_cast<unsigned char>(c)) && c != '-') {
-      return false;
-    }
-  }
-  return true;
+  return m.size() <= 32 && common::IsValidHeaderName(m);
 }
 
 // A redirect to the service's own origin, as a path the page can follow
@@ -627,28 +615,20 @@ void RelayHost::OnFrame(RelayFrame* f) {
     head.set_request_id(absl::StrCat("relay-", c->id(), "-", r.stream()));
     head.set_method(absl::AsciiStrToUpper(r.method()));
     head.set_path(r.path());
-    for (const auto& h : r.headers()) {
-      if (!common::IsValidHeaderName(h.name()) ||
-          !common::IsValidHeaderValue(h.value()) ||
-          absl::EqualsIgnoreCase(h.name(), "Accept-Encoding")) {
-        continue;
-      }
-      *head.add_headers() = h;
-    }
-    common::StripHopByHop(head.mutable_headers());
+    common::HeaderList* headers = head.mutable_headers();
+    *headers = std::move(*r.mutable_headers());
+    common::DropUnsafeHeaders(headers);
+    common::StripHopByHop(headers);
     // The Service Worker hands the page what it gets, undecoded: ask the
     // service for an identity encoding.
-    tunnel::v1::Header* ae = head.add_headers();
-    ae->set_name("Accept-Encoding");
-    ae->set_value("identity");
+    common::RemoveHeader(headers, "Accept-Encoding");
+    common::AddHeader(headers, "Accept-Encoding", "identity");
     // A page's fetch() cannot name Content-Length; a bodiless POST
     // without one is refused by many servers.
-    if (r.end() && !HasHeader(head, "Content-Length") &&
+    if (r.end() && common::FindHeader(*headers, "Content-Length") == nullptr &&
         (head.method() == "POST" || head.method() == "PUT" ||
          head.method() == "PATCH")) {
-      tunnel::v1::Header* cl = head.add_headers();
-      cl->set_name("Content-Length");
-      cl->set_value("0");
+      common::AddHeader(headers, "Content-Length", "0");
     }
     head.set_end_stream(r.end());
     auto s = std::make_shared<AgentStream>(r.stream(), std::move(head),

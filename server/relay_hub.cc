@@ -57,25 +57,25 @@ absl::Status RelayHub::Host(const std::shared_ptr<Session>& host,
 }
 
 void RelayHub::Announce(const std::shared_ptr<Session>& host) {
-  std::vector<std::pair<std::string, std::shared_ptr<RelayClient>>> joined;
-  std::vector<uint64_t> ids;
+  struct Joined {
+    std::string share;
+    uint64_t id;
+    std::shared_ptr<RelayClient> client;
+  };
+  std::vector<Joined> joined;
   {
     absl::MutexLock lock(&mu_);
     for (auto& [id, share] : shares_) {
       if (share.host.lock() != host) continue;
       share.live = true;
-      for (auto& [cid, c] : share.clients) {
-        joined.emplace_back(id, c);
-        ids.push_back(cid);
-      }
+      for (auto& [cid, c] : share.clients) joined.push_back({id, cid, c});
     }
   }
-  for (size_t i = 0; i < joined.size(); ++i) {
-    host->SendRelay(
-        RelayEvent(joined[i].first, ids[i], RelayFrame::CLIENT_CONNECTED),
-        absl::InfinitePast());
+  for (const Joined& j : joined) {
+    host->SendRelay(RelayEvent(j.share, j.id, RelayFrame::CLIENT_CONNECTED),
+                    absl::InfinitePast());
     // The browser starts its handshake over with the new host.
-    joined[i].second->Status("HOST_CONNECTED");
+    j.client->Status("HOST_CONNECTED");
   }
 }
 
