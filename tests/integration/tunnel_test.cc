@@ -21,6 +21,7 @@
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/loopback_port.h"
 #include "tests/testing/test_certs.h"
 #include "tests/testing/tunnel_harness.h"
 
@@ -55,20 +56,6 @@ Seen ParseInfo(const std::string& text) {
     }
   }
   return s;
-}
-
-// A listening socket on 127.0.0.1, port 0; sets `*port`.
-int ListenLoopback(int* port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  ::inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
-  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  EXPECT_EQ(::listen(fd, 64), 0);
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  *port = ntohs(addr.sin_port);
-  return fd;
 }
 
 // A local service that answers every request with `answer`, byte for byte
