@@ -13,8 +13,10 @@ build_packages=(
   libboost-context-dev libcurl4-openssl-dev libcrypt-dev libhiredis-dev
 )
 # libboost-context-dev: the front door runs each active request on a fiber.
-# libcurl4-openssl-dev: the agent's client towards its local services
-# (agent/origin_loop: libcurl's multi interface on one thread).
+# libcurl4-openssl-dev: the agent's client towards https local services and
+# services by host name (agent/origin_loop: libcurl's multi interface; plain
+# http goes to a native client on the same loop, whose HTTP/1 parser is
+# Boost.Beast's, from the libboost headers libboost-context-dev brings).
 # libcrypt-dev: bcrypt for basic auth (crypt_rn; libxcrypt).
 # libhiredis-dev: the gateway cluster's directory in Redis (hiredis, a
 # maintained C client, instead of a hand-written RESP client).
