@@ -578,17 +578,21 @@ size_t OriginLoop::OnBody(char* data, size_t size, size_t n, void* ud) {
   return len;
 }
 
+bool OriginLoop::OutboxFull(Transfer* t) {
+  const OriginSession& session = t->session;
+  if (session.outbox->queued_bytes() <= session.max_queued_bytes) return false;
+  room_waiters_.insert(t);
+  if (room_asked_.emplace(session.outbox, session.keep).second) {
+    LoopWakeup::AskRoom(wakeup_, session.outbox, session.max_queued_bytes);
+  }
+  return true;
+}
+
 bool OriginLoop::FlushPending(Transfer* t) {
   const OriginSession& session = t->session;
   size_t sent = 0;
   while (sent < t->pending.size()) {
-    if (session.outbox->queued_bytes() > session.max_queued_bytes) {
-      room_waiters_.insert(t);
-      if (room_asked_.emplace(session.outbox, session.keep).second) {
-        LoopWakeup::AskRoom(wakeup_, session.outbox, session.max_queued_bytes);
-      }
-      break;
-    }
+    if (OutboxFull(t)) break;
     absl::StatusOr<size_t> credit = t->s->channel.AcquireSendCredit(
         std::min<size_t>(t->pending.size() - sent, session.max_chunk),
         absl::InfinitePast());
@@ -1112,7 +1116,19 @@ bool OriginLoop::WriteConn(Conn* c) {
 bool OriginLoop::ReadConn(Conn* c) {
   Transfer* t = c->t;
   while (!t->recv_paused) {
-    const ssize_t n = ::recv(c->fd, read_buf_.get(), kReadBytes, 0);
+    size_t want = kReadBytes;
+    if (t->head_sent) {
+      // No more than can go on now: bytes waiting for credit or room would
+      // sit in memory (up to a read per transfer) rather than in the
+      // service's socket, where they slow the service down.
+      const size_t credit = t->s->channel.send_credit();
+      if (credit == 0 || OutboxFull(t)) {
+        t->recv_paused = true;
+        break;
+      }
+      want = std::min(want, credit);
+    }
+    const ssize_t n = ::recv(c->fd, read_buf_.get(), want, 0);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
@@ -1124,7 +1140,7 @@ bool OriginLoop::ReadConn(Conn* c) {
     if (!Parse(c, absl::string_view(read_buf_.get(), static_cast<size_t>(n)))) {
       return false;
     }
-    if (static_cast<size_t>(n) < kReadBytes) break;  // the rest: next event
+    if (static_cast<size_t>(n) < want) break;  // the rest: next event
   }
   SetInterest(c);
   return true;

@@ -110,6 +110,8 @@ class OriginLoop {
   void OnDone(Transfer* t, int result);
   // Sends the body bytes that wait for credit; true once none wait.
   bool FlushPending(Transfer* t);
+  // The session's outbox is over its bound: `t` resumes when it has room.
+  bool OutboxFull(Transfer* t);
   // Ends a transfer: removes it and tells its session.
   void Finish(Transfer* t);
   void Touch(Transfer* t);  // its session's writer needs waking this round

@@ -29,6 +29,11 @@ absl::StatusOr<size_t> StreamChannel::AcquireSendCredit(size_t want,
   return granted;
 }
 
+size_t StreamChannel::send_credit() const {
+  absl::MutexLock lock(&mu_);
+  return send_credit_ > 0 ? static_cast<size_t>(send_credit_) : 0;
+}
+
 absl::Status StreamChannel::AddSendCredit(uint64_t increment) {
   absl::MutexLock lock(&mu_);
   if (send_credit_ + increment > (uint64_t{1} << 31)) {

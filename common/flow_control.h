@@ -50,6 +50,8 @@ class StreamChannel {
   // exceed 2^31 bytes: a peer that grants more than it could have consumed
   // is broken.
   absl::Status AddSendCredit(uint64_t increment);
+  // The credit there is now, without taking it.
+  size_t send_credit() const;
 
   // --- receiving side ---
   // Bytes from the peer. Fails if the peer overran its credit or sent after
