@@ -663,6 +663,7 @@ void OriginLoop::Resume(Transfer* t) {
   if (t->native) {
     if (t->send_paused && t->conn != nullptr && !t->conn->connecting) {
       t->send_paused = false;
+      Active(t->conn);
       WriteConn(t->conn);
     }
     return;
@@ -1001,6 +1002,10 @@ void OriginLoop::ExpireDeadlines() {
     Transfer* t = c->t;
     if (c->connecting) {
       FailSoon(t, true, "no answer to the connection attempt in time");
+    } else if (t->recv_paused || t->send_paused) {
+      // Waiting for the visitor (credit, or body bytes), not the service:
+      // its clock starts again when the transfer resumes.
+      c->deadline = absl::InfiniteFuture();
     } else {
       FailSoon(t, false,
                absl::StrCat("the service sent nothing for ",
@@ -1014,8 +1019,7 @@ absl::Time OriginLoop::NextDeadline() const {
 }
 
 void OriginLoop::Active(Conn* c) {
-  const bool paused = c->t->recv_paused && c->out_off >= c->out.size();
-  c->deadline = paused ? absl::InfiniteFuture() : absl::Now() + local_timeout_;
+  c->deadline = absl::Now() + local_timeout_;
   if (c->deadline < c->queued_at) ArmDeadline(c, c->deadline);
 }
 

@@ -13,6 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/loopback_port.h"
@@ -272,6 +273,62 @@ TEST(OriginClientTest, AnAnswerCutShortIs502WhenNothingWasSent) {
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 502);
   EXPECT_THAT(r->body, HasSubstr("before answering in full"));
+}
+
+// The service's silence is what --local-timeout times, not the agent's own
+// waits: a transfer paused because the visitor stopped reading (no credit)
+// is not cut, however long that lasts.
+TEST(OriginClientTest, AVisitorThatStopsReadingIsNotTheServicesSilence) {
+  const size_t size = 32 << 20;
+  ScriptedService svc([&](int, ServiceConn& c, ScriptedService& self) {
+    if (self.Head(c).empty()) return;
+    c.Send(
+        absl::StrCat("HTTP/1.1 200 OK\r\nContent-Length: ", size, "\r\n\r\n"));
+    const std::string block(1 << 20, 'b');
+    for (size_t sent = 0; sent < size; sent += block.size()) c.Send(block);
+  });
+  TunnelHarness h;
+  h.StartGateway();
+  agent::AgentOptions o = h.AgentOptionsFor("cam-01", {svc.url()});
+  o.local_timeout = absl::Milliseconds(300);
+  h.StartAgent(std::move(o));
+  size_t got = 0;
+  bool paused = false;
+  auto r = h.Visitor()->Get(TunnelHarness::Path("cam-01", "/big"),
+                            [&](const char*, size_t n) {
+                              got += n;
+                              if (!paused) {
+                                // The behaviour under test, not a
+                                // synchronisation: this visitor reads nothing
+                                // for five times the agent's --local-timeout,
+                                // so every buffer on the way fills and the
+                                // agent's transfer waits for credit.
+                                paused = true;
+                                absl::SleepFor(absl::Milliseconds(1500));
+                              }
+                              return true;
+                            });
+  ASSERT_TRUE(r) << httplib::to_string(r.error());
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(got, size);
+}
+
+TEST(OriginClientTest, AServiceSilentForTheLocalTimeoutIs502SayingSo) {
+  ScriptedService svc([](int, ServiceConn& c, ScriptedService& self) {
+    if (self.Head(c).empty()) return;
+    c.ReadHead();  // no answer; returns when the agent gives up
+  });
+  TunnelHarness h;
+  h.StartGateway();
+  agent::AgentOptions o = h.AgentOptionsFor("cam-01", {svc.url()});
+  o.local_timeout = absl::Milliseconds(300);
+  h.StartAgent(std::move(o));
+  const absl::Time start = absl::Now();
+  auto r = h.Visitor()->Get(TunnelHarness::Path("cam-01", "/"));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 502);
+  EXPECT_THAT(r->body, HasSubstr("the service sent nothing for 300ms"));
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(300));
 }
 
 // "localhost" means the loopback addresses without asking a resolver: a
