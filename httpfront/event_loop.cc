@@ -423,10 +423,12 @@ void EventLoop::DrainRemote() {
 
 void EventLoop::Run() {
   tl_loop = this;
+  common::RoundEnd::InstallOnThisThread(&round_end_);
   constexpr int kMaxEvents = 256;
   epoll_event events[kMaxEvents];
   while (true) {
     RunReady();
+    round_end_.Run();
     if (quitting_ && busy_fibers_ == 0 && ready_.empty()) break;
     const int timeout = ready_.empty() ? NextTimeoutMs() : 0;
     int n = ::epoll_wait(epoll_fd_, events, kMaxEvents, timeout);
@@ -443,6 +445,8 @@ void EventLoop::Run() {
     ExpireTimers();
   }
   DrainRemote();
+  round_end_.Run();
+  common::RoundEnd::InstallOnThisThread(nullptr);
   // Free the pooled stacks: each idle fiber leaves FiberMain.
   std::vector<Fiber*> idle;
   idle.swap(idle_);

@@ -34,6 +34,7 @@
 #include "absl/time/time.h"
 #include "boost/context/fiber.hpp"
 #include "common/fiber_wait.h"
+#include "common/round_end.h"
 
 namespace tunnel::httpfront {
 
@@ -195,6 +196,9 @@ class EventLoop : public common::FiberRuntime, public common::FiberWaker {
   std::vector<Fiber*> idle_;      // parked in FiberMain, stack kept
   std::vector<Fiber*> no_stack_;  // finished; object reusable
   std::vector<Fiber*> ready_;
+  // Work the round's fibers deferred to its end (a session's gRPC write:
+  // the round's requests to one agent leave in one message).
+  common::RoundEnd round_end_;
   std::atomic<size_t> fibers_with_stack_{0};  // read by scrapes
   size_t busy_fibers_ = 0;  // running or suspended with a task
 

@@ -8,6 +8,7 @@
 #include "common/envelopes.h"
 #include "common/headers.h"
 #include "common/log.h"
+#include "common/round_end.h"
 #include "server/relay_hub.h"
 
 namespace tunnel::server {
@@ -265,8 +266,17 @@ void Session::Enqueue(Envelope e, bool control) {
     } else {
       outbox_.Push(std::move(e));
     }
-    if (!unread && !writing_ && PopForWriteLocked(&more)) {
-      to_write = &current_;
+    if (!unread && !writing_ && !flush_deferred_) {
+      if (common::RoundEnd* round = common::RoundEnd::Current()) {
+        // On a front-door loop: written when its round has run, with
+        // whatever the round's other requests queue meanwhile.
+        flush_deferred_ = true;
+        round->Defer([weak = weak_from_this()] {
+          if (auto self = weak.lock()) self->FlushDeferred();
+        });
+      } else if (PopForWriteLocked(&more)) {
+        to_write = &current_;
+      }
     }
   }
   if (unread) {
@@ -294,6 +304,19 @@ bool Session::PopForWriteLocked(bool* more) {
   metrics_->envelopes_to_agent->Increment(
       current_.has_batch() ? current_.batch().envelopes_size() : 1);
   return true;
+}
+
+void Session::FlushDeferred() {
+  const Envelope* to_write = nullptr;
+  bool more = false;
+  {
+    absl::MutexLock lock(&mu_);
+    flush_deferred_ = false;
+    // (Close writes what is queued itself.)
+    if (done_ || finished_ || writing_) return;
+    if (PopForWriteLocked(&more)) to_write = &current_;
+  }
+  if (to_write != nullptr) writer_->Write(to_write, more);
 }
 
 void Session::Send(Envelope e) { Enqueue(std::move(e), false); }

@@ -244,6 +244,8 @@ class Session : public std::enable_shared_from_this<Session> {
   bool OnStreamMessage(tunnel::v1::Envelope& e);
   // Takes what to write next into current_ (counted in the metrics).
   bool PopForWriteLocked(bool* more) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The write an event loop's thread deferred to the end of its round.
+  void FlushDeferred();
 
   const std::string session_id_;
   const std::string agent_id_;
@@ -256,6 +258,8 @@ class Session : public std::enable_shared_from_this<Session> {
 
   mutable absl::Mutex mu_;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  // A loop's round end will start the next write (common/round_end.h).
+  bool flush_deferred_ ABSL_GUARDED_BY(mu_) = false;
   bool finish_requested_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   bool done_ ABSL_GUARDED_BY(mu_) = false;

@@ -13,6 +13,7 @@
 #include "absl/strings/str_split.h"
 #include "common/envelopes.h"
 #include "common/metrics.h"
+#include "common/round_end.h"
 #include "gtest/gtest.h"
 
 namespace tunnel::server {
@@ -126,6 +127,51 @@ TEST_F(SessionTest, DataAfterEndOfStreamClosesTheStreamOnly) {
   EXPECT_EQ(Violations("data_after_end"), 1);
   EXPECT_EQ(Violations("flow_control"), 0);
   EXPECT_FALSE(session_->closing());
+}
+
+// On a front-door loop's thread, what a round's requests send to the agent
+// is written when the round ends, as one message; elsewhere at once.
+TEST_F(SessionTest, ARoundsRequestsLeaveInOneMessageWhenTheRoundEnds) {
+  session_->EnableBatching(64 * 1024);
+  common::RoundEnd round;
+  common::RoundEnd::InstallOnThisThread(&round);
+  std::vector<absl::StatusOr<std::unique_ptr<TunnelStream>>> streams;
+  for (int i = 0; i < 5; ++i) {
+    tunnel::v1::TunnelRequest head;
+    head.set_method("GET");
+    head.set_path(absl::StrCat("/", i));
+    streams.push_back(session_->OpenStream(std::move(head)));
+    ASSERT_TRUE(streams.back().ok());
+  }
+  EXPECT_TRUE(writer_.written.empty());  // not yet: the round runs on
+  round.Run();
+  common::RoundEnd::InstallOnThisThread(nullptr);
+  Flush();
+  ASSERT_EQ(writer_.written.size(), 1u);
+  ASSERT_TRUE(writer_.written[0].has_batch());
+  EXPECT_EQ(writer_.written[0].batch().envelopes_size(), 5);
+  // Off a loop: written at once.
+  tunnel::v1::TunnelRequest head;
+  head.set_method("GET");
+  ASSERT_TRUE(session_->OpenStream(std::move(head)).ok());
+  EXPECT_EQ(writer_.written.size(), 2u);
+}
+
+TEST(RoundEndTest, WorkDeferredWhileTheRoundEndsRunsToo) {
+  EXPECT_EQ(common::RoundEnd::Current(), nullptr);
+  common::RoundEnd round;
+  common::RoundEnd::InstallOnThisThread(&round);
+  EXPECT_EQ(common::RoundEnd::Current(), &round);
+  std::vector<int> ran;
+  round.Defer([&] {
+    ran.push_back(1);
+    round.Defer([&] { ran.push_back(2); });
+  });
+  EXPECT_TRUE(ran.empty());
+  round.Run();
+  EXPECT_EQ(ran, (std::vector<int>{1, 2}));
+  common::RoundEnd::InstallOnThisThread(nullptr);
+  EXPECT_EQ(common::RoundEnd::Current(), nullptr);
 }
 
 }  // namespace
