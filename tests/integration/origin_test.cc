@@ -129,6 +129,27 @@ class ScriptedService {
   int connections_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
+// A gateway, and an agent whose one tunnel "cam-01" leads to `svc`.
+class OriginClientTest : public ::testing::Test {
+ protected:
+  void Start(const ScriptedService& svc,
+             absl::Duration local_timeout = absl::ZeroDuration()) {
+    Start(svc.url(), local_timeout);
+  }
+  void Start(const std::string& url,
+             absl::Duration local_timeout = absl::ZeroDuration()) {
+    h_.StartGateway();
+    agent::AgentOptions o = h_.AgentOptionsFor("cam-01", {url});
+    if (local_timeout != absl::ZeroDuration()) o.local_timeout = local_timeout;
+    h_.StartAgent(std::move(o));
+  }
+  httplib::Result Get(const std::string& path) {
+    return h_.Visitor()->Get(TunnelHarness::Path("cam-01", path));
+  }
+
+  TunnelHarness h_;
+};
+
 std::string Answer(const std::string& body) {
   return absl::StrCat("HTTP/1.1 200 OK\r\nContent-Length: ", body.size(),
                       "\r\n\r\n", body);
@@ -137,19 +158,17 @@ std::string Answer(const std::string& body) {
 // A service closes a kept connection just as the agent sends the next
 // request on it (its keep-alive timeout ran out then): the agent sends the
 // request once more on a new connection, and the visitor never knows.
-TEST(OriginClientTest, AKeptConnectionClosedUnderARequestIsTriedOnANewOne) {
+TEST_F(OriginClientTest, AKeptConnectionClosedUnderARequestIsTriedOnANewOne) {
   ScriptedService svc([](int index, ServiceConn& c, ScriptedService& self) {
     if (self.Head(c).empty()) return;
     c.Send(Answer(absl::StrCat("answer on connection ", index)));
     if (index == 0) self.Head(c);  // read, then closed unanswered
   });
-  TunnelHarness h;
-  h.StartGateway();
-  h.StartAgent("cam-01", {svc.url()});
-  auto first = h.Visitor()->Get(TunnelHarness::Path("cam-01", "/a"));
+  Start(svc);
+  auto first = Get("/a");
   ASSERT_TRUE(first);
   EXPECT_EQ(first->body, "answer on connection 0");
-  auto second = h.Visitor()->Get(TunnelHarness::Path("cam-01", "/b"));
+  auto second = Get("/b");
   ASSERT_TRUE(second);
   EXPECT_EQ(second->status, 200) << second->body;
   EXPECT_EQ(second->body, "answer on connection 1");
@@ -162,19 +181,17 @@ TEST(OriginClientTest, AKeptConnectionClosedUnderARequestIsTriedOnANewOne) {
 
 // ...but not a request whose body already went: it could have been acted
 // on, so the visitor gets a 502 that says what happened.
-TEST(OriginClientTest, ARequestWhoseBodyWentIsNotSentTwice) {
+TEST_F(OriginClientTest, ARequestWhoseBodyWentIsNotSentTwice) {
   ScriptedService svc([](int index, ServiceConn& c, ScriptedService& self) {
     if (self.Head(c).empty()) return;
     c.Send(Answer("first"));
     if (index == 0 && !self.Head(c).empty()) c.ReadBody(1000);
   });
-  TunnelHarness h;
-  h.StartGateway();
-  h.StartAgent("cam-01", {svc.url()});
-  auto first = h.Visitor()->Get(TunnelHarness::Path("cam-01", "/a"));
+  Start(svc);
+  auto first = Get("/a");
   ASSERT_TRUE(first);
-  auto post = h.Visitor()->Post(TunnelHarness::Path("cam-01", "/order"),
-                                std::string(1000, 'x'), "text/plain");
+  auto post = h_.Visitor()->Post(TunnelHarness::Path("cam-01", "/order"),
+                                 std::string(1000, 'x'), "text/plain");
   ASSERT_TRUE(post);
   EXPECT_EQ(post->status, 502);
   EXPECT_EQ(post->get_header_value("X-Tunnel-Error"), "agent_error");
@@ -187,19 +204,17 @@ TEST(OriginClientTest, ARequestWhoseBodyWentIsNotSentTwice) {
   EXPECT_EQ(posts, 1);
 }
 
-TEST(OriginClientTest, TheRequestHeadIsHttp11WithHostFirstAndOneFraming) {
+TEST_F(OriginClientTest, TheRequestHeadIsHttp11WithHostFirstAndOneFraming) {
   ScriptedService svc([](int, ServiceConn& c, ScriptedService& self) {
     const std::string head = self.Head(c);
     if (head.empty()) return;
     c.ReadBody(5);
     c.Send(Answer("ok"));
   });
-  TunnelHarness h;
-  h.StartGateway();
-  h.StartAgent("cam-01", {svc.url()});
+  Start(svc);
   httplib::Headers fields = {{"Expect", "100-continue"}, {"X-Custom", "kept"}};
-  auto r = h.Visitor()->Put(TunnelHarness::Path("cam-01", "/put?q=1"), fields,
-                            "hello", "text/plain");
+  auto r = h_.Visitor()->Put(TunnelHarness::Path("cam-01", "/put?q=1"), fields,
+                             "hello", "text/plain");
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 200);
   ASSERT_EQ(svc.heads().size(), 1u);
@@ -212,64 +227,56 @@ TEST(OriginClientTest, TheRequestHeadIsHttp11WithHostFirstAndOneFraming) {
   EXPECT_THAT(head, ::testing::Not(HasSubstr("Transfer-Encoding")));
 }
 
-TEST(OriginClientTest, EarlyHintsAreSkippedForTheAnswer) {
+TEST_F(OriginClientTest, EarlyHintsAreSkippedForTheAnswer) {
   ScriptedService svc([](int, ServiceConn& c, ScriptedService& self) {
     if (self.Head(c).empty()) return;
     c.Send("HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n");
     c.Send(
         "HTTP/1.1 200 OK\r\nContent-Length: 6\r\nX-Final: yes\r\n\r\nfinal!");
   });
-  TunnelHarness h;
-  h.StartGateway();
-  h.StartAgent("cam-01", {svc.url()});
-  auto r = h.Visitor()->Get(TunnelHarness::Path("cam-01", "/"));
+  Start(svc);
+  auto r = Get("/");
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 200);
   EXPECT_EQ(r->body, "final!");
   EXPECT_EQ(r->get_header_value("X-Final"), "yes");
 }
 
-TEST(OriginClientTest, ABodyThatRunsUntilTheServiceClosesArrivesWhole) {
+TEST_F(OriginClientTest, ABodyThatRunsUntilTheServiceClosesArrivesWhole) {
   const std::string body(300 * 1024, 'z');
   ScriptedService svc([&](int, ServiceConn& c, ScriptedService& self) {
     if (self.Head(c).empty()) return;
     c.Send("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n");
     c.Send(body);
   });
-  TunnelHarness h;
-  h.StartGateway();
-  h.StartAgent("cam-01", {svc.url()});
-  auto r = h.Visitor()->Get(TunnelHarness::Path("cam-01", "/"));
+  Start(svc);
+  auto r = Get("/");
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 200);
   EXPECT_EQ(r->body.size(), body.size());
   EXPECT_EQ(r->body, body);
 }
 
-TEST(OriginClientTest, AnAnswerThatIsNotHttpIs502SayingSo) {
+TEST_F(OriginClientTest, AnAnswerThatIsNotHttpIs502SayingSo) {
   ScriptedService svc([](int, ServiceConn& c, ScriptedService& self) {
     if (self.Head(c).empty()) return;
     c.Send("SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n");
   });
-  TunnelHarness h;
-  h.StartGateway();
-  h.StartAgent("cam-01", {svc.url()});
-  auto r = h.Visitor()->Get(TunnelHarness::Path("cam-01", "/"));
+  Start(svc);
+  auto r = Get("/");
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 502);
   EXPECT_EQ(r->get_header_value("X-Tunnel-Error"), "agent_error");
   EXPECT_THAT(r->body, HasSubstr("not HTTP/1.x"));
 }
 
-TEST(OriginClientTest, AnAnswerCutShortIs502WhenNothingWasSent) {
+TEST_F(OriginClientTest, AnAnswerCutShortIs502WhenNothingWasSent) {
   ScriptedService svc([](int, ServiceConn& c, ScriptedService& self) {
     if (self.Head(c).empty()) return;
     c.Send("HTTP/1.1 200 OK\r\nContent-Len");  // and gone
   });
-  TunnelHarness h;
-  h.StartGateway();
-  h.StartAgent("cam-01", {svc.url()});
-  auto r = h.Visitor()->Get(TunnelHarness::Path("cam-01", "/"));
+  Start(svc);
+  auto r = Get("/");
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 502);
   EXPECT_THAT(r->body, HasSubstr("before answering in full"));
@@ -278,7 +285,7 @@ TEST(OriginClientTest, AnAnswerCutShortIs502WhenNothingWasSent) {
 // The service's silence is what --local-timeout times, not the agent's own
 // waits: a transfer paused because the visitor stopped reading (no credit)
 // is not cut, however long that lasts.
-TEST(OriginClientTest, AVisitorThatStopsReadingIsNotTheServicesSilence) {
+TEST_F(OriginClientTest, AVisitorThatStopsReadingIsNotTheServicesSilence) {
   const size_t size = 32 << 20;
   ScriptedService svc([&](int, ServiceConn& c, ScriptedService& self) {
     if (self.Head(c).empty()) return;
@@ -287,44 +294,36 @@ TEST(OriginClientTest, AVisitorThatStopsReadingIsNotTheServicesSilence) {
     const std::string block(1 << 20, 'b');
     for (size_t sent = 0; sent < size; sent += block.size()) c.Send(block);
   });
-  TunnelHarness h;
-  h.StartGateway();
-  agent::AgentOptions o = h.AgentOptionsFor("cam-01", {svc.url()});
-  o.local_timeout = absl::Milliseconds(300);
-  h.StartAgent(std::move(o));
+  Start(svc, absl::Milliseconds(300));
   size_t got = 0;
   bool paused = false;
-  auto r = h.Visitor()->Get(TunnelHarness::Path("cam-01", "/big"),
-                            [&](const char*, size_t n) {
-                              got += n;
-                              if (!paused) {
-                                // The behaviour under test, not a
-                                // synchronisation: this visitor reads nothing
-                                // for five times the agent's --local-timeout,
-                                // so every buffer on the way fills and the
-                                // agent's transfer waits for credit.
-                                paused = true;
-                                absl::SleepFor(absl::Milliseconds(1500));
-                              }
-                              return true;
-                            });
+  auto r = h_.Visitor()->Get(TunnelHarness::Path("cam-01", "/big"),
+                             [&](const char*, size_t n) {
+                               got += n;
+                               if (!paused) {
+                                 // The behaviour under test, not a
+                                 // synchronisation: this visitor reads nothing
+                                 // for five times the agent's --local-timeout,
+                                 // so every buffer on the way fills and the
+                                 // agent's transfer waits for credit.
+                                 paused = true;
+                                 absl::SleepFor(absl::Milliseconds(1500));
+                               }
+                               return true;
+                             });
   ASSERT_TRUE(r) << httplib::to_string(r.error());
   EXPECT_EQ(r->status, 200);
   EXPECT_EQ(got, size);
 }
 
-TEST(OriginClientTest, AServiceSilentForTheLocalTimeoutIs502SayingSo) {
+TEST_F(OriginClientTest, AServiceSilentForTheLocalTimeoutIs502SayingSo) {
   ScriptedService svc([](int, ServiceConn& c, ScriptedService& self) {
     if (self.Head(c).empty()) return;
     c.ReadHead();  // no answer; returns when the agent gives up
   });
-  TunnelHarness h;
-  h.StartGateway();
-  agent::AgentOptions o = h.AgentOptionsFor("cam-01", {svc.url()});
-  o.local_timeout = absl::Milliseconds(300);
-  h.StartAgent(std::move(o));
+  Start(svc, absl::Milliseconds(300));
   const absl::Time start = absl::Now();
-  auto r = h.Visitor()->Get(TunnelHarness::Path("cam-01", "/"));
+  auto r = Get("/");
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 502);
   EXPECT_THAT(r->body, HasSubstr("the service sent nothing for 300ms"));
@@ -333,7 +332,7 @@ TEST(OriginClientTest, AServiceSilentForTheLocalTimeoutIs502SayingSo) {
 
 // "localhost" means the loopback addresses without asking a resolver: a
 // service listening on ::1 only is reached after 127.0.0.1 refuses.
-TEST(OriginClientTest, LocalhostReachesAServiceOnIpv6LoopbackOnly) {
+TEST_F(OriginClientTest, LocalhostReachesAServiceOnIpv6LoopbackOnly) {
   ScriptedService svc(
       [](int, ServiceConn& c, ScriptedService& self) {
         if (self.Head(c).empty()) return;
@@ -341,10 +340,8 @@ TEST(OriginClientTest, LocalhostReachesAServiceOnIpv6LoopbackOnly) {
       },
       AF_INET6);
   if (!svc.ok()) GTEST_SKIP() << "no IPv6 loopback here";
-  TunnelHarness h;
-  h.StartGateway();
-  h.StartAgent("cam-01", {absl::StrCat("http://localhost:", svc.port())});
-  auto r = h.Visitor()->Get(TunnelHarness::Path("cam-01", "/"));
+  Start(absl::StrCat("http://localhost:", svc.port()));
+  auto r = Get("/");
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 200) << r->body;
   EXPECT_EQ(r->body, "over ::1");
