@@ -560,7 +560,8 @@ Agent::Agent(AgentOptions options)
                                          absl::Seconds(30), /*eager_threads=*/0,
                                          absl::ZeroDuration())),
       loop_(std::make_unique<OriginLoop>(options_.max_concurrent,
-                                         options_.local_timeout)),
+                                         options_.local_timeout,
+                                         options_.local_connect_timeout)),
       upgrades_(std::make_unique<UpgradeLoop>(options_.local_timeout)) {
   if (options_.share.has_value()) {
     relay_ = std::make_unique<RelayHost>(*options_.share, loop_.get());

@@ -93,6 +93,8 @@ struct AgentOptions {
   uint32_t max_batch_bytes = 256 << 10;
   // Local service silent for this long mid-request: the request fails.
   absl::Duration local_timeout = absl::Hours(1);
+  // A connection to a local service not established this long: it fails.
+  absl::Duration local_connect_timeout = absl::Seconds(10);
   absl::Duration connect_timeout = absl::Seconds(10);
   // Reconnect backoff: full jitter between 0 and min(max, initial * 2^n).
   absl::Duration initial_backoff = absl::Milliseconds(500);

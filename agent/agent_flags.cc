@@ -128,6 +128,9 @@ void RegisterConnectFlags(common::FlagSet* flags, AgentFlags* v) {
   flags->Duration("local-timeout", &o.local_timeout,
                   "local service silent this long mid-request: it fails "
                   "(an upgraded connection: no byte either way)");
+  flags->Duration("local-connect-timeout", &o.local_connect_timeout,
+                  "give up connecting to a local service after this (502 "
+                  "local_service_unreachable)");
   flags->Duration("connect-timeout", &o.connect_timeout,
                   "give up one connection attempt to the gateway after this");
   flags->Duration("max-backoff", &o.max_backoff,
@@ -358,6 +361,11 @@ absl::Status ParseConnectFlags(int argc, char** argv, int first,
        o.health.interval < absl::Milliseconds(100))) {
     return absl::InvalidArgumentError(
         "--health-interval must be 0 (no checks) or at least 100ms");
+  }
+  if (o.local_connect_timeout < absl::Milliseconds(10) ||
+      o.local_connect_timeout > absl::Hours(1)) {
+    return absl::InvalidArgumentError(
+        "--local-connect-timeout must be between 10ms and 1h");
   }
   if (o.health.timeout < absl::Milliseconds(10)) {
     return absl::InvalidArgumentError("--health-timeout must be at least 10ms");

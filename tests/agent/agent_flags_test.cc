@@ -201,6 +201,23 @@ TEST(AgentFlagsTest, SendQueueReachesTheOptionsAndIsBounded) {
   }
 }
 
+TEST(AgentFlagsTest, LocalConnectTimeoutReachesTheOptionsAndIsBounded) {
+  AgentFlags defaults;
+  ASSERT_TRUE(ParseConnect({}, &defaults).ok());
+  EXPECT_EQ(defaults.options.local_connect_timeout, absl::Seconds(10));
+  AgentFlags set;
+  absl::Status s = ParseConnect({"--local-connect-timeout", "250ms"}, &set);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(set.options.local_connect_timeout, absl::Milliseconds(250));
+  for (const char* bad : {"1ms", "2h", "-1s"}) {
+    AgentFlags v;
+    s = ParseConnect({"--local-connect-timeout", bad}, &v);
+    EXPECT_FALSE(s.ok()) << bad;
+    EXPECT_NE(s.message().find("--local-connect-timeout"), std::string::npos)
+        << s;
+  }
+}
+
 // The half-block rendering decodes back to libqrencode's matrix with a
 // 4-module light quiet zone (light = drawn).
 TEST(AgentFlagsTest, InspectIsOnForATerminalOnlyUnlessNamed) {

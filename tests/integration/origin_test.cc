@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <functional>
 #include <string>
 #include <thread>
@@ -328,6 +329,41 @@ TEST_F(OriginClientTest, AServiceSilentForTheLocalTimeoutIs502SayingSo) {
   EXPECT_EQ(r->status, 502);
   EXPECT_THAT(r->body, HasSubstr("the service sent nothing for 300ms"));
   EXPECT_GE(absl::Now() - start, absl::Milliseconds(300));
+}
+
+// A service whose accept queue is full drops new connection attempts: the
+// agent gives up after --local-connect-timeout and says so.
+TEST_F(OriginClientTest, AConnectionNeverAcceptedFailsAtTheConnectTimeout) {
+  int port = 0;
+  const int listener = ListenLoopback(&port);
+  ASSERT_GE(listener, 0);
+  ASSERT_EQ(::listen(listener, 0), 0);  // a queue of one, never accepted
+  std::vector<int> fillers;
+  for (int i = 0; i < 1; ++i) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0)
+        << std::strerror(errno);
+    fillers.push_back(fd);
+  }
+  h_.StartGateway();
+  agent::AgentOptions o =
+      h_.AgentOptionsFor("cam-01", {absl::StrCat("http://127.0.0.1:", port)});
+  o.local_connect_timeout = absl::Milliseconds(300);
+  h_.StartAgent(std::move(o));
+  const absl::Time start = absl::Now();
+  auto r = Get("/");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 502);
+  EXPECT_EQ(r->get_header_value("X-Tunnel-Error"), "local_service_unreachable");
+  EXPECT_THAT(r->body,
+              HasSubstr("no answer to the connection attempt in time"));
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(300));
+  for (int fd : fillers) ::close(fd);
+  ::close(listener);
 }
 
 // "localhost" means the loopback addresses without asking a resolver: a
