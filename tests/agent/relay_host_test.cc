@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "agent/local_target.h"
 #include "agent/origin_loop.h"
 #include "common/random.h"
@@ -56,6 +57,13 @@ class Service {
     // Listening once bound: connections queue until the thread serves.
     port_ = server_.bind_to_any_port("127.0.0.1");
     thread_ = std::thread([this] { server_.listen_after_bind(); });
+    // Running before the test goes on: a stop() before the thread reached
+    // its accept loop did nothing, and the destructor's join then waited
+    // forever (seen once in Bazel, and under load).
+    const absl::Time give_up = absl::Now() + absl::Seconds(10);
+    while (!server_.is_running() && absl::Now() < give_up) {
+      std::this_thread::yield();
+    }
   }
   ~Service() {
     server_.stop();
