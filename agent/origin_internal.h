@@ -70,6 +70,13 @@ struct OriginLoop::Transfer {
   bool answered = false;  // a byte of the response arrived
   bool failing = false;   // FailSoon: ends at the loop's next round
   std::optional<ResponseParser> parser;
+
+  // A parser for the next response head (the first, or the one after a
+  // 1xx), adding to `response` and `pending`.
+  void StartParser() {
+    parser.emplace(response.mutable_headers(), &pending, kMaxResponseHeadBytes,
+                   s->head.method() == "HEAD");
+  }
 };
 
 // A keep-alive HTTP/1.1 connection of the native client to one target:

@@ -131,7 +131,7 @@ class OriginLoop {
   void LaunchNative(Transfer* t);
   bool BuildRequest(Transfer* t);  // false: not sendable in HTTP/1.1
   static std::string ConnectWords(int err);
-  Conn* OpenConn(const LocalTarget& target, const std::string& key, int* err);
+  Conn* OpenConn(const LocalTarget& target, int* err);
   bool StartConnect(Conn* c, int* err);  // the next address that takes it
   void Attach(Conn* c, Transfer* t);
   uint32_t WantedEvents(const Conn& c) const;

@@ -54,6 +54,11 @@ std::vector<sockaddr_storage> TargetAddresses(const LocalTarget& t) {
   return out;
 }
 
+// The idle pool a connection to `t` belongs to.
+std::string PoolKey(const LocalTarget& t) {
+  return absl::StrCat(t.host, ":", t.port);
+}
+
 // No byte a request line cannot carry (controls, space, DEL).
 bool IsRequestTargetSafe(absl::string_view v) {
   for (unsigned char c : v) {
@@ -140,18 +145,17 @@ void OriginLoop::LaunchNative(Transfer* t) {
              "the request's method or path cannot be sent in HTTP/1.1");
     return;
   }
-  t->parser.emplace(t->response.mutable_headers(), &t->pending,
-                    kMaxResponseHeadBytes, t->s->head.method() == "HEAD");
+  t->StartParser();
   const LocalTarget& target = *t->s->target;
   Conn* c = nullptr;
-  const std::string key = absl::StrCat(target.host, ":", target.port);
-  if (auto it = idle_.find(key); it != idle_.end() && !it->second.empty()) {
+  if (auto it = idle_.find(PoolKey(target));
+      it != idle_.end() && !it->second.empty()) {
     c = it->second.back();
     it->second.pop_back();
     --idle_count_;
   } else {
     int err = 0;
-    c = OpenConn(target, key, &err);
+    c = OpenConn(target, &err);
     if (c == nullptr) {
       FailSoon(t, true, ConnectWords(err));
       return;
@@ -167,12 +171,11 @@ std::string OriginLoop::ConnectWords(int err) {
   return absl::StrCat("could not connect: ", std::strerror(err));
 }
 
-OriginLoop::Conn* OriginLoop::OpenConn(const LocalTarget& target,
-                                       const std::string& key, int* err) {
+OriginLoop::Conn* OriginLoop::OpenConn(const LocalTarget& target, int* err) {
   auto owned = std::make_unique<Conn>();
   Conn* c = owned.get();
   c->serial = ++next_serial_;
-  c->key = key;
+  c->key = PoolKey(target);
   c->addresses = TargetAddresses(target);
   *err = EADDRNOTAVAIL;
   if (!StartConnect(c, err)) return nullptr;
@@ -453,8 +456,7 @@ bool OriginLoop::Parse(Conn* c, absl::string_view bytes) {
         break;
       }
       // 100 Continue, 103 Early Hints: not the answer; the next head is.
-      t->parser.emplace(t->response.mutable_headers(), &t->pending,
-                        kMaxResponseHeadBytes, t->s->head.method() == "HEAD");
+      t->StartParser();
       continue;
     }
     if (used == 0) break;  // a head in pieces: wait for more
@@ -523,12 +525,9 @@ bool OriginLoop::Retry(Transfer* t) {
   t->retried = true;
   CloseConn(old);
   t->request_sent = false;
-  t->parser.emplace(t->response.mutable_headers(), &t->pending,
-                    kMaxResponseHeadBytes, t->s->head.method() == "HEAD");
+  t->StartParser();
   int err = 0;
-  Conn* c =
-      OpenConn(*t->s->target,
-               absl::StrCat(t->s->target->host, ":", t->s->target->port), &err);
+  Conn* c = OpenConn(*t->s->target, &err);
   if (c == nullptr) {
     FailSoon(t, true, ConnectWords(err));
     return true;
