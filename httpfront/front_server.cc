@@ -247,6 +247,9 @@ class FrontServer::Conn final : public IoHandler,
   }
 
   void OnIo(uint32_t events) override {
+    if ((events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0) {
+      drained_ = false;
+    }
     switch (phase_) {
       case Phase::kHandshake:
         ContinueHandshake();
@@ -651,11 +654,21 @@ class FrontServer::Conn final : public IoHandler,
       if (n == TlsSession::kWantWrite) return kWouldBlockWrite;
       return n;
     }
+    // Edge-triggered: once a read found the socket empty, the next byte
+    // brings an event (OnIo clears drained_), so looking again before it
+    // would only cost a system call that says EAGAIN.
+    if (drained_) return kWouldBlockRead;
     while (true) {
       ssize_t n = ::recv(fd_, at, room, MSG_DONTWAIT);
-      if (n >= 0) return n;
+      if (n >= 0) {
+        drained_ = n > 0 && static_cast<size_t>(n) < room;
+        return n;
+      }
       if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return kWouldBlockRead;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        drained_ = true;
+        return kWouldBlockRead;
+      }
       return -1;
     }
   }
@@ -861,6 +874,8 @@ class FrontServer::Conn final : public IoHandler,
   RequestRecord record_;
   size_t remaining_;
   bool broken_ = false;
+  // A plain read left the socket empty and no readable event came since.
+  bool drained_ = false;
   bool hijacked_ = false;
   bool close_after_ = false;
   bool hold_next_ = false;
