@@ -1380,6 +1380,58 @@ TEST_F(TunnelTest, SlowlorisVisitorIsCutAtTheReadTimeout) {
             200);
 }
 
+// The front door reads a visitor's socket only when it has news (it is
+// edge-triggered and remembers a socket it found empty): a keep-alive
+// visitor that sends each request only after the previous answer, each head
+// in pieces, is served every time.
+TEST_F(TunnelTest, KeepAliveHeadsArrivingInPiecesAreEachServed) {
+  TunnelHarness h;
+  h.StartGateway();
+  h.StartAgent("cam-01", {svc_.url()});
+  int fd = ConnectLoopback(h.gateway().http_port());
+  ASSERT_GE(fd, 0);
+  timeval tv{10, 0};  // a bound for this test: a missed read hangs it
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  const std::string head =
+      "GET /t/cam-01/info HTTP/1.1\r\nHost: x\r\nX-Piece: yes\r\n\r\n";
+  std::string buffered;
+  for (int i = 0; i < 3; ++i) {
+    // Three pieces, the visitor pausing between them (its bytes arrive
+    // after the front door found the socket empty).
+    for (auto [from, to] :
+         {std::pair<size_t, size_t>{0, 10}, {10, 30}, {30, head.size()}}) {
+      ASSERT_EQ(send(fd, head.data() + from, to - from, MSG_NOSIGNAL),
+                static_cast<ssize_t>(to - from));
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    // One whole answer: its head, then Content-Length bytes.
+    size_t head_end;
+    char buf[4096];
+    while ((head_end = buffered.find("\r\n\r\n")) == std::string::npos) {
+      ssize_t n = recv(fd, buf, sizeof(buf), 0);
+      ASSERT_GT(n, 0) << "request " << i << " got no answer: " << buffered;
+      buffered.append(buf, n);
+    }
+    ASSERT_EQ(buffered.rfind("HTTP/1.1 200", 0), 0u) << buffered;
+    const std::string lower =
+        absl::AsciiStrToLower(buffered.substr(0, head_end));
+    size_t at = lower.find("content-length: ");
+    ASSERT_NE(at, std::string::npos) << buffered;
+    size_t length = 0;
+    ASSERT_TRUE(absl::SimpleAtoi(
+        lower.substr(at + 16, lower.find("\r\n", at) - at - 16), &length));
+    while (buffered.size() < head_end + 4 + length) {
+      ssize_t n = recv(fd, buf, sizeof(buf), 0);
+      ASSERT_GT(n, 0) << "request " << i << "'s body was cut";
+      buffered.append(buf, n);
+    }
+    const std::string body = buffered.substr(head_end + 4, length);
+    EXPECT_EQ(ParseInfo(body).method, "GET");
+    buffered.erase(0, head_end + 4 + length);
+  }
+  close(fd);
+}
+
 TEST_F(TunnelTest, BadCredentialsAreRefusedAndEndTheAgent) {
   TunnelHarness h;
   h.StartGateway();
