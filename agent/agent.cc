@@ -145,18 +145,19 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
   // Dispatch. Null: a relay frame is ignored.
   void set_relay(RelayHost* relay) { relay_ = relay; }
 
-  // RelayHost's sink: a frame for the gateway. With `wait`, waits (bounded)
-  // for room in the send queue first, like a response body. Every frame
-  // goes on the data lane: one lane keeps a browser's frames in the order
-  // of their sequence numbers.
-  bool SendRelay(Envelope e, bool wait) {
-    if (wait && !outbox_.WaitForRoom(options_.max_queued_bytes,
-                                     absl::Now() + options_.local_timeout)) {
-      return false;
-    }
+  // RelayHost's sink: a frame for the gateway. Every frame goes on the
+  // data lane: one lane keeps a browser's frames in the order of their
+  // sequence numbers.
+  bool SendRelay(Envelope e) {
     outbox_.Push(std::move(e));
     outbox_.WakeWriter();
     return true;
+  }
+  // ...and before a body frame, a bounded wait for room in the send queue,
+  // like a response body's.
+  bool WaitForRelayRoom() {
+    return outbox_.WaitForRoom(options_.max_queued_bytes,
+                               absl::Now() + options_.local_timeout);
   }
 
   // Tells the gateway the health of the tunnels in `all` (by name; the
@@ -1013,9 +1014,8 @@ absl::Status Agent::RunSession(size_t k, absl::Duration* retry_after) {
   if (relay_ != nullptr) {
     session->set_relay(relay_.get());
     relay_->Attach(
-        [session](Envelope e, bool wait) {
-          return session->SendRelay(std::move(e), wait);
-        },
+        {[session](Envelope e) { return session->SendRelay(std::move(e)); },
+         [session] { return session->WaitForRelayRoom(); }},
         first.accepted().relay_max_frame_bytes());
   }
   {

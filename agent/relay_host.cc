@@ -184,13 +184,20 @@ class RelayHost::Client : public std::enable_shared_from_this<Client> {
     absl::MutexLock lock(&send_mu_);
     tx_conn_ = client_nonce;
     tx_seq_ = 0;
-    SendLocked(relay::Type::kHelloAck, ToJson(ack), false);
+    SendLocked(relay::Type::kHelloAck, ToJson(ack));
     tx_conn_ = host_nonce;  // from now on, both ways
   }
 
+  // With `wait` (body frames), first waits for room in the session's send
+  // queue, without send_mu_ (see RelaySink::room).
   void Send(relay::Type type, const std::string& payload, bool wait) {
+    const bool room = !wait || sink_.room == nullptr || sink_.room();
     absl::MutexLock lock(&send_mu_);
-    SendLocked(type, payload, wait);
+    if (!room) {
+      Break();
+      return;
+    }
+    SendLocked(type, payload);
   }
   void SendError(const std::string& code, const std::string& message,
                  int attempts_left = 0) {
@@ -266,7 +273,7 @@ class RelayHost::Client : public std::enable_shared_from_this<Client> {
   }
 
  private:
-  void SendLocked(relay::Type type, const std::string& payload, bool wait)
+  void SendLocked(relay::Type type, const std::string& payload)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(send_mu_) {
     if (broken_) return;
     relay::Message m;
@@ -283,11 +290,16 @@ class RelayHost::Client : public std::enable_shared_from_this<Client> {
     f->set_client(id_);
     f->set_frame(relay::SealFrame(sec.key, sec.session, relay::Dir::kH2C,
                                   relay::EncodeMessage(m)));
-    if (sink_(std::move(e), wait)) return;
-    // A frame that could not be queued leaves a gap in the sequence the
-    // browser would wait on forever: this connection is over. The gateway
-    // closes it (closed_by_host); the browser reconnects and says hello.
+    if (!sink_.send(std::move(e))) Break();
+  }
+
+  // A frame that could not be queued leaves a gap in the sequence the
+  // browser would wait on forever: this connection is over. The gateway
+  // closes it (closed_by_host); the browser reconnects and says hello.
+  void Break() ABSL_EXCLUSIVE_LOCKS_REQUIRED(send_mu_) {
+    if (broken_) return;
     broken_ = true;
+    const relay::ShareSecrets& sec = host_->options_.secrets;
     TUNNEL_LOG(WARNING) << "share: the connection to browser " << id_
                         << " is closed: its frames could not be queued";
     Envelope bye;
@@ -295,7 +307,7 @@ class RelayHost::Client : public std::enable_shared_from_this<Client> {
     b->set_session(sec.session);
     b->set_client(id_);
     b->set_event(RelayFrame::CLIENT_DISCONNECTED);
-    (void)sink_(std::move(bye), false);
+    (void)sink_.send(std::move(bye));
   }
 
   // One envelope the OriginLoop queued for this browser, as messages.
@@ -429,7 +441,7 @@ void RelayHost::Detach() {
   {
     absl::MutexLock lock(&mu_);
     clients.swap(clients_);
-    sink_ = nullptr;
+    sink_ = RelaySink();
   }
   for (auto& [id, c] : clients) c->Shutdown();
 }
@@ -445,7 +457,7 @@ std::shared_ptr<RelayHost::Client> RelayHost::Add(
   std::shared_ptr<Client> c;
   {
     absl::MutexLock lock(&mu_);
-    if (sink_ == nullptr) return nullptr;
+    if (sink_.send == nullptr) return nullptr;
     auto it = clients_.find(id);
     if (it != clients_.end() && it->second != replaces) return it->second;
     if (it == clients_.end() && clients_.size() >= kMaxClients) {

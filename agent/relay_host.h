@@ -54,10 +54,17 @@ struct ShareOptions {
   std::function<void(const std::string&)> on_event;
 };
 
-// How frames reach the gateway: `wait` true for body frames (may wait for
-// room in the session's send queue; false when the session is gone), false
-// for small handshake answers and events (queued at once).
-using RelaySink = std::function<bool(tunnel::v1::Envelope e, bool wait)>;
+// How frames reach the gateway.
+struct RelaySink {
+  // Queues a frame at once; false when the session is gone.
+  std::function<bool(tunnel::v1::Envelope e)> send;
+  // Before a body frame: waits (bounded) for room in the session's send
+  // queue; false on the deadline or when the session is gone. Null: there
+  // is always room. It is called without any of the host's locks held: the
+  // thread that reads the session's messages takes them too, and it is the
+  // one that learns that writes completed, i.e. that makes the room.
+  std::function<bool()> room;
+};
 
 struct RelayHostCounts {
   uint64_t dropped[6] = {};  // by common::relay::Drop
@@ -108,7 +115,7 @@ class RelayHost {
   const ShareOptions options_;
   OriginLoop* const loop_;
   mutable absl::Mutex mu_;
-  RelaySink sink_ ABSL_GUARDED_BY(mu_);
+  RelaySink sink_ ABSL_GUARDED_BY(mu_);  // no `send`: detached
   uint32_t max_chunk_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, std::shared_ptr<Client>> clients_
       ABSL_GUARDED_BY(mu_);

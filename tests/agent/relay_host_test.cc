@@ -85,11 +85,12 @@ class Browser {
   explicit Browser(const relay::ShareSecrets& s) : secrets_(s) {}
 
   RelaySink Sink() {
-    return [this](Envelope e, bool) {
-      absl::MutexLock lock(&mu_);
-      out_.push_back(std::move(*e.mutable_relay()));
-      return true;
-    };
+    return {[this](Envelope e) {
+              absl::MutexLock lock(&mu_);
+              out_.push_back(std::move(*e.mutable_relay()));
+              return true;
+            },
+            nullptr};
   }
 
   // The next message from the host (fails the test after 10 s).
