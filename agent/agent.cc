@@ -17,6 +17,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "agent/agent_stream.h"
+#include "agent/gateway_call.h"
 #include "agent/origin_loop.h"
 #include "agent/supervisor.h"
 #include "agent/tls_probe.h"
@@ -102,10 +103,11 @@ absl::Status FromConnectError(const ConnectError& e) {
 
 }  // namespace
 
-// One accepted connection to the gateway. The reader (Run's thread) calls
-// Dispatch; the OriginLoop forwards ordinary requests; an upgrade's
-// handshake runs on a worker, its relay then on the UpgradeLoop; the writer
-// thread drains the outbox.
+// One accepted connection to the gateway. The reader (the session's
+// thread, which runs the call's completion queue) calls Dispatch; the
+// OriginLoop forwards ordinary requests; an upgrade's handshake runs on a
+// worker, its relay then on the UpgradeLoop; whoever queues in the outbox
+// wakes it, which starts the call's next write (GatewayCall).
 class Agent::Session : public std::enable_shared_from_this<Session>,
                        public StreamSender {
  public:
@@ -175,24 +177,6 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
       }
     }
     PushControl(std::move(e));
-  }
-
-  // How messages reach the call; set once, before the first Dispatch.
-  // Returns false when the call is broken.
-  using WriteFn = std::function<bool(const Envelope&, bool more)>;
-  void SetWriter(WriteFn write) { write_ = std::move(write); }
-  // The dedicated writer thread: writes what the reader (and anyone who
-  // does not write inline) queued, until the outbox is closed and drained.
-  // False if a write failed.
-  bool RunWriter() {
-    Envelope e;
-    bool more = false;
-    while (outbox_.ClaimWait(&e, &more, absl::InfiniteFuture())) {
-      do {
-        WriteOne(e, more);
-      } while (outbox_.NextOrRelease(&e, &more));
-    }
-    return !write_failed_.load();
   }
 
   // Reader thread. Takes the request heads and body bytes out of `*in`
@@ -386,7 +370,8 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
   }
 
   // StreamSender, for upgrade handshakes (each on a worker thread): every
-  // message wakes the writer thread.
+  // message wakes the writer (GatewayCall::Kick: a write starts at once
+  // unless one is in flight).
   void SendHead(Envelope head) override {
     outbox_.Push(std::move(head));
     outbox_.WakeWriter();
@@ -421,10 +406,6 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
   void PushData(uint64_t id, std::string data, bool end) {
     outbox_.PushData(id, std::move(data), end);
     outbox_.WakeWriter();
-  }
-  void WriteOne(const Envelope& e, bool more) {
-    if (write_failed_.load(std::memory_order_relaxed)) return;
-    if (!write_(e, more)) write_failed_ = true;  // the call is cancelled
   }
 
   void OnRequest(tunnel::v1::TunnelRequest r) {
@@ -496,8 +477,6 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
   UpgradeLoop* const upgrades_;
   std::vector<LocalTarget> targets_;  // set by Accept, then read-only
   common::Outbox outbox_;
-  WriteFn write_;
-  std::atomic<bool> write_failed_{false};
   uint32_t send_window_ = common::kDefaultStreamWindow;
   uint32_t max_chunk_ = common::kMaxChunkBytes;
   uint32_t batch_bytes_ = 0;  // agreed at connect
@@ -806,9 +785,13 @@ void Agent::Drain(absl::Duration timeout) {
     }
   }
   if (!sessions.empty()) {
-    // The writers send what is queued, then half-close; each gateway then
-    // ends its call. Wait (bounded) for that before cancelling.
-    for (const auto& session : sessions) session->outbox().Close();
+    // The calls send what is queued, then half-close (the wake after the
+    // close does it when nothing is in flight); each gateway then ends its
+    // call. Wait (bounded) for that before cancelling.
+    for (const auto& session : sessions) {
+      session->outbox().Close();
+      session->outbox().WakeWriter();
+    }
     absl::MutexLock lock(&mu_);
     auto ended = [this, &sessions]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
       for (const Link& l : links_) {
@@ -908,7 +891,7 @@ absl::Status Agent::RunSession(size_t k, absl::Duration* retry_after) {
     links_[k].ctx = nullptr;
   };
 
-  auto stream = stub->Connect(&ctx);
+  auto call = std::make_shared<GatewayCall>(stub.get(), &ctx);
   Envelope hello;
   auto* c = hello.mutable_connect();
   c->set_protocol_version(tunnel::v1::PROTOCOL_VERSION_1);
@@ -942,23 +925,11 @@ absl::Status Agent::RunSession(size_t k, absl::Duration* retry_after) {
   }
   if (relay_ != nullptr)
     c->add_relay_sessions(relay_->options().secrets.session);
-  stream->Write(hello);
-
   // The handshake is bounded: a gateway that accepts the call but never
   // answers is given up on (and retried).
   Envelope first;
-  bool got;
-  {
-    absl::Notification answered;
-    std::thread watchdog([&] {
-      if (!answered.WaitForNotificationWithTimeout(options_.connect_timeout)) {
-        ctx.TryCancel();
-      }
-    });
-    got = stream->Read(&first);
-    answered.Notify();
-    watchdog.join();
-  }
+  const bool got =
+      call->Handshake(std::move(hello), options_.connect_timeout, &first);
   if (!got || !first.has_accepted()) {
     absl::Status refused;
     if (got && first.has_connect_error()) {
@@ -967,7 +938,7 @@ absl::Status Agent::RunSession(size_t k, absl::Duration* retry_after) {
     // A stream that already ended carries the gateway's status; cancelling
     // it would replace that with CANCELLED.
     if (got) ctx.TryCancel();
-    grpc::Status st = stream->Finish();
+    grpc::Status st = call->Finish();
     clear_ctx();
     if (got && first.has_connect_error()) {
       *retry_after = absl::Milliseconds(first.connect_error().retry_after_ms());
@@ -1009,6 +980,12 @@ absl::Status Agent::RunSession(size_t k, absl::Duration* retry_after) {
 
   auto session = std::make_shared<Session>(options_, pool_.get(), loop_.get(),
                                            upgrades_.get());
+  // Whoever queues a message starts its write (GatewayCall); the call may
+  // be gone while the session's streams still finish.
+  call->Attach(&session->outbox());
+  session->outbox().SetWakeCallback([weak = std::weak_ptr<GatewayCall>(call)] {
+    if (auto c = weak.lock()) c->Kick();
+  });
   session->Accept(first.accepted());
   session->set_on_drain([this] { RequestDrain(); });
   if (relay_ != nullptr) {
@@ -1045,21 +1022,6 @@ absl::Status Agent::RunSession(size_t k, absl::Duration* retry_after) {
   }
   if (options_.on_accepted) options_.on_accepted(first.accepted());
 
-  // This thread writes everything (the origin loop and upgrade relays only
-  // queue and wake it); it returns once the outbox is closed and drained,
-  // so `stream` outlives every write.
-  session->SetWriter([&](const Envelope& e, bool more) {
-    grpc::WriteOptions wo;
-    if (more) wo.set_buffer_hint();
-    if (stream->Write(e, wo)) return true;
-    ctx.TryCancel();
-    return false;
-  });
-  std::thread writer([&] {
-    // The outbox was closed (drain, or the session is over): everything
-    // queued is written; half-close so the gateway ends the call cleanly.
-    if (session->RunWriter()) stream->WritesDone();
-  });
   // Heartbeats: the gateway pings every heartbeat_interval_ms; a gateway
   // (or path) that goes silent is given up on and the agent reconnects.
   absl::Notification session_over;
@@ -1079,19 +1041,19 @@ absl::Status Agent::RunSession(size_t k, absl::Duration* retry_after) {
       }
     }
   });
-  Envelope in;
-  while (stream->Read(&in)) {
+  // This thread reads (and takes the writes' completions) until the call
+  // ends; writes start on whichever thread queued them.
+  call->Run([&session](Envelope* in) {
     session->Touch();
-    session->Dispatch(&in);
-  }
+    session->Dispatch(in);
+  });
   session_over.Notify();
   watchdog.join();
   session->Shutdown();
   // After the outbox is closed, so no pump still waits for room in it.
   if (relay_ != nullptr) relay_->Detach();
   ctx.TryCancel();
-  writer.join();
-  grpc::Status st = stream->Finish();
+  grpc::Status st = call->Finish();
   clear_ctx();
   {
     absl::MutexLock lock(&mu_);

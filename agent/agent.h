@@ -1,11 +1,12 @@
 // agent-tunnel as a library: keeps one Connect stream to the gateway open
 // (reconnecting with backoff) and forwards every stream to a local service.
 //
-// Threads: Run() blocks its caller; it reads the stream on that thread, writes
-// it from one writer thread, forwards ordinary requests on the OriginLoop's
-// thread and upgraded connections on the UpgradeLoop's (their handshakes on a
-// WorkerPool). Stop(), WaitUntilConnected() and the accessors are safe from
-// any thread.
+// Threads: Run() blocks its caller; it runs the stream's completion queue on
+// that thread (reads, and the writes' completions), forwards ordinary
+// requests on the OriginLoop's thread and upgraded connections on the
+// UpgradeLoop's (their handshakes on a WorkerPool). A write starts on the
+// thread that queued its message (agent/gateway_call.h). Stop(),
+// WaitUntilConnected() and the accessors are safe from any thread.
 #ifndef TUNNEL_AGENT_AGENT_H_
 #define TUNNEL_AGENT_AGENT_H_
 

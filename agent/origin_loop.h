@@ -29,7 +29,8 @@
 // Everything a transfer sends towards the gateway goes into its session's
 // Outbox without waking the writer; the loop wakes each session's writer
 // once per round, after every transfer had its turn, so under load a round's
-// heads and bodies leave in a few batches.
+// heads and bodies leave in a few batches. The wake starts the gRPC write
+// on this thread when none is in flight (agent/gateway_call.h).
 //
 // At most `max_concurrent` transfers run; later ones wait in order (the
 // agent's --max-concurrent); as many idle connections are kept.

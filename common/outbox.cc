@@ -258,30 +258,24 @@ bool Outbox::NextOrRelease(Envelope* out, bool* more) {
     return true;
   }
   claimed_ = false;
-  wake_writer_ = false;  // everything asked for is written
   return false;
 }
 
 void Outbox::WakeWriter() {
-  {
-    absl::MutexLock lock(&mu_);
-    wake_writer_ = true;
-  }
   if (wake_cb_) wake_cb_();
 }
 
-bool Outbox::ClaimWait(Envelope* out, bool* more, absl::Time deadline) {
+bool Outbox::ClaimNext(Envelope* out, bool* more) {
   absl::MutexLock lock(&mu_);
-  auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-    return !claimed_ &&
-           (closed_ || (wake_writer_ && (!control_.empty() || !data_.empty())));
-  };
-  if (!mu_.AwaitWithDeadline(absl::Condition(&ready), deadline)) return false;
-  if (!PopLocked(out)) return false;  // closed and drained
+  if (claimed_ || !PopLocked(out)) return false;
   claimed_ = true;
-  wake_writer_ = false;
   *more = !control_.empty() || !data_.empty();
   return true;
+}
+
+bool Outbox::Finished() const {
+  absl::MutexLock lock(&mu_);
+  return closed_ && !claimed_ && control_.empty() && data_.empty();
 }
 
 size_t Outbox::queued_bytes() const {

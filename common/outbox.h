@@ -72,34 +72,33 @@ class Outbox {
   // Messages in the control lane.
   size_t control_size() const;
 
-  // The writer role, for a synchronous stream that any producer may write
-  // (one Write at a time): a thread that pushed calls TryClaim and, if it
-  // got the role, writes until NextOrRelease says the queue is empty. A
-  // thread that must not block in a write (a stream's reader) calls
-  // WakeWriter instead, for a dedicated thread waiting in ClaimWait. So a
-  // message costs no thread hand-off unless its producer cannot write. `more`
-  // says whether further messages are queued (a buffer hint).
+  // The writer role: one holder at a time writes, so the stream sees one
+  // write at a time. `more` says whether further messages are queued (a
+  // buffer hint).
   //
   // Takes the role and the next message if nobody holds the role, the
-  // outbox is open and not empty.
+  // outbox is open and not empty (a writer that drains what was queued in
+  // one go: the relay's pump).
   bool TryClaim(tunnel::v1::Envelope* out, bool* more);
+  // For an asynchronous stream, which starts one write at a time and learns
+  // later that it is done: whoever queued a message (its wake callback)
+  // calls ClaimNext, which takes the role and the next message if nobody
+  // holds the role and something is queued, also after Close() (what was
+  // queued before it still goes out); the write's completion calls
+  // NextOrRelease. Finished: closed and drained, nobody holds the role (the
+  // writer half-closes then).
+  bool ClaimNext(tunnel::v1::Envelope* out, bool* more);
+  bool Finished() const;
   // The role holder's next message; when there is none, gives up the role.
   bool NextOrRelease(tunnel::v1::Envelope* out, bool* more);
-  // Asks the thread in ClaimWait to write what is queued (and runs the wake
-  // callback, if one is set).
+  // Runs the wake callback: something was queued, or the outbox closed.
   void WakeWriter();
-  // For a writer that serves many outboxes from one thread instead of a
-  // thread in ClaimWait per outbox: `fn` runs at every WakeWriter, on the
-  // caller's thread and without the outbox's lock; the writer then takes
-  // the role with TryClaim. Set before any producer runs.
+  // `fn` runs at every WakeWriter, on the caller's thread and without the
+  // outbox's lock; the writer then takes the role. Set before any producer
+  // runs.
   void SetWakeCallback(std::function<void()> fn) { wake_cb_ = std::move(fn); }
-  // Waits until nobody holds the role and either WakeWriter was called with
-  // messages queued, or the outbox is closed; then takes the role and the
-  // next message. False when closed and drained (no thread holds the role
-  // then or later: TryClaim fails once closed), or on the deadline.
-  bool ClaimWait(tunnel::v1::Envelope* out, bool* more, absl::Time deadline);
 
-  // Wakes PopWait, ClaimWait and WaitForRoom; later pushes are dropped.
+  // Wakes PopWait and WaitForRoom; later pushes are dropped.
   void Close();
   // Drops everything queued.
   void Clear();
@@ -125,8 +124,7 @@ class Outbox {
       ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   bool claimed_ ABSL_GUARDED_BY(mu_) = false;  // the writer role is taken
-  bool wake_writer_ ABSL_GUARDED_BY(mu_) = false;
-  std::function<void()> wake_cb_;  // set before use, then read-only
+  std::function<void()> wake_cb_;              // set before use, then read-only
   size_t batch_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
   // Fibers in WaitForRoom (threads wait on mu_ itself): woken once the
