@@ -98,6 +98,9 @@ class AgentConnection final : public EnvelopeWriter {
   AgentConnection(TunnelServiceImpl* service, grpc::ServerCompletionQueue* cq)
       : service_(service), cq_(cq), stream_(&ctx_) {
     ctx_.AsyncNotifyWhenDone(&done_tag_);
+    absl::ReaderMutexLock lock(&service_->ops_mu_);
+    if (service_->queues_shut_) return;  // never requested: see Proceed
+    requested_ = true;
     service_->RequestConnect(&ctx_, &stream_, cq_, cq_, &request_tag_);
   }
 
@@ -110,7 +113,11 @@ class AgentConnection final : public EnvelopeWriter {
           delete this;
           return;
         }
-        new AgentConnection(service_, cq_);  // for the next agent
+        // For the next agent (unless the queues are shutting down).
+        if (auto* next = new AgentConnection(service_, cq_);
+            !next->requested_) {
+          delete next;
+        }
         peer_ = ctx_.peer();
         Begin();
         break;
@@ -198,6 +205,8 @@ class AgentConnection final : public EnvelopeWriter {
  public:
   // EnvelopeWriter, called by Session only (any thread).
   void Write(const Envelope* e, bool more) override {
+    absl::ReaderMutexLock ops(&service_->ops_mu_);
+    if (service_->queues_shut_) return;  // the queue is draining: no more
     {
       absl::MutexLock lock(&mu_);
       ++pending_;
@@ -208,9 +217,11 @@ class AgentConnection final : public EnvelopeWriter {
         &write_tag_);
   }
   void End(grpc::Status status) override {
+    absl::ReaderMutexLock ops(&service_->ops_mu_);
     {
       absl::MutexLock lock(&mu_);
       finishing_ = true;
+      if (service_->queues_shut_) return;
       ++pending_;
     }
     stream_.Finish(status, &finish_tag_);
@@ -218,6 +229,8 @@ class AgentConnection final : public EnvelopeWriter {
 
  private:
   void StartRead() {
+    absl::ReaderMutexLock ops(&service_->ops_mu_);
+    if (service_->queues_shut_) return;
     {
       absl::MutexLock lock(&mu_);
       ++pending_;
@@ -569,6 +582,7 @@ class AgentConnection final : public EnvelopeWriter {
   absl::Time connected_at_;
   absl::Mutex mu_;
   int pending_ ABSL_GUARDED_BY(mu_) = 0;  // reads, writes, Finish
+  bool requested_ = false;  // RequestConnect was started (queues open)
   bool finishing_ ABSL_GUARDED_BY(mu_) = false;
   bool done_ ABSL_GUARDED_BY(mu_) = false;
 };
@@ -758,6 +772,10 @@ void TunnelServiceImpl::Serve(
 }
 
 void TunnelServiceImpl::StopServing() {
+  {
+    absl::MutexLock lock(&ops_mu_);
+    queues_shut_ = true;
+  }
   for (auto& q : queues_) q->Shutdown();
   for (auto& t : threads_) t.join();
   threads_.clear();

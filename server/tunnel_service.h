@@ -172,6 +172,13 @@ class TunnelServiceImpl final : public tunnel::v1::TunnelService::AsyncService {
   std::unique_ptr<common::AttemptLimiter> auth_limiter_;
   std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues_;
   std::vector<std::thread> threads_;
+  // An operation started on a queue that is shut down aborts the process
+  // (gRPC asserts), and a completion handled while StopServing drains the
+  // queues may want to start the next one (a Finish after a failed write).
+  // Every start holds this shared; StopServing sets queues_shut_ under it
+  // before shutting the queues down, and later starts are skipped.
+  absl::Mutex ops_mu_;
+  bool queues_shut_ ABSL_GUARDED_BY(ops_mu_) = false;
 };
 
 }  // namespace tunnel::server
