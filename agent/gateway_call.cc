@@ -15,11 +15,16 @@ GatewayCall::~GatewayCall() {
   if (drained_) return;
   // Finish was not reached (it drains): end the call and empty the queue.
   ctx_->TryCancel();
+  ShutDownQueue();
+}
+
+void GatewayCall::ShutDownQueue() {
   cq_.Shutdown();
   void* tag;
   bool ok;
   while (cq_.Next(&tag, &ok)) {
   }
+  drained_ = true;
 }
 
 bool GatewayCall::Next(Op* op, bool* ok, absl::Time deadline) {
@@ -154,12 +159,7 @@ grpc::Status GatewayCall::Finish() {
     if (op == Op::kFinish) break;
     Handle(op, ok);
   }
-  cq_.Shutdown();
-  void* tag;
-  bool ok;
-  while (cq_.Next(&tag, &ok)) {
-  }
-  drained_ = true;
+  ShutDownQueue();
   // The stream lives in the call, which `ctx_` owns: gone before it (a
   // late Kick may keep this object a little longer).
   stream_.reset();

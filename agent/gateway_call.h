@@ -69,6 +69,8 @@ class GatewayCall {
   void StartWrite(bool more);
   // Half-closes once the outbox is closed and drained.
   void MaybeWritesDone();
+  // Shuts the queue down and takes what is left in it.
+  void ShutDownQueue();
 
   grpc::ClientContext* const ctx_;
   grpc::CompletionQueue cq_;
