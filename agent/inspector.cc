@@ -21,7 +21,7 @@ constexpr size_t kSpareMin = 64 << 10;
 // What a head's fields take, about (names, values, and per-field overhead).
 size_t HeadBytes(const common::HeaderList& headers) {
   size_t n = 0;
-  for (const tunnel::v1::Header& h : headers) {
+  for (const tunnel::v1::HeaderField& h : headers) {
     n += h.name().size() + h.value().size() + 64;
   }
   return n;
@@ -45,7 +45,7 @@ std::string Masked(absl::string_view value) {
 // The rightmost X-Forwarded-For entry: the gateway adds the visitor last.
 std::string ClientIp(const common::HeaderList& headers) {
   std::string ip;
-  for (const tunnel::v1::Header& h : headers) {
+  for (const tunnel::v1::HeaderField& h : headers) {
     if (!absl::EqualsIgnoreCase(h.name(), "X-Forwarded-For")) continue;
     absl::string_view v = h.value();
     const size_t comma = v.rfind(',');
@@ -392,8 +392,8 @@ tunnel::v1::InspectedRequest Inspector::Show(const Record& r,
   out.set_time(
       absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", r.time, absl::UTCTimeZone()));
   out.set_tunnel(r.tunnel);
-  out.set_method(r.method);
-  out.set_path(r.path);
+  out.set_method(common::Utf8Text(r.method));
+  out.set_path(common::Utf8Text(r.path));
   out.set_status(r.status);
   const absl::Time end = r.finished ? r.end : absl::Now();
   out.set_duration_ms(absl::ToDoubleMilliseconds(end - r.time));
@@ -405,16 +405,18 @@ tunnel::v1::InspectedRequest Inspector::Show(const Record& r,
   out.set_error(r.error);
   out.set_replay_of(r.replay_of);
   out.set_upgrade(r.upgrade);
-  auto copy_headers = [this](const common::HeaderList& from,
-                             common::HeaderList* to) {
-    for (const tunnel::v1::Header& h : from) {
-      tunnel::v1::Header* o = to->Add();
-      o->set_name(h.name());
-      o->set_value(options_.show_secrets || !IsSecretHeader(h.name())
-                       ? h.value()
-                       : MaskHeaderValue(h.name(), h.value()));
-    }
-  };
+  // The view is JSON: bytes that are not UTF-8 are shown as Latin-1.
+  auto copy_headers =
+      [this](const common::HeaderList& from,
+             google::protobuf::RepeatedPtrField<tunnel::v1::Header>* to) {
+        for (const tunnel::v1::HeaderField& h : from) {
+          tunnel::v1::Header* o = to->Add();
+          o->set_name(common::Utf8Text(h.name()));
+          o->set_value(options_.show_secrets || !IsSecretHeader(h.name())
+                           ? common::Utf8Text(h.value())
+                           : MaskHeaderValue(h.name(), h.value()));
+        }
+      };
   if (whole) {
     copy_headers(r.request_headers, out.mutable_request_headers());
     copy_headers(r.response_headers, out.mutable_response_headers());

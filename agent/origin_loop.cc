@@ -340,7 +340,7 @@ void OriginLoop::Launch(Transfer* t) {
   std::vector<bool>& skip = skip_scratch_;
   skip.assign(static_cast<size_t>(head.headers_size()), false);
   for (int i = 0; i < head.headers_size(); ++i) {
-    const tunnel::v1::Header& h = head.headers(i);
+    const tunnel::v1::HeaderField& h = head.headers(i);
     const std::string& name = h.name();
     if (absl::EqualsIgnoreCase(name, "Content-Length")) {
       if (s.has_body) {
@@ -371,7 +371,7 @@ void OriginLoop::Launch(Transfer* t) {
   };
   for (int i = 0; i < head.headers_size(); ++i) {
     if (skip[i]) continue;
-    const tunnel::v1::Header& h = head.headers(i);
+    const tunnel::v1::HeaderField& h = head.headers(i);
     // "Name;" is how curl sends a field with an empty value.
     if (h.value().empty()) {
       add_line(h.name(), ";", "");

@@ -87,7 +87,7 @@ bool OriginLoop::BuildRequest(Transfer* t) {
   }
   std::string& r = t->request_head;
   size_t room = method.size() + path.size() + 64 + target.host.size();
-  for (const tunnel::v1::Header& h : head.headers()) {
+  for (const tunnel::v1::HeaderField& h : head.headers()) {
     room += h.name().size() + h.value().size() + 4;
   }
   r.clear();
@@ -104,7 +104,7 @@ bool OriginLoop::BuildRequest(Transfer* t) {
                     ":", target.port, "\r\n");
   }
   int64_t length = -1;
-  for (const tunnel::v1::Header& h : head.headers()) {
+  for (const tunnel::v1::HeaderField& h : head.headers()) {
     const std::string& name = h.name();
     if (!common::IsValidHeaderName(name) ||
         !common::IsValidHeaderValue(h.value())) {

@@ -77,26 +77,6 @@ bool FromBrowser(relay::Type t) {
   }
 }
 
-// JSON strings must be UTF-8; a header that is not is left out of a
-// RESPONSE (the page could not read the message at all).
-bool ValidUtf8(absl::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    size_t n = c < 0x80           ? 1
-               : (c >> 5) == 0x6  ? 2
-               : (c >> 4) == 0xe  ? 3
-               : (c >> 3) == 0x1e ? 4
-                                  : 0;
-    if (n == 0 || i + n > s.size()) return false;
-    for (size_t k = 1; k < n; ++k) {
-      if ((static_cast<unsigned char>(s[i + k]) & 0xc0) != 0x80) return false;
-    }
-    i += n;
-  }
-  return true;
-}
-
 // A method is an RFC 9110 token, as a header name is.
 bool ValidMethod(const std::string& m) {
   return m.size() <= 32 && common::IsValidHeaderName(m);
@@ -319,9 +299,14 @@ class RelayHost::Client : public std::enable_shared_from_this<Client> {
         head.set_stream(static_cast<uint32_t>(r.stream_id()));
         head.set_status(r.status());
         for (const auto& h : r.headers()) {
-          if (!ValidUtf8(h.name()) || !ValidUtf8(h.value())) continue;
+          // JSON strings must be UTF-8; a header that is not is left out
+          // (the page could not read the message at all).
+          if (!common::IsUtf8(h.name()) || !common::IsUtf8(h.value())) {
+            continue;
+          }
           tunnel::v1::Header* out = head.add_headers();
-          *out = h;
+          out->set_name(h.name());
+          out->set_value(h.value());
           if (absl::EqualsIgnoreCase(h.name(), "Location")) {
             out->set_value(LocalPath(h.value(), host_->options_.target));
           }
@@ -628,7 +613,12 @@ void RelayHost::OnFrame(RelayFrame* f) {
     head.set_method(absl::AsciiStrToUpper(r.method()));
     head.set_path(r.path());
     common::HeaderList* headers = head.mutable_headers();
-    *headers = std::move(*r.mutable_headers());
+    headers->Reserve(r.headers_size() + 2);
+    for (tunnel::v1::Header& h : *r.mutable_headers()) {
+      tunnel::v1::HeaderField* f = headers->Add();
+      f->set_name(std::move(*h.mutable_name()));
+      f->set_value(std::move(*h.mutable_value()));
+    }
     common::DropUnsafeHeaders(headers);
     common::StripHopByHop(headers);
     // The Service Worker hands the page what it gets, undecoded: ask the

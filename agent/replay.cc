@@ -90,11 +90,16 @@ absl::Status ApplyReplayEdits(const tunnel::v1::ReplayRequest& edits,
                          "\" is not a valid HTTP field"));
       }
     }
-    common::HeaderList headers = edits.headers();
+    common::HeaderList headers;
+    for (const tunnel::v1::Header& h : edits.headers()) {
+      tunnel::v1::HeaderField* f = headers.Add();
+      f->set_name(h.name());
+      f->set_value(h.value());
+    }
     // A secret shown masked and left as it was: the captured value goes.
-    for (tunnel::v1::Header& h : headers) {
+    for (tunnel::v1::HeaderField& h : headers) {
       if (!IsSecretHeader(h.name())) continue;
-      for (const tunnel::v1::Header& was : o->headers) {
+      for (const tunnel::v1::HeaderField& was : o->headers) {
         if (absl::EqualsIgnoreCase(was.name(), h.name()) &&
             MaskHeaderValue(was.name(), was.value()) == h.value()) {
           h.set_value(was.value());
@@ -145,7 +150,7 @@ absl::StatusOr<uint64_t> Replay(Inspector& inspector, const LocalTarget& target,
   curl_slist* list = nullptr;
   bool has_accept = false;
   bool has_type = false;
-  for (const tunnel::v1::Header& h : headers) {
+  for (const tunnel::v1::HeaderField& h : headers) {
     if (absl::EqualsIgnoreCase(h.name(), "Accept")) has_accept = true;
     if (absl::EqualsIgnoreCase(h.name(), "Content-Type")) has_type = true;
     const std::string line = h.value().empty()

@@ -20,7 +20,62 @@ constexpr std::array<absl::string_view, 9> kHopByHop = {"connection",
                                                         "upgrade",
                                                         "proxy-authenticate",
                                                         "proxy-authorization"};
+// The length of the UTF-8 sequence at the start of `s`, 0 if none is.
+size_t Utf8SequenceLength(absl::string_view s) {
+  const auto at = [&](size_t i) { return static_cast<unsigned char>(s[i]); };
+  const unsigned char c = at(0);
+  if (c < 0x80) return 1;
+  size_t n;
+  unsigned char lo = 0x80, hi = 0xbf;  // the second byte's range
+  if (c >= 0xc2 && c <= 0xdf) {
+    n = 2;
+  } else if (c >= 0xe0 && c <= 0xef) {
+    n = 3;
+    if (c == 0xe0) lo = 0xa0;  // overlong
+    if (c == 0xed) hi = 0x9f;  // surrogates
+  } else if (c >= 0xf0 && c <= 0xf4) {
+    n = 4;
+    if (c == 0xf0) lo = 0x90;  // overlong
+    if (c == 0xf4) hi = 0x8f;  // past U+10FFFF
+  } else {
+    return 0;
+  }
+  if (s.size() < n || at(1) < lo || at(1) > hi) return 0;
+  for (size_t k = 2; k < n; ++k) {
+    if ((at(k) & 0xc0) != 0x80) return 0;
+  }
+  return n;
+}
+
 }  // namespace
+
+bool IsUtf8(absl::string_view s) {
+  while (!s.empty()) {
+    const size_t n = Utf8SequenceLength(s);
+    if (n == 0) return false;
+    s.remove_prefix(n);
+  }
+  return true;
+}
+
+std::string Utf8Text(absl::string_view s) {
+  if (IsUtf8(s)) return std::string(s);
+  std::string out;
+  out.reserve(s.size() * 2);
+  while (!s.empty()) {
+    size_t n = Utf8SequenceLength(s);
+    if (n > 0) {
+      out.append(s.data(), n);
+    } else {  // a Latin-1 byte, 0x80-0xff: two bytes in UTF-8
+      const unsigned char c = static_cast<unsigned char>(s[0]);
+      out.push_back(static_cast<char>(0xc0 | (c >> 6)));
+      out.push_back(static_cast<char>(0x80 | (c & 0x3f)));
+      n = 1;
+    }
+    s.remove_prefix(n);
+  }
+  return out;
+}
 
 bool IsHopByHopHeader(absl::string_view name) {
   for (absl::string_view h : kHopByHop) {
@@ -38,7 +93,7 @@ void StripHopByHop(HeaderList* headers) {
       if (!token.empty()) named.emplace_back(token);
     }
   }
-  auto drop = [&](const tunnel::v1::Header& h) {
+  auto drop = [&](const tunnel::v1::HeaderField& h) {
     if (IsHopByHopHeader(h.name())) return true;
     for (const std::string& n : named) {
       if (absl::EqualsIgnoreCase(h.name(), n)) return true;
@@ -76,7 +131,7 @@ int DropUnsafeHeaders(HeaderList* headers) {
   int out = 0;
   const int n = headers->size();
   for (int i = 0; i < n; ++i) {
-    const tunnel::v1::Header& h = headers->Get(i);
+    const tunnel::v1::HeaderField& h = headers->Get(i);
     if (!IsValidHeaderName(h.name()) || !IsValidHeaderValue(h.value())) {
       continue;
     }
@@ -107,7 +162,7 @@ void RemoveHeader(HeaderList* headers, absl::string_view name) {
 
 void AddHeader(HeaderList* headers, absl::string_view name,
                absl::string_view value) {
-  tunnel::v1::Header* h = headers->Add();
+  tunnel::v1::HeaderField* h = headers->Add();
   h->set_name(std::string(name));
   h->set_value(std::string(value));
 }
@@ -129,7 +184,9 @@ ResponseHeadLine ParseResponseHeadLine(absl::string_view line, int* status,
     return ResponseHeadLine::kField;
   }
   const size_t colon = stripped.find(':');
-  if (colon != absl::string_view::npos) {
+  // A field whose name is not a token is dropped, as the gateway would.
+  if (colon != absl::string_view::npos &&
+      IsValidHeaderName(stripped.substr(0, colon))) {
     AddHeader(headers, stripped.substr(0, colon),
               absl::StripAsciiWhitespace(stripped.substr(colon + 1)));
   }

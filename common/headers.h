@@ -12,7 +12,7 @@
 
 namespace tunnel::common {
 
-using HeaderList = google::protobuf::RepeatedPtrField<tunnel::v1::Header>;
+using HeaderList = google::protobuf::RepeatedPtrField<tunnel::v1::HeaderField>;
 
 // Connection, Keep-Alive, Proxy-Connection, Transfer-Encoding, TE, Trailer,
 // Upgrade, Proxy-Authenticate, Proxy-Authorization (case-insensitive).
@@ -39,10 +39,18 @@ void RemoveHeader(HeaderList* headers, absl::string_view name);
 void AddHeader(HeaderList* headers, absl::string_view name,
                absl::string_view value);
 
+// Whether `s` is UTF-8 (RFC 3629: no overlong forms, surrogates or code
+// points past U+10FFFF), as protobuf's string fields and JSON need it.
+bool IsUtf8(absl::string_view s);
+// `s` as UTF-8 text for a JSON view: valid sequences as they are, every
+// other byte read as Latin-1 (as browsers show such header bytes).
+std::string Utf8Text(absl::string_view s);
+
 // One line of an HTTP/1.x response head, as libcurl's header callback
 // hands them over: a status line ("HTTP/1.1 200 OK": `*headers` cleared,
 // `*status` set; a 1xx head is followed by the final one), a field (added
-// to `*headers`; an obsolete folded continuation joins the one before), or
+// to `*headers`, unless its name is not a token; an obsolete folded
+// continuation joins the one before), or
 // the blank line that ends a head.
 enum class ResponseHeadLine { kStatus, kField, kEnd };
 ResponseHeadLine ParseResponseHeadLine(absl::string_view line, int* status,

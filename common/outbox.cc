@@ -44,7 +44,7 @@ size_t BodySize(const Envelope& e) {
 
 // What a head costs in the queue besides its body: its path and fields.
 size_t HeadSize(const Envelope& e) {
-  const google::protobuf::RepeatedPtrField<tunnel::v1::Header>* headers;
+  const google::protobuf::RepeatedPtrField<tunnel::v1::HeaderField>* headers;
   size_t n = 0;
   switch (e.message_case()) {
     case Envelope::kRequest:

@@ -13,6 +13,7 @@
 #include "absl/time/clock.h"
 #include "agent/body_view.h"
 #include "agent/replay.h"
+#include "google/protobuf/util/json_util.h"
 #include "gtest/gtest.h"
 #include "httplib.h"
 
@@ -315,6 +316,32 @@ TEST(InspectorTest, MasksSecretsUnlessAskedToShowThem) {
     EXPECT_EQ(common::FindHeader(o2->headers, "Authorization")->c_str(),
               std::string("Bearer abcdefghij"));
   }
+}
+
+// The inspector's view is JSON: a path or field bytes that are not UTF-8
+// show there as Latin-1, and a replay sends the bytes as they came.
+TEST(InspectorTest, BytesThatAreNotUtf8ShowAsLatin1AndReplayAsTheyCame) {
+  Inspector ins({});
+  auto head = Head("GET", "/caf\xe9");
+  common::AddHeader(head.mutable_headers(), "X-Name", "caf\xe9");
+  auto c = ins.Begin(head, "cam", "", false);
+  common::HeaderList response;
+  common::AddHeader(&response, "Content-Disposition", "filename=\"caf\xe9\"");
+  c->ResponseHead(200, response);
+  c->Finish(Inspector::Outcome::kComplete);
+  auto r = ins.Get(c->id());
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->path(), "/caf\xc3\xa9");
+  EXPECT_EQ(FindField(r->request_headers(), "X-Name")->value(), "caf\xc3\xa9");
+  EXPECT_EQ(FindField(r->response_headers(), "Content-Disposition")->value(),
+            "filename=\"caf\xc3\xa9\"");
+  std::string json;
+  EXPECT_TRUE(google::protobuf::util::MessageToJsonString(*r, &json).ok());
+  EXPECT_NE(json.find("caf\xc3\xa9"), std::string::npos) << json;
+  auto o = ins.GetOriginal(c->id());
+  ASSERT_TRUE(o.has_value());
+  EXPECT_EQ(o->path, "/caf\xe9");
+  EXPECT_EQ(*common::FindHeader(o->headers, "X-Name"), "caf\xe9");
 }
 
 TEST(InspectorTest, FiltersByStatusMethodAndPath) {

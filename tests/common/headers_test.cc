@@ -70,9 +70,40 @@ TEST(HeadersTest, ResponseHeadLinesAsLibcurlHandsThemOver) {
   EXPECT_EQ(line("X-Long: a\r\n"), ResponseHeadLine::kField);
   EXPECT_EQ(line("\t b\r\n"), ResponseHeadLine::kField);  // folded
   EXPECT_EQ(line("no colon here\r\n"), ResponseHeadLine::kField);
+  // Not a token: dropped (a name travels as text on the tunnel).
+  EXPECT_EQ(line("X-Caf\xe9: 1\r\n"), ResponseHeadLine::kField);
+  EXPECT_EQ(line("Bad Name: 1\r\n"), ResponseHeadLine::kField);
+  // A value's bytes are kept as they are.
+  EXPECT_EQ(line("X-File: caf\xe9\r\n"), ResponseHeadLine::kField);
   EXPECT_EQ(line("\r\n"), ResponseHeadLine::kEnd);
-  EXPECT_EQ(Names(h), (std::vector<std::string>{"Content-Type=text/plain",
-                                                "X-Long=a b"}));
+  EXPECT_EQ(Names(h),
+            (std::vector<std::string>{"Content-Type=text/plain", "X-Long=a b",
+                                      "X-File=caf\xe9"}));
+}
+
+TEST(HeadersTest, Utf8IsCheckedAsRfc3629DefinesIt) {
+  EXPECT_TRUE(IsUtf8(""));
+  EXPECT_TRUE(IsUtf8("plain ascii"));
+  EXPECT_TRUE(IsUtf8("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"));
+  EXPECT_TRUE(IsUtf8("\xf4\x8f\xbf\xbf"));  // U+10FFFF
+  EXPECT_FALSE(IsUtf8("caf\xe9"));          // Latin-1
+  EXPECT_FALSE(IsUtf8("\xc3"));             // cut short
+  EXPECT_FALSE(IsUtf8("\xe2\x82"));
+  EXPECT_FALSE(IsUtf8("\xc0\xaf"));          // overlong '/'
+  EXPECT_FALSE(IsUtf8("\xe0\x80\xaf"));      // overlong
+  EXPECT_FALSE(IsUtf8("\xf0\x80\x80\xaf"));  // overlong
+  EXPECT_FALSE(IsUtf8("\xed\xa0\x80"));      // a surrogate
+  EXPECT_FALSE(IsUtf8("\xf4\x90\x80\x80"));  // past U+10FFFF
+  EXPECT_FALSE(IsUtf8("\xf5\x80\x80\x80"));
+  EXPECT_FALSE(IsUtf8("\x80"));  // a lone continuation
+}
+
+TEST(HeadersTest, Utf8TextReadsStrayBytesAsLatin1) {
+  EXPECT_EQ(Utf8Text("caf\xc3\xa9"), "caf\xc3\xa9");  // already UTF-8
+  EXPECT_EQ(Utf8Text("caf\xe9"), "caf\xc3\xa9");
+  // Valid sequences stay; each stray byte becomes its Latin-1 character.
+  EXPECT_EQ(Utf8Text("\xe2\x82\xac\xff\xc3"), "\xe2\x82\xac\xc3\xbf\xc3\x83");
+  EXPECT_TRUE(IsUtf8(Utf8Text("\xed\xa0\x80\x80")));
 }
 
 }  // namespace

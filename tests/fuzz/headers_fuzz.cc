@@ -2,7 +2,8 @@
 // use (common/headers: hop-by-hop stripping, the unsafe-field filter the
 // gateway applies to agents' responses, lookups) and the front door's
 // strict request-head check (httpfront/request_head), which decides what
-// of a visitor's head reaches httplib and the Envelope at all.
+// of a visitor's head reaches httplib and the Envelope at all; and the
+// UTF-8 check and Latin-1 view (common::IsUtf8, common::Utf8Text).
 //
 // Input: raw bytes. As a head they go to FindHeadEnd/CheckRequestHead; split
 // at '\n' into "name:value" fields they form a header list.
@@ -14,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "common/headers.h"
+#include "google/protobuf/stubs/common.h"
 #include "httpfront/request_head.h"
 #include "tunnel/v1/tunnel.pb.h"
 
@@ -91,11 +93,29 @@ void FuzzList(absl::string_view in) {
   }
 }
 
+// Text for JSON: what IsUtf8 accepts, protobuf's own check accepts too (so
+// a string field holding it parses); Utf8Text always gives such text and
+// leaves text that already is alone.
+void FuzzText(absl::string_view in) {
+  using namespace tunnel::common;
+  auto protobuf_ok = [](absl::string_view s) {
+    return google::protobuf::internal::IsStructurallyValidUTF8(
+        s.data(), static_cast<int>(s.size()));
+  };
+  const bool utf8 = IsUtf8(in);
+  Check(!utf8 || protobuf_ok(in));
+  const std::string text = Utf8Text(in);
+  Check(IsUtf8(text) && protobuf_ok(text));
+  Check(!utf8 || text == in);
+  Check(text.size() >= in.size() && text.size() <= 2 * in.size());
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   absl::string_view in(reinterpret_cast<const char*>(data), size);
   FuzzHead(in);
   FuzzList(in);
+  FuzzText(in);
   return 0;
 }

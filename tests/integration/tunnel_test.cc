@@ -8,10 +8,12 @@
 #include <algorithm>
 #include <atomic>
 #include <map>
+#include <optional>
 #include <set>
 #include <thread>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -19,6 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "common/headers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/loopback_port.h"
@@ -1430,6 +1433,95 @@ TEST_F(TunnelTest, KeepAliveHeadsArrivingInPiecesAreEachServed) {
     buffered.erase(0, head_end + 4 + length);
   }
   close(fd);
+}
+
+// A field value is octets, not always UTF-8 (RFC 9110 allows obs-text,
+// like a Latin-1 file name), and so may a request target be. They reach
+// the other side byte for byte, both ways and through both of the agent's
+// clients, and the session that carries them (with a request of someone
+// else's in flight) goes on. A response field whose name is not a token is
+// dropped; a visitor's is refused at the front door.
+TEST_F(TunnelTest, BytesThatAreNotUtf8PassBothWaysAndTheSessionGoesOn) {
+  const std::string latin1 = "caf\xe9";
+  const std::string disposition =
+      absl::StrCat("attachment; filename=\"", latin1, ".txt\"");
+  const std::string answer = absl::StrCat(
+      "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Disposition: ",
+      disposition, "\r\nConnection: close\r\n");
+  // http: the agent's own client (Beast's parser, which refuses a whole
+  // answer with a field name that is not a token); https: libcurl's.
+  RawService native(absl::StrCat(answer, "\r\nok"));
+  TestCa ca("local-ca");
+  const common::CertAndKey leaf = ca.Issue("localhost");
+  TempDir dir;
+  httplib::SSLServer tls(dir.Write("cert.pem", leaf.cert_pem).c_str(),
+                         dir.Write("key.pem", leaf.key_pem).c_str());
+  tls.Get("/file", [&](const httplib::Request&, httplib::Response& res) {
+    res.set_header("Content-Disposition", disposition);
+    res.set_header(("X-" + latin1).c_str(), "1");
+    res.set_content("ok", "text/plain");
+  });
+  const int tls_port = tls.bind_to_any_port("127.0.0.1");
+  ASSERT_GT(tls_port, 0);
+  std::thread tls_thread([&] { tls.listen_after_bind(); });
+  absl::Cleanup stop_tls = [&] {
+    tls.stop();
+    tls_thread.join();
+  };
+  TunnelHarness h;
+  h.StartGateway();
+  h.StartAgent("cam-01", {svc_.url(), "native=" + native.url(),
+                          absl::StrCat("curl=https://127.0.0.1:", tls_port)});
+
+  std::optional<httplib::Result> held;
+  std::thread holder([&] {
+    held.emplace(h.Visitor()->Get(TunnelHarness::Path("cam-01", "/held")));
+  });
+  absl::Cleanup join_holder = [&] {  // also when an assertion ends the test
+    if (!held_release_.HasBeenNotified()) held_release_.Notify();
+    holder.join();
+  };
+  {
+    absl::MutexLock lock(&held_mu_);
+    auto in = [this]() ABSL_SHARED_LOCKS_REQUIRED(held_mu_) {
+      return held_now_ == 1;
+    };
+    ASSERT_TRUE(
+        held_mu_.AwaitWithTimeout(absl::Condition(&in), absl::Seconds(20)));
+  }
+
+  auto v = h.Visitor();
+  v->set_url_encode(false);  // the target's byte goes as it is
+  auto r = v->Get(TunnelHarness::Path("cam-01", "/info?q=" + latin1),
+                  {{"X-Name", latin1}});
+  ASSERT_TRUE(r) << httplib::to_string(r.error());
+  EXPECT_EQ(r->status, 200) << r->get_header_value("X-Tunnel-Error");
+  Seen seen = ParseInfo(r->body);
+  EXPECT_EQ(seen.target, "/info?q=" + latin1);
+  auto name = seen.headers.find("x-name");
+  ASSERT_NE(name, seen.headers.end());
+  EXPECT_EQ(name->second, latin1);
+
+  for (const char* slug : {"native-cam-01", "curl-cam-01"}) {
+    r = v->Get(TunnelHarness::Path(slug, "/file"));
+    ASSERT_TRUE(r) << slug << ": " << httplib::to_string(r.error());
+    EXPECT_EQ(r->status, 200) << slug;
+    EXPECT_EQ(r->body, "ok") << slug;
+    EXPECT_EQ(r->get_header_value("Content-Disposition"), disposition) << slug;
+    for (const auto& [field, value] : r->headers) {
+      EXPECT_TRUE(common::IsValidHeaderName(field)) << slug << ": " << field;
+    }
+  }
+
+  // A visitor's field name that is not a token: refused, nothing else.
+  r = v->Get(TunnelHarness::Path("cam-01", "/info"), {{"X-" + latin1, "1"}});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 400);
+
+  std::move(join_holder).Invoke();
+  ASSERT_TRUE(held.has_value() && *held) << "the held request was lost";
+  EXPECT_EQ((*held)->status, 200);
+  EXPECT_EQ((*held)->body, "held");
 }
 
 TEST_F(TunnelTest, BadCredentialsAreRefusedAndEndTheAgent) {
