@@ -20,6 +20,26 @@ constexpr std::array<absl::string_view, 9> kHopByHop = {"connection",
                                                         "upgrade",
                                                         "proxy-authenticate",
                                                         "proxy-authorization"};
+// RFC 9110 tchar: ALPHA, DIGIT and !#$%&'*+-.^_`|~ (a table: these run for
+// every field of every request, twice).
+constexpr std::array<bool, 256> MakeTokenTable() {
+  std::array<bool, 256> t{};
+  for (int c = 'a'; c <= 'z'; ++c) t[c] = true;
+  for (int c = 'A'; c <= 'Z'; ++c) t[c] = true;
+  for (int c = '0'; c <= '9'; ++c) t[c] = true;
+  for (char c : absl::string_view("!#$%&'*+-.^_`|~")) {
+    t[static_cast<unsigned char>(c)] = true;
+  }
+  return t;
+}
+constexpr std::array<bool, 256> kToken = MakeTokenTable();
+constexpr std::array<bool, 256> MakeNotInValueTable() {
+  std::array<bool, 256> t{};
+  t['\r'] = t['\n'] = t['\0'] = true;
+  return t;
+}
+constexpr std::array<bool, 256> kNotInValue = MakeNotInValueTable();
+
 // The length of the UTF-8 sequence at the start of `s`, 0 if none is.
 size_t Utf8SequenceLength(absl::string_view s) {
   const auto at = [&](size_t i) { return static_cast<unsigned char>(s[i]); };
@@ -79,7 +99,7 @@ std::string Utf8Text(absl::string_view s) {
 
 bool IsHopByHopHeader(absl::string_view name) {
   for (absl::string_view h : kHopByHop) {
-    if (absl::EqualsIgnoreCase(name, h)) return true;
+    if (NameIs(name, h)) return true;
   }
   return false;
 }
@@ -87,7 +107,7 @@ bool IsHopByHopHeader(absl::string_view name) {
 void StripHopByHop(HeaderList* headers) {
   std::vector<std::string> named;
   for (const auto& h : *headers) {
-    if (!absl::EqualsIgnoreCase(h.name(), "connection")) continue;
+    if (!NameIs(h.name(), "connection")) continue;
     for (absl::string_view token : absl::StrSplit(h.value(), ',')) {
       token = absl::StripAsciiWhitespace(token);
       if (!token.empty()) named.emplace_back(token);
@@ -96,7 +116,7 @@ void StripHopByHop(HeaderList* headers) {
   auto drop = [&](const tunnel::v1::HeaderField& h) {
     if (IsHopByHopHeader(h.name())) return true;
     for (const std::string& n : named) {
-      if (absl::EqualsIgnoreCase(h.name(), n)) return true;
+      if (NameIs(h.name(), n)) return true;
     }
     return false;
   };
@@ -112,17 +132,14 @@ void StripHopByHop(HeaderList* headers) {
 bool IsValidHeaderName(absl::string_view name) {
   if (name.empty()) return false;
   for (unsigned char c : name) {
-    bool ok = absl::ascii_isalnum(c) ||
-              absl::string_view("!#$%&'*+-.^_`|~").find(static_cast<char>(c)) !=
-                  absl::string_view::npos;
-    if (!ok) return false;
+    if (!kToken[c]) return false;
   }
   return true;
 }
 
 bool IsValidHeaderValue(absl::string_view value) {
-  for (char c : value) {
-    if (c == '\r' || c == '\n' || c == '\0') return false;
+  for (unsigned char c : value) {
+    if (kNotInValue[c]) return false;
   }
   return true;
 }
@@ -145,7 +162,7 @@ int DropUnsafeHeaders(HeaderList* headers) {
 const std::string* FindHeader(const HeaderList& headers,
                               absl::string_view name) {
   for (const auto& h : headers) {
-    if (absl::EqualsIgnoreCase(h.name(), name)) return &h.value();
+    if (NameIs(h.name(), name)) return &h.value();
   }
   return nullptr;
 }
@@ -153,7 +170,7 @@ const std::string* FindHeader(const HeaderList& headers,
 void RemoveHeader(HeaderList* headers, absl::string_view name) {
   int out = 0;
   for (int i = 0; i < headers->size(); ++i) {
-    if (absl::EqualsIgnoreCase(headers->Get(i).name(), name)) continue;
+    if (NameIs(headers->Get(i).name(), name)) continue;
     if (out != i) headers->SwapElements(out, i);
     ++out;
   }

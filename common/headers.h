@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
 #include "google/protobuf/repeated_field.h"
 #include "tunnel/v1/tunnel.pb.h"
@@ -13,6 +14,12 @@
 namespace tunnel::common {
 
 using HeaderList = google::protobuf::RepeatedPtrField<tunnel::v1::HeaderField>;
+
+// Whether field name `a` is `b`, ignoring case. The length check is inline:
+// most names differ in length, and this runs per field against many names.
+inline bool NameIs(absl::string_view a, absl::string_view b) {
+  return a.size() == b.size() && absl::EqualsIgnoreCase(a, b);
+}
 
 // Connection, Keep-Alive, Proxy-Connection, Transfer-Encoding, TE, Trailer,
 // Upgrade, Proxy-Authenticate, Proxy-Authorization (case-insensitive).

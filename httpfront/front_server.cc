@@ -18,6 +18,7 @@
 #include <string>
 #include <utility>
 
+#include "absl/base/attributes.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -395,7 +396,7 @@ class FrontServer::Conn final : public IoHandler,
   }
 
   // httplib::Stream, on the request's fiber.
-  ssize_t StreamRead(char* ptr, size_t size) {
+  ABSL_ATTRIBUTE_NOINLINE ssize_t StreamRead(char* ptr, size_t size) {
     if (hijacked_) return -1;
     if (end_ == begin_) {
       begin_ = end_ = 0;
@@ -500,6 +501,12 @@ class FrontServer::Conn final : public IoHandler,
     bool is_readable() const override { return c_->StreamReadable(); }
     bool is_writable() const override { return !c_->broken_; }
     ssize_t read(char* ptr, size_t size) override {
+      // cpp-httplib reads a head's lines one byte per call: serve those
+      // from the buffer without the general path's memcpy.
+      if (size == 1 && c_->begin_ < c_->end_ && !c_->hijacked_) {
+        *ptr = c_->buf_[c_->begin_++];
+        return 1;
+      }
       return c_->StreamRead(ptr, size);
     }
     ssize_t write(const char* ptr, size_t size) override {

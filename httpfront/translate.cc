@@ -215,26 +215,30 @@ tunnel::v1::TunnelRequest BuildRequestHead(const httplib::Request& req,
   head.set_method(req.method);
   head.set_path(target);
   auto* headers = head.mutable_headers();
+  headers->Reserve(static_cast<int>(req.headers.size()) + 8);
   std::string prior_xff;
+  const std::string* host_field = nullptr;  // the first Host field
   for (const auto& [stored, value] : req.headers) {
     std::optional<absl::string_view> name = VisitorHeaderName(stored);
     if (!name.has_value()) continue;
-    if (o.gated && (absl::EqualsIgnoreCase(*name, "Cookie") ||
-                    absl::EqualsIgnoreCase(*name, kAccessCodeHeader))) {
+    if (host_field == nullptr && common::NameIs(*name, "Host")) {
+      host_field = &value;
+    }
+    if (o.gated && (common::NameIs(*name, "Cookie") ||
+                    common::NameIs(*name, kAccessCodeHeader))) {
       continue;  // the Cookie header goes on without ours, below
     }
-    if (o.strip_authorization &&
-        absl::EqualsIgnoreCase(*name, "Authorization")) {
+    if (o.strip_authorization && common::NameIs(*name, "Authorization")) {
       continue;
     }
-    if (absl::EqualsIgnoreCase(*name, "X-Forwarded-For")) {
+    if (common::NameIs(*name, "X-Forwarded-For")) {
       prior_xff =
           prior_xff.empty() ? value : absl::StrCat(prior_xff, ", ", value);
-    } else if (absl::EqualsIgnoreCase(*name, "Expect") ||
-               absl::EqualsIgnoreCase(*name, "X-Forwarded-Proto") ||
-               absl::EqualsIgnoreCase(*name, "X-Forwarded-Host") ||
-               absl::EqualsIgnoreCase(*name, "X-Forwarded-Prefix") ||
-               absl::EqualsIgnoreCase(*name, "X-Request-Id")) {
+    } else if (common::NameIs(*name, "Expect") ||
+               common::NameIs(*name, "X-Forwarded-Proto") ||
+               common::NameIs(*name, "X-Forwarded-Host") ||
+               common::NameIs(*name, "X-Forwarded-Prefix") ||
+               common::NameIs(*name, "X-Request-Id")) {
       // Expect: 100-continue was answered here. The X-Forwarded-* set
       // below describe this hop and replace what the visitor claimed; the
       // request id is ours (or the visitor's, if well-formed) and set below.
@@ -251,7 +255,8 @@ tunnel::v1::TunnelRequest BuildRequestHead(const httplib::Request& req,
     head.set_upgrade(true);
   }
   const std::string& ip = req.remote_addr;
-  const std::string host = req.get_header_value("Host");
+  const absl::string_view host =
+      host_field != nullptr ? absl::string_view(*host_field) : "";
   common::AddHeader(headers, "X-Forwarded-For",
                     prior_xff.empty() ? ip : absl::StrCat(prior_xff, ", ", ip));
   common::AddHeader(headers, "X-Forwarded-Proto", o.scheme);
