@@ -10,6 +10,7 @@ ResponseParser::ResponseParser(common::HeaderList* headers, std::string* body,
                                uint32_t max_head_bytes, bool head_request)
     : headers_(headers), body_(body) {
   headers_->Clear();
+  headers_->Reserve(16);  // one allocation for a usual head's fields
   header_limit(max_head_bytes);
   // Bodies of any size (they stream on in flat memory). Not boost::none:
   // Boost 1.74 compares a Content-Length with the empty limit as if it

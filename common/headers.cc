@@ -2,6 +2,7 @@
 
 #include <array>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -105,7 +106,8 @@ bool IsHopByHopHeader(absl::string_view name) {
 }
 
 void StripHopByHop(HeaderList* headers) {
-  std::vector<std::string> named;
+  // Views into the fields' values: no field goes before DeleteSubrange.
+  absl::InlinedVector<absl::string_view, 4> named;
   for (const auto& h : *headers) {
     if (!NameIs(h.name(), "connection")) continue;
     for (absl::string_view token : absl::StrSplit(h.value(), ',')) {
@@ -115,7 +117,7 @@ void StripHopByHop(HeaderList* headers) {
   }
   auto drop = [&](const tunnel::v1::HeaderField& h) {
     if (IsHopByHopHeader(h.name())) return true;
-    for (const std::string& n : named) {
+    for (absl::string_view n : named) {
       if (NameIs(h.name(), n)) return true;
     }
     return false;
