@@ -330,7 +330,7 @@ class FrontDoor::Handler {
       SetStreamError(req, res, head_or.status(), options_.offline_retry_after);
       return;
     }
-    const tunnel::v1::TunnelResponse& resp = *head_or;
+    tunnel::v1::TunnelResponse& resp = *head_or;
     if (resp.status() < 100 || resp.status() > 599) {
       stream->Cancel("invalid status");
       SetError(req, res, 502, "agent_error",
@@ -347,8 +347,9 @@ class FrontDoor::Handler {
       return;
     }
     bool has_content_type = false;
-    const int64_t content_length = CopyResponseHead(
-        resp, req, /*drop_rate_limit=*/limit.limit > 0, res, &has_content_type);
+    const int64_t content_length =
+        CopyResponseHead(&resp, req, /*drop_rate_limit=*/limit.limit > 0, res,
+                         &has_content_type);
     record.no_content_type = !has_content_type;
     const uint64_t max_out = limits_.max_response_body();
     if (req.method != "HEAD" && content_length >= 0 &&

@@ -274,19 +274,19 @@ tunnel::v1::TunnelRequest BuildRequestHead(const httplib::Request& req,
   return head;
 }
 
-int64_t CopyResponseHead(const tunnel::v1::TunnelResponse& resp,
+int64_t CopyResponseHead(tunnel::v1::TunnelResponse* resp,
                          const httplib::Request& req, bool drop_rate_limit,
                          httplib::Response& res, bool* has_content_type) {
-  res.status = static_cast<int>(resp.status());
+  res.status = static_cast<int>(resp->status());
   *has_content_type = false;
   int64_t content_length = -1;
-  for (const auto& h : resp.headers()) {
+  for (tunnel::v1::HeaderField& h : *resp->mutable_headers()) {
     if (!common::IsValidHeaderName(h.name()) ||
         !common::IsValidHeaderValue(h.value()) ||
         common::IsHopByHopHeader(h.name())) {
       continue;  // never let an agent inject or smuggle header lines
     }
-    if (absl::EqualsIgnoreCase(h.name(), "Content-Length")) {
+    if (common::NameIs(h.name(), "Content-Length")) {
       if (!absl::SimpleAtoi(h.value(), &content_length)) content_length = -1;
       if (req.method != "HEAD") continue;  // httplib writes its own
     }
@@ -294,10 +294,11 @@ int64_t CopyResponseHead(const tunnel::v1::TunnelResponse& resp,
         absl::StartsWithIgnoreCase(h.name(), "X-RateLimit-")) {
       continue;  // ours describe the gateway's limit
     }
-    if (absl::EqualsIgnoreCase(h.name(), "Content-Type")) {
+    if (common::NameIs(h.name(), "Content-Type")) {
       *has_content_type = true;
     }
-    res.headers.emplace(h.name(), h.value());
+    res.headers.emplace(std::move(*h.mutable_name()),
+                        std::move(*h.mutable_value()));
   }
   return content_length;
 }
