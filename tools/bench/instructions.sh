@@ -2,9 +2,10 @@
 # Instructions per small request, counted by callgrind (user space only):
 # 100-byte keep-alive requests through gateway, agent and an nginx origin,
 # all on 127.0.0.1. Unlike req/s and CPU seconds on a shared VM, which move
-# by ±30 % with the machine's load, these counts repeat to about 1 %, so a
-# change to a per-request path can be judged by one run before and one
-# after. Each process is measured in its own run (the other runs natively):
+# by ±30 % with the machine's load, these counts repeat to within 2–3 %
+# (how many envelopes share a gRPC message varies a little), so a change to
+# a per-request path that saves more than that shows in a run or two before
+# and after. Each process is measured in its own run (the other runs natively):
 # a warm-up, then the counters are reset and N requests go at concurrency C
 # (ab -k; every request must succeed).
 #
