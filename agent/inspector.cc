@@ -412,9 +412,10 @@ tunnel::v1::InspectedRequest Inspector::Show(const Record& r,
         for (const tunnel::v1::HeaderField& h : from) {
           tunnel::v1::Header* o = to->Add();
           o->set_name(common::Utf8Text(h.name()));
-          o->set_value(options_.show_secrets || !IsSecretHeader(h.name())
-                           ? common::Utf8Text(h.value())
-                           : MaskHeaderValue(h.name(), h.value()));
+          o->set_value(common::Utf8Text(
+              options_.show_secrets || !IsSecretHeader(h.name())
+                  ? h.value()
+                  : MaskHeaderValue(h.name(), h.value())));
         }
       };
   if (whole) {

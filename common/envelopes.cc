@@ -1,5 +1,7 @@
 #include "common/envelopes.h"
 
+#include "common/headers.h"
+
 namespace tunnel::common {
 
 using tunnel::v1::Envelope;
@@ -19,7 +21,9 @@ Envelope MakeClose(uint64_t stream_id, tunnel::v1::TunnelClose::Reason reason,
   auto* c = e.mutable_close();
   c->set_stream_id(stream_id);
   c->set_reason(reason);
-  c->set_message(std::string(message));
+  // A proto3 string: bytes that are not UTF-8 (from a service's or a
+  // library's words) would fail the peer's parse of the whole message.
+  c->set_message(Utf8Text(message));
   return e;
 }
 

@@ -324,6 +324,7 @@ TEST(InspectorTest, BytesThatAreNotUtf8ShowAsLatin1AndReplayAsTheyCame) {
   Inspector ins({});
   auto head = Head("GET", "/caf\xe9");
   common::AddHeader(head.mutable_headers(), "X-Name", "caf\xe9");
+  common::AddHeader(head.mutable_headers(), "Cookie", "caf\xe9=1");
   auto c = ins.Begin(head, "cam", "", false);
   common::HeaderList response;
   common::AddHeader(&response, "Content-Disposition", "filename=\"caf\xe9\"");
@@ -335,6 +336,9 @@ TEST(InspectorTest, BytesThatAreNotUtf8ShowAsLatin1AndReplayAsTheyCame) {
   EXPECT_EQ(FindField(r->request_headers(), "X-Name")->value(), "caf\xc3\xa9");
   EXPECT_EQ(FindField(r->response_headers(), "Content-Disposition")->value(),
             "filename=\"caf\xc3\xa9\"");
+  // Masked, the cookie's name is still shown.
+  EXPECT_EQ(FindField(r->request_headers(), "Cookie")->value(),
+            "caf\xc3\xa9=<masked: 1 bytes>");
   std::string json;
   EXPECT_TRUE(google::protobuf::util::MessageToJsonString(*r, &json).ok());
   EXPECT_NE(json.find("caf\xc3\xa9"), std::string::npos) << json;

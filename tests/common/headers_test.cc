@@ -1,5 +1,6 @@
 #include "common/headers.h"
 
+#include "common/envelopes.h"
 #include "gtest/gtest.h"
 
 namespace tunnel::common {
@@ -104,6 +105,19 @@ TEST(HeadersTest, Utf8TextReadsStrayBytesAsLatin1) {
   // Valid sequences stay; each stray byte becomes its Latin-1 character.
   EXPECT_EQ(Utf8Text("\xe2\x82\xac\xff\xc3"), "\xe2\x82\xac\xc3\xbf\xc3\x83");
   EXPECT_TRUE(IsUtf8(Utf8Text("\xed\xa0\x80\x80")));
+}
+
+// A close's message is a proto3 string: words that are not UTF-8 (a
+// library's or a service's) would fail the peer's parse of the whole
+// message, so they go as Latin-1 text.
+TEST(EnvelopesTest, ACloseMessageIsUtf8AndParses) {
+  tunnel::v1::Envelope e = MakeClose(7, tunnel::v1::TunnelClose::LOCAL_ERROR,
+                                     "the service said caf\xe9");
+  std::string wire;
+  ASSERT_TRUE(e.SerializeToString(&wire));
+  tunnel::v1::Envelope back;
+  ASSERT_TRUE(back.ParseFromString(wire));
+  EXPECT_EQ(back.close().message(), "the service said caf\xc3\xa9");
 }
 
 }  // namespace
