@@ -94,7 +94,10 @@ class GatewayStream : public TunnelStream {
         !channel_->receive_finished()) {
       session_->SendClose(id_, TunnelClose::CANCELLED, "the visitor went away");
     }
-    channel_->Abort(absl::CancelledError("stream released"));
+    // Shared: copying a Status takes a reference, making one allocates.
+    static const absl::Status* const kReleased =
+        new absl::Status(absl::CancelledError("stream released"));
+    channel_->Abort(*kReleased);
     session_->RemoveStream(id_);
   }
 

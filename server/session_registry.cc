@@ -163,8 +163,12 @@ absl::StatusOr<std::unique_ptr<TunnelStream>> SessionRegistry::Open(
     for (const auto& [l, i] : load) ordered.push_back(candidates[i]);
     candidates.swap(ordered);
   }
-  absl::StatusOr<std::unique_ptr<TunnelStream>> stream =
-      absl::UnavailableError("no member");
+  // Replaced by the loop's first pass (there is a candidate). A shared
+  // Status is copied by reference count: a new one with a message would
+  // allocate on every request.
+  static const absl::Status* const kNoMember =
+      new absl::Status(absl::UnavailableError("no member"));
+  absl::StatusOr<std::unique_ptr<TunnelStream>> stream = *kNoMember;
   absl::Status unhealthy;  // the first member that refused as unhealthy
   for (const std::shared_ptr<Session>& c : candidates) {
     // Only a call that succeeds takes the head. A member whose service is
