@@ -23,6 +23,8 @@ namespace tunnel::agent {
 // The native client's reads (one buffer for the loop) and the longest
 // response head it accepts (libcurl's limit too).
 inline constexpr size_t kReadBytes = 64 * 1024;
+// A read for a response head while its body could not go on at once.
+inline constexpr size_t kHeadReadBytes = 4 * 1024;
 inline constexpr uint32_t kMaxResponseHeadBytes = 100 * 1024;
 
 // Targets the native client serves: plain http at an address, or at

@@ -320,6 +320,14 @@ void FillPattern(uint64_t seed, uint64_t offset, char* out, size_t n) {
 void ServePatternDownload(const httplib::Request& req, httplib::Response& res) {
   uint64_t size = std::stoull(req.get_param_value("size"));
   uint64_t seed = std::stoull(req.get_param_value("seed"));
+  if (req.has_param("pad")) {
+    // Fields of up to 4,000 bytes: httplib's client takes lines of 8 KiB.
+    const uint64_t pad = std::stoull(req.get_param_value("pad"));
+    for (uint64_t off = 0, i = 0; off < pad; off += 4000, ++i) {
+      res.set_header(absl::StrCat("X-Pad-", i),
+                     std::string(std::min<uint64_t>(pad - off, 4000), 'p'));
+    }
+  }
   res.set_content_provider(
       size, "application/octet-stream",
       [seed](size_t offset, size_t length, httplib::DataSink& sink) {

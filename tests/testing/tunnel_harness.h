@@ -162,11 +162,12 @@ int ConnectLoopback(int port, int rcvbuf = 0);
 // Deterministic bytes for offset `offset` of a test body with `seed`.
 void FillPattern(uint64_t seed, uint64_t offset, char* out, size_t n);
 std::string PatternSha256(uint64_t seed, uint64_t length);
+// GET ?size=N&seed=S: N pattern bytes with Content-Length, in pieces of at
+// most 256 KiB. With &pad=P the head carries P bytes
+// more, in fields X-Pad-0, X-Pad-1, ...
+void ServePatternDownload(const httplib::Request& req, httplib::Response& res);
 // A chunked body of `size` pattern bytes in pieces of at most `piece` bytes,
 // for httplib's set_chunked_content_provider and chunked client uploads.
-// GET ?size=N&seed=S: N pattern bytes with Content-Length, in pieces of at
-// most 256 KiB.
-void ServePatternDownload(const httplib::Request& req, httplib::Response& res);
 httplib::ContentProviderWithoutLength PatternProvider(uint64_t seed,
                                                       uint64_t size,
                                                       size_t piece);
