@@ -84,31 +84,41 @@ class Browser {
  public:
   explicit Browser(const relay::ShareSecrets& s) : secrets_(s) {}
 
+  // The session's send queue as the host sees it: room for body frames
+  // while `room` is true (when false, the agent's bounded wait for room
+  // gave up).
   RelaySink Sink() {
     return {[this](Envelope e) {
               absl::MutexLock lock(&mu_);
               out_.push_back(std::move(*e.mutable_relay()));
               return true;
             },
-            nullptr};
+            [this] { return room_.load(); }};
+  }
+  void set_room(bool room) { room_ = room; }
+  // Another browser connection (the gateway's id for it).
+  void set_client(uint64_t client) { client_ = client; }
+
+  // The next envelope from the host, frame or event (fails the test after
+  // 10 s).
+  RelayFrame NextEnvelope() {
+    absl::MutexLock lock(&mu_);
+    auto some = [this]()
+                    ABSL_SHARED_LOCKS_REQUIRED(mu_) { return !out_.empty(); };
+    if (!mu_.AwaitWithTimeout(absl::Condition(&some), absl::Seconds(10))) {
+      ADD_FAILURE() << "the host sent nothing";
+      return {};
+    }
+    RelayFrame f = std::move(out_.front());
+    out_.pop_front();
+    return f;
   }
 
   // The next message from the host (fails the test after 10 s).
   relay::Message Next() {
-    RelayFrame f;
-    {
-      absl::MutexLock lock(&mu_);
-      auto some = [this]()
-                      ABSL_SHARED_LOCKS_REQUIRED(mu_) { return !out_.empty(); };
-      if (!mu_.AwaitWithTimeout(absl::Condition(&some), absl::Seconds(10))) {
-        ADD_FAILURE() << "the host sent nothing";
-        return {};
-      }
-      f = std::move(out_.front());
-      out_.pop_front();
-    }
+    RelayFrame f = NextEnvelope();
     EXPECT_EQ(f.session(), secrets_.session);
-    EXPECT_EQ(f.client(), kClient);
+    EXPECT_EQ(f.client(), client_);
     relay::Message m;
     EXPECT_EQ(relay::OpenMessage(secrets_.key, secrets_.session,
                                  relay::Dir::kH2C, f.frame(), &m),
@@ -134,7 +144,7 @@ class Browser {
   RelayFrame Wrap(std::string frame) {
     RelayFrame f;
     f.set_session(secrets_.session);
-    f.set_client(kClient);
+    f.set_client(client_);
     f.set_frame(std::move(frame));
     return f;
   }
@@ -171,6 +181,8 @@ class Browser {
   const relay::ShareSecrets secrets_;
   absl::Mutex mu_;
   std::deque<RelayFrame> out_ ABSL_GUARDED_BY(mu_);
+  std::atomic<bool> room_{true};
+  uint64_t client_ = kClient;
   std::string client_nonce_;
   std::string conn_;
   uint64_t tx_seq_ = 0;
@@ -188,11 +200,15 @@ class RelayHostTest : public ::testing::Test {
     o.target = *ParseTarget(absl::StrCat("http://127.0.0.1:", service_.port()));
     host_ = std::make_unique<RelayHost>(o, &loop_);
     host_->Attach(browser_.Sink(), 256 << 10);
-    RelayFrame joined;
-    joined.set_session(secrets_.session);
-    joined.set_client(kClient);
-    joined.set_event(RelayFrame::CLIENT_CONNECTED);
-    host_->OnFrame(&joined);
+    Event(kClient, RelayFrame::CLIENT_CONNECTED);
+  }
+  // What the gateway tells the host about a browser's connection.
+  void Event(uint64_t client, RelayFrame::Event event) {
+    RelayFrame f;
+    f.set_session(secrets_.session);
+    f.set_client(client);
+    f.set_event(event);
+    host_->OnFrame(&f);
   }
   ~RelayHostTest() override { host_->Detach(); }
 
@@ -437,6 +453,37 @@ TEST_F(RelayHostTest, AMalformedPairUsesNoAttempt) {
   EXPECT_EQ(host_->counts().malformed_payloads, 1u);
   EXPECT_EQ(host_->counts().wrong_codes, 0u);
   Pair();  // the next message is the answer to the right code
+}
+
+// A body frame that finds the session's send queue full for too long (the
+// agent waited its local timeout) cannot be queued; a gap in the sequence
+// would stall the browser forever, so the host ends this browser's
+// connection instead. The browser's next connection works as before.
+TEST_F(RelayHostTest, AFullSendQueueEndsTheBrowsersConnectionNotTheShare) {
+  browser_.Hello(*host_);
+  Pair();
+  browser_.Send(*host_, relay::Type::kRequest,
+                R"({"stream":1,"method":"GET","path":"/big","end":true})");
+  ASSERT_EQ(browser_.Next().type, relay::Type::kResponse);
+  browser_.set_room(false);
+  // Body frames queued before, then the end of the connection.
+  int frames = 0;
+  for (;;) {
+    RelayFrame f = browser_.NextEnvelope();
+    if (f.event() == RelayFrame::CLIENT_DISCONNECTED) break;
+    ASSERT_FALSE(f.frame().empty()) << "an event other than the end";
+    ASSERT_LT(++frames, 64) << "body frames went on without room";
+  }
+  // The gateway closes that connection; the browser comes back on another.
+  Event(kClient, RelayFrame::CLIENT_DISCONNECTED);
+  browser_.set_room(true);
+  browser_.set_client(kClient + 1);
+  Event(kClient + 1, RelayFrame::CLIENT_CONNECTED);
+  // Next() checks the client: a frame of the old connection after its end
+  // would come first and fail here.
+  browser_.Hello(*host_);
+  Pair();
+  ExpectHello(1);
 }
 
 TEST_F(RelayHostTest, ANewHelloStartsTheConnectionOver) {
