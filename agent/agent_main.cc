@@ -375,7 +375,8 @@ int Status(int argc, char** argv) {
 }
 
 int main(int argc, char** argv) {
-  tunnel::common::TuneAllocator();  // before any thread starts
+  // Before any thread starts.
+  tunnel::common::TuneAllocator(tunnel::common::kAgentTrimThreshold);
   tunnel::common::RouteGrpcLogs();
   tunnel::agent::AgentFlags values;
   tunnel::common::FlagSet flags(kUsage);

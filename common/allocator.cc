@@ -13,9 +13,9 @@ bool ShouldTuneAllocator(const char* glibc_tunables) {
          !absl::StrContains(glibc_tunables, "glibc.malloc.trim_threshold");
 }
 
-bool TuneAllocator() {
+bool TuneAllocator(size_t trim_threshold) {
   if (!ShouldTuneAllocator(std::getenv("GLIBC_TUNABLES"))) return false;
-  return mallopt(M_TRIM_THRESHOLD, static_cast<int>(kMallocTrimThreshold)) == 1;
+  return mallopt(M_TRIM_THRESHOLD, static_cast<int>(trim_threshold)) == 1;
 }
 
 }  // namespace tunnel::common

@@ -48,7 +48,8 @@ int Fail(const std::string& message, int code) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  tunnel::common::TuneAllocator();  // before any thread starts
+  // Before any thread starts.
+  tunnel::common::TuneAllocator(tunnel::common::kGatewayTrimThreshold);
   tunnel::common::RouteGrpcLogs();
   tunnel::server::GatewayFlags values;
   tunnel::common::FlagSet flags(kUsage);
