@@ -218,6 +218,16 @@ class RelayHostTest : public ::testing::Test {
     EXPECT_EQ(browser_.Next().type, relay::Type::kPairOk);
   }
 
+  // A paired connection, and GET /big (1 MiB) on stream 1 up to its
+  // response head.
+  void StartBigDownload() {
+    browser_.Hello(*host_);
+    Pair();
+    browser_.Send(*host_, relay::Type::kRequest,
+                  R"({"stream":1,"method":"GET","path":"/big","end":true})");
+    ASSERT_EQ(browser_.Next().type, relay::Type::kResponse);
+  }
+
   // GET /hello on `stream`: RESPONSE 200 then DATA "hello" (end).
   void ExpectHello(uint32_t stream) {
     browser_.Send(
@@ -307,11 +317,7 @@ TEST_F(RelayHostTest, PairsAndForwardsRequestsWithBodies) {
 }
 
 TEST_F(RelayHostTest, ResponseBodiesFollowTheBrowsersCredit) {
-  browser_.Hello(*host_);
-  Pair();
-  browser_.Send(*host_, relay::Type::kRequest,
-                R"({"stream":1,"method":"GET","path":"/big","end":true})");
-  ASSERT_EQ(browser_.Next().type, relay::Type::kResponse);
+  ASSERT_NO_FATAL_FAILURE(StartBigDownload());
   size_t unacked = 0;
   const std::string body = ReadBody(1, [&](size_t n) {
     unacked += n;
@@ -460,11 +466,7 @@ TEST_F(RelayHostTest, AMalformedPairUsesNoAttempt) {
 // would stall the browser forever, so the host ends this browser's
 // connection instead. The browser's next connection works as before.
 TEST_F(RelayHostTest, AFullSendQueueEndsTheBrowsersConnectionNotTheShare) {
-  browser_.Hello(*host_);
-  Pair();
-  browser_.Send(*host_, relay::Type::kRequest,
-                R"({"stream":1,"method":"GET","path":"/big","end":true})");
-  ASSERT_EQ(browser_.Next().type, relay::Type::kResponse);
+  ASSERT_NO_FATAL_FAILURE(StartBigDownload());
   browser_.set_room(false);
   // Body frames queued before, then the end of the connection.
   int frames = 0;
