@@ -1,25 +1,16 @@
 #include "agent/loop_wakeup.h"
 
-#include <sys/eventfd.h>
 #include <unistd.h>
 
-#include <cstdint>
+#include "common/wake_fd.h"
 
 namespace tunnel::agent {
 
-LoopWakeup::LoopWakeup() : fd(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
+LoopWakeup::LoopWakeup() : fd(common::NewWakeFd()) {}
 
 LoopWakeup::~LoopWakeup() { close(fd); }
 
-void LoopWakeup::Wake() const {
-  const uint64_t one = 1;
-  (void)!write(fd, &one, sizeof(one));
-}
-
-void LoopWakeup::Drain() const {
-  uint64_t count;
-  (void)!read(fd, &count, sizeof(count));
-}
+void LoopWakeup::Wake() const { common::SignalWakeFd(fd); }
 
 void LoopWakeup::AskRoom(const std::shared_ptr<LoopWakeup>& w,
                          common::Outbox* outbox, size_t max_bytes) {

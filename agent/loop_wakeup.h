@@ -18,9 +18,9 @@ struct LoopWakeup {
   LoopWakeup(const LoopWakeup&) = delete;
   LoopWakeup& operator=(const LoopWakeup&) = delete;
 
+  // One event for the loop, which has `fd` in its epoll set with
+  // common::kWakeFdEvents (edge-triggered: it never reads `fd`).
   void Wake() const;
-  // Consumes the wake-ups (the loop, when its epoll reports `fd`).
-  void Drain() const;
   // Makes `outbox` set `room` and wake the loop once no more than
   // `max_bytes` are queued in it.
   static void AskRoom(const std::shared_ptr<LoopWakeup>& w,

@@ -2,7 +2,6 @@
 
 #include <curl/curl.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,6 +20,7 @@
 #include "common/envelopes.h"
 #include "common/headers.h"
 #include "common/log.h"
+#include "common/wake_fd.h"
 
 namespace tunnel::agent {
 namespace {
@@ -86,7 +86,7 @@ OriginLoop::OriginLoop(size_t max_concurrent, absl::Duration local_timeout,
   multi_ = curl_multi_init();
   epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
   epoll_event ev{};
-  ev.events = EPOLLIN;
+  ev.events = common::kWakeFdEvents;
   ev.data.fd = wakeup_->fd;
   epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wakeup_->fd, &ev);
   curl_multi_setopt(Multi(multi_), CURLMOPT_SOCKETFUNCTION,
@@ -239,10 +239,7 @@ void OriginLoop::Run() {
         continue;
       }
       const int fd = events[i].data.fd;
-      if (fd == wakeup_->fd) {
-        wakeup_->Drain();
-        continue;
-      }
+      if (fd == wakeup_->fd) continue;  // a wake-up: nothing to read
       int mask = 0;
       if (events[i].events & EPOLLIN) mask |= CURL_CSELECT_IN;
       if (events[i].events & EPOLLOUT) mask |= CURL_CSELECT_OUT;

@@ -12,6 +12,7 @@
 #include "absl/time/clock.h"
 #include "common/envelopes.h"
 #include "common/flow_control.h"
+#include "common/wake_fd.h"
 
 namespace tunnel::agent {
 
@@ -45,7 +46,7 @@ UpgradeLoop::UpgradeLoop(absl::Duration idle_timeout)
     : idle_timeout_(idle_timeout) {
   epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
   epoll_event ev{};
-  ev.events = EPOLLIN;
+  ev.events = common::kWakeFdEvents;
   ev.data.fd = wakeup_->fd;
   epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wakeup_->fd, &ev);
   thread_ = std::thread([this] { Run(); });
@@ -153,10 +154,7 @@ void UpgradeLoop::Run() {
     const int n = epoll_wait(epoll_fd_, events, kMaxEvents, wait_ms);
     for (int i = 0; i < n; ++i) {
       const int fd = events[i].data.fd;
-      if (fd == wakeup_->fd) {
-        wakeup_->Drain();
-        continue;
-      }
+      if (fd == wakeup_->fd) continue;  // a wake-up: nothing to read
       auto it = by_fd_.find(fd);
       if (it != by_fd_.end()) Pump(it->second);
     }

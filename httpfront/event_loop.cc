@@ -1,7 +1,6 @@
 #include "httpfront/event_loop.h"
 
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "boost/context/protected_fixedsize_stack.hpp"
+#include "common/wake_fd.h"
 
 namespace tunnel::httpfront {
 
@@ -51,9 +51,9 @@ thread_local EventLoop* tl_loop = nullptr;
 
 EventLoop::EventLoop(Options options) : options_(options) {
   epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
-  event_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  event_fd_ = common::NewWakeFd();
   epoll_event ev{};
-  ev.events = EPOLLIN;
+  ev.events = common::kWakeFdEvents;
   ev.data.ptr = nullptr;  // the eventfd
   ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, event_fd_, &ev);
 }
@@ -103,8 +103,7 @@ void EventLoop::Post(std::function<void()> fn) {
     remote_tasks_.push_back(std::move(fn));
   }
   if (notify) {
-    uint64_t one = 1;
-    (void)!::write(event_fd_, &one, sizeof(one));
+    common::SignalWakeFd(event_fd_);
   }
 }
 
@@ -404,8 +403,7 @@ void EventLoop::Wake(void* fiber, uint64_t seq) {
   }
   if (notify) {
     eventfd_writes_.fetch_add(1, std::memory_order_relaxed);
-    uint64_t one = 1;
-    (void)!::write(event_fd_, &one, sizeof(one));
+    common::SignalWakeFd(event_fd_);
   }
 }
 
@@ -434,9 +432,7 @@ void EventLoop::Run() {
     int n = ::epoll_wait(epoll_fd_, events, kMaxEvents, timeout);
     if (n < 0 && errno != EINTR) break;
     for (int i = 0; i < n; ++i) {
-      if (events[i].data.ptr == nullptr) {
-        uint64_t v;
-        (void)!::read(event_fd_, &v, sizeof(v));
+      if (events[i].data.ptr == nullptr) {  // the eventfd: nothing to read
         DrainRemote();
         continue;
       }
