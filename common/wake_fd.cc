@@ -11,14 +11,12 @@ int NewWakeFd() { return ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
 
 void SignalWakeFd(int fd) {
   const uint64_t one = 1;
-  for (int attempt = 0; attempt < 2; ++attempt) {
-    if (::write(fd, &one, sizeof(one)) == sizeof(one)) return;
-    if (errno == EINTR) continue;
-    if (errno != EAGAIN) return;
-    // The counter is at its maximum: back to 0, then the write is an event.
-    uint64_t count;
-    (void)!::read(fd, &count, sizeof(count));
+  if (::write(fd, &one, sizeof(one)) == sizeof(one) || errno != EAGAIN) {
+    return;  // (a non-blocking eventfd write is never interrupted)
   }
+  // The counter is at its maximum: back to 0, then the write is an event.
+  uint64_t count;
+  (void)!::read(fd, &count, sizeof(count));
   (void)!::write(fd, &one, sizeof(one));
 }
 
