@@ -20,8 +20,8 @@
 // per GiB from 1.9-3.2 s to 0.8-0.9 s (tools/bench, README "Performance").
 // The cost is free memory kept per malloc arena after a burst: at most
 // the threshold, in the arenas that held the bodies (with 256 concurrent
-// 1 MiB responses the agent's peak RSS stayed 29-31 MiB; the gateway's
-// moves between 57 and 164 MiB there, and stays after the burst).
+// 1 MiB responses the agent's peak RSS stayed 29-31 MiB; the gateway's RSS
+// after them was 45-150 MiB before and 52-130 MiB now, from run to run).
 // Who raises --send-queue may raise the threshold with GLIBC_TUNABLES
 // (glibc.malloc.trim_threshold), which wins over these.
 #ifndef TUNNEL_COMMON_ALLOCATOR_H_
