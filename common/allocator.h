@@ -16,8 +16,8 @@
 // 4 MiB every run 0.9-1.1 s. The gateway holds up to its per-session send
 // queue (16 MiB) and a window per stream: at 1 MiB (and in some runs at
 // 8 MiB) its parse of every body chunk faulted in fresh pages; at 32 MiB,
-// 1 MiB responses at c=64 went from 301-434 to 673-694 MiB/s and its CPU
-// per GiB from 1.9-3.2 s to 0.8-0.9 s (tools/bench, README "Performance").
+// 1 MiB responses at c=64 went from 252-353 to 560-694 MiB/s and its CPU
+// per GiB from 2.6-3.9 s to 0.8-1.1 s (tools/bench, README "Performance").
 // The cost is free memory kept per malloc arena after a burst: at most
 // the threshold, in the arenas that held the bodies (with 256 concurrent
 // 1 MiB responses the agent's peak RSS stayed 29-31 MiB; the gateway's RSS
