@@ -458,9 +458,13 @@ size_t OriginLoop::OnBody(char* data, size_t size, size_t n, void* ud) {
   return len;
 }
 
+bool OriginLoop::QueueOverBound(const Transfer& t) {
+  return t.session.outbox->queued_bytes() > t.session.max_queued_bytes;
+}
+
 bool OriginLoop::OutboxFull(Transfer* t) {
+  if (!QueueOverBound(*t)) return false;
   const OriginSession& session = t->session;
-  if (session.outbox->queued_bytes() <= session.max_queued_bytes) return false;
   room_waiters_.insert(t);
   if (room_asked_.emplace(session.outbox, session.keep).second) {
     LoopWakeup::AskRoom(wakeup_, session.outbox, session.max_queued_bytes);

@@ -111,6 +111,8 @@ class OriginLoop {
   void OnDone(Transfer* t, int result);
   // Sends the body bytes that wait for credit; true once none wait.
   bool FlushPending(Transfer* t);
+  // More body bytes queued towards the gateway than `t`'s session allows.
+  static bool QueueOverBound(const Transfer& t);
   // The session's outbox is over its bound: `t` resumes when it has room.
   bool OutboxFull(Transfer* t);
   // Ends a transfer: removes it and tells its session.

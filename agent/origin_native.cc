@@ -395,21 +395,22 @@ bool OriginLoop::WriteConn(Conn* c) {
 bool OriginLoop::ReadConn(Conn* c) {
   Transfer* t = c->t;
   while (!t->recv_paused) {
-    // No more than can go on now: bytes waiting for credit or room would
-    // sit in memory (up to a read per transfer) rather than in the
-    // service's socket, where they slow the service down.
-    const size_t credit = t->s->channel.send_credit();
-    size_t want = std::min(kReadBytes, credit);
+    size_t want = kReadBytes;
     if (t->head_sent) {
+      // No more than can go on now: bytes waiting for credit or room would
+      // sit in memory (up to a read per transfer) rather than in the
+      // service's socket, where they slow the service down.
+      const size_t credit = t->s->channel.send_credit();
       if (credit == 0 || OutboxFull(t)) {
         t->recv_paused = true;
         break;
       }
-    } else if (credit == 0 || t->session.outbox->queued_bytes() >
-                                  t->session.max_queued_bytes) {
-      // The head must go on at once, but what follows it would wait: a
+      want = std::min(want, credit);
+    } else if (QueueOverBound(*t)) {
+      // Before the head nothing went out, so the whole window is there; but
+      // while the head must go on at once, what follows it would wait: a
       // small read. (A burst of 256 answers read 64 KiB each here while
-      // the outbox was full: 16 MiB held.) A longer head takes more reads.
+      // the queue was full: 16 MiB held.) A longer head takes more reads.
       want = kHeadReadBytes;
     }
     const ssize_t n = ::recv(c->fd, read_buf_.get(), want, 0);
