@@ -25,6 +25,7 @@
 #include "agent/upgrade_relay.h"
 #include "agent/worker_pool.h"
 #include "common/envelopes.h"
+#include "common/header_block.h"
 #include "common/headers.h"
 #include "common/hmac_auth.h"
 #include "common/log.h"
@@ -132,6 +133,7 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
     // sends 0 (no batches).
     batch_bytes_ = std::min(a.max_batch_bytes(), options_.max_batch_bytes);
     goaway_ack_ = a.goaway_ack();
+    header_blocks_ = a.header_blocks();
     outbox_.EnableBatching(batch_bytes_);
     send_window_ = std::max(a.stream_window(), common::kMinStreamWindow);
     max_chunk_ = a.max_chunk_bytes() == 0
@@ -364,6 +366,7 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
     session.outbox = &outbox_;
     session.max_chunk = max_chunk_;
     session.max_queued_bytes = options_.max_queued_bytes;
+    session.header_blocks = header_blocks_;
     session.done = [this](uint64_t done_id) { Remove(done_id); };
     session.keep = shared_from_this();
     return session;
@@ -428,6 +431,18 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
     const bool has_body = !(end && r.body().empty());
     std::string body = std::move(*r.mutable_body());
     r.clear_body();
+    // The upgrade relay reads HeaderFields; the origin loop and the
+    // inspector read both forms.
+    if (!(r.upgrade() ? common::ExpandHeaderBlock(&r)
+                      : common::StripHopByHop(r.mutable_header_block()))) {
+      {
+        absl::MutexLock lock(&mu_);
+        ++requests_received_;
+      }
+      SendClose(id, TunnelClose::PROTOCOL_ERROR,
+                "the request's header block does not parse");
+      return;
+    }
     if (!r.upgrade()) common::StripHopByHop(r.mutable_headers());
     auto s =
         std::make_shared<AgentStream>(id, std::move(r), has_body, target,
@@ -488,7 +503,8 @@ class Agent::Session : public std::enable_shared_from_this<Session>,
       ABSL_GUARDED_BY(mu_);
   // Draining: whether the gateway answers our GoAway (agreed at connect),
   // its answer, and how many request heads have arrived.
-  bool goaway_ack_ = false;  // set by Accept, then read-only
+  bool goaway_ack_ = false;     // set by Accept, then read-only
+  bool header_blocks_ = false;  // likewise
   std::function<void()> on_drain_;
   RelayHost* relay_ = nullptr;  // set before the first Dispatch
   bool drain_acked_ ABSL_GUARDED_BY(mu_) = false;
@@ -899,6 +915,7 @@ absl::Status Agent::RunSession(size_t k, absl::Duration* retry_after) {
   c->set_agent_version(kAgentVersion);
   c->set_receive_window(options_.receive_window);
   c->set_max_batch_bytes(options_.max_batch_bytes);
+  c->set_header_blocks(true);
   c->set_pool(options_.pool);
   if (options_.access_code.has_value()) {
     *c->mutable_access_code() = *options_.access_code;

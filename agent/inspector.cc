@@ -11,6 +11,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "agent/body_view.h"
+#include "common/header_block.h"
 
 namespace tunnel::agent {
 namespace {
@@ -235,9 +236,9 @@ std::unique_ptr<Inspector::Capture> Inspector::Begin(
   r->method = head.method();
   r->path = head.path();
   r->request_id = head.request_id();
-  r->request_headers = head.headers();
-  r->request_length = ContentLength(head.headers());
-  r->client_ip = ClientIp(head.headers());
+  r->request_headers = common::FieldsOf(head);
+  r->request_length = ContentLength(r->request_headers);
+  r->client_ip = ClientIp(r->request_headers);
   r->upgrade = upgrade;
   r->replay_of = replay_of;
   return Add(std::move(r));

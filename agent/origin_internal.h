@@ -76,8 +76,8 @@ struct OriginLoop::Transfer {
   // A parser for the next response head (the first, or the one after a
   // 1xx), adding to `response` and `pending`.
   void StartParser() {
-    parser.emplace(response.mutable_headers(), &pending, kMaxResponseHeadBytes,
-                   s->head.method() == "HEAD");
+    parser.emplace(response.mutable_header_block(), &pending,
+                   kMaxResponseHeadBytes, s->head.method() == "HEAD");
   }
 };
 

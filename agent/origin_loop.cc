@@ -18,6 +18,7 @@
 #include "absl/time/clock.h"
 #include "agent/origin_internal.h"
 #include "common/envelopes.h"
+#include "common/header_block.h"
 #include "common/headers.h"
 #include "common/log.h"
 #include "common/wake_fd.h"
@@ -335,26 +336,25 @@ void OriginLoop::Launch(Transfer* t) {
   size_t room = sizeof("Accept:") + sizeof("Expect:");
   size_t lines = 2;
   std::vector<bool>& skip = skip_scratch_;
-  skip.assign(static_cast<size_t>(head.headers_size()), false);
-  for (int i = 0; i < head.headers_size(); ++i) {
-    const tunnel::v1::HeaderField& h = head.headers(i);
-    const std::string& name = h.name();
-    if (absl::EqualsIgnoreCase(name, "Content-Length")) {
-      if (s.has_body) {
-        // curl writes it from CURLOPT_INFILESIZE_LARGE.
-        if (!absl::SimpleAtoi(h.value(), &length)) length = -1;
-        skip[i] = true;
-        continue;
-      }
-    } else if (absl::EqualsIgnoreCase(name, "Expect")) {
-      skip[i] = true;  // the gateway answered 100-continue already
-      continue;
-    } else if (absl::EqualsIgnoreCase(name, "Accept")) {
-      has_accept = true;
-    }
-    room += name.size() + h.value().size() + 3;
-    ++lines;
-  }
+  skip.clear();
+  common::ForEachField(head,
+                       [&](absl::string_view name, absl::string_view value) {
+                         skip.push_back(true);
+                         if (absl::EqualsIgnoreCase(name, "Content-Length")) {
+                           if (s.has_body) {
+                             // curl writes it from CURLOPT_INFILESIZE_LARGE.
+                             if (!absl::SimpleAtoi(value, &length)) length = -1;
+                             return;
+                           }
+                         } else if (absl::EqualsIgnoreCase(name, "Expect")) {
+                           return;  // the gateway answered 100-continue already
+                         } else if (absl::EqualsIgnoreCase(name, "Accept")) {
+                           has_accept = true;
+                         }
+                         skip.back() = false;
+                         room += name.size() + value.size() + 3;
+                         ++lines;
+                       });
   t->header_lines.clear();
   t->header_lines.reserve(room);
   t->header_list.clear();
@@ -366,16 +366,18 @@ void OriginLoop::Launch(Transfer* t) {
     t->header_lines.push_back('\0');
     t->header_list.push_back(curl_slist{t->header_lines.data() + at, nullptr});
   };
-  for (int i = 0; i < head.headers_size(); ++i) {
-    if (skip[i]) continue;
-    const tunnel::v1::HeaderField& h = head.headers(i);
-    // "Name;" is how curl sends a field with an empty value.
-    if (h.value().empty()) {
-      add_line(h.name(), ";", "");
-    } else {
-      add_line(h.name(), ": ", h.value());
-    }
-  }
+  size_t i = 0;
+  common::ForEachField(head,
+                       [&](absl::string_view name, absl::string_view value) {
+                         if (skip[i++]) return;
+                         // "Name;" is how curl sends a field with an empty
+                         // value.
+                         if (value.empty()) {
+                           add_line(name, ";", "");
+                         } else {
+                           add_line(name, ": ", value);
+                         }
+                       });
   // No fields of curl's own that the visitor did not send.
   if (!has_accept) add_line("Accept:", "", "");
   if (s.has_body) add_line("Expect:", "", "");
@@ -424,14 +426,18 @@ void OriginLoop::OnHead(Transfer* t) {
   const bool bodyless =
       method == "HEAD" || t->status == 204 || t->status == 304;
   if (t->s->capture != nullptr) {
-    t->s->capture->ResponseHead(t->status, t->response.headers());
+    t->s->capture->ResponseHead(t->status, common::FieldsOf(t->response));
   }
   Envelope e;
   auto* r = e.mutable_response();
   *r = std::move(t->response);
   r->set_stream_id(t->s->id);
   r->set_status(static_cast<uint32_t>(t->status));
+  // The native client's fields are in the block (its own, well formed),
+  // libcurl's in `headers`.
+  (void)common::StripHopByHop(r->mutable_header_block());
   common::StripHopByHop(r->mutable_headers());
+  if (!t->session.header_blocks) (void)common::ExpandHeaderBlock(r);
   r->set_end_stream(bodyless);
   t->session.outbox->Push(std::move(e));
   Touch(t);

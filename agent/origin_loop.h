@@ -67,6 +67,9 @@ struct OriginSession {
   uint32_t max_chunk = common::kMaxChunkBytes;
   // Body bytes queued towards the gateway beyond which transfers pause.
   size_t max_queued_bytes = 2 << 20;
+  // Response heads may carry their fields as a header block (agreed at
+  // connect; the relay host reads both forms).
+  bool header_blocks = false;
   // The stream is over (called on the loop's thread).
   std::function<void(uint64_t id)> done;
   // Keeps `outbox` and `done` valid while the transfer lives.

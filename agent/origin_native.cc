@@ -21,6 +21,7 @@
 #include "absl/time/clock.h"
 #include "agent/origin_internal.h"
 #include "common/envelopes.h"
+#include "common/header_block.h"
 #include "common/headers.h"
 #include "common/socket_io.h"
 
@@ -87,6 +88,7 @@ bool OriginLoop::BuildRequest(Transfer* t) {
   }
   std::string& r = t->request_head;
   size_t room = method.size() + path.size() + 64 + target.host.size();
+  room += head.header_block().size() + 2 * head.headers_size();
   for (const tunnel::v1::HeaderField& h : head.headers()) {
     room += h.name().size() + h.value().size() + 4;
   }
@@ -95,37 +97,38 @@ bool OriginLoop::BuildRequest(Transfer* t) {
   absl::StrAppend(&r, method, " ", path, " HTTP/1.1\r\n");
   // Host first (RFC 9110 7.2; and where libcurl puts it): the visitor's, or
   // the target's.
-  const std::string* host = common::FindHeader(head.headers(), "Host");
-  if (host != nullptr && common::IsValidHeaderValue(*host)) {
-    absl::StrAppend(&r, "Host: ", *host, "\r\n");
+  absl::string_view host;
+  if (common::FindField(head, "Host", &host) &&
+      common::IsValidHeaderValue(host)) {
+    absl::StrAppend(&r, "Host: ", host, "\r\n");
   } else {
     const bool v6 = target.host.find(':') != std::string::npos;
     absl::StrAppend(&r, "Host: ", v6 ? "[" : "", target.host, v6 ? "]" : "",
                     ":", target.port, "\r\n");
   }
   int64_t length = -1;
-  for (const tunnel::v1::HeaderField& h : head.headers()) {
-    const std::string& name = h.name();
-    if (!common::IsValidHeaderName(name) ||
-        !common::IsValidHeaderValue(h.value())) {
-      continue;
-    }
-    if (absl::EqualsIgnoreCase(name, "Content-Length")) {
-      if (s.has_body) {
-        // Written below, from the one value it says.
-        if (!absl::SimpleAtoi(h.value(), &length)) length = -1;
-        continue;
-      }
-    } else if (absl::EqualsIgnoreCase(name, "Transfer-Encoding") ||
-               absl::EqualsIgnoreCase(name, "Expect")) {
-      // The body's framing is this hop's (and the gateway answered
-      // 100-continue already).
-      continue;
-    } else if (absl::EqualsIgnoreCase(name, "Host")) {
-      continue;  // first, above
-    }
-    absl::StrAppend(&r, name, ": ", h.value(), "\r\n");
-  }
+  common::ForEachField(
+      head, [&](absl::string_view name, absl::string_view value) {
+        if (!common::IsValidHeaderName(name) ||
+            !common::IsValidHeaderValue(value)) {
+          return;
+        }
+        if (absl::EqualsIgnoreCase(name, "Content-Length")) {
+          if (s.has_body) {
+            // Written below, from the one value it says.
+            if (!absl::SimpleAtoi(value, &length)) length = -1;
+            return;
+          }
+        } else if (absl::EqualsIgnoreCase(name, "Transfer-Encoding") ||
+                   absl::EqualsIgnoreCase(name, "Expect")) {
+          // The body's framing is this hop's (and the gateway answered
+          // 100-continue already).
+          return;
+        } else if (absl::EqualsIgnoreCase(name, "Host")) {
+          return;  // first, above
+        }
+        absl::StrAppend(&r, name, ": ", value, "\r\n");
+      });
   if (s.has_body) {
     if (length >= 0) {
       absl::StrAppend(&r, "Content-Length: ", length, "\r\n");

@@ -12,6 +12,7 @@
 #include "absl/time/clock.h"
 #include "agent/agent_stream.h"
 #include "agent/origin_loop.h"
+#include "common/header_block.h"
 #include "common/headers.h"
 #include "common/log.h"
 #include "common/outbox.h"
@@ -85,20 +86,22 @@ bool ValidMethod(const std::string& m) {
 // A redirect to the service's own origin, as a path the page can follow
 // through the channel ("http://127.0.0.1:3000/x" -> "/x"); others as they
 // are.
-std::string LocalPath(const std::string& location, const LocalTarget& t) {
+std::string LocalPath(absl::string_view location, const LocalTarget& t) {
   const std::string origin = absl::StrCat(t.scheme, "://", t.host, ":", t.port);
   std::string rest;
   if (absl::StartsWith(location, origin)) {
-    rest = location.substr(origin.size());
+    rest = std::string(location.substr(origin.size()));
   } else if ((t.scheme == "http" && t.port == 80) ||
              (t.scheme == "https" && t.port == 443)) {
     const std::string bare = absl::StrCat(t.scheme, "://", t.host);
-    if (absl::StartsWith(location, bare)) rest = location.substr(bare.size());
+    if (absl::StartsWith(location, bare))
+      rest = std::string(location.substr(bare.size()));
   } else {
-    return location;
+    return std::string(location);
   }
   if (rest.empty()) return "/";
-  if (rest[0] != '/' && rest[0] != '?') return location;  // another port
+  if (rest[0] != '/' && rest[0] != '?')
+    return std::string(location);  // another port
   std::string path = rest[0] == '?' ? absl::StrCat("/", rest) : rest;
   // Without the service's base path: the page's paths are the service's
   // from the base on.
@@ -227,6 +230,7 @@ class RelayHost::Client : public std::enable_shared_from_this<Client> {
     o.outbox = &out_;
     o.max_chunk = max_chunk_;
     o.max_queued_bytes = max_queued_bytes;
+    o.header_blocks = true;  // Forward reads both forms
     std::weak_ptr<Client> weak = weak_from_this();
     o.done = [weak](uint64_t id) {
       if (auto c = weak.lock()) c->RemoveStream(id);
@@ -298,19 +302,18 @@ class RelayHost::Client : public std::enable_shared_from_this<Client> {
         tunnel::v1::RelayResponse head;
         head.set_stream(static_cast<uint32_t>(r.stream_id()));
         head.set_status(r.status());
-        for (const auto& h : r.headers()) {
-          // JSON strings must be UTF-8; a header that is not is left out
-          // (the page could not read the message at all).
-          if (!common::IsUtf8(h.name()) || !common::IsUtf8(h.value())) {
-            continue;
-          }
-          tunnel::v1::Header* out = head.add_headers();
-          out->set_name(h.name());
-          out->set_value(h.value());
-          if (absl::EqualsIgnoreCase(h.name(), "Location")) {
-            out->set_value(LocalPath(h.value(), host_->options_.target));
-          }
-        }
+        common::ForEachField(
+            r, [&](absl::string_view name, absl::string_view value) {
+              // JSON strings must be UTF-8; a header that is not is left out
+              // (the page could not read the message at all).
+              if (!common::IsUtf8(name) || !common::IsUtf8(value)) return;
+              tunnel::v1::Header* out = head.add_headers();
+              out->set_name(std::string(name));
+              out->set_value(std::string(value));
+              if (absl::EqualsIgnoreCase(name, "Location")) {
+                out->set_value(LocalPath(value, host_->options_.target));
+              }
+            });
         head.set_end(r.end_stream() && r.body().empty());
         const std::string json = ToJson(head);
         if (json.size() > max_chunk_) {

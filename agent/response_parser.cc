@@ -6,11 +6,11 @@
 
 namespace tunnel::agent {
 
-ResponseParser::ResponseParser(common::HeaderList* headers, std::string* body,
+ResponseParser::ResponseParser(std::string* header_block, std::string* body,
                                uint32_t max_head_bytes, bool head_request)
-    : headers_(headers), body_(body) {
-  headers_->Clear();
-  headers_->Reserve(16);  // one allocation for a usual head's fields
+    : block_(header_block), body_(body) {
+  block_->clear();
+  block_->reserve(512);  // one allocation for a usual head's fields
   header_limit(max_head_bytes);
   // Bodies of any size (they stream on in flat memory). Not boost::none:
   // Boost 1.74 compares a Content-Length with the empty limit as if it
@@ -53,8 +53,8 @@ void ResponseParser::on_response_impl(int code, string_view, int version,
 
 void ResponseParser::on_field_impl(boost::beast::http::field, string_view name,
                                    string_view value, error_code&) {
-  common::AddHeader(headers_, absl::string_view(name.data(), name.size()),
-                    absl::string_view(value.data(), value.size()));
+  common::AppendField(block_, absl::string_view(name.data(), name.size()),
+                      absl::string_view(value.data(), value.size()));
 }
 
 std::size_t ResponseParser::on_body_impl(string_view body, error_code&) {

@@ -15,16 +15,17 @@
 #include <string>
 
 #include "absl/strings/string_view.h"
-#include "common/headers.h"
+#include "common/header_block.h"
 
 namespace tunnel::agent {
 
 class ResponseParser final
     : public boost::beast::http::basic_parser</*isRequest=*/false> {
  public:
-  // The head's fields are added to `headers` (cleared first), body bytes
-  // appended to `body`; both must outlive the parser.
-  ResponseParser(common::HeaderList* headers, std::string* body,
+  // The head's fields are added to the header block `header_block`
+  // (cleared first; common/header_block.h), body bytes appended to `body`;
+  // both must outlive the parser.
+  ResponseParser(std::string* header_block, std::string* body,
                  uint32_t max_head_bytes, bool head_request);
 
   // Feeds `bytes`: how many it used (a head is used only once complete:
@@ -58,7 +59,7 @@ class ResponseParser final
                                  error_code& ec) override;
   void on_finish_impl(error_code&) override {}
 
-  common::HeaderList* const headers_;
+  std::string* const block_;
   std::string* const body_;
   int status_ = 0;
 };

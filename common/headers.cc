@@ -105,26 +105,29 @@ bool IsHopByHopHeader(absl::string_view name) {
   return false;
 }
 
+void HopByHop::Note(absl::string_view name, absl::string_view value) {
+  if (!NameIs(name, "connection")) return;
+  for (absl::string_view token : absl::StrSplit(value, ',')) {
+    token = absl::StripAsciiWhitespace(token);
+    if (!token.empty()) named_.emplace_back(token);
+  }
+}
+
+bool HopByHop::Drops(absl::string_view name) const {
+  if (IsHopByHopHeader(name)) return true;
+  for (absl::string_view n : named_) {
+    if (NameIs(name, n)) return true;
+  }
+  return false;
+}
+
 void StripHopByHop(HeaderList* headers) {
   // Views into the fields' values: no field goes before DeleteSubrange.
-  absl::InlinedVector<absl::string_view, 4> named;
-  for (const auto& h : *headers) {
-    if (!NameIs(h.name(), "connection")) continue;
-    for (absl::string_view token : absl::StrSplit(h.value(), ',')) {
-      token = absl::StripAsciiWhitespace(token);
-      if (!token.empty()) named.emplace_back(token);
-    }
-  }
-  auto drop = [&](const tunnel::v1::HeaderField& h) {
-    if (IsHopByHopHeader(h.name())) return true;
-    for (absl::string_view n : named) {
-      if (NameIs(h.name(), n)) return true;
-    }
-    return false;
-  };
+  HopByHop hop;
+  for (const auto& h : *headers) hop.Note(h.name(), h.value());
   int out = 0;
   for (int i = 0; i < headers->size(); ++i) {
-    if (drop(headers->Get(i))) continue;
+    if (hop.Drops(headers->Get(i).name())) continue;
     if (out != i) headers->SwapElements(out, i);
     ++out;
   }

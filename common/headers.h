@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
 #include "google/protobuf/repeated_field.h"
@@ -25,8 +26,20 @@ inline bool NameIs(absl::string_view a, absl::string_view b) {
 // Upgrade, Proxy-Authenticate, Proxy-Authorization (case-insensitive).
 bool IsHopByHopHeader(absl::string_view name);
 
-// Removes hop-by-hop fields and every field named in a Connection header
-// (RFC 9110 section 7.6.1). Keeps the order of the rest.
+// Which fields stay at this hop: the hop-by-hop ones, and every field a
+// Connection field names (RFC 9110 section 7.6.1). Note every field first;
+// it keeps views into the Connection values it was given.
+class HopByHop {
+ public:
+  void Note(absl::string_view name, absl::string_view value);
+  bool Drops(absl::string_view name) const;
+
+ private:
+  absl::InlinedVector<absl::string_view, 4> named_;
+};
+
+// Removes hop-by-hop fields and every field named in a Connection header.
+// Keeps the order of the rest.
 void StripHopByHop(HeaderList* headers);
 
 // RFC 9110 token characters; rejects empty names, CR, LF, NUL, ':' etc.

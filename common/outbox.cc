@@ -49,10 +49,12 @@ size_t HeadSize(const Envelope& e) {
   switch (e.message_case()) {
     case Envelope::kRequest:
       headers = &e.request().headers();
-      n = e.request().path().size() + e.request().method().size();
+      n = e.request().path().size() + e.request().method().size() +
+          e.request().header_block().size();
       break;
     case Envelope::kResponse:
       headers = &e.response().headers();
+      n = e.response().header_block().size();
       break;
     default:
       return 0;

@@ -348,7 +348,7 @@ class FrontDoor::Handler {
     }
     bool has_content_type = false;
     const int64_t content_length =
-        CopyResponseHead(&resp, req, /*drop_rate_limit=*/limit.limit > 0, res,
+        CopyResponseHead(resp, req, /*drop_rate_limit=*/limit.limit > 0, res,
                          &has_content_type);
     record.no_content_type = !has_content_type;
     const uint64_t max_out = limits_.max_response_body();

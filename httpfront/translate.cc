@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "common/header_block.h"
 #include "common/headers.h"
 #include "httpfront/front_server.h"
 
@@ -214,8 +215,18 @@ tunnel::v1::TunnelRequest BuildRequestHead(const httplib::Request& req,
   head.set_tunnel_slug(route.slug);
   head.set_method(req.method);
   head.set_path(target);
-  auto* headers = head.mutable_headers();
-  headers->Reserve(static_cast<int>(req.headers.size()) + 8);
+  // The fields go packed (common/header_block.h): one string, not three
+  // allocations a field. Session::OpenStream unpacks them for an agent that
+  // reads no blocks.
+  std::string* block = head.mutable_header_block();
+  common::HopByHop hop;
+  size_t room = 192 + o.cookie.size() + 3 * req.remote_addr.size() +
+                o.request_id.size() + route.prefix.size();
+  for (const auto& [stored, value] : req.headers) {
+    hop.Note(stored, value);
+    room += stored.size() + value.size() + 2;
+  }
+  block->reserve(room);
   std::string prior_xff;
   const std::string* host_field = nullptr;  // the first Host field
   for (const auto& [stored, value] : req.headers) {
@@ -242,64 +253,61 @@ tunnel::v1::TunnelRequest BuildRequestHead(const httplib::Request& req,
       // Expect: 100-continue was answered here. The X-Forwarded-* set
       // below describe this hop and replace what the visitor claimed; the
       // request id is ours (or the visitor's, if well-formed) and set below.
-    } else {
-      common::AddHeader(headers, *name, value);
+    } else if (!hop.Drops(*name)) {
+      common::AppendField(block, *name, value);
     }
   }
-  if (!o.cookie.empty()) common::AddHeader(headers, "Cookie", o.cookie);
-  common::StripHopByHop(headers);
+  if (!o.cookie.empty() && !hop.Drops("Cookie")) {
+    common::AppendField(block, "Cookie", o.cookie);
+  }
   if (o.upgrade) {
     // The one hop-by-hop pair that must reach the service.
-    common::AddHeader(headers, "Connection", "Upgrade");
-    common::AddHeader(headers, "Upgrade", req.get_header_value("Upgrade"));
+    common::AppendField(block, "Connection", "Upgrade");
+    common::AppendField(block, "Upgrade", req.get_header_value("Upgrade"));
     head.set_upgrade(true);
   }
   const std::string& ip = req.remote_addr;
   const absl::string_view host =
       host_field != nullptr ? absl::string_view(*host_field) : "";
-  common::AddHeader(headers, "X-Forwarded-For",
-                    prior_xff.empty() ? ip : absl::StrCat(prior_xff, ", ", ip));
-  common::AddHeader(headers, "X-Forwarded-Proto", o.scheme);
-  common::AddHeader(headers, "X-Forwarded-Host", host);
-  std::string for_token =
-      absl::StrContains(ip, ':') ? absl::StrCat("\"[", ip, "]\"") : ip;
-  common::AddHeader(
-      headers, "Forwarded",
-      absl::StrCat("for=", for_token, ";host=\"", host, "\";proto=", o.scheme));
+  common::AppendField(
+      block, "X-Forwarded-For",
+      prior_xff.empty() ? ip : absl::StrCat(prior_xff, ", ", ip));
+  common::AppendField(block, "X-Forwarded-Proto", o.scheme);
+  common::AppendField(block, "X-Forwarded-Host", host);
+  const bool v6 = absl::StrContains(ip, ':');
+  common::AppendField(block, "Forwarded",
+                      absl::StrCat("for=", v6 ? "\"[" : "", ip, v6 ? "]\"" : "",
+                                   ";host=\"", host, "\";proto=", o.scheme));
   if (!route.prefix.empty()) {
-    common::AddHeader(headers, "X-Forwarded-Prefix", route.prefix);
+    common::AppendField(block, "X-Forwarded-Prefix", route.prefix);
   }
-  common::AddHeader(headers, "X-Request-Id", o.request_id);
+  common::AppendField(block, "X-Request-Id", o.request_id);
   head.set_end_stream(o.end_stream);
   return head;
 }
 
-int64_t CopyResponseHead(tunnel::v1::TunnelResponse* resp,
+int64_t CopyResponseHead(const tunnel::v1::TunnelResponse& resp,
                          const httplib::Request& req, bool drop_rate_limit,
                          httplib::Response& res, bool* has_content_type) {
-  res.status = static_cast<int>(resp->status());
+  res.status = static_cast<int>(resp.status());
   *has_content_type = false;
   int64_t content_length = -1;
-  for (tunnel::v1::HeaderField& h : *resp->mutable_headers()) {
-    if (!common::IsValidHeaderName(h.name()) ||
-        !common::IsValidHeaderValue(h.value()) ||
-        common::IsHopByHopHeader(h.name())) {
-      continue;  // never let an agent inject or smuggle header lines
+  common::ForEachField(resp, [&](absl::string_view name,
+                                 absl::string_view value) {
+    if (!common::IsValidHeaderName(name) ||
+        !common::IsValidHeaderValue(value) || common::IsHopByHopHeader(name)) {
+      return;  // never let an agent inject or smuggle header lines
     }
-    if (common::NameIs(h.name(), "Content-Length")) {
-      if (!absl::SimpleAtoi(h.value(), &content_length)) content_length = -1;
-      if (req.method != "HEAD") continue;  // httplib writes its own
+    if (common::NameIs(name, "Content-Length")) {
+      if (!absl::SimpleAtoi(value, &content_length)) content_length = -1;
+      if (req.method != "HEAD") return;  // httplib writes its own
     }
-    if (drop_rate_limit &&
-        absl::StartsWithIgnoreCase(h.name(), "X-RateLimit-")) {
-      continue;  // ours describe the gateway's limit
+    if (drop_rate_limit && absl::StartsWithIgnoreCase(name, "X-RateLimit-")) {
+      return;  // ours describe the gateway's limit
     }
-    if (common::NameIs(h.name(), "Content-Type")) {
-      *has_content_type = true;
-    }
-    res.headers.emplace(std::move(*h.mutable_name()),
-                        std::move(*h.mutable_value()));
-  }
+    if (common::NameIs(name, "Content-Type")) *has_content_type = true;
+    res.headers.emplace(std::string(name), std::string(value));
+  });
   return content_length;
 }
 

@@ -75,13 +75,13 @@ tunnel::v1::TunnelRequest BuildRequestHead(const httplib::Request& req,
                                            const std::string& target,
                                            const RequestHeadOptions& o);
 
-// Moves the service's response head into `res` (the fields' strings are
-// left empty in `*resp`): status, and the fields that are safe (never one that
+// Copies the service's response head into `res`: status, and the fields
+// (HeaderFields and header block alike) that are safe (never one that
 // could inject or smuggle a header line, no hop-by-hop field, no X-RateLimit-*
 // when `drop_rate_limit`; Content-Length only for HEAD, httplib writes its
 // own). Returns the Content-Length the service announced, or -1.
 // `*has_content_type` says whether it sent one.
-int64_t CopyResponseHead(tunnel::v1::TunnelResponse* resp,
+int64_t CopyResponseHead(const tunnel::v1::TunnelResponse& resp,
                          const httplib::Request& req, bool drop_rate_limit,
                          httplib::Response& res, bool* has_content_type);
 

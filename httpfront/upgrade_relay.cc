@@ -5,6 +5,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/header_block.h"
 #include "common/headers.h"
 #include "httpfront/front_server.h"
 
@@ -21,14 +22,15 @@ void RelayUpgrade(server::TunnelStream& stream,
   }
   const absl::Duration idle = options.idle_timeout;
   std::string head = "HTTP/1.1 101 Switching Protocols\r\n";
-  for (const auto& h : resp.headers()) {
-    if (!common::IsValidHeaderName(h.name()) ||
-        !common::IsValidHeaderValue(h.value()) ||
-        absl::EqualsIgnoreCase(h.name(), "X-Request-Id")) {
-      continue;
-    }
-    absl::StrAppend(&head, h.name(), ": ", h.value(), "\r\n");
-  }
+  common::ForEachField(resp,
+                       [&](absl::string_view name, absl::string_view value) {
+                         if (!common::IsValidHeaderName(name) ||
+                             !common::IsValidHeaderValue(value) ||
+                             absl::EqualsIgnoreCase(name, "X-Request-Id")) {
+                           return;
+                         }
+                         absl::StrAppend(&head, name, ": ", value, "\r\n");
+                       });
   if (!options.request_id.empty()) {
     absl::StrAppend(&head, "X-Request-Id: ", options.request_id, "\r\n");
   }

@@ -13,6 +13,7 @@
 #include "absl/time/clock.h"
 #include "common/fiber_wait.h"
 #include "common/flow_control.h"
+#include "common/header_block.h"
 #include "common/hmac_auth.h"
 #include "common/log.h"
 #include "grpcpp/create_channel.h"
@@ -528,6 +529,9 @@ absl::StatusOr<std::unique_ptr<TunnelStream>> ClusterRouter::Open(
     head.set_stream_id(id);
     ForwardFrame open;
     *open.mutable_open() = head;
+    // As HeaderFields: a replica of an older release reads no blocks. The
+    // block is this gateway's own, well formed.
+    (void)common::ExpandHeaderBlock(open.mutable_open());
     const bool request_finished = head.end_stream();
     grpc::ClientContext* ctx = call->context();
     for (auto& [k, v] : *md) ctx->AddMetadata(k, v);
@@ -659,6 +663,8 @@ void Relay(std::shared_ptr<Link> link, tunnel::v1::TunnelRequest head,
     // The body is read from the stream (a head's end_stream is a hint and
     // its body bytes are in the stream already), then sent within credit.
     resp->clear_body();
+    // As HeaderFields, as the request came (the session checked the block).
+    (void)common::ExpandHeaderBlock(&*resp);
     ForwardFrame h;
     *h.mutable_response() = *std::move(resp);
     bool sent = link->Send(std::move(h));

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/envelopes.h"
+#include "common/header_block.h"
 #include "common/headers.h"
 #include "common/log.h"
 #include "common/round_end.h"
@@ -441,6 +442,9 @@ absl::StatusOr<std::unique_ptr<TunnelStream>> Session::OpenStream(
   }
   requests_.fetch_add(1, std::memory_order_relaxed);
   head.set_stream_id(id);
+  // The front door packs a head's fields; an agent that reads no blocks
+  // gets them as HeaderFields. The block is the gateway's own, well formed.
+  if (!header_blocks_) (void)common::ExpandHeaderBlock(&head);
   Envelope e;
   *e.mutable_request() = std::move(head);
   Send(std::move(e));
@@ -698,7 +702,17 @@ bool Session::OnStreamMessage(Envelope& e) {
       r.clear_body();
       const bool end = r.end_stream();
       tunnel::v1::TunnelResponse head = std::move(r);
-      if (int dropped = common::DropUnsafeHeaders(head.mutable_headers());
+      const int dropped_in_block =
+          common::DropUnsafeHeaders(head.mutable_header_block());
+      if (dropped_in_block < 0) {
+        FailStream(id, ch, Violation::kInvalidHeader,
+                   TunnelClose::PROTOCOL_ERROR,
+                   absl::InvalidArgumentError(
+                       "the response's header block does not parse"));
+        return true;
+      }
+      if (int dropped = common::DropUnsafeHeaders(head.mutable_headers()) +
+                        dropped_in_block;
           dropped > 0) {
         // A field with CR, LF or NUL would split the visitor's response;
         // the rest of the response is still good.

@@ -109,6 +109,11 @@ class Session : public std::enable_shared_from_this<Session> {
   // the agent's own receive window, clamped to [64 KiB, 16 MiB]; 0 keeps the
   // default.
   void SetAgentReceiveWindow(uint32_t window);
+  // Handshake only, before the session is registered: whether the agent
+  // reads header blocks (ConnectRequest.header_blocks). Without, a request
+  // head's block is sent as HeaderFields.
+  void SetHeaderBlocks(bool on) { header_blocks_ = on; }
+  bool header_blocks() const { return header_blocks_; }
   // Handshake only, before the session is registered: the tunnels it serves;
   // also marks the moment it connected. Registration publishes both to
   // other threads, which only read them after finding the session there.
@@ -273,6 +278,7 @@ class Session : public std::enable_shared_from_this<Session> {
   absl::flat_hash_map<uint64_t, std::shared_ptr<common::StreamChannel>> streams_
       ABSL_GUARDED_BY(mu_);
   uint32_t batch_bytes_ = 0;              // set at the handshake only
+  bool header_blocks_ = false;            // set before registration only
   std::vector<SessionTunnel> tunnels_;    // set before registration only
   absl::Time connected_at_;               // likewise
   tunnel::v1::TunnelPolicy policy_;       // likewise

@@ -422,6 +422,7 @@ class AgentConnection final : public EnvelopeWriter {
       return;
     }
     session_->SetAgentReceiveWindow(req.receive_window());
+    session_->SetHeaderBlocks(req.header_blocks());
     std::vector<SessionTunnel> tunnels;
     for (const auto& t : req.tunnels()) {
       tunnels.push_back(PublicTunnel(opts, t.name(), t.slug()));
@@ -531,6 +532,7 @@ class AgentConnection final : public EnvelopeWriter {
             : std::min(req.max_batch_bytes(), opts.max_batch_bytes);
     acc->set_max_batch_bytes(batch_bytes);
     acc->set_goaway_ack(true);
+    acc->set_header_blocks(req.header_blocks());
     if (hosts_shares) {
       acc->set_relay_max_frame_bytes(service_->relay_->max_frame_bytes());
       acc->set_relay_url(absl::StrCat(

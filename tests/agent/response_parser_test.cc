@@ -13,7 +13,8 @@ struct Parsed {
   bool ok = false;
   bool done = false;
   int status = 0;
-  common::HeaderList headers;
+  std::string block;           // as the parser packs the fields
+  common::HeaderList headers;  // the block's fields
   std::string body;
   std::string error;
   size_t left = 0;  // bytes after the message
@@ -24,7 +25,7 @@ struct Parsed {
 Parsed Parse(const std::string& wire, size_t step, bool head = false,
              bool eof = false) {
   Parsed r;
-  ResponseParser p(&r.headers, &r.body, 1024, head);
+  ResponseParser p(&r.block, &r.body, 1024, head);
   std::string held;
   size_t at = 0;
   while (at < wire.size() && !p.is_done()) {
@@ -35,7 +36,10 @@ Parsed Parse(const std::string& wire, size_t step, bool head = false,
     held.erase(0, used);
   }
   if (eof && !p.is_done() && !p.FeedEnd(&r.error)) return r;
-  r.ok = true;
+  common::HeaderBlockReader fields(r.block);
+  absl::string_view name, value;
+  while (fields.Next(&name, &value)) common::AddHeader(&r.headers, name, value);
+  r.ok = !fields.malformed();
   r.done = p.is_done();
   r.status = p.status();
   r.left = held.size() + (at < wire.size() ? wire.size() - at : 0);

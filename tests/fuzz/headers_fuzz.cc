@@ -3,17 +3,22 @@
 // gateway applies to agents' responses, lookups) and the front door's
 // strict request-head check (httpfront/request_head), which decides what
 // of a visitor's head reaches httplib and the Envelope at all; and the
-// UTF-8 check and Latin-1 view (common::IsUtf8, common::Utf8Text).
+// UTF-8 check and Latin-1 view (common::IsUtf8, common::Utf8Text); header
+// blocks (common/header_block: reading, packing, the in-place filters).
 //
 // Input: raw bytes. As a head they go to FindHeadEnd/CheckRequestHead; split
-// at '\n' into "name:value" fields they form a header list.
+// at '\n' into "name:value" fields they form a header list; as they are,
+// a header block.
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "common/header_block.h"
 #include "common/headers.h"
 #include "google/protobuf/stubs/common.h"
 #include "httpfront/request_head.h"
@@ -93,6 +98,57 @@ void FuzzList(absl::string_view in) {
   }
 }
 
+// The input as a header block (common/header_block): what reads back packs
+// to the same fields; the in-place filters keep a malformed block as it is
+// and leave only what they must in a well-formed one.
+void FuzzBlock(absl::string_view in) {
+  using namespace tunnel::common;
+  using Fields = std::vector<std::pair<std::string, std::string>>;
+  auto read = [](absl::string_view block, bool* malformed) {
+    Fields out;
+    HeaderBlockReader r(block);
+    absl::string_view name, value;
+    while (r.Next(&name, &value)) out.emplace_back(name, value);
+    *malformed = r.malformed();
+    return out;
+  };
+  bool malformed = false;
+  const Fields fields = read(in, &malformed);
+  Check(malformed == !IsWellFormedHeaderBlock(in));
+  std::string packed;
+  for (const auto& [n, v] : fields) AppendField(&packed, n, v);
+  bool again_malformed = true;
+  Check(read(packed, &again_malformed) == fields && !again_malformed);
+
+  std::string safe(in);
+  const int dropped = DropUnsafeHeaders(&safe);
+  Check((dropped < 0) == malformed);
+  if (malformed) {
+    Check(safe == in);
+    std::string stripped(in);
+    Check(!StripHopByHop(&stripped) && stripped == in);
+    tunnel::v1::TunnelResponse head;
+    head.set_header_block(std::string(in));
+    Check(!ExpandHeaderBlock(&head) && head.header_block() == in);
+    return;
+  }
+  bool m = true;
+  const Fields kept = read(safe, &m);
+  Check(!m && kept.size() + static_cast<size_t>(dropped) == fields.size());
+  for (const auto& [n, v] : kept) {
+    Check(IsValidHeaderName(n) && IsValidHeaderValue(v));
+  }
+  std::string stripped = safe;
+  Check(StripHopByHop(&stripped));
+  const Fields left = read(stripped, &m);
+  Check(!m && left.size() <= kept.size());
+  for (const auto& [n, v] : left) Check(!IsHopByHopHeader(n));
+  tunnel::v1::TunnelResponse head;
+  head.set_header_block(std::string(in));
+  Check(ExpandHeaderBlock(&head) && head.header_block().empty() &&
+        static_cast<size_t>(head.headers_size()) == fields.size());
+}
+
 // Text for JSON: what IsUtf8 accepts, protobuf's own check accepts too (so
 // a string field holding it parses); Utf8Text always gives such text and
 // leaves text that already is alone.
@@ -116,6 +172,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   absl::string_view in(reinterpret_cast<const char*>(data), size);
   FuzzHead(in);
   FuzzList(in);
+  FuzzBlock(in);
   FuzzText(in);
   return 0;
 }

@@ -28,7 +28,10 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/notification.h"
+#include "agent/local_target.h"
 #include "common/envelopes.h"
+#include "common/header_block.h"
 #include "common/hmac_auth.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
@@ -74,9 +77,11 @@ class HostileAgent {
   // `small_window`: the channel announces a small receive window and no
   // more unless the test reads (an agent that stops reading then really
   // holds the gateway's messages back).
-  // `batch_bytes`: batches offered at connect (0: none, as older agents).
+  // `batch_bytes`: batches offered at connect (0: none, as older agents);
+  // `header_blocks`: header blocks offered (not by older agents).
   HostileAgent(TunnelHarness& h, const std::string& agent_id,
-               bool small_window = false, uint32_t batch_bytes = 0) {
+               bool small_window = false, uint32_t batch_bytes = 0,
+               bool header_blocks = false) {
     grpc::ChannelArguments args;
     if (small_window) {
       args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
@@ -104,6 +109,7 @@ class HostileAgent {
     c->set_agent_id(agent_id);
     c->add_tunnels()->set_slug(agent_id);
     c->set_max_batch_bytes(batch_bytes);
+    c->set_header_blocks(header_blocks);
     EXPECT_TRUE(stream_->Write(hello));
     std::optional<Envelope> answer = Next();
     EXPECT_TRUE(answer.has_value() && answer->has_accepted())
@@ -387,6 +393,16 @@ TEST_F(HostileTest, StreamRuleBreaksCloseOnlyThatStream) {
          return std::vector<Envelope>{common::MakeWindowUpdate(id, 0x7fffffff)};
        },
        TunnelClose::FLOW_CONTROL_ERROR, 502},
+      {"invalid_header",
+       [](uint64_t id) {
+         // A header block whose first length runs past its end.
+         Envelope e = Response(id, 200, "", true);
+         e.mutable_response()->set_header_block(
+             std::string("\x05"
+                         "ab"));
+         return std::vector<Envelope>{e};
+       },
+       TunnelClose::PROTOCOL_ERROR, 502},
       {"duplicate_response",
        [](uint64_t id) {
          return std::vector<Envelope>{Response(id, 200, "", false),
@@ -492,6 +508,90 @@ TEST_F(HostileTest, UnsafeResponseHeadersFromAnAgentAreDroppedNotInjected) {
     EXPECT_THAT(got, Not(HasSubstr(bad)));
   }
   // One response with unsafe fields: one violation.
+  EXPECT_EQ(Violations(h_.gateway(), "invalid_header"), 1);
+  EXPECT_EQ(h_.gateway().registry().session_count(), 2u);
+  ExpectHealthyServes();
+}
+
+// The fields of a head, whichever form they came in.
+std::vector<std::pair<std::string, std::string>> FieldsOf(
+    const tunnel::v1::TunnelRequest& head) {
+  std::vector<std::pair<std::string, std::string>> out;
+  EXPECT_TRUE(common::ForEachField(
+      head, [&](absl::string_view name, absl::string_view value) {
+        out.emplace_back(std::string(name), std::string(value));
+      }));
+  return out;
+}
+
+TEST_F(HostileTest, AnAgentThatOffersNoHeaderBlocksGetsHeaderFields) {
+  Start();
+  HostileAgent old(h_, kHostile);
+  ASSERT_TRUE(h_.WaitForSessions(2));
+  EXPECT_FALSE(old.accepted().header_blocks());
+  PendingVisit visit(h_, kHostile);
+  std::optional<Envelope> e = old.Next();
+  ASSERT_TRUE(e.has_value() && e->has_request());
+  const tunnel::v1::TunnelRequest& r = e->request();
+  EXPECT_TRUE(r.header_block().empty());
+  EXPECT_NE(common::FindHeader(r.headers(), "X-Forwarded-For"), nullptr);
+  EXPECT_NE(common::FindHeader(r.headers(), "X-Request-Id"), nullptr);
+  ASSERT_TRUE(old.Send(Response(r.stream_id(), 200, "fine", true)));
+  EXPECT_EQ(visit.Join(), 200);
+}
+
+TEST_F(HostileTest, HeaderBlocksOnceAgreedAndTheirUnsafeFieldsDropped) {
+  Start();
+  HostileAgent evil(h_, kHostile, /*small_window=*/false, /*batch_bytes=*/0,
+                    /*header_blocks=*/true);
+  ASSERT_TRUE(h_.WaitForSessions(2));
+  EXPECT_TRUE(evil.accepted().header_blocks());
+  std::string got;
+  bool closed = false;
+  std::thread visitor([&] {
+    got = RawExchange(
+        h_.gateway().http_port(),
+        absl::StrCat("GET ", TunnelHarness::Path(kHostile, "/"),
+                     " HTTP/1.1\r\nHost: localhost\r\nX-Visitor: v\r\n"
+                     "Connection: close\r\nX-Hop: h\r\n"
+                     "Connection: X-Hop\r\n\r\n"),
+        &closed);
+  });
+  std::optional<Envelope> req = evil.Next();
+  ASSERT_TRUE(req.has_value() && req->has_request());
+  // The request's fields came packed, hop-by-hop ones left at the gateway.
+  EXPECT_EQ(req->request().headers_size(), 0);
+  EXPECT_FALSE(req->request().header_block().empty());
+  auto fields = FieldsOf(req->request());
+  auto has = [&](absl::string_view name) {
+    for (const auto& [n, v] : fields) {
+      if (absl::EqualsIgnoreCase(n, name)) return true;
+    }
+    return false;
+  };
+  EXPECT_TRUE(has("X-Visitor"));
+  EXPECT_TRUE(has("X-Forwarded-For"));
+  EXPECT_TRUE(has("X-Request-Id"));
+  EXPECT_FALSE(has("Connection"));
+  EXPECT_FALSE(has("X-Hop"));
+
+  Envelope e = Response(req->request().stream_id(), 200, "body", true);
+  std::string* block = e.mutable_response()->mutable_header_block();
+  common::AppendField(block, "X-Good", "1");
+  common::AppendField(block, "X-Split", "a\r\nSet-Cookie: injected=1");
+  common::AppendField(block, "X-Nul", std::string("a\0b", 3));
+  common::AppendField(block, "Bad Name", "x");
+  common::AppendField(block, "X-Also-Good", "2");
+  ASSERT_TRUE(evil.Send(e));
+  visitor.join();
+  EXPECT_TRUE(closed);
+  EXPECT_THAT(got, HasSubstr("HTTP/1.1 200 OK\r\n"));
+  EXPECT_THAT(got, HasSubstr("X-Good: 1\r\n"));
+  EXPECT_THAT(got, HasSubstr("X-Also-Good: 2\r\n"));
+  EXPECT_THAT(got, HasSubstr("\r\n\r\nbody"));
+  for (const char* bad : {"injected", "X-Split", "X-Nul", "Bad Name"}) {
+    EXPECT_THAT(got, Not(HasSubstr(bad)));
+  }
   EXPECT_EQ(Violations(h_.gateway(), "invalid_header"), 1);
   EXPECT_EQ(h_.gateway().registry().session_count(), 2u);
   ExpectHealthyServes();
@@ -806,6 +906,125 @@ TEST_F(HostileTest, RequestHeadsForAnAgentThatNeverReadsAreBounded) {
   evil.Cancel();
   for (auto& t : visitors) t.join();
   EXPECT_GT(busy.load(), 0);
+}
+
+// A gateway that breaks the header-block rule: the real one never sends a
+// malformed block, so this one is scripted, on the real stub and against
+// the real agent. It accepts header blocks, sends a request whose block
+// runs past its end and then a good one, and records what the agent sends.
+class ScriptedGateway final : public tunnel::v1::TunnelService::Service {
+ public:
+  grpc::Status Connect(
+      grpc::ServerContext*,
+      grpc::ServerReaderWriter<Envelope, Envelope>* stream) override {
+    Envelope hello;
+    if (!stream->Read(&hello) || !hello.has_connect()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no connect");
+    }
+    offered_blocks = hello.connect().header_blocks();
+    Envelope accepted;
+    auto* a = accepted.mutable_accepted();
+    a->set_session_id("scripted");
+    a->set_stream_window(256 << 10);
+    a->set_max_chunk_bytes(64 << 10);
+    a->set_heartbeat_interval_ms(60000);
+    a->set_header_blocks(true);
+    auto* t = a->add_tunnels();
+    t->set_slug(kSlug);
+    stream->Write(accepted);
+
+    Envelope bad;
+    auto* r = bad.mutable_request();
+    r->set_stream_id(1);
+    r->set_tunnel_slug(kSlug);
+    r->set_method("GET");
+    r->set_path("/echo");
+    r->set_end_stream(true);
+    r->set_header_block(
+        std::string("\x05"
+                    "ab"));
+    stream->Write(bad);
+    Envelope good = bad;
+    r = good.mutable_request();
+    r->set_stream_id(3);
+    r->clear_header_block();
+    common::AppendField(r->mutable_header_block(), "Host", "localhost");
+    common::AppendField(r->mutable_header_block(), "X-Test", "packed");
+    stream->Write(good);
+
+    Envelope e;
+    while (!(close_of_1.has_value() && end_of_3) && stream->Read(&e)) {
+      if (e.has_close() && e.close().stream_id() == 1) close_of_1 = e.close();
+      if (e.has_response() && e.response().stream_id() == 3) {
+        response_of_3 = e.response();
+        body_of_3 += e.response().body();
+        end_of_3 = e.response().end_stream();
+      }
+      if (e.has_data() && e.data().stream_id() == 3) {
+        body_of_3 += e.data().data();
+        end_of_3 = e.data().end_stream();
+      }
+    }
+    done.Notify();
+    // Holds the call until the test stops the agent.
+    while (stream->Read(&e)) {
+    }
+    return grpc::Status::OK;
+  }
+
+  static constexpr char kSlug[] = "dev-01";
+  bool offered_blocks = false;
+  std::optional<TunnelClose> close_of_1;
+  std::optional<tunnel::v1::TunnelResponse> response_of_3;
+  std::string body_of_3;
+  bool end_of_3 = false;
+  absl::Notification done;
+};
+
+TEST(HostileGatewayTest, AMalformedHeaderBlockEndsOnlyItsStreamAtTheAgent) {
+  LocalService svc;
+  svc.server().Get(
+      "/echo", [](const httplib::Request& req, httplib::Response& res) {
+        res.set_content(req.get_header_value("X-Test"), "text/plain");
+      });
+  svc.Start();
+  ScriptedGateway gateway;
+  int port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                           &port);
+  builder.RegisterService(&gateway);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_GT(port, 0);
+
+  agent::AgentOptions o;
+  o.gateway = absl::StrCat("127.0.0.1:", port);
+  o.agent_id = ScriptedGateway::kSlug;
+  o.token_id = "tok_scripted";
+  o.secret = "scripted";
+  o.insecure = true;
+  auto targets = agent::ParseTargets({svc.url()}, ScriptedGateway::kSlug);
+  ASSERT_TRUE(targets.ok()) << targets.status();
+  o.tunnels = *targets;
+  o.health.interval = absl::ZeroDuration();
+  RunningAgent agent(std::move(o));
+  ASSERT_TRUE(gateway.done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  agent.Stop();
+  server->Shutdown(std::chrono::system_clock::now());
+
+  EXPECT_TRUE(gateway.offered_blocks);
+  ASSERT_TRUE(gateway.close_of_1.has_value());
+  EXPECT_EQ(gateway.close_of_1->reason(), TunnelClose::PROTOCOL_ERROR);
+  EXPECT_THAT(gateway.close_of_1->message(), HasSubstr("header block"));
+  // The next stream on the same session is served, its packed fields sent
+  // to the service, the answer's fields packed too.
+  ASSERT_TRUE(gateway.response_of_3.has_value());
+  EXPECT_EQ(gateway.response_of_3->status(), 200u);
+  EXPECT_EQ(gateway.body_of_3, "packed");
+  EXPECT_EQ(gateway.response_of_3->headers_size(), 0);
+  absl::string_view type;
+  EXPECT_TRUE(common::FindField(*gateway.response_of_3, "Content-Type", &type));
+  EXPECT_EQ(type, "text/plain");
 }
 
 }  // namespace
