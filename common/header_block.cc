@@ -16,37 +16,22 @@ void AppendVarint(std::string* out, size_t v) {
   out->push_back(static_cast<char>(v));
 }
 
-// A length at the front of `*rest` (at most five bytes: a block is
-// smaller than 4 GiB), and that many bytes after it.
-bool TakeLengthPrefixed(absl::string_view* rest, absl::string_view* out) {
-  uint64_t v = 0;
-  size_t i = 0;
-  while (true) {
-    if (i == rest->size() || i == 5) return false;
-    const auto c = static_cast<unsigned char>((*rest)[i]);
-    v |= static_cast<uint64_t>(c & 0x7f) << (7 * i);
-    ++i;
-    if ((c & 0x80) == 0) break;
-  }
-  if (v > rest->size() - i) return false;
-  *out = rest->substr(i, static_cast<size_t>(v));
-  rest->remove_prefix(i + static_cast<size_t>(v));
-  return true;
-}
-
-// Keeps the fields whose flag is set, moving them down in place.
+// Keeps the fields whose flag is set, moving them down in place (the
+// block is well formed: one flag a field).
 void Compact(std::string* block, const absl::InlinedVector<bool, 32>& keep) {
-  absl::string_view rest(*block);
+  HeaderBlockReader r(*block);
+  absl::string_view name, value;
   size_t out = 0;
+  size_t at = 0;
   for (bool k : keep) {
-    const size_t at = static_cast<size_t>(rest.data() - block->data());
-    absl::string_view name, value;
-    TakeLengthPrefixed(&rest, &name);
-    TakeLengthPrefixed(&rest, &value);
-    const size_t len = static_cast<size_t>(rest.data() - block->data()) - at;
-    if (!k) continue;
-    if (out != at) std::memmove(&(*block)[out], block->data() + at, len);
-    out += len;
+    r.Next(&name, &value);
+    const size_t end =
+        static_cast<size_t>(value.data() - block->data()) + value.size();
+    if (k) {
+      if (out != at) std::memmove(&(*block)[out], block->data() + at, end - at);
+      out += end - at;
+    }
+    at = end;
   }
   block->resize(out);
 }
@@ -61,14 +46,20 @@ void AppendField(std::string* block, absl::string_view name,
   block->append(value.data(), value.size());
 }
 
-bool HeaderBlockReader::Next(absl::string_view* name,
-                             absl::string_view* value) {
-  if (rest_.empty() || malformed_) return false;
-  if (!TakeLengthPrefixed(&rest_, name) || !TakeLengthPrefixed(&rest_, value)) {
-    malformed_ = true;
-    rest_ = {};
-    return false;
+bool HeaderBlockReader::TakeLong(absl::string_view* out) {
+  // At most five bytes: a block is smaller than 4 GiB.
+  uint64_t v = 0;
+  size_t i = 0;
+  while (true) {
+    if (i == rest_.size() || i == 5) return false;
+    const auto c = static_cast<unsigned char>(rest_[i]);
+    v |= static_cast<uint64_t>(c & 0x7f) << (7 * i);
+    ++i;
+    if ((c & 0x80) == 0) break;
   }
+  if (v > rest_.size() - i) return false;
+  *out = rest_.substr(i, static_cast<size_t>(v));
+  rest_.remove_prefix(i + static_cast<size_t>(v));
   return true;
 }
 
@@ -81,34 +72,41 @@ bool IsWellFormedHeaderBlock(absl::string_view block) {
 }
 
 bool StripHopByHop(std::string* block) {
-  if (!IsWellFormedHeaderBlock(*block)) return false;
-  // Views into the block: every flag is set before a byte moves.
+  // One pass for the hop-by-hop names; a second only for other names a
+  // Connection field lists (views into the block: every flag is set
+  // before a byte moves).
   HopByHop hop;
-  absl::string_view name, value;
-  HeaderBlockReader notes(*block);
-  while (notes.Next(&name, &value)) hop.Note(name, value);
   absl::InlinedVector<bool, 32> keep;
   bool drops = false;
+  absl::string_view name, value;
   HeaderBlockReader fields(*block);
   while (fields.Next(&name, &value)) {
-    keep.push_back(!hop.Drops(name));
+    hop.Note(name, value);
+    keep.push_back(!IsHopByHopHeader(name));
     drops |= !keep.back();
+  }
+  if (fields.malformed()) return false;
+  if (hop.names_others()) {
+    HeaderBlockReader again(*block);
+    for (size_t i = 0; again.Next(&name, &value); ++i) {
+      if (keep[i] && hop.Drops(name)) keep[i] = false;
+      drops |= !keep[i];
+    }
   }
   if (drops) Compact(block, keep);
   return true;
 }
 
 int DropUnsafeHeaders(std::string* block) {
-  if (!IsWellFormedHeaderBlock(*block)) return -1;
   absl::InlinedVector<bool, 32> keep;
   int dropped = 0;
   absl::string_view name, value;
   HeaderBlockReader fields(*block);
   while (fields.Next(&name, &value)) {
-    const bool k = IsValidHeaderName(name) && IsValidHeaderValue(value);
-    keep.push_back(k);
-    dropped += k ? 0 : 1;
+    keep.push_back(IsValidHeaderName(name) && IsValidHeaderValue(value));
+    dropped += keep.back() ? 0 : 1;
   }
+  if (fields.malformed()) return -1;
   if (dropped > 0) Compact(block, keep);
   return dropped;
 }

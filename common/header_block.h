@@ -23,10 +23,30 @@ class HeaderBlockReader {
   explicit HeaderBlockReader(absl::string_view block) : rest_(block) {}
   // The next field; false at the end, or where the rest does not parse (a
   // length past the block's end): malformed() then says so.
-  bool Next(absl::string_view* name, absl::string_view* value);
+  bool Next(absl::string_view* name, absl::string_view* value) {
+    if (rest_.empty()) return false;
+    if (Take(name) && Take(value)) return true;
+    malformed_ = true;
+    rest_ = {};
+    return false;
+  }
   bool malformed() const { return malformed_; }
 
  private:
+  // A length and that many bytes after it. Inline for the usual one-byte
+  // length (below 128).
+  bool Take(absl::string_view* out) {
+    if (!rest_.empty() && static_cast<unsigned char>(rest_[0]) < 0x80) {
+      const size_t n = static_cast<unsigned char>(rest_[0]);
+      if (n >= rest_.size()) return false;
+      *out = rest_.substr(1, n);
+      rest_.remove_prefix(1 + n);
+      return true;
+    }
+    return TakeLong(out);
+  }
+  bool TakeLong(absl::string_view* out);
+
   absl::string_view rest_;
   bool malformed_ = false;
 };

@@ -109,7 +109,8 @@ void HopByHop::Note(absl::string_view name, absl::string_view value) {
   if (!NameIs(name, "connection")) return;
   for (absl::string_view token : absl::StrSplit(value, ',')) {
     token = absl::StripAsciiWhitespace(token);
-    if (!token.empty()) named_.emplace_back(token);
+    // "keep-alive", "upgrade": dropped as hop-by-hop names anyway.
+    if (!token.empty() && !IsHopByHopHeader(token)) named_.emplace_back(token);
   }
 }
 

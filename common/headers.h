@@ -33,6 +33,8 @@ class HopByHop {
  public:
   void Note(absl::string_view name, absl::string_view value);
   bool Drops(absl::string_view name) const;
+  // Whether a Connection field named a field that is not hop-by-hop anyway.
+  bool names_others() const { return !named_.empty(); }
 
  private:
   absl::InlinedVector<absl::string_view, 4> named_;
