@@ -123,7 +123,8 @@ start_100b_origin() {
 # start_tunnel GATEWAY_BIN MAX_CONCURRENT [GATEWAY FLAGS...] -- [--to SPEC...]:
 # gateway-tunnel (plaintext, port 0) and agent "bench" with the agent flags
 # after "--" (the agent run under $AGENT_WRAP and the gateway under $GW_WRAP
-# if set, e.g. "heaptrack -o FILE"); waits
+# if set, e.g. "heaptrack -o FILE"; the agent binary is $AGENT_BIN if set,
+# else the build's); waits
 # until the agent is connected and nginx answers.
 # Sets GW, AG (pids), GRPC and GWHTTP (addresses).
 start_tunnel() {
@@ -141,7 +142,7 @@ start_tunnel() {
   GW=$!; pids+=($GW)
   GRPC=$(wait_line "$W/gw.out" '^grpc ' 10 | awk '{print $2}')
   GWHTTP=$(wait_line "$W/gw.out" '^http ' 10 | awk '{print $2}')
-  TUNNEL_SECRET="$secret" ${AGENT_WRAP:-} build/agent/agent-tunnel connect --gateway "$GRPC" \
+  TUNNEL_SECRET="$secret" ${AGENT_WRAP:-} "${AGENT_BIN:-build/agent/agent-tunnel}" connect --gateway "$GRPC" \
     --id bench --token "$token" --insecure --max-concurrent "$max" \
     --log-level warning "${ag_flags[@]}" >"$W/agent.out" 2>"$RAW/agent.err" &
   AG=$!; pids+=($AG)
