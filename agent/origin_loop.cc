@@ -337,24 +337,24 @@ void OriginLoop::Launch(Transfer* t) {
   size_t lines = 2;
   std::vector<bool>& skip = skip_scratch_;
   skip.clear();
-  common::ForEachField(head,
-                       [&](absl::string_view name, absl::string_view value) {
-                         skip.push_back(true);
-                         if (absl::EqualsIgnoreCase(name, "Content-Length")) {
-                           if (s.has_body) {
-                             // curl writes it from CURLOPT_INFILESIZE_LARGE.
-                             if (!absl::SimpleAtoi(value, &length)) length = -1;
-                             return;
-                           }
-                         } else if (absl::EqualsIgnoreCase(name, "Expect")) {
-                           return;  // the gateway answered 100-continue already
-                         } else if (absl::EqualsIgnoreCase(name, "Accept")) {
-                           has_accept = true;
-                         }
-                         skip.back() = false;
-                         room += name.size() + value.size() + 3;
-                         ++lines;
-                       });
+  auto note = [&](absl::string_view name, absl::string_view value) {
+    skip.push_back(true);
+    if (absl::EqualsIgnoreCase(name, "Content-Length")) {
+      if (s.has_body) {
+        // curl writes it from CURLOPT_INFILESIZE_LARGE.
+        if (!absl::SimpleAtoi(value, &length)) length = -1;
+        return;
+      }
+    } else if (absl::EqualsIgnoreCase(name, "Expect")) {
+      return;  // the gateway answered 100-continue already
+    } else if (absl::EqualsIgnoreCase(name, "Accept")) {
+      has_accept = true;
+    }
+    skip.back() = false;
+    room += name.size() + value.size() + 3;
+    ++lines;
+  };
+  common::ForEachField(head, note);
   t->header_lines.clear();
   t->header_lines.reserve(room);
   t->header_list.clear();
@@ -367,17 +367,16 @@ void OriginLoop::Launch(Transfer* t) {
     t->header_list.push_back(curl_slist{t->header_lines.data() + at, nullptr});
   };
   size_t i = 0;
-  common::ForEachField(head,
-                       [&](absl::string_view name, absl::string_view value) {
-                         if (skip[i++]) return;
-                         // "Name;" is how curl sends a field with an empty
-                         // value.
-                         if (value.empty()) {
-                           add_line(name, ";", "");
-                         } else {
-                           add_line(name, ": ", value);
-                         }
-                       });
+  auto add = [&](absl::string_view name, absl::string_view value) {
+    if (skip[i++]) return;
+    // "Name;" is how curl sends a field with an empty value.
+    if (value.empty()) {
+      add_line(name, ";", "");
+    } else {
+      add_line(name, ": ", value);
+    }
+  };
+  common::ForEachField(head, add);
   // No fields of curl's own that the visitor did not send.
   if (!has_accept) add_line("Accept:", "", "");
   if (s.has_body) add_line("Expect:", "", "");

@@ -94,14 +94,16 @@ std::string LocalPath(absl::string_view location, const LocalTarget& t) {
   } else if ((t.scheme == "http" && t.port == 80) ||
              (t.scheme == "https" && t.port == 443)) {
     const std::string bare = absl::StrCat(t.scheme, "://", t.host);
-    if (absl::StartsWith(location, bare))
+    if (absl::StartsWith(location, bare)) {
       rest = std::string(location.substr(bare.size()));
+    }
   } else {
     return std::string(location);
   }
   if (rest.empty()) return "/";
-  if (rest[0] != '/' && rest[0] != '?')
+  if (rest[0] != '/' && rest[0] != '?') {
     return std::string(location);  // another port
+  }
   std::string path = rest[0] == '?' ? absl::StrCat("/", rest) : rest;
   // Without the service's base path: the page's paths are the service's
   // from the base on.
