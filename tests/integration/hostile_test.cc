@@ -914,6 +914,11 @@ TEST_F(HostileTest, RequestHeadsForAnAgentThatNeverReadsAreBounded) {
 // runs past its end and then a good one, and records what the agent sends.
 class ScriptedGateway final : public tunnel::v1::TunnelService::Service {
  public:
+  // `accept_blocks`: whether it agrees to header blocks (a gateway of an
+  // older release does not know them).
+  explicit ScriptedGateway(bool accept_blocks)
+      : accept_blocks_(accept_blocks) {}
+
   grpc::Status Connect(
       grpc::ServerContext*,
       grpc::ServerReaderWriter<Envelope, Envelope>* stream) override {
@@ -928,7 +933,7 @@ class ScriptedGateway final : public tunnel::v1::TunnelService::Service {
     a->set_stream_window(256 << 10);
     a->set_max_chunk_bytes(64 << 10);
     a->set_heartbeat_interval_ms(60000);
-    a->set_header_blocks(true);
+    a->set_header_blocks(accept_blocks_);
     auto* t = a->add_tunnels();
     t->set_slug(kSlug);
     stream->Write(accepted);
@@ -979,16 +984,20 @@ class ScriptedGateway final : public tunnel::v1::TunnelService::Service {
   std::string body_of_3;
   bool end_of_3 = false;
   absl::Notification done;
+
+ private:
+  const bool accept_blocks_;
 };
 
-TEST(HostileGatewayTest, AMalformedHeaderBlockEndsOnlyItsStreamAtTheAgent) {
+// Runs the real agent, serving /echo (its X-Test field as the body),
+// against `gateway` until the gateway saw both streams end.
+void RunAgentAgainst(ScriptedGateway& gateway) {
   LocalService svc;
   svc.server().Get(
       "/echo", [](const httplib::Request& req, httplib::Response& res) {
         res.set_content(req.get_header_value("X-Test"), "text/plain");
       });
   svc.Start();
-  ScriptedGateway gateway;
   int port = 0;
   grpc::ServerBuilder builder;
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
@@ -1008,10 +1017,14 @@ TEST(HostileGatewayTest, AMalformedHeaderBlockEndsOnlyItsStreamAtTheAgent) {
   o.tunnels = *targets;
   o.health.interval = absl::ZeroDuration();
   RunningAgent agent(std::move(o));
-  ASSERT_TRUE(gateway.done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_TRUE(gateway.done.WaitForNotificationWithTimeout(absl::Seconds(30)));
   agent.Stop();
   server->Shutdown(std::chrono::system_clock::now());
+}
 
+TEST(HostileGatewayTest, AMalformedHeaderBlockEndsOnlyItsStreamAtTheAgent) {
+  ScriptedGateway gateway(/*accept_blocks=*/true);
+  RunAgentAgainst(gateway);
   EXPECT_TRUE(gateway.offered_blocks);
   ASSERT_TRUE(gateway.close_of_1.has_value());
   EXPECT_EQ(gateway.close_of_1->reason(), TunnelClose::PROTOCOL_ERROR);
@@ -1025,6 +1038,23 @@ TEST(HostileGatewayTest, AMalformedHeaderBlockEndsOnlyItsStreamAtTheAgent) {
   absl::string_view type;
   EXPECT_TRUE(common::FindField(*gateway.response_of_3, "Content-Type", &type));
   EXPECT_EQ(type, "text/plain");
+}
+
+TEST(HostileGatewayTest, AGatewayThatTakesNoBlocksGetsHeaderFields) {
+  ScriptedGateway gateway(/*accept_blocks=*/false);
+  RunAgentAgainst(gateway);
+  EXPECT_TRUE(gateway.offered_blocks);
+  // A block that does not parse is refused whoever sent it.
+  ASSERT_TRUE(gateway.close_of_1.has_value());
+  EXPECT_EQ(gateway.close_of_1->reason(), TunnelClose::PROTOCOL_ERROR);
+  // The answer's fields come as HeaderFields, which such a gateway reads.
+  ASSERT_TRUE(gateway.response_of_3.has_value());
+  EXPECT_EQ(gateway.body_of_3, "packed");
+  EXPECT_TRUE(gateway.response_of_3->header_block().empty());
+  const std::string* type =
+      common::FindHeader(gateway.response_of_3->headers(), "Content-Type");
+  ASSERT_NE(type, nullptr);
+  EXPECT_EQ(*type, "text/plain");
 }
 
 }  // namespace
