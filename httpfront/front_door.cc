@@ -347,9 +347,8 @@ class FrontDoor::Handler {
       return;
     }
     bool has_content_type = false;
-    const int64_t content_length =
-        CopyResponseHead(resp, req, /*drop_rate_limit=*/limit.limit > 0, res,
-                         &has_content_type);
+    const int64_t content_length = CopyResponseHead(
+        resp, req, /*drop_rate_limit=*/limit.limit > 0, res, &has_content_type);
     record.no_content_type = !has_content_type;
     const uint64_t max_out = limits_.max_response_body();
     if (req.method != "HEAD" && content_length >= 0 &&

@@ -22,15 +22,15 @@ void RelayUpgrade(server::TunnelStream& stream,
   }
   const absl::Duration idle = options.idle_timeout;
   std::string head = "HTTP/1.1 101 Switching Protocols\r\n";
-  common::ForEachField(resp,
-                       [&](absl::string_view name, absl::string_view value) {
-                         if (!common::IsValidHeaderName(name) ||
-                             !common::IsValidHeaderValue(value) ||
-                             absl::EqualsIgnoreCase(name, "X-Request-Id")) {
-                           return;
-                         }
-                         absl::StrAppend(&head, name, ": ", value, "\r\n");
-                       });
+  auto add = [&](absl::string_view name, absl::string_view value) {
+    if (!common::IsValidHeaderName(name) ||
+        !common::IsValidHeaderValue(value) ||
+        absl::EqualsIgnoreCase(name, "X-Request-Id")) {
+      return;
+    }
+    absl::StrAppend(&head, name, ": ", value, "\r\n");
+  };
+  common::ForEachField(resp, add);
   if (!options.request_id.empty()) {
     absl::StrAppend(&head, "X-Request-Id: ", options.request_id, "\r\n");
   }

@@ -909,9 +909,10 @@ TEST_F(HostileTest, RequestHeadsForAnAgentThatNeverReadsAreBounded) {
 }
 
 // A gateway that breaks the header-block rule: the real one never sends a
-// malformed block, so this one is scripted, on the real stub and against
-// the real agent. It accepts header blocks, sends a request whose block
-// runs past its end and then a good one, and records what the agent sends.
+// malformed block, so this one is scripted (an implementation of the
+// generated gRPC service) and runs against the real agent. It sends a
+// request whose block runs past its end and then a good one, and records
+// what the agent sends.
 class ScriptedGateway final : public tunnel::v1::TunnelService::Service {
  public:
   // `accept_blocks`: whether it agrees to header blocks (a gateway of an
