@@ -49,7 +49,8 @@ thread_local EventLoop* tl_loop = nullptr;
 
 }  // namespace
 
-EventLoop::EventLoop(Options options) : options_(options) {
+EventLoop::EventLoop(Options options)
+    : options_(options), trim_timer_([this] { TrimIdle(); }) {
   epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
   event_fd_ = common::NewWakeFd();
   epoll_event ev{};
@@ -234,6 +235,7 @@ bool EventLoop::Spawn(FiberTask* task, void* context) {
   f->task = task;
   f->context = context;
   ++busy_fibers_;
+  peak_busy_ = std::max(peak_busy_, busy_fibers_);
   MakeReady(f);
   return true;
 }
@@ -246,11 +248,34 @@ void EventLoop::FiberMain(Fiber* f) {
       f->context = nullptr;
       --busy_fibers_;
     }
-    if (quitting_ || idle_.size() >= options_.max_idle_fibers) break;
+    if (quitting_) break;
     f->state = Fiber::State::kIdle;
     idle_.push_back(f);
+    if (idle_.size() > options_.min_idle_fibers && !trim_timer_.armed()) {
+      Arm(&trim_timer_, absl::Now() + options_.idle_trim_interval);
+    }
     SuspendCurrent();
     if (f->exit) break;
+  }
+}
+
+void EventLoop::TrimIdle() {
+  const size_t wanted =
+      std::max(options_.min_idle_fibers,
+               peak_busy_ > busy_fibers_ ? peak_busy_ - busy_fibers_ : 0);
+  peak_busy_ = busy_fibers_;
+  if (idle_.size() > wanted) {
+    // The longest idle go (idle_ is reused from the back).
+    std::vector<Fiber*> gone(idle_.begin(),
+                             idle_.end() - static_cast<ptrdiff_t>(wanted));
+    idle_.erase(idle_.begin(), idle_.end() - static_cast<ptrdiff_t>(wanted));
+    for (Fiber* f : gone) {
+      f->exit = true;
+      Resume(f);
+    }
+  }
+  if (idle_.size() > options_.min_idle_fibers) {
+    Arm(&trim_timer_, absl::Now() + options_.idle_trim_interval);
   }
 }
 
@@ -442,6 +467,7 @@ void EventLoop::Run() {
   }
   DrainRemote();
   round_end_.Run();
+  Disarm(&trim_timer_);
   common::RoundEnd::InstallOnThisThread(nullptr);
   // Free the pooled stacks: each idle fiber leaves FiberMain.
   std::vector<Fiber*> idle;

@@ -233,6 +233,14 @@ def plain_phase(procs, token, secret, svc_port):
         t.join(60)
     check("all 200 answered", results == [200] * 200,
           f"{sorted(set(results))}")
+    # Their stacks stay pooled for the next burst (a fixed pool of 64 per
+    # loop freed all but 128 at once, and mapped new ones per request
+    # under a steady load of more), and are given back once it is over.
+    fibers = gauge(metrics(ops), "tunnel_http_fibers")
+    check("the burst's fiber stacks are pooled for reuse", fibers >= 200,
+          f"tunnel_http_fibers {fibers}")
+    wait_until(lambda: gauge(metrics(ops), "tunnel_http_fibers") <= 2 * 64,
+               10, "the pool trimmed back to 64 stacks per loop")
 
     closed, held, raw = summary(p)
     idle = closed.get("idle", (0, -1, -1, {}))
