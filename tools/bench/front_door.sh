@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Where a small request's CPU goes: the gateway's front door alone (a
-# request for a tunnel nobody serves, answered 404 by the gateway itself:
-# accept, parse, route, error page, access log; no agent), against nginx
-# serving the same 100-byte file, then the whole tunnel. CPU seconds per
-# 10k requests and system calls per request, 100 B, wrk at 64 keep-alive
-# connections, everything on 127.0.0.1, each load 5 s.
+# Where a small request's CPU goes, and the floors under it: the gateway's
+# front door alone (a request for a tunnel nobody serves, answered 404 by
+# the gateway itself: accept, parse, route, error page, access log; no
+# agent), against nginx serving the same 100-byte file, then the whole
+# tunnel. CPU seconds per 10k requests and system calls per request, 100 B,
+# wrk at 64 keep-alive connections, everything on 127.0.0.1, each load 5 s.
+# wrk's own CPU is reported too: against nginx it is a minimal keep-alive
+# HTTP/1.1 client, the work the agent's origin client cannot avoid. Last,
+# grpc_floor: one gRPC round trip on one stream with no tunnel code, the
+# floor under the tunnel's latency at concurrency 1.
 #
 # Usage: tools/bench/front_door.sh
 # Output: results/front-door-<time>/{results.md,raw/} and the table on stdout.
@@ -15,7 +19,7 @@ ROOT=$(pwd)
 source tools/bench/lib.sh
 DUR=5
 
-bench_setup
+bench_setup grpc_floor
 bench_workdir front-door
 start_100b_origin
 start_tunnel build/server/gateway-tunnel 1200 -- --to "http://127.0.0.1:$ORIGIN"
@@ -30,8 +34,8 @@ HAVE_PERF=0
 perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1 && HAVE_PERF=1
 
 {
-  echo "| load (100 B, c=64) | req/s | gateway CPU s / 10k | agent CPU s / 10k | nginx CPU s / 10k | gateway syscalls / req |"
-  echo "|---|---|---|---|---|---|"
+  echo "| load (100 B, c=64) | req/s | gateway CPU s / 10k | agent CPU s / 10k | nginx CPU s / 10k | wrk CPU s / 10k | gateway syscalls / req |"
+  echo "|---|---|---|---|---|---|---|"
 } >"$OUT/results.md"
 for load in nginx front_door tunnel; do
   case $load in
@@ -42,11 +46,19 @@ for load in nginx front_door tunnel; do
   g0=$(cpu_ticks "$GW"); a0=$(cpu_ticks "$AG"); n0=$(cpu_ticks "$NGX")
   SC_PID=""
   [ "$HAVE_PERF" = 1 ] && syscalls "$GW"
-  read -r rps _ _ _ _ reqs <<<"$(run_wrk "$load" 64 "$url")"
+  # `times` in the subshell: the CPU of its children, wrk (and run_wrk's awk).
+  out=$(run_wrk "$load" 64 "$url"; times)
+  read -r rps _ _ _ _ reqs <<<"$(head -1 <<<"$out")"
+  wrk_s=$(tail -1 <<<"$out" | awk '{ t = 0; for (i = 1; i <= 2; i++) { split($i, p, "m"); t += p[1] * 60 + p[2] } print t }')
   [ -n "$SC_PID" ] && wait "$SC_PID"
   g1=$(cpu_ticks "$GW"); a1=$(cpu_ticks "$AG"); n1=$(cpu_ticks "$NGX")
   sc="—"
   [ "$HAVE_PERF" = 1 ] && [ "$load" != nginx ] && sc=$(per_req "$GW" "$reqs")
-  echo "| $name | $rps | $(per10k "$g0" "$g1" "$reqs") | $(per10k "$a0" "$a1" "$reqs") | $(per10k "$n0" "$n1" "$reqs") | $sc |" >>"$OUT/results.md"
+  wrk10k=$(awk -v s="$wrk_s" -v n="$reqs" 'BEGIN{printf "%.2f", s/n*10000}')
+  echo "| $name | $rps | $(per10k "$g0" "$g1" "$reqs") | $(per10k "$a0" "$a1" "$reqs") | $(per10k "$n0" "$n1" "$reqs") | $wrk10k | $sc |" >>"$OUT/results.md"
 done
+{
+  echo
+  echo "The floor under c=1 latency: $(build/tools/bench/grpc_floor --round-trips 20000 --bytes 200)"
+} >>"$OUT/results.md"
 cat "$OUT/results.md"
