@@ -55,7 +55,12 @@ for load in nginx front_door tunnel; do
   sc="—"
   [ "$HAVE_PERF" = 1 ] && [ "$load" != nginx ] && sc=$(per_req "$GW" "$reqs")
   wrk10k=$(awk -v s="$wrk_s" -v n="$reqs" 'BEGIN{printf "%.2f", s/n*10000}')
-  echo "| $name | $rps | $(per10k "$g0" "$g1" "$reqs") | $(per10k "$a0" "$a1" "$reqs") | $(per10k "$n0" "$n1" "$reqs") | $wrk10k | $sc |" >>"$OUT/results.md"
+  # A process the load does not go through: "—".
+  gw10k="—" ag10k="—" ngx10k="—"
+  [ "$load" != nginx ] && gw10k=$(per10k "$g0" "$g1" "$reqs")
+  [ "$load" = tunnel ] && ag10k=$(per10k "$a0" "$a1" "$reqs")
+  [ "$load" != front_door ] && ngx10k=$(per10k "$n0" "$n1" "$reqs")
+  echo "| $name | $rps | $gw10k | $ag10k | $ngx10k | $wrk10k | $sc |" >>"$OUT/results.md"
 done
 {
   echo
