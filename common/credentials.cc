@@ -303,26 +303,33 @@ absl::StatusOr<tunnel::v1::Credential> IssueCredential(
 }
 
 CredentialStore::CredentialStore(const tunnel::v1::CredentialsFile& file)
-    : file_(file) {}
+    : file_(file) {
+  absl::MutexLock lock(&mu_);
+  IndexLocked();
+}
 
 void CredentialStore::Replace(const tunnel::v1::CredentialsFile& file) {
   absl::MutexLock lock(&mu_);
   file_ = file;
+  IndexLocked();
+}
+
+void CredentialStore::IndexLocked() {
+  by_token_id_.clear();
+  by_token_id_.reserve(static_cast<size_t>(file_.credentials_size()));
+  for (int i = 0; i < file_.credentials_size(); ++i) {
+    by_token_id_.try_emplace(file_.credentials(i).token_id(), i);
+  }
 }
 
 std::optional<tunnel::v1::Credential> CredentialStore::Find(
     absl::string_view token_id) const {
   absl::MutexLock lock(&mu_);
-  // Linear: credential files hold a handful of entries and lookups happen
-  // once per agent connect, not per request.
-  for (const tunnel::v1::Credential& c : file_.credentials()) {
-    if (c.token_id() == token_id) {
-      tunnel::v1::Credential found = c;
-      if (revoked_elsewhere_.contains(token_id)) found.set_revoked(true);
-      return found;
-    }
-  }
-  return std::nullopt;
+  auto it = by_token_id_.find(token_id);
+  if (it == by_token_id_.end()) return std::nullopt;
+  tunnel::v1::Credential found = file_.credentials(it->second);
+  if (revoked_elsewhere_.contains(token_id)) found.set_revoked(true);
+  return found;
 }
 
 std::vector<std::string> CredentialStore::RevokedTokenIds() const {

@@ -308,6 +308,36 @@ TEST(CredentialStoreTest, FindAndAgentIds) {
   EXPECT_TRUE(store.AgentIds().empty());
 }
 
+TEST(CredentialStoreTest, AReloadFindsTokensWhereverTheNewFileHasThem) {
+  tunnel::v1::CredentialsFile file;
+  auto add = [&](const std::string& token, const std::string& agent) {
+    tunnel::v1::Credential* c = file.add_credentials();
+    c->set_token_id(token);
+    c->set_agent_id(agent);
+    c->set_secret(kGoodSecret);
+  };
+  for (int i = 0; i < 1000; ++i) {
+    add(absl::StrCat("tok_", i), absl::StrCat("agent-", i));
+  }
+  CredentialStore store(file);
+  EXPECT_EQ(store.Find("tok_999")->agent_id(), "agent-999");
+
+  // The new file has other tokens at other places: each is found with its
+  // own agent, and the ones it dropped are gone. Of two entries with one
+  // token id (LoadCredentialsFile refuses them; Replace takes any file), the
+  // first counts, as it did when lookups scanned the list.
+  file.Clear();
+  add("tok_new", "fresh");
+  add("tok_999", "moved");
+  add("tok_999", "shadowed");
+  store.Replace(file);
+  EXPECT_EQ(store.Find("tok_new")->agent_id(), "fresh");
+  EXPECT_EQ(store.Find("tok_999")->agent_id(), "moved");
+  EXPECT_FALSE(store.Find("tok_0").has_value());
+  EXPECT_EQ(store.CheckLive("tok_1", "agent-1").message(),
+            "token tok_1 was removed from the credentials");
+}
+
 TEST(CredentialStoreTest, CheckLiveSaysWhyATokenIsNoLongerInForce) {
   tunnel::v1::CredentialsFile file;
   for (const char* token : {"tok_old", "tok_new"}) {
