@@ -17,6 +17,9 @@ namespace tunnel::httpfront {
 
 namespace ctx = boost::context;
 
+// Fiber stacks a trim frees per turn of the loop (see TrimIdle).
+constexpr size_t kMaxStacksFreedPerTurn = 64;
+
 struct Fiber {
   enum class State {
     kIdle,       // new, or parked in the pool: starts/continues on a task
@@ -260,20 +263,30 @@ void EventLoop::FiberMain(Fiber* f) {
 }
 
 void EventLoop::TrimIdle() {
-  const size_t wanted =
-      std::max(options_.min_idle_fibers,
-               peak_busy_ > busy_fibers_ ? peak_busy_ - busy_fibers_ : 0);
-  peak_busy_ = busy_fibers_;
-  if (idle_.size() > wanted) {
-    // The longest idle go (idle_ is reused from the back).
-    std::vector<Fiber*> gone(idle_.begin(),
-                             idle_.end() - static_cast<ptrdiff_t>(wanted));
-    idle_.erase(idle_.begin(), idle_.end() - static_cast<ptrdiff_t>(wanted));
-    for (Fiber* f : gone) {
-      f->exit = true;
-      Resume(f);
-    }
+  if (trim_keep_ == kNoTrim) {  // a new trim, not the next step of one
+    trim_keep_ =
+        std::max(options_.min_idle_fibers,
+                 peak_busy_ > busy_fibers_ ? peak_busy_ - busy_fibers_ : 0);
+    peak_busy_ = busy_fibers_;
   }
+  // The longest idle go (idle_ is reused from the back), a bounded number
+  // per turn: each unmapping interrupts the process's other cores, and
+  // thousands at once would stall this loop's connections.
+  const size_t n = std::min(
+      idle_.size() > trim_keep_ ? idle_.size() - trim_keep_ : size_t{0},
+      kMaxStacksFreedPerTurn);
+  std::vector<Fiber*> gone(idle_.begin(),
+                           idle_.begin() + static_cast<ptrdiff_t>(n));
+  idle_.erase(idle_.begin(), idle_.begin() + static_cast<ptrdiff_t>(n));
+  for (Fiber* f : gone) {
+    f->exit = true;
+    Resume(f);
+  }
+  if (idle_.size() > trim_keep_) {  // more to free: on the next turn
+    Arm(&trim_timer_, absl::Now());
+    return;
+  }
+  trim_keep_ = kNoTrim;
   if (idle_.size() > options_.min_idle_fibers) {
     Arm(&trim_timer_, absl::Now() + options_.idle_trim_interval);
   }

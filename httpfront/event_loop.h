@@ -10,9 +10,9 @@
 // queue writes the eventfd, the rest only append.
 //
 // Fibers come from a per-loop pool: a stack is reused by the next request.
-// The pool keeps as many idle stacks as were busy at once lately (at least
-// a small number), so a steady load of any concurrency maps no new stacks;
-// a trim timer gives back what a burst left once the burst is over. A Fiber
+// Fibers are made on demand, and the pool keeps as many stacks in all as
+// were busy at once lately, so a steady load of any concurrency maps no new
+// stacks; a trim timer gives back what a burst left once it is over. A Fiber
 // object itself is never freed while the loop lives, so a stale WakeHandle
 // (its wait is over) can always be checked and ignored.
 //
@@ -84,14 +84,16 @@ class EventLoop : public common::FiberRuntime, public common::FiberWaker {
   struct Options {
     // Usable stack of each fiber (a guard page below it traps overflow).
     size_t stack_bytes = 256 * 1024;
-    // Idle fibers (with their stacks) kept for reuse: always this many,
-    // and more while the load needs them. Every `idle_trim_interval` (while
-    // more are idle) the pool keeps max(min_idle_fibers, the most busy at
-    // once since the last trim - those busy now) and frees the rest, so a
-    // burst's stacks are given back one to two intervals after it ended.
-    // (A fixed cap freed and mapped a stack per request once more requests
-    // than it were in flight: munmap's TLB shootdowns cost the gateway half
-    // again as much CPU per request at 256 connections as at 64.)
+    // Idle fibers (with their stacks) kept for reuse. A trim never frees
+    // below `min_idle_fibers` idle. Every `idle_trim_interval` (armed only
+    // while more are idle) the pool keeps max(min_idle_fibers, the most busy
+    // at once since the last trim - those busy now) idle and frees the rest,
+    // at most kMaxStacksFreedPerTurn per loop turn; so a burst's stacks are
+    // given back at the second trim after its peak, at least one interval
+    // after it ended. (A fixed cap freed and mapped a stack per request once
+    // more requests than it were in flight: munmap's TLB shootdowns cost the
+    // gateway half again as much CPU per request at 256 connections as at
+    // 64.)
     size_t min_idle_fibers = 64;
     absl::Duration idle_trim_interval = absl::Seconds(1);
   };
@@ -214,6 +216,9 @@ class EventLoop : public common::FiberRuntime, public common::FiberWaker {
   size_t busy_fibers_ = 0;  // running or suspended with a task
   size_t peak_busy_ = 0;    // the most busy_fibers_ since the last trim
   Timer trim_timer_;        // armed while more than min_idle_fibers idle
+  // A trim's target while it frees in steps (kNoTrim: none in progress).
+  static constexpr size_t kNoTrim = std::numeric_limits<size_t>::max();
+  size_t trim_keep_ = kNoTrim;
 
   std::vector<Timer*> heap_;
 

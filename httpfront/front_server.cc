@@ -969,6 +969,7 @@ absl::StatusOr<int> FrontServer::Listen(const std::string& host, int port) {
           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   EventLoop::Options lo;
   lo.stack_bytes = options_.fiber_stack_bytes;
+  lo.idle_trim_interval = options_.fiber_trim_interval;
   for (int i = 0; i < threads; ++i) {
     loops_.push_back(std::make_unique<Loop>(this, lo));
   }

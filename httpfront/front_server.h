@@ -77,6 +77,9 @@ struct ConnectionOptions {
   size_t max_request_head_bytes = 64 * 1024;
   // Each request fiber's stack (a guard page below traps overflow).
   size_t fiber_stack_bytes = 256 * 1024;
+  // How often a loop gives back the stacks a burst of requests left idle
+  // (EventLoop::Options::idle_trim_interval; README, "The fiber pool").
+  absl::Duration fiber_trim_interval = absl::Seconds(1);
 };
 
 // A visitor's connection as an upgrade handler sees it: plain TCP or TLS.

@@ -94,6 +94,12 @@ void RegisterGatewayFlags(common::FlagSet* flags, GatewayFlags* v) {
              "visitor connections open at once; beyond, a new one gets 503 "
              "and is closed (0: as many as the open-file limit allows, at "
              "most 50000)");
+  flags->Duration("http-fiber-trim-interval",
+                  &o.front.connection.fiber_trim_interval,
+                  "how often each event loop gives back the request-fiber "
+                  "stacks a burst left idle: it keeps as many stacks as were "
+                  "busy at once since its last trim, and never trims below 64 "
+                  "idle (10ms to 1h)");
   flags->Duration("tls-handshake-timeout",
                   &o.front.connection.tls_handshake_timeout,
                   "a visitor's TLS handshake must finish within this");
@@ -427,6 +433,13 @@ absl::Status ParseGatewayFlags(int argc, char** argv, common::FlagSet* flags,
   if (v->max_connections < 0) {
     return absl::InvalidArgumentError(
         "--max-connections must be 0 (automatic) or more");
+  }
+  if (const absl::Duration trim =
+          v->options.front.connection.fiber_trim_interval;
+      trim < absl::Milliseconds(10) || trim > absl::Hours(1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--http-fiber-trim-interval must be between 10ms and 1h (it is ",
+        absl::FormatDuration(trim), ")"));
   }
   const httpfront::ConnectionOptions& conn = v->options.front.connection;
   for (const auto& [name, value] :

@@ -41,6 +41,8 @@ HOLD = os.path.join(BUILD, "tools", "bench", "hold_connections")
 
 READ_TIMEOUT = 8        # --read-timeout: idle before a first byte, and heads
 KEEP_ALIVE_TIMEOUT = 10  # --keep-alive-timeout
+# --http-fiber-trim-interval: a burst's idle stacks live at least this long.
+FIBER_TRIM = 5
 HANDSHAKE_TIMEOUT = 5    # --tls-handshake-timeout
 SLACK = 4                # how late a close may come (a loaded 2-core box)
 
@@ -122,6 +124,7 @@ def start_tunnel(procs, token, secret, svc_port, tls_files=None):
             "127.0.0.1:0", "--ops-addr", "127.0.0.1:0", "--admin-addr", "",
             "--credentials", "creds.txtpb", "--log-level", "warning",
             "--http-threads", "2",
+            "--http-fiber-trim-interval", f"{FIBER_TRIM}s",
             "--read-timeout", f"{READ_TIMEOUT}s",
             "--keep-alive-timeout", f"{KEEP_ALIVE_TIMEOUT}s",
             "--tls-handshake-timeout", f"{HANDSHAKE_TIMEOUT}s"]
@@ -235,12 +238,13 @@ def plain_phase(procs, token, secret, svc_port):
           f"{sorted(set(results))}")
     # Their stacks stay pooled for the next burst (a fixed pool of 64 per
     # loop freed all but 128 at once, and mapped new ones per request
-    # under a steady load of more), and are given back once it is over.
+    # under a steady load of more) for at least one trim interval, and are
+    # given back after it.
     fibers = gauge(metrics(ops), "tunnel_http_fibers")
     check("the burst's fiber stacks are pooled for reuse", fibers >= 200,
           f"tunnel_http_fibers {fibers}")
     wait_until(lambda: gauge(metrics(ops), "tunnel_http_fibers") <= 2 * 64,
-               10, "the pool trimmed back to 64 stacks per loop")
+               4 * FIBER_TRIM, "the pool trimmed back to 64 stacks per loop")
 
     closed, held, raw = summary(p)
     idle = closed.get("idle", (0, -1, -1, {}))

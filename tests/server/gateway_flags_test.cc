@@ -59,6 +59,25 @@ TEST(GatewayFlagsTest, BadAuthFailureLimitsAreRefused) {
   EXPECT_EQ(s.message(), "--auth-failure-max-ips must be at least 1");
 }
 
+TEST(GatewayFlagsTest, FiberTrimIntervalReachesTheFrontDoorAndIsChecked) {
+  GatewayFlags defaults;
+  ASSERT_TRUE(ParseArgs({"--insecure"}, &defaults).ok());
+  EXPECT_EQ(defaults.options.front.connection.fiber_trim_interval,
+            absl::Seconds(1));
+  GatewayFlags set;
+  ASSERT_TRUE(
+      ParseArgs({"--insecure", "--http-fiber-trim-interval", "5s"}, &set).ok());
+  EXPECT_EQ(set.options.front.connection.fiber_trim_interval, absl::Seconds(5));
+  for (const char* bad : {"0s", "5ms", "2h"}) {
+    GatewayFlags v;
+    absl::Status s =
+        ParseArgs({"--insecure", "--http-fiber-trim-interval", bad}, &v);
+    EXPECT_TRUE(absl::StartsWith(
+        s.message(), "--http-fiber-trim-interval must be between 10ms and 1h"))
+        << bad << ": " << s;
+  }
+}
+
 TEST(GatewayFlagsTest, TrustedProxiesReachTheFrontDoorAndAreChecked) {
   GatewayFlags values;
   ASSERT_TRUE(ParseArgs({"--insecure", "--trusted-proxy", "10.0.0.0/8",
