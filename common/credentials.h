@@ -56,7 +56,7 @@ bool IsValidAgentId(absl::string_view id);
 
 // Thread-safe lookup table of credentials, replaceable as a whole (reload).
 // Lookups by token id are hashed: a gateway with 10,000 agents looks a token
-// up several times per connect, and once per session on every reload.
+// up four times per connect, and twice per live session on every reload.
 class CredentialStore {
  public:
   CredentialStore() = default;
