@@ -13,6 +13,7 @@
 # Usage: tools/bench/front_door.sh
 # Output: results/front-door-<time>/{results.md,raw/} and the table on stdout.
 set -euo pipefail
+export LC_ALL=C  # `times` prints seconds with the locale's decimal point
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
 # shellcheck source=lib.sh
@@ -49,12 +50,17 @@ for load in nginx front_door tunnel; do
   # `times` in the subshell: the CPU of its children, wrk (and run_wrk's awk).
   out=$(run_wrk "$load" 64 "$url"; times)
   read -r rps _ _ _ _ reqs <<<"$(head -1 <<<"$out")"
-  wrk_s=$(tail -1 <<<"$out" | awk '{ t = 0; for (i = 1; i <= 2; i++) { split($i, p, "m"); t += p[1] * 60 + p[2] } print t }')
+  if [ -z "$reqs" ] || [ "$reqs" = 0 ]; then
+    echo "front_door.sh: wrk served no requests for $load; see $RAW/$load.txt" >&2
+    exit 1
+  fi
+  # user and system seconds of the children
+  read -r wrk_user wrk_sys <<<"$(tail -1 <<<"$out" | awk '{ for (i = 1; i <= 2; i++) { split($i, p, "m"); t[i] = p[1] * 60 + p[2] } print t[1], t[2] }')"
   [ -n "$SC_PID" ] && wait "$SC_PID"
   g1=$(cpu_ticks "$GW"); a1=$(cpu_ticks "$AG"); n1=$(cpu_ticks "$NGX")
   sc="—"
   [ "$HAVE_PERF" = 1 ] && [ "$load" != nginx ] && sc=$(per_req "$GW" "$reqs")
-  wrk10k=$(awk -v s="$wrk_s" -v n="$reqs" 'BEGIN{printf "%.2f", s/n*10000}')
+  wrk10k=$(awk -v u="$wrk_user" -v s="$wrk_sys" -v n="$reqs" 'BEGIN{printf "%.2f (%.2f system)", (u+s)/n*10000, s/n*10000}')
   # A process the load does not go through: "—".
   gw10k="—" ag10k="—" ngx10k="—"
   [ "$load" != nginx ] && gw10k=$(per10k "$g0" "$g1" "$reqs")

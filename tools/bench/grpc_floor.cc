@@ -26,6 +26,7 @@
 #include <cstring>
 #include <deque>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -57,6 +58,11 @@ class EchoServer {
     thread_ = std::thread([this] { Run(); });
   }
   ~EchoServer() {
+    {
+      // No operation may start once the queue is shut down.
+      std::lock_guard<std::mutex> lock(mu_);
+      closing_ = true;
+    }
     server_->Shutdown(std::chrono::system_clock::now());
     cq_->Shutdown();
     thread_.join();
@@ -64,6 +70,13 @@ class EchoServer {
   int port() const { return port_; }
 
  private:
+  // Starts an operation on the stream unless the server is closing.
+  template <typename F>
+  void Start(F op) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!closing_) op();
+  }
+
   void Run() {
     void* tag;
     bool ok;
@@ -73,24 +86,27 @@ class EchoServer {
       out_ = std::move(echoes_.front());
       echoes_.pop_front();
       writing = true;
-      stream_.Write(out_, reinterpret_cast<void*>(kWrite));
+      Start([&] { stream_.Write(out_, reinterpret_cast<void*>(kWrite)); });
     };
     while (cq_->Next(&tag, &ok)) {
       switch (reinterpret_cast<intptr_t>(tag)) {
         case kNewCall:
           if (!ok) break;
           reading = true;
-          stream_.Read(&in_, reinterpret_cast<void*>(kRead));
+          Start([&] { stream_.Read(&in_, reinterpret_cast<void*>(kRead)); });
           break;
         case kRead:
           reading = false;
           if (ok) {
             echoes_.push_back(std::move(in_));
             reading = true;
-            stream_.Read(&in_, reinterpret_cast<void*>(kRead));
+            Start([&] { stream_.Read(&in_, reinterpret_cast<void*>(kRead)); });
             next_write();
           } else if (!writing) {
-            stream_.Finish(grpc::Status::OK, reinterpret_cast<void*>(kFinish));
+            Start([&] {
+              stream_.Finish(grpc::Status::OK,
+                             reinterpret_cast<void*>(kFinish));
+            });
           }
           break;
         case kWrite:
@@ -98,7 +114,10 @@ class EchoServer {
           if (!ok) break;
           next_write();
           if (!writing && !reading) {
-            stream_.Finish(grpc::Status::OK, reinterpret_cast<void*>(kFinish));
+            Start([&] {
+              stream_.Finish(grpc::Status::OK,
+                             reinterpret_cast<void*>(kFinish));
+            });
           }
           break;
         default:
@@ -115,6 +134,8 @@ class EchoServer {
   grpc::GenericServerAsyncReaderWriter stream_{&ctx_};
   grpc::ByteBuffer in_, out_;
   std::deque<grpc::ByteBuffer> echoes_;
+  std::mutex mu_;
+  bool closing_ = false;  // guarded by mu_
   std::thread thread_;
 };
 
@@ -194,21 +215,36 @@ int main(int argc, char** argv) {
   grpc::GenericStub stub(channel);
   grpc::CompletionQueue cq;
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(5));
+  // The whole run's deadline: a minute, plus a millisecond and 50 ns per
+  // byte for each round trip (20 times what one takes here).
+  const long total = round_trips + round_trips / 10;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(1) +
+                   std::chrono::microseconds(total * (1000 + bytes / 20)));
   auto call = stub.PrepareCall(&ctx, kMethod, &cq);
-  call->StartCall(reinterpret_cast<void*>(1));
-  if (!Await(cq, 1)) {
-    std::fprintf(stderr, "grpc_floor: the call did not start\n");
+  // On failure: cancel, collect the status, and drain the queue before it
+  // goes (gRPC requires it), then exit 1.
+  auto fail = [&](const std::string& what) {
+    ctx.TryCancel();
+    grpc::Status status;
+    call->Finish(&status, reinterpret_cast<void*>(5));
+    cq.Shutdown();
+    void* tag;
+    bool ok;
+    while (cq.Next(&tag, &ok)) {
+    }
+    std::fprintf(stderr, "grpc_floor: %s (%s)\n", what.c_str(),
+                 status.error_message().c_str());
     return 1;
-  }
+  };
+  call->StartCall(reinterpret_cast<void*>(1));
+  if (!Await(cq, 1)) return fail("the call did not start");
 
   std::string payload(static_cast<size_t>(bytes), 'x');
   grpc::Slice slice(payload);
   grpc::ByteBuffer out(&slice, 1);
   grpc::ByteBuffer in;
   // The first tenth is a warm-up: neither timed nor counted for CPU.
-  const long warmup = round_trips / 10;
-  const long total = warmup + round_trips;
+  const long warmup = total - round_trips;
   std::vector<double> micros;
   micros.reserve(static_cast<size_t>(round_trips));
   std::deque<std::chrono::steady_clock::time_point> sent_at;
@@ -229,18 +265,16 @@ int main(int argc, char** argv) {
     void* tag;
     bool ok;
     if (!cq.Next(&tag, &ok) || !ok) {
-      std::fprintf(stderr, "grpc_floor: the stream failed after %ld echoes\n",
-                   echoed);
-      return 1;
+      return fail("the stream failed after " + std::to_string(echoed) +
+                  " echoes");
     }
     if (reinterpret_cast<intptr_t>(tag) == 2) {
       writing = false;
       continue;
     }
     if (in.Length() != static_cast<size_t>(bytes)) {
-      std::fprintf(stderr, "grpc_floor: echo %ld has %zu bytes\n", echoed,
-                   in.Length());
-      return 1;
+      return fail("echo " + std::to_string(echoed) + " has " +
+                  std::to_string(in.Length()) + " bytes");
     }
     auto now = std::chrono::steady_clock::now();
     if (echoed >= warmup) {
@@ -259,11 +293,18 @@ int main(int argc, char** argv) {
   double wall =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0)
           .count();
+  // The last write's completion may not have been taken yet.
+  if (writing && !Await(cq, 2)) return fail("the last write failed");
   call->WritesDone(reinterpret_cast<void*>(4));
-  Await(cq, 4);
+  if (!Await(cq, 4)) return fail("closing the stream failed");
   grpc::Status status;
   call->Finish(&status, reinterpret_cast<void*>(5));
   Await(cq, 5);
+  if (!status.ok()) {
+    std::fprintf(stderr, "grpc_floor: the call ended with %s\n",
+                 status.error_message().c_str());
+    return 1;
+  }
   cq.Shutdown();
   void* tag;
   bool ok;
